@@ -1,0 +1,1 @@
+"""Code shared by the gateway, the Order Service and the Payments Service."""

@@ -1,0 +1,143 @@
+"""RabbitMQ: a robust connection, durable queues with dead-letter queues, confirmed publishing and
+batching consumers."""
+import asyncio
+import logging
+
+import aio_pika
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
+
+from common.errors import InvalidMessage, Unavailable
+from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
+from common.retry import BROKER_ERRORS, until_connected
+
+logger = logging.getLogger(__name__)
+
+
+def dead_letter_queue(name):
+    return f"{name}.dead"
+
+
+class Broker:
+    """One robust connection: a confirming publisher channel and a consumer channel."""
+
+    def __init__(self, connection, publisher, consumer, publish_timeout):
+        self.connection = connection
+        self.publisher = publisher
+        self.consumer = consumer
+        self.publish_timeout = publish_timeout
+        self._drains = []
+
+    @classmethod
+    async def connect(cls, url, prefetch, publish_timeout=5.0):
+        """Wait for the broker, then declare both queues (and their dead-letter queues)."""
+        async for attempt in until_connected(BROKER_ERRORS):
+            with attempt:
+                # A short reconnect interval keeps recovery after a broker restart within a second or two.
+                connection = await aio_pika.connect_robust(url, reconnect_interval=1)
+        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        consumer = await connection.channel()
+        await consumer.set_qos(prefetch_count=prefetch)
+        for name in (ORDER_REQUESTS, PAYMENT_RESULTS):
+            await declare_queue(publisher, name)
+        logger.info("connected to RabbitMQ")
+        return cls(connection, publisher, consumer, publish_timeout)
+
+    def is_connected(self):
+        # `connection.is_closed` stays False during an outage; the `connected` event does not.
+        return self.connection.connected.is_set()
+
+    async def publish(self, queue, body, message_id):
+        """Publish a persistent message and wait for the broker's confirm.
+
+        Raises one of `BROKER_ERRORS` or `aio_pika.exceptions.DeliveryError` if it was not confirmed."""
+        message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                   content_type="application/json", message_id=str(message_id))
+        await self.publisher.default_exchange.publish(message, routing_key=queue, timeout=self.publish_timeout)
+
+    async def publish_all(self, queue, messages):
+        """Publish `(message_id, body)` pairs concurrently; return the ids the broker confirmed."""
+        results = await asyncio.gather(*(self.publish(queue, body, mid) for mid, body in messages),
+                                       return_exceptions=True)
+        confirmed = []
+        for (mid, _), result in zip(messages, results):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, BaseException):
+                logger.warning("publish of %s to %s not confirmed: %r", mid, queue, result)
+            else:
+                confirmed.append(mid)
+        return confirmed
+
+    async def consume(self, queue, decode, handle_batch, batch_size):
+        """Consume `queue` in batches.
+
+        `decode(body)` turns a body into an item or raises `InvalidMessage` (dead-lettered at once).
+        `await handle_batch(items)` processes the items in one transaction and returns a dict
+        {index: reason} of items to dead-letter; all other messages are acked after it returns.
+        If it raises `Unavailable` the batch is retried until it succeeds."""
+        pending = asyncio.Queue()
+
+        async def on_message(message):
+            try:
+                item = decode(message.body)
+            except InvalidMessage as exc:
+                await reject(message, queue, str(exc))
+                return
+            pending.put_nowait((message, item))
+
+        amqp_queue = await self.consumer.get_queue(queue)
+        await amqp_queue.consume(on_message)
+        self._drains.append(asyncio.create_task(drain(pending, queue, handle_batch, batch_size)))
+
+    async def close(self):
+        for task in self._drains:
+            task.cancel()
+        await asyncio.gather(*self._drains, return_exceptions=True)
+        await self.connection.close()
+
+
+async def declare_queue(channel, name):
+    await channel.declare_queue(dead_letter_queue(name), durable=True)
+    return await channel.declare_queue(name, durable=True, arguments={
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_letter_queue(name),
+    })
+
+
+async def reject(message, queue, reason):
+    logger.error("dead-lettering message %s from %s: %s", message.message_id, queue, reason)
+    await settle(message.reject(requeue=False))
+
+
+async def settle(ack_or_reject):
+    """Ack/reject; if the channel died meanwhile the broker redelivers, which the handlers tolerate."""
+    try:
+        await ack_or_reject
+    except Exception as exc:  # noqa: BLE001 - any channel failure means "will be redelivered"
+        logger.warning("could not settle message: %r", exc)
+
+
+async def drain(pending, queue, handle_batch, batch_size):
+    while True:
+        batch = [await pending.get()]
+        while len(batch) < batch_size and not pending.empty():
+            batch.append(pending.get_nowait())
+        try:
+            async for attempt in AsyncRetrying(retry=retry_if_exception_type(Unavailable),
+                                               wait=wait_exponential(multiplier=0.1, max=5), stop=stop_never):
+                with attempt:
+                    invalid = await handle_batch([item for _, item in batch])
+        except Exception:
+            # A bug, not an outage: give each message one more chance, then dead-letter it.
+            logger.exception("batch of %d messages from %s failed", len(batch), queue)
+            for message, _ in batch:
+                if message.redelivered:
+                    await reject(message, queue, "processing failed twice")
+                else:
+                    await settle(message.nack(requeue=True))
+            continue
+        for index, (message, _) in enumerate(batch):
+            if index in invalid:
+                await reject(message, queue, invalid[index])
+            else:
+                await settle(message.ack())

@@ -1,0 +1,75 @@
+"""Settings read once from the environment, with defaults from the repo's `.env`."""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
+
+
+def read_env_file(path=ENV_FILE):
+    """Parse `KEY=value` lines of a dotenv file; comments and blank lines are skipped."""
+    values = {}
+    if not path.exists():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+@dataclass(frozen=True)
+class Settings:
+    gateway_port: int
+    order_svc_port: int
+    payment_svc_port: int
+    order_svc_urls: tuple
+    payment_svc_urls: tuple
+    order_db_dsn: str
+    payment_db_dsn: str
+    rabbitmq_url: str
+    poll_interval: float
+    fast_path: bool
+    resend_delay: float
+    resend_delay_max: float
+    batch_size: int
+    prefetch: int
+    upstream_timeout: float
+    db_pool_size: int
+    max_body_bytes: int
+    log_format: str
+    log_level: str
+
+
+def load_settings(environ=None):
+    """Build `Settings` from `environ` (default `os.environ`) over the `.env` defaults."""
+    env = {**read_env_file(), **(os.environ if environ is None else environ)}
+
+    def urls(key):
+        return tuple(u.strip().rstrip("/") for u in env[key].split(",") if u.strip())
+
+    return Settings(
+        gateway_port=int(env["GATEWAY_PORT"]),
+        order_svc_port=int(env["ORDER_SVC_PORT"]),
+        payment_svc_port=int(env["PAYMENT_SVC_PORT"]),
+        order_svc_urls=urls("ORDER_SVC_URL"),
+        payment_svc_urls=urls("PAYMENT_SVC_URL"),
+        order_db_dsn=env["ORDER_DB_DSN"],
+        payment_db_dsn=env["PAYMENT_DB_DSN"],
+        rabbitmq_url=env["RABBITMQ_URL"],
+        poll_interval=float(env.get("POLL_INTERVAL", "1.0")),
+        fast_path=env.get("FAST_PATH", "1") not in ("0", "false", "no", ""),
+        resend_delay=float(env.get("RESEND_DELAY", "5")),
+        resend_delay_max=float(env.get("RESEND_DELAY_MAX", "60")),
+        batch_size=int(env.get("BATCH_SIZE", "200")),
+        prefetch=int(env.get("PREFETCH", "256")),
+        upstream_timeout=float(env.get("UPSTREAM_TIMEOUT", "10")),
+        db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
+        max_body_bytes=int(env.get("MAX_BODY_BYTES", "65536")),
+        log_format=env.get("LOG_FORMAT", "text"),
+        log_level=env.get("LOG_LEVEL", "INFO"),
+    )
+
+

@@ -1,0 +1,129 @@
+"""PostgreSQL access: database creation, pool, schema, and transactions that survive server restarts.
+
+SQLAlchemy Core builds the statements (in each service's repo.py); aiopg runs them. `aiopg.sa` is not used:
+it pins SQLAlchemy 1.4."""
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiopg
+import psycopg2
+import psycopg2.errors
+from psycopg2.extensions import make_dsn, parse_dsn
+from sqlalchemy.dialects import postgresql
+
+from common.errors import Unavailable
+from common.retry import DB_ERRORS, briefly, until_connected
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.sql"
+DIALECT = postgresql.psycopg2.dialect()
+
+
+def schema_section(name, path=SCHEMA_FILE):
+    """The DDL between `-- [name]` and the next `-- [...]` marker of schema.sql."""
+    sections, current = {}, None
+    for line in path.read_text().splitlines():
+        if line.startswith("-- [") and line.rstrip().endswith("]"):
+            current = line.strip()[4:-1]
+            sections[current] = []
+        elif current:
+            sections[current].append(line)
+    return "\n".join(sections[name])
+
+
+def compile_statement(stmt):
+    """SQL text and parameters of a SQLAlchemy Core statement, for psycopg2."""
+    compiled = stmt.compile(dialect=DIALECT, compile_kwargs={"render_postcompile": True})
+    return str(compiled), compiled.params
+
+
+async def execute(cur, stmt):
+    sql, params = compile_statement(stmt)
+    await cur.execute(sql, params)
+
+
+async def fetch_all(cur, stmt):
+    """Rows of `stmt` as dicts."""
+    await execute(cur, stmt)
+    columns = [c.name for c in cur.description]
+    return [dict(zip(columns, row)) for row in await cur.fetchall()]
+
+
+async def fetch_one(cur, stmt):
+    """The first row of `stmt` as a dict, or None."""
+    rows = await fetch_all(cur, stmt)
+    return rows[0] if rows else None
+
+
+async def ensure_database(dsn):
+    """Create the DSN's database if it does not exist (several replicas may race: that is fine)."""
+    params = parse_dsn(dsn)
+    name = params["dbname"]
+    async with aiopg.connect(make_dsn(**{**params, "dbname": "postgres"}), enable_hstore=False) as conn:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if await cur.fetchone():
+                return
+            try:
+                await cur.execute(f'CREATE DATABASE "{name}"')
+                logger.info("created database %s", name)
+            except (psycopg2.errors.DuplicateDatabase, psycopg2.errors.UniqueViolation):
+                pass
+
+
+class Database:
+    """A connection pool with transactions retried as a whole when the server goes away."""
+
+    def __init__(self, pool, retry_seconds=2.0):
+        self.pool = pool
+        self.retry_seconds = retry_seconds
+
+    @classmethod
+    async def connect(cls, dsn, section, pool_size):
+        """Wait for the server, create the database and apply its schema section, then pool connections."""
+        async for attempt in until_connected(DB_ERRORS):
+            with attempt:
+                await ensure_database(dsn)
+                pool = await aiopg.create_pool(dsn, minsize=1, maxsize=pool_size, enable_hstore=False,
+                                               timeout=30)
+                db = cls(pool)
+                await db.apply_schema(section)
+        logger.info("connected to PostgreSQL database %s", parse_dsn(dsn)["dbname"])
+        return db
+
+    async def apply_schema(self, section):
+        ddl = schema_section(section)
+        async with self.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
+            # Replicas starting together would otherwise race on CREATE ... IF NOT EXISTS.
+            await cur.execute("SELECT pg_advisory_xact_lock(hashtext('shop-schema'))")
+            await cur.execute(ddl)
+
+    @asynccontextmanager
+    async def _transaction(self):
+        async with self.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
+            yield cur
+
+    async def run(self, work, *args, retry_seconds=None):
+        """Run `await work(cur, *args)` in one transaction and return its result.
+
+        Connection failures and deadlocks retry the whole transaction for `retry_seconds`;
+        after that raises `Unavailable`. Other exceptions roll back and propagate."""
+        try:
+            async for attempt in briefly(DB_ERRORS, self.retry_seconds if retry_seconds is None else retry_seconds):
+                with attempt:
+                    async with self._transaction() as cur:
+                        return await work(cur, *args)
+        except DB_ERRORS as exc:
+            logger.warning("database unavailable: %r", exc)
+            raise Unavailable("Database temporarily unavailable.") from exc
+
+    async def ping(self):
+        async def select_one(cur):
+            await cur.execute("SELECT 1")
+        await self.run(select_one, retry_seconds=0)
+
+    async def close(self):
+        self.pool.close()
+        await self.pool.wait_closed()

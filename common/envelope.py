@@ -1,0 +1,78 @@
+"""The JSON envelope every response wears, and the base handler that guarantees it."""
+import json
+import logging
+from decimal import Decimal
+
+from tornado import web
+
+from common.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, RouteNotFound, ShopError
+
+logger = logging.getLogger(__name__)
+
+JSON_TYPES = ("application/json",)
+
+
+def to_json(value):
+    """JSON text of `value`; `Decimal`s become exact JSON numbers (never floats)."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {to_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(to_json(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def envelope(success, message, **data):
+    return {"status": "Success" if success else "Fail", "message": message, **data}
+
+
+class BaseHandler(web.RequestHandler):
+    """Answers every request, failed or not, with the JSON envelope; never a stack trace."""
+
+    max_body_bytes = 65536
+
+    def initialize(self, **dependencies):
+        for name, value in dependencies.items():
+            setattr(self, name, value)
+
+    def prepare(self):
+        if len(self.request.body) > self.max_body_bytes:
+            raise BodyTooLarge(f"Request body must be at most {self.max_body_bytes} bytes.")
+        if self.request.body and self.request.method in ("POST", "PUT", "PATCH"):
+            content_type = self.request.headers.get("Content-Type", "application/json")
+            if content_type.split(";")[0].strip().lower() not in JSON_TYPES:
+                raise InvalidInput("Content-Type must be application/json.")
+
+    def reply(self, status_code, message, **data):
+        self.set_status(status_code)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(to_json(envelope(status_code < 400, message, **data)))
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, ShopError):
+            status_code, message = exc.status_code, exc.message
+        elif isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code == 405:
+            message = MethodNotAllowed(f"Method {self.request.method} not allowed on {self.request.path}.").message
+        elif status_code < 500:
+            message = self._reason
+        else:
+            message = "Internal server error."
+        self.reply(status_code, message)
+
+    def log_exception(self, typ, value, tb):
+        if isinstance(value, ShopError):
+            if value.status_code >= 500:
+                logger.warning("%s %s: %s", self.request.method, self.request.path, value.message)
+            return
+        super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(BaseHandler):
+    """The application's default handler: any unknown path is a JSON 404."""
+
+    def prepare(self):
+        raise RouteNotFound(self.request.path)

@@ -1,0 +1,51 @@
+"""Process start-up and graceful shutdown shared by the three services."""
+import asyncio
+import logging
+import signal
+
+from tornado.httpserver import HTTPServer
+
+from common.config import load_settings
+from common.logs import setup_logging
+
+# Tornado rejects bodies above this outright; handlers enforce the smaller MAX_BODY_BYTES with a JSON 413.
+SERVER_MAX_BODY = 10 * 1024 * 1024
+
+
+async def wait_for_shutdown():
+    """Return when SIGTERM or SIGINT arrives."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def listen(app, port):
+    server = HTTPServer(app, max_body_size=SERVER_MAX_BODY, xheaders=True)
+    server.listen(port)
+    return server
+
+
+async def stop_server(server, grace=5.0):
+    """Stop accepting, give in-flight requests `grace` seconds, then close what is left."""
+    server.stop()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), grace)
+    except asyncio.TimeoutError:
+        pass
+
+
+def run(service_class):
+    """Entry point of a service process: start, serve until SIGTERM/SIGINT, stop gracefully."""
+    settings = load_settings()
+    setup_logging(settings, service_class.name)
+
+    async def main():
+        service = service_class(settings)
+        await service.start()
+        await wait_for_shutdown()
+        logging.getLogger(service_class.name).info("shutting down")
+        await service.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,64 @@
+"""The two message types that cross the broker, and their strict decoding.
+
+`outbox_os` carries a `PaymentRequest` (Order Service → Payments Service);
+`outbox_ps` carries a `PaymentResult` (Payments Service → Order Service).
+Amounts travel as strings so they stay exact. Decoding raises `InvalidMessage`."""
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+
+from common.errors import InvalidInput, InvalidMessage
+from common.validation import parse_amount, parse_id
+
+ORDER_REQUESTS = "outbox_os"
+PAYMENT_RESULTS = "outbox_ps"
+FINAL_STATUSES = ("FINISHED", "CANCELLED")
+
+
+def _decode_object(body, fields):
+    try:
+        data = json.loads(body, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidMessage("body is not valid JSON") from None
+    if not isinstance(data, dict) or set(data) != set(fields):
+        raise InvalidMessage(f"body must be an object with exactly the fields {sorted(fields)}")
+    return data
+
+
+@dataclass(frozen=True)
+class PaymentRequest:
+    order_id: int
+    user_id: int
+    amount: Decimal
+
+    def encode(self):
+        return json.dumps({"order_id": self.order_id, "user_id": self.user_id,
+                           "amount": str(self.amount)}).encode()
+
+    @classmethod
+    def decode(cls, body):
+        data = _decode_object(body, ("order_id", "user_id", "amount"))
+        try:
+            return cls(parse_id(data["order_id"], "order_id"), parse_id(data["user_id"], "user_id"),
+                       parse_amount(data["amount"]))
+        except InvalidInput as exc:
+            raise InvalidMessage(exc.message) from None
+
+
+@dataclass(frozen=True)
+class PaymentResult:
+    order_id: int
+    status: str
+
+    def encode(self):
+        return json.dumps({"order_id": self.order_id, "status": self.status}).encode()
+
+    @classmethod
+    def decode(cls, body):
+        data = _decode_object(body, ("order_id", "status"))
+        if data["status"] not in FINAL_STATUSES:
+            raise InvalidMessage(f"'status' must be one of {FINAL_STATUSES}")
+        try:
+            return cls(parse_id(data["order_id"], "order_id"), data["status"])
+        except InvalidInput as exc:
+            raise InvalidMessage(exc.message) from None

@@ -1,0 +1,51 @@
+"""`BgWorker`: a background loop that runs one step of work when kicked, and at least every poll interval."""
+import asyncio
+import logging
+
+from tornado.ioloop import PeriodicCallback
+
+logger = logging.getLogger(__name__)
+
+
+class BgWorker:
+    """Runs `await step()` repeatedly while it returns True (a full batch: more work waiting).
+
+    `kick()` is the fast path (called after a commit that created work); a Tornado `PeriodicCallback`
+    kicks it every `interval` seconds as the safety net. Kicks during a run coalesce into one more run,
+    so steps never overlap within a process."""
+
+    def __init__(self, name, step, interval):
+        self.name = name
+        self._step = step
+        self._wake = asyncio.Event()
+        self._poll = PeriodicCallback(self.kick, interval * 1000, jitter=0.1)
+        self._task = None
+        self._stopping = False
+
+    def kick(self):
+        self._wake.set()
+
+    def start(self):
+        self._task = asyncio.create_task(self._loop(), name=self.name)
+        self._poll.start()
+        self.kick()
+
+    async def stop(self):
+        """Stop polling and wait for the current step to finish."""
+        self._poll.stop()
+        self._stopping = True
+        self._wake.set()
+        if self._task:
+            await self._task
+
+    async def _loop(self):
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                while not self._stopping and await self._step():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("%s: step failed; retrying at the next poll", self.name)

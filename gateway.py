@@ -1,0 +1,119 @@
+"""API gateway: routes the six public requests to the Order and Payments services, nothing else.
+
+Backend status and body pass through unchanged; an unreachable or timed-out backend is a 503 envelope.
+Several backend URLs per service are used in turn, skipping one that refuses connections."""
+import asyncio
+import itertools
+import logging
+
+from tornado import httpclient, web
+
+from common.envelope import BaseHandler, NotFoundHandler
+from common.errors import Unavailable
+from common.health import HealthHandler
+from common.lifecycle import listen, run, stop_server
+
+logger = logging.getLogger("gateway")
+
+FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Idempotency-Key", "X-Request-ID")
+CURL_COULD_NOT_CONNECT = 7
+
+
+class Backend:
+    """One service's replicas, taken round-robin."""
+
+    def __init__(self, name, urls, timeout):
+        self.unavailable = f"{name} temporarily unavailable."
+        self.urls = urls
+        self.timeout = timeout
+        self._next = itertools.cycle(range(len(urls)))
+
+    def candidates(self):
+        start = next(self._next)
+        return self.urls[start:] + self.urls[:start]
+
+
+def refused(exc):
+    """True if the request surely never reached the backend, so another replica may take it."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    return isinstance(exc, httpclient.HTTPClientError) and exc.code == 599 and \
+        getattr(exc, "errno", None) == CURL_COULD_NOT_CONNECT
+
+
+class ProxyHandler(BaseHandler):
+    """Forwards the request to `backend`; the route table decides which methods exist."""
+
+    def initialize(self, backend, methods, client, max_body_bytes):
+        self.backend, self.methods, self.client = backend, methods, client
+        self.max_body_bytes = max_body_bytes
+
+    def prepare(self):
+        if self.request.method not in self.methods:
+            raise web.HTTPError(405)
+        super().prepare()
+
+    async def forward(self, *_):
+        headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := self.request.headers.get(k)) is not None}
+        body = self.request.body if self.request.method in ("POST", "PUT") else None
+        for url in self.backend.candidates():
+            try:
+                response = await self.client.fetch(
+                    url + self.request.uri, method=self.request.method, headers=headers, body=body,
+                    raise_error=False, request_timeout=self.backend.timeout, connect_timeout=2,
+                    allow_nonstandard_methods=True, follow_redirects=False)
+            except (OSError, httpclient.HTTPClientError, asyncio.TimeoutError) as exc:
+                if refused(exc):
+                    continue
+                logger.warning("%s %s failed: %r", self.request.method, url + self.request.uri, exc)
+                raise Unavailable(self.backend.unavailable) from None
+            if response.code == 599:
+                raise Unavailable(self.backend.unavailable)
+            self.set_status(response.code)
+            if content_type := response.headers.get("Content-Type"):
+                self.set_header("Content-Type", content_type)
+            self.finish(response.body)
+            return
+        logger.warning("no replica of %s reachable", self.backend.urls)
+        raise Unavailable(self.backend.unavailable)
+
+    get = post = put = forward
+
+
+def make_app(settings, client=None):
+    client = client or httpclient.AsyncHTTPClient()
+    orders = Backend("Order Service", settings.order_svc_urls, settings.upstream_timeout)
+    payments = Backend("Payments Service", settings.payment_svc_urls, settings.upstream_timeout)
+
+    def route(pattern, backend, *methods):
+        return pattern, ProxyHandler, dict(backend=backend, methods=methods, client=client,
+                                            max_body_bytes=settings.max_body_bytes)
+
+    return web.Application([
+        route(r"/orders", orders, "GET", "POST"),
+        route(r"/orders/[^/]+", orders, "GET"),
+        route(r"/payments", payments, "POST"),
+        route(r"/payments/[^/]+", payments, "GET", "PUT"),
+        (r"/health", HealthHandler),
+    ], default_handler_class=NotFoundHandler)
+
+
+class Gateway:
+    name = "gateway"
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.port = settings.gateway_port
+
+    async def start(self):
+        # curl keeps connections to the backends alive; the simple client opens one per request.
+        httpclient.AsyncHTTPClient.configure("tornado.curl_httpclient.CurlAsyncHTTPClient", max_clients=256)
+        self.server = listen(make_app(self.settings), self.port)
+        logger.info("gateway listening on port %s", self.port)
+
+    async def stop(self):
+        await stop_server(self.server)
+
+
+if __name__ == "__main__":
+    run(Gateway)

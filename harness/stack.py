@@ -1,0 +1,165 @@
+"""Start the gateway and the two services as real processes on a fresh pair of databases and a fresh
+RabbitMQ vhost, so that runs never see each other's data."""
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import psycopg2
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_DSN = os.environ.get("SHOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP_BASE = os.environ.get("SHOP_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+
+COMMANDS = {
+    "order": [sys.executable, "-m", "order_svc"],
+    "payment": [sys.executable, "-m", "payment_svc"],
+    "gateway": [sys.executable, "gateway.py"],
+}
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rabbitmqctl(*args):
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def drop_database(name):
+    conn = psycopg2.connect(PG_ADMIN_DSN)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        conn.close()
+
+
+class Process:
+    def __init__(self, name, command, env, log_path, health_url):
+        self.name, self.command, self.env = name, command, env
+        self.log_path, self.health_url = log_path, health_url
+        self.popen = None
+
+    def start(self):
+        log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def is_running(self):
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig):
+        if self.is_running():
+            self.popen.send_signal(sig)
+
+    def kill(self):
+        if self.popen is not None:
+            self.signal(signal.SIGCONT)
+            self.popen.kill()
+            self.popen.wait()
+
+    def stop(self, timeout=15):
+        if self.is_running():
+            self.popen.send_signal(signal.SIGCONT)
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def wait_healthy(self, timeout=60):
+        for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.1), reraise=True,
+                                retry=retry_if_exception_type(OSError)):
+            with attempt:
+                if not self.is_running():
+                    raise RuntimeError(f"{self.name} exited; see {self.log_path}:\n{self.log()[-3000:]}")
+                with urllib.request.urlopen(self.health_url, timeout=2):
+                    pass
+
+    def log(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+
+class Stack:
+    """The three processes (optionally several replicas of each service), on their own databases and vhost."""
+
+    def __init__(self, prefix="shop_test", replicas=1, extra_env=None):
+        run_id = f"{prefix}_{secrets.token_hex(4)}"
+        self.run_id = run_id
+        self.order_db, self.payment_db, self.vhost = f"{run_id}_orders", f"{run_id}_payments", run_id
+        self.log_dir = tempfile.mkdtemp(prefix=f"{run_id}_logs_")
+        order_ports = [free_port() for _ in range(replicas)]
+        payment_ports = [free_port() for _ in range(replicas)]
+        self.gateway_port = free_port()
+        self.base_env = {
+            **os.environ,
+            "ORDER_DB_DSN": f"postgresql://postgres@127.0.0.1:5432/{self.order_db}",
+            "PAYMENT_DB_DSN": f"postgresql://postgres@127.0.0.1:5432/{self.payment_db}",
+            "RABBITMQ_URL": f"{AMQP_BASE}{self.vhost}",
+            "GATEWAY_PORT": str(self.gateway_port),
+            "ORDER_SVC_URL": ",".join(f"http://127.0.0.1:{p}" for p in order_ports),
+            "PAYMENT_SVC_URL": ",".join(f"http://127.0.0.1:{p}" for p in payment_ports),
+            **(extra_env or {}),
+        }
+        self.processes = {}
+        for i, port in enumerate(order_ports):
+            self._add(f"order{i or ''}", "order", {"ORDER_SVC_PORT": str(port)}, port)
+        for i, port in enumerate(payment_ports):
+            self._add(f"payment{i or ''}", "payment", {"PAYMENT_SVC_PORT": str(port)}, port)
+        self._add("gateway", "gateway", {}, self.gateway_port)
+
+    def _add(self, name, kind, env, port):
+        self.processes[name] = Process(name, COMMANDS[kind], {**self.base_env, **env},
+                                       os.path.join(self.log_dir, f"{name}.log"),
+                                       f"http://127.0.0.1:{port}/health")
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def order_dsn(self):
+        return self.base_env["ORDER_DB_DSN"]
+
+    @property
+    def payment_dsn(self):
+        return self.base_env["PAYMENT_DB_DSN"]
+
+    def __getitem__(self, name):
+        return self.processes[name]
+
+    def start(self, *names):
+        rabbitmqctl("add_vhost", self.vhost)
+        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        for name in names or self.processes:
+            self.processes[name].start()
+        for name in names or self.processes:
+            self.processes[name].wait_healthy()
+        return self
+
+    def restart(self, name):
+        self.processes[name].start()
+        self.processes[name].wait_healthy()
+
+    def close(self):
+        for process in self.processes.values():
+            process.stop()
+        for db in (self.order_db, self.payment_db):
+            drop_database(db)
+        rabbitmqctl("delete_vhost", self.vhost)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,1 @@
+"""Order Service: owns `orders` and `outbox_os`; publishes payment requests, consumes payment results."""

@@ -1,0 +1,4 @@
+from common.lifecycle import run
+from order_svc.app import OrderService
+
+run(OrderService)

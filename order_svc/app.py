@@ -1,0 +1,54 @@
+"""Order Service wiring: the Tornado application, the outbox worker and the payment-result consumer."""
+import logging
+
+from tornado import web
+
+from common.broker import Broker
+from common.db import Database
+from common.envelope import NotFoundHandler
+from common.health import HealthHandler, ReadyHandler
+from common.lifecycle import listen, stop_server
+from common.messages import PAYMENT_RESULTS, PaymentResult
+from common.worker import BgWorker
+from order_svc import service
+from order_svc.handlers import OrderHandler, OrdersHandler
+
+logger = logging.getLogger(__name__)
+
+
+def make_app(db, broker, settings, kick_outbox):
+    deps = dict(db=db, kick_outbox=kick_outbox, max_body_bytes=settings.max_body_bytes)
+    return web.Application([
+        (r"/orders", OrdersHandler, deps),
+        (r"/orders/([^/]+)", OrderHandler, deps),
+        (r"/health", HealthHandler),
+        (r"/ready", ReadyHandler, dict(db=db, broker=broker)),
+    ], default_handler_class=NotFoundHandler)
+
+
+class OrderService:
+    name = "order_svc"
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.port = settings.order_svc_port
+
+    async def start(self):
+        settings = self.settings
+        self.db = await Database.connect(settings.order_db_dsn, "order_svc", settings.db_pool_size)
+        self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch)
+        self.outbox = BgWorker("outbox_os relay", lambda: service.relay_outbox(self.db, self.broker, settings),
+                               settings.poll_interval)
+        kick = self.outbox.kick if settings.fast_path else (lambda: None)
+        self.server = listen(make_app(self.db, self.broker, settings, kick), self.port)
+        self.outbox.start()
+        await self.broker.consume(PAYMENT_RESULTS, PaymentResult.decode,
+                                  lambda results: service.apply_payment_results(self.db, results),
+                                  settings.batch_size)
+        logger.info("Order Service listening on port %s", self.port)
+
+    async def stop(self):
+        await stop_server(self.server)
+        await self.outbox.stop()
+        await self.broker.close()
+        await self.db.close()

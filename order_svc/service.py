@@ -1,0 +1,72 @@
+"""Order Service use cases: plain async functions over a `Database` and a `Broker`."""
+import logging
+
+from common.errors import OrderNotFound
+from common.messages import ORDER_REQUESTS, PaymentRequest
+from order_svc import repo
+
+logger = logging.getLogger(__name__)
+
+MAX_PAGE = 1000
+
+
+async def place_order(db, user_id, amount, description):
+    """Create an order (`NEW`) and its outbox row in one transaction."""
+    order = await db.run(repo.insert_order, user_id, amount, description)
+    logger.info("order_id=%s placed for user %s, amount %s", order["order_id"], user_id, amount)
+    return order
+
+
+async def get_order(db, order_id):
+    order = await db.run(repo.get_order, order_id)
+    if order is None:
+        raise OrderNotFound(order_id)
+    return order
+
+
+async def list_orders(db, user_id, cursor, limit):
+    """A page of orders (of one user, or all) after `cursor`; returns (orders, next cursor or None)."""
+    rows = await db.run(repo.list_orders, user_id, cursor, limit + 1)
+    page = rows[:limit]
+    return page, (page[-1]["order_id"] if len(rows) > limit else None)
+
+
+async def relay_outbox(db, broker, settings):
+    """Publish one batch of due outbox rows; returns True if the batch was full (more may be due).
+
+    The rows stay locked while publishing, so another instance cannot send them at the same time;
+    each confirmed row is postponed by its resend delay, unconfirmed rows are retried at the next run."""
+
+    async def relay(cur):
+        rows = await repo.lock_due_outbox(cur, settings.batch_size)
+        if not rows:
+            return 0
+        messages = [(row["order_id"], PaymentRequest(row["order_id"], row["user_id"], row["amount"]).encode())
+                    for row in rows]
+        confirmed = await broker.publish_all(ORDER_REQUESTS, messages)
+        if confirmed:
+            await repo.postpone_outbox(cur, confirmed, settings.resend_delay, settings.resend_delay_max)
+        for row in rows:
+            if row["attempts"]:
+                logger.info("order_id=%s payment request re-sent (attempt %d)", row["order_id"], row["attempts"] + 1)
+        return len(rows)
+
+    return await db.run(relay) >= settings.batch_size
+
+
+async def apply_payment_results(db, results):
+    """Record a batch of payment results; returns {index: reason} for results about unknown orders.
+
+    A result for an order that is already final changes nothing (late or repeated confirmation)."""
+
+    async def apply(cur):
+        known = await repo.existing_order_ids(cur, [r.order_id for r in results])
+        statuses = {r.order_id: r.status for r in results if r.order_id in known}
+        if statuses:
+            await repo.finalize_orders(cur, statuses)
+        return {i: f"unknown order {r.order_id}" for i, r in enumerate(results) if r.order_id not in known}
+
+    invalid = await db.run(apply)
+    for result in results:
+        logger.info("order_id=%s payment result %s", result.order_id, result.status)
+    return invalid

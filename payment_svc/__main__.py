@@ -1,0 +1,4 @@
+from common.lifecycle import run
+from payment_svc.app import PaymentService
+
+run(PaymentService)

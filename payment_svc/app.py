@@ -1,0 +1,67 @@
+"""Payments Service wiring: the Tornado application, the inbox and outbox workers, and the request consumer."""
+import logging
+
+from tornado import web
+
+from common.broker import Broker
+from common.db import Database
+from common.envelope import NotFoundHandler
+from common.health import HealthHandler, ReadyHandler
+from common.lifecycle import listen, stop_server
+from common.messages import ORDER_REQUESTS, PaymentRequest
+from common.worker import BgWorker
+from payment_svc import service
+from payment_svc.handlers import AccountHandler, AccountsHandler
+
+logger = logging.getLogger(__name__)
+
+
+def make_app(db, broker, settings):
+    deps = dict(db=db, max_body_bytes=settings.max_body_bytes)
+    return web.Application([
+        (r"/payments", AccountsHandler, deps),
+        (r"/payments/([^/]+)", AccountHandler, deps),
+        (r"/health", HealthHandler),
+        (r"/ready", ReadyHandler, dict(db=db, broker=broker)),
+    ], default_handler_class=NotFoundHandler)
+
+
+class PaymentService:
+    name = "payment_svc"
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.port = settings.payment_svc_port
+
+    async def start(self):
+        settings = self.settings
+        self.db = await Database.connect(settings.payment_db_dsn, "payment_svc", settings.db_pool_size)
+        self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch)
+        self.outbox = BgWorker("outbox_ps relay",
+                               lambda: service.relay_outbox(self.db, self.broker, settings.batch_size),
+                               settings.poll_interval)
+        self.inbox = BgWorker("inbox processor", self._process_inbox, settings.poll_interval)
+        self.server = listen(make_app(self.db, self.broker, settings), self.port)
+        self.inbox.start()
+        self.outbox.start()
+        await self.broker.consume(ORDER_REQUESTS, PaymentRequest.decode, self._receive, settings.batch_size)
+        logger.info("Payments Service listening on port %s", self.port)
+
+    async def _receive(self, requests):
+        invalid = await service.receive_requests(self.db, requests)
+        if self.settings.fast_path:
+            self.inbox.kick()
+        return invalid
+
+    async def _process_inbox(self):
+        more = await service.process_inbox(self.db, self.settings.batch_size)
+        if self.settings.fast_path:
+            self.outbox.kick()
+        return more
+
+    async def stop(self):
+        await stop_server(self.server)
+        await self.inbox.stop()
+        await self.outbox.stop()
+        await self.broker.close()
+        await self.db.close()

@@ -1,0 +1,110 @@
+"""Payments Service use cases: accounts, the inbox (exactly-once debits) and the result outbox."""
+import logging
+from decimal import Decimal
+
+from common.errors import AccountExists, AccountNotFound, InvalidInput
+from common.messages import PAYMENT_RESULTS, PaymentResult
+from payment_svc import repo
+
+logger = logging.getLogger(__name__)
+
+MAX_BALANCE = Decimal("999999999999.99")  # NUMERIC(14, 2)
+
+
+async def create_account(db, user_id):
+    account = await db.run(repo.create_account, user_id)
+    if account is None:
+        raise AccountExists(user_id)
+    logger.info("account created for user %s", user_id)
+    return account
+
+
+async def get_account(db, user_id):
+    account = await db.run(repo.get_account, user_id)
+    if account is None:
+        raise AccountNotFound(user_id)
+    return account
+
+
+async def top_up(db, user_id, amount):
+    """Credit `amount` under a row lock, so it cannot interleave with a debit."""
+
+    async def credit(cur):
+        account = await repo.get_account(cur, user_id, lock=True)
+        if account is None:
+            raise AccountNotFound(user_id)
+        balance = account["balance"] + amount
+        if balance > MAX_BALANCE:
+            raise InvalidInput(f"Balance would exceed {MAX_BALANCE}.")
+        return await repo.set_balance(cur, user_id, balance)
+
+    account = await db.run(credit)
+    logger.info("user %s topped up by %s, balance %s", user_id, amount, account["balance"])
+    return account
+
+
+async def receive_requests(db, requests):
+    """Store a batch of payment requests in the inbox (the consumer acks only after this commits)."""
+    await db.run(repo.store_requests, requests)
+    return {}
+
+
+def settle(rows, balances):
+    """Decide every unacked inbox row, in order: {order_id: status}, and the new {user_id: balance}.
+
+    A `NEW` row is debited if the balance covers it (`FINISHED`), else `CANCELLED` (also with no account).
+    A row already decided keeps its status: a repeated request only re-sends it."""
+    statuses, changed = {}, {}
+    for row in rows:
+        status = row["status"]
+        if status == "NEW":
+            balance = balances.get(row["user_id"])
+            if balance is not None and balance >= row["amount"]:
+                balances[row["user_id"]] = changed[row["user_id"]] = balance - row["amount"]
+                status = "FINISHED"
+            else:
+                status = "CANCELLED"
+            logger.info("order_id=%s user %s amount %s: %s", row["order_id"], row["user_id"], row["amount"], status)
+        statuses[row["order_id"]] = status
+    return statuses, changed
+
+
+async def process_inbox(db, batch_size):
+    """Settle the unacked requests of a batch of users in one transaction; True if more may wait.
+
+    Each user is claimed with an advisory lock so that one worker (of any instance) settles a user's
+    requests, in `order_id` order; the account rows are locked `FOR UPDATE` against concurrent top-ups."""
+
+    async def process(cur):
+        candidates = await repo.users_with_unacked(cur, batch_size)
+        if not candidates:
+            return 0
+        user_ids = await repo.claim_users(cur, candidates)
+        if not user_ids:
+            return 0
+        rows = await repo.lock_unacked(cur, user_ids)
+        if not rows:
+            return 0
+        statuses, balances = settle(rows, await repo.lock_accounts(cur, user_ids))
+        if balances:
+            await repo.set_balances(cur, balances)
+        await repo.settle_inbox(cur, statuses)
+        return len(candidates)
+
+    return await db.run(process) >= batch_size
+
+
+async def relay_outbox(db, broker, batch_size):
+    """Publish one batch of payment results; delete each row the broker confirmed. True if the batch was full."""
+
+    async def relay(cur):
+        rows = await repo.lock_outbox(cur, batch_size)
+        if not rows:
+            return 0
+        confirmed = await broker.publish_all(
+            PAYMENT_RESULTS, [(row["id"], PaymentResult(row["order_id"], row["status"]).encode()) for row in rows])
+        if confirmed:
+            await repo.delete_outbox(cur, confirmed)
+        return len(rows)
+
+    return await db.run(relay) >= batch_size

@@ -1,0 +1,52 @@
+-- shop: all DDL, idempotent. Each service applies its own section at start-up (common/db.py).
+-- Money is NUMERIC(14,2): exact, two decimals, up to 999,999,999,999.99.
+
+-- [order_svc]
+CREATE TABLE IF NOT EXISTS orders (
+    order_id    BIGSERIAL PRIMARY KEY,
+    user_id     BIGINT NOT NULL CHECK (user_id > 0),
+    amount      NUMERIC(14, 2) NOT NULL CHECK (amount > 0),
+    description TEXT NOT NULL DEFAULT '',
+    status      TEXT NOT NULL DEFAULT 'NEW' CHECK (status IN ('NEW', 'FINISHED', 'CANCELLED')),
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    updated_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, order_id);
+
+-- One row per order until the Payments Service's answer arrives; re-sent with backoff meanwhile.
+CREATE TABLE IF NOT EXISTS outbox_os (
+    order_id        BIGINT PRIMARY KEY REFERENCES orders (order_id),
+    user_id         BIGINT NOT NULL,
+    amount          NUMERIC(14, 2) NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS outbox_os_due ON outbox_os (next_attempt_at);
+
+-- [payment_svc]
+CREATE TABLE IF NOT EXISTS accounts (
+    user_id    BIGINT PRIMARY KEY CHECK (user_id > 0),
+    balance    NUMERIC(14, 2) NOT NULL DEFAULT 0 CHECK (balance >= 0),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
+
+-- Every payment request ever received, by order: the record that makes debits exactly-once.
+CREATE TABLE IF NOT EXISTS inbox (
+    order_id     BIGINT PRIMARY KEY,
+    user_id      BIGINT NOT NULL,
+    amount       NUMERIC(14, 2) NOT NULL CHECK (amount > 0),
+    status       TEXT NOT NULL DEFAULT 'NEW' CHECK (status IN ('NEW', 'FINISHED', 'CANCELLED')),
+    acked        BOOLEAN NOT NULL DEFAULT false,
+    created_at   TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    processed_at TIMESTAMPTZ
+);
+CREATE INDEX IF NOT EXISTS inbox_unacked ON inbox (user_id, order_id) WHERE NOT acked;
+
+CREATE TABLE IF NOT EXISTS outbox_ps (
+    id         BIGSERIAL PRIMARY KEY,
+    order_id   BIGINT NOT NULL,
+    status     TEXT NOT NULL CHECK (status IN ('FINISHED', 'CANCELLED')),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);

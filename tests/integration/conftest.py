@@ -1,0 +1,56 @@
+"""In-process services (the exact classes `python -m ...` runs) against real PostgreSQL and RabbitMQ,
+on databases and a vhost of this test run only."""
+import secrets
+
+import pytest
+
+from common.config import load_settings
+from harness.stack import AMQP_BASE, drop_database, free_port, rabbitmqctl
+from order_svc.app import OrderService
+from payment_svc.app import PaymentService
+
+
+@pytest.fixture(scope="session")
+def run_env():
+    run_id = f"shop_it_{secrets.token_hex(4)}"
+    rabbitmqctl("add_vhost", run_id)
+    rabbitmqctl("set_permissions", "-p", run_id, "guest", ".*", ".*", ".*")
+    yield {
+        "ORDER_DB_DSN": f"postgresql://postgres@127.0.0.1:5432/{run_id}_orders",
+        "PAYMENT_DB_DSN": f"postgresql://postgres@127.0.0.1:5432/{run_id}_payments",
+        "RABBITMQ_URL": f"{AMQP_BASE}{run_id}",
+        "LOG_LEVEL": "WARNING",
+    }
+    drop_database(f"{run_id}_orders")
+    drop_database(f"{run_id}_payments")
+    rabbitmqctl("delete_vhost", run_id)
+
+
+@pytest.fixture
+def settings(run_env):
+    return load_settings({**run_env, "ORDER_SVC_PORT": str(free_port()), "PAYMENT_SVC_PORT": str(free_port())})
+
+
+def running(io_loop, service):
+    io_loop.run_sync(service.start, timeout=30)
+    return service
+
+
+@pytest.fixture
+def order_service(io_loop, settings):
+    service = running(io_loop, OrderService(settings))
+    yield service
+    io_loop.run_sync(service.stop, timeout=30)
+
+
+@pytest.fixture
+def payment_service(io_loop, settings):
+    service = running(io_loop, PaymentService(settings))
+    yield service
+    io_loop.run_sync(service.stop, timeout=30)
+
+
+@pytest.fixture
+def user_id():
+    """A user id no other test uses."""
+    return secrets.randbelow(2**40) + 1

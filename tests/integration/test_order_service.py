@@ -1,0 +1,97 @@
+from decimal import Decimal
+
+import pytest
+
+from common.messages import PAYMENT_RESULTS, PaymentResult
+from tests.conftest import eventually
+from tests.integration.http import request
+
+
+async def outbox_row(service, order_id):
+    async def read(cur):
+        await cur.execute("SELECT attempts FROM outbox_os WHERE order_id = %s", (order_id,))
+        return await cur.fetchone()
+    return await service.db.run(read)
+
+
+async def place(service, user_id, amount=10, description="d"):
+    code, body = await request(service.port, "POST", "/orders",
+                               {"user_id": user_id, "amount": amount, "description": description})
+    assert code == 201, body
+    return body
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_order_is_created_new_and_readable(order_service, user_id):
+    body = await place(order_service, user_id, "12.30", "a book")
+    order = {"order_id": body["order_id"], "user_id": user_id, "amount": Decimal("12.30"),
+             "description": "a book", "status": "NEW"}
+    assert body == {"status": "Success", "message": "Order created.", "order_id": order["order_id"], "order": order}
+    code, got = await request(order_service.port, "GET", f"/orders/{order['order_id']}")
+    assert (code, got["order"]) == (200, order)
+    code, listed = await request(order_service.port, "GET", f"/orders?user={user_id}")
+    assert (code, listed["orders"], listed["next_cursor"]) == (200, [order], None)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_orders_list_pages_with_a_cursor(order_service, user_id):
+    ids = [(await place(order_service, user_id))["order_id"] for _ in range(5)]
+    code, first = await request(order_service.port, "GET", f"/orders?user={user_id}&limit=2")
+    assert [o["order_id"] for o in first["orders"]] == ids[:2] and first["next_cursor"] == ids[1]
+    seen, cursor = ids[:2], first["next_cursor"]
+    while cursor:
+        _, page = await request(order_service.port, "GET", f"/orders?user={user_id}&limit=2&cursor={cursor}")
+        seen += [o["order_id"] for o in page["orders"]]
+        cursor = page["next_cursor"]
+    assert seen == ids
+    _, everyone = await request(order_service.port, "GET", "/orders?user=")
+    assert len(everyone["orders"]) >= 5
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("method, path, body, code, message", [
+    ("POST", "/orders", {"user_id": 1}, 400, "Missing field 'amount'."),
+    ("POST", "/orders", {"user_id": 1, "amount": -1}, 400, "'amount' must be greater than 0."),
+    ("POST", "/orders", {"user_id": 1, "amount": 1, "description": "x" * 1001}, 400,
+     "'description' must be at most 1000 characters."),
+    ("GET", "/orders?user=abc", None, 400, "'user' must be a positive integer."),
+    ("GET", "/orders?limit=5000", None, 400, "'limit' must be at most 1000."),
+    ("GET", "/orders/99999999999999999999", None, 400, "'order_id' must be a positive integer."),
+    ("GET", "/orders/9223372036854775807", None, 404, "Order 9223372036854775807 not found."),
+    ("PUT", "/orders", {}, 405, "Method PUT not allowed on /orders."),
+])
+async def test_bad_requests_get_a_4xx_envelope(order_service, method, path, body, code, message):
+    assert await request(order_service.port, method, path, body) == (code, {"status": "Fail", "message": message})
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_oversize_or_non_json_bodies_are_rejected_and_write_nothing(order_service, user_id):
+    code, body = await request(order_service.port, "POST", "/orders", raw="x" * 70000)
+    assert (code, body["status"]) == (413, "Fail")
+    code, body = await request(order_service.port, "POST", "/orders", raw=f"user_id={user_id}&amount=1",
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert (code, body["message"]) == (400, "Content-Type must be application/json.")
+    _, listed = await request(order_service.port, "GET", f"/orders?user={user_id}")
+    assert listed["orders"] == []
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_outbox_row_is_published_then_waits_for_its_resend_delay(order_service, user_id):
+    order_id = (await place(order_service, user_id))["order_id"]
+
+    async def published_once():
+        assert await outbox_row(order_service, order_id) == (1,)
+    await eventually(published_once)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_repeated_or_late_confirmation_changes_nothing(order_service, user_id):
+    order_id = (await place(order_service, user_id))["order_id"]
+    for status in ("FINISHED", "FINISHED", "CANCELLED"):
+        await order_service.broker.publish(PAYMENT_RESULTS, PaymentResult(order_id, status).encode(), order_id)
+
+    async def finished_and_outbox_cleared():
+        _, body = await request(order_service.port, "GET", f"/orders/{order_id}")
+        assert body["order"]["status"] == "FINISHED"
+        assert await outbox_row(order_service, order_id) is None
+    await eventually(finished_and_outbox_cleared)

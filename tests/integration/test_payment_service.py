@@ -1,0 +1,75 @@
+from decimal import Decimal
+
+import pytest
+
+from common.messages import ORDER_REQUESTS, PaymentRequest
+from tests.conftest import eventually
+from tests.integration.http import request
+
+
+async def inbox_row(service, order_id):
+    async def read(cur):
+        await cur.execute("SELECT status, acked FROM inbox WHERE order_id = %s", (order_id,))
+        return await cur.fetchone()
+    return await service.db.run(read)
+
+
+async def balance(service, user_id):
+    code, body = await request(service.port, "GET", f"/payments/{user_id}")
+    assert code == 200
+    return Decimal(str(body["account"]["balance"]))
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_account_lifecycle_and_its_failures(payment_service, user_id):
+    port = payment_service.port
+    assert await request(port, "GET", f"/payments/{user_id}") == \
+        (404, {"status": "Fail", "message": f"Account for user {user_id} not found."})
+    assert await request(port, "PUT", f"/payments/{user_id}", {"amount": 5}) == \
+        (404, {"status": "Fail", "message": f"Account for user {user_id} not found."})
+    assert await request(port, "POST", "/payments", {"user_id": user_id}) == \
+        (201, {"status": "Success", "message": "Account created.", "account": {"user_id": user_id, "balance": 0}})
+    assert await request(port, "POST", "/payments", {"user_id": user_id}) == \
+        (409, {"status": "Fail", "message": f"Account for user {user_id} already exists."})
+    code, body = await request(port, "PUT", f"/payments/{user_id}", {"amount": "1000.50"})
+    assert (code, body["account"]["balance"]) == (200, Decimal("1000.50"))
+    code, body = await request(port, "PUT", f"/payments/{user_id}", {"amount": 0})
+    assert (code, body) == (400, {"status": "Fail", "message": "'amount' must be greater than 0."})
+    assert await balance(payment_service, user_id) == Decimal("1000.50")
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("method, path, body, code, message", [
+    ("POST", "/payments", {"user_id": "x"}, 400, "'user_id' must be a positive integer."),
+    ("POST", "/payments", {}, 400, "Missing field 'user_id'."),
+    ("PUT", "/payments/abc", {"amount": 1}, 400, "'user_id' must be a positive integer."),
+    ("GET", "/payments/0", None, 400, "'user_id' must be a positive integer up to 9223372036854775807."),
+    ("DELETE", "/payments/1", None, 405, "Method DELETE not allowed on /payments/1."),
+    ("GET", "/nowhere", None, 404, "No route for /nowhere."),
+])
+async def test_bad_requests_get_a_4xx_envelope(payment_service, method, path, body, code, message):
+    assert await request(payment_service.port, method, path, body) == (code, {"status": "Fail", "message": message})
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_duplicate_payment_request_debits_once(payment_service, user_id):
+    await request(payment_service.port, "POST", "/payments", {"user_id": user_id})
+    await request(payment_service.port, "PUT", f"/payments/{user_id}", {"amount": 100})
+    order_id = user_id  # unique per test as well
+    message = PaymentRequest(order_id, user_id, Decimal("30")).encode()
+    for _ in range(5):
+        await payment_service.broker.publish(ORDER_REQUESTS, message, order_id)
+
+    async def settled():
+        assert await inbox_row(payment_service, order_id) == ("FINISHED", True)
+    await eventually(settled)
+    assert await balance(payment_service, user_id) == Decimal("70.00")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_request_without_account_is_cancelled_and_debits_nothing(payment_service, user_id):
+    await payment_service.broker.publish(ORDER_REQUESTS, PaymentRequest(user_id, user_id, Decimal(1)).encode(), 1)
+
+    async def cancelled():
+        assert await inbox_row(payment_service, user_id) == ("CANCELLED", True)
+    await eventually(cancelled)

@@ -1,0 +1,46 @@
+from decimal import Decimal
+
+import pytest
+
+from common.config import load_settings, read_env_file
+from common.envelope import envelope, to_json
+from common.errors import InvalidMessage
+from common.messages import PaymentRequest, PaymentResult
+
+
+def test_decimals_render_as_exact_json_numbers():
+    assert to_json({"a": Decimal("1000.00"), "b": [Decimal("0.10"), None, "x"]}) == \
+        '{"a": 1000.00, "b": [0.10, null, "x"]}'
+
+
+def test_envelope_status_follows_success():
+    assert envelope(True, "ok", order={"status": "NEW"}) == {"status": "Success", "message": "ok",
+                                                             "order": {"status": "NEW"}}
+    assert envelope(False, "no")["status"] == "Fail"
+
+
+def test_payment_request_round_trips_exactly():
+    request = PaymentRequest(7, 3, Decimal("10.10"))
+    assert PaymentRequest.decode(request.encode()) == request
+
+
+@pytest.mark.parametrize("body", [b"nope", b"[]", b'{"order_id": 1}', b'{"order_id": 1, "user_id": 1, "amount": "-1"}',
+                                  b'{"order_id": 0, "user_id": 1, "amount": "1"}',
+                                  b'{"order_id": 1, "user_id": 1, "amount": "1", "x": 1}'])
+def test_malformed_payment_requests_are_invalid_messages(body):
+    with pytest.raises(InvalidMessage):
+        PaymentRequest.decode(body)
+
+
+def test_payment_result_accepts_only_final_statuses():
+    assert PaymentResult.decode(b'{"order_id": 5, "status": "FINISHED"}') == PaymentResult(5, "FINISHED")
+    with pytest.raises(InvalidMessage):
+        PaymentResult.decode(b'{"order_id": 5, "status": "NEW"}')
+
+
+def test_environment_overrides_env_file_defaults():
+    assert read_env_file()["GATEWAY_PORT"] == "8080"
+    settings = load_settings({"GATEWAY_PORT": "9999", "ORDER_SVC_URL": "http://a:1, http://b:2/"})
+    assert settings.gateway_port == 9999
+    assert settings.order_svc_urls == ("http://a:1", "http://b:2")
+    assert settings.payment_svc_port == 8082
