@@ -1,6 +1,17 @@
 -- shop: all DDL, idempotent. Each service applies its own section at start-up (common/db.py).
 -- Money is NUMERIC(14,2): exact, two decimals, up to 999,999,999,999.99.
 
+-- [shared]
+-- Each service keeps, in its own database, the results of requests sent with an Idempotency-Key:
+-- a retried request with the same key gets the stored result instead of acting twice.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key         TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    result      TEXT,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_age ON idempotency_keys (created_at);
+
 -- [order_svc]
 CREATE TABLE IF NOT EXISTS orders (
     order_id    BIGSERIAL PRIMARY KEY,

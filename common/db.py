@@ -94,7 +94,7 @@ class Database:
         return db
 
     async def apply_schema(self, section):
-        ddl = schema_section(section)
+        ddl = schema_section("shared") + "\n" + schema_section(section)
         async with self.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
             # Replicas starting together would otherwise race on CREATE ... IF NOT EXISTS.
             await cur.execute("SELECT pg_advisory_xact_lock(hashtext('shop-schema'))")

@@ -6,6 +6,7 @@
     ├── NotFound            404    OrderNotFound, AccountNotFound, RouteNotFound
     ├── MethodNotAllowed    405
     ├── Conflict            409    AccountExists
+    ├── IdempotencyKeyReused 422   the same Idempotency-Key with a different request
     └── Unavailable         503    a database, broker or backend cannot be reached
 
 `InvalidMessage` is not an HTTP error: a broker message that can never be processed (dead-lettered).
@@ -58,6 +59,10 @@ class Conflict(ShopError):
 class AccountExists(Conflict):
     def __init__(self, user_id):
         super().__init__(f"Account for user {user_id} already exists.")
+
+
+class IdempotencyKeyReused(ShopError):
+    status_code = 422
 
 
 class Unavailable(ShopError):

@@ -2,6 +2,7 @@
 from common.envelope import BaseHandler
 from common.validation import parse_amount, parse_description, parse_id, parse_json_object
 from common.errors import InvalidInput
+from common.idempotency import from_request
 from order_svc import service
 
 DEFAULT_PAGE = 100
@@ -15,7 +16,8 @@ class OrdersHandler(BaseHandler):
     async def post(self):
         body = parse_json_object(self.request.body, required=("user_id", "amount"), optional=("description",))
         order = await service.place_order(self.db, parse_id(body["user_id"], "user_id"),
-                                          parse_amount(body["amount"]), parse_description(body.get("description")))
+                                          parse_amount(body["amount"]), parse_description(body.get("description")),
+                                          from_request(self.request))
         self.kick_outbox()
         self.reply(201, "Order created.", order_id=order["order_id"], order=order_view(order))
 

@@ -2,6 +2,7 @@
 import logging
 
 from common.errors import OrderNotFound
+from common.idempotency import run_once
 from common.messages import ORDER_REQUESTS, PaymentRequest
 from order_svc import repo
 
@@ -10,9 +11,9 @@ logger = logging.getLogger(__name__)
 MAX_PAGE = 1000
 
 
-async def place_order(db, user_id, amount, description):
-    """Create an order (`NEW`) and its outbox row in one transaction."""
-    order = await db.run(repo.insert_order, user_id, amount, description)
+async def place_order(db, user_id, amount, description, idempotent=None):
+    """Create an order (`NEW`) and its outbox row in one transaction (once per idempotency key)."""
+    order = await db.run(run_once, idempotent, repo.insert_order, user_id, amount, description)
     logger.info("order_id=%s placed for user %s, amount %s", order["order_id"], user_id, amount)
     return order
 

@@ -3,6 +3,7 @@ import logging
 from decimal import Decimal
 
 from common.errors import AccountExists, AccountNotFound, InvalidInput
+from common.idempotency import run_once
 from common.messages import PAYMENT_RESULTS, PaymentResult
 from payment_svc import repo
 
@@ -11,10 +12,16 @@ logger = logging.getLogger(__name__)
 MAX_BALANCE = Decimal("999999999999.99")  # NUMERIC(14, 2)
 
 
-async def create_account(db, user_id):
-    account = await db.run(repo.create_account, user_id)
-    if account is None:
-        raise AccountExists(user_id)
+async def create_account(db, user_id, idempotent=None):
+    """A new account with balance 0; never a second one for the same user."""
+
+    async def create(cur):
+        account = await repo.create_account(cur, user_id)
+        if account is None:
+            raise AccountExists(user_id)
+        return account
+
+    account = await db.run(run_once, idempotent, create)
     logger.info("account created for user %s", user_id)
     return account
 
@@ -26,8 +33,8 @@ async def get_account(db, user_id):
     return account
 
 
-async def top_up(db, user_id, amount):
-    """Credit `amount` under a row lock, so it cannot interleave with a debit."""
+async def top_up(db, user_id, amount, idempotent=None):
+    """Credit `amount` under a row lock, so it cannot interleave with a debit (once per idempotency key)."""
 
     async def credit(cur):
         account = await repo.get_account(cur, user_id, lock=True)
@@ -38,7 +45,7 @@ async def top_up(db, user_id, amount):
             raise InvalidInput(f"Balance would exceed {MAX_BALANCE}.")
         return await repo.set_balance(cur, user_id, balance)
 
-    account = await db.run(credit)
+    account = await db.run(run_once, idempotent, credit)
     logger.info("user %s topped up by %s, balance %s", user_id, amount, account["balance"])
     return account
 

@@ -95,3 +95,23 @@ async def test_repeated_or_late_confirmation_changes_nothing(order_service, user
         assert body["order"]["status"] == "FINISHED"
         assert await outbox_row(order_service, order_id) is None
     await eventually(finished_and_outbox_cleared)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_retried_order_with_same_idempotency_key_is_created_once(order_service, user_id):
+    key = {"Idempotency-Key": f"order-{user_id}"}
+    body = {"user_id": user_id, "amount": 5, "description": "retry me"}
+    first = await request(order_service.port, "POST", "/orders", body, headers=key)
+    again = await request(order_service.port, "POST", "/orders", body, headers=key)
+    assert first[0] == again[0] == 201 and first[1] == again[1]
+    _, listed = await request(order_service.port, "GET", f"/orders?user={user_id}")
+    assert len(listed["orders"]) == 1
+    code, reused = await request(order_service.port, "POST", "/orders", {**body, "amount": 6}, headers=key)
+    assert (code, reused["status"]) == (422, "Fail") and "already used" in reused["message"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_malformed_idempotency_key_is_rejected(order_service, user_id):
+    code, body = await request(order_service.port, "POST", "/orders", {"user_id": user_id, "amount": 1},
+                               headers={"Idempotency-Key": "x" * 300})
+    assert (code, body["message"]) == (400, "'Idempotency-Key' must be 1 to 255 printable ASCII characters.")

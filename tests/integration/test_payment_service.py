@@ -73,3 +73,18 @@ async def test_request_without_account_is_cancelled_and_debits_nothing(payment_s
     async def cancelled():
         assert await inbox_row(payment_service, user_id) == ("CANCELLED", True)
     await eventually(cancelled)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_top_up_retried_with_same_idempotency_key_credits_once(payment_service, user_id):
+    port = payment_service.port
+    create = await request(port, "POST", "/payments", {"user_id": user_id}, headers={"Idempotency-Key": "c1"})
+    assert create == await request(port, "POST", "/payments", {"user_id": user_id}, headers={"Idempotency-Key": "c1"})
+    assert create[0] == 201
+    key = {"Idempotency-Key": f"topup-{user_id}"}
+    replies = [await request(port, "PUT", f"/payments/{user_id}", {"amount": 40}, headers=key) for _ in range(3)]
+    assert all(reply == (200, replies[0][1]) for reply in replies)
+    assert await balance(payment_service, user_id) == Decimal("40.00")
+    code, body = await request(port, "PUT", f"/payments/{user_id}", {"amount": 41}, headers=key)
+    assert code == 422
+    assert await balance(payment_service, user_id) == Decimal("40.00")

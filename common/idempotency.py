@@ -1,0 +1,72 @@
+"""Idempotency keys: a request retried with the same `Idempotency-Key` gets the first result back
+instead of creating or crediting again.
+
+The key is claimed in the same transaction as the business write, so a crash can never leave one without
+the other; a concurrent request with the same key waits on the key's unique index until the first commits."""
+import hashlib
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from common.db import execute, fetch_one
+from common.envelope import to_json
+from common.errors import IdempotencyKeyReused, InvalidInput
+
+HEADER = "Idempotency-Key"
+MAX_KEY_LENGTH = 255
+
+idempotency_keys = sa.Table(
+    "idempotency_keys", sa.MetaData(),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("fingerprint", sa.Text),
+    sa.Column("result", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+)
+
+
+@dataclass(frozen=True)
+class IdempotentRequest:
+    key: str
+    fingerprint: str
+
+
+def from_request(request):
+    """The request's idempotency key and fingerprint (method, path, body), or None without the header."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None
+    if not (0 < len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()):
+        raise InvalidInput(f"'{HEADER}' must be 1 to {MAX_KEY_LENGTH} printable ASCII characters.")
+    digest = hashlib.sha256(f"{request.method} {request.path}\n".encode() + request.body).hexdigest()
+    return IdempotentRequest(key, digest)
+
+
+async def run_once(cur, request, work, *args):
+    """`await work(cur, *args)`, or, if `request`'s key was used before, that first call's result.
+
+    Raises `IdempotencyKeyReused` if the key came with a different request."""
+    if request is None:
+        return await work(cur, *args)
+    claimed = await fetch_one(cur, pg_insert(idempotency_keys)
+                              .values(key=request.key, fingerprint=request.fingerprint)
+                              .on_conflict_do_nothing().returning(idempotency_keys.c.key))
+    if claimed is None:
+        earlier = await fetch_one(cur, sa.select(idempotency_keys.c.fingerprint, idempotency_keys.c.result)
+                                  .where(idempotency_keys.c.key == request.key))
+        if earlier["fingerprint"] != request.fingerprint:
+            raise IdempotencyKeyReused(f"'{HEADER}' {request.key!r} was already used with a different request.")
+        return json.loads(earlier["result"], parse_float=Decimal)
+    result = await work(cur, *args)
+    await execute(cur, sa.update(idempotency_keys).where(idempotency_keys.c.key == request.key)
+                  .values(result=to_json(result)))
+    return result
+
+
+async def forget_older_than(cur, seconds):
+    """Delete keys older than `seconds`; returns how many."""
+    await execute(cur, sa.delete(idempotency_keys).where(
+        idempotency_keys.c.created_at < sa.func.clock_timestamp() - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)))
+    return cur.rowcount
