@@ -5,17 +5,20 @@ Several backend URLs per service are used in turn, skipping one that refuses con
 import asyncio
 import itertools
 import logging
+import uuid
 
 from tornado import httpclient, web
 
-from common.envelope import BaseHandler, NotFoundHandler
+from common.envelope import REQUEST_ID_HEADER, BaseHandler, NotFoundHandler
 from common.errors import Unavailable
 from common.health import HealthHandler
 from common.lifecycle import listen, run, stop_server
+from common.logs import request_id
+from common.metrics import MetricsHandler, log_request
 
 logger = logging.getLogger("gateway")
 
-FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Idempotency-Key", "X-Request-ID")
+FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Idempotency-Key")
 CURL_COULD_NOT_CONNECT = 7
 
 
@@ -23,6 +26,7 @@ class Backend:
     """One service's replicas, taken round-robin."""
 
     def __init__(self, name, urls, timeout):
+        self.name = name
         self.unavailable = f"{name} temporarily unavailable."
         self.urls = urls
         self.timeout = timeout
@@ -49,12 +53,17 @@ class ProxyHandler(BaseHandler):
         self.max_body_bytes = max_body_bytes
 
     def prepare(self):
+        super().prepare()
+        if request_id.get() == "-":
+            # The gateway is where a request enters the system: it names it for every log line downstream.
+            request_id.set(uuid.uuid4().hex)
+            self.set_header(REQUEST_ID_HEADER, request_id.get())
         if self.request.method not in self.methods:
             raise web.HTTPError(405)
-        super().prepare()
 
     async def forward(self, *_):
         headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := self.request.headers.get(k)) is not None}
+        headers[REQUEST_ID_HEADER] = request_id.get()
         body = self.request.body if self.request.method in ("POST", "PUT") else None
         for url in self.backend.candidates():
             try:
@@ -80,6 +89,29 @@ class ProxyHandler(BaseHandler):
     get = post = put = forward
 
 
+class ReadyHandler(BaseHandler):
+    """Ready when every service has at least one replica whose own `/ready` says so."""
+
+    def initialize(self, backends, client):
+        self.backends, self.client = backends, client
+
+    async def probe(self, url):
+        try:
+            response = await self.client.fetch(url + "/ready", raise_error=False, request_timeout=2, connect_timeout=1)
+            return "ready" if response.code == 200 else "not ready"
+        except (OSError, httpclient.HTTPClientError, asyncio.TimeoutError):
+            return "unreachable"
+
+    async def get(self):
+        urls = [url for backend in self.backends for url in backend.urls]
+        states = dict(zip(urls, await asyncio.gather(*(self.probe(url) for url in urls))))
+        down = [b.name for b in self.backends if all(states[url] != "ready" for url in b.urls)]
+        if down:
+            self.reply(503, f"{' and '.join(down)} not ready.", backends=states)
+        else:
+            self.reply(200, "Ready.", backends=states)
+
+
 def make_app(settings, client=None):
     client = client or httpclient.AsyncHTTPClient()
     orders = Backend("Order Service", settings.order_svc_urls, settings.upstream_timeout)
@@ -95,7 +127,9 @@ def make_app(settings, client=None):
         route(r"/payments", payments, "POST"),
         route(r"/payments/[^/]+", payments, "GET", "PUT"),
         (r"/health", HealthHandler),
-    ], default_handler_class=NotFoundHandler)
+        (r"/ready", ReadyHandler, dict(backends=(orders, payments), client=client)),
+        (r"/metrics", MetricsHandler),
+    ], default_handler_class=NotFoundHandler, log_function=log_request)
 
 
 class Gateway:

@@ -8,6 +8,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_ex
 
 from common.errors import InvalidMessage, Unavailable
 from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
+from common.metrics import CONSUMED, DEAD_LETTERED, PUBLISH_FAILED, PUBLISHED, RECONNECTS
 from common.retry import BROKER_ERRORS, until_connected
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class Broker:
             with attempt:
                 # A short reconnect interval keeps recovery after a broker restart within a second or two.
                 connection = await aio_pika.connect_robust(url, reconnect_interval=1)
+        connection.reconnect_callbacks.add(lambda *_: RECONNECTS.inc())
         publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
         consumer = await connection.channel()
         await consumer.set_qos(prefetch_count=prefetch)
@@ -63,8 +65,10 @@ class Broker:
             if isinstance(result, asyncio.CancelledError):
                 raise result
             if isinstance(result, BaseException):
+                PUBLISH_FAILED.labels(queue).inc()
                 logger.warning("publish of %s to %s not confirmed: %r", mid, queue, result)
             else:
+                PUBLISHED.labels(queue).inc()
                 confirmed.append(mid)
         return confirmed
 
@@ -106,6 +110,7 @@ async def declare_queue(channel, name):
 
 async def reject(message, queue, reason):
     logger.error("dead-lettering message %s from %s: %s", message.message_id, queue, reason)
+    DEAD_LETTERED.labels(queue).inc()
     await settle(message.reject(requeue=False))
 
 
@@ -140,4 +145,5 @@ async def drain(pending, queue, handle_batch, batch_size):
             if index in invalid:
                 await reject(message, queue, invalid[index])
             else:
+                CONSUMED.labels(queue).inc()
                 await settle(message.ack())

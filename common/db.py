@@ -10,6 +10,7 @@ import aiopg
 import psycopg2
 import psycopg2.errors
 from psycopg2.extensions import make_dsn, parse_dsn
+import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from common.errors import Unavailable
@@ -55,6 +56,13 @@ async def fetch_one(cur, stmt):
     """The first row of `stmt` as a dict, or None."""
     rows = await fetch_all(cur, stmt)
     return rows[0] if rows else None
+
+
+async def pending_rows(cur, created_at, *where):
+    """(count, age in seconds of the oldest) of the rows of `created_at`'s table matching `where`."""
+    age = sa.func.extract("epoch", sa.func.clock_timestamp() - sa.func.min(created_at))
+    row = await fetch_one(cur, sa.select(sa.func.count(), age).where(*where))
+    return tuple(row.values())
 
 
 async def ensure_database(dsn):

@@ -6,6 +6,9 @@ from decimal import Decimal
 from tornado import web
 
 from common.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, RouteNotFound, ShopError
+from common.logs import request_id
+
+REQUEST_ID_HEADER = "X-Request-ID"
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,12 @@ class BaseHandler(web.RequestHandler):
             setattr(self, name, value)
 
     def prepare(self):
+        rid = self.request.headers.get(REQUEST_ID_HEADER, "")
+        if rid and rid.isascii() and rid.isprintable() and len(rid) <= 200:
+            self.set_header(REQUEST_ID_HEADER, rid)
+        else:
+            rid = "-"
+        request_id.set(rid)
         if len(self.request.body) > self.max_body_bytes:
             raise BodyTooLarge(f"Request body must be at most {self.max_body_bytes} bytes.")
         if self.request.body and self.request.method in ("POST", "PUT", "PATCH"):

@@ -1,13 +1,25 @@
 """Logging set-up: plain text, or one JSON object per line when LOG_FORMAT=json."""
+import contextvars
 import json
 import logging
 import sys
+
+# The X-Request-ID of the HTTP request being handled, so every log line about it can carry it.
+request_id = contextvars.ContextVar("request_id", default="-")
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record):
+        record.request_id = request_id.get()
+        return True
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record):
         entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                 "message": record.getMessage()}
+                 "request_id": record.request_id, "message": record.getMessage()}
+        if order_id := getattr(record, "order_id", None):
+            entry["order_id"] = order_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -15,10 +27,12 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(settings, service):
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s {service} %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
     # Tornado logs every request at INFO; under load that is noise, failures are logged anyway.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)

@@ -1,16 +1,13 @@
 """Order Service wiring: the Tornado application, the outbox worker and the payment-result consumer."""
 import logging
 
-from tornado import web
-
 from common.broker import Broker
 from common.db import Database
-from common.envelope import NotFoundHandler
-from common.health import HealthHandler, ReadyHandler
+from common.app import service_application
 from common.lifecycle import listen, stop_server
 from common.messages import PAYMENT_RESULTS, PaymentResult
 from common.worker import BgWorker
-from order_svc import service
+from order_svc import repo, service
 from order_svc.handlers import OrderHandler, OrdersHandler
 
 logger = logging.getLogger(__name__)
@@ -18,12 +15,10 @@ logger = logging.getLogger(__name__)
 
 def make_app(db, broker, settings, kick_outbox):
     deps = dict(db=db, kick_outbox=kick_outbox, max_body_bytes=settings.max_body_bytes)
-    return web.Application([
+    return service_application([
         (r"/orders", OrdersHandler, deps),
         (r"/orders/([^/]+)", OrderHandler, deps),
-        (r"/health", HealthHandler),
-        (r"/ready", ReadyHandler, dict(db=db, broker=broker)),
-    ], default_handler_class=NotFoundHandler)
+    ], db, broker, repo.backlog)
 
 
 class OrderService:

@@ -1,7 +1,7 @@
 """The Order Service's tables and every SQL statement it runs (SQLAlchemy Core)."""
 import sqlalchemy as sa
 
-from common.db import execute, fetch_all, fetch_one
+from common.db import execute, fetch_all, fetch_one, pending_rows
 
 metadata = sa.MetaData()
 
@@ -23,6 +23,7 @@ outbox_os = sa.Table(
     sa.Column("amount", sa.Numeric(14, 2)),
     sa.Column("attempts", sa.Integer),
     sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
 )
 
 ORDER_FIELDS = (orders.c.order_id, orders.c.user_id, orders.c.amount, orders.c.description, orders.c.status)
@@ -80,3 +81,9 @@ async def finalize_orders(cur, statuses):
                   .where(orders.c.order_id.in_(order_ids), orders.c.status == "NEW")
                   .values(status=sa.case(statuses, value=orders.c.order_id), updated_at=NOW))
     await execute(cur, sa.delete(outbox_os).where(outbox_os.c.order_id.in_(order_ids)))
+
+
+
+async def backlog(cur):
+    """{"outbox_os": (rows waiting for a payment result, age of the oldest in seconds)}."""
+    return {"outbox_os": await pending_rows(cur, outbox_os.c.created_at)}

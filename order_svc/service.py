@@ -14,7 +14,8 @@ MAX_PAGE = 1000
 async def place_order(db, user_id, amount, description, idempotent=None):
     """Create an order (`NEW`) and its outbox row in one transaction (once per idempotency key)."""
     order = await db.run(run_once, idempotent, repo.insert_order, user_id, amount, description)
-    logger.info("order_id=%s placed for user %s, amount %s", order["order_id"], user_id, amount)
+    logger.info("order_id=%s placed for user %s, amount %s", order["order_id"], user_id, amount,
+                extra={"order_id": order["order_id"]})
     return order
 
 
@@ -49,7 +50,8 @@ async def relay_outbox(db, broker, settings):
             await repo.postpone_outbox(cur, confirmed, settings.resend_delay, settings.resend_delay_max)
         for row in rows:
             if row["attempts"]:
-                logger.info("order_id=%s payment request re-sent (attempt %d)", row["order_id"], row["attempts"] + 1)
+                logger.info("order_id=%s payment request re-sent (attempt %d)", row["order_id"], row["attempts"] + 1,
+                            extra={"order_id": row["order_id"]})
         return len(rows)
 
     return await db.run(relay) >= settings.batch_size
@@ -69,5 +71,6 @@ async def apply_payment_results(db, results):
 
     invalid = await db.run(apply)
     for result in results:
-        logger.info("order_id=%s payment result %s", result.order_id, result.status)
+        logger.info("order_id=%s payment result %s", result.order_id, result.status,
+                    extra={"order_id": result.order_id})
     return invalid

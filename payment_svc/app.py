@@ -1,16 +1,13 @@
 """Payments Service wiring: the Tornado application, the inbox and outbox workers, and the request consumer."""
 import logging
 
-from tornado import web
-
 from common.broker import Broker
 from common.db import Database
-from common.envelope import NotFoundHandler
-from common.health import HealthHandler, ReadyHandler
+from common.app import service_application
 from common.lifecycle import listen, stop_server
 from common.messages import ORDER_REQUESTS, PaymentRequest
 from common.worker import BgWorker
-from payment_svc import service
+from payment_svc import repo, service
 from payment_svc.handlers import AccountHandler, AccountsHandler
 
 logger = logging.getLogger(__name__)
@@ -18,12 +15,10 @@ logger = logging.getLogger(__name__)
 
 def make_app(db, broker, settings):
     deps = dict(db=db, max_body_bytes=settings.max_body_bytes)
-    return web.Application([
+    return service_application([
         (r"/payments", AccountsHandler, deps),
         (r"/payments/([^/]+)", AccountHandler, deps),
-        (r"/health", HealthHandler),
-        (r"/ready", ReadyHandler, dict(db=db, broker=broker)),
-    ], default_handler_class=NotFoundHandler)
+    ], db, broker, repo.backlog)
 
 
 class PaymentService:

@@ -2,7 +2,7 @@
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from common.db import execute, fetch_all, fetch_one
+from common.db import execute, fetch_all, fetch_one, pending_rows
 
 metadata = sa.MetaData()
 
@@ -20,6 +20,7 @@ inbox = sa.Table(
     sa.Column("amount", sa.Numeric(14, 2)),
     sa.Column("status", sa.Text),
     sa.Column("acked", sa.Boolean),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
     sa.Column("processed_at", sa.DateTime(timezone=True)),
 )
 
@@ -28,6 +29,7 @@ outbox_ps = sa.Table(
     sa.Column("id", sa.BigInteger, primary_key=True),
     sa.Column("order_id", sa.BigInteger),
     sa.Column("status", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
 )
 
 ACCOUNT_FIELDS = (accounts.c.user_id, accounts.c.balance)
@@ -107,3 +109,10 @@ async def lock_outbox(cur, limit):
 
 async def delete_outbox(cur, ids):
     await execute(cur, sa.delete(outbox_ps).where(outbox_ps.c.id.in_(ids)))
+
+
+
+async def backlog(cur):
+    """{table: (rows waiting, age of the oldest in seconds)} for the unacked inbox and the outbox."""
+    return {"inbox": await pending_rows(cur, inbox.c.created_at, inbox.c.acked.is_(False)),
+            "outbox_ps": await pending_rows(cur, outbox_ps.c.created_at)}

@@ -71,7 +71,8 @@ def settle(rows, balances):
                 status = "FINISHED"
             else:
                 status = "CANCELLED"
-            logger.info("order_id=%s user %s amount %s: %s", row["order_id"], row["user_id"], row["amount"], status)
+            logger.info("order_id=%s user %s amount %s: %s", row["order_id"], row["user_id"], row["amount"], status,
+                        extra={"order_id": row["order_id"]})
         statuses[row["order_id"]] = status
     return statuses, changed
 

@@ -1,5 +1,6 @@
 """The seed's Postman walk-through and the contract's invariants, through the gateway."""
 import secrets
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
@@ -67,3 +68,17 @@ def test_fifty_concurrent_orders_never_overdraw_and_conserve_money(own_stack):
     assert report.ok, report.table()
     _, orders = call(stack.url, "GET", f"/orders?user={user}")
     assert sorted(o["status"] for o in orders["orders"]).count("FINISHED") == 25
+
+
+def test_gateway_names_each_request_and_reports_readiness_and_metrics(stack):
+
+    with urllib.request.urlopen(stack.url + "/orders?limit=1") as response:
+        assert len(response.headers["X-Request-ID"]) == 32
+    code, placed = call(stack.url, "POST", "/orders", {"user_id": new_user(), "amount": 1},
+                        headers={"X-Request-ID": "trace-me-42"})
+    assert code == 201
+    assert f"[trace-me-42]: order_id={placed['order_id']} placed" in stack["order"].log()
+    code, ready = call(stack.url, "GET", "/ready")
+    assert code == 200 and set(ready["backends"].values()) == {"ready"}
+    with urllib.request.urlopen(stack.url + "/metrics") as response:
+        assert b'shop_http_request_duration_seconds_count{handler="ProxyHandler"' in response.read()

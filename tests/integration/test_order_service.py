@@ -1,6 +1,7 @@
 from decimal import Decimal
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from common.messages import PAYMENT_RESULTS, PaymentResult
 from tests.conftest import eventually
@@ -115,3 +116,13 @@ async def test_malformed_idempotency_key_is_rejected(order_service, user_id):
     code, body = await request(order_service.port, "POST", "/orders", {"user_id": user_id, "amount": 1},
                                headers={"Idempotency-Key": "x" * 300})
     assert (code, body["message"]) == (400, "'Idempotency-Key' must be 1 to 255 printable ASCII characters.")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_metrics_count_requests_and_report_the_outbox_backlog(order_service, user_id):
+    await place(order_service, user_id)
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{order_service.port}/metrics")
+    text = response.body.decode()
+    assert 'shop_http_request_duration_seconds_count{handler="OrdersHandler",method="POST",status="201"}' in text
+    assert 'shop_pending_rows{table="outbox_os"}' in text
+    assert "shop_messages_published_total" in text
