@@ -1,0 +1,60 @@
+"""Two instances of each service behind one gateway, under concurrent load."""
+import re
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import pytest
+
+from harness.client import call
+from harness.invariants import check_invariants, wait_until_settled
+from harness.stack import Stack
+
+USERS = range(1, 9)
+
+
+@pytest.fixture
+def replicated_stack():
+    with Stack(prefix="shop_e2e", replicas=2) as stack:
+        yield stack
+
+
+def metric_total(process, name, **labels):
+    """Sum of a counter's samples in `process`'s /metrics that match `labels`."""
+    with urllib.request.urlopen(process.health_url.replace("/health", "/metrics")) as response:
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"{name}\{{(.*)\}} (\S+)$", line)
+        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def test_two_replicas_each_share_load_and_never_process_a_row_twice(replicated_stack):
+    url = replicated_stack.url
+    for user in USERS:
+        call(url, "POST", "/payments", {"user_id": user})
+        assert call(url, "PUT", f"/payments/{user}", {"amount": 100})[0] == 200
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda i: call(url, "POST", "/orders", {"user_id": USERS[i % 8], "amount": 15}),
+                                range(200)))
+    assert all(code == 201 for code, _ in replies)
+    assert wait_until_settled(replicated_stack.order_dsn, timeout=30) is not None
+    report = check_invariants(replicated_stack.order_dsn, replicated_stack.payment_dsn,
+                              {u: Decimal(100) for u in USERS}, [body["order_id"] for _, body in replies])
+    assert report.ok, report.table()
+
+    orders, payments = [replicated_stack[n] for n in ("order", "order1")], \
+        [replicated_stack[n] for n in ("payment", "payment1")]
+    assert all(metric_total(p, "shop_http_request_duration_seconds_count", method="POST") > 0 for p in orders)
+    # Every outbox row was published exactly once in all: no two workers took the same row.
+    assert sum(metric_total(p, "shop_messages_published_total", queue="outbox_os") for p in orders) == 200
+    assert sum(metric_total(p, "shop_messages_published_total", queue="outbox_ps") for p in payments) == 200
+
+
+def test_gateway_skips_a_dead_replica(replicated_stack):
+    replicated_stack["order"].kill()
+    replicated_stack["payment1"].kill()
+    assert [call(replicated_stack.url, "GET", "/orders?limit=1")[0] for _ in range(6)] == [200] * 6
+    assert [call(replicated_stack.url, "GET", "/payments/1")[0] for _ in range(6)] == [404] * 6
