@@ -39,6 +39,9 @@ class Settings:
     upstream_timeout: float
     db_pool_size: int
     max_body_bytes: int
+    inbox_retention_days: float
+    idempotency_key_hours: float
+    cleanup_interval: float
     log_format: str
     log_level: str
 
@@ -68,6 +71,9 @@ def load_settings(environ=None):
         upstream_timeout=float(env.get("UPSTREAM_TIMEOUT", "10")),
         db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
         max_body_bytes=int(env.get("MAX_BODY_BYTES", "65536")),
+        inbox_retention_days=float(env.get("INBOX_RETENTION_DAYS", "7")),
+        idempotency_key_hours=float(env.get("IDEMPOTENCY_KEY_HOURS", "24")),
+        cleanup_interval=float(env.get("CLEANUP_INTERVAL", "3600")),
         log_format=env.get("LOG_FORMAT", "text"),
         log_level=env.get("LOG_LEVEL", "INFO"),
     )

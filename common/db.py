@@ -65,6 +65,19 @@ async def pending_rows(cur, created_at, *where):
     return tuple(row.values())
 
 
+def older_than(column, seconds):
+    return column < sa.func.clock_timestamp() - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+async def delete_batch(cur, key, limit, *where):
+    """Delete up to `limit` rows matching `where` (skipping rows locked by others); True if it hit the limit.
+
+    Small batches keep clean-up from holding many row locks at once."""
+    chosen = sa.select(key).where(*where).limit(limit).with_for_update(skip_locked=True)
+    await execute(cur, sa.delete(key.table).where(key.in_(chosen.scalar_subquery())))
+    return cur.rowcount >= limit
+
+
 async def ensure_database(dsn):
     """Create the DSN's database if it does not exist (several replicas may race: that is fine)."""
     params = parse_dsn(dsn)

@@ -11,7 +11,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from common.db import execute, fetch_one
+from common.db import delete_batch, execute, fetch_one, older_than
 from common.envelope import to_json
 from common.errors import IdempotencyKeyReused, InvalidInput
 
@@ -65,8 +65,6 @@ async def run_once(cur, request, work, *args):
     return result
 
 
-async def forget_older_than(cur, seconds):
-    """Delete keys older than `seconds`; returns how many."""
-    await execute(cur, sa.delete(idempotency_keys).where(
-        idempotency_keys.c.created_at < sa.func.clock_timestamp() - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)))
-    return cur.rowcount
+async def forget_expired(cur, hours, limit):
+    """Delete up to `limit` keys older than `hours`; True if more may be left."""
+    return await delete_batch(cur, idempotency_keys.c.key, limit, older_than(idempotency_keys.c.created_at, hours * 3600))

@@ -35,8 +35,10 @@ class OrderService:
         self.outbox = BgWorker("outbox_os relay", lambda: service.relay_outbox(self.db, self.broker, settings),
                                settings.poll_interval)
         kick = self.outbox.kick if settings.fast_path else (lambda: None)
+        self.cleanup = BgWorker("clean-up", lambda: service.clean_up(self.db, settings), settings.cleanup_interval)
         self.server = listen(make_app(self.db, self.broker, settings, kick), self.port)
         self.outbox.start()
+        self.cleanup.start()
         await self.broker.consume(PAYMENT_RESULTS, PaymentResult.decode,
                                   lambda results: service.apply_payment_results(self.db, results),
                                   settings.batch_size)
@@ -45,5 +47,6 @@ class OrderService:
     async def stop(self):
         await stop_server(self.server)
         await self.outbox.stop()
+        await self.cleanup.stop()
         await self.broker.close()
         await self.db.close()

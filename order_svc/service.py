@@ -2,7 +2,7 @@
 import logging
 
 from common.errors import OrderNotFound
-from common.idempotency import run_once
+from common.idempotency import forget_expired, run_once
 from common.messages import ORDER_REQUESTS, PaymentRequest
 from order_svc import repo
 
@@ -74,3 +74,8 @@ async def apply_payment_results(db, results):
         logger.info("order_id=%s payment result %s", result.order_id, result.status,
                     extra={"order_id": result.order_id})
     return invalid
+
+
+async def clean_up(db, settings):
+    """Forget one batch of expired idempotency keys; True if more are left."""
+    return await db.run(forget_expired, settings.idempotency_key_hours, settings.batch_size)

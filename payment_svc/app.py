@@ -36,9 +36,11 @@ class PaymentService:
                                lambda: service.relay_outbox(self.db, self.broker, settings.batch_size),
                                settings.poll_interval)
         self.inbox = BgWorker("inbox processor", self._process_inbox, settings.poll_interval)
+        self.cleanup = BgWorker("clean-up", lambda: service.clean_up(self.db, settings), settings.cleanup_interval)
         self.server = listen(make_app(self.db, self.broker, settings), self.port)
         self.inbox.start()
         self.outbox.start()
+        self.cleanup.start()
         await self.broker.consume(ORDER_REQUESTS, PaymentRequest.decode, self._receive, settings.batch_size)
         logger.info("Payments Service listening on port %s", self.port)
 
@@ -58,5 +60,6 @@ class PaymentService:
         await stop_server(self.server)
         await self.inbox.stop()
         await self.outbox.stop()
+        await self.cleanup.stop()
         await self.broker.close()
         await self.db.close()

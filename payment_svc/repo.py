@@ -2,7 +2,7 @@
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from common.db import execute, fetch_all, fetch_one, pending_rows
+from common.db import delete_batch, execute, fetch_all, fetch_one, older_than, pending_rows
 
 metadata = sa.MetaData()
 
@@ -116,3 +116,9 @@ async def backlog(cur):
     """{table: (rows waiting, age of the oldest in seconds)} for the unacked inbox and the outbox."""
     return {"inbox": await pending_rows(cur, inbox.c.created_at, inbox.c.acked.is_(False)),
             "outbox_ps": await pending_rows(cur, outbox_ps.c.created_at)}
+
+
+async def forget_processed(cur, days, limit):
+    """Delete up to `limit` settled inbox rows processed more than `days` ago; True if more may be left."""
+    return await delete_batch(cur, inbox.c.order_id, limit, inbox.c.acked, inbox.c.status != "NEW",
+                              older_than(inbox.c.processed_at, days * 86400))

@@ -3,7 +3,7 @@ import logging
 from decimal import Decimal
 
 from common.errors import AccountExists, AccountNotFound, InvalidInput
-from common.idempotency import run_once
+from common.idempotency import forget_expired, run_once
 from common.messages import PAYMENT_RESULTS, PaymentResult
 from payment_svc import repo
 
@@ -116,3 +116,10 @@ async def relay_outbox(db, broker, batch_size):
         return len(rows)
 
     return await db.run(relay) >= batch_size
+
+
+async def clean_up(db, settings):
+    """Forget one batch of expired idempotency keys and of inbox rows past retention; True if more are left."""
+    keys_left = await db.run(forget_expired, settings.idempotency_key_hours, settings.batch_size)
+    rows_left = await db.run(repo.forget_processed, settings.inbox_retention_days, settings.batch_size)
+    return keys_left or rows_left

@@ -3,6 +3,7 @@ from decimal import Decimal
 import pytest
 
 from common.messages import ORDER_REQUESTS, PaymentRequest
+from payment_svc.service import clean_up
 from tests.conftest import eventually
 from tests.integration.http import request
 
@@ -88,3 +89,27 @@ async def test_top_up_retried_with_same_idempotency_key_credits_once(payment_ser
     code, body = await request(port, "PUT", f"/payments/{user_id}", {"amount": 41}, headers=key)
     assert code == 422
     assert await balance(payment_service, user_id) == Decimal("40.00")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_clean_up_forgets_only_settled_rows_and_keys_past_their_retention(payment_service, user_id):
+    old, recent, unsettled = user_id, user_id + 1, user_id + 2
+
+    async def seed(cur):
+        await cur.execute(
+            "INSERT INTO inbox (order_id, user_id, amount, status, acked, processed_at) VALUES "
+            "(%s, 1, 1, 'FINISHED', true, now() - interval '8 days'), (%s, 1, 1, 'CANCELLED', true, now()), "
+            "(%s, 1, 1, 'NEW', false, NULL)", (old, recent, unsettled))
+        await cur.execute("INSERT INTO idempotency_keys (key, fingerprint, result, created_at) VALUES "
+                          "(%s, 'f', '{}', now() - interval '25 hours'), (%s, 'f', '{}', now())",
+                          (f"old-{user_id}", f"new-{user_id}"))
+    await payment_service.db.run(seed)
+    while await clean_up(payment_service.db, payment_service.settings):
+        pass
+
+    async def remaining(cur):
+        await cur.execute("SELECT order_id FROM inbox WHERE order_id IN (%s, %s, %s)", (old, recent, unsettled))
+        orders = {row[0] for row in await cur.fetchall()}
+        await cur.execute("SELECT key FROM idempotency_keys WHERE key LIKE %s", (f"%-{user_id}",))
+        return orders, {row[0] for row in await cur.fetchall()}
+    assert await payment_service.db.run(remaining) == ({recent, unsettled}, {f"new-{user_id}"})
