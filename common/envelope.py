@@ -31,9 +31,29 @@ def envelope(success, message, **data):
 
 
 class BaseHandler(web.RequestHandler):
-    """Answers every request, failed or not, with the JSON envelope; never a stack trace."""
+    """Answers every request, failed or not, with the JSON envelope; never a stack trace.
+
+    Counts requests in flight, so that a graceful shutdown can wait for them."""
 
     max_body_bytes = 65536
+    in_flight = 0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._counted = True
+        BaseHandler.in_flight += 1
+
+    def _done(self):
+        if self._counted:
+            self._counted = False
+            BaseHandler.in_flight -= 1
+
+    def on_finish(self):
+        self._done()
+
+    def on_connection_close(self):
+        self._done()
+        super().on_connection_close()
 
     def initialize(self, **dependencies):
         for name, value in dependencies.items():

@@ -67,4 +67,5 @@ async def run_once(cur, request, work, *args):
 
 async def forget_expired(cur, hours, limit):
     """Delete up to `limit` keys older than `hours`; True if more may be left."""
-    return await delete_batch(cur, idempotency_keys.c.key, limit, older_than(idempotency_keys.c.created_at, hours * 3600))
+    return await delete_batch(cur, idempotency_keys.c.key, limit,
+                              older_than(idempotency_keys.c.created_at, hours * 3600))

@@ -6,6 +6,7 @@ import signal
 from tornado.httpserver import HTTPServer
 
 from common.config import load_settings
+from common.envelope import BaseHandler
 from common.logs import setup_logging
 
 # Tornado rejects bodies above this outright; handlers enforce the smaller MAX_BODY_BYTES with a JSON 413.
@@ -27,13 +28,16 @@ def listen(app, port):
     return server
 
 
-async def stop_server(server, grace=5.0):
-    """Stop accepting, give in-flight requests `grace` seconds, then close what is left."""
+async def stop_server(server, grace=10.0):
+    """Stop accepting, give in-flight requests up to `grace` seconds to finish, then close all connections
+    (Tornado's `close_all_connections` alone would cut requests off mid-way)."""
     server.stop()
-    try:
-        await asyncio.wait_for(server.close_all_connections(), grace)
-    except asyncio.TimeoutError:
-        pass
+    # Clients on kept-alive connections get at most one more answer, marked `Connection: close`.
+    server.conn_params.no_keep_alive = True
+    deadline = asyncio.get_running_loop().time() + grace
+    while BaseHandler.in_flight and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    await server.close_all_connections()
 
 
 def run(service_class):
@@ -45,7 +49,10 @@ def run(service_class):
         service = service_class(settings)
         await service.start()
         await wait_for_shutdown()
-        logging.getLogger(service_class.name).info("shutting down")
+        logger = logging.getLogger(service_class.name)
+        logger.info("shutting down")
+        started = asyncio.get_running_loop().time()
         await service.stop()
+        logger.info("stopped in %.2fs", asyncio.get_running_loop().time() - started)
 
     asyncio.run(main())

@@ -2,7 +2,7 @@
 import logging
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
-from tornado import web
+from tornado.log import access_log
 
 from common.envelope import BaseHandler
 from common.errors import Unavailable
@@ -21,10 +21,12 @@ OLDEST_PENDING = Gauge("shop_oldest_pending_age_seconds", "Age of the oldest wai
 
 
 def log_request(handler):
-    """Tornado `log_function`: count and time the request, then write the usual access log line."""
-    REQUESTS.labels(type(handler).__name__, handler.request.method, handler.get_status()) \
-        .observe(handler.request.request_time())
-    web.Application.log_request(handler.application, handler)
+    """Tornado `log_function`: count and time the request, and write Tornado's usual access log line."""
+    status, request = handler.get_status(), handler.request
+    REQUESTS.labels(type(handler).__name__, request.method, status).observe(request.request_time())
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri, request.remote_ip,
+                   1000 * request.request_time())
 
 
 class MetricsHandler(BaseHandler):

@@ -23,7 +23,8 @@ def test_amount_rejects_with_a_message_naming_the_problem(value, words):
         parse_amount(value)
 
 
-@pytest.mark.parametrize("value", ["1; DROP", True, Decimal("1.5"), -1, 0, 2**70, "", "١", "abc", None, "99999999999999999999"])
+@pytest.mark.parametrize("value", ["1; DROP", True, Decimal("1.5"), -1, 0, 2**70, "", "١", "abc", None,
+                                   "99999999999999999999"])
 def test_id_rejects_everything_but_positive_bigints(value):
     with pytest.raises(InvalidInput, match="'user_id' must be a positive integer"):
         parse_id(value, "user_id")
