@@ -52,6 +52,10 @@ def parse_description(value):
         raise InvalidInput(f"'description' must be at most {MAX_DESCRIPTION} characters.")
     if "\x00" in value:
         raise InvalidInput("'description' must not contain NUL characters.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800" decodes but cannot be stored
+        raise InvalidInput("'description' must be valid Unicode text.") from None
     return value
 
 

@@ -37,7 +37,7 @@ def test_id_accepts_int_and_digit_string():
 def test_description_is_optional_bounded_and_without_nul():
     assert parse_description(None) == ""
     assert parse_description("ok") == "ok"
-    for bad, words in (("x" * 1001, "at most 1000"), ("a\x00b", "NUL"), (5, "string")):
+    for bad, words in (("x" * 1001, "at most 1000"), ("a\x00b", "NUL"), (5, "string"), ("\ud800", "valid Unicode")):
         with pytest.raises(InvalidInput, match=words):
             parse_description(bad)
 
