@@ -89,6 +89,15 @@ class Process:
     def log(self):
         return Path(self.log_path).read_text(errors="replace")
 
+    def peak_rss_mb(self):
+        """The process's peak resident set size so far (the kernel's VmHWM), in MB; None if not running."""
+        if not self.is_running():
+            return None
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return None
+
 
 class Stack:
     """The three processes (optionally several replicas of each service), on their own databases and vhost."""

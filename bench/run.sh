@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The benchmark in one command: set up .venv, install wrk/nginx-light if missing, run `python -m bench`.
+# Arguments go to it, e.g. bench/run.sh --smoke, bench/run.sh --only 1,4
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+exec .venv/bin/python -m bench "$@"

@@ -1,0 +1,178 @@
+"""The five measurements of issue 5. Each starts the real stack on fresh databases and a fresh vhost
+(`harness.stack.Stack`) and returns table rows; memory peaks are collected along the way."""
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from bench import measure, tools
+from bench.progress import say, wait
+from bench.steady import steady_orders
+from bench.table import Row, mb, ms, per_s
+from harness.invariants import check_invariants, pending_count, wait_until_settled
+from harness.stack import Stack, drop_database, free_port
+from common.db import schema_section
+from common.messages import ORDER_REQUESTS
+
+SERVICES = ("gateway", "order", "payment")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and durations; `SMOKE` shrinks them so that CI runs every code path in seconds."""
+    users: int = 1000
+    latency_rate: int = 100
+    latency_seconds: float = 30
+    load_clients: int = 64
+    load_seconds: float = 30
+    pgbench_clients: int = 16
+    pgbench_seconds: float = 15
+    backlog_orders: int = 10_000
+    outage_seconds: float = 60
+    wrk_connections: int = 32
+    wrk_seconds: float = 10
+    big_backlog: int = 100_000
+    settle_timeout: float = 600
+
+
+SMOKE = Plan(users=50, latency_rate=20, latency_seconds=1, load_clients=4, load_seconds=1, pgbench_clients=2,
+             pgbench_seconds=1, backlog_orders=100, outage_seconds=1, wrk_connections=4, wrk_seconds=1,
+             big_backlog=500, settle_timeout=60)
+
+
+@contextmanager
+def bench_stack(plan, **env):
+    """A fresh stack with seeded accounts; yields (stack, {user: top-up})."""
+    with Stack(prefix="shop_bench", extra_env=env) as stack:
+        yield stack, measure.seed_accounts(stack.payment_dsn, plan.users)
+
+
+def settle(stack, plan, label):
+    took = wait_until_settled(stack.order_dsn, plan.settle_timeout)
+    if took is None:
+        raise RuntimeError(f"{label}: orders still pending after {plan.settle_timeout} s; logs in {stack.log_dir}")
+    return took
+
+
+def peaks(stack):
+    return {name: stack[name].peak_rss_mb() for name in SERVICES}
+
+
+def latency(plan):
+    """(1) create→final latency at a steady rate, fast path vs poll only."""
+    results = {}
+    for fast in ("1", "0"):
+        say(f"[1/5] latency: {plan.latency_rate} orders/s for {plan.latency_seconds:.0f} s, FAST_PATH={fast}")
+        with bench_stack(plan, FAST_PATH=fast) as (stack, _):
+            codes, _took = steady_orders(stack.url, plan.latency_rate, plan.latency_seconds, plan.users)
+            settle(stack, plan, "latency")
+            results[fast] = measure.latency_ms(stack.order_dsn), codes
+    (fast, codes), (slow, _) = results["1"], results["0"]
+    note = f" ({codes[201]} orders)" + (f", other: {dict(c for c in codes.items() if c[0] != 201)}" if len(codes) > 1 else "")
+    return [Row(f"1. create→final {name} at {plan.latency_rate}/s{note if i == 0 else ''}", ms(fast[i]),
+                f"{ms(slow[i])} poll only", target)
+            for i, (name, target) in enumerate((("p50", "≤ 20 ms"), ("p95", ""), ("p99", "≤ 100 ms")))]
+
+
+def pgbench_baseline(plan, stack):
+    """pgbench running the order transaction on a scratch database with the Order Service's schema."""
+    dsn = stack.order_dsn.rsplit("/", 1)[0] + f"/{stack.run_id}_pgbench"
+    measure.run_sql(stack.order_dsn, f'CREATE DATABASE "{stack.run_id}_pgbench"')
+    try:
+        measure.run_sql(dsn, schema_section("order_svc"))
+        say(f"[2/5] pgbench: order transaction, {plan.pgbench_clients} clients for {plan.pgbench_seconds:.0f} s")
+        return tools.pgbench(dsn, plan.pgbench_clients, plan.pgbench_seconds)
+    finally:
+        drop_database(f"{stack.run_id}_pgbench")
+
+
+def throughput(plan, memory):
+    """(2) accepted/s and finalized/s under closed-loop load, vs pgbench on the same transaction."""
+    say(f"[2/5] throughput: wrk, {plan.load_clients} clients POST /orders for {plan.load_seconds:.0f} s")
+    with bench_stack(plan) as (stack, top_ups):
+        start = measure.db_now(stack.order_dsn)
+        result = tools.wrk(stack.url + "/orders", plan.load_clients, plan.load_seconds, post=True, users=plan.users)
+        end = measure.db_now(stack.order_dsn)
+        finalized = measure.finalized_between(stack.order_dsn, start, end) / (end - start).total_seconds()
+        backlog = pending_count(stack.order_dsn)
+        say(f"  {result.ok_per_second:.0f} accepted/s, {finalized:.0f} finalized/s, {backlog} pending at the end")
+        drain = settle(stack, plan, "throughput")
+        memory["2. throughput"] = peaks(stack)
+        report = check_invariants(stack.order_dsn, stack.payment_dsn, top_ups)
+        tps = pgbench_baseline(plan, stack)
+    errors = f", {result.status_errors + result.socket_errors} errors" if result.status_errors + result.socket_errors else ""
+    return [
+        Row(f"2. POST /orders accepted via gateway, {plan.load_clients} clients (client p50 "
+            f"{ms(result.latency_p50_ms)}{errors})", per_s(result.ok_per_second),
+            f"{per_s(tps)} pgbench -c{plan.pgbench_clients} ({result.ok_per_second / tps:.0%})", "≥ 1,000/s"),
+        Row(f"2. orders finalized during the load (then {backlog} pending, drained in {drain:.1f} s; "
+            f"invariants {'PASS' if report.ok else 'FAIL'})", per_s(finalized),
+            f"({finalized / tps:.0%} of pgbench)", "≥ 30% of pgbench"),
+    ]
+
+
+def backlog(plan, memory):
+    """(3) a backlog built while Payments is down: publishes during the outage, then time to drain it."""
+    with bench_stack(plan) as (stack, _):
+        stack["payment"].stop()
+        say(f"[3/5] backlog: {plan.backlog_orders} orders with Payments stopped")
+        tools.wrk(stack.url + "/orders", 64, 600, post=True, users=plan.users,
+                  limit_per_thread=plan.backlog_orders // 2,
+                  until=lambda: measure.order_count(stack.order_dsn) >= plan.backlog_orders)
+        time.sleep(1)  # requests in flight when wrk stopped still commit
+        orders = measure.order_count(stack.order_dsn)
+        wait(plan.outage_seconds, f"outage with {orders} pending orders")
+        published = measure.queue_depth(stack.vhost, ORDER_REQUESTS)
+        say(f"  {published} messages in {ORDER_REQUESTS}; starting Payments")
+        started = time.monotonic()
+        stack.restart("payment")
+        ready = time.monotonic() - started
+        settle(stack, plan, "backlog")
+        drained = time.monotonic() - started
+        memory["3. backlog"] = peaks(stack)
+    return [
+        Row(f"3. drain {orders:,} orders after Payments starts (incl. {ready:.1f} s start-up)", f"{drained:.1f} s",
+            f"{orders / drained:,.0f} orders/s", "≤ 10 s"),
+        Row(f"3. publishes to {ORDER_REQUESTS} per pending order, {plan.outage_seconds:.0f} s outage",
+            f"{published / orders:.2f}", f"{published:,} messages", "≤ 3"),
+    ]
+
+
+def gateway_overhead(plan):
+    """(4) GET /orders/{id} throughput: direct, through the gateway, through nginx."""
+    with bench_stack(plan) as (stack, _):
+        measure.insert_backlog(stack.order_dsn, 1, plan.users)
+        direct = stack["order"].health_url.rsplit("/", 1)[0]
+        rates = {}
+        with tools.nginx_proxy(free_port(), direct.split("//")[1]) as nginx:
+            for name, base in (("direct", direct), ("gateway", stack.url), ("nginx", nginx)):
+                say(f"[4/5] gateway overhead: wrk GET /orders/1 {name}, {plan.wrk_connections} connections, "
+                    f"{plan.wrk_seconds:.0f} s")
+                rates[name] = tools.wrk(base + "/orders/1", plan.wrk_connections, plan.wrk_seconds).ok_per_second
+    return [Row("4. GET /orders/{id} through the gateway", per_s(rates["gateway"]),
+                f"{per_s(rates['direct'])} direct ({rates['gateway'] / rates['direct']:.0%}); nginx "
+                f"{per_s(rates['nginx'])} ({rates['nginx'] / rates['direct']:.0%})", "≥ 60% of direct")]
+
+
+def big_backlog(plan, memory):
+    """(5) memory with a large backlog: orders written while Payments is down, then drained."""
+    with bench_stack(plan) as (stack, _):
+        stack["payment"].stop()
+        say(f"[5/5] memory: {plan.big_backlog:,} pending orders, Payments stopped")
+        measure.insert_backlog(stack.order_dsn, plan.big_backlog, plan.users)
+        started = time.monotonic()
+        while measure.queue_depth(stack.vhost, ORDER_REQUESTS) < plan.big_backlog:
+            if time.monotonic() - started > plan.settle_timeout:
+                raise RuntimeError("the Order Service did not publish the backlog")
+            time.sleep(1)
+        say(f"  backlog published in {time.monotonic() - started:.1f} s; starting Payments")
+        started = time.monotonic()
+        stack.restart("payment")
+        settle(stack, plan, "big backlog")
+        memory[f"5. {plan.big_backlog:,}-order backlog (drained in {time.monotonic() - started:.0f} s)"] = \
+            peaks(stack)
+    return []
+
+
+def memory_rows(memory):
+    return [Row(f"5. peak RSS gateway / order / payment, run {run}",
+                " / ".join(mb(p[s]) for s in SERVICES), "", "≤ 150 MB each") for run, p in memory.items()]
