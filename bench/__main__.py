@@ -5,6 +5,7 @@ import platform
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from bench import scenarios, tools
@@ -31,15 +32,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds per figure (CI)")
     parser.add_argument("--only", default="1,2,3,4,5", help="comma-separated figures to run (default all)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the services during the throughput figure")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so every stack still drops its databases and vhost.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    plan = scenarios.SMOKE if args.smoke else scenarios.Plan()
+    plan = replace(scenarios.SMOKE if args.smoke else scenarios.Plan(), profile=args.profile)
     only = {int(n) for n in args.only.split(",")}
     tools.ensure_installed()
     say(f"start: {load()}")
-    rows, memory = [], {}
-    steps = [(1, lambda: scenarios.latency(plan)), (2, lambda: scenarios.throughput(plan, memory)),
+    rows, memory, profiles = [], {}, []
+    steps = [(1, lambda: scenarios.latency(plan)), (2, lambda: scenarios.throughput(plan, memory, profiles)),
              (3, lambda: scenarios.backlog(plan, memory)), (4, lambda: scenarios.gateway_overhead(plan)),
              (5, lambda: scenarios.big_backlog(plan, memory))]
     for number, step in steps:
@@ -54,6 +56,8 @@ def main(argv=None):
     print(f"shop benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {git_commit()}, "
           f"{'smoke' if args.smoke else 'full'} run; {machine()}; {load()} at the end\n")
     print(render(rows))
+    for profile in profiles:
+        print(f"\npy-spy during figure 2:\n{profile}")
     return 0
 
 

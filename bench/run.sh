@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+.venv/bin/pip install --quiet -r bench/requirements.txt
 exec .venv/bin/python -m bench "$@"

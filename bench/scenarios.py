@@ -5,6 +5,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from bench import measure, tools
+from bench.profile import Profiler
 from bench.progress import say, wait
 from bench.steady import steady_orders
 from bench.table import Row, mb, ms, per_s
@@ -32,6 +33,7 @@ class Plan:
     wrk_seconds: float = 10
     big_backlog: int = 100_000
     settle_timeout: float = 600
+    profile: bool = False
 
 
 SMOKE = Plan(users=50, latency_rate=20, latency_seconds=1, load_clients=4, load_seconds=1, pgbench_clients=2,
@@ -85,13 +87,16 @@ def pgbench_baseline(plan, stack):
         drop_database(f"{stack.run_id}_pgbench")
 
 
-def throughput(plan, memory):
+def throughput(plan, memory, profiles):
     """(2) accepted/s and finalized/s under closed-loop load, vs pgbench on the same transaction."""
     say(f"[2/5] throughput: wrk, {plan.load_clients} clients POST /orders for {plan.load_seconds:.0f} s")
     with bench_stack(plan) as (stack, top_ups):
+        profiler = plan.profile and Profiler({s: stack[s] for s in SERVICES}, max(plan.load_seconds - 2, 1))
         start = measure.db_now(stack.order_dsn)
         result = tools.wrk(stack.url + "/orders", plan.load_clients, plan.load_seconds, post=True, users=plan.users)
         end = measure.db_now(stack.order_dsn)
+        if profiler:
+            profiles.append(profiler.report())
         finalized = measure.finalized_between(stack.order_dsn, start, end) / (end - start).total_seconds()
         backlog = pending_count(stack.order_dsn)
         say(f"  {result.ok_per_second:.0f} accepted/s, {finalized:.0f} finalized/s, {backlog} pending at the end")
