@@ -37,18 +37,28 @@ async def relay_outbox(db, broker, settings):
     """Publish one batch of due outbox rows; returns True if the batch was full (more may be due).
 
     The rows stay locked while publishing, so another instance cannot send them at the same time;
-    each confirmed row is postponed by its resend delay, unconfirmed rows are retried at the next run."""
+    each confirmed row is postponed by its resend delay, unconfirmed rows are retried at the next run.
+    A resend is held back (and postponed with the same backoff) while the queue still holds messages
+    no consumer has taken: the earlier copy is then still waiting there, and during a Payments outage
+    resending would only multiply the backlog it has to work through when it returns."""
 
     async def relay(cur):
         rows = await repo.lock_due_outbox(cur, settings.batch_size)
         if not rows:
             return 0
+        resends = [row["order_id"] for row in rows if row["attempts"]]
+        if resends and await broker.ready_count(ORDER_REQUESTS):
+            await repo.postpone_outbox(cur, resends, settings.resend_delay, settings.resend_delay_max)
+            logger.debug("%d resends held back: %s still has messages waiting", len(resends), ORDER_REQUESTS)
+            due = [row for row in rows if not row["attempts"]]
+        else:
+            due = rows
         messages = [(row["order_id"], PaymentRequest(row["order_id"], row["user_id"], row["amount"]).encode())
-                    for row in rows]
-        confirmed = await broker.publish_all(ORDER_REQUESTS, messages)
+                    for row in due]
+        confirmed = await broker.publish_all(ORDER_REQUESTS, messages) if messages else []
         if confirmed:
             await repo.postpone_outbox(cur, confirmed, settings.resend_delay, settings.resend_delay_max)
-        for row in rows:
+        for row in due:
             if row["attempts"]:
                 logger.info("order_id=%s payment request re-sent (attempt %d)", row["order_id"], row["attempts"] + 1,
                             extra={"order_id": row["order_id"]})
