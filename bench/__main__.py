@@ -48,10 +48,13 @@ def main(argv=None):
         if number not in only:
             continue
         try:
-            rows += step()
+            done = step()
         except tools.ToolMissing as exc:
-            rows.append(Row(f"{number}. (skipped)", f"n/a: {exc} not installed"))
-        say(f"figure {number} done: {load()}")
+            done = [Row(f"{number}. (skipped)", f"n/a: {exc} not installed")]
+        except Exception as exc:  # noqa: BLE001 - one broken figure must not cost the others
+            done = [Row(f"{number}. (failed)", f"{type(exc).__name__}: {exc}")]
+        rows += done
+        say(f"figure {number} done: {load()}\n" + render(done))
     rows += scenarios.memory_rows(memory)
     print(f"shop benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {git_commit()}, "
           f"{'smoke' if args.smoke else 'full'} run; {machine()}; {load()} at the end\n")
