@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -22,8 +23,9 @@ class ToolMissing(Exception):
 
 
 def find(name):
-    """Path of an executable, also where root's PATH would look (/usr/sbin) or PostgreSQL keeps it."""
-    extra = ["/usr/sbin", "/sbin", *sorted(map(str, Path("/usr/lib/postgresql").glob("*/bin")), reverse=True)]
+    """Path of an executable, also in this venv, where root's PATH would look (/usr/sbin) or PostgreSQL
+    keeps it."""
+    extra = [str(Path(sys.executable).parent), "/usr/sbin", "/sbin", *sorted(map(str, Path("/usr/lib/postgresql").glob("*/bin")), reverse=True)]
     return shutil.which(name) or shutil.which(name, path=os.pathsep.join(extra))
 
 
