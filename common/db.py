@@ -144,19 +144,26 @@ class Database:
             await cur.execute(ddl)
 
     @asynccontextmanager
-    async def _transaction(self):
-        async with self.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-            yield cur
+    async def _cursor(self, transaction):
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            if transaction:
+                async with cur.begin():
+                    yield cur
+            else:
+                yield cur
 
-    async def run(self, work, *args, retry_seconds=None):
+    async def run(self, work, *args, retry_seconds=None, transaction=True):
         """Run `await work(cur, *args)` in one transaction and return its result.
 
+        `transaction=False` leaves out BEGIN/COMMIT, for work that is a single statement: PostgreSQL runs
+        a lone statement as its own transaction (all of it, data-modifying CTEs included, or nothing),
+        and the two round trips saved are most of a short write's cost.
         Connection failures and deadlocks retry the whole transaction for `retry_seconds`;
         after that raises `Unavailable`. Other exceptions roll back and propagate."""
         try:
             async for attempt in briefly(DB_ERRORS, self.retry_seconds if retry_seconds is None else retry_seconds):
                 with attempt:
-                    async with self._transaction() as cur:
+                    async with self._cursor(transaction) as cur:
                         return await work(cur, *args)
         except DB_ERRORS as exc:
             logger.warning("database unavailable: %r", exc)

@@ -30,8 +30,7 @@ outbox_os = sa.Table(
 ORDER_FIELDS = (orders.c.order_id, orders.c.user_id, orders.c.amount, orders.c.description, orders.c.status)
 NOW = sa.func.clock_timestamp()
 
-# The order and its outbox row in one statement: one round trip less per order (it still runs inside
-# the caller's transaction).
+# The order and its outbox row in one statement, so atomic even without BEGIN/COMMIT around it.
 _placed = (sa.insert(orders).values(user_id=sa.bindparam("user_id"), amount=sa.bindparam("amount"),
                                     description=sa.bindparam("description"))
            .returning(*ORDER_FIELDS).cte("placed"))
@@ -70,7 +69,7 @@ DELETE_OUTBOX = Query(sa.delete(outbox_os).where(outbox_os.c.order_id == sa.any_
 
 
 async def insert_order(cur, user_id, amount, description):
-    """Insert an order and its outbox row; returns the order."""
+    """Insert an order and its outbox row (one statement: atomic on its own); returns the order."""
     return await fetch_one(cur, INSERT_ORDER, user_id=user_id, amount=amount, description=description)
 
 

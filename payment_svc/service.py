@@ -27,7 +27,7 @@ async def create_account(db, user_id, idempotent=None):
 
 
 async def get_account(db, user_id):
-    account = await db.run(repo.get_account, user_id)
+    account = await db.run(repo.get_account, user_id, transaction=False)
     if account is None:
         raise AccountNotFound(user_id)
     return account
