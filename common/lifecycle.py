@@ -3,6 +3,7 @@ import asyncio
 import logging
 import signal
 
+import uvloop
 from tornado.httpserver import HTTPServer
 
 from common.config import load_settings
@@ -55,4 +56,9 @@ def run(service_class):
         await service.stop()
         logger.info("stopped in %.2fs", asyncio.get_running_loop().time() - started)
 
-    asyncio.run(main())
+    if settings.event_loop == "uvloop":
+        # libuv's loop: fewer CPU cycles per callback and per socket operation than asyncio's own
+        # (bench figure 4 measures the gateway on both).
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
