@@ -71,7 +71,7 @@ def settle(rows, balances):
                 status = "FINISHED"
             else:
                 status = "CANCELLED"
-            # DEBUG like every per-order line of the normal path (see order_svc.service.place_order).
+            # DEBUG like the Order Service's per-step lines (see order_svc.service.apply_payment_results).
             logger.debug("order_id=%s user %s amount %s: %s", row["order_id"], row["user_id"], row["amount"], status,
                          extra={"order_id": row["order_id"]})
         statuses[row["order_id"]] = status
