@@ -5,10 +5,11 @@ import platform
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from datetime import datetime, timezone
 
-from bench import scenarios, tools
+from bench import measure, scenarios, tools
 from bench.progress import say
 from bench.table import Row, render
 
@@ -47,12 +48,17 @@ def main(argv=None):
     for number, step in steps:
         if number not in only:
             continue
+        pressure, started = measure.cpu_pressure_total(), time.monotonic()
         try:
             done = step()
         except tools.ToolMissing as exc:
             done = [Row(f"{number}. (skipped)", f"n/a: {exc} not installed")]
         except Exception as exc:  # noqa: BLE001 - one broken figure must not cost the others
             done = [Row(f"{number}. (failed)", f"{type(exc).__name__}: {exc}")]
+        if pressure is not None:
+            waited = (measure.cpu_pressure_total() - pressure) / 1e6 / (time.monotonic() - started)
+            done.append(Row(f"{number}. machine during figure {number}", f"CPU pressure {waited:.0%}",
+                            load(), "(share of time some task waited for a CPU)"))
         rows += done
         say(f"figure {number} done: {load()}\n" + render(done))
     rows += scenarios.memory_rows(memory)

@@ -64,3 +64,12 @@ def queue_depth(vhost, queue):
         if name == queue:
             return int(count)
     return 0
+
+
+def cpu_pressure_total():
+    """Microseconds, since boot, in which some runnable task waited for a CPU (Linux PSI); None if absent."""
+    try:
+        line = open("/proc/pressure/cpu").readline()
+    except OSError:
+        return None
+    return int(line.split("total=")[1])

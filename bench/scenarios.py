@@ -92,9 +92,12 @@ def throughput(plan, memory, profiles):
     say(f"[2/5] throughput: wrk, {plan.load_clients} clients POST /orders for {plan.load_seconds:.0f} s")
     with bench_stack(plan) as (stack, top_ups):
         profiler = plan.profile and Profiler({s: stack[s] for s in SERVICES}, max(plan.load_seconds - 2, 1))
+        cpu = {name: stack[name].cpu_seconds() for name in SERVICES}
         start = measure.db_now(stack.order_dsn)
         result = tools.wrk(stack.url + "/orders", plan.load_clients, plan.load_seconds, post=True, users=plan.users)
         end = measure.db_now(stack.order_dsn)
+        accepted = result.requests - result.status_errors
+        cpu = {name: (stack[name].cpu_seconds() - cpu[name]) * 1000 / max(accepted, 1) for name in SERVICES}
         if profiler:
             profiles.append(profiler.report())
         finalized = measure.finalized_between(stack.order_dsn, start, end) / (end - start).total_seconds()
@@ -109,6 +112,8 @@ def throughput(plan, memory, profiles):
         Row(f"2. POST /orders accepted via gateway, {plan.load_clients} clients (client p50 "
             f"{ms(result.latency_p50_ms)}{errors})", per_s(result.ok_per_second),
             f"{per_s(tps)} pgbench -c{plan.pgbench_clients} ({result.ok_per_second / tps:.0%})", "≥ 1,000/s"),
+        Row("2. CPU per accepted order during the load: gateway / order / payment",
+            " / ".join(f"{cpu[name]:.2f} ms" for name in SERVICES), "(what each process would need on its own core)"),
         Row(f"2. orders finalized during the load (then {backlog} pending, drained in {drain:.1f} s; "
             f"invariants {'PASS' if report.ok else 'FAIL'})", per_s(finalized),
             f"({finalized / tps:.0%} of pgbench)", "≥ 30% of pgbench"),

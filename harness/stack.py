@@ -89,6 +89,13 @@ class Process:
     def log(self):
         return Path(self.log_path).read_text(errors="replace")
 
+    def cpu_seconds(self):
+        """CPU time (user + system) the process has used so far; None if not running."""
+        if not self.is_running():
+            return None
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mb(self):
         """The process's peak resident set size so far (the kernel's VmHWM), in MB; None if not running."""
         if not self.is_running():
