@@ -139,6 +139,14 @@ class Stack:
                                        os.path.join(self.log_dir, f"{name}.log"),
                                        f"http://127.0.0.1:{port}/health")
 
+    def add_gateway(self, name, **env):
+        """Start one more gateway (with `env` on top of the stack's) and return its URL; `close` stops it."""
+        port = free_port()
+        self._add(name, "gateway", {"GATEWAY_PORT": str(port), **env}, port)
+        self.processes[name].start()
+        self.processes[name].wait_healthy()
+        return f"http://127.0.0.1:{port}"
+
     @property
     def url(self):
         return f"http://127.0.0.1:{self.gateway_port}"
