@@ -34,13 +34,14 @@ class Plan:
     wrk_seconds: float = 5
     wrk_rounds: int = 3
     big_backlog: int = 100_000
+    big_drain_seconds: float = 120
     settle_timeout: float = 600
     profile: bool = False
 
 
 SMOKE = Plan(users=50, latency_rate=20, latency_seconds=1, load_clients=4, load_seconds=1, pgbench_clients=2,
              pgbench_seconds=1, backlog_orders=100, outage_seconds=1, wrk_connections=4, wrk_seconds=1, wrk_rounds=1,
-             big_backlog=500, settle_timeout=60)
+             big_backlog=500, big_drain_seconds=30, settle_timeout=60)
 
 
 @contextmanager
@@ -187,9 +188,12 @@ def big_backlog(plan, memory):
         say(f"  backlog published in {time.monotonic() - started:.1f} s; starting Payments")
         started = time.monotonic()
         stack.restart("payment")
-        settle(stack, plan, "big backlog")
-        memory[f"5. {plan.big_backlog:,}-order backlog (drained in {time.monotonic() - started:.0f} s)"] = \
-            peaks(stack)
+        # Memory is the point here, not speed (figure 3 is about that): drain for a bounded time.
+        took = wait_until_settled(stack.order_dsn, plan.big_drain_seconds)
+        drained = plan.big_backlog - pending_count(stack.order_dsn)
+        how = f"drained in {took:.0f} s" if took is not None else \
+            f"{drained:,} drained in the first {time.monotonic() - started:.0f} s"
+        memory[f"5. {plan.big_backlog:,}-order backlog ({how})"] = peaks(stack)
     return []
 
 
