@@ -134,6 +134,7 @@ def make_app(settings, client=None):
 
 class Gateway:
     name = "gateway"
+    uvloop_safe = True  # no database driver: see common.lifecycle.run
 
     def __init__(self, settings):
         self.settings = settings

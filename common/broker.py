@@ -56,6 +56,13 @@ class Broker:
                                    content_type="application/json", message_id=str(message_id))
         await self.publisher.default_exchange.publish(message, routing_key=queue, timeout=self.publish_timeout)
 
+    async def ready_count(self, queue):
+        """Messages in `queue` not yet delivered to any consumer: one passive declare, one round trip.
+
+        (aio-pika's robust channel answers a passive `declare_queue` from its cache, hence the raw channel.)"""
+        channel = await self.publisher.get_underlay_channel()
+        return (await channel.queue_declare(queue, passive=True)).message_count
+
     async def publish_all(self, queue, messages):
         """Publish `(message_id, body)` pairs concurrently; return the ids the broker confirmed."""
         results = await asyncio.gather(*(self.publish(queue, body, mid) for mid, body in messages),

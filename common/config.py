@@ -44,6 +44,7 @@ class Settings:
     cleanup_interval: float
     log_format: str
     log_level: str
+    event_loop: str
 
 
 def load_settings(environ=None):
@@ -76,6 +77,7 @@ def load_settings(environ=None):
         cleanup_interval=float(env.get("CLEANUP_INTERVAL", "3600")),
         log_format=env.get("LOG_FORMAT", "text"),
         log_level=env.get("LOG_LEVEL", "INFO"),
+        event_loop=env.get("EVENT_LOOP", "uvloop"),
     )
 
 

@@ -89,6 +89,22 @@ class Process:
     def log(self):
         return Path(self.log_path).read_text(errors="replace")
 
+    def cpu_seconds(self):
+        """CPU time (user + system) the process has used so far; None if not running."""
+        if not self.is_running():
+            return None
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self):
+        """The process's peak resident set size so far (the kernel's VmHWM), in MB; None if not running."""
+        if not self.is_running():
+            return None
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return None
+
 
 class Stack:
     """The three processes (optionally several replicas of each service), on their own databases and vhost."""
@@ -122,6 +138,14 @@ class Stack:
         self.processes[name] = Process(name, COMMANDS[kind], {**self.base_env, **env},
                                        os.path.join(self.log_dir, f"{name}.log"),
                                        f"http://127.0.0.1:{port}/health")
+
+    def add_gateway(self, name, **env):
+        """Start one more gateway (with `env` on top of the stack's) and return its URL; `close` stops it."""
+        port = free_port()
+        self._add(name, "gateway", {"GATEWAY_PORT": str(port), **env}, port)
+        self.processes[name].start()
+        self.processes[name].wait_healthy()
+        return f"http://127.0.0.1:{port}"
 
     @property
     def url(self):

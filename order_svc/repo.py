@@ -1,7 +1,8 @@
 """The Order Service's tables and every SQL statement it runs (SQLAlchemy Core)."""
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
-from common.db import execute, fetch_all, fetch_one, pending_rows
+from common.db import Query, execute, fetch_all, fetch_one, ids, pending_rows
 
 metadata = sa.MetaData()
 
@@ -29,59 +30,78 @@ outbox_os = sa.Table(
 ORDER_FIELDS = (orders.c.order_id, orders.c.user_id, orders.c.amount, orders.c.description, orders.c.status)
 NOW = sa.func.clock_timestamp()
 
+# The order and its outbox row in one statement, so atomic even without BEGIN/COMMIT around it.
+_placed = (sa.insert(orders).values(user_id=sa.bindparam("user_id"), amount=sa.bindparam("amount"),
+                                    description=sa.bindparam("description"))
+           .returning(*ORDER_FIELDS).cte("placed"))
+_queued = sa.insert(outbox_os).from_select(
+    ["order_id", "user_id", "amount"], sa.select(_placed.c.order_id, _placed.c.user_id, _placed.c.amount)).cte("queued")
+INSERT_ORDER = Query(sa.select(_placed).add_cte(_queued))
+
+GET_ORDER = Query(sa.select(*ORDER_FIELDS).where(orders.c.order_id == sa.bindparam("order_id")))
+
+_page = (sa.select(*ORDER_FIELDS).where(orders.c.order_id > sa.bindparam("after"))
+         .order_by(orders.c.order_id).limit(sa.bindparam("limit")))
+LIST_ORDERS = Query(_page)
+LIST_USER_ORDERS = Query(_page.where(orders.c.user_id == sa.bindparam("user_id")))
+
+LOCK_DUE_OUTBOX = Query(sa.select(outbox_os.c.order_id, outbox_os.c.user_id, outbox_os.c.amount, outbox_os.c.attempts)
+                        .where(outbox_os.c.next_attempt_at <= NOW)
+                        .order_by(outbox_os.c.order_id)
+                        .limit(sa.bindparam("limit"))
+                        .with_for_update(skip_locked=True))
+
+# Next resend: `first_delay` seconds, doubling per attempt, capped at `max_delay`.
+_delay = sa.func.least(sa.bindparam("first_delay") * sa.func.power(2, outbox_os.c.attempts), sa.bindparam("max_delay"))
+POSTPONE_OUTBOX = Query(sa.update(outbox_os)
+                        .where(outbox_os.c.order_id == sa.any_(ids("order_ids")))
+                        .values(attempts=outbox_os.c.attempts + 1,
+                                next_attempt_at=NOW + sa.func.make_interval(0, 0, 0, 0, 0, 0, _delay)))
+
+EXISTING_ORDER_IDS = Query(sa.select(orders.c.order_id).where(orders.c.order_id == sa.any_(ids("order_ids"))))
+
+_results = sa.func.unnest(ids("order_ids"), sa.bindparam("statuses", type_=postgresql.ARRAY(sa.Text))) \
+    .table_valued("order_id", "status").render_derived(name="result")
+FINALIZE_ORDERS = Query(sa.update(orders)
+                        .where(orders.c.order_id == _results.c.order_id, orders.c.status == "NEW")
+                        .values(status=_results.c.status, updated_at=NOW))
+DELETE_OUTBOX = Query(sa.delete(outbox_os).where(outbox_os.c.order_id == sa.any_(ids("order_ids"))))
+
 
 async def insert_order(cur, user_id, amount, description):
-    """Insert an order and its outbox row; returns the order."""
-    order = await fetch_one(cur, sa.insert(orders)
-                            .values(user_id=user_id, amount=amount, description=description)
-                            .returning(*ORDER_FIELDS))
-    await execute(cur, sa.insert(outbox_os).values(order_id=order["order_id"], user_id=user_id, amount=amount))
-    return order
+    """Insert an order and its outbox row (one statement: atomic on its own); returns the order."""
+    return await fetch_one(cur, INSERT_ORDER, user_id=user_id, amount=amount, description=description)
 
 
 async def get_order(cur, order_id):
-    return await fetch_one(cur, sa.select(*ORDER_FIELDS).where(orders.c.order_id == order_id))
+    return await fetch_one(cur, GET_ORDER, order_id=order_id)
 
 
 async def list_orders(cur, user_id, after, limit):
-    query = sa.select(*ORDER_FIELDS).where(orders.c.order_id > after).order_by(orders.c.order_id).limit(limit)
-    if user_id is not None:
-        query = query.where(orders.c.user_id == user_id)
-    return await fetch_all(cur, query)
+    if user_id is None:
+        return await fetch_all(cur, LIST_ORDERS, after=after, limit=limit)
+    return await fetch_all(cur, LIST_USER_ORDERS, user_id=user_id, after=after, limit=limit)
 
 
 async def lock_due_outbox(cur, limit):
     """Outbox rows due for (re)sending, locked so no other instance sends them meanwhile."""
-    return await fetch_all(cur, sa.select(outbox_os.c.order_id, outbox_os.c.user_id, outbox_os.c.amount,
-                                          outbox_os.c.attempts)
-                           .where(outbox_os.c.next_attempt_at <= NOW)
-                           .order_by(outbox_os.c.order_id)
-                           .limit(limit)
-                           .with_for_update(skip_locked=True))
+    return await fetch_all(cur, LOCK_DUE_OUTBOX, limit=limit)
 
 
 async def postpone_outbox(cur, order_ids, first_delay, max_delay):
     """Schedule the next resend of each row: `first_delay` seconds, doubling per attempt, capped."""
-    delay = sa.func.least(first_delay * sa.func.power(2, outbox_os.c.attempts), max_delay)
-    await execute(cur, sa.update(outbox_os)
-                  .where(outbox_os.c.order_id.in_(order_ids))
-                  .values(attempts=outbox_os.c.attempts + 1,
-                          next_attempt_at=NOW + sa.func.make_interval(0, 0, 0, 0, 0, 0, delay)))
+    await execute(cur, POSTPONE_OUTBOX, order_ids=order_ids, first_delay=first_delay, max_delay=max_delay)
 
 
 async def existing_order_ids(cur, order_ids):
-    rows = await fetch_all(cur, sa.select(orders.c.order_id).where(orders.c.order_id.in_(order_ids)))
-    return {row["order_id"] for row in rows}
+    return {row["order_id"] for row in await fetch_all(cur, EXISTING_ORDER_IDS, order_ids=order_ids)}
 
 
 async def finalize_orders(cur, statuses):
     """Set each still-`NEW` order of {order_id: status} to its final status and drop its outbox row."""
     order_ids = list(statuses)
-    await execute(cur, sa.update(orders)
-                  .where(orders.c.order_id.in_(order_ids), orders.c.status == "NEW")
-                  .values(status=sa.case(statuses, value=orders.c.order_id), updated_at=NOW))
-    await execute(cur, sa.delete(outbox_os).where(outbox_os.c.order_id.in_(order_ids)))
-
+    await execute(cur, FINALIZE_ORDERS, order_ids=order_ids, statuses=list(statuses.values()))
+    await execute(cur, DELETE_OUTBOX, order_ids=order_ids)
 
 
 async def backlog(cur):

@@ -2,7 +2,9 @@
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from common.db import delete_batch, execute, fetch_all, fetch_one, older_than, pending_rows
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from common.db import Query, delete_batch, execute, fetch_all, fetch_one, ids, older_than, pending_rows
 
 metadata = sa.MetaData()
 
@@ -35,81 +37,105 @@ outbox_ps = sa.Table(
 ACCOUNT_FIELDS = (accounts.c.user_id, accounts.c.balance)
 NOW = sa.func.clock_timestamp()
 
+CREATE_ACCOUNT = Query(pg_insert(accounts).values(user_id=sa.bindparam("user_id"))
+                       .on_conflict_do_nothing().returning(*ACCOUNT_FIELDS))
+_account = sa.select(*ACCOUNT_FIELDS).where(accounts.c.user_id == sa.bindparam("user_id"))
+GET_ACCOUNT = Query(_account)
+LOCK_ACCOUNT = Query(_account.with_for_update())
+SET_BALANCE = Query(sa.update(accounts).where(accounts.c.user_id == sa.bindparam("user_id"))
+                    .values(balance=sa.bindparam("balance"), updated_at=NOW).returning(*ACCOUNT_FIELDS))
+
+_requests = sa.func.unnest(ids("order_ids"), ids("user_ids"), sa.bindparam("amounts", type_=ARRAY(sa.Numeric))) \
+    .table_valued("order_id", "user_id", "amount").render_derived(name="request")
+STORE_REQUESTS = Query(pg_insert(inbox)
+                       .from_select(["order_id", "user_id", "amount"],
+                                    sa.select(_requests.c.order_id, _requests.c.user_id, _requests.c.amount))
+                       .on_conflict_do_update(index_elements=[inbox.c.order_id], set_={"acked": False}))
+
+USERS_WITH_UNACKED = Query(sa.select(inbox.c.user_id).where(inbox.c.acked.is_(False))
+                           .group_by(inbox.c.user_id).order_by(sa.func.min(inbox.c.order_id))
+                           .limit(sa.bindparam("limit")))
+_candidates = sa.func.unnest(ids("user_ids")).table_valued("user_id").render_derived(name="candidate")
+CLAIM_USERS = Query(sa.select(_candidates.c.user_id).where(sa.func.pg_try_advisory_xact_lock(_candidates.c.user_id)))
+LOCK_UNACKED = Query(sa.select(inbox.c.order_id, inbox.c.user_id, inbox.c.amount, inbox.c.status)
+                     .where(inbox.c.user_id == sa.any_(ids("user_ids")), inbox.c.acked.is_(False))
+                     .order_by(inbox.c.user_id, inbox.c.order_id).with_for_update())
+LOCK_ACCOUNTS = Query(sa.select(*ACCOUNT_FIELDS).where(accounts.c.user_id == sa.any_(ids("user_ids")))
+                      .with_for_update())
+_balances = sa.func.unnest(ids("user_ids"), sa.bindparam("balances", type_=ARRAY(sa.Numeric))) \
+    .table_valued("user_id", "balance").render_derived(name="funded")
+SET_BALANCES = Query(sa.update(accounts).where(accounts.c.user_id == _balances.c.user_id)
+                     .values(balance=_balances.c.balance, updated_at=NOW))
+
+_statuses = sa.func.unnest(ids("order_ids"), sa.bindparam("statuses", type_=ARRAY(sa.Text))) \
+    .table_valued("order_id", "status").render_derived(name="decided")
+SETTLE_INBOX = Query(sa.update(inbox).where(inbox.c.order_id == _statuses.c.order_id)
+                     .values(status=_statuses.c.status, acked=True,
+                             processed_at=sa.func.coalesce(inbox.c.processed_at, NOW)))
+QUEUE_RESULTS = Query(sa.insert(outbox_ps).from_select(["order_id", "status"],
+                                                       sa.select(_statuses.c.order_id, _statuses.c.status)))
+
+LOCK_OUTBOX = Query(sa.select(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status)
+                    .order_by(outbox_ps.c.id).limit(sa.bindparam("limit")).with_for_update(skip_locked=True))
+DELETE_OUTBOX = Query(sa.delete(outbox_ps).where(outbox_ps.c.id == sa.any_(ids("ids"))))
+
 
 async def create_account(cur, user_id):
     """The new account, or None if the user already has one."""
-    return await fetch_one(cur, pg_insert(accounts).values(user_id=user_id)
-                           .on_conflict_do_nothing().returning(*ACCOUNT_FIELDS))
+    return await fetch_one(cur, CREATE_ACCOUNT, user_id=user_id)
 
 
 async def get_account(cur, user_id, lock=False):
-    query = sa.select(*ACCOUNT_FIELDS).where(accounts.c.user_id == user_id)
-    return await fetch_one(cur, query.with_for_update() if lock else query)
+    return await fetch_one(cur, LOCK_ACCOUNT if lock else GET_ACCOUNT, user_id=user_id)
 
 
 async def set_balance(cur, user_id, balance):
-    return await fetch_one(cur, sa.update(accounts).where(accounts.c.user_id == user_id)
-                           .values(balance=balance, updated_at=NOW).returning(*ACCOUNT_FIELDS))
+    return await fetch_one(cur, SET_BALANCE, user_id=user_id, balance=balance)
 
 
 async def store_requests(cur, requests):
     """Insert new payment requests as `NEW`; a request seen before is marked unacked again."""
-    rows = [dict(order_id=r.order_id, user_id=r.user_id, amount=r.amount)
-            for r in sorted({r.order_id: r for r in requests}.values(), key=lambda r: r.order_id)]
-    statement = pg_insert(inbox).values(rows)
-    await execute(cur, statement.on_conflict_do_update(index_elements=[inbox.c.order_id],
-                                                       set_={"acked": False}))
+    # One row per order, in order_id order (a consistent lock order between concurrent batches).
+    rows = sorted({r.order_id: r for r in requests}.values(), key=lambda r: r.order_id)
+    await execute(cur, STORE_REQUESTS, order_ids=[r.order_id for r in rows], user_ids=[r.user_id for r in rows],
+                  amounts=[r.amount for r in rows])
 
 
 async def users_with_unacked(cur, limit):
-    rows = await fetch_all(cur, sa.select(inbox.c.user_id).where(inbox.c.acked.is_(False))
-                           .group_by(inbox.c.user_id).order_by(sa.func.min(inbox.c.order_id)).limit(limit))
-    return [row["user_id"] for row in rows]
+    return [row["user_id"] for row in await fetch_all(cur, USERS_WITH_UNACKED, limit=limit)]
 
 
 async def claim_users(cur, user_ids):
     """Of `user_ids`, those this transaction now exclusively settles (others are busy in another worker)."""
-    claimed = sa.select(sa.column("user_id")).select_from(
-        sa.func.unnest(sa.cast(user_ids, sa.ARRAY(sa.BigInteger))).alias("user_id")
-    ).where(sa.func.pg_try_advisory_xact_lock(sa.column("user_id")))
-    return [row["user_id"] for row in await fetch_all(cur, claimed)]
+    return [row["user_id"] for row in await fetch_all(cur, CLAIM_USERS, user_ids=user_ids)]
 
 
 async def lock_unacked(cur, user_ids):
     """The claimed users' unacked inbox rows, in the order they must be settled."""
-    return await fetch_all(cur, sa.select(inbox.c.order_id, inbox.c.user_id, inbox.c.amount, inbox.c.status)
-                           .where(inbox.c.user_id.in_(user_ids), inbox.c.acked.is_(False))
-                           .order_by(inbox.c.user_id, inbox.c.order_id).with_for_update())
+    return await fetch_all(cur, LOCK_UNACKED, user_ids=user_ids)
 
 
 async def lock_accounts(cur, user_ids):
-    rows = await fetch_all(cur, sa.select(*ACCOUNT_FIELDS).where(accounts.c.user_id.in_(user_ids))
-                           .with_for_update())
-    return {row["user_id"]: row["balance"] for row in rows}
+    return {row["user_id"]: row["balance"] for row in await fetch_all(cur, LOCK_ACCOUNTS, user_ids=user_ids)}
 
 
 async def set_balances(cur, balances):
-    await execute(cur, sa.update(accounts).where(accounts.c.user_id.in_(list(balances)))
-                  .values(balance=sa.case(balances, value=accounts.c.user_id), updated_at=NOW))
+    await execute(cur, SET_BALANCES, user_ids=list(balances), balances=list(balances.values()))
 
 
 async def settle_inbox(cur, statuses):
     """Mark rows acked with their final {order_id: status}, and queue each status for the Order Service."""
-    order_ids = list(statuses)
-    await execute(cur, sa.update(inbox).where(inbox.c.order_id.in_(order_ids))
-                  .values(status=sa.case(statuses, value=inbox.c.order_id), acked=True,
-                          processed_at=sa.func.coalesce(inbox.c.processed_at, NOW)))
-    await execute(cur, sa.insert(outbox_ps).values([dict(order_id=o, status=s) for o, s in statuses.items()]))
+    values = dict(order_ids=list(statuses), statuses=list(statuses.values()))
+    await execute(cur, SETTLE_INBOX, **values)
+    await execute(cur, QUEUE_RESULTS, **values)
 
 
 async def lock_outbox(cur, limit):
-    return await fetch_all(cur, sa.select(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status)
-                           .order_by(outbox_ps.c.id).limit(limit).with_for_update(skip_locked=True))
+    return await fetch_all(cur, LOCK_OUTBOX, limit=limit)
 
 
 async def delete_outbox(cur, ids):
-    await execute(cur, sa.delete(outbox_ps).where(outbox_ps.c.id.in_(ids)))
-
+    await execute(cur, DELETE_OUTBOX, ids=ids)
 
 
 async def backlog(cur):

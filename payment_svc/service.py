@@ -27,7 +27,7 @@ async def create_account(db, user_id, idempotent=None):
 
 
 async def get_account(db, user_id):
-    account = await db.run(repo.get_account, user_id)
+    account = await db.run(repo.get_account, user_id, transaction=False)
     if account is None:
         raise AccountNotFound(user_id)
     return account
@@ -71,8 +71,9 @@ def settle(rows, balances):
                 status = "FINISHED"
             else:
                 status = "CANCELLED"
-            logger.info("order_id=%s user %s amount %s: %s", row["order_id"], row["user_id"], row["amount"], status,
-                        extra={"order_id": row["order_id"]})
+            # DEBUG like the Order Service's per-step lines (see order_svc.service.apply_payment_results).
+            logger.debug("order_id=%s user %s amount %s: %s", row["order_id"], row["user_id"], row["amount"], status,
+                         extra={"order_id": row["order_id"]})
         statuses[row["order_id"]] = status
     return statuses, changed
 

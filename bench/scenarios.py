@@ -1,0 +1,202 @@
+"""The five measurements of issue 5. Each starts the real stack on fresh databases and a fresh vhost
+(`harness.stack.Stack`) and returns table rows; memory peaks are collected along the way."""
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from bench import measure, tools
+from bench.profile import Profiler
+from bench.progress import say, wait
+from bench.steady import steady_orders
+from bench.table import Row, mb, ms, per_s
+from harness.invariants import check_invariants, pending_count, wait_until_settled
+from harness.stack import Stack, drop_database, free_port
+from common.db import schema_section
+from common.messages import ORDER_REQUESTS
+
+SERVICES = ("gateway", "order", "payment")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and durations; `SMOKE` shrinks them so that CI runs every code path in seconds."""
+    users: int = 1000
+    latency_rate: int = 100
+    latency_seconds: float = 30
+    load_clients: int = 64
+    load_seconds: float = 30
+    pgbench_clients: int = 16
+    pgbench_seconds: float = 15
+    backlog_orders: int = 10_000
+    outage_seconds: float = 60
+    wrk_connections: int = 32
+    wrk_seconds: float = 5
+    wrk_rounds: int = 3
+    big_backlog: int = 100_000
+    big_drain_seconds: float = 120
+    settle_timeout: float = 600
+    profile: bool = False
+
+
+SMOKE = Plan(users=50, latency_rate=20, latency_seconds=1, load_clients=4, load_seconds=1, pgbench_clients=2,
+             pgbench_seconds=1, backlog_orders=100, outage_seconds=1, wrk_connections=4, wrk_seconds=1, wrk_rounds=1,
+             big_backlog=500, big_drain_seconds=30, settle_timeout=60)
+
+
+@contextmanager
+def bench_stack(plan, **env):
+    """A fresh stack with seeded accounts; yields (stack, {user: top-up})."""
+    with Stack(prefix="shop_bench", extra_env=env) as stack:
+        yield stack, measure.seed_accounts(stack.payment_dsn, plan.users)
+
+
+def settle(stack, plan, label):
+    took = wait_until_settled(stack.order_dsn, plan.settle_timeout)
+    if took is None:
+        raise RuntimeError(f"{label}: orders still pending after {plan.settle_timeout} s; logs in {stack.log_dir}")
+    return took
+
+
+def peaks(stack):
+    return {name: stack[name].peak_rss_mb() for name in SERVICES}
+
+
+def latency(plan):
+    """(1) create→final latency at a steady rate, fast path vs poll only."""
+    results = {}
+    for fast in ("1", "0"):
+        say(f"[1/5] latency: {plan.latency_rate} orders/s for {plan.latency_seconds:.0f} s, FAST_PATH={fast}")
+        with bench_stack(plan, FAST_PATH=fast) as (stack, _):
+            codes, _took = steady_orders(stack.url, plan.latency_rate, plan.latency_seconds, plan.users)
+            settle(stack, plan, "latency")
+            results[fast] = measure.latency_ms(stack.order_dsn), codes
+    (fast, codes), (slow, _) = results["1"], results["0"]
+    note = f" ({codes[201]} orders)" + (f", other: {dict(c for c in codes.items() if c[0] != 201)}" if len(codes) > 1 else "")
+    return [Row(f"1. create→final {name} at {plan.latency_rate}/s{note if i == 0 else ''}", ms(fast[i]),
+                f"{ms(slow[i])} poll only", target)
+            for i, (name, target) in enumerate((("p50", "≤ 20 ms"), ("p95", ""), ("p99", "≤ 100 ms")))]
+
+
+def pgbench_baseline(plan, stack):
+    """pgbench running the order transaction on a scratch database with the Order Service's schema."""
+    dsn = stack.order_dsn.rsplit("/", 1)[0] + f"/{stack.run_id}_pgbench"
+    measure.run_sql(stack.order_dsn, f'CREATE DATABASE "{stack.run_id}_pgbench"')
+    try:
+        measure.run_sql(dsn, schema_section("order_svc"))
+        say(f"[2/5] pgbench: order transaction, {plan.pgbench_clients} clients for {plan.pgbench_seconds:.0f} s")
+        return tools.pgbench(dsn, plan.pgbench_clients, plan.pgbench_seconds)
+    finally:
+        drop_database(f"{stack.run_id}_pgbench")
+
+
+def throughput(plan, memory, profiles):
+    """(2) accepted/s and finalized/s under closed-loop load, vs pgbench on the same transaction."""
+    say(f"[2/5] throughput: wrk, {plan.load_clients} clients POST /orders for {plan.load_seconds:.0f} s")
+    with bench_stack(plan) as (stack, top_ups):
+        profiler = plan.profile and Profiler({s: stack[s] for s in SERVICES}, max(plan.load_seconds - 2, 1))
+        cpu = {name: stack[name].cpu_seconds() for name in SERVICES}
+        start = measure.db_now(stack.order_dsn)
+        result = tools.wrk(stack.url + "/orders", plan.load_clients, plan.load_seconds, post=True, users=plan.users)
+        end = measure.db_now(stack.order_dsn)
+        accepted = result.requests - result.status_errors
+        cpu = {name: (stack[name].cpu_seconds() - cpu[name]) * 1000 / max(accepted, 1) for name in SERVICES}
+        if profiler:
+            profiles.append(profiler.report())
+        finalized = measure.finalized_between(stack.order_dsn, start, end) / (end - start).total_seconds()
+        backlog = pending_count(stack.order_dsn)
+        say(f"  {result.ok_per_second:.0f} accepted/s, {finalized:.0f} finalized/s, {backlog} pending at the end")
+        drain = settle(stack, plan, "throughput")
+        memory["2. throughput"] = peaks(stack)
+        report = check_invariants(stack.order_dsn, stack.payment_dsn, top_ups)
+        tps = pgbench_baseline(plan, stack)
+    errors = f", {result.status_errors + result.socket_errors} errors" if result.status_errors + result.socket_errors else ""
+    return [
+        Row(f"2. POST /orders accepted via gateway, {plan.load_clients} clients (client p50 "
+            f"{ms(result.latency_p50_ms)}{errors})", per_s(result.ok_per_second),
+            f"{per_s(tps)} pgbench -c{plan.pgbench_clients} ({result.ok_per_second / tps:.0%})", "≥ 1,000/s"),
+        Row("2. CPU per accepted order during the load: gateway / order / payment",
+            " / ".join(f"{cpu[name]:.2f} ms" for name in SERVICES), "(what each process would need on its own core)"),
+        Row(f"2. orders finalized during the load (then {backlog} pending, drained in {drain:.1f} s; "
+            f"invariants {'PASS' if report.ok else 'FAIL'})", per_s(finalized),
+            f"({finalized / tps:.0%} of pgbench)", "≥ 30% of pgbench"),
+    ]
+
+
+def backlog(plan, memory):
+    """(3) a backlog built while Payments is down: publishes during the outage, then time to drain it."""
+    with bench_stack(plan) as (stack, _):
+        stack["payment"].stop()
+        say(f"[3/5] backlog: {plan.backlog_orders} orders with Payments stopped")
+        tools.wrk(stack.url + "/orders", 64, 600, post=True, users=plan.users,
+                  limit_per_thread=plan.backlog_orders // 2,
+                  until=lambda: measure.order_count(stack.order_dsn) >= plan.backlog_orders)
+        time.sleep(1)  # requests in flight when wrk stopped still commit
+        orders = measure.order_count(stack.order_dsn)
+        wait(plan.outage_seconds, f"outage with {orders} pending orders")
+        published = measure.queue_depth(stack.vhost, ORDER_REQUESTS)
+        say(f"  {published} messages in {ORDER_REQUESTS}; starting Payments")
+        started = time.monotonic()
+        stack.restart("payment")
+        ready = time.monotonic() - started
+        settle(stack, plan, "backlog")
+        drained = time.monotonic() - started
+        memory["3. backlog"] = peaks(stack)
+    return [
+        Row(f"3. drain {orders:,} orders after Payments starts (incl. {ready:.1f} s start-up)", f"{drained:.1f} s",
+            f"{orders / drained:,.0f} orders/s", "≤ 10 s"),
+        Row(f"3. publishes to {ORDER_REQUESTS} per pending order, {plan.outage_seconds:.0f} s outage",
+            f"{published / orders:.2f}", f"{published:,} messages", "≤ 3"),
+    ]
+
+
+def gateway_overhead(plan):
+    """(4) GET /orders/{id} throughput: direct, through the gateway (on uvloop and on asyncio's own loop),
+    through nginx. The targets take turns, `wrk_rounds` times, and each figure is the median of its
+    rounds: on a shared machine the load from elsewhere changes by the minute."""
+    with bench_stack(plan) as (stack, _):
+        measure.insert_backlog(stack.order_dsn, 1, plan.users)
+        direct = stack["order"].health_url.rsplit("/", 1)[0]
+        asyncio_gateway = stack.add_gateway("gateway_asyncio", EVENT_LOOP="asyncio")
+        rates = {}
+        with tools.nginx_proxy(free_port(), direct.split("//")[1]) as nginx:
+            targets = {"direct": direct, "gateway": stack.url, "gateway on asyncio": asyncio_gateway, "nginx": nginx}
+            for round_ in range(1, plan.wrk_rounds + 1):
+                say(f"[4/5] gateway overhead: round {round_}/{plan.wrk_rounds}, wrk GET /orders/1 on "
+                    f"{', '.join(targets)}, {plan.wrk_connections} connections, {plan.wrk_seconds:.0f} s each")
+                for name, base in targets.items():
+                    result = tools.wrk(base + "/orders/1", plan.wrk_connections, plan.wrk_seconds)
+                    rates.setdefault(name, []).append(result.ok_per_second)
+    rate = {name: statistics.median(values) for name, values in rates.items()}
+    share = lambda name: f"{per_s(rate[name])} ({rate[name] / rate['direct']:.0%})"  # noqa: E731
+    return [Row(f"4. GET /orders/{{id}} through the gateway (uvloop), median of {plan.wrk_rounds} rounds",
+                share("gateway"), f"{per_s(rate['direct'])} direct; nginx {share('nginx')}; gateway on asyncio "
+                f"loop {share('gateway on asyncio')}", "≥ 60% of direct")]
+
+
+def big_backlog(plan, memory):
+    """(5) memory with a large backlog: orders written while Payments is down, then drained."""
+    with bench_stack(plan) as (stack, _):
+        stack["payment"].stop()
+        say(f"[5/5] memory: {plan.big_backlog:,} pending orders, Payments stopped")
+        measure.insert_backlog(stack.order_dsn, plan.big_backlog, plan.users)
+        started = time.monotonic()
+        while measure.queue_depth(stack.vhost, ORDER_REQUESTS) < plan.big_backlog:
+            if time.monotonic() - started > plan.settle_timeout:
+                raise RuntimeError("the Order Service did not publish the backlog")
+            time.sleep(1)
+        say(f"  backlog published in {time.monotonic() - started:.1f} s; starting Payments")
+        started = time.monotonic()
+        stack.restart("payment")
+        # Memory is the point here, not speed (figure 3 is about that): drain for a bounded time.
+        took = wait_until_settled(stack.order_dsn, plan.big_drain_seconds)
+        drained = plan.big_backlog - pending_count(stack.order_dsn)
+        how = f"drained in {took:.0f} s" if took is not None else \
+            f"{drained:,} drained in the first {time.monotonic() - started:.0f} s"
+        memory[f"5. {plan.big_backlog:,}-order backlog ({how})"] = peaks(stack)
+    return []
+
+
+def memory_rows(memory):
+    return [Row(f"5. peak RSS gateway / order / payment, run {run}",
+                " / ".join(mb(p[s]) for s in SERVICES), "", "≤ 150 MB each") for run, p in memory.items()]

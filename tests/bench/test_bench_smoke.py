@@ -1,0 +1,18 @@
+"""The benchmark's smoke run: every figure's code path runs against the real stack and the table prints.
+
+No timing is asserted here (the machine is shared and noisy); the numbers are for people to read."""
+import subprocess
+import sys
+
+from harness.stack import ROOT
+
+
+def test_benchmark_smoke_run_prints_the_table():
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].split("|")[1].strip() == "figure"
+    figures = {line.split("|")[1].strip()[:2] for line in table[1:]}
+    assert figures == {"1.", "2.", "3.", "4.", "5."}, done.stdout
+    assert "(failed)" not in done.stdout, done.stdout
