@@ -155,9 +155,8 @@ class Database:
     async def run(self, work, *args, retry_seconds=None, transaction=True):
         """Run `await work(cur, *args)` in one transaction and return its result.
 
-        `transaction=False` leaves out BEGIN/COMMIT, for work that is a single statement: PostgreSQL runs
-        a lone statement as its own transaction (all of it, data-modifying CTEs included, or nothing),
-        and the two round trips saved are most of a short write's cost.
+        `transaction=False` leaves out BEGIN/COMMIT, for a single read: the two round trips saved are most of
+        its cost. Writes keep BEGIN/COMMIT so that a connection lost during COMMIT can be recognised.
         Connection failures and deadlocks retry the whole transaction for `retry_seconds`;
         after that raises `Unavailable`. Other exceptions roll back and propagate."""
         retry_seconds = self.retry_seconds if retry_seconds is None else retry_seconds

@@ -14,9 +14,10 @@ MAX_PAGE = 1000
 async def place_order(db, user_id, amount, description, idempotent=None):
     """Create an order (`NEW`) and its outbox row in one transaction (once per idempotency key).
 
-    Without a key the insert is one statement (see repo.insert_order), atomic without BEGIN/COMMIT."""
-    order = await db.run(run_once, idempotent, repo.insert_order, user_id, amount, description,
-                         transaction=idempotent is not None)
+    Always inside BEGIN/COMMIT, even though the insert is one statement: only then can a connection lost
+    at the end be told apart (lost during COMMIT: the outcome is unknown, never retry) from one lost
+    before it (safe to retry)."""
+    order = await db.run(run_once, idempotent, repo.insert_order, user_id, amount, description)
     logger.info("order_id=%s placed for user %s, amount %s", order["order_id"], user_id, amount,
                 extra={"order_id": order["order_id"]})
     return order
