@@ -11,6 +11,13 @@ COLLECTION = ROOT / "Shopping.postman_collection.json"
 NEWMAN = ROOT / "tools" / "node_modules" / ".bin" / "newman"
 
 
+# The seed's walk-through: 1 and 4 are sent twice; 7 repeats only while the payment is still in flight.
+SEED_SEQUENCE = [
+    ("1 Create Account", 201), ("1 Create Account", 409), ("2 Top Up Account", 200), ("3 Get Balance", 200),
+    ("4 Create Order", 201), ("4 Create Order", 201), ("5 Get All Orders", 200), ("6 Get Orders of the user", 200),
+]
+
+
 @dataclass
 class NewmanRun:
     returncode: int
@@ -53,3 +60,13 @@ def run_collection(base_url, user_id, timeout=120):
                   for f in report["run"].get("failures", [])],
         assertions=sum(len(e.get("assertions", [])) for e in executions),
     )
+
+
+def check_seed_walkthrough(run):
+    """Assert that a newman run passed every assertion and followed the seed's sequence of requests."""
+    assert run.ok, f"newman failed: {run.failures}\n{run.output[-4000:]}"
+    assert run.requests[:len(SEED_SEQUENCE)] == SEED_SEQUENCE
+    status_polls = run.requests[len(SEED_SEQUENCE):]
+    assert status_polls and all(request == ("7 Get Order Status", 200) for request in status_polls)
+    # Per request: its envelope check and its own checks; 7 adds the final statuses of both orders.
+    assert run.assertions >= 2 * len(run.requests) + 2

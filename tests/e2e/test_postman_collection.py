@@ -1,21 +1,5 @@
 """The Postman collection, run by newman against the real stack, as a user of Postman would run it."""
-from harness.newman import fresh_user_id, run_collection
-
-# The seed's walk-through: 1 and 4 are sent twice; 7 repeats only while the payment is still in flight.
-EXPECTED_SEQUENCE = [
-    ("1 Create Account", 201), ("1 Create Account", 409), ("2 Top Up Account", 200), ("3 Get Balance", 200),
-    ("4 Create Order", 201), ("4 Create Order", 201), ("5 Get All Orders", 200), ("6 Get Orders of the user", 200),
-]
-
-
-def check_seed_walkthrough(run):
-    """Assert a newman run passed every assertion and followed the seed's sequence of requests."""
-    assert run.ok, f"newman failed: {run.failures}\n{run.output[-4000:]}"
-    assert run.requests[:len(EXPECTED_SEQUENCE)] == EXPECTED_SEQUENCE
-    status_polls = run.requests[len(EXPECTED_SEQUENCE):]
-    assert status_polls and all(request == ("7 Get Order Status", 200) for request in status_polls)
-    # Per request: its envelope check and its own checks; 7 adds the final statuses of both orders.
-    assert run.assertions >= 2 * len(run.requests) + 2
+from harness.newman import check_seed_walkthrough, fresh_user_id, run_collection
 
 
 def test_collection_runs_the_seed_walkthrough_twice_on_one_stack(stack):
