@@ -100,18 +100,27 @@ class ComposeStack:
     def health(self, service):
         return self.inspect(service)["State"]["Health"]["Status"]
 
-    # podman 4.3 runs healthchecks from systemd timers, which this machine does not have: run them here,
-    # for every container of the project that is not healthy yet (a restarted one starts over).
+    # podman 4.3 runs healthchecks from systemd timers, which this machine does not have: run them here, every
+    # second, for each container of the project that is not healthy yet (a restarted one starts over). Checks
+    # run side by side and are cut off after CHECK_DEADLINE: one on a container being killed can hang.
+    CHECK_DEADLINE = 8
+
     def _pump_healthchecks(self):
         while not self._pump_stop.wait(1.0):
             try:
-                names = podman("ps", "--filter", f"label=com.docker.compose.project={self.project}",
+                lines = podman("ps", "--filter", f"label=com.docker.compose.project={self.project}",
                                "--format", "{{.Names}} {{.Status}}").splitlines()
-                for name, _, status in (line.partition(" ") for line in names):
-                    if "(healthy)" not in status:
-                        subprocess.run(["podman", "healthcheck", "run", name], capture_output=True, timeout=30)
             except subprocess.SubprocessError:
-                continue  # a container vanished mid-loop (killed, removed): look again next round
+                continue
+            checks = [subprocess.Popen(["podman", "healthcheck", "run", name], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+                      for name, _, status in (line.partition(" ") for line in lines) if "(healthy)" not in status]
+            for check in checks:
+                try:
+                    check.wait(self.CHECK_DEADLINE)
+                except subprocess.TimeoutExpired:
+                    check.kill()
+                    check.wait()
 
     def up(self, timeout=300):
         self.compose("build", timeout=900)
