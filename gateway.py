@@ -7,6 +7,7 @@ import itertools
 import logging
 import uuid
 
+import pycurl
 from tornado import httpclient, web
 
 from common.envelope import REQUEST_ID_HEADER, BaseHandler, NotFoundHandler
@@ -20,6 +21,14 @@ logger = logging.getLogger("gateway")
 
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Idempotency-Key")
 CURL_COULD_NOT_CONNECT = 7
+# Backends are found by name (compose service names), and a restarted container may come back on a new address.
+# libcurl caches name lookups for 60 s, which kept the gateway answering 503 for most of a minute after
+# `docker-compose start order`; a 1 s cache still spares lookups under load (keep-alive reuse needs none).
+DNS_CACHE_SECONDS = 1
+
+
+def short_dns_cache(curl):
+    curl.setopt(pycurl.DNS_CACHE_TIMEOUT, DNS_CACHE_SECONDS)
 
 
 class Backend:
@@ -70,7 +79,7 @@ class ProxyHandler(BaseHandler):
                 response = await self.client.fetch(
                     url + self.request.uri, method=self.request.method, headers=headers, body=body,
                     raise_error=False, request_timeout=self.backend.timeout, connect_timeout=2,
-                    allow_nonstandard_methods=True, follow_redirects=False)
+                    allow_nonstandard_methods=True, follow_redirects=False, prepare_curl_callback=short_dns_cache)
             except (OSError, httpclient.HTTPClientError, asyncio.TimeoutError) as exc:
                 if refused(exc):
                     continue
