@@ -105,14 +105,15 @@ def test_order_and_payment_killed_mid_flow_come_back_and_lose_no_order(compose_s
         assert {stack.inspect(s)["State"]["Status"] for s in ("order", "payment")} == {"exited"}
         stack.compose("start", "order", "payment")
         stack.wait_healthy("order", "payment")
-        load.wait_for_more(20)
+        # The restarted containers have new addresses: the gateway must find them at once.
+        load.wait_for_more(20, timeout=10)
 
         # A crash (the process killed outside the engine, as the OOM killer does) is what the restart policy is for.
         for service in ("order", "payment"):
             os.kill(stack.inspect(service)["State"]["Pid"], signal.SIGKILL)
         wait_for(lambda: check_restarted_by_policy(stack, ("order", "payment")), timeout=60)
         stack.wait_healthy("order", "payment")
-        load.wait_for_more(20)
+        load.wait_for_more(20, timeout=10)
     finally:
         load.stopped.set()
         load.join(30)
