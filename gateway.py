@@ -70,6 +70,9 @@ class ProxyHandler(BaseHandler):
         if self.request.method not in self.methods:
             raise web.HTTPError(405)
 
+    def allowed_methods(self):
+        return list(self.methods)
+
     async def forward(self, *_):
         headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := self.request.headers.get(k)) is not None}
         headers[REQUEST_ID_HEADER] = request_id.get()
