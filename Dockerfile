@@ -16,7 +16,7 @@ RUN python3 -m venv /opt/venv \
 
 RUN useradd --system --uid 10001 --no-create-home --home-dir /app shop
 WORKDIR /app
-COPY --chown=root:root schema.sql gateway.py ./
+COPY --chown=root:root schema.sql gateway.py openapi.yaml ./
 COPY --chown=root:root common ./common
 COPY --chown=root:root order_svc ./order_svc
 COPY --chown=root:root payment_svc ./payment_svc

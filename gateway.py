@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import uuid
+from pathlib import Path
 
 import pycurl
 from tornado import httpclient, web
@@ -124,6 +125,17 @@ class ReadyHandler(BaseHandler):
             self.reply(200, "Ready.", backends=states)
 
 
+OPENAPI_SPEC = Path(__file__).resolve().parent / "openapi.yaml"
+
+
+class OpenApiHandler(BaseHandler):
+    """The API's OpenAPI document, as the gateway was started with it."""
+
+    def get(self):
+        self.set_header("Content-Type", "application/yaml; charset=UTF-8")
+        self.finish(self.spec)
+
+
 def make_app(settings, client=None):
     client = client or httpclient.AsyncHTTPClient()
     orders = Backend("Order Service", settings.order_svc_urls, settings.upstream_timeout)
@@ -141,6 +153,7 @@ def make_app(settings, client=None):
         (r"/health", HealthHandler),
         (r"/ready", ReadyHandler, dict(backends=(orders, payments), client=client)),
         (r"/metrics", MetricsHandler),
+        (r"/openapi.yaml", OpenApiHandler, dict(spec=OPENAPI_SPEC.read_bytes())),
     ], default_handler_class=NotFoundHandler, log_function=log_request)
 
 
