@@ -11,6 +11,7 @@ from pathlib import Path
 import pycurl
 from tornado import httpclient, web
 
+from common import idempotency
 from common.envelope import REQUEST_ID_HEADER, BaseHandler, NotFoundHandler
 from common.errors import Unavailable
 from common.health import HealthHandler
@@ -75,6 +76,9 @@ class ProxyHandler(BaseHandler):
         return list(self.methods)
 
     async def forward(self, *_):
+        # libcurl drops a header whose value is empty, so the service would take a request with an empty
+        # Idempotency-Key as one without: reject a malformed key here, as the service would.
+        idempotency.from_request(self.request)
         headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := self.request.headers.get(k)) is not None}
         headers[REQUEST_ID_HEADER] = request_id.get()
         body = self.request.body if self.request.method in ("POST", "PUT") else None
