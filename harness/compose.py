@@ -2,7 +2,7 @@
 socket, on stand-in images built offline by scripts/podman-setup.sh.
 
 Each `ComposeStack` is its own compose project (containers, network and volumes named after it) with the
-gateway published on a free loopback port, so a run never meets another one or a natively started gateway."""
+gateway published on a free port, so a run never meets another one or a natively started gateway."""
 import json
 import os
 import secrets
@@ -47,6 +47,7 @@ class PodmanService:
         if socket_answers():
             return self
         Path(SOCKET).parent.mkdir(parents=True, exist_ok=True)
+        Path(SOCKET).unlink(missing_ok=True)  # left by a service that was killed: nobody answers on it
         self.popen = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{SOCKET}"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         for attempt in Retrying(stop=stop_after_delay(30), wait=wait_fixed(0.2), reraise=True,
@@ -66,6 +67,8 @@ def podman(*args, timeout=60):
 
 
 class ComposeStack:
+    """docker-compose.yml (plus `extra_files`) as one fresh compose project; `.url` reaches its gateway."""
+
     def __init__(self, extra_files=(), extra_env=None):
         self.project = f"shop_compose_{secrets.token_hex(4)}"
         self.host_port = free_port()
