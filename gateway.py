@@ -6,9 +6,12 @@ import asyncio
 import itertools
 import logging
 import uuid
+from pathlib import Path
 
+import pycurl
 from tornado import httpclient, web
 
+from common import idempotency
 from common.envelope import REQUEST_ID_HEADER, BaseHandler, NotFoundHandler
 from common.errors import Unavailable
 from common.health import HealthHandler
@@ -20,6 +23,14 @@ logger = logging.getLogger("gateway")
 
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Idempotency-Key")
 CURL_COULD_NOT_CONNECT = 7
+# Backends are found by name (compose service names), and a restarted container may come back on a new address.
+# libcurl caches name lookups for 60 s, which kept the gateway answering 503 for most of a minute after
+# `docker-compose start order`; a 1 s cache still spares lookups under load (keep-alive reuse needs none).
+DNS_CACHE_SECONDS = 1
+
+
+def short_dns_cache(curl):
+    curl.setopt(pycurl.DNS_CACHE_TIMEOUT, DNS_CACHE_SECONDS)
 
 
 class Backend:
@@ -61,7 +72,13 @@ class ProxyHandler(BaseHandler):
         if self.request.method not in self.methods:
             raise web.HTTPError(405)
 
+    def allowed_methods(self):
+        return list(self.methods)
+
     async def forward(self, *_):
+        # libcurl drops a header whose value is empty, so the service would take a request with an empty
+        # Idempotency-Key as one without: reject a malformed key here, as the service would.
+        idempotency.from_request(self.request)
         headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := self.request.headers.get(k)) is not None}
         headers[REQUEST_ID_HEADER] = request_id.get()
         body = self.request.body if self.request.method in ("POST", "PUT") else None
@@ -70,7 +87,7 @@ class ProxyHandler(BaseHandler):
                 response = await self.client.fetch(
                     url + self.request.uri, method=self.request.method, headers=headers, body=body,
                     raise_error=False, request_timeout=self.backend.timeout, connect_timeout=2,
-                    allow_nonstandard_methods=True, follow_redirects=False)
+                    allow_nonstandard_methods=True, follow_redirects=False, prepare_curl_callback=short_dns_cache)
             except (OSError, httpclient.HTTPClientError, asyncio.TimeoutError) as exc:
                 if refused(exc):
                     continue
@@ -112,6 +129,17 @@ class ReadyHandler(BaseHandler):
             self.reply(200, "Ready.", backends=states)
 
 
+OPENAPI_SPEC = Path(__file__).resolve().parent / "openapi.yaml"
+
+
+class OpenApiHandler(BaseHandler):
+    """The API's OpenAPI document, as the gateway was started with it."""
+
+    def get(self):
+        self.set_header("Content-Type", "application/yaml; charset=UTF-8")
+        self.finish(self.spec)
+
+
 def make_app(settings, client=None):
     client = client or httpclient.AsyncHTTPClient()
     orders = Backend("Order Service", settings.order_svc_urls, settings.upstream_timeout)
@@ -129,6 +157,7 @@ def make_app(settings, client=None):
         (r"/health", HealthHandler),
         (r"/ready", ReadyHandler, dict(backends=(orders, payments), client=client)),
         (r"/metrics", MetricsHandler),
+        (r"/openapi.yaml", OpenApiHandler, dict(spec=OPENAPI_SPEC.read_bytes())),
     ], default_handler_class=NotFoundHandler, log_function=log_request)
 
 

@@ -78,6 +78,11 @@ class BaseHandler(web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(to_json(envelope(status_code < 400, message, **data)))
 
+    def allowed_methods(self):
+        """The methods this handler implements (what a 405's `Allow` header lists)."""
+        return [m for m in self.SUPPORTED_METHODS
+                if getattr(type(self), m.lower()) is not getattr(web.RequestHandler, m.lower())]
+
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None))[1]
         if isinstance(exc, ShopError):
@@ -90,6 +95,8 @@ class BaseHandler(web.RequestHandler):
             message = self._reason
         else:
             message = "Internal server error."
+        if status_code == 405:  # RFC 9110: a 405 lists the methods that would work
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.reply(status_code, message)
 
     def log_exception(self, typ, value, tb):

@@ -13,6 +13,10 @@ CENT = Decimal("0.01")
 
 def parse_id(value, field):
     """A positive BIGINT from a JSON integer or a string of digits."""
+    # JSON has one number type: 7.0 is the integer 7, as JSON Schema's `integer` says (a huge exponent is
+    # left to be rejected below, never expanded).
+    if isinstance(value, Decimal) and value.is_finite() and value.adjusted() < 19 and value == value.to_integral():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise InvalidInput(f"'{field}' must be a positive integer.")
     if isinstance(value, str):

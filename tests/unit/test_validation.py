@@ -34,6 +34,18 @@ def test_id_accepts_int_and_digit_string():
     assert parse_id(7, "x") == 7 and parse_id("42", "x") == 42 and parse_id(2**63 - 1, "x") == 2**63 - 1
 
 
+@pytest.mark.parametrize("value, expected", [(Decimal("7.0"), 7), (Decimal("1E+2"), 100), (Decimal("95376.00"), 95376)])
+def test_parse_id_accepts_a_json_number_with_no_fraction_as_json_schema_does(value, expected):
+    assert parse_id(value, "user_id") == expected
+
+
+@pytest.mark.parametrize("value", [Decimal("0.0"), Decimal("-3.0"), Decimal("1E+19"), Decimal("1E+999999999"),
+                                   Decimal("NaN"), Decimal("Infinity")])
+def test_parse_id_rejects_integral_numbers_out_of_range_or_not_finite(value):
+    with pytest.raises(InvalidInput):
+        parse_id(value, "user_id")
+
+
 def test_description_is_optional_bounded_and_without_nul():
     assert parse_description(None) == ""
     assert parse_description("ok") == "ok"

@@ -1,0 +1,160 @@
+"""Run docker-compose.yml for real: Debian's docker-compose (v1) driving podman through its Docker-compatible
+socket, on stand-in images built offline by scripts/podman-setup.sh.
+
+Each `ComposeStack` is its own compose project (containers, network and volumes named after it) with the
+gateway published on a free port, so a run never meets another one or a natively started gateway."""
+import json
+import os
+import secrets
+import socket
+import subprocess
+import threading
+import urllib.request
+from pathlib import Path
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from common.config import read_env_file
+from harness.stack import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+SOCKET = "/run/podman/podman.sock"
+SERVICES = ("postgres", "rabbitmq", "order", "payment", "gateway")
+
+
+def setup_machine():
+    """Install podman + docker-compose and build (or reuse) the stand-in images."""
+    subprocess.run([ROOT / "scripts" / "podman-setup.sh"], check=True, timeout=900)
+
+
+def socket_answers(path=SOCKET):
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(path)
+            return True
+        except OSError:
+            return False
+
+
+class PodmanService:
+    """`podman system service` on the Docker-compatible socket; started here only if none is listening."""
+
+    def __init__(self):
+        self.popen = None
+
+    def start(self):
+        if socket_answers():
+            return self
+        Path(SOCKET).parent.mkdir(parents=True, exist_ok=True)
+        Path(SOCKET).unlink(missing_ok=True)  # left by a service that was killed: nobody answers on it
+        self.popen = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{SOCKET}"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        for attempt in Retrying(stop=stop_after_delay(30), wait=wait_fixed(0.2), reraise=True,
+                                retry=retry_if_exception_type(AssertionError)):
+            with attempt:
+                assert socket_answers(), "podman system service did not open its socket"
+        return self
+
+    def stop(self):
+        if self.popen is not None:
+            self.popen.terminate()
+            self.popen.wait(30)
+
+
+def podman(*args, timeout=60):
+    return subprocess.run(["podman", *args], check=True, capture_output=True, text=True, timeout=timeout).stdout
+
+
+class ComposeStack:
+    """docker-compose.yml (plus `extra_files`) as one fresh compose project; `.url` reaches its gateway."""
+
+    def __init__(self, extra_files=(), extra_env=None):
+        self.project = f"shop_compose_{secrets.token_hex(4)}"
+        self.host_port = free_port()
+        self.files = [COMPOSE_FILE, *extra_files]
+        self.env = {**os.environ, "DOCKER_HOST": f"unix://{SOCKET}", "GATEWAY_HOST_PORT": str(self.host_port),
+                    **(extra_env or {})}
+        self.settings = {**read_env_file(), **self.env}
+        self._pump_stop = threading.Event()
+        self._pump = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.host_port}"
+
+    def compose(self, *args, timeout=120):
+        """Run `docker-compose <args>` on this project; raises `CalledProcessError` with its output."""
+        command = ["docker-compose", "--project-name", self.project, "--project-directory", ROOT]
+        for path in self.files:
+            command += ["--file", path]
+        done = subprocess.run([*command, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        if done.returncode:
+            raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
+        return done.stdout
+
+    def container(self, service):
+        return f"{self.project}_{service}_1"
+
+    def inspect(self, service):
+        return json.loads(podman("inspect", self.container(service)))[0]
+
+    def health(self, service):
+        return self.inspect(service)["State"]["Health"]["Status"]
+
+    # podman 4.3 runs healthchecks from systemd timers, which this machine does not have: run them here, every
+    # second, for each container of the project that is not healthy yet (a restarted one starts over). Checks
+    # run side by side and are cut off after CHECK_DEADLINE: one on a container being killed can hang.
+    CHECK_DEADLINE = 8
+
+    def _pump_healthchecks(self):
+        while not self._pump_stop.wait(1.0):
+            try:
+                lines = podman("ps", "--filter", f"label=com.docker.compose.project={self.project}",
+                               "--format", "{{.Names}} {{.Status}}").splitlines()
+            except subprocess.SubprocessError:
+                continue
+            checks = [subprocess.Popen(["podman", "healthcheck", "run", name], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+                      for name, _, status in (line.partition(" ") for line in lines) if "(healthy)" not in status]
+            for check in checks:
+                try:
+                    check.wait(self.CHECK_DEADLINE)
+                except subprocess.TimeoutExpired:
+                    check.kill()
+                    check.wait()
+
+    def up(self, timeout=300):
+        self.compose("build", timeout=900)
+        self._pump = threading.Thread(target=self._pump_healthchecks, name="healthchecks", daemon=True)
+        self._pump.start()
+        # `up` itself waits for every `depends_on: service_healthy`.
+        self.compose("up", "--detach", "--no-build", timeout=timeout)
+        self.wait_healthy(*SERVICES)
+        return self
+
+    def wait_healthy(self, *services, timeout=120):
+        for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.5), reraise=True,
+                                retry=retry_if_exception_type((AssertionError, OSError))):
+            with attempt:
+                states = {s: self.health(s) for s in services}
+                assert set(states.values()) == {"healthy"}, f"not healthy yet: {states}\n{self.logs()}"
+        with urllib.request.urlopen(self.url + "/health", timeout=5):
+            pass
+
+    def logs(self, tail=40):
+        try:
+            return self.compose("logs", "--no-color", "--tail", str(tail), timeout=60)
+        except subprocess.SubprocessError as exc:
+            return f"(no logs: {exc})"
+
+    def down(self):
+        """Remove containers, network and volumes; the project must leave nothing behind."""
+        self._pump_stop.set()
+        if self._pump is not None:
+            self._pump.join(30)
+        self.compose("down", "--volumes", "--timeout", "10", timeout=180)
+        left = podman("ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={self.project}")
+        volumes = podman("volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={self.project}")
+        assert not left.strip() and not volumes.strip(), f"left behind: {left} {volumes}"

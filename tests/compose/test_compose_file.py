@@ -1,0 +1,80 @@
+"""docker-compose.yml, checked statically: what `docker-compose config` makes of it, and its use of .env."""
+import os
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from common.config import read_env_file
+from harness.compose import COMPOSE_FILE, ROOT, SERVICES
+
+VARIABLE = re.compile(r"(?<!\$)\$\{(\w+)")  # ${VAR}, ${VAR:-x}; not the escaped $${VAR}
+
+
+@pytest.fixture(scope="module")
+def resolved(podman_machine):
+    """The compose file as docker-compose resolves it with .env alone (no overriding shell variables)."""
+    env = {k: v for k, v in os.environ.items() if k not in read_env_file()}
+    done = subprocess.run(["docker-compose", "--file", COMPOSE_FILE, "config"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    return yaml.safe_load(done.stdout)
+
+
+def test_every_variable_the_compose_file_names_is_defined_in_env_file():
+    named = set(VARIABLE.findall(COMPOSE_FILE.read_text()))
+    assert named
+    assert named - set(read_env_file()) == set()
+
+
+def test_compose_file_has_exactly_the_five_services(resolved):
+    assert set(resolved["services"]) == set(SERVICES)
+
+
+def test_only_the_gateway_is_published_on_8080(resolved):
+    published = {name: service.get("ports") for name, service in resolved["services"].items() if "ports" in service}
+    assert published == {"gateway": [{"published": 8080, "target": 8080}]}
+
+
+def test_every_service_has_a_healthcheck_and_restarts_unless_stopped(resolved):
+    for name, service in resolved["services"].items():
+        assert service["healthcheck"]["test"], name
+        assert service["restart"] == "unless-stopped", name
+
+
+def test_python_services_check_their_own_health_route(resolved):
+    for name, port in (("order", "8081"), ("payment", "8082"), ("gateway", "8080")):
+        assert resolved["services"][name]["healthcheck"]["test"][-1] == f"http://localhost:{port}/health"
+
+
+def test_services_start_only_after_their_dependencies_are_healthy(resolved):
+    wanted = {"order": {"postgres", "rabbitmq"}, "payment": {"postgres", "rabbitmq"}, "gateway": {"order", "payment"}}
+    for name, dependencies in wanted.items():
+        depends_on = resolved["services"][name]["depends_on"]
+        assert set(depends_on) == dependencies
+        assert {d["condition"] for d in depends_on.values()} == {"service_healthy"}
+
+
+def test_data_lives_in_named_volumes(resolved):
+    assert set(resolved["volumes"]) == {"pgdata", "rabbitmq-data"}
+    mounts = {name: service["volumes"] for name, service in resolved["services"].items() if "volumes" in service}
+    assert mounts == {"postgres": ["pgdata:/var/lib/postgresql/data:rw"],
+                      "rabbitmq": ["rabbitmq-data:/var/lib/rabbitmq:rw"]}
+
+
+def test_services_reach_each_other_by_service_name_not_localhost(resolved):
+    env = resolved["services"]["gateway"]["environment"]
+    assert env["ORDER_SVC_URL"] == "http://order:8081" and env["PAYMENT_SVC_URL"] == "http://payment:8082"
+    for name in ("order", "payment"):
+        env = resolved["services"][name]["environment"]
+        assert "@postgres:5432/" in env["ORDER_DB_DSN"] and "@postgres:5432/" in env["PAYMENT_DB_DSN"]
+        assert "@rabbitmq:5672/" in env["RABBITMQ_URL"]
+
+
+def test_compose_file_holds_no_literal_credentials():
+    text = COMPOSE_FILE.read_text()
+    env = read_env_file()
+    for key in ("POSTGRES_PASSWORD", "RABBITMQ_PASSWORD"):
+        assert f"${{{key}}}" in text
+    assert not re.search(r"://\w+:\w+@", text), "a DSN with literal credentials"
+    assert f":{env['RABBITMQ_PASSWORD']}@" not in text
