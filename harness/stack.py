@@ -76,6 +76,15 @@ class Process:
                 with urllib.request.urlopen(self.health_url, timeout=2):
                     pass
 
+    def wait_ready(self, timeout=60):
+        """Wait until the service's `/ready` answers 200 (database and broker connected)."""
+        ready_url = self.health_url.replace("/health", "/ready")
+        for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.1), reraise=True,
+                                retry=retry_if_exception_type(OSError)):
+            with attempt:
+                with urllib.request.urlopen(ready_url, timeout=2):
+                    pass
+
     def log(self):
         return Path(self.log_path).read_text(errors="replace")
 

@@ -1,0 +1,56 @@
+"""Chaos runner: `python -m harness.chaos --orders 500 --faults 12 --seed 1` (see README, "Chaos runs").
+
+Exit status 0 if every invariant held, 1 if one failed."""
+import argparse
+import dataclasses
+import logging
+import sys
+
+from harness.chaos.runner import Config, print_outcome, run
+from harness.infra import Infra
+
+
+def parse_args(argv):
+    defaults = Config()
+    parser = argparse.ArgumentParser(prog="python -m harness.chaos", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--orders", type=int, default=defaults.orders, help="order requests, at least")
+    parser.add_argument("--faults", type=int, default=defaults.faults, help="faults (>= 9 covers every kind)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the schedule and the load")
+    parser.add_argument("--users", type=int, default=defaults.users, help="accounts")
+    parser.add_argument("--clients", type=int, default=defaults.clients, help="concurrent clients")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="operations per second (default: spread the orders over the fault schedule)")
+    parser.add_argument("--heartbeat", type=int, default=defaults.heartbeat, help="AMQP heartbeat, seconds")
+    parser.add_argument("--max-recovery", type=float, default=defaults.max_recovery,
+                        help="seconds from the last fault to nothing pending")
+    parser.add_argument("--settle-timeout", type=float, default=defaults.settle_timeout)
+    parser.add_argument("--compose", metavar="DIR", help="run against the docker compose project in DIR")
+    parser.add_argument("--keep", action="store_true", help="keep databases, vhost and logs")
+    parser.add_argument("--pg", help="admin DSN of PostgreSQL (default: $SHOP_TEST_PG or 127.0.0.1:5432)")
+    parser.add_argument("--pg-cluster", help="its pg_ctlcluster version and name (default: '15 main')")
+    parser.add_argument("--amqp", help="AMQP URL without vhost (default: $SHOP_TEST_AMQP or 127.0.0.1:5672)")
+    parser.add_argument("--rabbitmq-env", help="rabbitmq-env.conf of the RabbitMQ node (default: the default node)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    infra = Infra.from_env()
+    infra = dataclasses.replace(infra, **{k: v for k, v in dict(
+        pg_admin_dsn=args.pg, pg_cluster=args.pg_cluster, amqp_base=args.amqp,
+        rabbitmq_env=args.rabbitmq_env).items() if v})
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = Config(orders=args.orders, faults=args.faults, seed=args.seed, users=args.users,
+                    clients=args.clients, rate=args.rate, heartbeat=args.heartbeat,
+                    max_recovery=args.max_recovery, settle_timeout=args.settle_timeout, infra=infra,
+                    compose=args.compose, keep=args.keep)
+    print(f"chaos run against {infra.describe() if not args.compose else 'docker compose in ' + args.compose}",
+          flush=True)
+    outcome = run(config, out=lambda line: print(line, flush=True))
+    print_outcome(outcome, out=lambda line: print(line, flush=True))
+    return 0 if outcome.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
