@@ -127,6 +127,7 @@ class Stack:
             "PAYMENT_DB_DSN": infra.dsn(self.payment_db),
             "RABBITMQ_URL": infra.amqp_url(self.vhost, heartbeat),
             "GATEWAY_PORT": str(self.gateway_port),
+            "PYTHONFAULTHANDLER": "1",  # a crash in C code (libcurl, libpq) leaves a traceback in the log
             "ORDER_SVC_URL": ",".join(f"http://127.0.0.1:{p}" for p in order_ports),
             "PAYMENT_SVC_URL": ",".join(f"http://127.0.0.1:{p}" for p in payment_ports),
             **(extra_env or {}),

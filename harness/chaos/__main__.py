@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import sys
 
+from harness.chaos.faults import KINDS
 from harness.chaos.runner import Config, print_outcome, run
 from harness.infra import Infra
 
@@ -16,6 +17,8 @@ def parse_args(argv):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=defaults.orders, help="order requests, at least")
     parser.add_argument("--faults", type=int, default=defaults.faults, help="faults (>= 9 covers every kind)")
+    parser.add_argument("--kinds", type=lambda v: tuple(k.strip() for k in v.split(",")), default=KINDS,
+                        help=f"comma-separated kinds of fault (default all: {', '.join(KINDS)})")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the schedule and the load")
     parser.add_argument("--users", type=int, default=defaults.users, help="accounts")
     parser.add_argument("--clients", type=int, default=defaults.clients, help="concurrent clients")
@@ -41,7 +44,7 @@ def main(argv=None):
         pg_admin_dsn=args.pg, pg_cluster=args.pg_cluster, amqp_base=args.amqp,
         rabbitmq_env=args.rabbitmq_env).items() if v})
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = Config(orders=args.orders, faults=args.faults, seed=args.seed, users=args.users,
+    config = Config(orders=args.orders, faults=args.faults, seed=args.seed, kinds=args.kinds, users=args.users,
                     clients=args.clients, rate=args.rate, heartbeat=args.heartbeat,
                     max_recovery=args.max_recovery, settle_timeout=args.settle_timeout, infra=infra,
                     compose=args.compose, keep=args.keep)

@@ -9,6 +9,7 @@ processes (`NativeTargets`) or docker compose containers (`harness.chaos.compose
     broker_restart(pause)      stop the whole RabbitMQ node, pause, start it
     db_restart(immediate)      restart PostgreSQL (fast shutdown, or `-m immediate`: crash recovery)
     ensure_up()                after anything went wrong: resume frozen parts, start servers that are down
+    crashed()                  parts that died although no fault was acting on them (restarted again)
 
 Each method returns once the part is back (process healthy, server accepting connections)."""
 import logging
@@ -115,12 +116,13 @@ class Injector:
                 number = f"fault {len(self.applied) + 1}/{len(self.faults)}"
                 self.out(f"{time.strftime('%H:%M:%S')} {number}: {fault.describe()}")
                 fault.started = time.monotonic()
-                try:
-                    fault.apply(self.targets)
-                except Exception as exc:  # noqa: BLE001 - reported as a failed fault, then we go on
-                    logger.exception("fault %s failed", fault.kind)
-                    fault.error = repr(exc)
-                    self.targets.ensure_up()
+                with self.targets.busy:
+                    try:
+                        fault.apply(self.targets)
+                    except Exception as exc:  # noqa: BLE001 - reported as a failed fault, then we go on
+                        logger.exception("fault %s failed", fault.kind)
+                        fault.error = repr(exc)
+                        self.targets.ensure_up()
                 fault.ended = time.monotonic()
                 self.current = None
                 self.out(f"{time.strftime('%H:%M:%S')} {number}: back after {fault.ended - fault.started:.1f} s"
@@ -134,6 +136,21 @@ class NativeTargets:
 
     def __init__(self, stack):
         self.stack, self.infra = stack, stack.infra
+        self.busy = threading.Lock()  # held while a fault acts: a part down then is no crash
+
+    def crashed(self):
+        """[(part, exit code)] of processes that died on their own since the last call; each is restarted
+        so the run goes on (the report fails)."""
+        if not self.busy.acquire(blocking=False):
+            return []
+        try:
+            dead = [(name, p.popen.returncode) for name, p in self.stack.processes.items() if not p.is_running()]
+            for name, _ in dead:
+                logger.error("%s died on its own; see %s", name, self.stack[name].log_path)
+                self.stack.restart(name)
+            return dead
+        finally:
+            self.busy.release()
 
     def kill(self, part, pause):
         self.stack[part].kill()

@@ -66,6 +66,7 @@ def native_system(config):
                 process.stop()
         else:
             stack.close()
+            print(f"service logs: {stack.log_dir}")
 
 
 def status_counts(order_db):
@@ -87,8 +88,9 @@ def progress_line(elapsed, journal, order_db, injector):
             f"{len(injector.faults)}{now}")
 
 
-def drive(config, url, order_db, targets, journal, out):
-    """Load and faults until both the order target and the schedule are done; returns (load, injector)."""
+def drive(config, url, order_db, targets, journal, crashes, out):
+    """Load and faults until both the order target and the schedule are done; returns (load, injector, start).
+    Parts that die on their own are appended to `crashes` as (part, exit code, seconds into the run)."""
     faults = plan(config.faults, config.seed, config.heartbeat, config.gap, config.pause, config.kinds)
     rate = config.rate or max(2.0, config.orders / max(planned_seconds(faults), 1) * 1.5)
     run_id = secrets.token_hex(3)
@@ -106,6 +108,9 @@ def drive(config, url, order_db, targets, journal, out):
         # Stop the load as soon as both are done, so that recovery is timed from the last fault.
         while not (injector.done.is_set() and len(journal.of_kind("order")) >= config.orders):
             injector.done.wait(0.1)
+            for part, code in targets.crashed():
+                crashes.append((part, code, time.monotonic() - start))
+                out(f"{part} DIED ON ITS OWN (exit code {code}); restarted")
             if time.monotonic() >= next_line:
                 next_line += 1
                 out(progress_line(time.monotonic() - start, journal, order_db, injector))
@@ -123,8 +128,8 @@ def run(config, out=print):
         from harness.chaos.compose import compose_system  # only compose users need docker
         system = compose_system(config)
     with system as (url, order_db, payment_db, targets):
-        journal = Journal()
-        load, injector, start = drive(config, url, order_db, targets, journal, out)
+        journal, crashes = Journal(), []
+        load, injector, start = drive(config, url, order_db, targets, journal, crashes, out)
         load_ended = time.monotonic()
         out("load stopped; waiting until nothing is pending")
         settle = wait_until_settled(order_db, config.settle_timeout, payment_db)
@@ -136,6 +141,7 @@ def run(config, out=print):
         checks.check_api(report, url, order_db, payment_db, load.users + load.ghosts)
         checks.check_faults(report, injector.faults, config.kinds if config.faults >= len(config.kinds) else ())
         checks.check_recovery(report, recovery, config.max_recovery)
+        report.add("no part died on its own", [f"{p} exited {c} at +{t:.0f} s" for p, c, t in crashes])
         summary = summarize(config, journal, injector, start, load_ended, recovery, settle, order_db)
     return Outcome(report, summary)
 
