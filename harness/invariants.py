@@ -10,6 +10,8 @@ from decimal import Decimal
 
 import psycopg2
 
+# A database that cannot be read right now (psycopg2, or a failing `psql` command in compose mode).
+UNREACHABLE = (psycopg2.OperationalError, RuntimeError)
 # Beyond this many ambiguous top-ups on one account, enumerating their subsets is too costly.
 MAX_SUBSET_ITEMS = 16
 
@@ -92,7 +94,7 @@ def wait_until_settled(order_db, timeout, payment_db=None):
                 return time.monotonic() - start
             if payment_db is not None and not any(pending_work(order_db, payment_db).values()):
                 return time.monotonic() - start
-        except psycopg2.OperationalError:
+        except UNREACHABLE:
             pass
         time.sleep(0.05)
     return None

@@ -33,6 +33,7 @@ class Config:
     kinds: tuple = KINDS
     infra: Infra = INFRA
     compose: str = None            # a docker compose project directory: run against its containers
+    gateway_url: str = None        # compose mode: the published gateway (default localhost:GATEWAY_HOST_PORT)
     commands: dict = field(default_factory=dict)  # harness.stack.Stack(commands=...): e.g. a broken variant
     env: dict = field(default_factory=dict)       # extra environment of the services
     keep: bool = False             # keep the databases, vhost and logs after the run
