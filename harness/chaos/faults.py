@@ -80,10 +80,14 @@ def planned_seconds(faults):
 
 
 class Injector:
-    """Applies `faults` in order on a thread; `done` is set after the last one (or `stop()`)."""
+    """Applies `faults` in order on a thread; `done` is set after the last one (or `stop()`).
 
-    def __init__(self, faults, targets, out=lambda line: None):
+    The last fault waits for `before_last` (an Event) too: the runner sets it once the load has sent all its
+    orders, so the load can stop right after the last fault and recovery is timed from it."""
+
+    def __init__(self, faults, targets, out=lambda line: None, before_last=None):
         self.faults, self.targets, self.out = faults, targets, out
+        self.before_last = before_last
         self.done = threading.Event()
         self._stop = threading.Event()
         self.current = None
@@ -112,6 +116,10 @@ class Injector:
             for fault in self.faults:
                 if self._stop.wait(fault.gap):
                     return
+                if fault is self.faults[-1] and self.before_last is not None:
+                    while not self.before_last.wait(0.2):
+                        if self._stop.is_set():
+                            return
                 self.current = fault
                 number = f"fault {len(self.applied) + 1}/{len(self.faults)}"
                 self.out(f"{time.strftime('%H:%M:%S')} {number}: {fault.describe()}")

@@ -2,7 +2,7 @@
 schedule, wait until nothing is pending, then check everything and report."""
 import contextlib
 import secrets
-import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -99,16 +99,19 @@ def drive(config, url, order_db, targets, journal, crashes, out):
                 list(range(config.users + 1, config.users + config.ghosts + 1)), config.seed, config.clients,
                 rate, Mix())
     load.setup_accounts()
-    injector = Injector(faults, targets, out)
+    orders_sent = threading.Event()
+    injector = Injector(faults, targets, out, before_last=orders_sent)
     out(f"run {run_id}: {config.orders}+ orders at {rate:.1f} ops/s, {len(faults)} faults, seed {config.seed}")
     start = time.monotonic()
     load.start()
     injector.start()
     next_line = start + 1
     try:
-        # Stop the load as soon as both are done, so that recovery is timed from the last fault.
-        while not (injector.done.is_set() and len(journal.of_kind("order")) >= config.orders):
+        # The load goes on until the last fault is over (which waits for the order target).
+        while not injector.done.is_set():
             injector.done.wait(0.1)
+            if len(journal.of_kind("order")) >= config.orders:
+                orders_sent.set()
             for part, code in targets.crashed():
                 crashes.append((part, code, time.monotonic() - start))
                 out(f"{part} DIED ON ITS OWN (exit code {code}); restarted")
