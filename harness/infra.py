@@ -11,10 +11,10 @@ uses). On a shared machine, point the harness at private instances instead (`scr
 import os
 import subprocess
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import psycopg2
-from psycopg2.extensions import make_dsn, parse_dsn
+from psycopg2.extensions import parse_dsn
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 
@@ -43,9 +43,20 @@ class Infra:
 
     # --- PostgreSQL -------------------------------------------------------------------------------
 
+    @property
+    def pg_port(self):
+        return int(parse_dsn(self.pg_admin_dsn).get("port", 5432))
+
+    @property
+    def amqp_port(self):
+        return urlsplit(self.amqp_base).port or 5672
+
     def dsn(self, dbname):
-        """A DSN for database `dbname` on the harness's server."""
-        return make_dsn(self.pg_admin_dsn, dbname=dbname)
+        """A URL DSN (`postgresql://user@host:port/dbname`) for database `dbname` on the harness's server."""
+        params = parse_dsn(self.pg_admin_dsn)
+        password = f":{params['password']}" if params.get("password") else ""
+        return (f"postgresql://{params.get('user', 'postgres')}{password}@{params.get('host', '127.0.0.1')}:"
+                f"{self.pg_port}/{dbname}")
 
     def drop_database(self, name):
         conn = psycopg2.connect(self.pg_admin_dsn)
@@ -64,9 +75,8 @@ class Infra:
         self.wait_pg()
 
     def pg_is_up(self):
-        params = parse_dsn(self.pg_admin_dsn)
-        return subprocess.run(["pg_isready", "-q", "-h", params.get("host", "127.0.0.1"),
-                               "-p", str(params.get("port", 5432))]).returncode == 0
+        host = parse_dsn(self.pg_admin_dsn).get("host", "127.0.0.1")
+        return subprocess.run(["pg_isready", "-q", "-h", host, "-p", str(self.pg_port)]).returncode == 0
 
     def wait_pg(self, timeout=60):
         wait(self.pg_is_up, timeout, f"PostgreSQL {self.pg_cluster}")
