@@ -100,7 +100,8 @@ class Infra:
         return {**os.environ, **({"RABBITMQ_CONF_ENV_FILE": self.rabbitmq_env} if self.rabbitmq_env else {})}
 
     def rabbitmqctl(self, *args, timeout=60):
-        run(["rabbitmqctl", "-q", *args], env=self._rabbit_env(), timeout=timeout)
+        """Run `rabbitmqctl -q ARGS` against the chosen node; returns its output."""
+        return run(["rabbitmqctl", "-q", *args], env=self._rabbit_env(), timeout=timeout)
 
     def rabbit_app_is_up(self):
         try:
