@@ -1,8 +1,8 @@
 """What the benchmark reads from the stack: server-side timestamps, counts, queue depths, and seeding."""
-import subprocess
 
 import psycopg2
 
+from harness.infra import INFRA
 from harness.invariants import query
 
 BALANCE = 999_999_999  # every seeded user can pay for every order the benchmark places
@@ -56,9 +56,8 @@ def finalized_between(order_dsn, start, end):
 
 
 def queue_depth(vhost, queue):
-    """Messages waiting in `queue` (ready + unacked), from rabbitmqctl."""
-    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages"],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
+    """Messages waiting in `queue` (ready + unacked), from rabbitmqctl (of the node the harness uses)."""
+    out = INFRA.rabbitmqctl("list_queues", "-p", vhost, "name", "messages")
     for line in out.splitlines():
         name, _, count = line.partition("\t")
         if name == queue:

@@ -116,6 +116,15 @@ async def ensure_database(dsn):
                 pass
 
 
+class CommitOutcomeUnknown(Exception):
+    """The connection broke while COMMIT was under way: the transaction may or may not have been applied."""
+
+
+def unavailable(exc):
+    logger.warning("database unavailable: %r", exc)
+    return Unavailable("Database temporarily unavailable.")
+
+
 class Database:
     """A connection pool with transactions retried as a whole when the server goes away."""
 
@@ -158,27 +167,37 @@ class Database:
         `transaction=False` leaves out BEGIN/COMMIT, for a single read: the two round trips saved are most of
         its cost. Writes keep BEGIN/COMMIT so that a connection lost during COMMIT can be recognised.
         Connection failures and deadlocks retry the whole transaction for `retry_seconds`;
-        after that raises `Unavailable`. Other exceptions roll back and propagate."""
+        after that raises `Unavailable`. So does a connection lost during COMMIT, at once: the transaction may
+        have been applied, and running it again could create a second order or credit a top-up twice.
+        Other exceptions roll back and propagate."""
         retry_seconds = self.retry_seconds if retry_seconds is None else retry_seconds
         try:
             # The first attempt runs outside tenacity: setting up its retry loop costs ~14 µs of CPU, half
             # as much again as a short query, on every call of every request and worker step.
             return await self._attempt(work, args, transaction)
+        except CommitOutcomeUnknown as exc:
+            raise unavailable(exc) from exc
         except DB_ERRORS as exc:
             if retry_seconds <= 0:
-                logger.warning("database unavailable: %r", exc)
-                raise Unavailable("Database temporarily unavailable.") from exc
+                raise unavailable(exc) from exc
         try:
             async for attempt in briefly(DB_ERRORS, retry_seconds):
                 with attempt:
                     return await self._attempt(work, args, transaction)
-        except DB_ERRORS as exc:
-            logger.warning("database unavailable: %r", exc)
-            raise Unavailable("Database temporarily unavailable.") from exc
+        except (*DB_ERRORS, CommitOutcomeUnknown) as exc:
+            raise unavailable(exc) from exc
 
     async def _attempt(self, work, args, transaction):
-        async with self._cursor(transaction) as cur:
-            return await work(cur, *args)
+        committing = False
+        try:
+            async with self._cursor(transaction) as cur:
+                result = await work(cur, *args)
+                committing = transaction
+            return result
+        except DB_ERRORS as exc:
+            if committing:
+                raise CommitOutcomeUnknown(repr(exc)) from exc
+            raise
 
     async def ping(self):
         async def select_one(cur):

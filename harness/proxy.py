@@ -2,15 +2,21 @@
 service without touching the real server (which other test runs share)."""
 import socket
 import threading
+import time
 
 from harness.stack import free_port
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:`port` to `target`. `down()` refuses new connections and resets open ones."""
+    """Forwards 127.0.0.1:`port` to `target`. `down()` refuses new connections and resets open ones.
 
-    def __init__(self, target_port, target_host="127.0.0.1"):
+    `cut_after(sent)`, if given, sees everything a client has sent on its connection so far (bytes) after each
+    chunk is forwarded; when it returns True the proxy resets that connection, so the server got the chunk
+    but the client never gets the answer (e.g. a COMMIT applied whose reply is lost)."""
+
+    def __init__(self, target_port, target_host="127.0.0.1", cut_after=None):
         self.target = (target_host, target_port)
+        self.cut_after = cut_after
         self.port = free_port()
         self._listener = None
         self._sockets = set()
@@ -50,14 +56,27 @@ class TcpProxy:
             server.settimeout(None)
             with self._lock:
                 self._sockets |= {client, server}
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+            muted = threading.Event()  # set when the connection is being cut: answers are dropped
+            threading.Thread(target=self._pipe, args=(client, server, muted, self.cut_after), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, muted), daemon=True).start()
 
     @staticmethod
-    def _pipe(source, sink):
+    def _pipe(source, sink, muted, cut_after=None):
+        sent = b""
         try:
             while data := source.recv(65536):
+                sent = sent + data if cut_after else sent
+                cut = cut_after is not None and cut_after(sent)
+                if cut:
+                    muted.set()
+                if muted.is_set() and not cut:
+                    break
                 sink.sendall(data)
+                if cut:
+                    time.sleep(0.2)  # let the server act on what it got; its answer is dropped
+                    for sock in (source, sink):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    break
         except OSError:
             pass
         finally:

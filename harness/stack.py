@@ -1,5 +1,5 @@
 """Start the gateway and the two services as real processes on a fresh pair of databases and a fresh
-RabbitMQ vhost, so that runs never see each other's data."""
+RabbitMQ vhost, so that runs never see each other's data. Which servers: `harness.infra`."""
 import os
 import secrets
 import signal
@@ -10,12 +10,16 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-import psycopg2
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from harness.infra import INFRA
+
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_DSN = os.environ.get("SHOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-AMQP_BASE = os.environ.get("SHOP_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+# The servers chosen by the SHOP_TEST_* environment (harness.infra), under the names tests import.
+PG_ADMIN_DSN = INFRA.pg_admin_dsn
+AMQP_BASE = INFRA.amqp_base
+rabbitmqctl = INFRA.rabbitmqctl
+drop_database = INFRA.drop_database
 
 COMMANDS = {
     "order": [sys.executable, "-m", "order_svc"],
@@ -28,20 +32,6 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def rabbitmqctl(*args):
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
-def drop_database(name):
-    conn = psycopg2.connect(PG_ADMIN_DSN)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        conn.close()
 
 
 class Process:
@@ -86,6 +76,15 @@ class Process:
                 with urllib.request.urlopen(self.health_url, timeout=2):
                     pass
 
+    def wait_ready(self, timeout=60):
+        """Wait until the service's `/ready` answers 200 (database and broker connected)."""
+        ready_url = self.health_url.replace("/health", "/ready")
+        for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.1), reraise=True,
+                                retry=retry_if_exception_type(OSError)):
+            with attempt:
+                with urllib.request.urlopen(ready_url, timeout=2):
+                    pass
+
     def log(self):
         return Path(self.log_path).read_text(errors="replace")
 
@@ -107,9 +106,14 @@ class Process:
 
 
 class Stack:
-    """The three processes (optionally several replicas of each service), on their own databases and vhost."""
+    """The three processes (optionally several replicas of each service), on their own databases and vhost.
 
-    def __init__(self, prefix="shop_test", replicas=1, extra_env=None):
+    `commands` replaces the command of a kind ("order", "payment", "gateway"), e.g. a deliberately broken
+    variant in a test; `heartbeat` sets the services' AMQP heartbeat (seconds)."""
+
+    def __init__(self, prefix="shop_test", replicas=1, extra_env=None, infra=INFRA, commands=None, heartbeat=None):
+        self.infra = infra
+        self.commands = {**COMMANDS, **(commands or {})}
         run_id = f"{prefix}_{secrets.token_hex(4)}"
         self.run_id = run_id
         self.order_db, self.payment_db, self.vhost = f"{run_id}_orders", f"{run_id}_payments", run_id
@@ -119,10 +123,11 @@ class Stack:
         self.gateway_port = free_port()
         self.base_env = {
             **os.environ,
-            "ORDER_DB_DSN": f"postgresql://postgres@127.0.0.1:5432/{self.order_db}",
-            "PAYMENT_DB_DSN": f"postgresql://postgres@127.0.0.1:5432/{self.payment_db}",
-            "RABBITMQ_URL": f"{AMQP_BASE}{self.vhost}",
+            "ORDER_DB_DSN": infra.dsn(self.order_db),
+            "PAYMENT_DB_DSN": infra.dsn(self.payment_db),
+            "RABBITMQ_URL": infra.amqp_url(self.vhost, heartbeat),
             "GATEWAY_PORT": str(self.gateway_port),
+            "PYTHONFAULTHANDLER": "1",  # a crash in C code (libcurl, libpq) leaves a traceback in the log
             "ORDER_SVC_URL": ",".join(f"http://127.0.0.1:{p}" for p in order_ports),
             "PAYMENT_SVC_URL": ",".join(f"http://127.0.0.1:{p}" for p in payment_ports),
             **(extra_env or {}),
@@ -135,7 +140,7 @@ class Stack:
         self._add("gateway", "gateway", {}, self.gateway_port)
 
     def _add(self, name, kind, env, port):
-        self.processes[name] = Process(name, COMMANDS[kind], {**self.base_env, **env},
+        self.processes[name] = Process(name, self.commands[kind], {**self.base_env, **env},
                                        os.path.join(self.log_dir, f"{name}.log"),
                                        f"http://127.0.0.1:{port}/health")
 
@@ -163,8 +168,8 @@ class Stack:
         return self.processes[name]
 
     def start(self, *names):
-        rabbitmqctl("add_vhost", self.vhost)
-        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        self.infra.rabbitmqctl("add_vhost", self.vhost)
+        self.infra.rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
         for name in names or self.processes:
             self.processes[name].start()
         for name in names or self.processes:
@@ -179,8 +184,8 @@ class Stack:
         for process in self.processes.values():
             process.stop()
         for db in (self.order_db, self.payment_db):
-            drop_database(db)
-        rabbitmqctl("delete_vhost", self.vhost)
+            self.infra.drop_database(db)
+        self.infra.rabbitmqctl("delete_vhost", self.vhost)
 
     def __enter__(self):
         return self.start()

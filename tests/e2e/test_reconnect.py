@@ -6,6 +6,7 @@ from decimal import Decimal
 import pytest
 
 from harness.client import call
+from harness.infra import INFRA
 from harness.invariants import check_invariants, pending_count, wait_until_settled
 from harness.proxy import TcpProxy
 from harness.stack import Stack
@@ -15,11 +16,11 @@ from tests.conftest import wait_for
 @pytest.fixture
 def proxied():
     """A stack whose Order Service talks to PostgreSQL and RabbitMQ through (initially cut) proxies."""
-    postgres, rabbitmq = TcpProxy(5432), TcpProxy(5672)
+    postgres, rabbitmq = TcpProxy(INFRA.pg_port), TcpProxy(INFRA.amqp_port)
     stack = Stack(prefix="shop_e2e")
     order_env = stack["order"].env
-    order_env["ORDER_DB_DSN"] = order_env["ORDER_DB_DSN"].replace(":5432/", f":{postgres.port}/")
-    order_env["RABBITMQ_URL"] = order_env["RABBITMQ_URL"].replace(":5672/", f":{rabbitmq.port}/")
+    order_env["ORDER_DB_DSN"] = order_env["ORDER_DB_DSN"].replace(f":{INFRA.pg_port}/", f":{postgres.port}/")
+    order_env["RABBITMQ_URL"] = order_env["RABBITMQ_URL"].replace(f":{INFRA.amqp_port}/", f":{rabbitmq.port}/")
     try:
         yield stack, postgres, rabbitmq
     finally:

@@ -5,7 +5,8 @@ import secrets
 import pytest
 
 from common.config import load_settings
-from harness.stack import AMQP_BASE, drop_database, free_port, rabbitmqctl
+from harness.infra import INFRA
+from harness.stack import free_port
 from order_svc.app import OrderService
 from payment_svc.app import PaymentService
 
@@ -13,17 +14,17 @@ from payment_svc.app import PaymentService
 @pytest.fixture(scope="session")
 def run_env():
     run_id = f"shop_it_{secrets.token_hex(4)}"
-    rabbitmqctl("add_vhost", run_id)
-    rabbitmqctl("set_permissions", "-p", run_id, "guest", ".*", ".*", ".*")
+    INFRA.rabbitmqctl("add_vhost", run_id)
+    INFRA.rabbitmqctl("set_permissions", "-p", run_id, "guest", ".*", ".*", ".*")
     yield {
-        "ORDER_DB_DSN": f"postgresql://postgres@127.0.0.1:5432/{run_id}_orders",
-        "PAYMENT_DB_DSN": f"postgresql://postgres@127.0.0.1:5432/{run_id}_payments",
-        "RABBITMQ_URL": f"{AMQP_BASE}{run_id}",
+        "ORDER_DB_DSN": INFRA.dsn(f"{run_id}_orders"),
+        "PAYMENT_DB_DSN": INFRA.dsn(f"{run_id}_payments"),
+        "RABBITMQ_URL": INFRA.amqp_url(run_id),
         "LOG_LEVEL": "WARNING",
     }
-    drop_database(f"{run_id}_orders")
-    drop_database(f"{run_id}_payments")
-    rabbitmqctl("delete_vhost", run_id)
+    INFRA.drop_database(f"{run_id}_orders")
+    INFRA.drop_database(f"{run_id}_payments")
+    INFRA.rabbitmqctl("delete_vhost", run_id)
 
 
 @pytest.fixture

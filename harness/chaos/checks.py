@@ -1,0 +1,111 @@
+"""What the chaos runner checks beyond the databases' invariants: what clients saw, the API's view of the
+data, fault coverage and recovery time. Each function adds rows to a `harness.invariants.Report`."""
+from collections import Counter, defaultdict
+from decimal import Decimal
+
+from harness.chaos.faults import KINDS, gateway_down_windows
+from harness.chaos.workload import ACKED, AMBIGUOUS, RESET, REFUSED, TIMEOUT
+from harness.client import call
+from harness.invariants import check_invariants, query
+
+# A request started just before the gateway died, or answered just after, still belongs to that outage.
+WINDOW_SLACK = 1.0
+
+
+def expectations(journal):
+    """What the journal lets the checker expect: acknowledged order ids, an `unacknowledged_ok(order_id,
+    description)` predicate, acknowledged top-up totals and unconfirmed top-up amounts per user."""
+    requests = journal.snapshot()
+    orders = [r for r in requests if r.kind == "order"]
+    by_description = {r.description: r for r in orders}
+    top_ups, ambiguous = defaultdict(Decimal), defaultdict(list)
+    for r in requests:
+        if r.kind == "top_up" and r.result == ACKED:
+            top_ups[r.user_id] += r.amount
+        elif r.kind == "top_up" and r.result == AMBIGUOUS:
+            ambiguous[r.user_id].append(r.amount)
+
+    def unacknowledged_ok(order_id, description):
+        request = by_description.get(description)
+        return request is not None and request.result == AMBIGUOUS
+
+    acked = [r.order_id for r in orders if r.result == ACKED]
+    return acked, unacknowledged_ok, dict(top_ups), dict(ambiguous)
+
+
+def check_data(order_db, payment_db, journal):
+    """The contract's invariants, with the client's knowledge (including what it never learned)."""
+    acked, unacknowledged_ok, top_ups, ambiguous = expectations(journal)
+    report = check_invariants(order_db, payment_db, top_ups, acked, ambiguous, unacknowledged_ok)
+    descriptions = [d for (d,) in query(order_db, "SELECT description FROM orders")]
+    report.add("at most one order per request", [f"{n} orders from {d!r}" for d, n in
+                                                 Counter(descriptions).items() if n > 1])
+    return report
+
+
+def check_responses(report, journal, faults, timeout):
+    """Clients saw only 200/201/4xx/503; no answer at all only while the gateway was down; nothing hung."""
+    windows = gateway_down_windows(faults)
+    attempts = [a for r in journal.snapshot() for a in r.attempts]
+    seen = Counter(a.outcome for a in attempts)
+
+    def during_outage(a):
+        return any(start - WINDOW_SLACK <= a.ended and a.started <= end + WINDOW_SLACK for start, end in windows)
+
+    report.add("clients saw only 200/201/4xx/503",
+               [f"{n} x {o}" for o, n in seen.items() if isinstance(o, int) and not (
+                   o in (200, 201, 503) or 400 <= o < 500)],
+               ", ".join(f"{o}: {n}" for o, n in sorted(seen.items(), key=str)))
+    report.add("no answer only while the gateway was down",
+               [f"{a.outcome} at +{a.started:.1f}" for a in attempts
+                if a.outcome in (REFUSED, RESET) and not during_outage(a)],
+               f"{sum(seen[o] for o in (REFUSED, RESET))} refused/reset, all during {len(windows)} gateway kills")
+    report.add(f"no request hung (client timeout {timeout:g} s)",
+               [f"request at +{a.started:.1f} took {a.ended - a.started:.1f} s" for a in attempts
+                if a.outcome == TIMEOUT or a.ended - a.started > timeout + 1],
+               f"slowest {max((a.ended - a.started for a in attempts), default=0):.1f} s")
+
+
+def check_api(report, base_url, order_db, payment_db, users):
+    """The API shows what the databases hold: every order's status (paging through GET /orders) and
+    every account's balance."""
+    in_db = dict(query(order_db, "SELECT order_id, status FROM orders"))
+    through_api, cursor = {}, None
+    while True:
+        status, body = call(base_url, "GET", f"/orders?limit=1000{f'&cursor={cursor}' if cursor else ''}")
+        if status != 200:
+            report.add("API shows the databases' orders and balances", [f"GET /orders: {status} {body}"])
+            return
+        through_api.update((o["order_id"], o["status"]) for o in body["orders"])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    balances = dict(query(payment_db, "SELECT user_id, balance FROM accounts"))
+    problems = [f"order {o}: API {through_api.get(o)} vs DB {s}" for o, s in in_db.items() if through_api.get(o) != s]
+    problems += [f"order {o} only in API" for o in set(through_api) - set(in_db)]
+    for user in users:
+        status, body = call(base_url, "GET", f"/payments/{user}")
+        api_balance = body["account"]["balance"] if status == 200 else f"HTTP {status}"
+        if api_balance != balances.get(user, "HTTP 404"):
+            problems.append(f"user {user}: API {api_balance} vs DB {balances.get(user)}")
+    report.add("API shows the databases' orders and balances", problems,
+               f"{len(in_db)} orders, {len(users)} balances")
+
+
+def check_faults(report, faults, kinds=KINDS):
+    """Every planned fault was applied without error, and each of `kinds` at least once."""
+    applied = [f for f in faults if f.ended is not None]
+    report.add("every fault applied and recovered",
+               [f"{f.kind}: {f.error}" for f in faults if f.error] +
+               [f"{len(faults) - len(applied)} faults not applied"] * (len(applied) < len(faults)),
+               f"{len(applied)} faults")
+    seen = {f.kind for f in applied}
+    report.add("every kind of fault injected", [f"no {k}" for k in kinds if k not in seen], f"{len(seen)} kinds")
+
+
+def check_recovery(report, recovery, limit):
+    if recovery is None:
+        report.add("recovered after the last fault", ["work still pending at the settle deadline"])
+    else:
+        report.add(f"recovered within {limit:g} s of the last fault",
+                   [f"took {recovery:.1f} s"] if recovery > limit else [], f"{recovery:.1f} s")

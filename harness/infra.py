@@ -1,0 +1,168 @@
+"""Which PostgreSQL cluster and RabbitMQ node the harness uses, and how to restart them.
+
+Defaults are the machine's own `15 main` on 127.0.0.1:5432 and the default RabbitMQ node on 5672 (what CI
+uses). On a shared machine, point the harness at private instances instead (`scripts/private-brokers.sh`):
+
+    SHOP_TEST_PG             admin DSN; the harness's own databases live on the same server
+    SHOP_TEST_PG_CLUSTER     `pg_ctlcluster` version and name of that server, e.g. "15 chaos"
+    SHOP_TEST_AMQP           AMQP URL without vhost; each run adds its own vhost
+    SHOP_TEST_RABBITMQ_ENV   a rabbitmq-env.conf naming the node (RABBITMQ_CONF_ENV_FILE); empty = default node
+"""
+import os
+import subprocess
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+import psycopg2
+from psycopg2.extensions import parse_dsn
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+
+class InfraError(RuntimeError):
+    """A PostgreSQL or RabbitMQ control command failed or the server did not come back in time."""
+
+
+@dataclass(frozen=True)
+class Infra:
+    pg_admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    pg_cluster: str = "15 main"
+    amqp_base: str = "amqp://guest:guest@127.0.0.1:5672/"
+    rabbitmq_env: str = ""
+
+    @classmethod
+    def from_env(cls, environ=os.environ):
+        defaults = cls()
+        return cls(pg_admin_dsn=environ.get("SHOP_TEST_PG") or defaults.pg_admin_dsn,
+                   pg_cluster=environ.get("SHOP_TEST_PG_CLUSTER") or defaults.pg_cluster,
+                   amqp_base=environ.get("SHOP_TEST_AMQP") or defaults.amqp_base,
+                   rabbitmq_env=environ.get("SHOP_TEST_RABBITMQ_ENV") or defaults.rabbitmq_env)
+
+    def describe(self):
+        node = f"node from {self.rabbitmq_env}" if self.rabbitmq_env else "default node"
+        return f"PostgreSQL {self.pg_cluster} ({self.pg_admin_dsn}), RabbitMQ {node} ({self.amqp_base})"
+
+    # --- PostgreSQL -------------------------------------------------------------------------------
+
+    @property
+    def pg_port(self):
+        return int(parse_dsn(self.pg_admin_dsn).get("port", 5432))
+
+    @property
+    def amqp_port(self):
+        return urlsplit(self.amqp_base).port or 5672
+
+    def dsn(self, dbname):
+        """A URL DSN (`postgresql://user@host:port/dbname`) for database `dbname` on the harness's server."""
+        params = parse_dsn(self.pg_admin_dsn)
+        password = f":{params['password']}" if params.get("password") else ""
+        return (f"postgresql://{params.get('user', 'postgres')}{password}@{params.get('host', '127.0.0.1')}:"
+                f"{self.pg_port}/{dbname}")
+
+    def drop_database(self, name):
+        conn = psycopg2.connect(self.pg_admin_dsn)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            conn.close()
+
+    def pg_ctl(self, action, *options):
+        run(["pg_ctlcluster", "--skip-systemctl-redirect", *self.pg_cluster.split(), action, *options])
+
+    def pg_restart(self, immediate=False):
+        self.pg_ctl("restart", *(["-m", "immediate"] if immediate else []))
+        self.wait_pg()
+
+    def pg_is_up(self):
+        host = parse_dsn(self.pg_admin_dsn).get("host", "127.0.0.1")
+        return subprocess.run(["pg_isready", "-q", "-h", host, "-p", str(self.pg_port)]).returncode == 0
+
+    def wait_pg(self, timeout=60):
+        wait(self.pg_is_up, timeout, f"PostgreSQL {self.pg_cluster}")
+
+    def ensure_pg(self):
+        """Start PostgreSQL if it is down (after a failed run) and wait for it."""
+        if not self.pg_is_up():
+            try:
+                self.pg_ctl("start")
+            except InfraError:
+                pass  # "already running" while it is still recovering: waiting below decides
+            self.wait_pg()
+
+    # --- RabbitMQ ---------------------------------------------------------------------------------
+
+    def amqp_url(self, vhost, heartbeat=None):
+        """The AMQP URL of `vhost`; `heartbeat` (seconds) is negotiated with the broker by aio-pika."""
+        return self.amqp_base + vhost + (f"?{urlencode({'heartbeat': heartbeat})}" if heartbeat else "")
+
+    def _rabbit_env(self):
+        return {**os.environ, **({"RABBITMQ_CONF_ENV_FILE": self.rabbitmq_env} if self.rabbitmq_env else {})}
+
+    def rabbitmqctl(self, *args, timeout=60):
+        """Run `rabbitmqctl -q ARGS` against the chosen node; returns its output."""
+        return run(["rabbitmqctl", "-q", *args], env=self._rabbit_env(), timeout=timeout)
+
+    def rabbit_app_is_up(self):
+        try:
+            self.rabbitmqctl("await_startup", "--timeout", "5", timeout=20)
+            return True
+        except InfraError:
+            return False
+
+    def wait_rabbit(self, timeout=120):
+        wait(self.rabbit_app_is_up, timeout, "RabbitMQ")
+
+    def rabbit_stop_app(self):
+        self.rabbitmqctl("stop_app")
+
+    def rabbit_start_app(self):
+        self.rabbitmqctl("start_app")
+        self.wait_rabbit()
+
+    def rabbit_stop_node(self):
+        self.rabbitmqctl("stop")
+
+    def rabbit_start_node(self):
+        # setsid: the node must outlive this process's session (the runner, a test, a CI step).
+        subprocess.Popen(["setsid", "rabbitmq-server", "-detached"], env=self._rabbit_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait(60)
+        self.wait_rabbit()
+
+    def ensure_rabbit(self):
+        """Bring RabbitMQ back whatever state a failed run left it in (app stopped or node down)."""
+        if self.rabbit_app_is_up():
+            return
+        try:
+            self.rabbit_start_app()
+        except InfraError:
+            self.rabbit_start_node()
+
+    def ensure_up(self):
+        self.ensure_pg()
+        self.ensure_rabbit()
+
+
+def run(command, env=None, timeout=120):
+    """Run a control command; raises `InfraError` with its output if it fails."""
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise InfraError(f"{' '.join(command)} timed out") from exc
+    if done.returncode:
+        raise InfraError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip() or done.stdout}")
+    return done.stdout
+
+
+def wait(check, timeout, what):
+    """Poll `check()` until it is true; raises `InfraError` after `timeout` seconds."""
+    try:
+        for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.2), reraise=True,
+                                retry=retry_if_exception_type(AssertionError)):
+            with attempt:
+                assert check()
+    except AssertionError:
+        raise InfraError(f"{what} not up after {timeout} s") from None
+
+
+INFRA = Infra.from_env()
