@@ -33,23 +33,25 @@ def envelope(success, message, **data):
 class BaseHandler(web.RequestHandler):
     """Answers every request, failed or not, with the JSON envelope; never a stack trace.
 
-    Counts requests in flight, so that a graceful shutdown can wait for them."""
+    Tracks the connections with a request in flight, so that a graceful shutdown closes only idle ones."""
 
     max_body_bytes = 65536
-    in_flight = 0
+    busy_streams = set()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._counted = True
-        BaseHandler.in_flight += 1
+        self._stream = self.request.connection.stream
+        BaseHandler.busy_streams.add(self._stream)
 
     def _done(self):
-        if self._counted:
-            self._counted = False
-            BaseHandler.in_flight -= 1
+        BaseHandler.busy_streams.discard(self._stream)
 
-    def on_finish(self):
-        self._done()
+    def finish(self, chunk=None):
+        # Counted out only once the answer is written: a shutdown that closed the connection earlier would
+        # turn a committed order into a reset, and the client would never learn it was created.
+        written = super().finish(chunk)
+        written.add_done_callback(lambda _: self._done())
+        return written
 
     def on_connection_close(self):
         self._done()

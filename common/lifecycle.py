@@ -2,6 +2,7 @@
 import asyncio
 import logging
 import signal
+import sys
 
 import uvloop
 from tornado.httpserver import HTTPServer
@@ -12,6 +13,8 @@ from common.logs import setup_logging
 
 # Tornado rejects bodies above this outright; handlers enforce the smaller MAX_BODY_BYTES with a JSON 413.
 SERVER_MAX_BODY = 10 * 1024 * 1024
+# Seconds a graceful shutdown may take in all (requests in flight get up to 10 of them).
+SHUTDOWN_TIMEOUT = 20
 
 
 async def wait_for_shutdown():
@@ -30,13 +33,19 @@ def listen(app, port):
 
 
 async def stop_server(server, grace=10.0):
-    """Stop accepting, give in-flight requests up to `grace` seconds to finish, then close all connections
-    (Tornado's `close_all_connections` alone would cut requests off mid-way)."""
+    """Stop accepting; close each connection once it is idle, for up to `grace` seconds; then close the rest.
+
+    Tornado's `close_all_connections` alone would cut requests off mid-way: an order committed whose answer
+    never leaves, so the client cannot know it exists. A connection is closed only between requests."""
     server.stop()
-    # Clients on kept-alive connections get at most one more answer, marked `Connection: close`.
+    # A request read from now on is answered with `Connection: close`, and the connection then closes itself.
     server.conn_params.no_keep_alive = True
     deadline = asyncio.get_running_loop().time() + grace
-    while BaseHandler.in_flight and asyncio.get_running_loop().time() < deadline:
+    # `_connections` is Tornado's own set of open HTTP connections; it offers no public way to list them.
+    while server._connections and asyncio.get_running_loop().time() < deadline:
+        for connection in list(server._connections):
+            if connection.stream not in BaseHandler.busy_streams:
+                connection.stream.close()
         await asyncio.sleep(0.01)
     await server.close_all_connections()
 
@@ -53,7 +62,15 @@ def run(service_class):
         logger = logging.getLogger(service_class.name)
         logger.info("shutting down")
         started = asyncio.get_running_loop().time()
-        await service.stop()
+        try:
+            await asyncio.wait_for(service.stop(), SHUTDOWN_TIMEOUT)
+        except asyncio.TimeoutError:
+            # Better an exit with the evidence than a process that never ends: the outbox/inbox make
+            # whatever was cut off safe to redo.
+            for task in asyncio.all_tasks():
+                task.print_stack(file=sys.stderr)
+            logger.error("shutdown took over %ss; exiting anyway", SHUTDOWN_TIMEOUT)
+            sys.exit(1)
         logger.info("stopped in %.2fs", asyncio.get_running_loop().time() - started)
 
     if settings.event_loop == "uvloop" and getattr(service_class, "uvloop_safe", False):
