@@ -104,7 +104,10 @@ class Broker:
         for task in self._drains:
             task.cancel()
         await asyncio.gather(*self._drains, return_exceptions=True)
-        await self.connection.close()
+        try:
+            await asyncio.wait_for(self.connection.close(), 5)
+        except asyncio.TimeoutError:
+            logger.warning("the broker did not acknowledge closing the connection within 5 s")
 
 
 async def declare_queue(channel, name):

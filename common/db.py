@@ -2,6 +2,7 @@
 
 SQLAlchemy Core builds the statements (in each service's repo.py); aiopg runs them. `aiopg.sa` is not used:
 it pins SQLAlchemy 1.4."""
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -204,6 +205,13 @@ class Database:
             await cur.execute("SELECT 1")
         await self.run(select_one, retry_seconds=0)
 
-    async def close(self):
+    async def close(self, grace=5.0):
+        """Close the pool once its connections are back; after `grace` seconds close them regardless
+        (a connection never released, e.g. by a task cancelled mid-query, must not stop the process)."""
         self.pool.close()
-        await self.pool.wait_closed()
+        try:
+            await asyncio.wait_for(self.pool.wait_closed(), grace)
+        except asyncio.TimeoutError:
+            logger.warning("%d database connections still in use after %ss; closing them", self.pool.size - self.pool.freesize,
+                           grace)
+            self.pool.terminate()

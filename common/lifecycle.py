@@ -11,9 +11,11 @@ from common.config import load_settings
 from common.envelope import BaseHandler
 from common.logs import setup_logging
 
+logger = logging.getLogger(__name__)
+
 # Tornado rejects bodies above this outright; handlers enforce the smaller MAX_BODY_BYTES with a JSON 413.
 SERVER_MAX_BODY = 10 * 1024 * 1024
-# Seconds a graceful shutdown may take in all (requests in flight get up to 10 of them).
+# Seconds a graceful shutdown may take in all (requests in flight get up to 8 of them).
 SHUTDOWN_TIMEOUT = 20
 
 
@@ -32,7 +34,7 @@ def listen(app, port):
     return server
 
 
-async def stop_server(server, grace=10.0):
+async def stop_server(server, grace=8.0):
     """Stop accepting; close each connection once it is idle, for up to `grace` seconds; then close the rest.
 
     Tornado's `close_all_connections` alone would cut requests off mid-way: an order committed whose answer
@@ -47,7 +49,12 @@ async def stop_server(server, grace=10.0):
             if connection.stream not in BaseHandler.busy_streams:
                 connection.stream.close()
         await asyncio.sleep(0.01)
-    await server.close_all_connections()
+    if server._connections:
+        logger.warning("%d connections still busy after %ss; closing them", len(server._connections), grace)
+    try:
+        await asyncio.wait_for(server.close_all_connections(), 3)
+    except asyncio.TimeoutError:
+        logger.warning("connections did not close within 3 s")
 
 
 def run(service_class):

@@ -36,7 +36,11 @@ class BgWorker:
         self._stopping = True
         self._wake.set()
         if self._task:
-            await self._task
+            try:
+                # A step normally ends within its own timeouts; one stuck on a dead peer must not hold the exit.
+                await asyncio.wait_for(self._task, 5)
+            except asyncio.TimeoutError:
+                logger.warning("%s: step still running after 5 s; cancelled", self.name)
 
     async def _loop(self):
         while not self._stopping:
