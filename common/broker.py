@@ -82,7 +82,7 @@ class Broker:
     async def consume(self, queue, decode, handle_batch, batch_size):
         """Consume `queue` in batches.
 
-        `decode(body)` turns a body into an item or raises `InvalidMessage` (dead-lettered at once).
+        `decode(body)` turns a body into an item or raises `InvalidMessage` (dead-lettered).
         `await handle_batch(items)` processes the items in one transaction and returns a dict
         {index: reason} of items to dead-letter; all other messages are acked after it returns.
         If it raises `Unavailable` the batch is retried until it succeeds."""
@@ -90,11 +90,10 @@ class Broker:
 
         async def on_message(message):
             try:
-                item = decode(message.body)
+                pending.put_nowait((message, decode(message.body)))
             except InvalidMessage as exc:
-                await reject(message, queue, str(exc))
-                return
-            pending.put_nowait((message, item))
+                # Settled by `drain` like the rest, so that messages are settled in delivery order.
+                pending.put_nowait((message, exc))
 
         amqp_queue = await self.consumer.get_queue(queue)
         await amqp_queue.consume(on_message)
@@ -137,23 +136,51 @@ async def drain(pending, queue, handle_batch, batch_size):
         batch = [await pending.get()]
         while len(batch) < batch_size and not pending.empty():
             batch.append(pending.get_nowait())
-        try:
-            async for attempt in AsyncRetrying(retry=retry_if_exception_type(Unavailable),
-                                               wait=wait_exponential(multiplier=0.1, max=5), stop=stop_never):
-                with attempt:
-                    invalid = await handle_batch([item for _, item in batch])
-        except Exception:
-            # A bug, not an outage: give each message one more chance, then dead-letter it.
-            logger.exception("batch of %d messages from %s failed", len(batch), queue)
-            for message, _ in batch:
-                if message.redelivered:
-                    await reject(message, queue, "processing failed twice")
-                else:
-                    await settle(message.nack(requeue=True))
-            continue
-        for index, (message, _) in enumerate(batch):
-            if index in invalid:
-                await reject(message, queue, invalid[index])
+        await process_batch(batch, queue, handle_batch)
+
+
+async def process_batch(batch, queue, handle_batch):
+    """Handle the decoded items of a batch of (message, item or InvalidMessage) in one call, then settle
+    every message of the batch."""
+    undecodable = {id(message): str(item) for message, item in batch if isinstance(item, InvalidMessage)}
+    valid = [(message, item) for message, item in batch if id(message) not in undecodable]
+    try:
+        async for attempt in AsyncRetrying(retry=retry_if_exception_type(Unavailable),
+                                           wait=wait_exponential(multiplier=0.1, max=5), stop=stop_never):
+            with attempt:
+                invalid = await handle_batch([item for _, item in valid]) if valid else {}
+    except Exception:
+        # A bug, not an outage: give each message one more chance, then dead-letter it.
+        logger.exception("batch of %d messages from %s failed", len(valid), queue)
+        for message, _ in valid:
+            if message.redelivered:
+                await reject(message, queue, "processing failed twice")
             else:
-                CONSUMED.labels(queue).inc()
-                await settle(message.ack())
+                await settle(message.nack(requeue=True))
+        await settle_batch([message for message, _ in batch], undecodable, queue)
+        return
+    rejected = {**undecodable, **{id(valid[index][0]): reason for index, reason in invalid.items()}}
+    await settle_batch([message for message, _ in batch], rejected, queue, ack_the_rest=True)
+
+
+async def settle_batch(messages, rejected, queue, ack_the_rest=False):
+    """Dead-letter the `rejected` messages ({id: reason}); then, with `ack_the_rest`, ack all others with one
+    `multiple` ack of the last of them: one frame instead of one per message.
+
+    Sound because a batch holds every delivery of its channel up to that message that is not settled yet:
+    deliveries arrive in order, are batched in order, and each batch is settled before the next is taken."""
+    for message in messages:
+        if id(message) in rejected:
+            await reject(message, queue, rejected[id(message)])
+    acked = [message for message in messages if id(message) not in rejected] if ack_the_rest else []
+    if not acked:
+        return
+    tags = [message.delivery_tag for message in messages]
+    if all(earlier < later for earlier, later in zip(tags, tags[1:])):
+        await settle(acked[-1].ack(multiple=True))
+    else:
+        # Tags restarted: the channel was replaced mid-batch (a reconnect). Deliveries of the old one are
+        # redelivered anyway, and a `multiple` ack must not be taken to reach across channels.
+        for message in acked:
+            await settle(message.ack())
+    CONSUMED.labels(queue).inc(len(acked))

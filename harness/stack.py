@@ -188,7 +188,13 @@ class Stack:
         self.infra.rabbitmqctl("delete_vhost", self.vhost)
 
     def __enter__(self):
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            # `__exit__` does not run when `__enter__` fails: without this, the processes that did start
+            # would outlive the run.
+            self.close()
+            raise
 
     def __exit__(self, *exc):
         self.close()
