@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 
 # Runtime dependencies only (the "# Tests" part of requirements.txt stays out), in their own layer so that
-# a code change does not reinstall them. Every wheel is prebuilt (pycurl, psycopg2-binary): no compiler.
+# a code change does not reinstall them. Every wheel is prebuilt (psycopg2-binary, uvloop): no compiler.
 COPY requirements.txt /tmp/requirements.txt
 RUN python3 -m venv /opt/venv \
  && sed '/^# Tests/,$d' /tmp/requirements.txt > /tmp/runtime.txt \

@@ -8,13 +8,13 @@ import logging
 import uuid
 from pathlib import Path
 
-import pycurl
-from tornado import httpclient, web
+from tornado import web
+from tornado.iostream import StreamClosedError
 
-from common import idempotency
 from common.envelope import REQUEST_ID_HEADER, BaseHandler, NotFoundHandler
 from common.errors import Unavailable
 from common.health import HealthHandler
+from common.http_client import ConnectionLost, KeepAliveClient
 from common.lifecycle import listen, run, stop_server
 from common.logs import request_id
 from common.metrics import MetricsHandler, log_request
@@ -22,15 +22,7 @@ from common.metrics import MetricsHandler, log_request
 logger = logging.getLogger("gateway")
 
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Idempotency-Key")
-CURL_COULD_NOT_CONNECT = 7
-# Backends are found by name (compose service names), and a restarted container may come back on a new address.
-# libcurl caches name lookups for 60 s, which kept the gateway answering 503 for most of a minute after
-# `docker-compose start order`; a 1 s cache still spares lookups under load (keep-alive reuse needs none).
-DNS_CACHE_SECONDS = 1
-
-
-def short_dns_cache(curl):
-    curl.setopt(pycurl.DNS_CACHE_TIMEOUT, DNS_CACHE_SECONDS)
+CONNECT_TIMEOUT = 2
 
 
 class Backend:
@@ -50,10 +42,9 @@ class Backend:
 
 def refused(exc):
     """True if the request surely never reached the backend, so another replica may take it."""
-    if isinstance(exc, ConnectionRefusedError):
-        return True
-    return isinstance(exc, httpclient.HTTPClientError) and exc.code == 599 and \
-        getattr(exc, "errno", None) == CURL_COULD_NOT_CONNECT
+    if isinstance(exc, StreamClosedError):
+        exc = exc.real_error
+    return isinstance(exc, ConnectionRefusedError)
 
 
 class ProxyHandler(BaseHandler):
@@ -76,25 +67,18 @@ class ProxyHandler(BaseHandler):
         return list(self.methods)
 
     async def forward(self, *_):
-        # libcurl drops a header whose value is empty, so the service would take a request with an empty
-        # Idempotency-Key as one without: reject a malformed key here, as the service would.
-        idempotency.from_request(self.request)
         headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := self.request.headers.get(k)) is not None}
         headers[REQUEST_ID_HEADER] = request_id.get()
         body = self.request.body if self.request.method in ("POST", "PUT") else None
         for url in self.backend.candidates():
             try:
-                response = await self.client.fetch(
-                    url + self.request.uri, method=self.request.method, headers=headers, body=body,
-                    raise_error=False, request_timeout=self.backend.timeout, connect_timeout=2,
-                    allow_nonstandard_methods=True, follow_redirects=False, prepare_curl_callback=short_dns_cache)
-            except (OSError, httpclient.HTTPClientError, asyncio.TimeoutError) as exc:
+                response = await self.client.fetch(url + self.request.uri, self.request.method, headers, body,
+                                                   timeout=self.backend.timeout, connect_timeout=CONNECT_TIMEOUT)
+            except (OSError, StreamClosedError, ConnectionLost, asyncio.TimeoutError) as exc:
                 if refused(exc):
                     continue
                 logger.warning("%s %s failed: %r", self.request.method, url + self.request.uri, exc)
                 raise Unavailable(self.backend.unavailable) from None
-            if response.code == 599:
-                raise Unavailable(self.backend.unavailable)
             self.set_status(response.code)
             if content_type := response.headers.get("Content-Type"):
                 self.set_header("Content-Type", content_type)
@@ -114,9 +98,9 @@ class ReadyHandler(BaseHandler):
 
     async def probe(self, url):
         try:
-            response = await self.client.fetch(url + "/ready", raise_error=False, request_timeout=2, connect_timeout=1)
+            response = await self.client.fetch(url + "/ready", timeout=2, connect_timeout=1)
             return "ready" if response.code == 200 else "not ready"
-        except (OSError, httpclient.HTTPClientError, asyncio.TimeoutError):
+        except (OSError, StreamClosedError, ConnectionLost, asyncio.TimeoutError):
             return "unreachable"
 
     async def get(self):
@@ -141,7 +125,7 @@ class OpenApiHandler(BaseHandler):
 
 
 def make_app(settings, client=None):
-    client = client or httpclient.AsyncHTTPClient()
+    client = client or KeepAliveClient()
     orders = Backend("Order Service", settings.order_svc_urls, settings.upstream_timeout)
     payments = Backend("Payments Service", settings.payment_svc_urls, settings.upstream_timeout)
 
@@ -170,13 +154,13 @@ class Gateway:
         self.port = settings.gateway_port
 
     async def start(self):
-        # curl keeps connections to the backends alive; the simple client opens one per request.
-        httpclient.AsyncHTTPClient.configure("tornado.curl_httpclient.CurlAsyncHTTPClient", max_clients=256)
-        self.server = listen(make_app(self.settings), self.port)
+        self.client = KeepAliveClient()
+        self.server = listen(make_app(self.settings, self.client), self.port)
         logger.info("gateway listening on port %s", self.port)
 
     async def stop(self):
         await stop_server(self.server)
+        self.client.close()
 
 
 if __name__ == "__main__":

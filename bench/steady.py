@@ -5,20 +5,18 @@ import asyncio
 import time
 from collections import Counter
 
-from tornado.httpclient import AsyncHTTPClient
-
 from bench.progress import say
+from common.http_client import KeepAliveClient
 
 
 async def _steady(url, rate, seconds, users):
-    AsyncHTTPClient.configure("tornado.curl_httpclient.CurlAsyncHTTPClient", max_clients=64)
-    client = AsyncHTTPClient()
+    client = KeepAliveClient()
     codes, tasks = Counter(), []
 
     async def post(i):
         body = f'{{"user_id": {i % users + 1}, "amount": 1, "description": "bench"}}'
-        response = await client.fetch(url + "/orders", method="POST", body=body, raise_error=False,
-                                      headers={"Content-Type": "application/json"}, request_timeout=10)
+        response = await client.fetch(url + "/orders", "POST", {"Content-Type": "application/json"}, body.encode(),
+                                      timeout=10)
         codes[response.code] += 1
 
     start, total = time.monotonic(), int(rate * seconds)
