@@ -102,7 +102,10 @@ class Broker:
     async def close(self):
         for task in self._drains:
             task.cancel()
-        await asyncio.gather(*self._drains, return_exceptions=True)
+        if self._drains:
+            _, running = await asyncio.wait(self._drains, timeout=5)
+            if running:
+                logger.warning("%d consumers still running 5 s after being cancelled", len(running))
         try:
             await asyncio.wait_for(self.connection.close(), 5)
         except asyncio.TimeoutError:

@@ -69,15 +69,17 @@ def run(service_class):
         logger = logging.getLogger(service_class.name)
         logger.info("shutting down")
         started = asyncio.get_running_loop().time()
-        try:
-            await asyncio.wait_for(service.stop(), SHUTDOWN_TIMEOUT)
-        except asyncio.TimeoutError:
+        stopping = asyncio.create_task(service.stop(), name="service.stop")
+        await asyncio.wait([stopping], timeout=SHUTDOWN_TIMEOUT)
+        if not stopping.done():
             # Better an exit with the evidence than a process that never ends: the outbox/inbox make
-            # whatever was cut off safe to redo.
+            # whatever was cut off safe to redo. The stacks are taken before anything is cancelled, so
+            # the stuck stage is among them.
             for task in asyncio.all_tasks():
                 task.print_stack(file=sys.stderr)
             logger.error("shutdown took over %ss; exiting anyway", SHUTDOWN_TIMEOUT)
             sys.exit(1)
+        stopping.result()
         logger.info("stopped in %.2fs", asyncio.get_running_loop().time() - started)
 
     if settings.event_loop == "uvloop" and getattr(service_class, "uvloop_safe", False):
