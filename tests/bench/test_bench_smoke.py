@@ -16,3 +16,11 @@ def test_benchmark_smoke_run_prints_the_table():
     figures = {line.split("|")[1].strip()[:2] for line in table[1:]}
     assert figures == {"1.", "2.", "3.", "4.", "5."}, done.stdout
     assert "(failed)" not in done.stdout, done.stdout
+
+
+def test_floors_smoke_run_measures_every_building_block():
+    done = subprocess.run([sys.executable, "-m", "bench.floors", "--smoke"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" ")[0] for row in rows] == ["Tornado", "aiopg", "aiopg", "aio-pika", "aio-pika"], done.stdout
