@@ -45,9 +45,9 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_loses_nothing(own_st
     own_stack.restart("order")
     assert wait_until_settled(own_stack.order_dsn, timeout=30) is not None
     created = [body["order_id"] for code, body, _ in replies if code == 201]
-    # A 503 can hide a committed order in one narrow window (seen about once in five runs, cause not yet
-    # pinned down): the gateway's curl reported the kept-alive connection failed and its retry was refused
-    # while the service still committed the request. Such an order may exist, once; no other may.
+    # A 503 can hide a committed order: a POST whose kept-alive connection breaks before the answer gets a
+    # 503 from the gateway (it is never resent: the service may have committed it, see README "Gateway
+    # connections"). Such an order may exist, once; no other may.
     unanswered = {description for code, _, description in replies if code == 503}
     report = check_invariants(own_stack.order_dsn, own_stack.payment_dsn, {3: Decimal(1000)}, created,
                               unacknowledged_ok=lambda _, description: description in unanswered)
