@@ -45,10 +45,12 @@ class PaymentService:
         logger.info("Payments Service listening on port %s", self.port)
 
     async def _receive(self, requests):
-        invalid = await service.receive_requests(self.db, requests)
+        all_settled = await service.receive_requests(self.db, requests, settle_now=self.settings.fast_path)
         if self.settings.fast_path:
-            self.inbox.kick()
-        return invalid
+            self.outbox.kick()
+            if not all_settled:
+                self.inbox.kick()
+        return {}
 
     async def _process_inbox(self):
         more = await service.process_inbox(self.db, self.settings.batch_size)

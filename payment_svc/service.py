@@ -50,10 +50,21 @@ async def top_up(db, user_id, amount, idempotent=None):
     return account
 
 
-async def receive_requests(db, requests):
-    """Store a batch of payment requests in the inbox (the consumer acks only after this commits)."""
-    await db.run(repo.store_requests, requests)
-    return {}
+async def receive_requests(db, requests, settle_now):
+    """Store a batch of payment requests in the inbox (the consumer acks only after this commits).
+
+    With `settle_now` (the fast path) the same transaction also settles the batch's users, saving the inbox
+    worker's transaction and the hop to it; returns False if some user was being settled by another
+    transaction at that moment, whose requests are then left to the inbox worker."""
+
+    async def receive(cur):
+        await repo.store_requests(cur, requests)
+        if not settle_now:
+            return False
+        users = sorted({r.user_id for r in requests})
+        return await settle_users(cur, users) == len(users)
+
+    return await db.run(receive)
 
 
 def settle(rows, balances):
@@ -78,27 +89,30 @@ def settle(rows, balances):
     return statuses, changed
 
 
-async def process_inbox(db, batch_size):
-    """Settle the unacked requests of a batch of users in one transaction; True if more may wait.
+async def settle_users(cur, user_ids):
+    """Settle the unacked requests of those of `user_ids` this transaction can claim; returns how many it claimed.
 
-    Each user is claimed with an advisory lock so that one worker (of any instance) settles a user's
+    Each user is claimed with an advisory lock so that one transaction (of any instance) settles a user's
     requests, in `order_id` order; the account rows are locked `FOR UPDATE` against concurrent top-ups."""
-
-    async def process(cur):
-        candidates = await repo.users_with_unacked(cur, batch_size)
-        if not candidates:
-            return 0
-        user_ids = await repo.claim_users(cur, candidates)
-        if not user_ids:
-            return 0
-        rows = await repo.lock_unacked(cur, user_ids)
-        if not rows:
-            return 0
-        statuses, balances = settle(rows, await repo.lock_accounts(cur, user_ids))
+    claimed = await repo.claim_users(cur, user_ids)
+    if not claimed:
+        return 0
+    rows = await repo.lock_unacked(cur, claimed)
+    if rows:
+        statuses, balances = settle(rows, await repo.lock_accounts(cur, claimed))
         if balances:
             await repo.set_balances(cur, balances)
         await repo.settle_inbox(cur, statuses)
-        return len(candidates)
+    return len(claimed)
+
+
+async def process_inbox(db, batch_size):
+    """Settle the unacked requests of a batch of users in one transaction; True if more may wait."""
+
+    async def process(cur):
+        candidates = await repo.users_with_unacked(cur, batch_size)
+        # None claimed: all are busy in other transactions, which settle them; do not spin on them.
+        return len(candidates) if candidates and await settle_users(cur, candidates) else 0
 
     return await db.run(process) >= batch_size
 
