@@ -15,7 +15,7 @@ from common.envelope import REQUEST_ID_HEADER, BaseHandler, NotFoundHandler
 from common.errors import Unavailable
 from common.health import HealthHandler
 from common.http_client import ConnectionLost, KeepAliveClient
-from common.lifecycle import listen, run, stop_server
+from common.lifecycle import Service, listen, run
 from common.logs import request_id
 from common.metrics import MetricsHandler, log_request
 
@@ -145,21 +145,17 @@ def make_app(settings, client=None):
     ], default_handler_class=NotFoundHandler, log_function=log_request)
 
 
-class Gateway:
+class Gateway(Service):
     name = "gateway"
     uvloop_safe = True  # no database driver: see common.lifecycle.run
 
-    def __init__(self, settings):
-        self.settings = settings
-        self.port = settings.gateway_port
-
     async def start(self):
         self.client = KeepAliveClient()
-        self.server = listen(make_app(self.settings, self.client), self.port)
-        logger.info("gateway listening on port %s", self.port)
+        self.server = listen(make_app(self.settings, self.client), self.settings.gateway_port)
+        logger.info("gateway listening on port %s", self.settings.gateway_port)
 
     async def stop(self):
-        await stop_server(self.server)
+        await super().stop()
         self.client.close()
 
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from common.db import delete_batch, execute, fetch_one, older_than
+from common.db import Query, delete_batch, execute, fetch_one, older_than
 from common.envelope import to_json
 from common.errors import IdempotencyKeyReused, InvalidInput
 
@@ -25,6 +25,15 @@ idempotency_keys = sa.Table(
     sa.Column("result", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True)),
 )
+
+
+_KEY = sa.bindparam("key")
+CLAIM_KEY = Query(pg_insert(idempotency_keys).values(key=_KEY, fingerprint=sa.bindparam("fingerprint"))
+                  .on_conflict_do_nothing().returning(idempotency_keys.c.key))
+EARLIER_USE = Query(sa.select(idempotency_keys.c.fingerprint, idempotency_keys.c.result)
+                    .where(idempotency_keys.c.key == _KEY))
+STORE_RESULT = Query(sa.update(idempotency_keys).where(idempotency_keys.c.key == _KEY)
+                     .values(result=sa.bindparam("result")))
 
 
 @dataclass(frozen=True)
@@ -50,18 +59,14 @@ async def run_once(cur, request, work, *args):
     Raises `IdempotencyKeyReused` if the key came with a different request."""
     if request is None:
         return await work(cur, *args)
-    claimed = await fetch_one(cur, pg_insert(idempotency_keys)
-                              .values(key=request.key, fingerprint=request.fingerprint)
-                              .on_conflict_do_nothing().returning(idempotency_keys.c.key))
+    claimed = await fetch_one(cur, CLAIM_KEY, key=request.key, fingerprint=request.fingerprint)
     if claimed is None:
-        earlier = await fetch_one(cur, sa.select(idempotency_keys.c.fingerprint, idempotency_keys.c.result)
-                                  .where(idempotency_keys.c.key == request.key))
+        earlier = await fetch_one(cur, EARLIER_USE, key=request.key)
         if earlier["fingerprint"] != request.fingerprint:
             raise IdempotencyKeyReused(f"'{HEADER}' {request.key!r} was already used with a different request.")
         return json.loads(earlier["result"], parse_float=Decimal)
     result = await work(cur, *args)
-    await execute(cur, sa.update(idempotency_keys).where(idempotency_keys.c.key == request.key)
-                  .values(result=to_json(result)))
+    await execute(cur, STORE_RESULT, key=request.key, result=to_json(result))
     return result
 
 

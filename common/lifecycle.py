@@ -57,6 +57,31 @@ async def stop_server(server, grace=8.0):
         logger.warning("connections did not close within 3 s")
 
 
+class Service:
+    """A process `run` starts and stops: its HTTP server and, for the two services, their database pool,
+    broker connection and background workers, stopped in that order (each stage bounded on its own)."""
+    name = None
+    uvloop_safe = False
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.server, self.workers, self.broker, self.db = None, [], None, None
+
+    def start_workers(self, *workers):
+        self.workers = list(workers)
+        for worker in workers:
+            worker.start()
+
+    async def stop(self):
+        await stop_server(self.server)
+        for worker in self.workers:
+            await worker.stop()
+        if self.broker:
+            await self.broker.close()
+        if self.db:
+            await self.db.close()
+
+
 def run(service_class):
     """Entry point of a service process: start, serve until SIGTERM/SIGINT, stop gracefully."""
     settings = load_settings()

@@ -4,7 +4,7 @@ import logging
 from common.broker import Broker
 from common.db import Database
 from common.app import service_application
-from common.lifecycle import listen, stop_server
+from common.lifecycle import Service, listen
 from common.messages import PAYMENT_RESULTS, PaymentResult
 from common.worker import BgWorker
 from order_svc import repo, service
@@ -21,15 +21,12 @@ def make_app(db, broker, settings, kick_outbox):
     ], db, broker, repo.backlog)
 
 
-class OrderService:
+class OrderService(Service):
     name = "order_svc"
-
-    def __init__(self, settings):
-        self.settings = settings
-        self.port = settings.order_svc_port
 
     async def start(self):
         settings = self.settings
+        self.port = settings.order_svc_port
         self.db = await Database.connect(settings.order_db_dsn, "order_svc", settings.db_pool_size)
         self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch)
         self.outbox = BgWorker("outbox_os relay", lambda: service.relay_outbox(self.db, self.broker, settings),
@@ -37,16 +34,8 @@ class OrderService:
         kick = self.outbox.kick if settings.fast_path else (lambda: None)
         self.cleanup = BgWorker("clean-up", lambda: service.clean_up(self.db, settings), settings.cleanup_interval)
         self.server = listen(make_app(self.db, self.broker, settings, kick), self.port)
-        self.outbox.start()
-        self.cleanup.start()
+        self.start_workers(self.outbox, self.cleanup)
         await self.broker.consume(PAYMENT_RESULTS, PaymentResult.decode,
                                   lambda results: service.apply_payment_results(self.db, results),
                                   settings.batch_size)
         logger.info("Order Service listening on port %s", self.port)
-
-    async def stop(self):
-        await stop_server(self.server)
-        await self.outbox.stop()
-        await self.cleanup.stop()
-        await self.broker.close()
-        await self.db.close()

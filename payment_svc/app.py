@@ -4,7 +4,7 @@ import logging
 from common.broker import Broker
 from common.db import Database
 from common.app import service_application
-from common.lifecycle import listen, stop_server
+from common.lifecycle import Service, listen
 from common.messages import ORDER_REQUESTS, PaymentRequest
 from common.worker import BgWorker
 from payment_svc import repo, service
@@ -21,15 +21,12 @@ def make_app(db, broker, settings):
     ], db, broker, repo.backlog)
 
 
-class PaymentService:
+class PaymentService(Service):
     name = "payment_svc"
-
-    def __init__(self, settings):
-        self.settings = settings
-        self.port = settings.payment_svc_port
 
     async def start(self):
         settings = self.settings
+        self.port = settings.payment_svc_port
         self.db = await Database.connect(settings.payment_db_dsn, "payment_svc", settings.db_pool_size)
         self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch)
         self.outbox = BgWorker("outbox_ps relay",
@@ -38,9 +35,7 @@ class PaymentService:
         self.inbox = BgWorker("inbox processor", self._process_inbox, settings.poll_interval)
         self.cleanup = BgWorker("clean-up", lambda: service.clean_up(self.db, settings), settings.cleanup_interval)
         self.server = listen(make_app(self.db, self.broker, settings), self.port)
-        self.inbox.start()
-        self.outbox.start()
-        self.cleanup.start()
+        self.start_workers(self.inbox, self.outbox, self.cleanup)
         await self.broker.consume(ORDER_REQUESTS, PaymentRequest.decode, self._receive, settings.batch_size)
         logger.info("Payments Service listening on port %s", self.port)
 
@@ -57,11 +52,3 @@ class PaymentService:
         if self.settings.fast_path:
             self.outbox.kick()
         return more
-
-    async def stop(self):
-        await stop_server(self.server)
-        await self.inbox.stop()
-        await self.outbox.stop()
-        await self.cleanup.stop()
-        await self.broker.close()
-        await self.db.close()
