@@ -9,12 +9,11 @@ import uuid
 from pathlib import Path
 
 from tornado import web
-from tornado.iostream import StreamClosedError
 
 from common.envelope import REQUEST_ID_HEADER, BaseHandler, NotFoundHandler
 from common.errors import Unavailable
 from common.health import HealthHandler
-from common.http_client import ConnectionLost, KeepAliveClient
+from common.http_client import FETCH_ERRORS, KeepAliveClient
 from common.lifecycle import Service, listen, run
 from common.logs import request_id
 from common.metrics import MetricsHandler, log_request
@@ -38,13 +37,6 @@ class Backend:
     def candidates(self):
         start = next(self._next)
         return self.urls[start:] + self.urls[:start]
-
-
-def refused(exc):
-    """True if the request surely never reached the backend, so another replica may take it."""
-    if isinstance(exc, StreamClosedError):
-        exc = exc.real_error
-    return isinstance(exc, ConnectionRefusedError)
 
 
 class ProxyHandler(BaseHandler):
@@ -74,9 +66,9 @@ class ProxyHandler(BaseHandler):
             try:
                 response = await self.client.fetch(url + self.request.uri, self.request.method, headers, body,
                                                    timeout=self.backend.timeout, connect_timeout=CONNECT_TIMEOUT)
-            except (OSError, StreamClosedError, ConnectionLost, asyncio.TimeoutError) as exc:
-                if refused(exc):
-                    continue
+            except FETCH_ERRORS as exc:
+                if isinstance(exc, ConnectionRefusedError):
+                    continue  # the request surely never reached this replica: another may take it
                 logger.warning("%s %s failed: %r", self.request.method, url + self.request.uri, exc)
                 raise Unavailable(self.backend.unavailable) from None
             self.set_status(response.code)
@@ -100,7 +92,7 @@ class ReadyHandler(BaseHandler):
         try:
             response = await self.client.fetch(url + "/ready", timeout=2, connect_timeout=1)
             return "ready" if response.code == 200 else "not ready"
-        except (OSError, StreamClosedError, ConnectionLost, asyncio.TimeoutError):
+        except FETCH_ERRORS:
             return "unreachable"
 
     async def get(self):

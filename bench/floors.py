@@ -16,7 +16,7 @@ import aiopg
 from bench.table import Row, render
 from bench.tools import find, wrk
 from harness.infra import INFRA
-from harness.stack import free_port
+from harness.stack import cpu_seconds as process_cpu_seconds, free_port
 
 HELLO_SERVER = """
 import asyncio, sys, tornado.web
@@ -33,11 +33,6 @@ asyncio.run(main())
 def cpu_seconds():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def process_cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
 
 
 def tornado_request_ms(seconds):

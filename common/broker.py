@@ -145,8 +145,8 @@ async def drain(pending, queue, handle_batch, batch_size):
 async def process_batch(batch, queue, handle_batch):
     """Handle the decoded items of a batch of (message, item or InvalidMessage) in one call, then settle
     every message of the batch."""
-    undecodable = {id(message): str(item) for message, item in batch if isinstance(item, InvalidMessage)}
-    valid = [(message, item) for message, item in batch if id(message) not in undecodable]
+    rejected = {id(message): str(item) for message, item in batch if isinstance(item, InvalidMessage)}
+    valid = [(message, item) for message, item in batch if id(message) not in rejected]
     try:
         async for attempt in AsyncRetrying(retry=retry_if_exception_type(Unavailable),
                                            wait=wait_exponential(multiplier=0.1, max=5), stop=stop_never):
@@ -160,14 +160,14 @@ async def process_batch(batch, queue, handle_batch):
                 await reject(message, queue, "processing failed twice")
             else:
                 await settle(message.nack(requeue=True))
-        await settle_batch([message for message, _ in batch], undecodable, queue)
-        return
-    rejected = {**undecodable, **{id(valid[index][0]): reason for index, reason in invalid.items()}}
-    await settle_batch([message for message, _ in batch], rejected, queue, ack_the_rest=True)
+        valid, invalid = [], {}
+    rejected.update((id(valid[index][0]), reason) for index, reason in invalid.items())
+    await settle_batch([message for message, _ in batch], rejected,
+                       [message for message, _ in valid if id(message) not in rejected], queue)
 
 
-async def settle_batch(messages, rejected, queue, ack_the_rest=False):
-    """Dead-letter the `rejected` messages ({id: reason}); then, with `ack_the_rest`, ack all others with one
+async def settle_batch(messages, rejected, acked, queue):
+    """Dead-letter the `rejected` messages of a batch ({id: reason}), then ack the `acked` ones with one
     `multiple` ack of the last of them: one frame instead of one per message.
 
     Sound because a batch holds every delivery of its channel up to that message that is not settled yet:
@@ -175,7 +175,6 @@ async def settle_batch(messages, rejected, queue, ack_the_rest=False):
     for message in messages:
         if id(message) in rejected:
             await reject(message, queue, rejected[id(message)])
-    acked = [message for message in messages if id(message) not in rejected] if ack_the_rest else []
     if not acked:
         return
     tags = [message.delivery_tag for message in messages]

@@ -34,6 +34,12 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def cpu_seconds(pid):
+    """CPU time (user + system) process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Process:
     def __init__(self, name, command, env, log_path, health_url):
         self.name, self.command, self.env = name, command, env
@@ -90,10 +96,7 @@ class Process:
 
     def cpu_seconds(self):
         """CPU time (user + system) the process has used so far; None if not running."""
-        if not self.is_running():
-            return None
-        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.popen.pid) if self.is_running() else None
 
     def peak_rss_mb(self):
         """The process's peak resident set size so far (the kernel's VmHWM), in MB; None if not running."""
