@@ -55,9 +55,14 @@ CREATE TABLE IF NOT EXISTS inbox (
 );
 CREATE INDEX IF NOT EXISTS inbox_unacked ON inbox (user_id, order_id) WHERE NOT acked;
 
+-- A payment result until the broker confirmed it. The consumer publishes the results it settles itself, right
+-- after its commit, so it writes them due for the relay only a resend delay later (`next_attempt_at`).
 CREATE TABLE IF NOT EXISTS outbox_ps (
-    id         BIGSERIAL PRIMARY KEY,
-    order_id   BIGINT NOT NULL,
-    status     TEXT NOT NULL CHECK (status IN ('FINISHED', 'CANCELLED')),
-    created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+    id              BIGSERIAL PRIMARY KEY,
+    order_id        BIGINT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('FINISHED', 'CANCELLED')),
+    next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
+-- Databases created before next_attempt_at existed.
+ALTER TABLE outbox_ps ADD COLUMN IF NOT EXISTS next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp();

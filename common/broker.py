@@ -27,6 +27,7 @@ class Broker:
         self.consumer = consumer
         self.publish_timeout = publish_timeout
         self._drains = []
+        self._sending = set()
 
     @classmethod
     async def connect(cls, url, prefetch, publish_timeout=5.0):
@@ -79,6 +80,21 @@ class Broker:
                 confirmed.append(mid)
         return confirmed
 
+    def publish_soon(self, queue, messages, then):
+        """Publish `(message_id, body)` pairs in the background, then `await then(confirmed ids, messages)`.
+
+        The fast path, for messages whose outbox rows are already committed: the caller goes on at once, and
+        if this never completes (a crash) the outbox still holds the rows. `close` waits for these first."""
+        task = asyncio.create_task(self._publish_then(queue, messages, then))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish_then(self, queue, messages, then):
+        try:
+            await then(await self.publish_all(queue, messages), messages)
+        except Exception as exc:  # noqa: BLE001 - the outbox relay sends whatever this left undone
+            logger.warning("immediate publish to %s: follow-up failed (the relay takes over): %r", queue, exc)
+
     async def consume(self, queue, decode, handle_batch, batch_size):
         """Consume `queue` in batches.
 
@@ -106,6 +122,11 @@ class Broker:
             _, running = await asyncio.wait(self._drains, timeout=5)
             if running:
                 logger.warning("%d consumers still running 5 s after being cancelled", len(running))
+        if self._sending:
+            # Each publish ends within `publish_timeout`; the relay re-sends anything cut off here.
+            _, running = await asyncio.wait(self._sending, timeout=self.publish_timeout)
+            if running:
+                logger.warning("%d immediate publishes unfinished at close", len(running))
         try:
             await asyncio.wait_for(self.connection.close(), 5)
         except asyncio.TimeoutError:

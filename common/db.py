@@ -170,8 +170,9 @@ class Database:
     async def run(self, work, *args, retry_seconds=None, transaction=True):
         """Run `await work(cur, *args)` in one transaction and return its result.
 
-        `transaction=False` leaves out BEGIN/COMMIT, for a single read: the two round trips saved are most of
-        its cost. Writes keep BEGIN/COMMIT so that a connection lost during COMMIT can be recognised.
+        `transaction=False` leaves out BEGIN/COMMIT, for a single statement that is safe to run twice (a read,
+        or an idempotent write): the two round trips saved are most of its cost. Other writes keep BEGIN/COMMIT
+        so that a connection lost during COMMIT can be recognised.
         Connection failures and deadlocks retry the whole transaction for `retry_seconds`;
         after that raises `Unavailable`. So does a connection lost during COMMIT, at once: the transaction may
         have been applied, and running it again could create a second order or credit a top-up twice.

@@ -13,8 +13,8 @@ from order_svc.handlers import OrderHandler, OrdersHandler
 logger = logging.getLogger(__name__)
 
 
-def make_app(db, broker, settings, kick_outbox):
-    deps = dict(db=db, kick_outbox=kick_outbox, max_body_bytes=settings.max_body_bytes)
+def make_app(db, broker, settings, send_now):
+    deps = dict(db=db, send_now=send_now, max_body_bytes=settings.max_body_bytes)
     return service_application([
         (r"/orders", OrdersHandler, deps),
         (r"/orders/([^/]+)", OrderHandler, deps),
@@ -31,9 +31,10 @@ class OrderService(Service):
         self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch)
         self.outbox = BgWorker("outbox_os relay", lambda: service.relay_outbox(self.db, self.broker, settings),
                                settings.poll_interval)
-        kick = self.outbox.kick if settings.fast_path else (lambda: None)
+        send_now = service.SendNow(self.db, self.broker, settings.resend_delay, self.outbox.kick) \
+            if settings.fast_path else None
         self.cleanup = BgWorker("clean-up", lambda: service.clean_up(self.db, settings), settings.cleanup_interval)
-        self.server = listen(make_app(self.db, self.broker, settings, kick), self.port)
+        self.server = listen(make_app(self.db, self.broker, settings, send_now), self.port)
         self.start_workers(self.outbox, self.cleanup)
         await self.broker.consume(PAYMENT_RESULTS, PaymentResult.decode,
                                   lambda results: service.apply_payment_results(self.db, results),

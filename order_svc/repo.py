@@ -30,12 +30,21 @@ outbox_os = sa.Table(
 ORDER_FIELDS = (orders.c.order_id, orders.c.user_id, orders.c.amount, orders.c.description, orders.c.status)
 NOW = sa.func.clock_timestamp()
 
-# The order and its outbox row in one statement, so atomic even without BEGIN/COMMIT around it.
+
+
+def seconds_from_now(seconds):
+    return NOW + sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+# The order and its outbox row in one statement, so atomic even without BEGIN/COMMIT around it. The row counts
+# `attempts` sends already (1 when the caller publishes it right after the commit) and is due after `due_in` s.
 _placed = (sa.insert(orders).values(user_id=sa.bindparam("user_id"), amount=sa.bindparam("amount"),
                                     description=sa.bindparam("description"))
            .returning(*ORDER_FIELDS).cte("placed"))
 _queued = sa.insert(outbox_os).from_select(
-    ["order_id", "user_id", "amount"], sa.select(_placed.c.order_id, _placed.c.user_id, _placed.c.amount)).cte("queued")
+    ["order_id", "user_id", "amount", "attempts", "next_attempt_at"],
+    sa.select(_placed.c.order_id, _placed.c.user_id, _placed.c.amount, sa.bindparam("attempts"),
+              seconds_from_now(sa.bindparam("due_in")))).cte("queued")
 INSERT_ORDER = Query(sa.select(_placed).add_cte(_queued))
 
 GET_ORDER = Query(sa.select(*ORDER_FIELDS).where(orders.c.order_id == sa.bindparam("order_id")))
@@ -53,24 +62,29 @@ LOCK_DUE_OUTBOX = Query(sa.select(outbox_os.c.order_id, outbox_os.c.user_id, out
 
 # Next resend: `first_delay` seconds, doubling per attempt, capped at `max_delay`.
 _delay = sa.func.least(sa.bindparam("first_delay") * sa.func.power(2, outbox_os.c.attempts), sa.bindparam("max_delay"))
-POSTPONE_OUTBOX = Query(sa.update(outbox_os)
-                        .where(outbox_os.c.order_id == sa.any_(ids("order_ids")))
-                        .values(attempts=outbox_os.c.attempts + 1,
-                                next_attempt_at=NOW + sa.func.make_interval(0, 0, 0, 0, 0, 0, _delay)))
+_order_ids = outbox_os.c.order_id == sa.any_(ids("order_ids"))
+POSTPONE_OUTBOX = Query(sa.update(outbox_os).where(_order_ids)
+                        .values(attempts=outbox_os.c.attempts + 1, next_attempt_at=seconds_from_now(_delay)))
+# Rows whose immediate publish was not confirmed: never sent after all, so due at once as first sends.
+UNSENT_OUTBOX = Query(sa.update(outbox_os).where(_order_ids).values(attempts=0, next_attempt_at=NOW))
 
-EXISTING_ORDER_IDS = Query(sa.select(orders.c.order_id).where(orders.c.order_id == sa.any_(ids("order_ids"))))
-
+# The results in one statement (atomic without BEGIN/COMMIT, and safe to repeat): set each still-`NEW` order's
+# status, drop the outbox rows, and return the ids of results about orders that do not exist.
 _results = sa.func.unnest(ids("order_ids"), sa.bindparam("statuses", type_=postgresql.ARRAY(sa.Text))) \
     .table_valued("order_id", "status").render_derived(name="result")
-FINALIZE_ORDERS = Query(sa.update(orders)
-                        .where(orders.c.order_id == _results.c.order_id, orders.c.status == "NEW")
-                        .values(status=_results.c.status, updated_at=NOW))
-DELETE_OUTBOX = Query(sa.delete(outbox_os).where(outbox_os.c.order_id == sa.any_(ids("order_ids"))))
+_finalized = (sa.update(orders).where(orders.c.order_id == _results.c.order_id, orders.c.status == "NEW")
+              .values(status=_results.c.status, updated_at=NOW).returning(orders.c.order_id).cte("finalized"))
+_dropped = sa.delete(outbox_os).where(_order_ids).returning(outbox_os.c.order_id).cte("dropped")
+_unknown = sa.func.unnest(ids("order_ids")).table_valued("order_id").render_derived(name="given")
+FINALIZE_ORDERS = Query(sa.select(_unknown.c.order_id)
+                        .where(~sa.exists().where(orders.c.order_id == _unknown.c.order_id))
+                        .add_cte(_finalized).add_cte(_dropped))
 
 
-async def insert_order(cur, user_id, amount, description):
+async def insert_order(cur, user_id, amount, description, attempts, due_in):
     """Insert an order and its outbox row (one statement: atomic on its own); returns the order."""
-    return await fetch_one(cur, INSERT_ORDER, user_id=user_id, amount=amount, description=description)
+    return await fetch_one(cur, INSERT_ORDER, user_id=user_id, amount=amount, description=description,
+                           attempts=attempts, due_in=due_in)
 
 
 async def get_order(cur, order_id):
@@ -93,15 +107,13 @@ async def postpone_outbox(cur, order_ids, first_delay, max_delay):
     await execute(cur, POSTPONE_OUTBOX, order_ids=order_ids, first_delay=first_delay, max_delay=max_delay)
 
 
-async def existing_order_ids(cur, order_ids):
-    return {row["order_id"] for row in await fetch_all(cur, EXISTING_ORDER_IDS, order_ids=order_ids)}
+async def unsent_outbox(cur, order_ids):
+    await execute(cur, UNSENT_OUTBOX, order_ids=order_ids)
 
 
-async def finalize_orders(cur, statuses):
-    """Set each still-`NEW` order of {order_id: status} to its final status and drop its outbox row."""
-    order_ids = list(statuses)
-    await execute(cur, FINALIZE_ORDERS, order_ids=order_ids, statuses=list(statuses.values()))
-    await execute(cur, DELETE_OUTBOX, order_ids=order_ids)
+async def finalize_orders(cur, order_ids, statuses):
+    """Set each still-`NEW` order to its status and drop its outbox row; returns the ids of unknown orders."""
+    return {row["order_id"] for row in await fetch_all(cur, FINALIZE_ORDERS, order_ids=order_ids, statuses=statuses)}
 
 
 async def backlog(cur):

@@ -34,17 +34,16 @@ class PaymentService(Service):
                                settings.poll_interval)
         self.inbox = BgWorker("inbox processor", self._process_inbox, settings.poll_interval)
         self.cleanup = BgWorker("clean-up", lambda: service.clean_up(self.db, settings), settings.cleanup_interval)
+        self.send_now = service.SendNow(self.db, self.broker, settings.resend_delay, self.outbox.kick) \
+            if settings.fast_path else None
         self.server = listen(make_app(self.db, self.broker, settings), self.port)
         self.start_workers(self.inbox, self.outbox, self.cleanup)
         await self.broker.consume(ORDER_REQUESTS, PaymentRequest.decode, self._receive, settings.batch_size)
         logger.info("Payments Service listening on port %s", self.port)
 
     async def _receive(self, requests):
-        all_settled = await service.receive_requests(self.db, requests, settle_now=self.settings.fast_path)
-        if self.settings.fast_path:
-            self.outbox.kick()
-            if not all_settled:
-                self.inbox.kick()
+        if not await service.receive_requests(self.db, requests, self.send_now) and self.send_now:
+            self.inbox.kick()
         return {}
 
     async def _process_inbox(self):

@@ -31,6 +31,7 @@ outbox_ps = sa.Table(
     sa.Column("id", sa.BigInteger, primary_key=True),
     sa.Column("order_id", sa.BigInteger),
     sa.Column("status", sa.Text),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
     sa.Column("created_at", sa.DateTime(timezone=True)),
 )
 
@@ -72,12 +73,18 @@ _statuses = sa.func.unnest(ids("order_ids"), sa.bindparam("statuses", type_=ARRA
 SETTLE_INBOX = Query(sa.update(inbox).where(inbox.c.order_id == _statuses.c.order_id)
                      .values(status=_statuses.c.status, acked=True,
                              processed_at=sa.func.coalesce(inbox.c.processed_at, NOW)))
-QUEUE_RESULTS = Query(sa.insert(outbox_ps).from_select(["order_id", "status"],
-                                                       sa.select(_statuses.c.order_id, _statuses.c.status)))
+_due = NOW + sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.bindparam("due_in"))
+QUEUE_RESULTS = Query(sa.insert(outbox_ps)
+                      .from_select(["order_id", "status", "next_attempt_at"],
+                                   sa.select(_statuses.c.order_id, _statuses.c.status, _due))
+                      .returning(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status))
 
+_outbox_ids = outbox_ps.c.id == sa.any_(ids("ids"))
 LOCK_OUTBOX = Query(sa.select(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status)
+                    .where(outbox_ps.c.next_attempt_at <= NOW)
                     .order_by(outbox_ps.c.id).limit(sa.bindparam("limit")).with_for_update(skip_locked=True))
-DELETE_OUTBOX = Query(sa.delete(outbox_ps).where(outbox_ps.c.id == sa.any_(ids("ids"))))
+DELETE_OUTBOX = Query(sa.delete(outbox_ps).where(_outbox_ids))
+DUE_NOW = Query(sa.update(outbox_ps).where(_outbox_ids).values(next_attempt_at=NOW))
 
 
 async def create_account(cur, user_id):
@@ -123,11 +130,12 @@ async def set_balances(cur, balances):
     await execute(cur, SET_BALANCES, user_ids=list(balances), balances=list(balances.values()))
 
 
-async def settle_inbox(cur, statuses):
-    """Mark rows acked with their final {order_id: status}, and queue each status for the Order Service."""
+async def settle_inbox(cur, statuses, due_in):
+    """Mark rows acked with their final {order_id: status}, and queue each status for the Order Service, due
+    for the relay in `due_in` seconds; returns the queued rows."""
     values = dict(order_ids=list(statuses), statuses=list(statuses.values()))
     await execute(cur, SETTLE_INBOX, **values)
-    await execute(cur, QUEUE_RESULTS, **values)
+    return await fetch_all(cur, QUEUE_RESULTS, **values, due_in=due_in)
 
 
 async def lock_outbox(cur, limit):
@@ -136,6 +144,10 @@ async def lock_outbox(cur, limit):
 
 async def delete_outbox(cur, ids):
     await execute(cur, DELETE_OUTBOX, ids=ids)
+
+
+async def make_due(cur, ids):
+    await execute(cur, DUE_NOW, ids=ids)
 
 
 async def backlog(cur):

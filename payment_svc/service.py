@@ -50,21 +50,50 @@ async def top_up(db, user_id, amount, idempotent=None):
     return account
 
 
-async def receive_requests(db, requests, settle_now):
+def encode_result(row):
+    return PaymentResult(row["order_id"], row["status"]).encode()
+
+
+class SendNow:
+    """The fast path: the consumer publishes the results it settled as soon as its transaction commits, without
+    waiting for the outbox relay, and deletes the rows the broker confirmed. The rows are written due for the
+    relay only `resend_delay` seconds later; a result not confirmed is made due at once."""
+
+    def __init__(self, db, broker, resend_delay, kick_relay):
+        self.db, self.broker, self.resend_delay, self.kick_relay = db, broker, resend_delay, kick_relay
+
+    def __call__(self, rows):
+        self.broker.publish_soon(PAYMENT_RESULTS, [(row["id"], encode_result(row)) for row in rows], self._delete_confirmed)
+
+    async def _delete_confirmed(self, confirmed, sent):
+        if confirmed:
+            await self.db.run(repo.delete_outbox, confirmed, transaction=False)
+        unconfirmed = [row_id for row_id, _ in sent if row_id not in set(confirmed)]
+        if unconfirmed:
+            await self.db.run(repo.make_due, unconfirmed, transaction=False)
+            self.kick_relay()
+
+
+async def receive_requests(db, requests, send_now=None):
     """Store a batch of payment requests in the inbox (the consumer acks only after this commits).
 
-    With `settle_now` (the fast path) the same transaction also settles the batch's users, saving the inbox
-    worker's transaction and the hop to it; returns False if some user was being settled by another
-    transaction at that moment, whose requests are then left to the inbox worker."""
+    With `send_now` (the fast path, a `SendNow`) the same transaction also settles the batch's users, saving
+    the inbox worker's transaction and the hop to it, and their results are published after the commit.
+    Returns False if some user was being settled by another transaction at that moment, whose requests are
+    then left to the inbox worker."""
+    claimed, queued = 0, []
 
     async def receive(cur):
+        nonlocal claimed, queued
         await repo.store_requests(cur, requests)
-        if not settle_now:
-            return False
-        users = sorted({r.user_id for r in requests})
-        return await settle_users(cur, users) == len(users)
+        if send_now:
+            claimed, queued = await settle_users(cur, users, send_now.resend_delay)
 
-    return await db.run(receive)
+    users = sorted({r.user_id for r in requests})
+    await db.run(receive)
+    if queued:
+        send_now(queued)
+    return claimed == len(users)
 
 
 def settle(rows, balances):
@@ -89,21 +118,22 @@ def settle(rows, balances):
     return statuses, changed
 
 
-async def settle_users(cur, user_ids):
-    """Settle the unacked requests of those of `user_ids` this transaction can claim; returns how many it claimed.
+async def settle_users(cur, user_ids, due_in=0):
+    """Settle the unacked requests of those of `user_ids` this transaction can claim; returns how many it claimed
+    and the `outbox_ps` rows it queued (due for the relay in `due_in` seconds).
 
     Each user is claimed with an advisory lock so that one transaction (of any instance) settles a user's
     requests, in `order_id` order; the account rows are locked `FOR UPDATE` against concurrent top-ups."""
     claimed = await repo.claim_users(cur, user_ids)
     if not claimed:
-        return 0
+        return 0, []
     rows = await repo.lock_unacked(cur, claimed)
-    if rows:
-        statuses, balances = settle(rows, await repo.lock_accounts(cur, claimed))
-        if balances:
-            await repo.set_balances(cur, balances)
-        await repo.settle_inbox(cur, statuses)
-    return len(claimed)
+    if not rows:
+        return len(claimed), []
+    statuses, balances = settle(rows, await repo.lock_accounts(cur, claimed))
+    if balances:
+        await repo.set_balances(cur, balances)
+    return len(claimed), await repo.settle_inbox(cur, statuses, due_in)
 
 
 async def process_inbox(db, batch_size):
@@ -112,7 +142,7 @@ async def process_inbox(db, batch_size):
     async def process(cur):
         candidates = await repo.users_with_unacked(cur, batch_size)
         # None claimed: all are busy in other transactions, which settle them; do not spin on them.
-        return len(candidates) if candidates and await settle_users(cur, candidates) else 0
+        return len(candidates) if candidates and (await settle_users(cur, candidates))[0] else 0
 
     return await db.run(process) >= batch_size
 
@@ -124,8 +154,7 @@ async def relay_outbox(db, broker, batch_size):
         rows = await repo.lock_outbox(cur, batch_size)
         if not rows:
             return 0
-        confirmed = await broker.publish_all(
-            PAYMENT_RESULTS, [(row["id"], PaymentResult(row["order_id"], row["status"]).encode()) for row in rows])
+        confirmed = await broker.publish_all(PAYMENT_RESULTS, [(row["id"], encode_result(row)) for row in rows])
         if confirmed:
             await repo.delete_outbox(cur, confirmed)
         return len(rows)

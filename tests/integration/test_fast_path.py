@@ -1,0 +1,154 @@
+"""The fast path: a commit publishes its messages at once; the relay keeps only what that did not deliver.
+
+The services here poll once an hour, so whatever reaches a queue was published by the fast path (or by the
+relay's one run at start-up, before anything is placed)."""
+from decimal import Decimal
+
+import pytest
+
+from common.config import load_settings
+from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest, PaymentResult
+from common.broker import declare_queue
+from harness.stack import free_port
+from order_svc.app import OrderService
+from payment_svc.app import PaymentService
+from tests.conftest import eventually
+from tests.integration.conftest import running
+from tests.integration.http import request
+from tests.integration.test_order_service import place
+
+RESEND_DELAY = 30
+
+
+def service(io_loop, run_env, service_class):
+    settings = load_settings({**run_env, "ORDER_SVC_PORT": str(free_port()), "PAYMENT_SVC_PORT": str(free_port()),
+                              "POLL_INTERVAL": "3600", "RESEND_DELAY": str(RESEND_DELAY)})
+    return running(io_loop, service_class(settings))
+
+
+@pytest.fixture
+def order_service(io_loop, run_env):
+    started = service(io_loop, run_env, OrderService)
+    yield started
+    io_loop.run_sync(started.stop, timeout=30)
+
+
+@pytest.fixture
+def payment_service(io_loop, run_env):
+    started = service(io_loop, run_env, PaymentService)
+    yield started
+    io_loop.run_sync(started.stop, timeout=30)
+
+
+async def take(broker, queue_name):
+    """Every message waiting in `queue_name`, taken out: [(message id, body)]."""
+    queue = await broker.publisher.get_queue(queue_name)
+    taken = []
+    while (message := await queue.get(no_ack=True, fail=False)) is not None:
+        taken.append((int(message.message_id), message.body))
+    return taken
+
+
+async def select(service, sql, *args):
+    async def read(cur):
+        await cur.execute(sql, args)
+        return await cur.fetchall()
+    return await service.db.run(read)
+
+
+async def outbox_os_row(service, order_id):
+    """(attempts, seconds until the relay may send it) of an order's outbox row."""
+    rows = await select(service, "SELECT attempts, extract(epoch FROM next_attempt_at - clock_timestamp()) "
+                                 "FROM outbox_os WHERE order_id = %s", order_id)
+    return rows[0] if rows else None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_new_order_is_published_at_once_and_due_for_the_relay_only_after_the_resend_delay(
+        order_service, user_id):
+    await take(order_service.broker, ORDER_REQUESTS)
+    order_id = (await place(order_service, user_id, "2.50"))["order_id"]
+
+    async def published():
+        assert await take(order_service.broker, ORDER_REQUESTS) == \
+            [(order_id, PaymentRequest(order_id, user_id, Decimal("2.50")).encode())]
+    await eventually(published)
+    attempts, due_in = await outbox_os_row(order_service, order_id)
+    assert attempts == 1 and RESEND_DELAY - 5 < due_in <= RESEND_DELAY
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_replayed_order_is_not_published_again(order_service, user_id):
+    await take(order_service.broker, ORDER_REQUESTS)
+    key = {"Idempotency-Key": f"fast-{user_id}"}
+    replies = [await request(order_service.port, "POST", "/orders", {"user_id": user_id, "amount": 1}, headers=key)
+               for _ in range(3)]
+    order_id = replies[0][1]["order_id"]
+    assert all(reply == replies[0] for reply in replies)
+
+    async def published():
+        assert [mid for mid, _ in await take(order_service.broker, ORDER_REQUESTS)] == [order_id]
+    await eventually(published)
+    assert await take(order_service.broker, ORDER_REQUESTS) == []
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_unconfirmed_publish_hands_the_row_to_the_relay_at_once(order_service, user_id):
+    channel = await order_service.broker.publisher.get_underlay_channel()
+    await channel.queue_delete(ORDER_REQUESTS)  # an unroutable message is returned, never confirmed
+    try:
+        order_id = (await place(order_service, user_id))["order_id"]
+
+        async def handed_over():
+            attempts, due_in = await outbox_os_row(order_service, order_id)
+            assert attempts == 0 and due_in <= 0
+        await eventually(handed_over)
+    finally:
+        await declare_queue(order_service.broker.publisher, ORDER_REQUESTS)
+    order_service.outbox.kick()
+
+    async def relayed():
+        assert order_id in [mid for mid, _ in await take(order_service.broker, ORDER_REQUESTS)]
+    await eventually(relayed)
+    assert (await outbox_os_row(order_service, order_id))[0] == 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_settled_result_is_published_at_once_and_its_outbox_row_deleted(payment_service, user_id):
+    await take(payment_service.broker, PAYMENT_RESULTS)
+    order_id = user_id  # unique per test as well
+    await payment_service.broker.publish(ORDER_REQUESTS, PaymentRequest(order_id, user_id, Decimal(1)).encode(),
+                                         order_id)
+
+    async def published():
+        assert [body for _, body in await take(payment_service.broker, PAYMENT_RESULTS)] == \
+            [PaymentResult(order_id, "CANCELLED").encode()]
+    await eventually(published)
+
+    async def deleted():
+        assert await select(payment_service, "SELECT id FROM outbox_ps WHERE order_id = %s", order_id) == []
+    await eventually(deleted)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_unconfirmed_result_is_made_due_for_the_relay_at_once(payment_service, user_id):
+    channel = await payment_service.broker.publisher.get_underlay_channel()
+    await channel.queue_delete(PAYMENT_RESULTS)
+    order_id = user_id
+    try:
+        await payment_service.broker.publish(ORDER_REQUESTS, PaymentRequest(order_id, user_id, Decimal(1)).encode(),
+                                             order_id)
+
+        async def handed_over():
+            assert await select(payment_service, "SELECT next_attempt_at <= clock_timestamp() FROM outbox_ps "
+                                                 "WHERE order_id = %s", order_id) == [(True,)]
+        await eventually(handed_over)
+    finally:
+        await declare_queue(payment_service.broker.publisher, PAYMENT_RESULTS)
+    payment_service.outbox.kick()
+
+    async def relayed():
+        assert await select(payment_service, "SELECT id FROM outbox_ps WHERE order_id = %s", order_id) == []
+    await eventually(relayed)
+    assert PaymentResult(order_id, "CANCELLED").encode() in \
+        [body for _, body in await take(payment_service.broker, PAYMENT_RESULTS)]
