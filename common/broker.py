@@ -1,6 +1,7 @@
 """RabbitMQ: a robust connection, durable queues with dead-letter queues, confirmed publishing and
 batching consumers."""
 import asyncio
+import functools
 import logging
 
 import aio_pika
@@ -13,41 +14,50 @@ from common.retry import BROKER_ERRORS, until_connected
 
 logger = logging.getLogger(__name__)
 
+# Messages `publish_soon` may hold unconfirmed at once: this bounds the memory they take, and beyond it their
+# producers wait (back-pressure: no more orders are taken in, no more requests settled, than can be sent on).
+# At least a consumer's batch; small enough that a wait for room tracks the broker's pace.
+MAX_SENDING = 256
+
 
 def dead_letter_queue(name):
     return f"{name}.dead"
 
 
 class Broker:
-    """One robust connection: a confirming publisher channel and a consumer channel."""
+    """Two robust connections: one for a confirming publisher channel, one for a consumer channel.
 
-    def __init__(self, connection, publisher, consumer, publish_timeout):
-        self.connection = connection
+    Apart because RabbitMQ's flow control throttles a connection that publishes faster than the broker
+    writes: on a shared connection the consumer's acks would wait behind the publishes, its prefetch window
+    would stay full, and consuming would stall for as long as publishing is fast (seen under load: no payment
+    result applied for seconds). RabbitMQ's documentation advises the same."""
+
+    def __init__(self, connections, publisher, consumer, publish_timeout):
+        self.connections = connections
         self.publisher = publisher
         self.consumer = consumer
         self.publish_timeout = publish_timeout
         self._drains = []
         self._sending = set()
+        self._sending_count = 0
+        self._room = asyncio.Event()
+        self._room.set()
 
     @classmethod
     async def connect(cls, url, prefetch, publish_timeout=5.0):
         """Wait for the broker, then declare both queues (and their dead-letter queues)."""
-        async for attempt in until_connected(BROKER_ERRORS):
-            with attempt:
-                # A short reconnect interval keeps recovery after a broker restart within a second or two.
-                connection = await aio_pika.connect_robust(url, reconnect_interval=1)
-        connection.reconnect_callbacks.add(lambda *_: RECONNECTS.inc())
-        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        consumer = await connection.channel()
+        connections = [await connect_robust(url) for _ in range(2)]
+        publisher = await connections[0].channel(publisher_confirms=True, on_return_raises=True)
+        consumer = await connections[1].channel()
         await consumer.set_qos(prefetch_count=prefetch)
         for name in (ORDER_REQUESTS, PAYMENT_RESULTS):
             await declare_queue(publisher, name)
         logger.info("connected to RabbitMQ")
-        return cls(connection, publisher, consumer, publish_timeout)
+        return cls(connections, publisher, consumer, publish_timeout)
 
     def is_connected(self):
         # `connection.is_closed` stays False during an outage; the `connected` event does not.
-        return self.connection.connected.is_set()
+        return all(connection.connected.is_set() for connection in self.connections)
 
     async def publish(self, queue, body, message_id):
         """Publish a persistent message and wait for the broker's confirm.
@@ -84,10 +94,31 @@ class Broker:
         """Publish `(message_id, body)` pairs in the background, then `await then(confirmed ids, messages)`.
 
         The fast path, for messages whose outbox rows are already committed: the caller goes on at once, and
-        if this never completes (a crash) the outbox still holds the rows. `close` waits for these first."""
+        if this never completes (a crash) the outbox still holds the rows. `close` waits for these first.
+        Callers keep to `has_room` / `room` (a soft limit: a few requests may pass it at the same moment)."""
+        self._sending_count += len(messages)
+        if not self.has_room():
+            self._room.clear()
         task = asyncio.create_task(self._publish_then(queue, messages, then))
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(functools.partial(self._sent, len(messages)))
+
+    def has_room(self):
+        return self._sending_count < MAX_SENDING
+
+    async def room(self, timeout=None):
+        """Return True once `publish_soon` has room (False if there is none after `timeout` seconds)."""
+        try:
+            await asyncio.wait_for(self._room.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _sent(self, count, task):
+        self._sending.discard(task)
+        self._sending_count -= count
+        if self.has_room():
+            self._room.set()
 
     async def _publish_then(self, queue, messages, then):
         try:
@@ -128,9 +159,18 @@ class Broker:
             if running:
                 logger.warning("%d immediate publishes unfinished at close", len(running))
         try:
-            await asyncio.wait_for(self.connection.close(), 5)
+            await asyncio.wait_for(asyncio.gather(*(connection.close() for connection in self.connections)), 5)
         except asyncio.TimeoutError:
-            logger.warning("the broker did not acknowledge closing the connection within 5 s")
+            logger.warning("the broker did not acknowledge closing the connections within 5 s")
+
+
+async def connect_robust(url):
+    async for attempt in until_connected(BROKER_ERRORS):
+        with attempt:
+            # A short reconnect interval keeps recovery after a broker restart within a second or two.
+            connection = await aio_pika.connect_robust(url, reconnect_interval=1)
+    connection.reconnect_callbacks.add(lambda *_: RECONNECTS.inc())
+    return connection
 
 
 async def declare_queue(channel, name):

@@ -131,11 +131,24 @@ def unavailable(exc):
     return Unavailable("Database temporarily unavailable.")
 
 
-class Database:
-    """A connection pool with transactions retried as a whole when the server goes away."""
+# Connections kept apart for the consumers and workers (`Database.background`).
+BACKGROUND_POOL_SIZE = 4
 
-    def __init__(self, pool, retry_seconds=2.0):
+
+async def create_pool(dsn, size):
+    return await aiopg.create_pool(dsn, minsize=1, maxsize=size, enable_hstore=False, timeout=30)
+
+
+class Database:
+    """A connection pool with transactions retried as a whole when the server goes away.
+
+    `background` is a second one, for consumers and workers: under load the HTTP requests would otherwise
+    take every connection, and the work that brings orders to their final status would queue behind new
+    orders, so the backlog would grow for as long as the load lasts."""
+
+    def __init__(self, pool, background=None, retry_seconds=2.0):
         self.pool = pool
+        self.background = background
         self.retry_seconds = retry_seconds
 
     @classmethod
@@ -144,9 +157,7 @@ class Database:
         async for attempt in until_connected(DB_ERRORS):
             with attempt:
                 await ensure_database(dsn)
-                pool = await aiopg.create_pool(dsn, minsize=1, maxsize=pool_size, enable_hstore=False,
-                                               timeout=30)
-                db = cls(pool)
+                db = cls(await create_pool(dsn, pool_size), cls(await create_pool(dsn, BACKGROUND_POOL_SIZE)))
                 await db.apply_schema(section)
         logger.info("connected to PostgreSQL database %s", parse_dsn(dsn)["dbname"])
         return db
@@ -222,12 +233,16 @@ class Database:
         await self.run(select_one, retry_seconds=0)
 
     async def close(self, grace=5.0):
-        """Close the pool once its connections are back; after `grace` seconds close them regardless
-        (a connection never released, e.g. by a task cancelled mid-query, must not stop the process)."""
-        self.pool.close()
-        try:
-            await asyncio.wait_for(self.pool.wait_closed(), grace)
-        except asyncio.TimeoutError:
-            logger.warning("%d database connections still in use after %ss; closing them", self.pool.size - self.pool.freesize,
-                           grace)
-            self.pool.terminate()
+        """Close the pools (both at once) once their connections are back; after `grace` seconds close them
+        regardless (a connection never released, e.g. by a task cancelled mid-query, must not stop the process)."""
+        await asyncio.gather(*(close_pool(db.pool, grace) for db in (self, self.background) if db))
+
+
+async def close_pool(pool, grace):
+    pool.close()
+    try:
+        await asyncio.wait_for(pool.wait_closed(), grace)
+    except asyncio.TimeoutError:
+        logger.warning("%d database connections still in use after %ss; closing them", pool.size - pool.freesize,
+                       grace)
+        pool.terminate()

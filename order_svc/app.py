@@ -29,14 +29,15 @@ class OrderService(Service):
         self.port = settings.order_svc_port
         self.db = await Database.connect(settings.order_db_dsn, "order_svc", settings.db_pool_size)
         self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch)
-        self.outbox = BgWorker("outbox_os relay", lambda: service.relay_outbox(self.db, self.broker, settings),
+        background = self.db.background
+        self.outbox = BgWorker("outbox_os relay", lambda: service.relay_outbox(background, self.broker, settings),
                                settings.poll_interval)
-        send_now = service.SendNow(self.db, self.broker, settings.resend_delay, self.outbox.kick) \
+        send_now = service.SendNow(background, self.broker, settings.resend_delay, self.outbox.kick) \
             if settings.fast_path else None
-        self.cleanup = BgWorker("clean-up", lambda: service.clean_up(self.db, settings), settings.cleanup_interval)
+        self.cleanup = BgWorker("clean-up", lambda: service.clean_up(background, settings), settings.cleanup_interval)
         self.server = listen(make_app(self.db, self.broker, settings, send_now), self.port)
         self.start_workers(self.outbox, self.cleanup)
         await self.broker.consume(PAYMENT_RESULTS, PaymentResult.decode,
-                                  lambda results: service.apply_payment_results(self.db, results),
+                                  lambda results: service.apply_payment_results(background, results),
                                   settings.batch_size)
         logger.info("Order Service listening on port %s", self.port)

@@ -14,12 +14,27 @@ MAX_PAGE = 1000
 class SendNow:
     """The fast path: an order's payment request is published as soon as its transaction commits, without
     waiting for the outbox relay. Its outbox row is written as sent once and due only `resend_delay` seconds
-    later, so the relay re-sends it only if no payment result came back by then, like any other."""
+    later, so the relay re-sends it only if no payment result came back by then, like any other.
+
+    While the broker has `MAX_SENDING` messages unconfirmed, a new order waits for room before it is placed:
+    under overload orders are then taken in only as fast as they are sent on, and a backlog cannot build up
+    inside the service. With the broker away, or still no room after the publish timeout, the order is
+    placed for the relay instead."""
 
     def __init__(self, db, broker, resend_delay, kick_relay):
         self.db, self.broker, self.resend_delay, self.kick_relay = db, broker, resend_delay, kick_relay
 
-    def __call__(self, order):
+    async def new_row(self):
+        """(attempts, seconds until due) for the outbox row of an order about to be placed."""
+        if self.broker.is_connected() and await self.broker.room(self.broker.publish_timeout):
+            return 1, self.resend_delay
+        return 0, 0
+
+    def placed(self, order, attempts):
+        """After the commit: publish the order written with `attempts` 1, or leave it to the relay."""
+        if not attempts:
+            self.kick_relay()
+            return
         message = PaymentRequest(order["order_id"], order["user_id"], order["amount"])
         self.broker.publish_soon(ORDER_REQUESTS, [(message.order_id, message.encode())], self._hand_over_unconfirmed)
 
@@ -39,7 +54,7 @@ async def place_order(db, user_id, amount, description, idempotent=None, send_no
     at the end be told apart (lost during COMMIT: the outcome is unknown, never retry) from one lost
     before it (safe to retry)."""
     created = None
-    attempts, due_in = (1, send_now.resend_delay) if send_now else (0, 0)
+    attempts, due_in = await send_now.new_row() if send_now else (0, 0)
 
     async def insert(cur):
         nonlocal created
@@ -56,7 +71,7 @@ async def place_order(db, user_id, amount, description, idempotent=None, send_no
         logger.info("order_id=%s placed for user %s, amount %s", order["order_id"], user_id, amount,
                     extra={"order_id": order["order_id"]})
         if send_now:
-            send_now(created)
+            send_now.placed(created, attempts)
     return order
 
 

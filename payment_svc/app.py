@@ -29,12 +29,13 @@ class PaymentService(Service):
         self.port = settings.payment_svc_port
         self.db = await Database.connect(settings.payment_db_dsn, "payment_svc", settings.db_pool_size)
         self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch)
+        background = self.db.background
         self.outbox = BgWorker("outbox_ps relay",
-                               lambda: service.relay_outbox(self.db, self.broker, settings.batch_size),
+                               lambda: service.relay_outbox(background, self.broker, settings.batch_size),
                                settings.poll_interval)
         self.inbox = BgWorker("inbox processor", self._process_inbox, settings.poll_interval)
-        self.cleanup = BgWorker("clean-up", lambda: service.clean_up(self.db, settings), settings.cleanup_interval)
-        self.send_now = service.SendNow(self.db, self.broker, settings.resend_delay, self.outbox.kick) \
+        self.cleanup = BgWorker("clean-up", lambda: service.clean_up(background, settings), settings.cleanup_interval)
+        self.send_now = service.SendNow(background, self.broker, settings.resend_delay, self.outbox.kick) \
             if settings.fast_path else None
         self.server = listen(make_app(self.db, self.broker, settings), self.port)
         self.start_workers(self.inbox, self.outbox, self.cleanup)
@@ -42,12 +43,12 @@ class PaymentService(Service):
         logger.info("Payments Service listening on port %s", self.port)
 
     async def _receive(self, requests):
-        if not await service.receive_requests(self.db, requests, self.send_now) and self.send_now:
+        if not await service.receive_requests(self.db.background, requests, self.send_now) and self.send_now:
             self.inbox.kick()
         return {}
 
     async def _process_inbox(self):
-        more = await service.process_inbox(self.db, self.settings.batch_size)
+        more = await service.process_inbox(self.db.background, self.settings.batch_size)
         if self.settings.fast_path:
             self.outbox.kick()
         return more

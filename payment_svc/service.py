@@ -57,7 +57,8 @@ def encode_result(row):
 class SendNow:
     """The fast path: the consumer publishes the results it settled as soon as its transaction commits, without
     waiting for the outbox relay, and deletes the rows the broker confirmed. The rows are written due for the
-    relay only `resend_delay` seconds later; a result not confirmed is made due at once."""
+    relay only `resend_delay` seconds later; a result not confirmed is made due at once. While the broker has
+    `MAX_SENDING` messages unconfirmed, the consumer waits before it takes the next batch."""
 
     def __init__(self, db, broker, resend_delay, kick_relay):
         self.db, self.broker, self.resend_delay, self.kick_relay = db, broker, resend_delay, kick_relay
@@ -82,6 +83,8 @@ async def receive_requests(db, requests, send_now=None):
     Returns False if some user was being settled by another transaction at that moment, whose requests are
     then left to the inbox worker."""
     claimed, queued = 0, []
+    if send_now:
+        await send_now.broker.room()
 
     async def receive(cur):
         nonlocal claimed, queued

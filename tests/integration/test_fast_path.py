@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
+from common.broker import MAX_SENDING, dead_letter_queue, declare_queue
 from common.config import load_settings
 from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest, PaymentResult
-from common.broker import declare_queue
 from harness.stack import free_port
 from order_svc.app import OrderService
 from payment_svc.app import PaymentService
@@ -152,3 +152,21 @@ async def test_unconfirmed_result_is_made_due_for_the_relay_at_once(payment_serv
     await eventually(relayed)
     assert PaymentResult(order_id, "CANCELLED").encode() in \
         [body for _, body in await take(payment_service.broker, PAYMENT_RESULTS)]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_immediate_publishes_are_bounded_by_a_window_that_frees_as_confirms_arrive(order_service):
+    broker, queue = order_service.broker, f"window-{free_port()}"
+    await declare_queue(broker.publisher, queue)
+    confirmed = []
+
+    async def record(ids, _messages):
+        confirmed.extend(ids)
+    try:
+        broker.publish_soon(queue, [(i, b"{}") for i in range(MAX_SENDING)], record)
+        assert not broker.has_room()
+        assert await broker.room(timeout=10)
+        assert sorted(confirmed) == list(range(MAX_SENDING))
+    finally:
+        for name in (queue, dead_letter_queue(queue)):
+            await broker.publisher.queue_delete(name)
