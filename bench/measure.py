@@ -1,9 +1,12 @@
 """What the benchmark reads from the stack: server-side timestamps, counts, queue depths, and seeding."""
 
+import subprocess
+
 import psycopg2
 
 from harness.infra import INFRA
 from harness.invariants import query
+from harness.stack import cpu_seconds
 
 BALANCE = 999_999_999  # every seeded user can pay for every order the benchmark places
 
@@ -50,6 +53,25 @@ def latency_ms(order_dsn):
     return [v * 1000 for v in row] if row else [None] * 3
 
 
+def stage_latencies_ms(order_dsn, payment_dsn):
+    """p50 / p99 in ms of each stage of create→final, from both databases' timestamps (one server, one clock):
+    {"order placed → in the inbox": (p50, p99), "inbox → settled": ..., "settled → order final": ...}."""
+    orders = dict((row[0], row[1:]) for row in query(
+        order_dsn, "SELECT order_id, created_at, updated_at FROM orders WHERE status <> 'NEW'"))
+    stages = {"order placed → in the inbox": [], "inbox → settled": [], "settled → order final": []}
+    for order_id, stored, settled in query(payment_dsn, "SELECT order_id, created_at, processed_at FROM inbox"):
+        if order_id in orders and settled is not None:
+            placed, final = orders[order_id]
+            for name, (start, end) in zip(stages, ((placed, stored), (stored, settled), (settled, final))):
+                stages[name].append((end - start).total_seconds() * 1000)
+    return {name: (percentile(values, 0.5), percentile(values, 0.99)) for name, values in stages.items() if values}
+
+
+def percentile(values, share):
+    ordered = sorted(values)
+    return ordered[min(int(len(ordered) * share), len(ordered) - 1)]
+
+
 def finalized_between(order_dsn, start, end):
     return query(order_dsn, "SELECT count(*) FROM orders WHERE status <> 'NEW' AND updated_at BETWEEN %s AND %s",
                  (start, end))[0][0]
@@ -63,6 +85,21 @@ def queue_depth(vhost, queue):
         if name == queue:
             return int(count)
     return 0
+
+
+def server_cpu_seconds():
+    """CPU seconds used so far by RabbitMQ (every `beam.smp`) and PostgreSQL (every process of the `postgres`
+    user) on this machine: what the servers spend on the services' behalf, on a machine running nothing else."""
+    def total(pgrep_args):
+        pids = subprocess.run(["pgrep", *pgrep_args], capture_output=True, text=True).stdout.split()
+        seconds = 0.0
+        for pid in pids:
+            try:
+                seconds += cpu_seconds(int(pid))
+            except (OSError, ValueError, IndexError):
+                pass  # the process ended meanwhile
+        return seconds
+    return {"RabbitMQ": total(["-f", "beam.smp"]), "PostgreSQL": total(["-u", "postgres"])}
 
 
 def cpu_pressure_total():

@@ -71,11 +71,14 @@ def latency(plan):
             codes, _took = steady_orders(stack.url, plan.latency_rate, plan.latency_seconds, plan.users)
             settle(stack, plan, "latency")
             results[fast] = measure.latency_ms(stack.order_dsn), codes
+            if fast == "1":
+                stages = measure.stage_latencies_ms(stack.order_dsn, stack.payment_dsn)
     (fast, codes), (slow, _) = results["1"], results["0"]
     note = f" ({codes[201]} orders)" + (f", other: {dict(c for c in codes.items() if c[0] != 201)}" if len(codes) > 1 else "")
     return [Row(f"1. create→final {name} at {plan.latency_rate}/s{note if i == 0 else ''}", ms(fast[i]),
                 f"{ms(slow[i])} poll only", target)
-            for i, (name, target) in enumerate((("p50", "≤ 20 ms"), ("p95", ""), ("p99", "≤ 100 ms")))]
+            for i, (name, target) in enumerate((("p50", "≤ 20 ms"), ("p95", ""), ("p99", "≤ 100 ms")))] + \
+        [Row(f"1. stage: {name} (p50 / p99)", f"{ms(p50)} / {ms(p99)}", "", "") for name, (p50, p99) in stages.items()]
 
 
 def pgbench_baseline(plan, stack):
@@ -139,12 +142,18 @@ def backlog(plan, memory):
         started = time.monotonic()
         stack.restart("payment")
         ready = time.monotonic() - started
+        cpu = {**{name: stack[name].cpu_seconds() for name in ("order", "payment")}, **measure.server_cpu_seconds()}
         settle(stack, plan, "backlog")
         drained = time.monotonic() - started
+        cpu = {name: (now - cpu[name]) * 1000 / orders for name, now in
+               ({name: stack[name].cpu_seconds() for name in ("order", "payment")} | measure.server_cpu_seconds()).items()}
         memory["3. backlog"] = peaks(stack)
     return [
         Row(f"3. drain {orders:,} orders after Payments starts (incl. {ready:.1f} s start-up)", f"{drained:.1f} s",
             f"{orders / drained:,.0f} orders/s", "≤ 10 s"),
+        Row("3. CPU per drained order: order / payment / RabbitMQ / PostgreSQL",
+            " / ".join(f"{cpu[name]:.2f} ms" for name in ("order", "payment", "RabbitMQ", "PostgreSQL")),
+            "(two cores: 2 s of CPU per second)", ""),
         Row(f"3. publishes to {ORDER_REQUESTS} per pending order, {plan.outage_seconds:.0f} s outage",
             f"{published / orders:.2f}", f"{published:,} messages", "≤ 3"),
     ]

@@ -108,6 +108,8 @@ class Broker:
 
     async def room(self, timeout=None):
         """Return True once `publish_soon` has room (False if there is none after `timeout` seconds)."""
+        if self._room.is_set():
+            return True  # the usual case, without the task and timer of `wait_for`
         try:
             await asyncio.wait_for(self._room.wait(), timeout)
         except asyncio.TimeoutError:
