@@ -31,7 +31,6 @@ ORDER_FIELDS = (orders.c.order_id, orders.c.user_id, orders.c.amount, orders.c.d
 NOW = sa.func.clock_timestamp()
 
 
-
 def seconds_from_now(seconds):
     return NOW + sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
