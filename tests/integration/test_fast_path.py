@@ -170,3 +170,11 @@ async def test_immediate_publishes_are_bounded_by_a_window_that_frees_as_confirm
     finally:
         for name in (queue, dead_letter_queue(queue)):
             await broker.publisher.queue_delete(name)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_order_placed_while_the_broker_is_away_is_left_to_the_relay(order_service, user_id):
+    await order_service.broker.connections[0].close()  # the publisher's connection, as after a broker crash
+    order_id = (await place(order_service, user_id))["order_id"]
+    attempts, due_in = await outbox_os_row(order_service, order_id)
+    assert attempts == 0 and due_in <= 0
