@@ -126,6 +126,11 @@ def throughput(plan, memory, profiles):
     ]
 
 
+def drain_cpu_seconds(stack):
+    """CPU seconds used so far by the two services, RabbitMQ and PostgreSQL."""
+    return {**{name: stack[name].cpu_seconds() for name in ("order", "payment")}, **measure.server_cpu_seconds()}
+
+
 def backlog(plan, memory):
     """(3) a backlog built while Payments is down: publishes during the outage, then time to drain it."""
     with bench_stack(plan) as (stack, _):
@@ -142,11 +147,10 @@ def backlog(plan, memory):
         started = time.monotonic()
         stack.restart("payment")
         ready = time.monotonic() - started
-        cpu = {**{name: stack[name].cpu_seconds() for name in ("order", "payment")}, **measure.server_cpu_seconds()}
+        before = drain_cpu_seconds(stack)
         settle(stack, plan, "backlog")
         drained = time.monotonic() - started
-        cpu = {name: (now - cpu[name]) * 1000 / orders for name, now in
-               ({name: stack[name].cpu_seconds() for name in ("order", "payment")} | measure.server_cpu_seconds()).items()}
+        cpu = {name: (seconds - before[name]) * 1000 / orders for name, seconds in drain_cpu_seconds(stack).items()}
         memory["3. backlog"] = peaks(stack)
     return [
         Row(f"3. drain {orders:,} orders after Payments starts (incl. {ready:.1f} s start-up)", f"{drained:.1f} s",

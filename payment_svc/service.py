@@ -63,13 +63,18 @@ class SendNow:
     def __init__(self, db, broker, resend_delay, kick_relay):
         self.db, self.broker, self.resend_delay, self.kick_relay = db, broker, resend_delay, kick_relay
 
+    async def room(self):
+        await self.broker.room()
+
     def __call__(self, rows):
-        self.broker.publish_soon(PAYMENT_RESULTS, [(row["id"], encode_result(row)) for row in rows], self._delete_confirmed)
+        messages = [(row["id"], encode_result(row)) for row in rows]
+        self.broker.publish_soon(PAYMENT_RESULTS, messages, self._delete_confirmed)
 
     async def _delete_confirmed(self, confirmed, sent):
         if confirmed:
             await self.db.run(repo.delete_outbox, confirmed, transaction=False)
-        unconfirmed = [row_id for row_id, _ in sent if row_id not in set(confirmed)]
+        confirmed = set(confirmed)
+        unconfirmed = [row_id for row_id, _ in sent if row_id not in confirmed]
         if unconfirmed:
             await self.db.run(repo.make_due, unconfirmed, transaction=False)
             self.kick_relay()
@@ -84,7 +89,7 @@ async def receive_requests(db, requests, send_now=None):
     then left to the inbox worker."""
     claimed, queued = 0, []
     if send_now:
-        await send_now.broker.room()
+        await send_now.room()
 
     async def receive(cur):
         nonlocal claimed, queued
