@@ -91,7 +91,7 @@ class Broker:
         return confirmed
 
     def publish_soon(self, queue, messages, then):
-        """Publish `(message_id, body)` pairs in the background, then `await then(confirmed ids, messages)`.
+        """Publish `(message_id, body)` pairs in the background, then `await then(confirmed ids, unconfirmed ids)`.
 
         The fast path, for messages whose outbox rows are already committed: the caller goes on at once, and
         if this never completes (a crash) the outbox still holds the rows. `close` waits for these first.
@@ -124,7 +124,9 @@ class Broker:
 
     async def _publish_then(self, queue, messages, then):
         try:
-            await then(await self.publish_all(queue, messages), messages)
+            confirmed = set(await self.publish_all(queue, messages))
+            await then([mid for mid, _ in messages if mid in confirmed],
+                       [mid for mid, _ in messages if mid not in confirmed])
         except Exception as exc:  # noqa: BLE001 - the outbox relay sends whatever this left undone
             logger.warning("immediate publish to %s: follow-up failed (the relay takes over): %r", queue, exc)
 

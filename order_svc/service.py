@@ -38,8 +38,7 @@ class SendNow:
         message = PaymentRequest(order["order_id"], order["user_id"], order["amount"])
         self.broker.publish_soon(ORDER_REQUESTS, [(message.order_id, message.encode())], self._hand_over_unconfirmed)
 
-    async def _hand_over_unconfirmed(self, confirmed, sent):
-        unconfirmed = [order_id for order_id, _ in sent if order_id not in confirmed]
+    async def _hand_over_unconfirmed(self, _confirmed, unconfirmed):
         if unconfirmed:
             # The broker is away: make the row due for the relay now rather than after the resend delay.
             await self.db.run(repo.unsent_outbox, unconfirmed)

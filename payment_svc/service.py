@@ -70,11 +70,9 @@ class SendNow:
         messages = [(row["id"], encode_result(row)) for row in rows]
         self.broker.publish_soon(PAYMENT_RESULTS, messages, self._delete_confirmed)
 
-    async def _delete_confirmed(self, confirmed, sent):
+    async def _delete_confirmed(self, confirmed, unconfirmed):
         if confirmed:
             await self.db.run(repo.delete_outbox, confirmed, transaction=False)
-        confirmed = set(confirmed)
-        unconfirmed = [row_id for row_id, _ in sent if row_id not in confirmed]
         if unconfirmed:
             await self.db.run(repo.make_due, unconfirmed, transaction=False)
             self.kick_relay()

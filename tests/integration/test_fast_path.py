@@ -160,7 +160,7 @@ async def test_immediate_publishes_are_bounded_by_a_window_that_frees_as_confirm
     await declare_queue(broker.publisher, queue)
     confirmed = []
 
-    async def record(ids, _messages):
+    async def record(ids, _unconfirmed):
         confirmed.extend(ids)
     try:
         broker.publish_soon(queue, [(i, b"{}") for i in range(MAX_SENDING)], record)
