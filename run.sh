@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Set up and run the whole system locally in the foreground: gateway (8080), Order Service (8081),
-# Payments Service (8082). Needs PostgreSQL and RabbitMQ (see .env). Ctrl-C stops all three.
+# Payments Service (8082). Ctrl-C stops all three.
+# First it checks the PostgreSQL and RabbitMQ that .env (or the environment) names. Missing ones on this
+# machine are installed from Debian/Ubuntu packages and started when it may (as root, or with --install;
+# never with --no-install); otherwise it stops at once with the commands to run (scripts/preflight.py).
+# Usage: ./run.sh [--install | --no-install]
 set -euo pipefail
 cd "$(dirname "$0")"
+python3 scripts/preflight.py "$@"
 scripts/setup.sh
 pids=()
 stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait; }

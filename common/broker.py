@@ -11,6 +11,7 @@ from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
 from common.metrics import RECONNECTS
 from common.publisher import Publisher, PublishWindow
 from common.retry import BROKER_ERRORS, until_connected
+from common.servers import describe_rabbitmq
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Broker:
 
 
 async def connect_robust(url: str) -> AbstractRobustConnection:
-    async for attempt in until_connected(BROKER_ERRORS):
+    async for attempt in until_connected(BROKER_ERRORS, describe_rabbitmq(url)):
         with attempt:
             # A short reconnect interval keeps recovery after a broker restart within a second or two.
             connection = await aio_pika.connect_robust(url, reconnect_interval=1)

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql
 
 from common.errors import Unavailable
 from common.retry import DB_ERRORS, briefly, until_connected
+from common.servers import describe_postgres
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class Database:
     @classmethod
     async def connect(cls, dsn: str, section: str, pool_size: int) -> "Database":
         """Wait for the server, create the database and apply its schema section, then pool connections."""
-        async for attempt in until_connected(DB_ERRORS):
+        async for attempt in until_connected(DB_ERRORS, describe_postgres(dsn)):
             with attempt:
                 await ensure_database(dsn)
                 db = cls(await create_pool(dsn, pool_size), cls(await create_pool(dsn, BACKGROUND_POOL_SIZE)))
