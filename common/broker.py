@@ -7,6 +7,7 @@ import logging
 import aio_pika
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
 
+from common.dead_letters import dead_letter, dead_letter_queue
 from common.errors import InvalidMessage, Unavailable
 from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
 from common.metrics import CONSUMED, DEAD_LETTERED, PUBLISH_FAILED, PUBLISHED, RECONNECTS
@@ -18,10 +19,6 @@ logger = logging.getLogger(__name__)
 # producers wait (back-pressure: no more orders are taken in, no more requests settled, than can be sent on).
 # At least a consumer's batch; small enough that a wait for room tracks the broker's pace.
 MAX_SENDING = 256
-
-
-def dead_letter_queue(name):
-    return f"{name}.dead"
 
 
 class Broker:
@@ -187,8 +184,8 @@ async def declare_queue(channel, name):
 
 async def reject(message, queue, reason):
     logger.error("dead-lettering message %s from %s: %s", message.message_id, queue, reason)
-    DEAD_LETTERED.labels(queue).inc()
-    await settle(message.reject(requeue=False))
+    if await dead_letter(message, queue, reason):
+        DEAD_LETTERED.labels(queue).inc()
 
 
 async def settle(ack_or_reject):
