@@ -12,6 +12,7 @@ dead-letter exchange:
   is harmless since the inbox and the order status check deduplicate.
 The copy is published on the message's own channel (in confirm mode): if that channel is gone, so is the
 delivery, and the broker redelivers the original anyway."""
+import asyncio
 import logging
 
 import aio_pika
@@ -22,6 +23,9 @@ from common.dead_letters.headers import dead_letter_queue, death_headers, utc_no
 logger = logging.getLogger(__name__)
 
 CONFIRM_TIMEOUT = 5.0  # seconds; like the services' publish timeout
+# Pause before requeueing a message whose copy was not stored: a dead-letter queue that keeps refusing (deleted,
+# full with `reject-publish`) would otherwise bounce the message between consumer and broker as fast as they go.
+REQUEUE_PAUSE = 1.0
 
 
 class DeadLetterNotStored(Exception):
@@ -53,6 +57,7 @@ async def dead_letter(message, queue, reason):
         return True
     except Exception as exc:  # noqa: BLE001 - whatever failed, the original must stay in the broker
         logger.warning("message %s from %s not dead-lettered (%r); requeued", message.message_id, queue, exc)
+        await asyncio.sleep(REQUEUE_PAUSE)
         try:
             await message.nack(requeue=True)
         except Exception as nack_exc:  # noqa: BLE001 - a dead channel redelivers the message by itself

@@ -9,9 +9,12 @@ import sys
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import aio_pika
 import pytest
 from prometheus_client import REGISTRY
 
+from common.broker import declare_queue
+from common.dead_letters import dead_letter_queue
 from common.dead_letters.store import DeadLetterQueue
 from common.messages import ORDER_REQUESTS, PaymentRequest
 from payment_svc import service
@@ -177,3 +180,22 @@ async def test_command_takes_the_first_reachable_node_of_a_cluster_url_list(paym
     assert code == 0 and "dead letter(s) in outbox_os.dead" in out
     code, _, err = await dead_letters_cli(run_env, "list", ORDER_REQUESTS, rabbitmq_url=down)
     assert code == 1 and "RabbitMQ unreachable: 127.0.0.1:1/x" in err
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_message_whose_dead_letter_copy_is_not_stored_is_requeued_not_lost(payment_service, run_env, user_id):
+    message_id = f"unstored-{user_id}"
+    connection = await aio_pika.connect(run_env["RABBITMQ_URL"])
+    try:
+        channel = await connection.channel()
+        await channel.queue_delete(dead_letter_queue(ORDER_REQUESTS))  # the copy is now unroutable: returned
+        failed = REGISTRY.get_sample_value("shop_messages_dead_lettered_total", {"queue": ORDER_REQUESTS}) or 0
+        await payment_service.broker.publish(ORDER_REQUESTS, b"{not json", message_id)
+        await asyncio.sleep(2)  # a rejection or two while the dead-letter queue is missing
+        assert (REGISTRY.get_sample_value("shop_messages_dead_lettered_total", {"queue": ORDER_REQUESTS}) or 0) \
+            == failed
+    finally:
+        await declare_queue(channel, ORDER_REQUESTS)
+        await connection.close()
+    letter = await dead_lettered(run_env, message_id)
+    assert letter.info.reason == "body is not valid JSON"
