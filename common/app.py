@@ -12,5 +12,5 @@ def service_application(routes, db, broker, backlog):
         *routes,
         (r"/health", HealthHandler),
         (r"/ready", ReadyHandler, dict(db=db, broker=broker)),
-        (r"/metrics", MetricsHandler, dict(db=db, backlog=backlog)),
+        (r"/metrics", MetricsHandler, dict(db=db, backlog=backlog, broker=broker)),
     ], default_handler_class=NotFoundHandler, log_function=log_request)
