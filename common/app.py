@@ -19,5 +19,5 @@ def service_application(routes: list, settings: Settings, db, broker,
         *((pattern, handler, {**deps, **limit}) for pattern, handler, deps in routes),
         (r"/health", HealthHandler, limit),
         (r"/ready", ServiceReadyHandler, dict(db=db, broker=broker, **limit)),
-        (r"/metrics", MetricsHandler, dict(db=db, backlog=backlog, **limit)),
+        (r"/metrics", MetricsHandler, dict(db=db, backlog=backlog, broker=broker, **limit)),
     ], default_handler_class=NotFoundHandler, default_handler_args=limit, log_function=log_request)

@@ -7,6 +7,7 @@ import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
 from common.consumer import Consumer
+from common.dead_letters import dead_letter_queue
 from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
 from common.metrics import RECONNECTS
 from common.publisher import Publisher, PublishWindow
@@ -15,9 +16,6 @@ from common.servers import describe_rabbitmq
 
 logger = logging.getLogger(__name__)
 
-
-def dead_letter_queue(name: str) -> str:
-    return f"{name}.dead"
 
 
 class Broker:

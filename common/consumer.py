@@ -8,6 +8,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
 
+from common.dead_letters import dead_letter
 from common.errors import InvalidMessage, Unavailable
 from common.metrics import CONSUMED, DEAD_LETTERED
 
@@ -93,8 +94,8 @@ class BatchConsumer:
 
     async def _reject(self, message: AbstractIncomingMessage, reason: str) -> None:
         logger.error("dead-lettering message %s from %s: %s", message.message_id, self.queue, reason)
-        DEAD_LETTERED.labels(self.queue).inc()
-        await acknowledge(message.reject(requeue=False))
+        if await dead_letter(message, self.queue, reason):
+            DEAD_LETTERED.labels(self.queue).inc()
 
 
 async def acknowledge(ack_or_reject: Awaitable) -> None:

@@ -1,11 +1,16 @@
 """Prometheus metrics of a process, served at `GET /metrics`."""
+import asyncio
 import logging
 
+from aio_pika.exceptions import AMQPError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from tornado.log import access_log
 
+from common.dead_letters.headers import dead_letter_queue
 from common.envelope import BaseHandler
 from common.errors import Unavailable
+from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
+from common.retry import BROKER_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +23,10 @@ DEAD_LETTERED = Counter("shop_messages_dead_lettered", "Messages rejected to the
 RECONNECTS = Counter("shop_broker_reconnects", "Times the broker connection was re-established.")
 PENDING = Gauge("shop_pending_rows", "Rows waiting in an outbox or inbox.", ["table"])
 OLDEST_PENDING = Gauge("shop_oldest_pending_age_seconds", "Age of the oldest waiting row.", ["table"])
+# Refreshed at each scrape, like the backlog: what an alert needs even when nothing happens in the process.
+READY = Gauge("shop_ready", "1 if PostgreSQL and RabbitMQ answered this scrape, else 0.")
+DEAD_LETTERS = Gauge("shop_dead_letter_queue_messages", "Messages waiting in the queue's dead-letter queue.",
+                     ["queue"])
 
 
 def log_request(handler):
@@ -30,17 +39,37 @@ def log_request(handler):
 
 
 class MetricsHandler(BaseHandler):
-    """Metrics in Prometheus text format; `backlog(cur)` returns {table: (pending rows, oldest age in s)}."""
+    """Metrics in Prometheus text format; `backlog(cur)` returns {table: (pending rows, oldest age in s)}.
+    A service's scrape also refreshes its readiness and the dead-letter queues' depths (the gateway has none)."""
 
-    db = backlog = None  # the gateway's has neither
+    db = backlog = broker = None  # the gateway has none of them
 
     async def get(self):
         if self.backlog:
-            try:
-                for table, (count, age) in (await self.db.run(self.backlog, retry_seconds=0)).items():
-                    PENDING.labels(table).set(count)
-                    OLDEST_PENDING.labels(table).set(age or 0)
-            except Unavailable:
-                logger.warning("backlog gauges not refreshed: database unavailable")
+            database_up = await self._refresh_backlog()
+            broker_up = await self._refresh_dead_letters()
+            READY.set(1 if database_up and broker_up else 0)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest())
+
+    async def _refresh_backlog(self):
+        try:
+            for table, (count, age) in (await self.db.run(self.backlog, retry_seconds=0)).items():
+                PENDING.labels(table).set(count)
+                OLDEST_PENDING.labels(table).set(age or 0)
+            return True
+        except Unavailable:
+            logger.warning("backlog gauges not refreshed: database unavailable")
+            return False
+
+    async def _refresh_dead_letters(self):
+        if not self.broker.is_connected():
+            return False
+        try:
+            for queue in (ORDER_REQUESTS, PAYMENT_RESULTS):
+                DEAD_LETTERS.labels(queue).set(
+                    await asyncio.wait_for(self.broker.publisher.waiting_count(dead_letter_queue(queue)), 2))
+            return True
+        except (*BROKER_ERRORS, AMQPError) as exc:  # AMQPError: e.g. a dead-letter queue deleted by hand
+            logger.warning("dead-letter gauges not refreshed: %r", exc)
+            return False

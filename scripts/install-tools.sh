@@ -1,11 +1,44 @@
 #!/usr/bin/env bash
-# Install the Node tools the tests use (newman, pinned with every transitive package in
-# tools/package-lock.json) into tools/node_modules. Idempotent, quick when nothing changed.
+# Install the tools the tests use, into tools/. Idempotent, quick when nothing changed.
+#   scripts/install-tools.sh            all of them
+#   scripts/install-tools.sh newman     newman (pinned with every transitive package in tools/package-lock.json)
+#   scripts/install-tools.sh promtool   promtool, from Debian's `prometheus` package (pinned version below)
 set -euo pipefail
-cd "$(dirname "$0")/../tools"
-stamp=node_modules/.lock.sha
-want=$(sha256sum package-lock.json | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    npm ci --no-audit --no-fund --loglevel=error >/dev/null
-    echo "$want" > "$stamp"
-fi
+tools="$(cd "$(dirname "$0")/../tools" && pwd)"
+
+install_newman() {
+    cd "$tools"
+    local stamp=node_modules/.lock.sha want
+    want=$(sha256sum package-lock.json | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        npm ci --no-audit --no-fund --loglevel=error >/dev/null
+        echo "$want" > "$stamp"
+    fi
+}
+
+# promtool alone, unpacked from the .deb: installing the package would also install (and, on a machine with
+# an init system, start) a Prometheus server, which the tests do not need. `apt-get download` needs no root.
+PROMETHEUS_DEB_VERSION=2.42.0+ds-5+deb12u1
+install_promtool() {
+    local dir="$tools/prometheus" stamp="$tools/prometheus/.version"
+    [ "$(cat "$stamp" 2>/dev/null)" = "$PROMETHEUS_DEB_VERSION" ] && [ -x "$dir/promtool" ] && return
+    local work
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' RETURN
+    (cd "$work" && apt-get download -q "prometheus=$PROMETHEUS_DEB_VERSION" >/dev/null 2>&1) || {
+        echo "install-tools: apt-get download prometheus=$PROMETHEUS_DEB_VERSION failed (run apt-get update?)" >&2
+        return 1
+    }
+    dpkg-deb -x "$work"/prometheus_*.deb "$work/root"
+    mkdir -p "$dir"
+    install -m 0755 "$work/root/usr/bin/promtool" "$dir/promtool"
+    echo "$PROMETHEUS_DEB_VERSION" > "$stamp"
+}
+
+case "${1:-all}" in
+    newman) install_newman ;;
+    promtool) install_promtool ;;
+    # Without an argument a promtool that cannot be fetched is a warning: the newman tests need only newman.
+    all) install_newman; install_promtool || echo "install-tools: promtool not installed" >&2 ;;
+    *) echo "usage: $0 [newman|promtool|all]" >&2; exit 2 ;;
+esac

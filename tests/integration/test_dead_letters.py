@@ -9,13 +9,15 @@ from tests.conftest import eventually
 from tests.integration.test_payment_service import inbox_row
 
 
-async def dead_letters(broker, queue):
-    """Drain the queue's dead-letter queue; returns the bodies."""
+async def dead_letters(broker, queue, message_id="poison"):
+    """Drain the queue's dead-letter queue; returns the bodies of the messages with `message_id` (other tests of
+    this run dead-letter into the same queues)."""
     dlq = await broker.publisher.channel.get_queue(dead_letter_queue(queue))
     bodies = []
     while (message := await dlq.get(fail=False)) is not None:
         await message.ack()
-        bodies.append(message.body)
+        if message.message_id == message_id:
+            bodies.append(message.body)
     return bodies
 
 

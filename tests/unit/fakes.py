@@ -3,6 +3,19 @@ publish window, both fast paths and both relays without a server. The integratio
 import asyncio
 from dataclasses import dataclass, field
 
+from aiormq import spec
+
+
+class FakeChannel:
+    """The channel a message came on: confirms every copy published on it (a dead letter)."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+    async def basic_publish(self, body, routing_key, properties, mandatory, timeout):
+        self.outcome.append(("copy to", routing_key, properties.headers["x-shop-reason"]))
+        return spec.Basic.Ack()
+
 
 @dataclass
 class FakeMessage:
@@ -11,7 +24,18 @@ class FakeMessage:
     body: bytes = b"{}"
     redelivered: bool = False
     message_id: str = "m"
+    headers: dict = field(default_factory=dict)
+    content_type: str = "application/json"
+    content_encoding: str = None
+    correlation_id: str = None
+    timestamp: object = None
+    type: str = None
+    app_id: str = None
     outcome: list = field(default_factory=list)
+
+    @property
+    def channel(self):
+        return FakeChannel(self.outcome)
 
     async def _record(self, what):
         self.outcome.append(what)

@@ -9,6 +9,11 @@ from tests.conftest import eventually
 from tests.unit.fakes import FakeMessage
 
 
+def dead(reason):
+    """A dead letter: a confirmed copy with its reason in `<queue>.dead`, then the original acked."""
+    return [("copy to", "q.dead", reason), ("ack", False)]
+
+
 def consumer(handle_batch):
     return BatchConsumer("q", decode=lambda body: body, handle_batch=handle_batch, batch_size=10)
 
@@ -37,7 +42,7 @@ async def test_undecodable_and_refused_items_are_dead_lettered_and_the_rest_acke
     batch = [(messages[0], "a"), (messages[1], InvalidMessage("bad JSON")), (messages[2], "b"), (messages[3], "c")]
     await consumer(handle).process(batch)
     assert handle.seen == [["a", "b", "c"]]  # the undecodable one never reaches the handler
-    assert [m.outcome for m in messages] == [[], [("reject", False)], [("reject", False)], [("ack", True)]]
+    assert [m.outcome for m in messages] == [[], dead("bad JSON"), dead("unknown order"), [("ack", True)]]
 
 
 @pytest.mark.gen_test
@@ -55,7 +60,7 @@ async def test_a_failing_batch_is_requeued_once_then_dead_lettered():
     first, again = FakeMessage(1), FakeMessage(2, redelivered=True)
     await consumer(broken).process([(first, "x"), (again, "y")])
     assert first.outcome == [("nack", True)]
-    assert again.outcome == [("reject", False)]
+    assert again.outcome == dead("processing failed twice")
 
 
 @pytest.mark.gen_test
@@ -105,7 +110,7 @@ async def test_messages_are_batched_in_delivery_order_up_to_the_batch_size():
     running.cancel()
     assert seen == [[1, 2], [3, 4], [5]]
     ack = [("ack", True)]
-    assert [m.outcome for m in messages] == [[], ack, [], ack, ack, [("reject", False)]]
+    assert [m.outcome for m in messages] == [[], ack, [], ack, ack, dead("not a number")]
 
 
 def assert_true(value):
