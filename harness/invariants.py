@@ -128,22 +128,33 @@ def read_snapshot(order_db, payment_db):
 
 
 def check_invariants(order_db, payment_db, top_ups, created_order_ids=None, unacknowledged_ok=None,
-                     top_up_requests=()):
+                     top_up_requests=(), users=None):
     """Check every invariant of both databases; see `check_snapshot` for the arguments."""
     return check_snapshot(read_snapshot(order_db, payment_db), top_ups, created_order_ids, unacknowledged_ok,
-                          top_up_requests)
+                          top_up_requests, users)
 
 
-def check_snapshot(db, top_ups, created_order_ids=None, unacknowledged_ok=None, top_up_requests=()):
+def money_of(db, users):
+    """(inbox, balances, movements) of `users` only (all if None): the rest belong to earlier tests."""
+    if users is None:
+        return db.inbox, db.balances, db.movements
+    users = set(users)
+    return ({o: row for o, row in db.inbox.items() if row[0] in users},
+            {u: b for u, b in db.balances.items() if u in users}, [m for m in db.movements if m.user_id in users])
+
+
+def check_snapshot(db, top_ups, created_order_ids=None, unacknowledged_ok=None, top_up_requests=(), users=None):
     """Every invariant of a `Snapshot`, as a `Report` with one row per claim.
 
     `top_ups` is {user_id: total of top-ups known applied} (callers that know their totals); `top_up_requests`
     the `harness.ledger.TopUp`s a journal recorded, each with its key and what the client learned: the ledger
     decides the unanswered ones exactly. `created_order_ids` (orders acknowledged by a 201) must all exist.
     Another order may exist only if `unacknowledged_ok(order_id, description)` says a request the client never
-    got an answer to could have created it; without that callable, no other order may exist."""
+    got an answer to could have created it; without that callable, no other order may exist. Given `users`,
+    the money rows (conservation, ledger) cover only those users' accounts, whose top-ups the caller knows;
+    the order rows always cover every order."""
     report = Report()
-    orders, inbox, balances = db.orders, db.inbox, db.balances
+    orders, inbox = db.orders, db.inbox
     if created_order_ids is not None:
         created = set(created_order_ids)
         report.add("acknowledged orders all present",
@@ -162,26 +173,28 @@ def check_snapshot(db, top_ups, created_order_ids=None, unacknowledged_ok=None, 
                [f"inbox order {o} not in orders" if o not in orders else f"inbox order {o} differs"
                 for o, (uid, amount, _, _) in inbox.items() if orders.get(o, (None, None))[:2] != (uid, amount)])
 
+    inbox, balances, movements = money_of(db, users)
     finished = defaultdict(Decimal)
     for uid, amount, status, _ in inbox.values():
         if status == "FINISHED":
             finished[uid] += amount
-    applied = applied_top_ups(db.movements, top_up_requests)
+    applied = applied_top_ups(movements, top_up_requests)
     for user, total in top_ups.items():
         applied[user] += Decimal(total)
     report.add("top-ups credited exactly as clients learned (ledger, by request key)",
-               top_up_problems(db.movements, top_up_requests),
+               # Credits of users whose totals the caller gave (`top_ups`) need no request of their own.
+               top_up_problems([m for m in movements if m.user_id not in top_ups], top_up_requests),
                f"{len(top_up_requests)} keyed top-ups, {sum(t.answered is None for t in top_up_requests)} unanswered")
-    users = set(applied) | set(balances) | set(finished)
+    accounts = set(applied) | set(balances) | set(finished)
     report.add("money conserved per user (top-ups applied = balance + FINISHED)",
                [f"user {u}: top-ups {applied[u]} != balance {balances.get(u, Decimal(0))} + FINISHED {finished[u]}"
-                for u in sorted(users) if applied[u] != balances.get(u, Decimal(0)) + finished[u]],
+                for u in sorted(accounts) if applied[u] != balances.get(u, Decimal(0)) + finished[u]],
                f"{len(balances)} accounts, exact")
-    report.add("ledger: balance = credits - debits per account", balance_problems(db.movements, balances))
+    report.add("ledger: balance = credits - debits per account", balance_problems(movements, balances))
     report.add("ledger: debits are the FINISHED orders, once each, same amount",
-               debit_problems(db.movements, inbox), f"{sum(m.kind == DEBIT for m in db.movements)} debits")
+               debit_problems(movements, inbox), f"{sum(m.kind == DEBIT for m in movements)} debits")
     report.add("ledger: running balance consistent, never negative, ends at the balance",
-               running_balance_problems(db.movements, balances), f"{len(db.movements)} movements")
+               running_balance_problems(movements, balances), f"{len(movements)} movements")
     report.add("no debit without an account", [f"user {u}" for u in finished if u not in balances])
     report.add("outboxes empty, inbox acked", [f"{n} {what}" for what, n in db.pending.items() if n])
     return report
