@@ -130,6 +130,7 @@ def make_app(settings, client=None):
         route(r"/orders/[^/]+", orders, "GET"),
         route(r"/payments", payments, "POST"),
         route(r"/payments/[^/]+", payments, "GET", "PUT"),
+        route(r"/payments/[^/]+/movements", payments, "GET"),
         (r"/health", HealthHandler),
         (r"/ready", ReadyHandler, dict(backends=(orders, payments), client=client)),
         (r"/metrics", MetricsHandler),

@@ -1,6 +1,7 @@
 """The JSON envelope every response wears, and the base handler that guarantees it."""
 import json
 import logging
+from datetime import datetime
 from decimal import Decimal
 
 from tornado import web
@@ -16,9 +17,11 @@ JSON_TYPES = ("application/json",)
 
 
 def to_json(value):
-    """JSON text of `value`; `Decimal`s become exact JSON numbers (never floats)."""
+    """JSON text of `value`; `Decimal`s become exact JSON numbers (never floats), datetimes ISO 8601 strings."""
     if isinstance(value, Decimal):
         return format(value, "f")
+    if isinstance(value, datetime):
+        return f'"{value.isoformat()}"'
     if isinstance(value, dict):
         return "{" + ", ".join(f"{json.dumps(str(k))}: {to_json(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):

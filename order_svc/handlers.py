@@ -1,11 +1,8 @@
 """HTTP handlers of the Order Service: parse and validate, call `service`, reply with the envelope."""
 from common.envelope import BaseHandler
-from common.validation import parse_amount, parse_description, parse_id, parse_json_object
-from common.errors import InvalidInput
 from common.idempotency import from_request
+from common.validation import parse_amount, parse_description, parse_id, parse_json_object, parse_page
 from order_svc import service
-
-DEFAULT_PAGE = 100
 
 
 def order_view(order):
@@ -23,13 +20,8 @@ class OrdersHandler(BaseHandler):
     async def get(self):
         user = self.get_query_argument("user", "")
         user_id = parse_id(user, "user") if user else None
-        cursor = self.get_query_argument("cursor", "")
-        limit = self.get_query_argument("limit", "")
-        limit = parse_id(limit, "limit") if limit else DEFAULT_PAGE
-        if limit > service.MAX_PAGE:
-            raise InvalidInput(f"'limit' must be at most {service.MAX_PAGE}.")
-        orders, next_cursor = await service.list_orders(self.db, user_id, parse_id(cursor, "cursor") if cursor else 0,
-                                                        limit)
+        cursor, limit = parse_page(self.get_query_argument("cursor", ""), self.get_query_argument("limit", ""))
+        orders, next_cursor = await service.list_orders(self.db, user_id, cursor, limit)
         self.reply(200, f"{len(orders)} orders.", orders=[order_view(o) for o in orders], next_cursor=next_cursor)
 
 

@@ -8,9 +8,6 @@ from order_svc import repo
 
 logger = logging.getLogger(__name__)
 
-MAX_PAGE = 1000
-
-
 class SendNow:
     """The fast path: an order's payment request is published as soon as its transaction commits, without
     waiting for the outbox relay. Its outbox row is written as sent once and due only `resend_delay` seconds

@@ -8,7 +8,7 @@ from common.lifecycle import Service, listen
 from common.messages import ORDER_REQUESTS, PaymentRequest
 from common.worker import BgWorker
 from payment_svc import repo, service
-from payment_svc.handlers import AccountHandler, AccountsHandler
+from payment_svc.handlers import AccountHandler, AccountsHandler, MovementsHandler
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +18,7 @@ def make_app(db, broker, settings):
     return service_application([
         (r"/payments", AccountsHandler, deps),
         (r"/payments/([^/]+)", AccountHandler, deps),
+        (r"/payments/([^/]+)/movements", MovementsHandler, deps),
     ], db, broker, repo.backlog)
 
 

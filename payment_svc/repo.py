@@ -1,8 +1,7 @@
 """The Payments Service's tables and every SQL statement it runs (SQLAlchemy Core)."""
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from common.db import Query, delete_batch, execute, fetch_all, fetch_one, ids, older_than, pending_rows
 
@@ -35,6 +34,18 @@ outbox_ps = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True)),
 )
 
+account_movements = sa.Table(
+    "account_movements", metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("user_id", sa.BigInteger),
+    sa.Column("kind", sa.Text),
+    sa.Column("amount", sa.Numeric(14, 2)),
+    sa.Column("balance", sa.Numeric(14, 2)),
+    sa.Column("order_id", sa.BigInteger),
+    sa.Column("request_key", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+)
+
 ACCOUNT_FIELDS = (accounts.c.user_id, accounts.c.balance)
 NOW = sa.func.clock_timestamp()
 
@@ -43,8 +54,29 @@ CREATE_ACCOUNT = Query(pg_insert(accounts).values(user_id=sa.bindparam("user_id"
 _account = sa.select(*ACCOUNT_FIELDS).where(accounts.c.user_id == sa.bindparam("user_id"))
 GET_ACCOUNT = Query(_account)
 LOCK_ACCOUNT = Query(_account.with_for_update())
-SET_BALANCE = Query(sa.update(accounts).where(accounts.c.user_id == sa.bindparam("user_id"))
-                    .values(balance=sa.bindparam("balance"), updated_at=NOW).returning(*ACCOUNT_FIELDS))
+# The new balance and its ledger row in one statement.
+_credited = (sa.update(accounts).where(accounts.c.user_id == sa.bindparam("user_id"))
+             .values(balance=sa.bindparam("balance"), updated_at=NOW).returning(*ACCOUNT_FIELDS).cte("credited"))
+CREDIT = Query(sa.insert(account_movements)
+               .from_select(["user_id", "kind", "amount", "balance", "request_key"],
+                            sa.select(_credited.c.user_id, sa.literal("credit"), sa.bindparam("amount"),
+                                      _credited.c.balance, sa.bindparam("request_key")))
+               .add_cte(_credited).returning(account_movements.c.user_id, account_movements.c.balance))
+
+_debits = sa.func.unnest(ids("user_ids"), ids("order_ids"), sa.bindparam("amounts", type_=ARRAY(sa.Numeric)),
+                         sa.bindparam("balances", type_=ARRAY(sa.Numeric))) \
+    .table_valued("user_id", "order_id", "amount", "balance").render_derived(name="debit")
+RECORD_DEBITS = Query(sa.insert(account_movements)
+                      .from_select(["user_id", "kind", "order_id", "amount", "balance"],
+                                   sa.select(_debits.c.user_id, sa.literal("debit"), _debits.c.order_id,
+                                             _debits.c.amount, _debits.c.balance)))
+
+MOVEMENT_FIELDS = (account_movements.c.id, account_movements.c.kind, account_movements.c.amount,
+                   account_movements.c.balance, account_movements.c.order_id, account_movements.c.created_at)
+LIST_MOVEMENTS = Query(sa.select(*MOVEMENT_FIELDS)
+                       .where(account_movements.c.user_id == sa.bindparam("user_id"),
+                              account_movements.c.id > sa.bindparam("after"))
+                       .order_by(account_movements.c.id).limit(sa.bindparam("limit")))
 
 _requests = sa.func.unnest(ids("order_ids"), ids("user_ids"), sa.bindparam("amounts", type_=ARRAY(sa.Numeric))) \
     .table_valued("order_id", "user_id", "amount").render_derived(name="request")
@@ -96,8 +128,19 @@ async def get_account(cur, user_id, lock=False):
     return await fetch_one(cur, LOCK_ACCOUNT if lock else GET_ACCOUNT, user_id=user_id)
 
 
-async def set_balance(cur, user_id, balance):
-    return await fetch_one(cur, SET_BALANCE, user_id=user_id, balance=balance)
+async def credit(cur, user_id, amount, balance, request_key):
+    """Set the account's new `balance` after a credit of `amount` and write its ledger row."""
+    return await fetch_one(cur, CREDIT, user_id=user_id, amount=amount, balance=balance, request_key=request_key)
+
+
+async def record_debits(cur, debits):
+    """Write the ledger row of each `Debit`."""
+    await execute(cur, RECORD_DEBITS, user_ids=[d.user_id for d in debits], order_ids=[d.order_id for d in debits],
+                  amounts=[d.amount for d in debits], balances=[d.balance for d in debits])
+
+
+async def list_movements(cur, user_id, after, limit):
+    return await fetch_all(cur, LIST_MOVEMENTS, user_id=user_id, after=after, limit=limit)
 
 
 async def store_requests(cur, requests):

@@ -1,5 +1,6 @@
 """Payments Service use cases: accounts, the inbox (exactly-once debits) and the result outbox."""
 import logging
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from common.errors import AccountExists, AccountNotFound, InvalidInput
@@ -33,8 +34,9 @@ async def get_account(db, user_id):
     return account
 
 
-async def top_up(db, user_id, amount, idempotent=None):
-    """Credit `amount` under a row lock, so it cannot interleave with a debit (once per idempotency key)."""
+async def top_up(db, user_id, amount, idempotent=None, request_key=None):
+    """Credit `amount` under a row lock, so it cannot interleave with a debit (once per idempotency key), and
+    write its ledger row, which carries `request_key` (the idempotency key, else the request id)."""
 
     async def credit(cur):
         account = await repo.get_account(cur, user_id, lock=True)
@@ -43,11 +45,22 @@ async def top_up(db, user_id, amount, idempotent=None):
         balance = account["balance"] + amount
         if balance > MAX_BALANCE:
             raise InvalidInput(f"Balance would exceed {MAX_BALANCE}.")
-        return await repo.set_balance(cur, user_id, balance)
+        return await repo.credit(cur, user_id, amount, balance, request_key)
 
     account = await db.run(run_once, idempotent, credit)
     logger.info("user %s topped up by %s, balance %s", user_id, amount, account["balance"])
     return account
+
+
+async def list_movements(db, user_id, cursor, limit):
+    """A page of the account's ledger after `cursor`; returns (movements, next cursor or None).
+
+    Raises `AccountNotFound` if the user has no account."""
+    rows = await db.run(repo.list_movements, user_id, cursor, limit + 1, transaction=False)
+    if not rows and await db.run(repo.get_account, user_id, transaction=False) is None:
+        raise AccountNotFound(user_id)
+    page = rows[:limit]
+    return page, (page[-1]["id"] if len(rows) > limit else None)
 
 
 def encode_result(row):
@@ -102,26 +115,44 @@ async def receive_requests(db, requests, send_now=None):
     return claimed == len(users)
 
 
+@dataclass(frozen=True)
+class Debit:
+    """One ledger row to write: `order_id` took `amount` from `user_id`, leaving `balance`."""
+    user_id: int
+    order_id: int
+    amount: Decimal
+    balance: Decimal
+
+
+@dataclass
+class Settlement:
+    statuses: dict = field(default_factory=dict)   # {order_id: final status} of every row decided
+    balances: dict = field(default_factory=dict)   # {user_id: new balance} of the accounts debited
+    debits: list = field(default_factory=list)     # a `Debit` per order paid, in order
+
+
 def settle(rows, balances):
-    """Decide every unacked inbox row, in order: {order_id: status}, and the new {user_id: balance}.
+    """Decide every unacked inbox row, in order, against `balances` ({user_id: balance}).
 
     A `NEW` row is debited if the balance covers it (`FINISHED`), else `CANCELLED` (also with no account).
     A row already decided keeps its status: a repeated request only re-sends it."""
-    statuses, changed = {}, {}
+    settlement = Settlement()
     for row in rows:
         status = row["status"]
         if status == "NEW":
-            balance = balances.get(row["user_id"])
-            if balance is not None and balance >= row["amount"]:
-                balances[row["user_id"]] = changed[row["user_id"]] = balance - row["amount"]
+            user_id, amount = row["user_id"], row["amount"]
+            balance = settlement.balances.get(user_id, balances.get(user_id))
+            if balance is not None and balance >= amount:
+                settlement.balances[user_id] = balance - amount
+                settlement.debits.append(Debit(user_id, row["order_id"], amount, balance - amount))
                 status = "FINISHED"
             else:
                 status = "CANCELLED"
             # DEBUG like the Order Service's per-step lines (see order_svc.service.apply_payment_results).
             logger.debug("order_id=%s user %s amount %s: %s", row["order_id"], row["user_id"], row["amount"], status,
                          extra={"order_id": row["order_id"]})
-        statuses[row["order_id"]] = status
-    return statuses, changed
+        settlement.statuses[row["order_id"]] = status
+    return settlement
 
 
 async def settle_users(cur, user_ids, due_in=0):
@@ -136,10 +167,11 @@ async def settle_users(cur, user_ids, due_in=0):
     rows = await repo.lock_unacked(cur, claimed)
     if not rows:
         return len(claimed), []
-    statuses, balances = settle(rows, await repo.lock_accounts(cur, claimed))
-    if balances:
-        await repo.set_balances(cur, balances)
-    return len(claimed), await repo.settle_inbox(cur, statuses, due_in)
+    settlement = settle(rows, await repo.lock_accounts(cur, claimed))
+    if settlement.debits:
+        await repo.set_balances(cur, settlement.balances)
+        await repo.record_debits(cur, settlement.debits)
+    return len(claimed), await repo.settle_inbox(cur, settlement.statuses, due_in)
 
 
 async def process_inbox(db, batch_size):
