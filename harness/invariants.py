@@ -193,7 +193,7 @@ def check_snapshot(db, top_ups, created_order_ids=None, unacknowledged_ok=None, 
     report.add("ledger: balance = credits - debits per account", balance_problems(movements, balances))
     report.add("ledger: debits are the FINISHED orders, once each, same amount",
                debit_problems(movements, inbox), f"{sum(m.kind == DEBIT for m in movements)} debits")
-    report.add("ledger: running balance consistent, never negative, ends at the balance",
+    report.add("ledger: each balance = previous +/- amount, the last = the account's",
                running_balance_problems(movements, balances), f"{len(movements)} movements")
     report.add("no debit without an account", [f"user {u}" for u in finished if u not in balances])
     report.add("outboxes empty, inbox acked", [f"{n} {what}" for what, n in db.pending.items() if n])
