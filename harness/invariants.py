@@ -10,10 +10,18 @@ from decimal import Decimal
 
 import psycopg2
 
+from harness.ledger import (
+    DEBIT,
+    Movement,
+    applied_top_ups,
+    balance_problems,
+    debit_problems,
+    running_balance_problems,
+    top_up_problems,
+)
+
 # A database that cannot be read right now (psycopg2, or a failing `psql` command in compose mode).
 UNREACHABLE = (psycopg2.OperationalError, RuntimeError)
-# Beyond this many ambiguous top-ups on one account, enumerating their subsets is too costly.
-MAX_SUBSET_ITEMS = 16
 
 
 @dataclass
@@ -100,45 +108,60 @@ def wait_until_settled(order_db, timeout, payment_db=None):
     return None
 
 
-def subset_sums(amounts):
-    sums = {Decimal(0)}
-    for amount in amounts:
-        sums |= {s + amount for s in sums}
-    return sums
+@dataclass
+class Snapshot:
+    """What both databases hold, read once: orders {order_id: (user_id, amount, status, description)}, inbox
+    {order_id: (user_id, amount, status, acked)}, balances {user_id: balance}, the ledger's movements, and
+    {what: count} of work still in flight."""
+    orders: dict
+    inbox: dict
+    balances: dict
+    movements: list
+    pending: dict
 
 
-def conservation_problem(user, acked, ambiguous, balance, debits):
-    """Why money is not conserved for `user`, or None.
-
-    `acked` is the total of top-ups answered 200; `ambiguous` the amounts of top-ups whose outcome the client
-    never learned (each may or may not have been applied): the unexplained credit must be exactly the sum of
-    some of them. Amounts carry random cents, so a double debit matching such a sum by chance is unlikely."""
-    unexplained = balance + debits - acked
-    if not ambiguous:
-        return None if unexplained == 0 else f"user {user}: top-ups {acked} != balance {balance} + debits {debits}"
-    if len(ambiguous) > MAX_SUBSET_ITEMS:
-        ok = 0 <= unexplained <= sum(ambiguous)
-    else:
-        ok = unexplained in subset_sums(ambiguous)
-    return None if ok else (f"user {user}: top-ups {acked} (+ some of {len(ambiguous)} unconfirmed) != "
-                            f"balance {balance} + debits {debits}")
+MOVEMENTS = ("SELECT id, user_id, kind, amount, balance, order_id, request_key FROM account_movements "
+             "ORDER BY user_id, id")
 
 
-def check_invariants(order_db, payment_db, top_ups, created_order_ids=None, ambiguous_top_ups=None,
-                     unacknowledged_ok=None):
-    """Check every invariant; `top_ups` is {user_id: total of acknowledged top-ups}.
-
-    `created_order_ids` (orders acknowledged by a 201) must all exist. Another order may exist only if
-    `unacknowledged_ok(order_id, description)` says a request the client never got an answer to could have
-    created it; without that callable, no other order may exist. `ambiguous_top_ups` is {user_id: [amount]}
-    of top-ups without a definite answer (see `conservation_problem`)."""
-    report = Report()
+def read_snapshot(order_db, payment_db):
     orders = {oid: (uid, amount, status, description) for oid, uid, amount, status, description in
               query(order_db, "SELECT order_id, user_id, amount, status, description FROM orders")}
     inbox = {oid: (uid, amount, status, acked) for oid, uid, amount, status, acked in
              query(payment_db, "SELECT order_id, user_id, amount, status, acked FROM inbox")}
     balances = dict(query(payment_db, "SELECT user_id, balance FROM accounts"))
+    movements = [Movement(*row) for row in query(payment_db, MOVEMENTS)]
+    return Snapshot(orders, inbox, balances, movements, pending_work(order_db, payment_db))
 
+
+def check_invariants(order_db, payment_db, top_ups, created_order_ids=None, unacknowledged_ok=None,
+                     top_up_requests=(), users=None):
+    """Check every invariant of both databases; see `check_snapshot` for the arguments."""
+    return check_snapshot(read_snapshot(order_db, payment_db), top_ups, created_order_ids, unacknowledged_ok,
+                          top_up_requests, users)
+
+
+def money_of(db, users):
+    """(inbox, balances, movements) of `users` only (all if None): the rest belong to earlier tests."""
+    if users is None:
+        return db.inbox, db.balances, db.movements
+    users = set(users)
+    return ({o: row for o, row in db.inbox.items() if row[0] in users},
+            {u: b for u, b in db.balances.items() if u in users}, [m for m in db.movements if m.user_id in users])
+
+
+def check_snapshot(db, top_ups, created_order_ids=None, unacknowledged_ok=None, top_up_requests=(), users=None):
+    """Every invariant of a `Snapshot`, as a `Report` with one row per claim.
+
+    `top_ups` is {user_id: total of top-ups known applied} (callers that know their totals); `top_up_requests`
+    the `harness.ledger.TopUp`s a journal recorded, each with its key and what the client learned: the ledger
+    decides the unanswered ones exactly. `created_order_ids` (orders acknowledged by a 201) must all exist.
+    Another order may exist only if `unacknowledged_ok(order_id, description)` says a request the client never
+    got an answer to could have created it; without that callable, no other order may exist. Given `users`,
+    the money rows (conservation, ledger) cover only those users' accounts, whose top-ups the caller knows;
+    the order rows always cover every order."""
+    report = Report()
+    orders, inbox = db.orders, db.inbox
     if created_order_ids is not None:
         created = set(created_order_ids)
         report.add("acknowledged orders all present",
@@ -156,19 +179,29 @@ def check_invariants(order_db, payment_db, top_ups, created_order_ids=None, ambi
     report.add("inbox matches orders (user, amount), no unknown orders",
                [f"inbox order {o} not in orders" if o not in orders else f"inbox order {o} differs"
                 for o, (uid, amount, _, _) in inbox.items() if orders.get(o, (None, None))[:2] != (uid, amount)])
-    report.add("no negative balance", [f"user {u}: {b}" for u, b in balances.items() if b < 0])
 
+    inbox, balances, movements = money_of(db, users)
     finished = defaultdict(Decimal)
     for uid, amount, status, _ in inbox.values():
         if status == "FINISHED":
             finished[uid] += amount
-    ambiguous_top_ups = ambiguous_top_ups or {}
-    users = set(top_ups) | set(balances) | set(finished) | set(ambiguous_top_ups)
-    problems = [conservation_problem(u, Decimal(top_ups.get(u, 0)), ambiguous_top_ups.get(u, []),
-                                     balances.get(u, Decimal(0)), finished[u]) for u in users]
-    report.add("money conserved per user (top-ups = balance + FINISHED)", filter(None, problems),
-               f"{len(balances)} accounts, {sum(map(len, ambiguous_top_ups.values()))} unconfirmed top-ups")
+    applied = applied_top_ups(movements, top_up_requests)
+    for user, total in top_ups.items():
+        applied[user] += Decimal(total)
+    report.add("top-ups credited exactly as clients learned (ledger, by request key)",
+               # Credits of users whose totals the caller gave (`top_ups`) need no request of their own.
+               top_up_problems([m for m in movements if m.user_id not in top_ups], top_up_requests),
+               f"{len(top_up_requests)} keyed top-ups, {sum(t.answered is None for t in top_up_requests)} unanswered")
+    accounts = set(applied) | set(balances) | set(finished)
+    report.add("money conserved per user (top-ups applied = balance + FINISHED)",
+               [f"user {u}: top-ups {applied[u]} != balance {balances.get(u, Decimal(0))} + FINISHED {finished[u]}"
+                for u in sorted(accounts) if applied[u] != balances.get(u, Decimal(0)) + finished[u]],
+               f"{len(balances)} accounts, exact")
+    report.add("ledger: balance = credits - debits per account", balance_problems(movements, balances))
+    report.add("ledger: debits are the FINISHED orders, once each, same amount",
+               debit_problems(movements, inbox), f"{sum(m.kind == DEBIT for m in movements)} debits")
+    report.add("ledger: each balance = previous +/- amount, the last = the account's",
+               running_balance_problems(movements, balances), f"{len(movements)} movements")
     report.add("no debit without an account", [f"user {u}" for u in finished if u not in balances])
-    report.add("outboxes empty, inbox acked",
-               [f"{n} {what}" for what, n in pending_work(order_db, payment_db).items() if n])
+    report.add("outboxes empty, inbox acked", [f"{n} {what}" for what, n in db.pending.items() if n])
     return report

@@ -1,12 +1,12 @@
 """What the chaos runner checks beyond the databases' invariants: what clients saw, the API's view of the
 data, fault coverage and recovery time. Each function adds rows to a `harness.invariants.Report`."""
-from collections import Counter, defaultdict
-from decimal import Decimal
+from collections import Counter
 
 from harness.chaos.faults import KINDS, gateway_down_windows
-from harness.chaos.workload import ACKED, AMBIGUOUS, REFUSED, RESET, TIMEOUT
+from harness.chaos.workload import ACKED, AMBIGUOUS, REFUSED, REJECTED, RESET, TIMEOUT
 from harness.client import call
 from harness.invariants import check_invariants, query
+from harness.ledger import TopUp
 
 # A request started just before the gateway died, or answered just after, still belongs to that outage.
 WINDOW_SLACK = 1.0
@@ -14,29 +14,25 @@ WINDOW_SLACK = 1.0
 
 def expectations(journal):
     """What the journal lets the checker expect: acknowledged order ids, an `unacknowledged_ok(order_id,
-    description)` predicate, acknowledged top-up totals and unconfirmed top-up amounts per user."""
+    description)` predicate, and every top-up as a `harness.ledger.TopUp` (its key and what the client learned)."""
     requests = journal.snapshot()
     orders = [r for r in requests if r.kind == "order"]
     by_description = {r.description: r for r in orders}
-    top_ups, ambiguous = defaultdict(Decimal), defaultdict(list)
-    for r in requests:
-        if r.kind == "top_up" and r.result == ACKED:
-            top_ups[r.user_id] += r.amount
-        elif r.kind == "top_up" and r.result == AMBIGUOUS:
-            ambiguous[r.user_id].append(r.amount)
+    learned = {ACKED: True, REJECTED: False, AMBIGUOUS: None}
+    top_ups = [TopUp(r.key, r.user_id, r.amount, learned[r.result]) for r in requests if r.kind == "top_up"]
 
     def unacknowledged_ok(order_id, description):
         request = by_description.get(description)
         return request is not None and request.result == AMBIGUOUS
 
     acked = [r.order_id for r in orders if r.result == ACKED]
-    return acked, unacknowledged_ok, dict(top_ups), dict(ambiguous)
+    return acked, unacknowledged_ok, top_ups
 
 
 def check_data(order_db, payment_db, journal):
     """The contract's invariants, with the client's knowledge (including what it never learned)."""
-    acked, unacknowledged_ok, top_ups, ambiguous = expectations(journal)
-    report = check_invariants(order_db, payment_db, top_ups, acked, ambiguous, unacknowledged_ok)
+    acked, unacknowledged_ok, top_ups = expectations(journal)
+    report = check_invariants(order_db, payment_db, {}, acked, unacknowledged_ok, top_ups)
     descriptions = [d for (d,) in query(order_db, "SELECT description FROM orders")]
     report.add("at most one order per request", [f"{n} orders from {d!r}" for d, n in
                                                  Counter(descriptions).items() if n > 1])

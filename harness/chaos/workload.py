@@ -4,7 +4,9 @@ and a journal of every HTTP attempt and what the client could conclude from it.
 Most writes carry an `Idempotency-Key` and are retried with it until a definite answer comes (a 503, a
 timeout or a reset says nothing about whether the first try was applied; the key makes the retry safe).
 The rest are plain one-shot requests, as a client without keys would send them: when those get no
-definite answer they stay *ambiguous* and the checker allows both outcomes."""
+definite answer they stay *ambiguous*. Every request also carries a unique `X-Request-ID` (the same on each
+retry, equal to its key if it has one), which the Payments ledger stores on a top-up's credit (its
+`Idempotency-Key`, else its `X-Request-ID`): the checker decides each ambiguous top-up exactly from it."""
 import http.client
 import random
 import socket
@@ -38,6 +40,7 @@ class Request:
     amount: Decimal = None
     description: str = ""
     keyed: bool = True
+    key: str = None  # its X-Request-ID, and its Idempotency-Key if `keyed`
     attempts: list = field(default_factory=list)
     order_id: int = None
 
@@ -60,12 +63,11 @@ def is_definite(outcome):
     return isinstance(outcome, int) and outcome != 503
 
 
-def attempt(base_url, method, path, body, timeout, key=None):
+def attempt(base_url, method, path, body, timeout, headers=None):
     """One HTTP attempt: (Attempt, decoded body or None)."""
     started = time.monotonic()
     try:
-        status, reply = call(base_url, method, path, body, timeout=timeout,
-                             headers={"Idempotency-Key": key} if key else None)
+        status, reply = call(base_url, method, path, body, timeout=timeout, headers=headers)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         return Attempt(started, time.monotonic(), no_answer(exc)), None
     return Attempt(started, time.monotonic(), status), reply
@@ -134,11 +136,12 @@ class Client:
 
     def send(self, request, method, path, body):
         """Send `request`; with a key, retry (tenacity, bounded) until a definite answer. Returns the last reply."""
+        request.key = f"{self.run_id}-{uuid.uuid4().hex}"
+        headers = {"X-Request-ID": request.key, **({"Idempotency-Key": request.key} if request.keyed else {})}
         self.journal.add(request)
-        key = f"{self.run_id}-{uuid.uuid4().hex}" if request.keyed else None
 
         def once():
-            result, reply = attempt(self.base_url, method, path, body, self.timeout, key)
+            result, reply = attempt(self.base_url, method, path, body, self.timeout, headers)
             request.attempts.append(result)
             return result, reply
 

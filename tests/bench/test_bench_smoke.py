@@ -16,6 +16,8 @@ def test_benchmark_smoke_run_prints_the_table():
     figures = {line.split("|")[1].strip()[:2] for line in table[1:]}
     assert figures == {"1.", "2.", "3.", "4.", "5."}, done.stdout
     assert "(failed)" not in done.stdout, done.stdout
+    # Figure 2 checks every invariant after its load: the run must say PASS, not just print a row.
+    assert "invariants FAIL" not in done.stdout and "invariants PASS" in done.stdout, done.stdout
 
 
 def test_floors_smoke_run_measures_every_building_block():

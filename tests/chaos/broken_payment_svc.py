@@ -1,23 +1,111 @@
-"""A deliberately broken Payments Service, for proving that the chaos checker catches a double debit.
+"""Deliberately broken Payments Services, one per row of the invariant checker, for proving that each row fails
+when its invariant breaks (tests/chaos/test_checker_variants.py).
 
-`python -m tests.chaos.broken_payment_svc` runs the real service with one change: its inbox worker treats
-every request as new, i.e. it debits before checking the inbox status, so a repeated request (a redelivery,
-or the Order Service's resend) is charged again. It writes no ledger rows either: the ledger's unique debit per
-order would otherwise refuse the second debit and roll it back. Production code is untouched; the patch lives
-only here."""
+`python -m tests.chaos.broken_payment_svc VARIANT` runs the real service with one patch from `VARIANTS` (the
+default, `double-debit`, is the first one the checker was proven against). Production code is untouched; the
+patches live only here, applied to the module attributes the service looks up at call time."""
+import dataclasses
+import sys
+from decimal import Decimal
+
 from common.lifecycle import run
-from payment_svc import service
+from payment_svc import repo, service
 from payment_svc.app import PaymentService
 
-real_settle = service.settle
+
+def double_debit():
+    """The inbox worker treats every request as new, i.e. debits before checking the inbox status, so a
+    repeated request (a redelivery, or the Order Service's resend) is charged again. It writes no ledger rows
+    either: the ledger's unique debit per order would otherwise refuse the second debit and roll it back."""
+    real_settle = service.settle
+
+    def settle_ignoring_status(rows, balances):
+        settlement = real_settle([{**row, "status": "NEW"} for row in rows], balances)
+        settlement.debits.clear()
+        return settlement
+    service.settle = settle_ignoring_status
 
 
-def settle_ignoring_status(rows, balances):
-    settlement = real_settle([{**row, "status": "NEW"} for row in rows], balances)
-    settlement.debits.clear()
-    return settlement
+def status_swapped():
+    """Results travel with the opposite status: the Order Service records FINISHED for CANCELLED and back."""
+    real_encode = service.encode_result
+    swap = {"FINISHED": "CANCELLED", "CANCELLED": "FINISHED"}
+    service.encode_result = lambda row: real_encode({**row, "status": swap[row["status"]]})
+
+
+def amount_truncated():
+    """Requests are stored with their amount cut to whole units: the inbox no longer matches the orders."""
+    real_store = repo.store_requests
+
+    async def store_truncated(cur, requests):
+        await real_store(cur, [dataclasses.replace(r, amount=max(Decimal(1), r.amount // 1)) for r in requests])
+    repo.store_requests = store_truncated
+
+
+def results_lost():
+    """Results of odd-numbered orders are dropped as they are queued: those orders never become final."""
+    real_settle_inbox = repo.settle_inbox
+
+    async def settle_inbox_losing(cur, statuses, due_in):
+        queued = await real_settle_inbox(cur, statuses, due_in)
+        lost = [row["id"] for row in queued if row["order_id"] % 2]
+        if lost:
+            await real_delete(cur, lost)
+        return [row for row in queued if not row["order_id"] % 2]
+    real_delete = repo.delete_outbox
+    repo.settle_inbox = settle_inbox_losing
+
+
+def outbox_kept():
+    """Results confirmed by the broker are never deleted from `outbox_ps` (and are sent again and again)."""
+    async def keep(cur, ids):
+        return None
+    repo.delete_outbox = keep
+
+
+def debits_unrecorded():
+    """Debits change the balance but write no ledger row."""
+    async def record_nothing(cur, debits):
+        return None
+    repo.record_debits = record_nothing
+
+
+def debit_balance_before():
+    """Each debit's ledger row carries the balance before it instead of after it."""
+    real_record = repo.record_debits
+
+    async def record_before(cur, debits):
+        await real_record(cur, [dataclasses.replace(d, balance=d.balance + d.amount) for d in debits])
+    repo.record_debits = record_before
+
+
+def credit_key_lost():
+    """Top-ups are credited without their request key."""
+    real_credit = repo.credit
+
+    async def credit_anonymously(cur, user_id, amount, balance, request_key):
+        return await real_credit(cur, user_id, amount, balance, None)
+    repo.credit = credit_anonymously
+
+
+def ghost_finished():
+    """A request of a user without an account is FINISHED (debited from nothing) instead of CANCELLED."""
+    real_settle = service.settle
+
+    def settle_ghosts(rows, balances):
+        settlement = real_settle(rows, balances)
+        for row in rows:
+            if row["status"] == "NEW" and row["user_id"] not in balances:
+                settlement.statuses[row["order_id"]] = "FINISHED"
+        return settlement
+    service.settle = settle_ghosts
+
+
+VARIANTS = {f.__name__.replace("_", "-"): f for f in (
+    double_debit, status_swapped, amount_truncated, results_lost, outbox_kept, debits_unrecorded,
+    debit_balance_before, credit_key_lost, ghost_finished)}
 
 
 if __name__ == "__main__":
-    service.settle = settle_ignoring_status
+    VARIANTS[sys.argv[1] if len(sys.argv) > 1 else "double-debit"]()
     run(PaymentService)

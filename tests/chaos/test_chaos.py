@@ -40,4 +40,4 @@ def test_checker_passes_the_real_payments_service_under_payment_kills():
 def test_checker_catches_a_payments_worker_that_debits_repeated_requests():
     outcome = run_and_print(payment_kills(commands=BROKEN_PAYMENTS))
     assert not outcome.ok
-    assert not outcome.report.check("money conserved per user (top-ups = balance + FINISHED)").ok
+    assert not outcome.report.check("money conserved per user (top-ups applied = balance + FINISHED)").ok

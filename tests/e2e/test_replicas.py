@@ -53,6 +53,41 @@ def test_two_replicas_each_share_load_and_never_process_a_row_twice(replicated_s
     assert sum(metric_total(p, "shop_messages_published_total", queue="outbox_ps") for p in payments) == 200
 
 
+@pytest.fixture
+def contended_stack():
+    """Replicas whose relays resend a request 0.2 s after it was first sent, poll only (FAST_PATH=0): an order
+    waits up to a poll interval (1 s) in the Payments inbox, so most requests are sent again while pending, by
+    either Order replica's relay, and arrive twice (or more) at either Payments replica."""
+    env = {"FAST_PATH": "0", "RESEND_DELAY": "0.2", "RESEND_DELAY_MAX": "0.4"}
+    with Stack(prefix="shop_e2e", replicas=2, extra_env=env) as stack:
+        yield stack
+
+
+def test_requests_delivered_twice_by_contending_relays_debit_once(contended_stack):
+    stack, url = contended_stack, contended_stack.url
+    for user in USERS:
+        call(url, "POST", "/payments", {"user_id": user})
+        assert call(url, "PUT", f"/payments/{user}", {"amount": 100})[0] == 200
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda i: call(url, "POST", "/orders", {"user_id": USERS[i % 8], "amount": 15}),
+                                range(80)))
+    assert all(code == 201 for code, _ in replies)
+    assert wait_until_settled(stack.order_dsn, timeout=60, payment_db=stack.payment_dsn) is not None
+
+    orders, payments = [stack[n] for n in ("order", "order1")], [stack[n] for n in ("payment", "payment1")]
+    published = [metric_total(p, "shop_messages_published_total", queue="outbox_os") for p in orders]
+    consumed = [metric_total(p, "shop_messages_consumed_total", queue="outbox_os") for p in payments]
+    # Both relays took rows (they contend for the same outbox), and resent some: more requests were published
+    # and consumed than there are orders, by both replicas of each service.
+    assert all(n > 0 for n in published) and sum(published) > len(replies), published
+    assert all(n > 0 for n in consumed) and sum(consumed) > len(replies), consumed
+    # ... and harmless: every order debited once (the ledger's debits are exactly the FINISHED orders), money
+    # conserved to the cent.
+    report = check_invariants(stack.order_dsn, stack.payment_dsn, {u: Decimal(100) for u in USERS},
+                              [body["order_id"] for _, body in replies])
+    assert report.ok, report.table()
+
+
 def test_gateway_skips_a_dead_replica(replicated_stack):
     replicated_stack["order"].kill()
     replicated_stack["payment1"].kill()

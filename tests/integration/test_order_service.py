@@ -6,6 +6,7 @@ from tornado.httpclient import AsyncHTTPClient
 from common.messages import PAYMENT_RESULTS, PaymentResult
 from tests.conftest import eventually
 from tests.integration.http import request
+from tests.metrics import sample_total
 
 
 async def outbox_row(service, order_id):
@@ -119,11 +120,25 @@ async def test_malformed_idempotency_key_is_rejected(order_service, user_id):
     assert (code, body["message"]) == (400, "'Idempotency-Key' must be 1 to 255 printable ASCII characters.")
 
 
+async def metrics(service):
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{service.port}/metrics")
+    return response.body.decode()
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_metrics_count_requests_and_report_the_outbox_backlog(order_service, user_id):
+    # The counters are the process's, shared by every in-process test: compare before and after.
+    created = dict(name="shop_http_request_duration_seconds_count", handler="OrdersHandler", method="POST",
+                   status="201")
+    published = dict(name="shop_messages_published_total", queue="outbox_os")
+    before = await metrics(order_service)
     await place(order_service, user_id)
-    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{order_service.port}/metrics")
-    text = response.body.decode()
-    assert 'shop_http_request_duration_seconds_count{handler="OrdersHandler",method="POST",status="201"}' in text
-    assert 'shop_pending_rows{table="outbox_os"}' in text
-    assert "shop_messages_published_total" in text
+
+    async def counted():
+        text = await metrics(order_service)
+        assert (sample_total(text, **created) or 0) == (sample_total(before, **created) or 0) + 1
+        assert (sample_total(text, **published) or 0) >= (sample_total(before, **published) or 0) + 1
+        assert sample_total(text, "shop_pending_rows", table="outbox_os") is not None
+    await eventually(counted)
+
+

@@ -1,0 +1,78 @@
+"""The gateway's forwarding rules with the gateway in this process (so that mutation testing sees them; the same
+rules are tested against the real `python gateway.py` in tests/e2e/test_gateway_forwarding.py): through HTTP
+only, backends are raw-socket stand-ins (`tests.e2e.raw_backend`)."""
+import asyncio
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from common.config import load_settings
+from common.lifecycle import listen
+from gateway import make_app
+from harness.stack import free_port
+from tests.e2e.raw_backend import ANSWER, DROP, HOLD, RawBackend
+
+
+@pytest.fixture
+def start_gateway(io_loop):
+    servers = []
+
+    def start(order_urls, payment_urls=("http://127.0.0.1:9",)):
+        port = free_port()
+        settings = load_settings({"GATEWAY_PORT": str(port), "ORDER_SVC_URL": ",".join(order_urls),
+                                  "PAYMENT_SVC_URL": ",".join(payment_urls), "UPSTREAM_TIMEOUT": "1"})
+        servers.append(listen(make_app(settings), port))
+        return port
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+async def send(port, method, path, body=b'{"user_id": 1, "amount": 1}'):
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}{path}", method=method, raise_error=False,
+                                             body=body if method in ("POST", "PUT") else None,
+                                             headers={"Content-Type": "application/json"}, request_timeout=20)
+    return response.code, response.body
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("method, path", [("POST", "/orders"), ("PUT", "/payments/1")])
+async def test_a_write_on_a_kept_alive_connection_that_broke_is_a_503_sent_once(start_gateway, method, path):
+    backend = RawBackend(lambda _, nth: ANSWER if nth == 1 else DROP)
+    port = start_gateway([backend.url], [backend.url])
+    assert (await send(port, "GET", "/orders/1" if method == "POST" else "/payments/1"))[0] == 200
+    code, _ = await send(port, method, path)
+    await asyncio.sleep(0.5)  # room for a resend, had there been one
+    assert [(s.method, s.nth) for s in backend.requests(method)] == [(method, 2)]
+    assert code == 503
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_refused_replica_is_skipped(start_gateway):
+    live = RawBackend()
+    port = start_gateway([f"http://127.0.0.1:{free_port()}", live.url])
+    codes = [(await send(port, method, "/orders"))[0] for method in ("POST", "GET") * 3]
+    assert codes == [200] * 6 and len(live.requests()) == 6
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("failure", [DROP, HOLD])
+async def test_a_write_that_reached_a_replica_goes_to_no_other(start_gateway, failure):
+    failing, live = RawBackend(lambda *_: failure), RawBackend()
+    port = start_gateway([failing.url, live.url])
+    codes = [(await send(port, "POST", "/orders"))[0] for _ in range(4)]
+    await asyncio.sleep(0.5)
+    assert len(failing.requests()) == codes.count(503) == 2, (codes, failing.seen)
+    assert len(live.requests()) == codes.count(200) == 2, (codes, live.seen)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_only_routed_methods_and_paths_reach_a_backend(start_gateway):
+    backend = RawBackend()
+    port = start_gateway([backend.url], [backend.url])
+    assert (await send(port, "DELETE", "/orders/1"))[0] == 405
+    assert (await send(port, "PUT", "/orders"))[0] == 405
+    assert (await send(port, "GET", "/nowhere"))[0] == 404
+    assert (await send(port, "GET", "/payments/1/movements"))[0] == 200
+    assert [(s.method, s.path) for s in backend.requests()] == [("GET", "/payments/1/movements")]

@@ -1,0 +1,60 @@
+"""`common.idempotency` against the real database: a replayed result is the first one exactly (amounts still
+`Decimal`), the work gets its arguments, and keys are forgotten exactly when they expire."""
+import secrets
+from decimal import Decimal
+
+import pytest
+
+from common.idempotency import IdempotentRequest, forget_expired, run_once
+
+
+def key_request():
+    return IdempotentRequest(f"unit-{secrets.token_hex(8)}", "fingerprint")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_replayed_result_is_the_first_one_with_exact_amounts(payment_service):
+    calls = []
+
+    async def work(cur, amount, note):
+        calls.append((amount, note))
+        return {"balance": amount, "note": note}
+
+    request = key_request()
+    first, replayed_first = await payment_service.db.run(run_once, request, work, Decimal("1000.10"), "first")
+    again, replayed_again = await payment_service.db.run(run_once, request, work, Decimal("5"), "second")
+    assert first == again == {"balance": Decimal("1000.10"), "note": "first"}
+    assert (replayed_first, replayed_again) == (False, True)
+    assert type(again["balance"]) is Decimal
+    assert calls == [(Decimal("1000.10"), "first")]
+
+
+async def key_age_is(service, key, age):
+    async def backdate(cur):
+        await cur.execute("UPDATE idempotency_keys SET created_at = clock_timestamp() - %s::interval WHERE key = %s",
+                          (age, key))
+    await service.db.run(backdate)
+
+
+async def key_exists(service, key):
+    async def read(cur):
+        await cur.execute("SELECT count(*) FROM idempotency_keys WHERE key = %s", (key,))
+        return (await cur.fetchone())[0] == 1
+    return await service.db.run(read)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_keys_are_forgotten_once_older_than_their_hours_and_not_before(payment_service):
+    async def work(cur):
+        return {}
+
+    fresh, expired = key_request(), key_request()
+    for request in (fresh, expired):
+        await payment_service.db.run(run_once, request, work)
+    # 24 hours: one key 10 s short of it, one 10 s past it.
+    await key_age_is(payment_service, fresh.key, "23 hours 59 minutes 50 seconds")
+    await key_age_is(payment_service, expired.key, "24 hours 10 seconds")
+    while await payment_service.db.run(forget_expired, 24, 1000):
+        pass
+    assert await key_exists(payment_service, fresh.key)
+    assert not await key_exists(payment_service, expired.key)
