@@ -134,6 +134,7 @@ class Wiring:
     app: web.Application
     workers: dict = field(default_factory=dict)  # {role: BgWorker}
     consumers: list[Consumption] = field(default_factory=list)
+    startup: list = field(default_factory=list)  # coroutine functions, awaited before the workers start
 
 
 class BackendService(Service):
@@ -152,6 +153,8 @@ class BackendService(Service):
         self.db = await Database.connect(getattr(settings, self.dsn_setting), self.name, settings.db_pool_size)
         self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch)
         self.wiring = self.bootstrap(settings, self.db, self.broker)
+        for step in self.wiring.startup:
+            await step()
         self.server = listen(self.wiring.app, self.port)
         self.workers = list(self.wiring.workers.values())
         for worker in self.workers:

@@ -30,7 +30,7 @@ def bootstrap(settings: Settings, db: Database, broker: Broker) -> Wiring:
     return Wiring(make_app(db, broker, settings, dispatch), workers=dict(outbox=outbox, cleanup=cleanup), consumers=[
         Consumption(PAYMENT_RESULTS, PaymentResult.decode,
                     lambda results: service.apply_payment_results(background, results)),
-    ])
+    ], startup=[lambda: background.run(repo.make_unsent_due, transaction=False)])
 
 
 class OrderService(BackendService):

@@ -10,7 +10,10 @@ from order_svc import repo
 
 
 class OutboxEntry(NamedTuple):
-    """How a new order's outbox row is written: sends already counted, seconds until the relay takes it."""
+    """How a new order's outbox row is written: seconds until the relay takes it. `attempts` counts the relay's
+    sends only, so a row the relay takes first is always a first send (never held back, no backoff), whether
+    or not the immediate publish happened: a process killed right after its COMMIT, or a COMMIT whose reply
+    was lost, published nothing, and its order must not wait behind a resend's backoff."""
     attempts: int
     due_in: float
 
@@ -25,8 +28,8 @@ class RequestDispatch(Protocol):
 
 class SendAtOnce:
     """The fast path: an order's payment request is published as soon as its transaction commits, without
-    waiting for the outbox relay. Its outbox row is written as sent once and due only `resend_delay` seconds
-    later, so the relay re-sends it only if no payment result came back by then, like any other.
+    waiting for the outbox relay. Its outbox row is written due only `resend_delay` seconds later, so the relay
+    sends it only if no payment result came back by then (a first send: the publish may never have happened).
 
     While the publish window is full, a new order waits for room before it is placed: under overload orders
     are then taken in only as fast as they are sent on, and a backlog cannot build up inside the service.
@@ -39,12 +42,12 @@ class SendAtOnce:
 
     async def entry(self) -> OutboxEntry:
         if self.is_connected() and await self.window.room(self.window.timeout):
-            return OutboxEntry(attempts=1, due_in=self.resend_delay)
+            return OutboxEntry(attempts=0, due_in=self.resend_delay)
         return FOR_THE_RELAY
 
     def placed(self, order: Mapping, entry: OutboxEntry) -> None:
-        """After the commit: publish the order written as sent once, or leave it to the relay."""
-        if not entry.attempts:
+        """After the commit: publish the order written due later, or leave it to the relay."""
+        if not entry.due_in:
             self.kick_relay()
             return
         request = PaymentRequest.from_row(order)
@@ -52,7 +55,7 @@ class SendAtOnce:
 
     async def _hand_over_unconfirmed(self, _confirmed: list, unconfirmed: list) -> None:
         if unconfirmed:
-            # Never sent after all: make the row due for the relay now, as a first send, not after the delay.
+            # Not sent after all: make the row due for the relay now, not after the delay.
             await self.db.run(repo.unsent_outbox, unconfirmed)
             self.kick_relay()
 

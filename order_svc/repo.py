@@ -63,6 +63,10 @@ POSTPONE_OUTBOX = Query(sa.update(outbox_os).where(_order_ids)
                         .values(attempts=outbox_os.c.attempts + 1, next_attempt_at=seconds_from_now(_delay)))
 # Rows whose immediate publish was not confirmed: never sent after all, so due at once as first sends.
 UNSENT_OUTBOX = Query(sa.update(outbox_os).where(_order_ids).values(attempts=0, next_attempt_at=NOW))
+# At start-up: rows the relay never sent may be orders whose immediate publish died with a process (this one's
+# predecessor, or a replica's: then the copy sent now is a harmless duplicate the inbox recognises).
+UNSENT_DUE_NOW = Query(sa.update(outbox_os).where(outbox_os.c.attempts == 0, outbox_os.c.next_attempt_at > NOW)
+                       .values(next_attempt_at=NOW))
 
 # The results in one statement (atomic without BEGIN/COMMIT, and safe to repeat): set each still-`NEW` order's
 # status, drop the outbox rows, and return the ids of results about orders that do not exist.
@@ -106,6 +110,10 @@ async def postpone_outbox(cur, order_ids: list[int], first_delay: float, max_del
 
 async def unsent_outbox(cur, order_ids: list[int]) -> None:
     await execute(cur, UNSENT_OUTBOX, order_ids=order_ids)
+
+
+async def make_unsent_due(cur) -> None:
+    await execute(cur, UNSENT_DUE_NOW)
 
 
 async def finalize_orders(cur, order_ids: list[int], statuses: list[str]) -> set[int]:

@@ -12,7 +12,9 @@ from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest, Pay
 from common.metrics import PUBLISH_FAILED
 from common.publisher import MAX_SENDING
 from harness.stack import free_port
+from order_svc import repo as order_repo
 from order_svc.app import OrderService
+from order_svc.messaging import SendAtOnce
 from payment_svc.app import PaymentService
 from tests.conftest import eventually
 from tests.integration.conftest import running
@@ -22,10 +24,13 @@ from tests.integration.test_order_service import place
 RESEND_DELAY = 30
 
 
+def hourly_polls(run_env):
+    return load_settings({**run_env, "ORDER_SVC_PORT": str(free_port()), "PAYMENT_SVC_PORT": str(free_port()),
+                          "POLL_INTERVAL": "3600", "RESEND_DELAY": str(RESEND_DELAY)})
+
+
 def service(io_loop, run_env, service_class):
-    settings = load_settings({**run_env, "ORDER_SVC_PORT": str(free_port()), "PAYMENT_SVC_PORT": str(free_port()),
-                              "POLL_INTERVAL": "3600", "RESEND_DELAY": str(RESEND_DELAY)})
-    return running(io_loop, service_class(settings))
+    return running(io_loop, service_class(hourly_polls(run_env)))
 
 
 @pytest.fixture
@@ -76,7 +81,7 @@ async def test_new_order_is_published_at_once_and_due_for_the_relay_only_after_t
             [(order_id, PaymentRequest(order_id, user_id, Decimal("2.50")).encode())]
     await eventually(published)
     attempts, due_in = await outbox_os_row(order_service, order_id)
-    assert attempts == 1 and RESEND_DELAY - 5 < due_in <= RESEND_DELAY
+    assert attempts == 0 and RESEND_DELAY - 5 < due_in <= RESEND_DELAY  # `attempts` counts the relay's sends
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -195,3 +200,29 @@ async def test_order_placed_while_the_broker_is_away_is_left_to_the_relay(order_
 
 def failed_publishes(queue):
     return PUBLISH_FAILED.labels(queue)._value.get()
+
+
+def crashed_after_commit(service, user_id):
+    """Place an order as the fast path writes it, then publish nothing: a process killed right after COMMIT."""
+    async def place_unpublished():
+        window, settings = service.broker.window, service.settings
+        entry = await SendAtOnce(service.db, window, service.broker.is_connected, settings.resend_delay,
+                                 lambda: None).entry()
+        return (await service.db.run(order_repo.insert_order, user_id, Decimal(1), "", entry))["order_id"]
+    return place_unpublished()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_order_whose_publish_died_with_the_process_goes_out_when_a_service_starts(
+        io_loop, order_service, run_env, user_id):
+    """The restarted process (here a second instance beside the first) sends it at once, not after 30 s."""
+    await take(order_service.broker, ORDER_REQUESTS)
+    order_id = await crashed_after_commit(order_service, user_id)
+    successor = OrderService(hourly_polls(run_env))  # its relay polls hourly, the row is due in 30 s
+    await successor.start()
+    try:
+        async def published():
+            assert order_id in [mid for mid, _ in await take(successor.broker, ORDER_REQUESTS)]
+        await eventually(published)
+    finally:
+        await successor.stop()

@@ -28,7 +28,7 @@ async def test_an_order_is_written_as_sent_once_and_published_right_after_its_co
     publisher = FakePublisher()
     dispatch, db, kicks = send_at_once(publisher)
     entry = await dispatch.entry()
-    assert entry == (1, 5.0)
+    assert entry == (0, 5.0)
     dispatch.placed(ORDER, entry)
     await dispatch.window.drain()
     assert publisher.published == [("outbox_os", 7, PaymentRequest(7, 3, Decimal("2.50")).encode())]
