@@ -116,8 +116,11 @@ class OpenApiHandler(BaseHandler):
         self.finish(self.spec)
 
 
-def make_app(settings, client=None):
-    client = client or KeepAliveClient()
+def make_app(settings, client=None, probe_client=None):
+    """`client` forwards the requests; `probe_client`, with pools of its own, asks the replicas' `/ready`:
+    readiness must say whether the backends are up, not wait in line behind a burst of requests."""
+    client = client or KeepAliveClient(settings.backend_pool_size)
+    probe_client = probe_client or KeepAliveClient(pool_size=2)
     orders = Backend("Order Service", settings.order_svc_urls, settings.upstream_timeout)
     payments = Backend("Payments Service", settings.payment_svc_urls, settings.upstream_timeout)
 
@@ -131,7 +134,7 @@ def make_app(settings, client=None):
         route(r"/payments", payments, "POST"),
         route(r"/payments/[^/]+", payments, "GET", "PUT"),
         (r"/health", HealthHandler),
-        (r"/ready", ReadyHandler, dict(backends=(orders, payments), client=client)),
+        (r"/ready", ReadyHandler, dict(backends=(orders, payments), client=probe_client)),
         (r"/metrics", MetricsHandler),
         (r"/openapi.yaml", OpenApiHandler, dict(spec=OPENAPI_SPEC.read_bytes())),
     ], default_handler_class=NotFoundHandler, log_function=log_request)
@@ -142,13 +145,15 @@ class Gateway(Service):
     uvloop_safe = True  # no database driver: see common.lifecycle.run
 
     async def start(self):
-        self.client = KeepAliveClient()
-        self.server = listen(make_app(self.settings, self.client), self.settings.gateway_port)
+        self.client = KeepAliveClient(self.settings.backend_pool_size)
+        self.probe_client = KeepAliveClient(pool_size=2)
+        self.server = listen(make_app(self.settings, self.client, self.probe_client), self.settings.gateway_port)
         logger.info("gateway listening on port %s", self.settings.gateway_port)
 
     async def stop(self):
         await super().stop()
         self.client.close()
+        self.probe_client.close()
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ The gateway forwards every request, so the client is most of its cost. Tornado's
 connection per request; its curl client keeps connections alive but sets up a libcurl handle per request (some
 forty options, a Python callback per header line) and drives it through timers and socket callbacks. This
 client writes the request and parses the response with the same code the Tornado server uses, on a pooled
-`IOStream` (README, Performance: the gateway's CPU per order before and after)."""
+`IOStream` (README, Performance: the gateway's CPU per order before and after). The pool is bounded
+(`common.connection_pool`): requests beyond it wait for a connection instead of opening more."""
 import asyncio
-import socket
 from collections import defaultdict
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -15,6 +15,8 @@ from tornado import httputil
 from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
 from tornado.iostream import StreamClosedError
 from tornado.tcpclient import TCPClient
+
+from common.connection_pool import ConnectionPool
 
 # Methods that may be sent again when a kept-alive connection turns out dead before answering: the backend may
 # have run the request before dying, and a second POST would create a second order, a second PUT credit twice.
@@ -47,31 +49,17 @@ class _ResponseReader(httputil.HTTPMessageDelegate):
         self.chunks.append(chunk)
 
 
-def peer_closed(stream):
-    """True if an idle kept-alive connection can no longer be used: the backend closed it (graceful shutdown,
-    restart, crash) or sent something unasked. One non-blocking peek, no waiting."""
-    if stream.closed():
-        return True
-    try:
-        stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return False  # nothing to read: open and idle
-    except OSError:
-        return True
-    return True  # end of stream, or bytes nobody asked for
-
-
 class KeepAliveClient:
-    """Requests to a few backends; each keeps up to `max_idle` idle connections for the next request."""
+    """Requests to a few backends over a `ConnectionPool` of at most `pool_size` connections per address."""
 
-    def __init__(self, max_idle=64, max_body_size=10 * 1024 * 1024):
-        self._idle = defaultdict(list)
-        self._max_idle = max_idle
+    def __init__(self, pool_size=64, max_body_size=10 * 1024 * 1024):
+        self._pools = defaultdict(lambda: ConnectionPool(pool_size))
         self._tcp = TCPClient()
         self._params = HTTP1ConnectionParameters(decompress=False, max_body_size=max_body_size)
 
     async def fetch(self, url, method="GET", headers=None, body=None, timeout=10.0, connect_timeout=2.0):
-        """Send one request and return its `Response`.
+        """Send one request and return its `Response`; `timeout` bounds it all, the wait for a free
+        connection included.
 
         Raises `ConnectionRefusedError` (or another `OSError`) if no connection could be made: the request
         surely never reached the backend. Raises `ConnectionLost` if the connection broke before the response
@@ -83,29 +71,35 @@ class KeepAliveClient:
         request_headers["Host"] = parts.netloc
         if body is not None:
             request_headers["Content-Length"] = str(len(body))
+        pool = self._pools[address]
         async with asyncio.timeout(timeout):
-            while stream := self._take_idle(address):
-                try:
-                    return await self._exchange(address, stream, method, target, request_headers, body)
-                except ConnectionLost:
-                    if method not in SAFE_TO_RESEND:
-                        raise
+            stream = await pool.acquire()
             try:
-                stream = await self._tcp.connect(*address, timeout=connect_timeout)
-            except StreamClosedError as exc:
-                raise exc.real_error or ConnectionError(f"could not connect to {parts.netloc}") from None
-            return await self._exchange(address, stream, method, target, request_headers, body)
+                response, stream = await self._send(address, stream, connect_timeout, method, target,
+                                                    request_headers, body)
+            except BaseException:
+                pool.release()  # `_exchange` closed the stream
+                raise
+            pool.release(stream)
+            return response
 
-    def _take_idle(self, address):
-        idle = self._idle[address]
-        while idle:
-            stream = idle.pop()
-            if not peer_closed(stream):
-                return stream
-            stream.close()
-        return None
+    async def _send(self, address, stream, connect_timeout, method, target, headers, body):
+        """(response, the stream if it may carry the next request) over `stream`, or a new connection."""
+        if stream is not None:
+            try:
+                return await self._exchange(stream, method, target, headers, body)
+            except ConnectionLost:
+                if method not in SAFE_TO_RESEND:
+                    raise
+        return await self._exchange(await self._connect(address, connect_timeout), method, target, headers, body)
 
-    async def _exchange(self, address, stream, method, target, headers, body):
+    async def _connect(self, address, timeout):
+        try:
+            return await self._tcp.connect(*address, timeout=timeout)
+        except StreamClosedError as exc:
+            raise exc.real_error or ConnectionError(f"could not connect to {address[0]}:{address[1]}") from None
+
+    async def _exchange(self, stream, method, target, headers, body):
         connection = HTTP1Connection(stream, True, self._params)
         reader = _ResponseReader()
         try:
@@ -124,14 +118,10 @@ class KeepAliveClient:
             raise ConnectionLost(f"{method} {target}: connection closed before the response")
         keep = open_after and reader.headers.get("Connection", "").lower() != "close" \
             and reader.start_line.version == "HTTP/1.1"
-        if keep and len(self._idle[address]) < self._max_idle:
-            self._idle[address].append(stream)
-        else:
+        if not keep:
             stream.close()
-        return Response(reader.start_line.code, reader.headers, b"".join(reader.chunks))
+        return Response(reader.start_line.code, reader.headers, b"".join(reader.chunks)), stream if keep else None
 
     def close(self):
-        for idle in self._idle.values():
-            for stream in idle:
-                stream.close()
-        self._idle.clear()
+        for pool in self._pools.values():
+            pool.close()
