@@ -147,7 +147,8 @@ class Gateway(Service):
     async def start(self):
         self.client = KeepAliveClient(self.settings.backend_pool_size)
         self.probe_client = KeepAliveClient(pool_size=2)
-        self.server = listen(make_app(self.settings, self.client, self.probe_client), self.settings.gateway_port)
+        self.server = listen(make_app(self.settings, self.client, self.probe_client), self.settings.gateway_port,
+                             self.settings)
         logger.info("gateway listening on port %s", self.settings.gateway_port)
 
     async def stop(self):

@@ -5,16 +5,14 @@ import signal
 import sys
 
 import uvloop
-from tornado.httpserver import HTTPServer
 
 from common.config import load_settings
 from common.envelope import BaseHandler
+from common.http_server import serve
 from common.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
-# Tornado rejects bodies above this outright; handlers enforce the smaller MAX_BODY_BYTES with a JSON 413.
-SERVER_MAX_BODY = 10 * 1024 * 1024
 # Seconds a graceful shutdown may take in all (requests in flight get up to 8 of them).
 SHUTDOWN_TIMEOUT = 20
 
@@ -28,10 +26,9 @@ async def wait_for_shutdown():
     await stop.wait()
 
 
-def listen(app, port):
-    server = HTTPServer(app, max_body_size=SERVER_MAX_BODY, xheaders=True)
-    server.listen(port)
-    return server
+def listen(app, port, settings=None):
+    """The process's HTTP server, with the client limits of `settings` (default: the environment's)."""
+    return serve(app, port, settings or load_settings())
 
 
 async def stop_server(server, grace=8.0):
