@@ -42,6 +42,7 @@ class Settings:
     client_body_timeout: float
     max_connections: int
     trusted_proxy: bool
+    gateway_proxy: str
     db_pool_size: int
     max_body_bytes: int
     inbox_retention_days: float
@@ -80,6 +81,7 @@ def load_settings(environ=None):
         client_body_timeout=float(env.get("CLIENT_BODY_TIMEOUT", "10")),
         max_connections=int(env.get("MAX_CONNECTIONS", "4000")),
         trusted_proxy=env.get("TRUSTED_PROXY", "0") not in ("0", "false", "no", ""),
+        gateway_proxy=env.get("GATEWAY_PROXY", "direct"),
         db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
         max_body_bytes=int(env.get("MAX_BODY_BYTES", "65536")),
         inbox_retention_days=float(env.get("INBOX_RETENTION_DAYS", "7")),
