@@ -11,6 +11,7 @@ process runs out of file descriptors (issue 14: 3,000 such connections were all 
 - `TRUSTED_PROXY`: only then are `X-Forwarded-For` / `X-Real-IP` taken as the client's address (`xheaders`).
 A connection dropped by a timeout is closed without an answer, as Tornado does."""
 import logging
+import resource
 
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
@@ -19,6 +20,8 @@ from common.envelope import envelope, to_json
 
 logger = logging.getLogger(__name__)
 
+# Files kept for everything but client connections: backend pools, database and broker connections, logs.
+RESERVED_FILES = 256
 # Tornado rejects bodies above this outright; handlers enforce the smaller MAX_BODY_BYTES with a JSON 413.
 SERVER_MAX_BODY = 10 * 1024 * 1024
 
@@ -58,10 +61,25 @@ def refuse(stream):
         pass
 
 
+def connection_cap(wanted):
+    """`wanted`, or fewer if the process may not open that many files: the soft limit is raised towards the
+    hard one first (containers often start with a soft limit of 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + RESERVED_FILES
+    if soft < needed and (hard == resource.RLIM_INFINITY or soft < hard):
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    cap = max(min(wanted, soft - RESERVED_FILES), 1)
+    if cap < wanted:
+        logger.warning("MAX_CONNECTIONS=%d lowered to %d: the process may open only %d files", wanted, cap, soft)
+    return cap
+
+
 def serve(app, port, settings, **kwargs):
     """Listen on `port` with `app` (an `Application` or any `HTTPServerConnectionDelegate`), bounded by
     `settings`; `kwargs` go to Tornado's `HTTPServer`."""
-    server = BoundedHTTPServer(app, max_connections=settings.max_connections, max_body_size=SERVER_MAX_BODY,
+    server = BoundedHTTPServer(app, max_connections=connection_cap(settings.max_connections),
+                               max_body_size=SERVER_MAX_BODY,
                                xheaders=settings.trusted_proxy, idle_connection_timeout=settings.client_idle_timeout,
                                body_timeout=settings.client_body_timeout, **kwargs)
     server.listen(port)
