@@ -63,10 +63,6 @@ class ProxyHandler(BaseHandler):
     With GATEWAY_PROXY=direct (the default) `common.proxy_server` serves these routes without a handler;
     this one serves them with GATEWAY_PROXY=handler, the benchmark's before."""
 
-    def initialize(self, backend, methods, max_body_bytes):
-        self.backend, self.methods = backend, methods
-        self.max_body_bytes = max_body_bytes
-
     def prepare(self):
         super().prepare()
         if request_id.get() == "-":
@@ -92,11 +88,8 @@ class ProxyHandler(BaseHandler):
     get = post = put = forward
 
 
-class ReadyHandler(BaseHandler):
+class GatewayReadyHandler(BaseHandler):
     """Ready when every service has at least one replica whose own `/ready` says so."""
-
-    def initialize(self, backends, client):
-        self.backends, self.client = backends, client
 
     async def probe(self, url):
         try:
@@ -142,8 +135,9 @@ def make_app(settings, client=None, probe_client=None):
         route(r"/orders/[^/]+", orders, "GET"),
         route(r"/payments", payments, "POST"),
         route(r"/payments/[^/]+", payments, "GET", "PUT"),
+        route(r"/payments/[^/]+/movements", payments, "GET"),
         (r"/health", HealthHandler),
-        (r"/ready", ReadyHandler, dict(backends=(orders, payments), client=probe_client)),
+        (r"/ready", GatewayReadyHandler, dict(backends=(orders, payments), client=probe_client)),
         (r"/metrics", MetricsHandler),
         (r"/openapi.yaml", OpenApiHandler, dict(spec=OPENAPI_SPEC.read_bytes())),
     ], default_handler_class=NotFoundHandler, log_function=log_request)

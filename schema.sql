@@ -66,3 +66,31 @@ CREATE TABLE IF NOT EXISTS outbox_ps (
 );
 -- Databases created before next_attempt_at existed.
 ALTER TABLE outbox_ps ADD COLUMN IF NOT EXISTS next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp();
+
+-- The ledger: one row per change of a balance, written in the transaction that changes it, so that for every
+-- account balance = sum(credit) - sum(debit). A debit names its order, and an order can be debited only once
+-- (the partial unique index). `request_key` is a top-up's Idempotency-Key, else its X-Request-ID.
+-- Introduced after accounts existed: the DO block creates the table once, and in the same step gives every
+-- account with money in it an opening credit for its balance, so the equation holds for older data too.
+DO $$
+BEGIN
+    IF to_regclass('account_movements') IS NULL THEN
+        CREATE TABLE account_movements (
+            id          BIGSERIAL PRIMARY KEY,
+            user_id     BIGINT NOT NULL REFERENCES accounts (user_id),
+            kind        TEXT NOT NULL CHECK (kind IN ('credit', 'debit')),
+            amount      NUMERIC(14, 2) NOT NULL CHECK (amount > 0),
+            balance     NUMERIC(14, 2) NOT NULL CHECK (balance >= 0),
+            order_id    BIGINT,
+            request_key TEXT,
+            created_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+            CHECK ((kind = 'debit') = (order_id IS NOT NULL))
+        );
+        INSERT INTO account_movements (user_id, kind, amount, balance, request_key)
+            SELECT user_id, 'credit', balance, balance, 'opening balance' FROM accounts WHERE balance > 0
+            ORDER BY user_id;
+    END IF;
+END $$;
+CREATE UNIQUE INDEX IF NOT EXISTS account_movements_one_debit_per_order ON account_movements (order_id)
+    WHERE kind = 'debit';
+CREATE INDEX IF NOT EXISTS account_movements_by_user ON account_movements (user_id, id);

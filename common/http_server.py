@@ -75,12 +75,8 @@ def connection_cap(wanted):
     return cap
 
 
-def serve(app, port, settings, **kwargs):
-    """Listen on `port` with `app` (an `Application` or any `HTTPServerConnectionDelegate`), bounded by
-    `settings`; `kwargs` go to Tornado's `HTTPServer`."""
-    server = BoundedHTTPServer(app, max_connections=connection_cap(settings.max_connections),
-                               max_body_size=SERVER_MAX_BODY,
-                               xheaders=settings.trusted_proxy, idle_connection_timeout=settings.client_idle_timeout,
-                               body_timeout=settings.client_body_timeout, **kwargs)
-    server.listen(port)
-    return server
+def server_options(settings):
+    """Keyword arguments of Tornado's `HTTPServer` (or `BoundedHTTPServer`) for the bounds in `settings`."""
+    return dict(max_connections=connection_cap(settings.max_connections), max_body_size=SERVER_MAX_BODY,
+                xheaders=settings.trusted_proxy, idle_connection_timeout=settings.client_idle_timeout,
+                body_timeout=settings.client_body_timeout)

@@ -11,8 +11,9 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Pattern
+from re import Pattern
 
 import tornado
 from tornado import httputil
@@ -20,7 +21,7 @@ from tornado.iostream import StreamClosedError
 from tornado.log import access_log
 from tornado.web import RequestHandler
 
-from common.envelope import JSON_TYPES, REQUEST_ID_HEADER, BaseHandler, envelope, to_json
+from common.envelope import JSON_TYPES, REQUEST_ID_HEADER, envelope, to_json
 from common.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, ShopError
 from common.logs import request_id
 from common.metrics import REQUESTS
@@ -95,8 +96,6 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
         self.started = time.perf_counter()
         # Read now: behind a trusted proxy Tornado puts the forwarded address here only while the request is read.
         self.remote_ip = self.connection.context.remote_ip
-        self.stream = self.connection.stream
-        BaseHandler.busy_streams.add(self.stream)  # a graceful shutdown closes only connections without one
         given = headers.get(REQUEST_ID_HEADER, "")
         self.request_id = given if given and given.isascii() and given.isprintable() and len(given) <= 200 \
             else new_request_id()  # the gateway is where a request enters: it names it for every log line
@@ -121,7 +120,6 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
     def on_connection_close(self):
         if self.app_request is not None:
             return self.app_request.on_connection_close()
-        BaseHandler.busy_streams.discard(getattr(self, "stream", None))
         return None
 
     async def respond(self):
@@ -134,7 +132,7 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
             response = await self.route.forward(method, self.start_line.path, headers, body)
         except ShopError as exc:
             self.fail(exc)
-        except Exception:  # noqa: BLE001 - a bug still gets the envelope, and the connection is not left hanging
+        except Exception:  # a bug still gets the envelope (logged), and the connection is not left hanging
             logger.exception("%s %s failed", method, self.path)
             self.reply(500, to_json(envelope(False, "Internal server error.")).encode(), JSON_CONTENT_TYPE)
         else:
@@ -171,14 +169,12 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
         if self.start_line.method == "HEAD" or code == 304:
             body = b""
         start_line = httputil.ResponseStartLine("", code, httputil.responses.get(code, "Unknown"))
+        # The connection counts as busy (`common.lifecycle.DrainingHTTPServer`) until this is written.
         try:
-            written = self.connection.write_headers(start_line, headers, body)
+            self.connection.write_headers(start_line, headers, body)
             self.connection.finish()
         except StreamClosedError:
-            BaseHandler.busy_streams.discard(self.stream)  # the client left: the answer has nobody to go to
-        else:
-            # Counted out only once written: a shutdown closing the connection earlier would lose the answer.
-            written.add_done_callback(lambda _: BaseHandler.busy_streams.discard(self.stream))
+            pass  # the client left: the answer has nobody to go to
         self.log(code)
 
     def log(self, code):

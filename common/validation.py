@@ -9,6 +9,8 @@ MAX_ID = 2**63 - 1  # PostgreSQL BIGINT
 MAX_AMOUNT = Decimal("1000000000.00")
 MAX_DESCRIPTION = 1000
 CENT = Decimal("0.01")
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
 
 
 def parse_id(value, field):
@@ -26,6 +28,15 @@ def parse_id(value, field):
     if not 0 < value <= MAX_ID:
         raise InvalidInput(f"'{field}' must be a positive integer up to {MAX_ID}.")
     return value
+
+
+def parse_page(cursor, limit):
+    """(cursor, limit) of a paginated list from the query arguments `cursor` and `limit` ("" when absent):
+    the cursor is the last id of the previous page (0 for the first), the limit at most `MAX_PAGE`."""
+    limit = parse_id(limit, "limit") if limit else DEFAULT_PAGE
+    if limit > MAX_PAGE:
+        raise InvalidInput(f"'limit' must be at most {MAX_PAGE}.")
+    return (parse_id(cursor, "cursor") if cursor else 0), limit
 
 
 def parse_amount(value, field="amount"):

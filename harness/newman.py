@@ -66,7 +66,8 @@ def check_seed_walkthrough(run):
     """Assert that a newman run passed every assertion and followed the seed's sequence of requests."""
     assert run.ok, f"newman failed: {run.failures}\n{run.output[-4000:]}"
     assert run.requests[:len(SEED_SEQUENCE)] == SEED_SEQUENCE
-    status_polls = run.requests[len(SEED_SEQUENCE):]
+    status_polls, ledger = run.requests[len(SEED_SEQUENCE):-1], run.requests[-1]
     assert status_polls and all(request == ("7 Get Order Status", 200) for request in status_polls)
+    assert ledger == ("8 Get Account Movements", 200)
     # Per request: its envelope check and its own checks; 7 adds the final statuses of both orders.
     assert run.assertions >= 2 * len(run.requests) + 2

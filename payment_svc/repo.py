@@ -1,10 +1,21 @@
 """The Payments Service's tables and every SQL statement it runs (SQLAlchemy Core)."""
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from sqlalchemy.dialects.postgresql import ARRAY
-
-from common.db import Query, delete_batch, execute, fetch_all, fetch_one, ids, older_than, pending_rows
+from common.db import (
+    NOW,
+    Query,
+    delete_batch,
+    execute,
+    fetch_all,
+    fetch_one,
+    ids,
+    older_than,
+    pending_rows,
+    seconds_from_now,
+)
+from common.messages import OrderStatus
 
 metadata = sa.MetaData()
 
@@ -35,16 +46,48 @@ outbox_ps = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True)),
 )
 
+account_movements = sa.Table(
+    "account_movements", metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("user_id", sa.BigInteger),
+    sa.Column("kind", sa.Text),
+    sa.Column("amount", sa.Numeric(14, 2)),
+    sa.Column("balance", sa.Numeric(14, 2)),
+    sa.Column("order_id", sa.BigInteger),
+    sa.Column("request_key", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+)
+
 ACCOUNT_FIELDS = (accounts.c.user_id, accounts.c.balance)
-NOW = sa.func.clock_timestamp()
 
 CREATE_ACCOUNT = Query(pg_insert(accounts).values(user_id=sa.bindparam("user_id"))
                        .on_conflict_do_nothing().returning(*ACCOUNT_FIELDS))
 _account = sa.select(*ACCOUNT_FIELDS).where(accounts.c.user_id == sa.bindparam("user_id"))
 GET_ACCOUNT = Query(_account)
 LOCK_ACCOUNT = Query(_account.with_for_update())
-SET_BALANCE = Query(sa.update(accounts).where(accounts.c.user_id == sa.bindparam("user_id"))
-                    .values(balance=sa.bindparam("balance"), updated_at=NOW).returning(*ACCOUNT_FIELDS))
+# The new balance and its ledger row in one statement.
+_credited = (sa.update(accounts).where(accounts.c.user_id == sa.bindparam("user_id"))
+             .values(balance=sa.bindparam("balance"), updated_at=NOW).returning(*ACCOUNT_FIELDS).cte("credited"))
+CREDIT = Query(sa.insert(account_movements)
+               .from_select(["user_id", "kind", "amount", "balance", "request_key"],
+                            sa.select(_credited.c.user_id, sa.literal("credit"), sa.bindparam("amount"),
+                                      _credited.c.balance, sa.bindparam("request_key")))
+               .add_cte(_credited).returning(account_movements.c.user_id, account_movements.c.balance))
+
+_debits = sa.func.unnest(ids("user_ids"), ids("order_ids"), sa.bindparam("amounts", type_=ARRAY(sa.Numeric)),
+                         sa.bindparam("balances", type_=ARRAY(sa.Numeric))) \
+    .table_valued("user_id", "order_id", "amount", "balance").render_derived(name="debit")
+RECORD_DEBITS = Query(sa.insert(account_movements)
+                      .from_select(["user_id", "kind", "order_id", "amount", "balance"],
+                                   sa.select(_debits.c.user_id, sa.literal("debit"), _debits.c.order_id,
+                                             _debits.c.amount, _debits.c.balance)))
+
+MOVEMENT_FIELDS = (account_movements.c.id, account_movements.c.kind, account_movements.c.amount,
+                   account_movements.c.balance, account_movements.c.order_id, account_movements.c.created_at)
+LIST_MOVEMENTS = Query(sa.select(*MOVEMENT_FIELDS)
+                       .where(account_movements.c.user_id == sa.bindparam("user_id"),
+                              account_movements.c.id > sa.bindparam("after"))
+                       .order_by(account_movements.c.id).limit(sa.bindparam("limit")))
 
 _requests = sa.func.unnest(ids("order_ids"), ids("user_ids"), sa.bindparam("amounts", type_=ARRAY(sa.Numeric))) \
     .table_valued("order_id", "user_id", "amount").render_derived(name="request")
@@ -73,7 +116,7 @@ _statuses = sa.func.unnest(ids("order_ids"), sa.bindparam("statuses", type_=ARRA
 SETTLE_INBOX = Query(sa.update(inbox).where(inbox.c.order_id == _statuses.c.order_id)
                      .values(status=_statuses.c.status, acked=True,
                              processed_at=sa.func.coalesce(inbox.c.processed_at, NOW)))
-_due = NOW + sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.bindparam("due_in"))
+_due = seconds_from_now(sa.bindparam("due_in"))
 QUEUE_RESULTS = Query(sa.insert(outbox_ps)
                       .from_select(["order_id", "status", "next_attempt_at"],
                                    sa.select(_statuses.c.order_id, _statuses.c.status, _due))
@@ -96,8 +139,19 @@ async def get_account(cur, user_id, lock=False):
     return await fetch_one(cur, LOCK_ACCOUNT if lock else GET_ACCOUNT, user_id=user_id)
 
 
-async def set_balance(cur, user_id, balance):
-    return await fetch_one(cur, SET_BALANCE, user_id=user_id, balance=balance)
+async def credit(cur, user_id, amount, balance, request_key):
+    """Set the account's new `balance` after a credit of `amount` and write its ledger row."""
+    return await fetch_one(cur, CREDIT, user_id=user_id, amount=amount, balance=balance, request_key=request_key)
+
+
+async def record_debits(cur, debits):
+    """Write the ledger row of each `Debit`."""
+    await execute(cur, RECORD_DEBITS, user_ids=[d.user_id for d in debits], order_ids=[d.order_id for d in debits],
+                  amounts=[d.amount for d in debits], balances=[d.balance for d in debits])
+
+
+async def list_movements(cur, user_id, after, limit):
+    return await fetch_all(cur, LIST_MOVEMENTS, user_id=user_id, after=after, limit=limit)
 
 
 async def store_requests(cur, requests):
@@ -158,5 +212,5 @@ async def backlog(cur):
 
 async def forget_processed(cur, days, limit):
     """Delete up to `limit` settled inbox rows processed more than `days` ago; True if more may be left."""
-    return await delete_batch(cur, inbox.c.order_id, limit, inbox.c.acked, inbox.c.status != "NEW",
+    return await delete_batch(cur, inbox.c.order_id, limit, inbox.c.acked, inbox.c.status != OrderStatus.NEW,
                               older_than(inbox.c.processed_at, days * 86400))

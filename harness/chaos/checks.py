@@ -4,7 +4,7 @@ from collections import Counter, defaultdict
 from decimal import Decimal
 
 from harness.chaos.faults import KINDS, gateway_down_windows
-from harness.chaos.workload import ACKED, AMBIGUOUS, RESET, REFUSED, TIMEOUT
+from harness.chaos.workload import ACKED, AMBIGUOUS, REFUSED, RESET, TIMEOUT
 from harness.client import call
 from harness.invariants import check_invariants, query
 

@@ -2,7 +2,9 @@
 
 `python -m tests.chaos.broken_payment_svc` runs the real service with one change: its inbox worker treats
 every request as new, i.e. it debits before checking the inbox status, so a repeated request (a redelivery,
-or the Order Service's resend) is charged again. Production code is untouched; the patch lives only here."""
+or the Order Service's resend) is charged again. It writes no ledger rows either: the ledger's unique debit per
+order would otherwise refuse the second debit and roll it back. Production code is untouched; the patch lives
+only here."""
 from common.lifecycle import run
 from payment_svc import service
 from payment_svc.app import PaymentService
@@ -11,7 +13,9 @@ real_settle = service.settle
 
 
 def settle_ignoring_status(rows, balances):
-    return real_settle([{**row, "status": "NEW"} for row in rows], balances)
+    settlement = real_settle([{**row, "status": "NEW"} for row in rows], balances)
+    settlement.debits.clear()
+    return settlement
 
 
 if __name__ == "__main__":

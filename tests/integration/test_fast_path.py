@@ -6,9 +6,11 @@ from decimal import Decimal
 
 import pytest
 
-from common.broker import MAX_SENDING, dead_letter_queue, declare_queue
+from common.broker import dead_letter_queue, declare_queue
 from common.config import load_settings
 from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest, PaymentResult
+from common.metrics import PUBLISH_FAILED
+from common.publisher import MAX_SENDING
 from harness.stack import free_port
 from order_svc.app import OrderService
 from payment_svc.app import PaymentService
@@ -42,7 +44,7 @@ def payment_service(io_loop, run_env):
 
 async def take(broker, queue_name):
     """Every message waiting in `queue_name`, taken out: [(message id, body)]."""
-    queue = await broker.publisher.get_queue(queue_name)
+    queue = await broker.publisher.channel.get_queue(queue_name)
     taken = []
     while (message := await queue.get(no_ack=True, fail=False)) is not None:
         taken.append((int(message.message_id), message.body))
@@ -94,18 +96,22 @@ async def test_replayed_order_is_not_published_again(order_service, user_id):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_unconfirmed_publish_hands_the_row_to_the_relay_at_once(order_service, user_id):
-    channel = await order_service.broker.publisher.get_underlay_channel()
+    channel = await order_service.broker.publisher.channel.get_underlay_channel()
     await channel.queue_delete(ORDER_REQUESTS)  # an unroutable message is returned, never confirmed
+    failed_before = failed_publishes(ORDER_REQUESTS)
     try:
         order_id = (await place(order_service, user_id))["order_id"]
 
         async def handed_over():
             attempts, due_in = await outbox_os_row(order_service, order_id)
             assert attempts == 0 and due_in <= 0
+            # ...because the immediate publish was tried and refused (with the relay asleep for an hour,
+            # nothing else publishes): the fast path, not a plain insert for the relay.
+            assert failed_publishes(ORDER_REQUESTS) > failed_before
         await eventually(handed_over)
     finally:
-        await declare_queue(order_service.broker.publisher, ORDER_REQUESTS)
-    order_service.outbox.kick()
+        await declare_queue(order_service.broker.publisher.channel, ORDER_REQUESTS)
+    order_service.wiring.workers["outbox"].kick()
 
     async def relayed():
         assert order_id in [mid for mid, _ in await take(order_service.broker, ORDER_REQUESTS)]
@@ -117,8 +123,8 @@ async def test_unconfirmed_publish_hands_the_row_to_the_relay_at_once(order_serv
 async def test_settled_result_is_published_at_once_and_its_outbox_row_deleted(payment_service, user_id):
     await take(payment_service.broker, PAYMENT_RESULTS)
     order_id = user_id  # unique per test as well
-    await payment_service.broker.publish(ORDER_REQUESTS, PaymentRequest(order_id, user_id, Decimal(1)).encode(),
-                                         order_id)
+    message = PaymentRequest(order_id, user_id, Decimal(1)).encode()
+    await payment_service.broker.publisher.publish(ORDER_REQUESTS, message, order_id)
 
     async def published():
         assert [body for _, body in await take(payment_service.broker, PAYMENT_RESULTS)] == \
@@ -132,20 +138,22 @@ async def test_settled_result_is_published_at_once_and_its_outbox_row_deleted(pa
 
 @pytest.mark.gen_test(timeout=30)
 async def test_unconfirmed_result_is_made_due_for_the_relay_at_once(payment_service, user_id):
-    channel = await payment_service.broker.publisher.get_underlay_channel()
+    channel = await payment_service.broker.publisher.channel.get_underlay_channel()
     await channel.queue_delete(PAYMENT_RESULTS)
     order_id = user_id
+    failed_before = failed_publishes(PAYMENT_RESULTS)
     try:
-        await payment_service.broker.publish(ORDER_REQUESTS, PaymentRequest(order_id, user_id, Decimal(1)).encode(),
-                                             order_id)
+        message = PaymentRequest(order_id, user_id, Decimal(1)).encode()
+        await payment_service.broker.publisher.publish(ORDER_REQUESTS, message, order_id)
 
         async def handed_over():
             assert await select(payment_service, "SELECT next_attempt_at <= clock_timestamp() FROM outbox_ps "
                                                  "WHERE order_id = %s", order_id) == [(True,)]
+            assert failed_publishes(PAYMENT_RESULTS) > failed_before  # tried at once, and refused
         await eventually(handed_over)
     finally:
-        await declare_queue(payment_service.broker.publisher, PAYMENT_RESULTS)
-    payment_service.outbox.kick()
+        await declare_queue(payment_service.broker.publisher.channel, PAYMENT_RESULTS)
+    payment_service.wiring.workers["outbox"].kick()
 
     async def relayed():
         assert await select(payment_service, "SELECT id FROM outbox_ps WHERE order_id = %s", order_id) == []
@@ -157,24 +165,33 @@ async def test_unconfirmed_result_is_made_due_for_the_relay_at_once(payment_serv
 @pytest.mark.gen_test(timeout=30)
 async def test_immediate_publishes_are_bounded_by_a_window_that_frees_as_confirms_arrive(order_service):
     broker, queue = order_service.broker, f"window-{free_port()}"
-    await declare_queue(broker.publisher, queue)
+    await declare_queue(broker.publisher.channel, queue)
     confirmed = []
 
     async def record(ids, _unconfirmed):
         confirmed.extend(ids)
     try:
-        broker.publish_soon(queue, [(i, b"{}") for i in range(MAX_SENDING)], record)
-        assert not broker.has_room()
-        assert await broker.room(timeout=10)
+        broker.window.send(queue, [(i, b"{}") for i in range(MAX_SENDING)], record)
+        assert not broker.window.has_room()
+        assert await broker.window.room(timeout=10)
         assert sorted(confirmed) == list(range(MAX_SENDING))
     finally:
         for name in (queue, dead_letter_queue(queue)):
-            await broker.publisher.queue_delete(name)
+            await broker.publisher.channel.queue_delete(name)
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_order_placed_while_the_broker_is_away_is_left_to_the_relay(order_service, user_id):
     await order_service.broker.connections[0].close()  # the publisher's connection, as after a broker crash
+    failed_before = failed_publishes(ORDER_REQUESTS)
     order_id = (await place(order_service, user_id))["order_id"]
     attempts, due_in = await outbox_os_row(order_service, order_id)
     assert attempts == 0 and due_in <= 0
+
+    async def relay_woken():  # its hourly poll is far away: the fast path kicked it, and it tried
+        assert failed_publishes(ORDER_REQUESTS) > failed_before
+    await eventually(relay_woken)
+
+
+def failed_publishes(queue):
+    return PUBLISH_FAILED.labels(queue)._value.get()

@@ -21,13 +21,13 @@ def quick_resends(io_loop, run_env):
 
 
 async def purge_requests(service):
-    channel = await service.broker.publisher.get_underlay_channel()
+    channel = await service.broker.publisher.channel.get_underlay_channel()
     await channel.queue_purge(ORDER_REQUESTS)
 
 
 async def take_requests(service):
     """Order ids of every payment request waiting in the queue, taking them out (as if they were lost)."""
-    queue = await service.broker.publisher.get_queue(ORDER_REQUESTS)
+    queue = await service.broker.publisher.channel.get_queue(ORDER_REQUESTS)
     taken = []
     while (message := await queue.get(no_ack=True, fail=False)) is not None:
         taken.append(int(message.message_id))

@@ -1,6 +1,6 @@
 from decimal import Decimal
 
-from payment_svc.service import settle
+from payment_svc.service import Debit, settle
 
 
 def row(order_id, user_id, amount, status="NEW"):
@@ -8,17 +8,27 @@ def row(order_id, user_id, amount, status="NEW"):
 
 
 def test_earlier_order_is_paid_first_and_later_one_cancelled():
-    statuses, balances = settle([row(1, 1, "1000"), row(2, 1, "1000")], {1: Decimal("1000")})
-    assert statuses == {1: "FINISHED", 2: "CANCELLED"}
-    assert balances == {1: Decimal("0")}
+    settlement = settle([row(1, 1, "1000"), row(2, 1, "1000")], {1: Decimal("1000")})
+    assert settlement.statuses == {1: "FINISHED", 2: "CANCELLED"}
+    assert settlement.balances == {1: Decimal("0")}
+    assert settlement.debits == [Debit(1, 1, Decimal("1000"), Decimal("0"))]
+
+
+def test_each_debit_records_the_balance_it_leaves():
+    settlement = settle([row(1, 1, "30"), row(2, 2, "5"), row(3, 1, "50"), row(4, 1, "25")],
+                        {1: Decimal("100"), 2: Decimal("5")})
+    assert settlement.debits == [Debit(1, 1, Decimal("30"), Decimal("70")), Debit(2, 2, Decimal("5"), Decimal("0")),
+                                 Debit(1, 3, Decimal("50"), Decimal("20"))]
+    assert settlement.statuses[4] == "CANCELLED"
+    assert settlement.balances == {1: Decimal("20"), 2: Decimal("0")}
 
 
 def test_order_of_user_without_account_is_cancelled():
-    statuses, balances = settle([row(3, 9, "1")], {})
-    assert statuses == {3: "CANCELLED"} and balances == {}
+    settlement = settle([row(3, 9, "1")], {})
+    assert settlement.statuses == {3: "CANCELLED"} and settlement.balances == {} and settlement.debits == []
 
 
 def test_already_settled_request_keeps_its_status_and_debits_nothing():
-    statuses, balances = settle([row(4, 1, "5", status="FINISHED"), row(5, 1, "5", status="CANCELLED")],
-                                {1: Decimal("100")})
-    assert statuses == {4: "FINISHED", 5: "CANCELLED"} and balances == {}
+    settlement = settle([row(4, 1, "5", status="FINISHED"), row(5, 1, "5", status="CANCELLED")], {1: Decimal("100")})
+    assert settlement.statuses == {4: "FINISHED", 5: "CANCELLED"}
+    assert settlement.balances == {} and settlement.debits == []
