@@ -17,30 +17,51 @@ from common.http_client import FETCH_ERRORS, KeepAliveClient
 from common.lifecycle import Service, listen, run
 from common.logs import request_id
 from common.metrics import MetricsHandler, log_request
+from common.proxy_server import ProxyServer, Route
 
 logger = logging.getLogger("gateway")
 
-FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Idempotency-Key")
+# If-None-Match too: the backend's Etag passes through, so the backend can answer a 304 for it.
+FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Idempotency-Key", "If-None-Match")
 CONNECT_TIMEOUT = 2
 
 
 class Backend:
-    """One service's replicas, taken round-robin."""
+    """One service's replicas, taken round-robin, reached through `client`."""
 
-    def __init__(self, name, urls, timeout):
+    def __init__(self, name, urls, timeout, client):
         self.name = name
         self.unavailable = f"{name} temporarily unavailable."
         self.urls = urls
         self.timeout = timeout
+        self.client = client
         self._next = itertools.cycle(range(len(urls)))
 
     def candidates(self):
         start = next(self._next)
         return self.urls[start:] + self.urls[:start]
 
+    async def forward(self, method, uri, headers, body):
+        """The first replica's response; raises `Unavailable` (the 503) if none answers. This is the one
+        place that maps upstream failures: only a refused connection moves on to the next replica."""
+        for url in self.candidates():
+            try:
+                return await self.client.fetch(url + uri, method, headers, body, timeout=self.timeout,
+                                               connect_timeout=CONNECT_TIMEOUT)
+            except FETCH_ERRORS as exc:
+                if isinstance(exc, ConnectionRefusedError):
+                    continue  # the request surely never reached this replica: another may take it
+                logger.warning("%s %s failed: %r", method, url + uri, exc)
+                raise Unavailable(self.unavailable) from None
+        logger.warning("no replica of %s reachable", self.urls)
+        raise Unavailable(self.unavailable)
+
 
 class ProxyHandler(BaseHandler):
-    """Forwards the request to `backend`; the route table decides which methods exist."""
+    """Forwards the request to `backend`; the route table decides which methods exist.
+
+    With GATEWAY_PROXY=direct (the default) `common.proxy_server` serves these routes without a handler;
+    this one serves them with GATEWAY_PROXY=handler, the benchmark's before."""
 
     def prepare(self):
         super().prepare()
@@ -58,22 +79,11 @@ class ProxyHandler(BaseHandler):
         headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := self.request.headers.get(k)) is not None}
         headers[REQUEST_ID_HEADER] = request_id.get()
         body = self.request.body if self.request.method in ("POST", "PUT") else None
-        for url in self.backend.candidates():
-            try:
-                response = await self.client.fetch(url + self.request.uri, self.request.method, headers, body,
-                                                   timeout=self.backend.timeout, connect_timeout=CONNECT_TIMEOUT)
-            except FETCH_ERRORS as exc:
-                if isinstance(exc, ConnectionRefusedError):
-                    continue  # the request surely never reached this replica: another may take it
-                logger.warning("%s %s failed: %r", self.request.method, url + self.request.uri, exc)
-                raise Unavailable(self.backend.unavailable) from None
-            self.set_status(response.code)
-            if content_type := response.headers.get("Content-Type"):
-                self.set_header("Content-Type", content_type)
-            self.finish(response.body)
-            return
-        logger.warning("no replica of %s reachable", self.backend.urls)
-        raise Unavailable(self.backend.unavailable)
+        response = await self.backend.forward(self.request.method, self.request.uri, headers, body)
+        self.set_status(response.code)
+        if content_type := response.headers.get("Content-Type"):
+            self.set_header("Content-Type", content_type)
+        self.finish(response.body)
 
     get = post = put = forward
 
@@ -109,14 +119,16 @@ class OpenApiHandler(BaseHandler):
         self.finish(self.spec)
 
 
-def make_app(settings, client=None):
-    client = client or KeepAliveClient()
-    orders = Backend("Order Service", settings.order_svc_urls, settings.upstream_timeout)
-    payments = Backend("Payments Service", settings.payment_svc_urls, settings.upstream_timeout)
+def make_app(settings, client=None, probe_client=None):
+    """`client` forwards the requests; `probe_client`, with pools of its own, asks the replicas' `/ready`:
+    readiness must say whether the backends are up, not wait in line behind a burst of requests."""
+    client = client or KeepAliveClient(settings.backend_pool_size)
+    probe_client = probe_client or KeepAliveClient(pool_size=2)
+    orders = Backend("Order Service", settings.order_svc_urls, settings.upstream_timeout, client)
+    payments = Backend("Payments Service", settings.payment_svc_urls, settings.upstream_timeout, client)
 
     def route(pattern, backend, *methods):
-        return pattern, ProxyHandler, dict(backend=backend, methods=methods, client=client,
-                                            max_body_bytes=settings.max_body_bytes)
+        return pattern, ProxyHandler, dict(backend=backend, methods=methods, max_body_bytes=settings.max_body_bytes)
 
     return web.Application([
         route(r"/orders", orders, "GET", "POST"),
@@ -125,10 +137,18 @@ def make_app(settings, client=None):
         route(r"/payments/[^/]+", payments, "GET", "PUT"),
         route(r"/payments/[^/]+/movements", payments, "GET"),
         (r"/health", HealthHandler),
-        (r"/ready", GatewayReadyHandler, dict(backends=(orders, payments), client=client)),
+        (r"/ready", GatewayReadyHandler, dict(backends=(orders, payments), client=probe_client)),
         (r"/metrics", MetricsHandler),
         (r"/openapi.yaml", OpenApiHandler, dict(spec=OPENAPI_SPEC.read_bytes())),
     ], default_handler_class=NotFoundHandler, log_function=log_request)
+
+
+def proxy_server(app, settings):
+    """`app` behind `ProxyServer`, which serves its `ProxyHandler` routes without a handler per request."""
+    routes = [Route(rule.matcher.regex, rule.target_kwargs["methods"], rule.target_kwargs["backend"].forward,
+                    FORWARDED_REQUEST_HEADERS)
+              for rule in app.wildcard_router.rules if rule.target is ProxyHandler]
+    return ProxyServer(app, routes, settings.max_body_bytes)
 
 
 class Gateway(Service):
@@ -136,13 +156,18 @@ class Gateway(Service):
     uvloop_safe = True  # no database driver: see common.lifecycle.run
 
     async def start(self):
-        self.client = KeepAliveClient()
-        self.server = listen(make_app(self.settings, self.client), self.settings.gateway_port)
+        self.client = KeepAliveClient(self.settings.backend_pool_size)
+        self.probe_client = KeepAliveClient(pool_size=2)
+        app = make_app(self.settings, self.client, self.probe_client)
+        if self.settings.gateway_proxy == "direct":
+            app = proxy_server(app, self.settings)
+        self.server = listen(app, self.settings.gateway_port, self.settings)
         logger.info("gateway listening on port %s", self.settings.gateway_port)
 
     async def stop(self):
         await super().stop()
         self.client.close()
+        self.probe_client.close()
 
 
 if __name__ == "__main__":

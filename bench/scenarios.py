@@ -34,6 +34,10 @@ class Plan:
     wrk_seconds: float = 5
     wrk_rounds: int = 3
     big_backlog: int = 100_000
+    overload_slow: int = 3000
+    overload_connections: int = 1000
+    overload_seconds: float = 10
+    overload_rounds: int = 2
     big_drain_seconds: float = 120
     settle_timeout: float = 600
     profile: bool = False
@@ -41,7 +45,8 @@ class Plan:
 
 SMOKE = Plan(users=50, latency_rate=20, latency_seconds=1, load_clients=4, load_seconds=1, pgbench_clients=2,
              pgbench_seconds=1, backlog_orders=100, outage_seconds=1, wrk_connections=4, wrk_seconds=1, wrk_rounds=1,
-             big_backlog=500, big_drain_seconds=30, settle_timeout=60)
+             big_backlog=500, big_drain_seconds=30, settle_timeout=60, overload_slow=30, overload_connections=20,
+             overload_seconds=1, overload_rounds=1)
 
 
 @contextmanager
@@ -166,27 +171,40 @@ def backlog(plan, memory):
 
 
 def gateway_overhead(plan):
-    """(4) GET /orders/{id} throughput: direct, through the gateway (on uvloop and on asyncio's own loop),
-    through nginx. The targets take turns, `wrk_rounds` times, and each figure is the median of its
-    rounds: on a shared machine the load from elsewhere changes by the minute."""
+    """(4) GET /orders/{id} throughput: direct, through the gateway (on uvloop and on asyncio's own loop; and
+    with a RequestHandler per request, GATEWAY_PROXY=handler, the code before issue 14), through nginx; and
+    the CPU each gateway spends per proxied request. The targets take turns, `wrk_rounds` times, and each figure
+    is the median of its rounds: on a shared machine the load from elsewhere changes by the minute."""
     with bench_stack(plan) as (stack, _):
         measure.insert_backlog(stack.order_dsn, 1, plan.users)
         direct = stack["order"].health_url.rsplit("/", 1)[0]
-        asyncio_gateway = stack.add_gateway("gateway_asyncio", EVENT_LOOP="asyncio")
-        rates = {}
+        gateways = {"gateway": stack.url,
+                    "gateway on asyncio": stack.add_gateway("gateway_asyncio", EVENT_LOOP="asyncio"),
+                    "gateway with handlers": stack.add_gateway("gateway_handler", GATEWAY_PROXY="handler")}
+        processes = dict(zip(gateways, (stack["gateway"], stack["gateway_asyncio"], stack["gateway_handler"])))
+        rates, cpu = {}, {}
         with tools.nginx_proxy(free_port(), direct.split("//")[1]) as nginx:
-            targets = {"direct": direct, "gateway": stack.url, "gateway on asyncio": asyncio_gateway, "nginx": nginx}
+            targets = {"direct": direct, **gateways, "nginx": nginx}
             for round_ in range(1, plan.wrk_rounds + 1):
                 say(f"[4/5] gateway overhead: round {round_}/{plan.wrk_rounds}, wrk GET /orders/1 on "
                     f"{', '.join(targets)}, {plan.wrk_connections} connections, {plan.wrk_seconds:.0f} s each")
                 for name, base in targets.items():
+                    before = processes[name].cpu_seconds() if name in processes else None
                     result = tools.wrk(base + "/orders/1", plan.wrk_connections, plan.wrk_seconds)
                     rates.setdefault(name, []).append(result.ok_per_second)
+                    if before is not None:
+                        used = processes[name].cpu_seconds() - before
+                        cpu.setdefault(name, []).append(used * 1e6 / max(result.requests, 1))
     rate = {name: statistics.median(values) for name, values in rates.items()}
+    per_request = {name: statistics.median(values) for name, values in cpu.items()}
     share = lambda name: f"{per_s(rate[name])} ({rate[name] / rate['direct']:.0%})"  # noqa: E731
     return [Row(f"4. GET /orders/{{id}} through the gateway (uvloop), median of {plan.wrk_rounds} rounds",
-                share("gateway"), f"{per_s(rate['direct'])} direct; nginx {share('nginx')}; gateway on asyncio "
-                f"loop {share('gateway on asyncio')}", "≥ 60% of direct")]
+                f"{share('gateway')}, {rate['gateway'] / rate['nginx']:.2f}× nginx",
+                f"{per_s(rate['direct'])} direct; nginx {share('nginx')}; gateway on asyncio loop "
+                f"{share('gateway on asyncio')}; with handlers {share('gateway with handlers')}", "≥ 0.9× nginx"),
+            Row("4. gateway CPU per proxied GET: uvloop / asyncio loop / uvloop with handlers (before)",
+                " / ".join(f"{per_request[name]:.0f} µs" for name in gateways),
+                f"{per_request['gateway'] / per_request['gateway with handlers']:.0%} of before", "≤ 50% of before")]
 
 
 def big_backlog(plan, memory):

@@ -57,13 +57,18 @@ class WrkResult:
     socket_errors: int
     latency_p50_ms: float
     latency_p99_ms: float
+    latency_max_ms: float = 0.0
+    over_2s: int = 0  # answers that took longer than 2 s (from wrk's percentiles)
+    timeouts: int = 0  # requests wrk gave up on (its --timeout)
+    status_503: int = 0  # counted only with count_503=True
 
     @property
     def ok_per_second(self):
         return (self.requests - self.status_errors) / self.seconds
 
 
-def wrk(url, connections, seconds, threads=2, post=False, users=1000, limit_per_thread=0, until=None):
+def wrk(url, connections, seconds, threads=2, post=False, users=1000, limit_per_thread=0, until=None,
+        count_503=False):
     """Run wrk with bench/wrk.lua; raises ToolMissing if wrk is not installed.
 
     With `limit_per_thread` each wrk thread stops sending after that many responses, but wrk itself runs
@@ -72,7 +77,7 @@ def wrk(url, connections, seconds, threads=2, post=False, users=1000, limit_per_
     if not binary:
         raise ToolMissing("wrk")
     env = {**os.environ, "BENCH_POST": "1" if post else "0", "BENCH_USERS": str(users),
-           "BENCH_LIMIT": str(limit_per_thread)}
+           "BENCH_LIMIT": str(limit_per_thread), "BENCH_COUNT_503": "1" if count_503 else "0"}
     command = [binary, "-t", str(threads), "-c", str(max(connections, threads)), "-d", f"{seconds}s",
                "--timeout", "10s", "-s", str(HERE / "wrk.lua"), url]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -85,7 +90,8 @@ def wrk(url, connections, seconds, threads=2, post=False, users=1000, limit_per_
         raise subprocess.CalledProcessError(process.returncode, command, out, err)
     data = json.loads(next(line for line in out.splitlines() if line.startswith("BENCH "))[6:])
     return WrkResult(data["requests"], data["duration_us"] / 1e6, data["status_errors"], data["socket_errors"],
-                     data["latency_p50_us"] / 1000, data["latency_p99_us"] / 1000)
+                     data["latency_p50_us"] / 1000, data["latency_p99_us"] / 1000, data["latency_max_us"] / 1000,
+                     data["over_2s"], data["timeouts"], data["status_503"])
 
 
 def pgbench(dsn, clients, seconds):

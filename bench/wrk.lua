@@ -1,11 +1,19 @@
 -- wrk script for the benchmark. Environment:
 --   BENCH_POST=1      send POST /orders with user_id cycling over 1..BENCH_USERS (else the URL's GET)
 --   BENCH_LIMIT=n     each thread stops after n responses (else wrk's -d decides)
+--   BENCH_COUNT_503=1 count the 503 answers (a Lua call per response: only where the figure needs it)
 -- done() prints one line "BENCH {json}" that bench/tools.py parses (wrk's own text is for people).
 local post = os.getenv("BENCH_POST") == "1"
 local users = tonumber(os.getenv("BENCH_USERS") or "1000")
 local limit = tonumber(os.getenv("BENCH_LIMIT") or "0")
+local count_503 = os.getenv("BENCH_COUNT_503") == "1"
 local sent, received = 0, 0
+unavailable = 0  -- a global of each thread's Lua state, read back in done() through thread:get
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
 
 if post then
   wrk.method = "POST"
@@ -19,18 +27,34 @@ if post then
   end
 end
 
-if limit > 0 then
+if limit > 0 or count_503 then
   function response(status, headers, body)
     received = received + 1
-    if received >= limit then wrk.thread:stop() end
+    if status == 503 then unavailable = unavailable + 1 end
+    if limit > 0 and received >= limit then wrk.thread:stop() end
   end
+end
+
+-- The share of answers that took longer than `us` microseconds, from wrk's percentiles (bisection).
+local function share_above(latency, us)
+  if latency.max <= us then return 0 end
+  local low, high = 0, 100
+  for _ = 1, 40 do
+    local mid = (low + high) / 2
+    if latency:percentile(mid) > us then high = mid else low = mid end
+  end
+  return (100 - high) / 100
 end
 
 function done(summary, latency, requests)
   local e = summary.errors
+  local total_503 = 0
+  for _, thread in ipairs(threads) do total_503 = total_503 + (thread:get("unavailable") or 0) end
   io.write(string.format(
     'BENCH {"requests": %d, "duration_us": %d, "status_errors": %d, "socket_errors": %d, ' ..
-    '"latency_p50_us": %d, "latency_p99_us": %d}\n',
+    '"latency_p50_us": %d, "latency_p99_us": %d, "latency_max_us": %d, "over_2s": %d, "timeouts": %d, ' ..
+    '"status_503": %d}\n',
     summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(99)))
+    latency:percentile(50), latency:percentile(99), latency.max,
+    math.floor(share_above(latency, 2000000) * summary.requests + 0.5), e.timeout, total_503))
 end

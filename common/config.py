@@ -38,6 +38,12 @@ class Settings:
     batch_size: int
     prefetch: int
     upstream_timeout: float
+    backend_pool_size: int
+    client_idle_timeout: float
+    client_body_timeout: float
+    max_connections: int
+    trusted_proxy: bool
+    gateway_proxy: str
     db_pool_size: int
     max_body_bytes: int
     inbox_retention_days: float
@@ -71,6 +77,12 @@ def load_settings(environ=None):
         batch_size=int(env.get("BATCH_SIZE", "200")),
         prefetch=int(env.get("PREFETCH", "256")),
         upstream_timeout=float(env.get("UPSTREAM_TIMEOUT", "10")),
+        backend_pool_size=int(env.get("BACKEND_POOL_SIZE", "64")),
+        client_idle_timeout=float(env.get("CLIENT_IDLE_TIMEOUT", "20")),
+        client_body_timeout=float(env.get("CLIENT_BODY_TIMEOUT", "10")),
+        max_connections=int(env.get("MAX_CONNECTIONS", "4000")),
+        trusted_proxy=env.get("TRUSTED_PROXY", "0") not in ("0", "false", "no", ""),
+        gateway_proxy=env.get("GATEWAY_PROXY", "direct"),
         db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
         max_body_bytes=int(env.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
         inbox_retention_days=float(env.get("INBOX_RETENTION_DAYS", "7")),

@@ -8,18 +8,16 @@ from dataclasses import dataclass, field
 
 import uvloop
 from tornado import httputil, web
-from tornado.httpserver import HTTPServer
 
 from common.broker import Broker
 from common.config import Settings, load_settings
 from common.consumer import Decode, HandleBatch
 from common.db import Database
+from common.http_server import BoundedHTTPServer, server_options
 from common.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
-# Tornado rejects bodies above this outright; handlers enforce the smaller MAX_BODY_BYTES with a JSON 413.
-SERVER_MAX_BODY = 10 * 1024 * 1024
 # Seconds a graceful shutdown may take in all (requests in flight get up to 8 of them).
 SHUTDOWN_TIMEOUT = 20
 
@@ -33,7 +31,7 @@ async def wait_for_shutdown():
     await stop.wait()
 
 
-class DrainingHTTPServer(HTTPServer):
+class DrainingHTTPServer(BoundedHTTPServer):
     """An `HTTPServer` that knows which connections have a request in flight, so that a graceful shutdown
     closes only idle ones (`stop_server`).
 
@@ -71,8 +69,10 @@ class _MarkBusy(httputil.HTTPMessageDelegate):
         self.delegate.on_connection_close()
 
 
-def listen(app: web.Application, port: int) -> DrainingHTTPServer:
-    server = DrainingHTTPServer(app, max_body_size=SERVER_MAX_BODY, xheaders=True)
+def listen(app, port: int, settings: Settings | None = None) -> DrainingHTTPServer:
+    """The process's HTTP server for `app` (an `Application` or any `HTTPServerConnectionDelegate`), with the
+    client limits of `settings` (default: the environment's; `common.http_server`)."""
+    server = DrainingHTTPServer(app, **server_options(settings or load_settings()))
     server.listen(port)
     return server
 
