@@ -9,6 +9,7 @@
 #   scripts/pg-ha.sh status    the monitor's view: which node is primary, which is secondary, replication state
 #   scripts/pg-ha.sh stop      stop the keepers and their PostgreSQL servers (data is kept)
 #   scripts/pg-ha.sh destroy   stop and delete everything under the base directory
+#   scripts/pg-ha.sh roles     one line per data node: name port reported-state assigned-state
 #   scripts/pg-ha.sh kill-node NAME   SIGKILL a data node's keeper and postmaster (the machine is lost)
 #   scripts/pg-ha.sh run-node NAME    start a node's keeper again (after kill-node or stop)
 #
@@ -19,6 +20,9 @@ set -euo pipefail
 
 PG_BIN=/usr/lib/postgresql/15/bin
 BASE=${PG_HA_BASE:-/var/tmp/shop-pg-ha}
+# The ports chosen when the formation was created, so that every later command addresses the same one.
+SETTINGS=$BASE/ports.env
+if [ -f "$SETTINGS" ]; then . "$SETTINGS"; fi
 MONITOR_PORT=${PG_HA_MONITOR_PORT:-5440}
 NODE1_PORT=${PG_HA_NODE1_PORT:-5441}
 NODE2_PORT=${PG_HA_NODE2_PORT:-5442}
@@ -132,8 +136,11 @@ wait_state() {  # NAME STATE SECONDS
 start() {
     install_packages
     mkdir -p "$BASE/config" "$BASE/share" "$BASE/run"
+    [ -f "$SETTINGS" ] || printf 'PG_HA_MONITOR_PORT=%s\nPG_HA_NODE1_PORT=%s\nPG_HA_NODE2_PORT=%s\n' \
+        "$MONITOR_PORT" "$NODE1_PORT" "$NODE2_PORT" > "$SETTINGS"
     chmod 700 "$BASE/run"
     chown -R postgres:postgres "$BASE"
+    chown root:root "$SETTINGS"  # sourced by root: only root may change it
     [ -d "$BASE/monitor" ] || create_monitor
     run_node monitor
     wait_port "$MONITOR_PORT" monitor 60
@@ -179,6 +186,11 @@ kill_node() {  # NAME: SIGKILL the keeper (else it would restart PostgreSQL at o
     fi
 }
 
+roles() {  # one line per data node: name, port, the state it reported, the state the monitor assigned
+    monitor_sql "SELECT nodename, nodeport, reportedstate, goalstate FROM pgautofailover.node ORDER BY nodename" |
+        tr '|' ' '
+}
+
 status() {
     if ! pg_isready -q -h 127.0.0.1 -p "$MONITOR_PORT"; then echo "monitor (port $MONITOR_PORT) is down"; exit 3; fi
     as_postgres pg_autoctl show state --pgdata "$BASE/monitor"
@@ -194,9 +206,10 @@ case ${1:-} in
     start) start ;;
     env) print_env ;;
     status) status ;;
+    roles) roles ;;
     stop) stop ;;
     destroy) destroy ;;
     kill-node) kill_node "${2:?kill-node needs a node name (node1 or node2)}" ;;
     run-node) run_node "${2:?run-node needs a node name (node1 or node2)}" ;;
-    *) echo "usage: $0 start|stop|status|destroy|env|kill-node NAME|run-node NAME" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|status|destroy|env|roles|kill-node NAME|run-node NAME" >&2; exit 2 ;;
 esac

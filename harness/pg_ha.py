@@ -1,0 +1,84 @@
+"""The PostgreSQL primary + synchronous standby of `scripts/pg-ha.sh` (pg_auto_failover), as the tests and the
+chaos runner drive it: who is primary, lose that node, bring it back as the standby."""
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.infra import InfraError, run, wait
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "pg-ha.sh"
+# pg_auto_failover's states of a node that accepts writes: with its standby in sync (`primary`), or alone
+# while the standby is away (`wait_primary`: synchronous replication is off then).
+WRITABLE = ("primary", "wait_primary")
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    port: int
+    reported: str
+    assigned: str
+
+
+@dataclass
+class Failover:
+    """What one failover took: from the SIGKILL to a new primary, and to the old one back as its standby."""
+    killed: str
+    promoted: str
+    seconds_to_primary: float
+    seconds_to_standby: float
+
+
+class PgHa:
+    """The formation under `base` (the script's PG_HA_BASE); its ports are the ones it was created with."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def script(self, *args, timeout=240):
+        return run([str(SCRIPT), *args], env={**os.environ, "PG_HA_BASE": self.base}, timeout=timeout)
+
+    def start(self):
+        return self.script("start")
+
+    def destroy(self):
+        self.script("destroy")
+
+    def nodes(self):
+        try:
+            lines = self.script("roles", timeout=20).split()
+        except InfraError:
+            return []  # the monitor is not answering (yet)
+        return [Node(name, int(port), reported, assigned) for name, port, reported, assigned
+                in (lines[i:i + 4] for i in range(0, len(lines), 4))]
+
+    def primary(self):
+        """The node that accepts writes now, or None (during a failover)."""
+        return next((n for n in self.nodes() if n.reported in WRITABLE and n.assigned in WRITABLE), None)
+
+    def is_settled(self):
+        """One primary with its standby in sync: the formation can lose a node without losing a commit."""
+        states = sorted((n.reported, n.assigned) for n in self.nodes())
+        return states == [("primary", "primary"), ("secondary", "secondary")]
+
+    def wait_settled(self, timeout=120):
+        wait(self.is_settled, timeout, "pg_auto_failover primary + secondary")
+
+    def failover(self, timeout=120):
+        """SIGKILL the primary's keeper and postmaster (the machine is lost), wait until the monitor has
+        promoted the standby, start the lost node again and wait until it is back as the standby."""
+        self.wait_settled(timeout)
+        old = self.primary()
+        started = time.monotonic()
+        self.script("kill-node", old.name)
+        wait(lambda: (self.primary() or old).name != old.name, timeout, f"promotion after losing {old.name}")
+        promoted = time.monotonic()
+        self.script("run-node", old.name)
+        self.wait_settled(timeout)
+        return Failover(old.name, self.primary().name, promoted - started, time.monotonic() - promoted)
+
+    def ensure_up(self):
+        """After a failed run: start whatever keeper is down and wait for primary + standby."""
+        self.start()
+        self.wait_settled()
