@@ -42,7 +42,7 @@ def single_host_dsns(dsn):
         return [dsn]
     if params.get("hostaddr"):
         raise ValueError("a DSN with several hosts must name them with host=, not hostaddr=")
-    ports = params.get("port", "").split(",")
+    ports = params.pop("port", "").split(",")
     if len(ports) == 1:
         ports = ports * len(hosts)
     if len(ports) != len(hosts):

@@ -33,11 +33,13 @@ class Failover:
 class PgHa:
     """The formation under `base` (the script's PG_HA_BASE); its ports are the ones it was created with."""
 
-    def __init__(self, base):
+    def __init__(self, base, ports=None):
         self.base = base
+        self.ports = ports or {}  # PG_HA_*_PORT for `start` of a new formation (the script remembers them)
 
     def script(self, *args, timeout=240):
-        return run([str(SCRIPT), *args], env={**os.environ, "PG_HA_BASE": self.base}, timeout=timeout)
+        env = {**os.environ, **self.ports, "PG_HA_BASE": self.base}
+        return run([str(SCRIPT), *args], env=env, timeout=timeout)
 
     def start(self):
         return self.script("start")
