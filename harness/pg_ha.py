@@ -23,11 +23,20 @@ class Node:
 
 @dataclass
 class Failover:
-    """What one failover took: from the SIGKILL to a new primary, and to the old one back as its standby."""
+    """One failover (times are `time.monotonic()`): the SIGKILL, the new primary, the old one back as standby."""
     killed: str
     promoted: str
-    seconds_to_primary: float
-    seconds_to_standby: float
+    killed_at: float
+    promoted_at: float
+    settled_at: float
+
+    @property
+    def seconds_to_primary(self):
+        return self.promoted_at - self.killed_at
+
+    @property
+    def seconds_to_standby(self):
+        return self.settled_at - self.promoted_at
 
 
 class PgHa:
@@ -78,7 +87,7 @@ class PgHa:
         promoted = time.monotonic()
         self.script("run-node", old.name)
         self.wait_settled(timeout)
-        return Failover(old.name, self.primary().name, promoted - started, time.monotonic() - promoted)
+        return Failover(old.name, self.primary().name, started, promoted, time.monotonic())
 
     def ensure_up(self):
         """After a failed run: start whatever keeper is down and wait for primary + standby."""
