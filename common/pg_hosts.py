@@ -3,7 +3,7 @@
 `ORDER_DB_DSN` / `PAYMENT_DB_DSN` may name several hosts in libpq's form
 (`postgresql://u@h1:5432,h2:5432/orders?target_session_attrs=read-write`, or `host=h1,h2 port=5432,5432`).
 psycopg2 opens such a DSN, aiopg 1.4 does not (its asynchronous connect watches the first host's socket only),
-so the hosts are tried here one after the other and the first that is not in recovery is kept. The services
+so the hosts are tried here one after the other and the first that is not in recovery (nor read-only) is kept. The services
 write on every path, so the primary is chosen whatever `target_session_attrs` says.
 
 Errors: `NoPrimary` (a `psycopg2.OperationalError`, so the retry policies for a lost server cover it) when no
@@ -58,18 +58,22 @@ def describe(dsn):
     return f"{params.get('host', 'localhost')}:{params.get('port', '5432')}"
 
 
-async def in_recovery(conn):
+async def read_only(conn):
+    """Whether the server refuses writes: a standby (in recovery), or a server set read-only. pg_auto_failover
+    sets `default_transaction_read_only` on the standby it is about to promote and clears it a few seconds after
+    the promotion (seen in chaos runs: out of recovery, yet refusing every write for ~6 s). libpq's
+    `target_session_attrs=read-write` asks the same `transaction_read_only`."""
     async with conn.cursor() as cur:
-        await cur.execute("SELECT pg_is_in_recovery()")
+        await cur.execute("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool")
         return (await cur.fetchone())[0]
 
 
 async def is_primary(dsn, timeout=PROBE_TIMEOUT):
-    """Whether the server of single-host `dsn` accepts writes. Asks its `postgres` database, which exists
+    """Whether the server of single-host `dsn` accepts writes (`read_only`). Asks its `postgres` database, which exists
     before the services have created theirs. Raises the connection error if the server cannot be reached."""
     probe = make_dsn(dsn, dbname="postgres")
     async with aiopg.connect(probe, timeout=timeout, enable_hstore=False) as conn:
-        return not await in_recovery(conn)
+        return not await read_only(conn)
 
 
 async def find_primary(dsns, timeout=PROBE_TIMEOUT):
@@ -112,6 +116,6 @@ async def refuse_standby(conn):
     """aiopg `on_connect` hook for a pool on one host of several: a new connection that lands on a standby
     (the primary it was opened for was demoted and came back as a standby) raises `WrongHost` rather than
     serve stale reads and fail writes. Closes that connection itself: aiopg would leak it."""
-    if await in_recovery(conn):
+    if await read_only(conn):
         await conn.close()
         raise WrongHost("the database host is now a standby")
