@@ -36,7 +36,7 @@ class Failover:
 
     @property
     def seconds_to_standby(self):
-        return self.settled_at - self.promoted_at
+        return None if self.settled_at is None else self.settled_at - self.promoted_at
 
 
 class PgHa:
@@ -76,18 +76,20 @@ class PgHa:
     def wait_settled(self, timeout=120):
         wait(self.is_settled, timeout, "pg_auto_failover primary + secondary")
 
-    def failover(self, timeout=120):
+    def failover(self, timeout=120, rejoin=True):
         """SIGKILL the primary's keeper and postmaster (the machine is lost), wait until the monitor has
-        promoted the standby, start the lost node again and wait until it is back as the standby."""
+        promoted the standby, start the lost node again and (`rejoin`) wait until it is back as the standby;
+        without `rejoin`, `settled_at` is None and `wait_settled` is the caller's."""
         self.wait_settled(timeout)
         old = self.primary()
         started = time.monotonic()
         self.script("kill-node", old.name)
         wait(lambda: (self.primary() or old).name != old.name, timeout, f"promotion after losing {old.name}")
-        promoted = time.monotonic()
+        promoted, new = time.monotonic(), self.primary()
         self.script("run-node", old.name)
-        self.wait_settled(timeout)
-        return Failover(old.name, self.primary().name, started, promoted, time.monotonic())
+        if rejoin:
+            self.wait_settled(timeout)
+        return Failover(old.name, new.name, started, promoted, time.monotonic() if rejoin else None)
 
     def ensure_up(self):
         """After a failed run: start whatever keeper is down and wait for primary + standby."""
