@@ -108,7 +108,7 @@ class Hosts:
         if not self.several:
             return self.candidates[0]
         dsn = await find_primary(self.candidates)
-        logger.info("database primary is %s", describe(dsn))
+        logger.debug("database primary is %s", describe(dsn))
         return dsn
 
 

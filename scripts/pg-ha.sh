@@ -175,15 +175,19 @@ stop() {
     done
 }
 
-kill_node() {  # NAME: SIGKILL the keeper (else it would restart PostgreSQL at once) and the postmaster together
-    local pgdata="$BASE/$1" keeper
+kill_node() {  # NAME: SIGKILL the node's keeper, postmaster and every server process at once: the machine is lost
+    local pgdata="$BASE/$1" keeper postmaster="" children=""
     node_port "$1" >/dev/null
-    # `setsid` made the keeper a process group leader; the postmaster it starts stays in that group.
+    # `setsid` made the keeper a process group leader; the postmaster it starts stays in that group, but each
+    # server process (backends, walsender) is in a group of its own: without killing them too, they go on
+    # committing for a moment after the postmaster is gone.
     keeper=$(pgrep -u postgres -f "^pg_autoctl run --pgdata $pgdata\$" || true)
-    [ -n "$keeper" ] && kill -KILL -- "-$keeper" 2>/dev/null || true
     if [ -f "$pgdata/postmaster.pid" ]; then
-        kill -KILL "$(head -1 "$pgdata/postmaster.pid")" 2>/dev/null || true
+        postmaster=$(head -1 "$pgdata/postmaster.pid")
+        children=$(pgrep -P "$postmaster" || true)
     fi
+    # shellcheck disable=SC2086 # word splitting of the pid lists is meant
+    kill -KILL ${keeper:+-- "-$keeper"} $postmaster $children 2>/dev/null || true
 }
 
 roles() {  # one line per data node: name, port, the state it reported, the state the monitor assigned
