@@ -62,7 +62,8 @@ class Infra:
         params = parse_dsn(self.pg_admin_dsn)
         password = f":{params['password']}" if params.get("password") else ""
         if "," in params.get("host", ""):  # libpq's multi-host form: every host, and the same attributes
-            hosts = ",".join(f"{h}:{p}" for h, p in zip(params["host"].split(","), params["port"].split(",")))
+            names, ports = params["host"].split(","), params.get("port", "5432").split(",")
+            hosts = ",".join(f"{h}:{p}" for h, p in zip(names, ports * len(names) if len(ports) == 1 else ports))
             attrs = f"?target_session_attrs={params.get('target_session_attrs', 'read-write')}"
             return f"postgresql://{params.get('user', 'postgres')}{password}@{hosts}/{dbname}{attrs}"
         return (f"postgresql://{params.get('user', 'postgres')}{password}@{params.get('host', '127.0.0.1')}:"

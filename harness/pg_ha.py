@@ -82,8 +82,8 @@ class PgHa:
         without `rejoin`, `settled_at` is None and `wait_settled` is the caller's."""
         self.wait_settled(timeout)
         old = self.primary()
-        started = time.monotonic()
         self.script("kill-node", old.name)
+        started = time.monotonic()  # once the script is done: starting it takes a second on a busy machine
         wait(lambda: (self.primary() or old).name != old.name, timeout, f"promotion after losing {old.name}")
         promoted, new = time.monotonic(), self.primary()
         self.script("run-node", old.name)
