@@ -17,6 +17,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from sqlalchemy.dialects import postgresql
 
 from common.errors import Unavailable
+from common.pg_hosts import Hosts, WrongHost, describe, refuse_standby
 from common.retry import DB_ERRORS, briefly, until_connected
 from common.servers import describe_postgres
 
@@ -147,8 +148,13 @@ def unavailable(exc):
 BACKGROUND_POOL_SIZE = 4
 
 
-async def create_pool(dsn, size):
-    return await aiopg.create_pool(dsn, minsize=1, maxsize=size, enable_hstore=False, timeout=30)
+# Seconds a former primary's pool may keep connections still in use before they are closed regardless.
+RETIRE_GRACE = 5.0
+
+
+async def create_pool(dsn, size, on_connect=None):
+    return await aiopg.create_pool(dsn, minsize=1, maxsize=size, enable_hstore=False, timeout=30,
+                                   on_connect=on_connect)
 
 
 class Database:
@@ -158,21 +164,36 @@ class Database:
     take every connection, and the work that brings orders to their final status would queue behind new
     orders, so the backlog would grow for as long as the load lasts."""
 
-    def __init__(self, pool: aiopg.Pool, background: "Database | None" = None, retry_seconds: float = 2.0) -> None:
+    def __init__(self, pool: aiopg.Pool, background: "Database | None" = None, retry_seconds: float = 2.0,
+                 hosts: Hosts | None = None, dsn: str | None = None) -> None:
         self.pool = pool
         self.background = background
         self.retry_seconds = retry_seconds
+        # A DSN with several hosts (`common.pg_hosts`): `pool` is on `dsn`, the host that was the primary
+        # when it was made, and moves when a lost connection or a write refused by a standby says it changed.
+        self.hosts, self.dsn = hosts, dsn
+        self._lookup = None
+        self._retiring = set()
 
     @classmethod
     async def connect(cls, dsn: str, section: str, pool_size: int) -> "Database":
         """Wait for the server, create the database and apply its schema section, then pool connections."""
+        hosts = Hosts(dsn)
         async for attempt in until_connected(DB_ERRORS, describe_postgres(dsn)):
             with attempt:
-                await ensure_database(dsn)
-                db = cls(await create_pool(dsn, pool_size), cls(await create_pool(dsn, BACKGROUND_POOL_SIZE)))
+                db = await cls._on_primary(hosts, pool_size)
                 await db.apply_schema(section)
         logger.info("connected to PostgreSQL database %s", parse_dsn(dsn)["dbname"])
         return db
+
+    @classmethod
+    async def _on_primary(cls, hosts, pool_size):
+        dsn = await hosts.primary()
+        await ensure_database(dsn)
+        if not hosts.several:
+            return cls(await create_pool(dsn, pool_size), cls(await create_pool(dsn, BACKGROUND_POOL_SIZE)))
+        background = cls(await create_pool(dsn, BACKGROUND_POOL_SIZE, refuse_standby), hosts=hosts, dsn=dsn)
+        return cls(await create_pool(dsn, pool_size, refuse_standby), background, hosts=hosts, dsn=dsn)
 
     async def apply_schema(self, section: str) -> None:
         ddl = schema_section("shared") + "\n" + schema_section(section)
@@ -210,10 +231,12 @@ class Database:
             raise unavailable(exc) from exc
         except DB_ERRORS as exc:
             if retry_seconds <= 0:
+                self._look_for_primary()  # for the next call: a readiness probe must not fail forever
                 raise unavailable(exc) from exc
         try:
             async for attempt in briefly(DB_ERRORS, retry_seconds):
                 with attempt:
+                    await self._follow_primary()
                     return await self._attempt(work, args, transaction)
         except (*DB_ERRORS, CommitOutcomeUnknown) as exc:
             raise unavailable(exc) from exc
@@ -230,6 +253,11 @@ class Database:
             async with self._cursor(transaction) as cur:
                 result = await work(cur, *args)
                 committing = transaction
+        except psycopg2.errors.ReadOnlySqlTransaction as exc:
+            if self.hosts is None:
+                raise
+            # Raised by the write itself, never by COMMIT: nothing was applied, so it is safe to run again.
+            raise WrongHost(repr(exc)) from exc
         except DB_ERRORS as exc:
             if being_cancelled():
                 raise asyncio.CancelledError() from exc
@@ -240,6 +268,31 @@ class Database:
             raise asyncio.CancelledError()
         return result
 
+    def _look_for_primary(self):
+        """Start a look for the primary unless one is under way; the callers failing together share it."""
+        if self.hosts is not None and (self._lookup is None or self._lookup.done()):
+            self._lookup = asyncio.ensure_future(self._move_to_primary())
+            self._lookup.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return self._lookup
+
+    async def _follow_primary(self):
+        """Before a retry: make sure the pool is on the current primary. Raises `NoPrimary` (retried like a
+        lost connection) while there is none, e.g. during a failover."""
+        if self.hosts is not None:
+            # Shielded: a cancelled caller must not cancel the look the others are waiting for.
+            await asyncio.shield(self._look_for_primary())
+
+    async def _move_to_primary(self):
+        dsn = await self.hosts.primary()
+        if dsn == self.dsn:
+            return
+        logger.warning("database primary moved from %s to %s: new connection pool", describe(self.dsn),
+                       describe(dsn))
+        old, self.pool, self.dsn = self.pool, await create_pool(dsn, self.pool.maxsize, refuse_standby), dsn
+        closing = asyncio.ensure_future(close_pool(old, RETIRE_GRACE))
+        self._retiring.add(closing)
+        closing.add_done_callback(self._retiring.discard)
+
     async def ping(self) -> None:
         async def select_one(cur):
             await cur.execute("SELECT 1")
@@ -248,7 +301,8 @@ class Database:
     async def close(self, grace: float = 5.0) -> None:
         """Close the pools (both at once) once their connections are back; after `grace` seconds close them
         regardless (a connection never released, e.g. by a task cancelled mid-query, must not stop the process)."""
-        await asyncio.gather(*(close_pool(db.pool, grace) for db in (self, self.background) if db))
+        await asyncio.gather(*(close_pool(db.pool, grace) for db in (self, self.background) if db),
+                             *(task for db in (self, self.background) if db for task in list(db._retiring)))
 
 
 async def close_pool(pool, grace):

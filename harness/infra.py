@@ -7,6 +7,9 @@ uses). On a shared machine, point the harness at private instances instead (`scr
     SHOP_TEST_PG_CLUSTER     `pg_ctlcluster` version and name of that server, e.g. "15 chaos"
     SHOP_TEST_AMQP           AMQP URL without vhost; each run adds its own vhost
     SHOP_TEST_RABBITMQ_ENV   a rabbitmq-env.conf naming the node (RABBITMQ_CONF_ENV_FILE); empty = default node
+    SHOP_TEST_PG_HA          base directory of a `scripts/pg-ha.sh` primary + standby; SHOP_TEST_PG then names
+                             both hosts (`postgresql://postgres@h:5441,h:5442/postgres?target_session_attrs=...`)
+                             and the stack's services get multi-host DSNs
 """
 import os
 import subprocess
@@ -28,6 +31,7 @@ class Infra:
     pg_cluster: str = "15 main"
     amqp_base: str = "amqp://guest:guest@127.0.0.1:5672/"
     rabbitmq_env: str = ""
+    pg_ha: str = ""
 
     @classmethod
     def from_env(cls, environ=os.environ):
@@ -35,11 +39,13 @@ class Infra:
         return cls(pg_admin_dsn=environ.get("SHOP_TEST_PG") or defaults.pg_admin_dsn,
                    pg_cluster=environ.get("SHOP_TEST_PG_CLUSTER") or defaults.pg_cluster,
                    amqp_base=environ.get("SHOP_TEST_AMQP") or defaults.amqp_base,
-                   rabbitmq_env=environ.get("SHOP_TEST_RABBITMQ_ENV") or defaults.rabbitmq_env)
+                   rabbitmq_env=environ.get("SHOP_TEST_RABBITMQ_ENV") or defaults.rabbitmq_env,
+                   pg_ha=environ.get("SHOP_TEST_PG_HA") or defaults.pg_ha)
 
     def describe(self):
         node = f"node from {self.rabbitmq_env}" if self.rabbitmq_env else "default node"
-        return f"PostgreSQL {self.pg_cluster} ({self.pg_admin_dsn}), RabbitMQ {node} ({self.amqp_base})"
+        pg = f"pg_auto_failover in {self.pg_ha}" if self.pg_ha else self.pg_cluster
+        return f"PostgreSQL {pg} ({self.pg_admin_dsn}), RabbitMQ {node} ({self.amqp_base})"
 
     # --- PostgreSQL -------------------------------------------------------------------------------
 
@@ -55,6 +61,11 @@ class Infra:
         """A URL DSN (`postgresql://user@host:port/dbname`) for database `dbname` on the harness's server."""
         params = parse_dsn(self.pg_admin_dsn)
         password = f":{params['password']}" if params.get("password") else ""
+        if "," in params.get("host", ""):  # libpq's multi-host form: every host, and the same attributes
+            names, ports = params["host"].split(","), params.get("port", "5432").split(",")
+            hosts = ",".join(f"{h}:{p}" for h, p in zip(names, ports * len(names) if len(ports) == 1 else ports))
+            attrs = f"?target_session_attrs={params.get('target_session_attrs', 'read-write')}"
+            return f"postgresql://{params.get('user', 'postgres')}{password}@{hosts}/{dbname}{attrs}"
         return (f"postgresql://{params.get('user', 'postgres')}{password}@{params.get('host', '127.0.0.1')}:"
                 f"{self.pg_port}/{dbname}")
 
@@ -83,6 +94,9 @@ class Infra:
 
     def ensure_pg(self):
         """Start PostgreSQL if it is down (after a failed run) and wait for it."""
+        if self.pg_ha:
+            from harness.pg_ha import PgHa  # it builds on this module
+            return PgHa(self.pg_ha).ensure_up()
         if not self.pg_is_up():
             try:
                 self.pg_ctl("start")

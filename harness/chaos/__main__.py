@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 
-from harness.chaos.faults import KINDS
+from harness.chaos.faults import KINDS, PG_HA_KINDS, default_kinds
 from harness.chaos.runner import Config, print_outcome, run
 from harness.infra import Infra
 
@@ -18,8 +18,9 @@ def parse_args(argv):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=defaults.orders, help="order requests, at least")
     parser.add_argument("--faults", type=int, default=defaults.faults, help="faults (>= 9 covers every kind)")
-    parser.add_argument("--kinds", type=lambda v: tuple(k.strip() for k in v.split(",")), default=KINDS,
-                        help=f"comma-separated kinds of fault (default all: {', '.join(KINDS)})")
+    parser.add_argument("--kinds", type=lambda v: tuple(k.strip() for k in v.split(",")), default=None,
+                        help=f"comma-separated kinds of fault (default all: {', '.join(KINDS)}; "
+                             f"with --pg-ha: {', '.join(PG_HA_KINDS)})")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the schedule and the load")
     parser.add_argument("--users", type=int, default=defaults.users, help="accounts")
     parser.add_argument("--clients", type=int, default=defaults.clients, help="concurrent clients")
@@ -39,6 +40,9 @@ def parse_args(argv):
     parser.add_argument("--pg-cluster", help="its pg_ctlcluster version and name (default: '15 main')")
     parser.add_argument("--amqp", help="AMQP URL without vhost (default: $SHOP_TEST_AMQP or 127.0.0.1:5672)")
     parser.add_argument("--rabbitmq-env", help="rabbitmq-env.conf of the RabbitMQ node (default: the default node)")
+    parser.add_argument("--pg-ha", metavar="DIR",
+                        help="base directory of a scripts/pg-ha.sh primary + standby (default: $SHOP_TEST_PG_HA); "
+                             "--pg then names both hosts, as `scripts/pg-ha.sh env` prints")
     return parser.parse_args(argv)
 
 
@@ -51,9 +55,10 @@ def main(argv=None):
     infra = Infra.from_env()
     infra = dataclasses.replace(infra, **{k: v for k, v in dict(
         pg_admin_dsn=args.pg, pg_cluster=args.pg_cluster, amqp_base=args.amqp,
-        rabbitmq_env=args.rabbitmq_env).items() if v})
+        rabbitmq_env=args.rabbitmq_env, pg_ha=args.pg_ha).items() if v})
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = Config(orders=args.orders, faults=args.faults, seed=args.seed, kinds=args.kinds, users=args.users,
+    config = Config(orders=args.orders, faults=args.faults, seed=args.seed, kinds=args.kinds or default_kinds(infra),
+                    users=args.users,
                     clients=args.clients, rate=args.rate,
                     heartbeat=args.heartbeat or (60 if args.compose else Config.heartbeat),
                     gateway_url=args.gateway_url,

@@ -8,6 +8,7 @@ processes (`NativeTargets`) or docker compose containers (`harness.chaos.compose
     broker_app(pause)          rabbitmqctl stop_app, pause, start_app
     broker_restart(pause)      stop the whole RabbitMQ node, pause, start it
     db_restart(immediate)      restart PostgreSQL (fast shutdown, or `-m immediate`: crash recovery)
+    db_failover()              lose the primary of a pg_auto_failover pair; back once the old one is the standby
     ensure_up()                after anything went wrong: resume frozen parts, start servers that are down
     crashed()                  parts that died although no fault was acting on them (restarted again)
 
@@ -20,10 +21,20 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from harness.infra import InfraError
+from harness.pg_ha import PgHa
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("kill order", "kill payment", "kill gateway", "freeze order", "freeze payment",
          "rabbitmq stop_app", "rabbitmq restart", "postgres restart", "postgres restart -m immediate")
+# On a primary + standby of scripts/pg-ha.sh (SHOP_TEST_PG_HA) the failover manager owns the servers:
+# restarting one behind its back is not a fault of that topology, losing the primary is.
+PG_HA_KINDS = tuple(k for k in KINDS if not k.startswith("postgres")) + ("postgres failover",)
+
+
+def default_kinds(infra):
+    return PG_HA_KINDS if infra.pg_ha else KINDS
 
 
 @dataclass
@@ -45,6 +56,8 @@ class Fault:
             targets.broker_app(self.pause)
         elif self.kind == "rabbitmq restart":
             targets.broker_restart(self.pause)
+        elif self.kind == "postgres failover":
+            targets.db_failover()
         else:
             targets.db_restart(immediate=self.kind.endswith("immediate"))
 
@@ -75,8 +88,8 @@ def gateway_down_windows(faults):
 
 def planned_seconds(faults):
     """A rough duration of the schedule (gaps, pauses, and typical recovery of each kind)."""
-    typical = {"kill": 1.5, "rabbitmq": 5.0, "postgres": 2.0, "freeze": 0.5}
-    return sum(f.gap + f.pause + typical[f.kind.split()[0]] for f in faults)
+    typical = {"kill": 1.5, "rabbitmq": 5.0, "postgres": 2.0, "freeze": 0.5, "postgres failover": 20.0}
+    return sum(f.gap + f.pause + typical.get(f.kind, typical[f.kind.split()[0]]) for f in faults)
 
 
 class Injector:
@@ -186,6 +199,11 @@ class NativeTargets:
 
     def db_restart(self, immediate):
         self.infra.pg_restart(immediate=immediate)
+
+    def db_failover(self):
+        if not self.infra.pg_ha:
+            raise InfraError("postgres failover needs a scripts/pg-ha.sh pair (SHOP_TEST_PG_HA / --pg-ha)")
+        PgHa(self.infra.pg_ha).failover()
 
     def ensure_up(self):
         for process in self.stack.processes.values():
