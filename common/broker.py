@@ -7,6 +7,7 @@ import logging
 import aio_pika
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
 
+from common import amqp_nodes, queues
 from common.errors import InvalidMessage, Unavailable
 from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
 from common.metrics import CONSUMED, DEAD_LETTERED, PUBLISH_FAILED, PUBLISHED, RECONNECTS
@@ -18,10 +19,7 @@ logger = logging.getLogger(__name__)
 # producers wait (back-pressure: no more orders are taken in, no more requests settled, than can be sent on).
 # At least a consumer's batch; small enough that a wait for room tracks the broker's pace.
 MAX_SENDING = 256
-
-
-def dead_letter_queue(name):
-    return f"{name}.dead"
+dead_letter_queue = queues.dead_letter_queue
 
 
 class Broker:
@@ -44,14 +42,15 @@ class Broker:
         self._room.set()
 
     @classmethod
-    async def connect(cls, url, prefetch, publish_timeout=5.0):
-        """Wait for the broker, then declare both queues (and their dead-letter queues)."""
+    async def connect(cls, url, prefetch, publish_timeout=5.0, queue_type=None):
+        """Wait for the broker (`url`: one node, or several comma-separated), then declare both queues (and
+        their dead-letter queues) of `queue_type` (None: QUEUE_TYPE of the environment). Raises `QueueMismatch` if one exists of the other type."""
         connections = [await connect_robust(url) for _ in range(2)]
         publisher = await connections[0].channel(publisher_confirms=True, on_return_raises=True)
         consumer = await connections[1].channel()
         await consumer.set_qos(prefetch_count=prefetch)
         for name in (ORDER_REQUESTS, PAYMENT_RESULTS):
-            await declare_queue(publisher, name)
+            await declare_queue(publisher, name, queue_type)
         logger.info("connected to RabbitMQ")
         return cls(connections, publisher, consumer, publish_timeout)
 
@@ -171,18 +170,13 @@ class Broker:
 async def connect_robust(url):
     async for attempt in until_connected(BROKER_ERRORS):
         with attempt:
-            # A short reconnect interval keeps recovery after a broker restart within a second or two.
-            connection = await aio_pika.connect_robust(url, reconnect_interval=1)
+            connection = await amqp_nodes.connect_robust(amqp_nodes.split_urls(url))
     connection.reconnect_callbacks.add(lambda *_: RECONNECTS.inc())
     return connection
 
 
-async def declare_queue(channel, name):
-    await channel.declare_queue(dead_letter_queue(name), durable=True)
-    return await channel.declare_queue(name, durable=True, arguments={
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": dead_letter_queue(name),
-    })
+async def declare_queue(channel, name, queue_type=None):
+    return await queues.declare_queue(channel, name, queue_type)
 
 
 async def reject(message, queue, reason):

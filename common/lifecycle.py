@@ -7,7 +7,7 @@ import sys
 import uvloop
 from tornado.httpserver import HTTPServer
 
-from common.config import load_settings
+from common.config import ConfigurationError, load_settings
 from common.envelope import BaseHandler
 from common.logs import setup_logging
 
@@ -84,12 +84,20 @@ class Service:
 
 def run(service_class):
     """Entry point of a service process: start, serve until SIGTERM/SIGINT, stop gracefully."""
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        sys.exit(f"{service_class.name}: {exc}")
     setup_logging(settings, service_class.name)
 
     async def main():
         service = service_class(settings)
-        await service.start()
+        try:
+            await service.start()
+        except ConfigurationError as exc:
+            # A setting the broker or database contradicts: restarting cannot help, a traceback neither.
+            logging.getLogger(service_class.name).error("not starting: %s", exc)
+            sys.exit(2)
         await wait_for_shutdown()
         logger = logging.getLogger(service_class.name)
         logger.info("shutting down")

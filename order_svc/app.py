@@ -28,7 +28,7 @@ class OrderService(Service):
         settings = self.settings
         self.port = settings.order_svc_port
         self.db = await Database.connect(settings.order_db_dsn, "order_svc", settings.db_pool_size)
-        self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch)
+        self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch, queue_type=settings.queue_type)
         background = self.db.background
         self.outbox = BgWorker("outbox_os relay", lambda: service.relay_outbox(background, self.broker, settings),
                                settings.poll_interval)

@@ -28,7 +28,7 @@ class PaymentService(Service):
         settings = self.settings
         self.port = settings.payment_svc_port
         self.db = await Database.connect(settings.payment_db_dsn, "payment_svc", settings.db_pool_size)
-        self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch)
+        self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch, queue_type=settings.queue_type)
         background = self.db.background
         self.outbox = BgWorker("outbox_ps relay",
                                lambda: service.relay_outbox(background, self.broker, settings.batch_size),
