@@ -74,8 +74,11 @@ class MultiNodeConnection(RobustConnection):
         self._transport = value
 
     async def _on_connected(self):
+        # `connection_attempt` counts the connections made before this one: a reconnect is worth seeing.
+        reconnect = self.connection_attempt > 0
         await super()._on_connected()
-        logger.info("connected to RabbitMQ node %s", self)
+        logger.log(logging.WARNING if reconnect else logging.INFO, "%s to RabbitMQ node %s",
+                   "reconnected" if reconnect else "connected", self)
 
 
 async def connect_robust(urls, first=0):

@@ -7,6 +7,7 @@ processes (`NativeTargets`) or docker compose containers (`harness.chaos.compose
     freeze(part, seconds)      SIGSTOP a service for longer than the broker heartbeat, then SIGCONT
     broker_app(pause)          rabbitmqctl stop_app, pause, start_app
     broker_restart(pause)      stop the whole RabbitMQ node, pause, start it
+    broker_node_kill(pause)    SIGKILL one node of a RabbitMQ cluster, pause, start it (harness.cluster)
     db_restart(immediate)      restart PostgreSQL (fast shutdown, or `-m immediate`: crash recovery)
     ensure_up()                after anything went wrong: resume frozen parts, start servers that are down
     crashed()                  parts that died although no fault was acting on them (restarted again)
@@ -20,10 +21,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from common.messages import ORDER_REQUESTS
+from harness.infra import InfraError
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("kill order", "kill payment", "kill gateway", "freeze order", "freeze payment",
          "rabbitmq stop_app", "rabbitmq restart", "postgres restart", "postgres restart -m immediate")
+# Kinds that need a RabbitMQ cluster (scripts/rabbitmq-cluster.sh; harness.infra's SHOP_TEST_RABBITMQ_NODES).
+CLUSTER_KINDS = ("rabbitmq node kill",)
 
 
 @dataclass
@@ -45,6 +51,8 @@ class Fault:
             targets.broker_app(self.pause)
         elif self.kind == "rabbitmq restart":
             targets.broker_restart(self.pause)
+        elif self.kind == "rabbitmq node kill":
+            targets.broker_node_kill(self.pause)
         else:
             targets.db_restart(immediate=self.kind.endswith("immediate"))
 
@@ -145,6 +153,7 @@ class NativeTargets:
     def __init__(self, stack):
         self.stack, self.infra = stack, stack.infra
         self.busy = threading.Lock()  # held while a fault acts: a part down then is no crash
+        self.node_kills = []  # [(node name, why it was chosen)] of `broker_node_kill`
 
     def crashed(self):
         """[(part, exit code)] of processes that died on their own since the last call; each is restarted
@@ -183,6 +192,21 @@ class NativeTargets:
         self.infra.rabbit_stop_node()
         time.sleep(pause)
         self.infra.rabbit_start_node()
+
+    def broker_node_kill(self, pause):
+        """Alternately the node most of the services' connections use and the leader of outbox_os; back once
+        it runs and every queue has all its members online again."""
+        cluster = self.infra.cluster
+        if cluster is None:
+            raise InfraError("rabbitmq node kill needs a cluster: see scripts/rabbitmq-cluster.sh")
+        leader = len(self.node_kills) % 2 == 1
+        node = cluster.victim(self.stack.vhost, ORDER_REQUESTS, leader)
+        self.node_kills.append((node.name, "leader of outbox_os" if leader else "the services' node"))
+        logger.warning("rabbitmq node kill: SIGKILL %s, %s", *self.node_kills[-1])
+        node.kill()
+        time.sleep(pause)
+        node.start()
+        cluster.wait_replicated(self.stack.vhost)
 
     def db_restart(self, immediate):
         self.infra.pg_restart(immediate=immediate)
