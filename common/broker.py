@@ -49,8 +49,13 @@ class Broker:
         publisher = await connections[0].channel(publisher_confirms=True, on_return_raises=True)
         consumer = await connections[1].channel()
         await consumer.set_qos(prefetch_count=prefetch)
-        for name in (ORDER_REQUESTS, PAYMENT_RESULTS):
-            await declare_queue(publisher, name, queue_type)
+        try:
+            for name in (ORDER_REQUESTS, PAYMENT_RESULTS):
+                await declare_queue(publisher, name, queue_type)
+        except queues.QueueMismatch:
+            # The service exits: close cleanly, so that no half-done channel task is left to die noisily.
+            await asyncio.gather(*(connection.close() for connection in connections), return_exceptions=True)
+            raise
         logger.info("connected to RabbitMQ")
         return cls(connections, publisher, consumer, publish_timeout)
 

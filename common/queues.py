@@ -53,7 +53,7 @@ def dead_letter_arguments(queue_type):
 
 
 async def declare_queue(channel, name, queue_type=None):
-    """Declare `name.dead`, then `name`, both durable, of `queue_type` (None: QUEUE_TYPE of the environment /
+    """Declare `name`, then `name.dead`, both durable, of `queue_type` (None: QUEUE_TYPE of the environment /
     `.env`, for callers without settings such as tests); return the queue `name`.
 
     Raises `QueueMismatch` (naming the queue and the migration) if one exists with another type or other
@@ -62,14 +62,16 @@ async def declare_queue(channel, name, queue_type=None):
     if queue_type not in QUEUE_TYPES:
         raise ValueError(f"queue type {queue_type!r} is not one of {', '.join(QUEUE_TYPES)}")
     dead = dead_letter_queue(name)
+    # The queue itself first, so that a mismatch names it rather than its dead-letter queue.
+    try:
+        queue = await channel.declare_queue(name, durable=True, arguments=queue_arguments(name, queue_type))
+    except ChannelPreconditionFailed as exc:
+        raise mismatch(name, queue_type, exc) from None
     try:
         await channel.declare_queue(dead, durable=True, arguments=dead_letter_arguments(queue_type))
     except ChannelPreconditionFailed as exc:
         raise mismatch(dead, queue_type, exc) from None
-    try:
-        return await channel.declare_queue(name, durable=True, arguments=queue_arguments(name, queue_type))
-    except ChannelPreconditionFailed as exc:
-        raise mismatch(name, queue_type, exc) from None
+    return queue
 
 
 def mismatch(name, queue_type, exc):
