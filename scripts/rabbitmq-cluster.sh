@@ -6,7 +6,7 @@
 #   scripts/rabbitmq-cluster.sh env       just print them:  eval "$(scripts/rabbitmq-cluster.sh env)"
 #   scripts/rabbitmq-cluster.sh status    each node: running or not; the cluster's view; the queues' leaders
 #   scripts/rabbitmq-cluster.sh stop      stop the three nodes (data kept; `start` brings the same cluster back)
-#   scripts/rabbitmq-cluster.sh destroy   stop them and delete their data and logs
+#   scripts/rabbitmq-cluster.sh destroy   kill the three nodes (by their pid files) and delete their data and logs
 #
 # Names, ports and directory can be changed (a second cluster beside the first needs all three changed):
 #   RABBIT_CLUSTER_NODES="shop1 shop2 shop3"        node names (each @localhost)
@@ -114,6 +114,16 @@ start() {
     print_env
 }
 
+# For destroy: the data goes anyway, so no orderly shutdown (seconds per node on a loaded machine).
+kill_node() {
+    local pid_file
+    pid_file="$(node_dir "$1")/rabbitmq.pid"
+    if [ -s "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+        kill -KILL "$(cat "$pid_file")" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$(cat "$pid_file")" 2>/dev/null || return 0; sleep 0.1; done
+    fi
+}
+
 stop_node() {
     local i=$1 pid_file
     pid_file="$(node_dir "$i")/rabbitmq.pid"
@@ -137,8 +147,14 @@ status() {
     done
     for i in "${!NODES[@]}"; do
         if is_up "$i"; then
-            ctl "$i" -q cluster_status --formatter json |
-                python3 -c 'import json, sys; s = json.load(sys.stdin); print("cluster members:", *s["disk_nodes"], "\nrunning:", *s["running_nodes"])'
+            # (A node may go down between two commands: say so rather than fail on empty output.)
+            ctl "$i" -q cluster_status --formatter json 2>/dev/null | python3 -c '
+import json, sys
+try:
+    s = json.load(sys.stdin)
+    print("cluster members:", *s["disk_nodes"], "\nrunning:", *s["running_nodes"])
+except ValueError:
+    print("cluster status: no answer")'
             for vhost in $(ctl "$i" -s list_vhosts name); do
                 echo "queues of vhost $vhost (name type leader members online):"
                 ctl "$i" -s list_queues -p "$vhost" name type leader members online
@@ -155,7 +171,7 @@ case "${1:-}" in
     status) status ;;
     stop) for i in "${!NODES[@]}"; do stop_node "$i"; done ;;
     destroy)
-        for i in "${!NODES[@]}"; do [ -d "$(node_dir "$i")" ] && stop_node "$i"; done
+        for i in "${!NODES[@]}"; do [ -d "$(node_dir "$i")" ] && kill_node "$i"; done
         rm -rf "$BASE" ;;
     *) echo "usage: $0 start|stop|status|destroy|env" >&2; exit 2 ;;
 esac
