@@ -3,11 +3,10 @@
 import asyncio
 import logging
 
-import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
+from common import amqp_nodes, queues
 from common.consumer import Consumer
-from common.dead_letters import dead_letter_queue
 from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
 from common.metrics import RECONNECTS
 from common.publisher import Publisher, PublishWindow
@@ -34,14 +33,23 @@ class Broker:
         self.consumer = consumer
 
     @classmethod
-    async def connect(cls, url: str, prefetch: int, publish_timeout: float = 5.0) -> "Broker":
-        """Wait for the broker, then declare both queues (and their dead-letter queues)."""
+    async def connect(cls, url: str, prefetch: int, publish_timeout: float = 5.0,
+                      queue_type: str | None = None) -> "Broker":
+        """Wait for the broker (`url`: one node, or several of one cluster, comma-separated), then declare both
+        queues (and their dead-letter queues) of `queue_type` (None: QUEUE_TYPE of the environment).
+
+        Raises `QueueMismatch` if one exists with the other type."""
         connections = [await connect_robust(url) for _ in range(2)]
         publishing = await connections[0].channel(publisher_confirms=True, on_return_raises=True)
         consuming = await connections[1].channel()
         await consuming.set_qos(prefetch_count=prefetch)
-        for name in (ORDER_REQUESTS, PAYMENT_RESULTS):
-            await declare_queue(publishing, name)
+        try:
+            for name in (ORDER_REQUESTS, PAYMENT_RESULTS):
+                await declare_queue(publishing, name, queue_type)
+        except queues.QueueMismatch:
+            # The service exits: close cleanly, so that no half-done channel task is left to die noisily.
+            await asyncio.gather(*(connection.close() for connection in connections), return_exceptions=True)
+            raise
         logger.info("connected to RabbitMQ")
         return cls(connections, Publisher(publishing, publish_timeout), Consumer(consuming))
 
@@ -62,15 +70,10 @@ class Broker:
 async def connect_robust(url: str) -> AbstractRobustConnection:
     async for attempt in until_connected(BROKER_ERRORS, describe_rabbitmq(url)):
         with attempt:
-            # A short reconnect interval keeps recovery after a broker restart within a second or two.
-            connection = await aio_pika.connect_robust(url, reconnect_interval=1)
+            connection = await amqp_nodes.connect_robust(amqp_nodes.split_urls(url))
     connection.reconnect_callbacks.add(lambda *_: RECONNECTS.inc())
     return connection
 
 
-async def declare_queue(channel: AbstractRobustChannel, name: str):
-    await channel.declare_queue(dead_letter_queue(name), durable=True)
-    return await channel.declare_queue(name, durable=True, arguments={
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": dead_letter_queue(name),
-    })
+async def declare_queue(channel: AbstractRobustChannel, name: str, queue_type: str | None = None):
+    return await queues.declare_queue(channel, name, queue_type)

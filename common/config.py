@@ -5,6 +5,12 @@ from pathlib import Path
 
 ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
 DEFAULT_MAX_BODY_BYTES = 65536
+QUEUE_TYPES = ("classic", "quorum")
+
+
+class ConfigurationError(Exception):
+    """A setting is invalid, or contradicts what already exists (e.g. a queue of the other type): the service
+    says so and exits instead of starting."""
 
 
 def read_env_file(path=ENV_FILE):
@@ -31,6 +37,7 @@ class Settings:
     order_db_dsn: str
     payment_db_dsn: str
     rabbitmq_url: str
+    queue_type: str
     poll_interval: float
     fast_path: bool
     resend_delay: float
@@ -70,6 +77,7 @@ def load_settings(environ=None):
         order_db_dsn=env["ORDER_DB_DSN"],
         payment_db_dsn=env["PAYMENT_DB_DSN"],
         rabbitmq_url=env["RABBITMQ_URL"],
+        queue_type=queue_type(env.get("QUEUE_TYPE", "quorum")),
         poll_interval=float(env.get("POLL_INTERVAL", "1.0")),
         fast_path=env.get("FAST_PATH", "1") not in ("0", "false", "no", ""),
         resend_delay=float(env.get("RESEND_DELAY", "5")),
@@ -94,3 +102,9 @@ def load_settings(environ=None):
     )
 
 
+
+
+def queue_type(value):
+    if value not in QUEUE_TYPES:
+        raise ConfigurationError(f"QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}, not {value!r}")
+    return value

@@ -2,6 +2,7 @@
 import asyncio
 import logging
 import signal
+import socket
 import sys
 import weakref
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ import uvloop
 from tornado import httputil, web
 
 from common.broker import Broker
-from common.config import Settings, load_settings
+from common.config import ConfigurationError, Settings, load_settings
 from common.consumer import Decode, HandleBatch
 from common.db import Database
 from common.http_server import BoundedHTTPServer, server_options
@@ -77,6 +78,19 @@ def listen(app, port: int, settings: Settings | None = None) -> DrainingHTTPServ
     return server
 
 
+def received(stream) -> bool:
+    """Whether bytes have come in on `stream` that no request has taken yet (in Tornado's read buffer, whose
+    size it keeps in `_read_buffer_size`, or still in the socket)."""
+    if stream.closed() or stream._read_buffer_size:
+        return not stream.closed()
+    try:
+        return bool(stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return False
+    except OSError:
+        return False
+
+
 async def stop_server(server: DrainingHTTPServer, grace: float = 8.0) -> None:
     """Stop accepting; close each connection once it is idle, for up to `grace` seconds; then close the rest.
 
@@ -86,11 +100,17 @@ async def stop_server(server: DrainingHTTPServer, grace: float = 8.0) -> None:
     # A request read from now on is answered with `Connection: close`, and the connection then closes itself.
     server.conn_params.no_keep_alive = True
     deadline = asyncio.get_running_loop().time() + grace
+    quiet = set()
     # `_connections` is Tornado's own set of open HTTP connections; it offers no public way to list them.
     while server._connections and asyncio.get_running_loop().time() < deadline:
-        for connection in list(server._connections):
-            if connection not in server.busy:
-                connection.stream.close()
+        # Closed only if idle with nothing received at two scans in a row: a request whose bytes have arrived
+        # but whose headers Tornado has not handed on yet (the read completed, the coroutine not yet resumed)
+        # is on its way to being served, and cutting it would hide its commit behind a reset.
+        idle = {connection for connection in server._connections
+                if connection not in server.busy and not received(connection.stream)}
+        for connection in idle & quiet:
+            connection.stream.close()
+        quiet = idle
         await asyncio.sleep(0.01)
     if server._connections:
         logger.warning("%d connections still busy after %ss; closing them", len(server._connections), grace)
@@ -151,7 +171,7 @@ class BackendService(Service):
         settings = self.settings
         self.port = getattr(settings, self.port_setting)
         self.db = await Database.connect(getattr(settings, self.dsn_setting), self.name, settings.db_pool_size)
-        self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch)
+        self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch, queue_type=settings.queue_type)
         self.wiring = self.bootstrap(settings, self.db, self.broker)
         for step in self.wiring.startup:
             await step()
@@ -167,12 +187,20 @@ class BackendService(Service):
 
 def run(service_class):
     """Entry point of a service process: start, serve until SIGTERM/SIGINT, stop gracefully."""
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        sys.exit(f"{service_class.name}: {exc}")
     setup_logging(settings, service_class.name)
 
     async def main():
         service = service_class(settings)
-        await service.start()
+        try:
+            await service.start()
+        except ConfigurationError as exc:
+            # A setting the broker or database contradicts: restarting cannot help, a traceback neither.
+            logging.getLogger(service_class.name).error("not starting: %s", exc)
+            sys.exit(2)
         await wait_for_shutdown()
         logger = logging.getLogger(service_class.name)
         logger.info("shutting down")

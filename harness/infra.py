@@ -5,11 +5,12 @@ uses). On a shared machine, point the harness at private instances instead (`scr
 
     SHOP_TEST_PG             admin DSN; the harness's own databases live on the same server
     SHOP_TEST_PG_CLUSTER     `pg_ctlcluster` version and name of that server, e.g. "15 chaos"
-    SHOP_TEST_AMQP           AMQP URL without vhost; each run adds its own vhost
+    SHOP_TEST_AMQP           AMQP URL without vhost; each run adds its own vhost (a cluster: comma-separated URLs)
     SHOP_TEST_RABBITMQ_ENV   a rabbitmq-env.conf naming the node (RABBITMQ_CONF_ENV_FILE); empty = default node
     SHOP_TEST_PG_HA          base directory of a `scripts/pg-ha.sh` primary + standby; SHOP_TEST_PG then names
                              both hosts (`postgresql://postgres@h:5441,h:5442/postgres?target_session_attrs=...`)
                              and the stack's services get multi-host DSNs
+    SHOP_TEST_RABBITMQ_NODES a cluster's nodes, comma-separated rabbitmq-env.conf files (scripts/rabbitmq-cluster.sh)
 """
 import os
 import subprocess
@@ -32,6 +33,7 @@ class Infra:
     amqp_base: str = "amqp://guest:guest@127.0.0.1:5672/"
     rabbitmq_env: str = ""
     pg_ha: str = ""
+    rabbitmq_nodes: tuple = ()
 
     @classmethod
     def from_env(cls, environ=os.environ):
@@ -40,7 +42,8 @@ class Infra:
                    pg_cluster=environ.get("SHOP_TEST_PG_CLUSTER") or defaults.pg_cluster,
                    amqp_base=environ.get("SHOP_TEST_AMQP") or defaults.amqp_base,
                    rabbitmq_env=environ.get("SHOP_TEST_RABBITMQ_ENV") or defaults.rabbitmq_env,
-                   pg_ha=environ.get("SHOP_TEST_PG_HA") or defaults.pg_ha)
+                   pg_ha=environ.get("SHOP_TEST_PG_HA") or defaults.pg_ha,
+                   rabbitmq_nodes=tuple(f for f in environ.get("SHOP_TEST_RABBITMQ_NODES", "").split(",") if f))
 
     def describe(self):
         node = f"node from {self.rabbitmq_env}" if self.rabbitmq_env else "default node"
@@ -55,7 +58,7 @@ class Infra:
 
     @property
     def amqp_port(self):
-        return urlsplit(self.amqp_base).port or 5672
+        return urlsplit(self.amqp_base.split(",")[0]).port or 5672
 
     def dsn(self, dbname):
         """A URL DSN (`postgresql://user@host:port/dbname`) for database `dbname` on the harness's server."""
@@ -107,8 +110,16 @@ class Infra:
     # --- RabbitMQ ---------------------------------------------------------------------------------
 
     def amqp_url(self, vhost, heartbeat=None):
-        """The AMQP URL of `vhost`; `heartbeat` (seconds) is negotiated with the broker by aio-pika."""
-        return self.amqp_base + vhost + (f"?{urlencode({'heartbeat': heartbeat})}" if heartbeat else "")
+        """The AMQP URL of `vhost` (on a cluster, comma-separated: one per node); `heartbeat` (seconds) is
+        negotiated with the broker by aio-pika."""
+        query = f"?{urlencode({'heartbeat': heartbeat})}" if heartbeat else ""
+        return ",".join(base + vhost + query for base in self.amqp_base.split(","))
+
+    @property
+    def cluster(self):
+        """The `harness.cluster.RabbitCluster` of `rabbitmq_nodes`, or None on a single node."""
+        from harness.cluster import RabbitCluster  # it builds on this module
+        return RabbitCluster(self.rabbitmq_nodes) if self.rabbitmq_nodes else None
 
     def _rabbit_env(self):
         return {**os.environ, **({"RABBITMQ_CONF_ENV_FILE": self.rabbitmq_env} if self.rabbitmq_env else {})}
@@ -154,6 +165,8 @@ class Infra:
 
     def ensure_up(self):
         self.ensure_pg()
+        if self.rabbitmq_nodes:
+            self.cluster.ensure_up()
         self.ensure_rabbit()
 
 

@@ -38,6 +38,9 @@ class TcpProxy:
         for sock in sockets:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                # A pipe thread blocked in recv() holds the socket: close() alone would reset it only once
+                # that recv returns. shutdown() wakes the thread, which closes it (with the RST) at once.
+                sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
             except OSError:
                 pass

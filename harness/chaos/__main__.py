@@ -4,10 +4,12 @@ Exit status 0 if every invariant held, 1 if one failed."""
 import argparse
 import dataclasses
 import logging
+import os
 import signal
+import subprocess
 import sys
 
-from harness.chaos.faults import KINDS, PG_HA_KINDS, default_kinds
+from harness.chaos.faults import CLUSTER_KINDS, KINDS, PG_HA_KINDS, default_kinds
 from harness.chaos.runner import Config, print_outcome, run
 from harness.infra import Infra
 
@@ -20,7 +22,8 @@ def parse_args(argv):
     parser.add_argument("--faults", type=int, default=defaults.faults, help="faults (>= 9 covers every kind)")
     parser.add_argument("--kinds", type=lambda v: tuple(k.strip() for k in v.split(",")), default=None,
                         help=f"comma-separated kinds of fault (default all: {', '.join(KINDS)}; "
-                             f"with --pg-ha: {', '.join(PG_HA_KINDS)})")
+                             f"with --pg-ha: {', '.join(PG_HA_KINDS)}); on a RabbitMQ cluster also: "
+                             f"{', '.join(CLUSTER_KINDS)}")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the schedule and the load")
     parser.add_argument("--users", type=int, default=defaults.users, help="accounts")
     parser.add_argument("--clients", type=int, default=defaults.clients, help="concurrent clients")
@@ -43,7 +46,18 @@ def parse_args(argv):
     parser.add_argument("--pg-ha", metavar="DIR",
                         help="base directory of a scripts/pg-ha.sh primary + standby (default: $SHOP_TEST_PG_HA); "
                              "--pg then names both hosts, as `scripts/pg-ha.sh env` prints")
+    parser.add_argument("--rabbitmq-cluster", action="store_true",
+                        help="run on the cluster of scripts/rabbitmq-cluster.sh (its `env`: the URLs and nodes)")
     return parser.parse_args(argv)
+
+
+def cluster_env():
+    """The environment with the variables `scripts/rabbitmq-cluster.sh env` prints (it honours RABBIT_CLUSTER_*)."""
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "rabbitmq-cluster.sh")
+    printed = subprocess.run([script, "env"], capture_output=True, text=True, check=True).stdout
+    exports = [line.removeprefix("export ").split("=", 1) for line in printed.splitlines()
+               if line.startswith("export ")]
+    return {**os.environ, **{key: value.strip("'") for key, value in exports}}
 
 
 def main(argv=None):
@@ -52,7 +66,7 @@ def main(argv=None):
     # still unwinds: frozen parts resumed, servers started again, processes stopped, databases dropped.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    infra = Infra.from_env()
+    infra = Infra.from_env(cluster_env() if args.rabbitmq_cluster else os.environ)
     infra = dataclasses.replace(infra, **{k: v for k, v in dict(
         pg_admin_dsn=args.pg, pg_cluster=args.pg_cluster, amqp_base=args.amqp,
         rabbitmq_env=args.rabbitmq_env, pg_ha=args.pg_ha).items() if v})

@@ -7,6 +7,7 @@ processes (`NativeTargets`) or docker compose containers (`harness.chaos.compose
     freeze(part, seconds)      SIGSTOP a service for longer than the broker heartbeat, then SIGCONT
     broker_app(pause)          rabbitmqctl stop_app, pause, start_app
     broker_restart(pause)      stop the whole RabbitMQ node, pause, start it
+    broker_node_kill(pause)    SIGKILL one node of a RabbitMQ cluster, pause, start it (harness.cluster)
     db_restart(immediate)      restart PostgreSQL (fast shutdown, or `-m immediate`: crash recovery)
     db_failover()              lose the primary of a pg_auto_failover pair; back once the old one is the standby
     ensure_up()                after anything went wrong: resume frozen parts, start servers that are down
@@ -21,6 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from common.messages import ORDER_REQUESTS
 from harness.infra import InfraError
 from harness.pg_ha import PgHa
 
@@ -35,6 +37,9 @@ PG_HA_KINDS = tuple(k for k in KINDS if not k.startswith("postgres")) + ("postgr
 
 def default_kinds(infra):
     return PG_HA_KINDS if infra.pg_ha else KINDS
+
+# Kinds that need a RabbitMQ cluster (scripts/rabbitmq-cluster.sh; harness.infra's SHOP_TEST_RABBITMQ_NODES).
+CLUSTER_KINDS = ("rabbitmq node kill",)
 
 
 @dataclass
@@ -58,6 +63,8 @@ class Fault:
             targets.broker_restart(self.pause)
         elif self.kind == "postgres failover":
             targets.db_failover()
+        elif self.kind == "rabbitmq node kill":
+            targets.broker_node_kill(self.pause)
         else:
             targets.db_restart(immediate=self.kind.endswith("immediate"))
 
@@ -158,6 +165,7 @@ class NativeTargets:
     def __init__(self, stack):
         self.stack, self.infra = stack, stack.infra
         self.busy = threading.Lock()  # held while a fault acts: a part down then is no crash
+        self.node_kills = []  # [(node name, why it was chosen)] of `broker_node_kill`
 
     def crashed(self):
         """[(part, exit code)] of processes that died on their own since the last call; each is restarted
@@ -196,6 +204,21 @@ class NativeTargets:
         self.infra.rabbit_stop_node()
         time.sleep(pause)
         self.infra.rabbit_start_node()
+
+    def broker_node_kill(self, pause):
+        """Alternately the node most of the services' connections use and the leader of outbox_os; back once
+        it runs and every queue has all its members online again."""
+        cluster = self.infra.cluster
+        if cluster is None:
+            raise InfraError("rabbitmq node kill needs a cluster: see scripts/rabbitmq-cluster.sh")
+        leader = len(self.node_kills) % 2 == 1
+        node = cluster.victim(self.stack.vhost, ORDER_REQUESTS, leader)
+        self.node_kills.append((node.name, "leader of outbox_os" if leader else "the services' node"))
+        logger.warning("rabbitmq node kill: SIGKILL %s, %s", *self.node_kills[-1])
+        node.kill()
+        time.sleep(pause)
+        node.start()
+        cluster.wait_replicated(self.stack.vhost)
 
     def db_restart(self, immediate):
         self.infra.pg_restart(immediate=immediate)
