@@ -3,7 +3,7 @@ from decimal import Decimal
 
 import pytest
 
-from common.broker import dead_letter_queue
+from common.dead_letters import dead_letter_queue
 from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest
 from tests.conftest import eventually
 from tests.integration.test_payment_service import inbox_row

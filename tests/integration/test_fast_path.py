@@ -6,8 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from common.broker import dead_letter_queue, declare_queue
+from common.broker import declare_queue
 from common.config import load_settings
+from common.dead_letters import dead_letter_queue
 from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest, PaymentResult
 from common.metrics import PUBLISH_FAILED
 from common.publisher import MAX_SENDING
