@@ -4,9 +4,12 @@ Exit status 0 if every invariant held, 1 if one failed."""
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 
+from common.config import read_env_file
 from harness.chaos.faults import KINDS
 from harness.chaos.runner import Config, print_outcome, run
 from harness.infra import Infra
@@ -27,7 +30,7 @@ def parse_args(argv):
                         help="operations per second (default: spread the orders over the fault schedule)")
     parser.add_argument("--heartbeat", type=int, default=None,
                         help=f"AMQP heartbeat of the services, seconds; a freeze lasts 2-3 of them (default "
-                             f"{defaults.heartbeat}; compose mode: 60, RabbitMQ's default, as the project sets none)")
+                             f"{defaults.heartbeat}; compose mode: the project's RABBITMQ_HEARTBEAT, else 60)")
     parser.add_argument("--max-recovery", type=float, default=defaults.max_recovery,
                         help="seconds from the last fault to nothing pending")
     parser.add_argument("--settle-timeout", type=float, default=defaults.settle_timeout)
@@ -40,6 +43,12 @@ def parse_args(argv):
     parser.add_argument("--amqp", help="AMQP URL without vhost (default: $SHOP_TEST_AMQP or 127.0.0.1:5672)")
     parser.add_argument("--rabbitmq-env", help="rabbitmq-env.conf of the RabbitMQ node (default: the default node)")
     return parser.parse_args(argv)
+
+
+def compose_heartbeat(directory):
+    """The heartbeat a compose project gives the services (its .env's RABBITMQ_HEARTBEAT), else RabbitMQ's 60 s."""
+    env = {**read_env_file(Path(directory) / ".env"), **os.environ}
+    return int(env.get("RABBITMQ_HEARTBEAT", 60))
 
 
 def main(argv=None):
@@ -55,7 +64,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = Config(orders=args.orders, faults=args.faults, seed=args.seed, kinds=args.kinds, users=args.users,
                     clients=args.clients, rate=args.rate,
-                    heartbeat=args.heartbeat or (60 if args.compose else Config.heartbeat),
+                    heartbeat=args.heartbeat or (compose_heartbeat(args.compose) if args.compose else Config.heartbeat),
                     gateway_url=args.gateway_url,
                     max_recovery=args.max_recovery, settle_timeout=args.settle_timeout, infra=infra,
                     compose=args.compose, keep=args.keep)
