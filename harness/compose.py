@@ -68,19 +68,19 @@ def podman(*args, timeout=60):
 
 class HealthcheckPump(threading.Thread):
     """podman 4.3 runs healthchecks from systemd timers, which this machine does not have: run them here, every
-    second, for each container of compose project `project` that is not healthy yet (a restarted one starts
+    `interval` seconds, for each container of compose project `project` that is not healthy yet (a restarted one starts
     over). Checks run side by side and are cut off after CHECK_DEADLINE: one on a container being killed can
     hang."""
 
     CHECK_DEADLINE = 8
 
-    def __init__(self, project):
+    def __init__(self, project, interval=1.0):
         super().__init__(name="healthchecks", daemon=True)
-        self.project = project
+        self.project, self.interval = project, interval
         self._stop_event = threading.Event()
 
     def run(self):
-        while not self._stop_event.wait(1.0):
+        while not self._stop_event.wait(self.interval):
             try:
                 lines = podman("ps", "--filter", f"label=com.docker.compose.project={self.project}",
                                "--format", "{{.Names}} {{.Status}}").splitlines()
