@@ -131,11 +131,22 @@ class ComposeTargets:
     def freeze(self, part, seconds):
         # The cgroup freezer stops every process of the container, as SIGSTOP does.
         self.compose.wait_ready(part)
-        self.compose.container_action("pause", part)
+        self.persist("pause", part)
         try:
             time.sleep(seconds)
         finally:
-            self.compose.container_action("unpause", part)
+            self.persist("unpause", part)
+
+    def persist(self, action, part, tries=3):
+        """`pause` / `unpause`, tried again: runc's freezer now and then fails to freeze a container whose
+        processes are starting (a healthcheck being exec'd into it), `runc pause ... exit status 1`."""
+        for attempt in range(tries):
+            try:
+                return self.compose.container_action(action, part)
+            except InfraError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(1.0)
 
     def broker_app(self, pause):
         self.compose.exec("rabbitmq", "rabbitmqctl", "stop_app")
