@@ -66,6 +66,42 @@ def podman(*args, timeout=60):
     return subprocess.run(["podman", *args], check=True, capture_output=True, text=True, timeout=timeout).stdout
 
 
+class HealthcheckPump(threading.Thread):
+    """podman 4.3 runs healthchecks from systemd timers, which this machine does not have: run them here, every
+    `interval` seconds, for each container of compose project `project` that is not healthy yet (a restarted one starts
+    over). Checks run side by side and are cut off after CHECK_DEADLINE: one on a container being killed can
+    hang."""
+
+    CHECK_DEADLINE = 8
+
+    def __init__(self, project, interval=1.0):
+        super().__init__(name="healthchecks", daemon=True)
+        self.project, self.interval = project, interval
+        self._stop_event = threading.Event()
+
+    def run(self):
+        while not self._stop_event.wait(self.interval):
+            try:
+                lines = podman("ps", "--filter", f"label=com.docker.compose.project={self.project}",
+                               "--format", "{{.Names}} {{.Status}}").splitlines()
+            except subprocess.SubprocessError:
+                continue
+            checks = [subprocess.Popen(["podman", "healthcheck", "run", name], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+                      for name, _, status in (line.partition(" ") for line in lines) if "(healthy)" not in status]
+            for check in checks:
+                try:
+                    check.wait(self.CHECK_DEADLINE)
+                except subprocess.TimeoutExpired:
+                    check.kill()
+                    check.wait()
+
+    def stop(self):
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(30)
+
+
 class ComposeStack:
     """docker-compose.yml (plus `extra_files`) as one fresh compose project; `.url` reaches its gateway."""
 
@@ -76,8 +112,7 @@ class ComposeStack:
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{SOCKET}", "GATEWAY_HOST_PORT": str(self.host_port),
                     **(extra_env or {})}
         self.settings = {**read_env_file(), **self.env}
-        self._pump_stop = threading.Event()
-        self._pump = None
+        self._pump = HealthcheckPump(self.project)
 
     @property
     def url(self):
@@ -103,31 +138,8 @@ class ComposeStack:
     def health(self, service):
         return self.inspect(service)["State"]["Health"]["Status"]
 
-    # podman 4.3 runs healthchecks from systemd timers, which this machine does not have: run them here, every
-    # second, for each container of the project that is not healthy yet (a restarted one starts over). Checks
-    # run side by side and are cut off after CHECK_DEADLINE: one on a container being killed can hang.
-    CHECK_DEADLINE = 8
-
-    def _pump_healthchecks(self):
-        while not self._pump_stop.wait(1.0):
-            try:
-                lines = podman("ps", "--filter", f"label=com.docker.compose.project={self.project}",
-                               "--format", "{{.Names}} {{.Status}}").splitlines()
-            except subprocess.SubprocessError:
-                continue
-            checks = [subprocess.Popen(["podman", "healthcheck", "run", name], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL)
-                      for name, _, status in (line.partition(" ") for line in lines) if "(healthy)" not in status]
-            for check in checks:
-                try:
-                    check.wait(self.CHECK_DEADLINE)
-                except subprocess.TimeoutExpired:
-                    check.kill()
-                    check.wait()
-
     def up(self, timeout=300):
         self.compose("build", timeout=900)
-        self._pump = threading.Thread(target=self._pump_healthchecks, name="healthchecks", daemon=True)
         self._pump.start()
         # `up` itself waits for every `depends_on: service_healthy`.
         self.compose("up", "--detach", "--no-build", timeout=timeout)
@@ -151,9 +163,7 @@ class ComposeStack:
 
     def down(self):
         """Remove containers, network and volumes; the project must leave nothing behind."""
-        self._pump_stop.set()
-        if self._pump is not None:
-            self._pump.join(30)
+        self._pump.stop()
         self.compose("down", "--volumes", "--timeout", "10", timeout=180)
         left = podman("ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={self.project}")
         volumes = podman("volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={self.project}")

@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+from common.config import read_env_file
 from harness.chaos.faults import CLUSTER_KINDS, KINDS, PG_HA_KINDS, default_kinds
 from harness.chaos.runner import Config, print_outcome, run
 from harness.infra import Infra
@@ -31,7 +33,7 @@ def parse_args(argv):
                         help="operations per second (default: spread the orders over the fault schedule)")
     parser.add_argument("--heartbeat", type=int, default=None,
                         help=f"AMQP heartbeat of the services, seconds; a freeze lasts 2-3 of them (default "
-                             f"{defaults.heartbeat}; compose mode: 60, RabbitMQ's default, as the project sets none)")
+                             f"{defaults.heartbeat}; compose mode: the project's RABBITMQ_HEARTBEAT, else 60)")
     parser.add_argument("--max-recovery", type=float, default=defaults.max_recovery,
                         help="seconds from the last fault to nothing pending")
     parser.add_argument("--settle-timeout", type=float, default=defaults.settle_timeout)
@@ -60,6 +62,12 @@ def cluster_env():
     return {**os.environ, **{key: value.strip("'") for key, value in exports}}
 
 
+def compose_heartbeat(directory):
+    """The heartbeat a compose project gives the services (its .env's RABBITMQ_HEARTBEAT), else RabbitMQ's 60 s."""
+    env = {**read_env_file(Path(directory) / ".env"), **os.environ}
+    return int(env.get("RABBITMQ_HEARTBEAT", 60))
+
+
 def main(argv=None):
     args = parse_args(argv)
     # Stopped by Ctrl-C or SIGTERM (even when started in the background, where SIGINT is ignored), the run
@@ -74,7 +82,7 @@ def main(argv=None):
     config = Config(orders=args.orders, faults=args.faults, seed=args.seed, kinds=args.kinds or default_kinds(infra),
                     users=args.users,
                     clients=args.clients, rate=args.rate,
-                    heartbeat=args.heartbeat or (60 if args.compose else Config.heartbeat),
+                    heartbeat=args.heartbeat or (compose_heartbeat(args.compose) if args.compose else Config.heartbeat),
                     gateway_url=args.gateway_url,
                     max_recovery=args.max_recovery, settle_timeout=args.settle_timeout, infra=infra,
                     compose=args.compose, keep=args.keep)

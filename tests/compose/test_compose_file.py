@@ -2,6 +2,7 @@
 import os
 import re
 import subprocess
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -78,3 +79,9 @@ def test_compose_file_holds_no_literal_credentials():
         assert f"${{{key}}}" in text
     assert not re.search(r"://\w+:\w+@", text), "a DSN with literal credentials"
     assert f":{env['RABBITMQ_PASSWORD']}@" not in text
+
+
+def test_services_set_an_amqp_heartbeat_so_a_frozen_container_is_noticed_in_seconds(resolved):
+    for name in ("order", "payment", "gateway"):
+        query = parse_qs(urlsplit(resolved["services"][name]["environment"]["RABBITMQ_URL"]).query)
+        assert 0 < int(query["heartbeat"][0]) <= 10, name

@@ -39,7 +39,7 @@ def test_order_service_waits_for_and_survives_database_and_broker_outages(proxie
     stack, postgres, rabbitmq = proxied
     stack.start("payment", "gateway")
     stack["order"].start()
-    wait_for(lambda: assert_logged(stack, "Retrying"), timeout=20)
+    wait_for(lambda: assert_logged(stack, "waiting for PostgreSQL at"), timeout=20)
     assert stack["order"].is_running()
     assert call(stack.url, "GET", "/orders/1") == \
         (503, {"status": "Fail", "message": "Order Service temporarily unavailable."})
