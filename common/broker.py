@@ -145,7 +145,7 @@ class Broker:
 
         amqp_queue = await self.consumer.get_queue(queue)
         await amqp_queue.consume(on_message)
-        self._drains.append(asyncio.create_task(drain(pending, queue, handle_batch, batch_size)))
+        self._drains.append(asyncio.create_task(drain(pending, queue, handle_batch, batch_size, self.publisher)))
 
     async def close(self):
         for task in self._drains:
@@ -182,9 +182,9 @@ async def declare_queue(channel, name):
     })
 
 
-async def reject(message, queue, reason):
+async def reject(message, queue, reason, dead_letters_via):
     logger.error("dead-lettering message %s from %s: %s", message.message_id, queue, reason)
-    if await dead_letter(message, queue, reason):
+    if await dead_letter(message, queue, reason, dead_letters_via):
         DEAD_LETTERED.labels(queue).inc()
 
 
@@ -196,15 +196,15 @@ async def settle(ack_or_reject):
         logger.warning("could not settle message: %r", exc)
 
 
-async def drain(pending, queue, handle_batch, batch_size):
+async def drain(pending, queue, handle_batch, batch_size, dead_letters_via):
     while True:
         batch = [await pending.get()]
         while len(batch) < batch_size and not pending.empty():
             batch.append(pending.get_nowait())
-        await process_batch(batch, queue, handle_batch)
+        await process_batch(batch, queue, handle_batch, dead_letters_via)
 
 
-async def process_batch(batch, queue, handle_batch):
+async def process_batch(batch, queue, handle_batch, dead_letters_via):
     """Handle the decoded items of a batch of (message, item or InvalidMessage) in one call, then settle
     every message of the batch."""
     rejected = {id(message): str(item) for message, item in batch if isinstance(item, InvalidMessage)}
@@ -219,16 +219,16 @@ async def process_batch(batch, queue, handle_batch):
         logger.exception("batch of %d messages from %s failed", len(valid), queue)
         for message, _ in valid:
             if message.redelivered:
-                await reject(message, queue, "processing failed twice")
+                await reject(message, queue, "processing failed twice", dead_letters_via)
             else:
                 await settle(message.nack(requeue=True))
         valid, invalid = [], {}
     rejected.update((id(valid[index][0]), reason) for index, reason in invalid.items())
     await settle_batch([message for message, _ in batch], rejected,
-                       [message for message, _ in valid if id(message) not in rejected], queue)
+                       [message for message, _ in valid if id(message) not in rejected], queue, dead_letters_via)
 
 
-async def settle_batch(messages, rejected, acked, queue):
+async def settle_batch(messages, rejected, acked, queue, dead_letters_via):
     """Dead-letter the `rejected` messages of a batch ({id: reason}), then ack the `acked` ones with one
     `multiple` ack of the last of them: one frame instead of one per message.
 
@@ -236,7 +236,7 @@ async def settle_batch(messages, rejected, acked, queue):
     deliveries arrive in order, are batched in order, and each batch is settled before the next is taken."""
     for message in messages:
         if id(message) in rejected:
-            await reject(message, queue, rejected[id(message)])
+            await reject(message, queue, rejected[id(message)], dead_letters_via)
     if not acked:
         return
     tags = [message.delivery_tag for message in messages]

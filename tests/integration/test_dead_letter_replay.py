@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from common.broker import declare_queue
 from common.dead_letters import dead_letter_queue
 from common.dead_letters.store import DeadLetterQueue
-from common.messages import ORDER_REQUESTS, PaymentRequest
+from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest
 from payment_svc import service
 from tests.conftest import eventually
 from tests.integration.test_payment_service import balance, inbox_row
@@ -39,6 +39,24 @@ async def dead_letters_of(run_env, message_id, queue=ORDER_REQUESTS):
         return [letter for letter in await dlq.take_all() if letter.id == message_id]
     finally:
         await dlq.close()
+
+
+@pytest.fixture
+def dead_letter_ids(io_loop, run_env):
+    """Ids a test dead-letters: their dead letters are dropped afterwards, so other tests see their own only."""
+    ids = set()
+    yield ids
+
+    async def drop():
+        for queue in (ORDER_REQUESTS, PAYMENT_RESULTS):
+            dlq = await DeadLetterQueue.open(run_env["RABBITMQ_URL"], queue)
+            try:
+                for letter in await dlq.take_all():
+                    if letter.id in ids:
+                        await dlq.remove(letter)
+            finally:
+                await dlq.close()
+    io_loop.run_sync(drop, timeout=30)
 
 
 async def dead_lettered(run_env, message_id, deaths=1):
@@ -70,9 +88,10 @@ def simulate_bug(monkeypatch):
 
 @pytest.mark.gen_test(timeout=90)
 async def test_request_whose_processing_crashed_twice_is_replayed_after_the_fix_and_debited_once(
-        payment_service, run_env, user_id, monkeypatch):
+        payment_service, run_env, user_id, monkeypatch, dead_letter_ids):
     await account_with(payment_service, user_id, 10)
     order_id = user_id
+    dead_letter_ids.add(str(order_id))
     simulate_bug(monkeypatch)
     before = datetime.now(timezone.utc)
     await payment_service.broker.publish(ORDER_REQUESTS, PaymentRequest(order_id, user_id, Decimal(3)).encode(),
@@ -98,9 +117,11 @@ async def test_request_whose_processing_crashed_twice_is_replayed_after_the_fix_
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_replayed_duplicate_request_debits_nothing(payment_service, run_env, user_id, monkeypatch):
+async def test_replayed_duplicate_request_debits_nothing(payment_service, run_env, user_id, monkeypatch,
+                                                   dead_letter_ids):
     await account_with(payment_service, user_id, 10)
     order_id = user_id
+    dead_letter_ids.add(str(order_id))
     request = PaymentRequest(order_id, user_id, Decimal(4)).encode()
     await payment_service.broker.publish(ORDER_REQUESTS, request, order_id)
 
@@ -125,8 +146,9 @@ async def test_replayed_duplicate_request_debits_nothing(payment_service, run_en
 
 @pytest.mark.gen_test(timeout=90)
 async def test_replayed_malformed_message_returns_to_the_dead_letter_queue_with_its_reason(
-        payment_service, run_env, user_id):
+        payment_service, run_env, user_id, dead_letter_ids):
     message_id = f"malformed-{user_id}"
+    dead_letter_ids.add(message_id)
     await payment_service.broker.publish(ORDER_REQUESTS, b"{not json", message_id)
     first = await dead_lettered(run_env, message_id)
     assert first.info.reason == "body is not valid JSON"
@@ -148,8 +170,9 @@ async def test_replayed_malformed_message_returns_to_the_dead_letter_queue_with_
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_command_refuses_bad_input_and_changes_nothing(payment_service, run_env, user_id):
+async def test_command_refuses_bad_input_and_changes_nothing(payment_service, run_env, user_id, dead_letter_ids):
     message_id = f"kept-{user_id}"
+    dead_letter_ids.add(message_id)
     await payment_service.broker.publish(ORDER_REQUESTS, b"[]", message_id)
     await dead_lettered(run_env, message_id)
 
@@ -183,8 +206,10 @@ async def test_command_takes_the_first_reachable_node_of_a_cluster_url_list(paym
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_message_whose_dead_letter_copy_is_not_stored_is_requeued_not_lost(payment_service, run_env, user_id):
+async def test_message_whose_dead_letter_copy_is_not_stored_is_requeued_not_lost(
+        payment_service, run_env, user_id, dead_letter_ids):
     message_id = f"unstored-{user_id}"
+    dead_letter_ids.add(message_id)
     connection = await aio_pika.connect(run_env["RABBITMQ_URL"])
     try:
         channel = await connection.channel()

@@ -10,7 +10,7 @@ from harness.proxy import TcpProxy
 from harness.stack import free_port
 from payment_svc.app import PaymentService
 from tests.conftest import eventually
-from tests.integration.test_dead_letter_replay import dead_lettered
+from tests.integration.test_dead_letter_replay import dead_letter_ids, dead_lettered  # noqa: F401 - a fixture
 
 
 async def scrape(port):
@@ -21,7 +21,8 @@ async def scrape(port):
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_metrics_say_ready_and_count_waiting_dead_letters(payment_service, run_env, user_id):
+async def test_metrics_say_ready_and_count_waiting_dead_letters(payment_service, run_env, user_id, dead_letter_ids):
+    dead_letter_ids.add(f"gauge-{user_id}")
     await payment_service.broker.publish(ORDER_REQUESTS, b"{not json", f"gauge-{user_id}")
     await dead_lettered(run_env, f"gauge-{user_id}")
     samples = await scrape(payment_service.port)
