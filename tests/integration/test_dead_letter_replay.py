@@ -80,10 +80,15 @@ def consumed(queue=ORDER_REQUESTS):
 
 
 def simulate_bug(monkeypatch):
-    """Processing of every payment request crashes (a bug, not an outage): retried once, then dead-lettered."""
-    async def crash(*_args, **_kwargs):
+    """Processing of every payment request crashes (a bug, not an outage): retried once, then dead-lettered.
+    Returns the order ids of each attempt, a list per batch."""
+    attempts = []
+
+    async def crash(_db, requests, *_args, **_kwargs):
+        attempts.append([request.order_id for request in requests])
         raise RuntimeError("simulated bug")
     monkeypatch.setattr(service, "receive_requests", crash)
+    return attempts
 
 
 @pytest.mark.gen_test(timeout=90)
@@ -92,11 +97,12 @@ async def test_request_whose_processing_crashed_twice_is_replayed_after_the_fix_
     await account_with(payment_service, user_id, 10)
     order_id = user_id
     dead_letter_ids.add(str(order_id))
-    simulate_bug(monkeypatch)
+    attempts = simulate_bug(monkeypatch)
     before = datetime.now(timezone.utc)
     await payment_service.broker.publish(ORDER_REQUESTS, PaymentRequest(order_id, user_id, Decimal(3)).encode(),
                                          order_id)
     letter = await dead_lettered(run_env, str(order_id))
+    assert attempts == [[order_id], [order_id]]
     headers = letter.message.headers
     assert (headers["x-shop-reason"], headers["x-shop-original-queue"], headers["x-shop-deaths"]) == \
         ("processing failed twice", ORDER_REQUESTS, 1)
