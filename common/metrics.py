@@ -23,9 +23,8 @@ DEAD_LETTERED = Counter("shop_messages_dead_lettered", "Messages rejected to the
 RECONNECTS = Counter("shop_broker_reconnects", "Times the broker connection was re-established.")
 PENDING = Gauge("shop_pending_rows", "Rows waiting in an outbox or inbox.", ["table"])
 OLDEST_PENDING = Gauge("shop_oldest_pending_age_seconds", "Age of the oldest waiting row.", ["table"])
-# Refreshed at each scrape, like the backlog: what an alert needs even when nothing happens in the process.
-# Registered by the first scrape that sets it: a gauge is exported as 0 until set, and the gateway (which has
-# no database or broker) must not read as "not ready".
+# Both refreshed at each scrape, like the backlog gauges. READY is registered by the first scrape that sets it:
+# a gauge reads 0 until set, and the gateway (no database, no broker) must not read as "not ready".
 READY = Gauge("shop_ready", "1 if PostgreSQL and RabbitMQ answered this scrape, else 0.", registry=None)
 DEAD_LETTERS = Gauge("shop_dead_letter_queue_messages", "Messages waiting in the queue's dead-letter queue.",
                      ["queue"])
