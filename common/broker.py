@@ -51,7 +51,8 @@ class Broker:
             await asyncio.gather(*(connection.close() for connection in connections), return_exceptions=True)
             raise
         logger.info("connected to RabbitMQ")
-        return cls(connections, Publisher(publishing, publish_timeout), Consumer(consuming))
+        return cls(connections, Publisher(publishing, publish_timeout),
+                   Consumer(consuming, dead_letters_via=publishing))
 
     def is_connected(self) -> bool:
         # `connection.is_closed` stays False during an outage; the `connected` event does not.

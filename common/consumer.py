@@ -24,8 +24,12 @@ HandleBatch = Callable[[list], Awaitable[dict]]
 class BatchConsumer:
     """One queue's messages, in delivery order: each batch is handled and acknowledged before the next."""
 
-    def __init__(self, queue: str, decode: Decode, handle_batch: HandleBatch, batch_size: int) -> None:
+    def __init__(self, queue: str, decode: Decode, handle_batch: HandleBatch, batch_size: int,
+                 dead_letters_via: AbstractRobustChannel) -> None:
         self.queue = queue
+        # Dead letters go out on the publishing connection: RabbitMQ blocks a connection that publishes
+        # during a memory alarm, and the consumer's own acks must not wait behind that.
+        self.dead_letters_via = dead_letters_via
         self.decode = decode
         self.handle_batch = handle_batch
         self.batch_size = batch_size
@@ -94,7 +98,7 @@ class BatchConsumer:
 
     async def _reject(self, message: AbstractIncomingMessage, reason: str) -> None:
         logger.error("dead-lettering message %s from %s: %s", message.message_id, self.queue, reason)
-        if await dead_letter(message, self.queue, reason):
+        if await dead_letter(message, self.queue, reason, self.dead_letters_via):
             DEAD_LETTERED.labels(self.queue).inc()
 
 
@@ -109,12 +113,13 @@ async def acknowledge(ack_or_reject: Awaitable) -> None:
 class Consumer:
     """The consuming channel, and a `BatchConsumer` task for each queue it consumes."""
 
-    def __init__(self, channel: AbstractRobustChannel) -> None:
+    def __init__(self, channel: AbstractRobustChannel, dead_letters_via: AbstractRobustChannel) -> None:
         self.channel = channel
+        self.dead_letters_via = dead_letters_via
         self._tasks: list[asyncio.Task] = []
 
     async def consume(self, queue: str, decode: Decode, handle_batch: HandleBatch, batch_size: int) -> None:
-        batches = BatchConsumer(queue, decode, handle_batch, batch_size)
+        batches = BatchConsumer(queue, decode, handle_batch, batch_size, self.dead_letters_via)
         await (await self.channel.get_queue(queue)).consume(batches.on_message)
         self._tasks.append(asyncio.create_task(batches.run(), name=f"consumer of {queue}"))
 

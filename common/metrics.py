@@ -3,7 +3,7 @@ import asyncio
 import logging
 
 from aio_pika.exceptions import AMQPError
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from tornado.log import access_log
 
 from common.dead_letters.headers import dead_letter_queue
@@ -23,10 +23,18 @@ DEAD_LETTERED = Counter("shop_messages_dead_lettered", "Messages rejected to the
 RECONNECTS = Counter("shop_broker_reconnects", "Times the broker connection was re-established.")
 PENDING = Gauge("shop_pending_rows", "Rows waiting in an outbox or inbox.", ["table"])
 OLDEST_PENDING = Gauge("shop_oldest_pending_age_seconds", "Age of the oldest waiting row.", ["table"])
-# Refreshed at each scrape, like the backlog: what an alert needs even when nothing happens in the process.
-READY = Gauge("shop_ready", "1 if PostgreSQL and RabbitMQ answered this scrape, else 0.")
+# Both refreshed at each scrape, like the backlog gauges. READY is registered by the first scrape that sets it:
+# a gauge reads 0 until set, and the gateway (no database, no broker) must not read as "not ready".
+READY = Gauge("shop_ready", "1 if PostgreSQL and RabbitMQ answered this scrape, else 0.", registry=None)
 DEAD_LETTERS = Gauge("shop_dead_letter_queue_messages", "Messages waiting in the queue's dead-letter queue.",
                      ["queue"])
+
+
+def set_ready(ready):
+    if not getattr(READY, "exported", False):
+        REGISTRY.register(READY)
+        READY.exported = True
+    READY.set(1 if ready else 0)
 
 
 def log_request(handler):
@@ -48,7 +56,7 @@ class MetricsHandler(BaseHandler):
         if self.backlog:
             database_up = await self._refresh_backlog()
             broker_up = await self._refresh_dead_letters()
-            READY.set(1 if database_up and broker_up else 0)
+            set_ready(database_up and broker_up)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest())
 

@@ -2,7 +2,8 @@
 # Install the tools the tests use, into tools/. Idempotent, quick when nothing changed.
 #   scripts/install-tools.sh            all of them
 #   scripts/install-tools.sh newman     newman (pinned with every transitive package in tools/package-lock.json)
-#   scripts/install-tools.sh promtool   promtool, from Debian's `prometheus` package (pinned version below)
+#   scripts/install-tools.sh promtool   promtool and the prometheus server binary, from Debian's `prometheus`
+#                                       package (pinned version below), into tools/prometheus/
 set -euo pipefail
 tools="$(cd "$(dirname "$0")/../tools" && pwd)"
 
@@ -16,12 +17,14 @@ install_newman() {
     fi
 }
 
-# promtool alone, unpacked from the .deb: installing the package would also install (and, on a machine with
-# an init system, start) a Prometheus server, which the tests do not need. `apt-get download` needs no root.
+# The two binaries alone, unpacked from the .deb: installing the package would also install (and, on a machine
+# with an init system, start) a Prometheus server as a system service; the tests start their own on a free
+# port and stop it. `apt-get download` needs no root.
 PROMETHEUS_DEB_VERSION=2.42.0+ds-5+deb12u1
 install_promtool() {
     local dir="$tools/prometheus" stamp="$tools/prometheus/.version"
-    [ "$(cat "$stamp" 2>/dev/null)" = "$PROMETHEUS_DEB_VERSION" ] && [ -x "$dir/promtool" ] && return
+    [ "$(cat "$stamp" 2>/dev/null)" = "$PROMETHEUS_DEB_VERSION" ] && [ -x "$dir/promtool" ] && [ -x "$dir/prometheus" ] \
+        && return
     local work
     work=$(mktemp -d)
     trap 'rm -rf "$work"' RETURN
@@ -31,7 +34,7 @@ install_promtool() {
     }
     dpkg-deb -x "$work"/prometheus_*.deb "$work/root"
     mkdir -p "$dir"
-    install -m 0755 "$work/root/usr/bin/promtool" "$dir/promtool"
+    install -m 0755 "$work/root/usr/bin/promtool" "$work/root/usr/bin/prometheus" "$dir/"
     echo "$PROMETHEUS_DEB_VERSION" > "$stamp"
 }
 

@@ -10,13 +10,13 @@ dead-letter exchange:
   requeued, so it is never lost. A crash between the confirm and the ack leaves a second copy in the
   dead-letter queue (the original comes back and is dead-lettered again): at least once, and a replay of both
   is harmless since the inbox and the order status check deduplicate.
-The copy is published on the message's own channel (in confirm mode): if that channel is gone, so is the
-delivery, and the broker redelivers the original anyway."""
+The copy goes out on the service's publishing channel, not on the consumer's connection: RabbitMQ blocks a
+connection that publishes during a memory or disk alarm, and on the consumer's one that would also hold up
+its acks (the reason the two connections are apart, see `common.broker.Broker`)."""
 import asyncio
 import logging
 
 import aio_pika
-from aiormq import spec
 
 from common.dead_letters.headers import dead_letter_queue, death_headers, utc_now
 
@@ -28,10 +28,6 @@ CONFIRM_TIMEOUT = 5.0  # seconds; like the services' publish timeout
 REQUEUE_PAUSE = 1.0
 
 
-class DeadLetterNotStored(Exception):
-    """The broker did not confirm the dead-letter copy (nacked, returned unroutable, or no answer)."""
-
-
 def dead_letter_copy(message, queue, reason, now):
     """A persistent copy of `message` (same body, message id and properties) with the death headers."""
     return aio_pika.Message(
@@ -41,18 +37,17 @@ def dead_letter_copy(message, queue, reason, now):
         message_id=message.message_id, timestamp=message.timestamp, type=message.type, app_id=message.app_id)
 
 
-async def dead_letter(message, queue, reason):
-    """Move `message`, consumed from `queue`, to `<queue>.dead` with `reason`: confirmed copy, then ack.
+async def dead_letter(message, queue, reason, channel):
+    """Move `message`, consumed from `queue`, to `<queue>.dead` with `reason`: a copy published on `channel`
+    (confirms on, `on_return_raises`), then the ack of the original.
 
     Returns True if it was moved; False if the copy was not confirmed and the original was requeued instead.
     Never raises for a broker failure: a message left unsettled comes back when its channel is replaced."""
     copy = dead_letter_copy(message, queue, reason, utc_now())
     try:
-        confirmation = await message.channel.basic_publish(
-            copy.body, routing_key=dead_letter_queue(queue), properties=copy.properties, mandatory=True,
-            timeout=CONFIRM_TIMEOUT)
-        if not isinstance(confirmation, spec.Basic.Ack):
-            raise DeadLetterNotStored(f"broker answered {confirmation!r}")
+        # Raises unless the broker confirmed it: a nack, an unroutable return (no such queue), or a timeout.
+        await channel.default_exchange.publish(copy, routing_key=dead_letter_queue(queue), mandatory=True,
+                                               timeout=CONFIRM_TIMEOUT)
         await message.ack()
         return True
     except Exception as exc:  # noqa: BLE001 - whatever failed, the original must stay in the broker

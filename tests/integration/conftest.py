@@ -6,6 +6,8 @@ from dataclasses import replace
 import pytest
 
 from common.config import load_settings
+from common.dead_letters.store import DeadLetterQueue, UnknownQueue
+from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
 from harness.infra import INFRA
 from harness.stack import free_port
 from order_svc.app import OrderService
@@ -58,3 +60,24 @@ def payment_service(io_loop, settings, request):
 def user_id():
     """A user id no other test uses."""
     return secrets.randbelow(2**40) + 1
+
+
+@pytest.fixture
+def dead_letter_ids(io_loop, run_env):
+    """Ids a test dead-letters: their dead letters are dropped afterwards, so other tests see their own only."""
+    ids = set()
+    yield ids
+
+    async def drop():
+        for queue in (ORDER_REQUESTS, PAYMENT_RESULTS):
+            try:
+                dlq = await DeadLetterQueue.open(run_env["RABBITMQ_URL"], queue)
+            except UnknownQueue:
+                continue  # not declared in this run yet: nothing to drop
+            try:
+                for letter in await dlq.take_all():
+                    if letter.id in ids:
+                        await dlq.remove(letter)
+            finally:
+                await dlq.close()
+    io_loop.run_sync(drop, timeout=30)

@@ -62,22 +62,29 @@ def consumed(queue=ORDER_REQUESTS):
 
 
 def simulate_bug(monkeypatch):
-    """Processing of every payment request crashes (a bug, not an outage): retried once, then dead-lettered."""
-    async def crash(*_args, **_kwargs):
+    """Processing of every payment request crashes (a bug, not an outage): retried once, then dead-lettered.
+    Returns the order ids of each attempt, a list per batch."""
+    attempts = []
+
+    async def crash(_db, requests, *_args, **_kwargs):
+        attempts.append([request.order_id for request in requests])
         raise RuntimeError("simulated bug")
     monkeypatch.setattr(service, "receive_requests", crash)
+    return attempts
 
 
 @pytest.mark.gen_test(timeout=90)
 async def test_request_whose_processing_crashed_twice_is_replayed_after_the_fix_and_debited_once(
-        payment_service, run_env, user_id, monkeypatch):
+        payment_service, run_env, user_id, monkeypatch, dead_letter_ids):
     await account_with(payment_service, user_id, 10)
     order_id = user_id
-    simulate_bug(monkeypatch)
+    dead_letter_ids.add(str(order_id))
+    attempts = simulate_bug(monkeypatch)
     before = datetime.now(UTC)
     message = PaymentRequest(order_id, user_id, Decimal(3)).encode()
     await payment_service.broker.publisher.publish(ORDER_REQUESTS, message, order_id)
     letter = await dead_lettered(run_env, str(order_id))
+    assert attempts == [[order_id], [order_id]]
     headers = letter.message.headers
     assert (headers["x-shop-reason"], headers["x-shop-original-queue"], headers["x-shop-deaths"]) == \
         ("processing failed twice", ORDER_REQUESTS, 1)
@@ -98,9 +105,11 @@ async def test_request_whose_processing_crashed_twice_is_replayed_after_the_fix_
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_replayed_duplicate_request_debits_nothing(payment_service, run_env, user_id, monkeypatch):
+async def test_replayed_duplicate_request_debits_nothing(payment_service, run_env, user_id, monkeypatch,
+                                                   dead_letter_ids):
     await account_with(payment_service, user_id, 10)
     order_id = user_id
+    dead_letter_ids.add(str(order_id))
     request = PaymentRequest(order_id, user_id, Decimal(4)).encode()
     await payment_service.broker.publisher.publish(ORDER_REQUESTS, request, order_id)
 
@@ -125,8 +134,9 @@ async def test_replayed_duplicate_request_debits_nothing(payment_service, run_en
 
 @pytest.mark.gen_test(timeout=90)
 async def test_replayed_malformed_message_returns_to_the_dead_letter_queue_with_its_reason(
-        payment_service, run_env, user_id):
+        payment_service, run_env, user_id, dead_letter_ids):
     message_id = f"malformed-{user_id}"
+    dead_letter_ids.add(message_id)
     await payment_service.broker.publisher.publish(ORDER_REQUESTS, b"{not json", message_id)
     first = await dead_lettered(run_env, message_id)
     assert first.info.reason == "body is not valid JSON"
@@ -148,8 +158,9 @@ async def test_replayed_malformed_message_returns_to_the_dead_letter_queue_with_
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_command_refuses_bad_input_and_changes_nothing(payment_service, run_env, user_id):
+async def test_command_refuses_bad_input_and_changes_nothing(payment_service, run_env, user_id, dead_letter_ids):
     message_id = f"kept-{user_id}"
+    dead_letter_ids.add(message_id)
     await payment_service.broker.publisher.publish(ORDER_REQUESTS, b"[]", message_id)
     await dead_lettered(run_env, message_id)
 
@@ -183,8 +194,10 @@ async def test_command_takes_the_first_reachable_node_of_a_cluster_url_list(paym
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_message_whose_dead_letter_copy_is_not_stored_is_requeued_not_lost(payment_service, run_env, user_id):
+async def test_message_whose_dead_letter_copy_is_not_stored_is_requeued_not_lost(
+        payment_service, run_env, user_id, dead_letter_ids):
     message_id = f"unstored-{user_id}"
+    dead_letter_ids.add(message_id)
     connection = await aio_pika.connect(run_env["RABBITMQ_URL"])
     try:
         channel = await connection.channel()
@@ -199,3 +212,33 @@ async def test_message_whose_dead_letter_copy_is_not_stored_is_requeued_not_lost
         await connection.close()
     letter = await dead_lettered(run_env, message_id)
     assert letter.info.reason == "body is not valid JSON"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_message_rabbitmq_dead_lettered_itself_is_listed_and_replayed_without_its_x_death(
+        run_env, user_id, dead_letter_ids):
+    message_id = f"broker-rejected-{user_id}"
+    dead_letter_ids.add(message_id)
+    connection = await aio_pika.connect(run_env["RABBITMQ_URL"])
+    try:
+        channel = await connection.channel()
+        queue = await declare_queue(channel, ORDER_REQUESTS)  # no consumer in this test: the message stays
+        await channel.default_exchange.publish(aio_pika.Message(b"{}", message_id=message_id, headers={"a": "b"}),
+                                               routing_key=ORDER_REQUESTS)
+        taken = await queue.get(timeout=5)
+        await taken.reject(requeue=False)  # RabbitMQ routes it to outbox_os.dead, adding x-death
+        letter = await dead_lettered(run_env, message_id)
+        assert letter.message.headers["x-death"][0]["reason"] == "rejected"
+        assert (letter.info.reason, letter.info.original_queue) == ("rejected by RabbitMQ (rejected)", ORDER_REQUESTS)
+        assert letter.info.rejected_at is not None
+
+        code, out, _ = await dead_letters_cli(run_env, "replay", ORDER_REQUESTS, "--id", message_id)
+        assert code == 0, out
+        replayed = await queue.get(timeout=5)
+        await replayed.ack()
+        assert (replayed.message_id, replayed.body) == (message_id, b"{}")
+        assert not any(key.startswith(("x-death", "x-first-death")) for key in replayed.headers)
+        assert (replayed.headers["a"], replayed.headers["x-shop-first-reason"], replayed.headers["x-shop-deaths"]) \
+            == ("b", "rejected by RabbitMQ (rejected)", 1)
+    finally:
+        await connection.close()

@@ -21,7 +21,8 @@ async def scrape(port):
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_metrics_say_ready_and_count_waiting_dead_letters(payment_service, run_env, user_id):
+async def test_metrics_say_ready_and_count_waiting_dead_letters(payment_service, run_env, user_id, dead_letter_ids):
+    dead_letter_ids.add(f"gauge-{user_id}")
     await payment_service.broker.publisher.publish(ORDER_REQUESTS, b"{not json", f"gauge-{user_id}")
     await dead_lettered(run_env, f"gauge-{user_id}")
     samples = await scrape(payment_service.port)

@@ -6,16 +6,14 @@ import pytest
 from common.consumer import BatchConsumer
 from common.errors import InvalidMessage, Unavailable
 from tests.conftest import eventually
-from tests.unit.fakes import FakeMessage
+from tests.unit.fakes import FakeDeadLetters, FakeMessage
 
-
-def dead(reason):
-    """A dead letter: a confirmed copy with its reason in `<queue>.dead`, then the original acked."""
-    return [("copy to", "q.dead", reason), ("ack", False)]
+DEAD = [("ack", False)]  # a dead letter's original, acked once its copy is confirmed
 
 
 def consumer(handle_batch):
-    return BatchConsumer("q", decode=lambda body: body, handle_batch=handle_batch, batch_size=10)
+    return BatchConsumer("q", decode=lambda body: body, handle_batch=handle_batch, batch_size=10,
+                         dead_letters_via=FakeDeadLetters())
 
 
 async def returning(invalid):
@@ -38,11 +36,13 @@ async def test_a_batch_is_acked_with_one_multiple_ack_of_its_last_message():
 @pytest.mark.gen_test
 async def test_undecodable_and_refused_items_are_dead_lettered_and_the_rest_acked():
     handle = await returning({1: "unknown order"})
-    messages = [FakeMessage(tag) for tag in (1, 2, 3, 4)]
+    messages = [FakeMessage(tag, message_id=str(tag)) for tag in (1, 2, 3, 4)]
     batch = [(messages[0], "a"), (messages[1], InvalidMessage("bad JSON")), (messages[2], "b"), (messages[3], "c")]
-    await consumer(handle).process(batch)
+    batches = consumer(handle)
+    await batches.process(batch)
     assert handle.seen == [["a", "b", "c"]]  # the undecodable one never reaches the handler
-    assert [m.outcome for m in messages] == [[], dead("bad JSON"), dead("unknown order"), [("ack", True)]]
+    assert [m.outcome for m in messages] == [[], DEAD, DEAD, [("ack", True)]]
+    assert batches.dead_letters_via.copies == [("q.dead", "2", "bad JSON"), ("q.dead", "3", "unknown order")]
 
 
 @pytest.mark.gen_test
@@ -58,9 +58,11 @@ async def test_a_failing_batch_is_requeued_once_then_dead_lettered():
     async def broken(items):
         raise ZeroDivisionError("a bug")
     first, again = FakeMessage(1), FakeMessage(2, redelivered=True)
-    await consumer(broken).process([(first, "x"), (again, "y")])
+    batches = consumer(broken)
+    await batches.process([(first, "x"), (again, "y")])
     assert first.outcome == [("nack", True)]
-    assert again.outcome == dead("processing failed twice")
+    assert again.outcome == DEAD
+    assert batches.dead_letters_via.copies == [("q.dead", "m", "processing failed twice")]
 
 
 @pytest.mark.gen_test
@@ -101,7 +103,7 @@ async def test_messages_are_batched_in_delivery_order_up_to_the_batch_size():
     async def handle(items):
         seen.append(items)
         return {}
-    batches = BatchConsumer("q", decode=digits, handle_batch=handle, batch_size=2)
+    batches = BatchConsumer("q", decode=digits, handle_batch=handle, batch_size=2, dead_letters_via=FakeDeadLetters())
     messages = [FakeMessage(tag, body=str(tag).encode()) for tag in range(1, 6)] + [FakeMessage(6, body=b"x")]
     for message in messages:  # all waiting before the loop runs: batches are as full as the size allows
         await batches.on_message(message)
@@ -110,7 +112,7 @@ async def test_messages_are_batched_in_delivery_order_up_to_the_batch_size():
     running.cancel()
     assert seen == [[1, 2], [3, 4], [5]]
     ack = [("ack", True)]
-    assert [m.outcome for m in messages] == [[], ack, [], ack, ack, dead("not a number")]
+    assert [m.outcome for m in messages] == [[], ack, [], ack, ack, DEAD]
 
 
 def assert_true(value):
