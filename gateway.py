@@ -42,10 +42,6 @@ class Backend:
 class ProxyHandler(BaseHandler):
     """Forwards the request to `backend`; the route table decides which methods exist."""
 
-    def initialize(self, backend, methods, client, max_body_bytes):
-        self.backend, self.methods, self.client = backend, methods, client
-        self.max_body_bytes = max_body_bytes
-
     def prepare(self):
         super().prepare()
         if request_id.get() == "-":
@@ -82,11 +78,8 @@ class ProxyHandler(BaseHandler):
     get = post = put = forward
 
 
-class ReadyHandler(BaseHandler):
+class GatewayReadyHandler(BaseHandler):
     """Ready when every service has at least one replica whose own `/ready` says so."""
-
-    def initialize(self, backends, client):
-        self.backends, self.client = backends, client
 
     async def probe(self, url):
         try:
@@ -132,7 +125,7 @@ def make_app(settings, client=None):
         route(r"/payments/[^/]+", payments, "GET", "PUT"),
         route(r"/payments/[^/]+/movements", payments, "GET"),
         (r"/health", HealthHandler),
-        (r"/ready", ReadyHandler, dict(backends=(orders, payments), client=client)),
+        (r"/ready", GatewayReadyHandler, dict(backends=(orders, payments), client=client)),
         (r"/metrics", MetricsHandler),
         (r"/openapi.yaml", OpenApiHandler, dict(spec=OPENAPI_SPEC.read_bytes())),
     ], default_handler_class=NotFoundHandler, log_function=log_request)

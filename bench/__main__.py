@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from bench import measure, scenarios, tools
 from bench.progress import say
@@ -62,7 +62,7 @@ def main(argv=None):
         rows += done
         say(f"figure {number} done: {load()}\n" + render(done))
     rows += scenarios.memory_rows(memory)
-    print(f"shop benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {git_commit()}, "
+    print(f"shop benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {git_commit()}, "
           f"{'smoke' if args.smoke else 'full'} run; {machine()}; {load()} at the end\n")
     print(render(rows))
     for profile in profiles:

@@ -16,7 +16,8 @@ import aiopg
 from bench.table import Row, render
 from bench.tools import find, wrk
 from harness.infra import INFRA
-from harness.stack import cpu_seconds as process_cpu_seconds, free_port
+from harness.stack import cpu_seconds as process_cpu_seconds
+from harness.stack import free_port
 
 HELLO_SERVER = """
 import asyncio, sys, tornado.web

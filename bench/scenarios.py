@@ -10,10 +10,10 @@ from bench.profile import Profiler
 from bench.progress import say, wait
 from bench.steady import steady_orders
 from bench.table import Row, mb, ms, per_s
-from harness.invariants import check_invariants, pending_count, wait_until_settled
-from harness.stack import Stack, drop_database, free_port
 from common.db import schema_section
 from common.messages import ORDER_REQUESTS
+from harness.invariants import check_invariants, pending_count, wait_until_settled
+from harness.stack import Stack, drop_database, free_port
 
 SERVICES = ("gateway", "order", "payment")
 
@@ -74,7 +74,8 @@ def latency(plan):
             if fast == "1":
                 stages = measure.stage_latencies_ms(stack.order_dsn, stack.payment_dsn)
     (fast, codes), (slow, _) = results["1"], results["0"]
-    note = f" ({codes[201]} orders)" + (f", other: {dict(c for c in codes.items() if c[0] != 201)}" if len(codes) > 1 else "")
+    others = {code: n for code, n in codes.items() if code != 201}
+    note = f" ({codes[201]} orders)" + (f", other: {others}" if others else "")
     return [Row(f"1. create→final {name} at {plan.latency_rate}/s{note if i == 0 else ''}", ms(fast[i]),
                 f"{ms(slow[i])} poll only", target)
             for i, (name, target) in enumerate((("p50", "≤ 20 ms"), ("p95", ""), ("p99", "≤ 100 ms")))] + \
@@ -113,7 +114,8 @@ def throughput(plan, memory, profiles):
         memory["2. throughput"] = peaks(stack)
         report = check_invariants(stack.order_dsn, stack.payment_dsn, top_ups)
         tps = pgbench_baseline(plan, stack)
-    errors = f", {result.status_errors + result.socket_errors} errors" if result.status_errors + result.socket_errors else ""
+    failed = result.status_errors + result.socket_errors
+    errors = f", {failed} errors" if failed else ""
     return [
         Row(f"2. POST /orders accepted via gateway, {plan.load_clients} clients (client p50 "
             f"{ms(result.latency_p50_ms)}{errors})", per_s(result.ok_per_second),

@@ -25,7 +25,8 @@ class ToolMissing(Exception):
 def find(name):
     """Path of an executable, also in this venv, where root's PATH would look (/usr/sbin) or PostgreSQL
     keeps it."""
-    extra = [str(Path(sys.executable).parent), "/usr/sbin", "/sbin", *sorted(map(str, Path("/usr/lib/postgresql").glob("*/bin")), reverse=True)]
+    postgresql = sorted(map(str, Path("/usr/lib/postgresql").glob("*/bin")), reverse=True)
+    extra = [str(Path(sys.executable).parent), "/usr/sbin", "/sbin", *postgresql]
     return shutil.which(name) or shutil.which(name, path=os.pathsep.join(extra))
 
 

@@ -1,16 +1,23 @@
 """The Tornado application shared shape: a service's routes plus health, readiness and metrics."""
+from collections.abc import Awaitable, Callable
+
 from tornado import web
 
+from common.config import Settings
 from common.envelope import NotFoundHandler
-from common.health import HealthHandler, ReadyHandler
+from common.health import HealthHandler, ServiceReadyHandler
 from common.metrics import MetricsHandler, log_request
 
 
-def service_application(routes, db, broker, backlog):
-    """`routes` plus `/health`, `/ready` (PostgreSQL + RabbitMQ) and `/metrics` (with `backlog` gauges)."""
+def service_application(routes: list, settings: Settings, db, broker,
+                        backlog: Callable[..., Awaitable[dict]]) -> web.Application:
+    """`routes` plus `/health`, `/ready` (PostgreSQL + RabbitMQ) and `/metrics` (with `backlog` gauges).
+
+    Every handler gets its dependencies through `initialize`, the body limit among them."""
+    limit = dict(max_body_bytes=settings.max_body_bytes)
     return web.Application([
-        *routes,
-        (r"/health", HealthHandler),
-        (r"/ready", ReadyHandler, dict(db=db, broker=broker)),
-        (r"/metrics", MetricsHandler, dict(db=db, backlog=backlog)),
-    ], default_handler_class=NotFoundHandler, log_function=log_request)
+        *((pattern, handler, {**deps, **limit}) for pattern, handler, deps in routes),
+        (r"/health", HealthHandler, limit),
+        (r"/ready", ServiceReadyHandler, dict(db=db, broker=broker, **limit)),
+        (r"/metrics", MetricsHandler, dict(db=db, backlog=backlog, **limit)),
+    ], default_handler_class=NotFoundHandler, default_handler_args=limit, log_function=log_request)

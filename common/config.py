@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
+DEFAULT_MAX_BODY_BYTES = 65536
 
 
 def read_env_file(path=ENV_FILE):
@@ -71,7 +72,7 @@ def load_settings(environ=None):
         prefetch=int(env.get("PREFETCH", "256")),
         upstream_timeout=float(env.get("UPSTREAM_TIMEOUT", "10")),
         db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
-        max_body_bytes=int(env.get("MAX_BODY_BYTES", "65536")),
+        max_body_bytes=int(env.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
         inbox_retention_days=float(env.get("INBOX_RETENTION_DAYS", "7")),
         idempotency_key_hours=float(env.get("IDEMPOTENCY_KEY_HOURS", "24")),
         cleanup_interval=float(env.get("CLEANUP_INTERVAL", "3600")),

@@ -4,14 +4,16 @@ SQLAlchemy Core builds the statements (in each service's repo.py); aiopg runs th
 it pins SQLAlchemy 1.4."""
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import aiopg
 import psycopg2
 import psycopg2.errors
-from psycopg2.extensions import make_dsn, parse_dsn
 import sqlalchemy as sa
+from psycopg2.extensions import make_dsn, parse_dsn
 from sqlalchemy.dialects import postgresql
 
 from common.errors import Unavailable
@@ -19,6 +21,7 @@ from common.retry import DB_ERRORS, briefly, until_connected
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.sql"
 DIALECT = postgresql.psycopg2.dialect()
 
@@ -46,7 +49,7 @@ class Query:
         compiled = stmt.compile(dialect=DIALECT)
         self.sql, self.defaults = str(compiled), compiled.params
 
-    def bind(self, values):
+    def bind(self, values: dict) -> dict:
         unknown = set(values) - set(self.defaults)
         if unknown:
             raise TypeError(f"unknown bind parameters {sorted(unknown)} for {self.sql!r}")
@@ -58,7 +61,7 @@ def ids(name):
     return sa.bindparam(name, type_=postgresql.ARRAY(sa.BigInteger))
 
 
-async def execute(cur, query, **values):
+async def execute(cur, query: "Query | sa.Executable", **values) -> None:
     """Run a `Query` with `values`, or a statement built on the spot (for cold paths such as clean-up and
     metrics, where compiling per call costs nothing that matters; lists in it are inlined)."""
     if isinstance(query, Query):
@@ -68,14 +71,14 @@ async def execute(cur, query, **values):
         await cur.execute(str(compiled), compiled.params)
 
 
-async def fetch_all(cur, query, **values):
+async def fetch_all(cur, query: "Query | sa.Executable", **values) -> list[dict]:
     """Rows of `query` as dicts."""
     await execute(cur, query, **values)
     columns = [c.name for c in cur.description]
     return [dict(zip(columns, row)) for row in await cur.fetchall()]
 
 
-async def fetch_one(cur, query, **values):
+async def fetch_one(cur, query: "Query | sa.Executable", **values) -> dict | None:
     """The first row of `query` as a dict, or None."""
     rows = await fetch_all(cur, query, **values)
     return rows[0] if rows else None
@@ -88,8 +91,16 @@ async def pending_rows(cur, created_at, *where):
     return tuple(row.values())
 
 
+NOW = sa.func.clock_timestamp()
+
+
+def seconds_from_now(seconds):
+    """The SQL time `seconds` (a number or a bound parameter; negative for the past) from now."""
+    return NOW + sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
 def older_than(column, seconds):
-    return column < sa.func.clock_timestamp() - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+    return column < seconds_from_now(-seconds)
 
 
 async def delete_batch(cur, key, limit, *where):
@@ -146,13 +157,13 @@ class Database:
     take every connection, and the work that brings orders to their final status would queue behind new
     orders, so the backlog would grow for as long as the load lasts."""
 
-    def __init__(self, pool, background=None, retry_seconds=2.0):
+    def __init__(self, pool: aiopg.Pool, background: "Database | None" = None, retry_seconds: float = 2.0) -> None:
         self.pool = pool
         self.background = background
         self.retry_seconds = retry_seconds
 
     @classmethod
-    async def connect(cls, dsn, section, pool_size):
+    async def connect(cls, dsn: str, section: str, pool_size: int) -> "Database":
         """Wait for the server, create the database and apply its schema section, then pool connections."""
         async for attempt in until_connected(DB_ERRORS):
             with attempt:
@@ -162,7 +173,7 @@ class Database:
         logger.info("connected to PostgreSQL database %s", parse_dsn(dsn)["dbname"])
         return db
 
-    async def apply_schema(self, section):
+    async def apply_schema(self, section: str) -> None:
         ddl = schema_section("shared") + "\n" + schema_section(section)
         async with self.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
             # Replicas starting together would otherwise race on CREATE ... IF NOT EXISTS.
@@ -178,7 +189,8 @@ class Database:
             else:
                 yield cur
 
-    async def run(self, work, *args, retry_seconds=None, transaction=True):
+    async def run(self, work: Callable[..., Awaitable[T]], *args, retry_seconds: float | None = None,
+                  transaction: bool = True) -> T:
         """Run `await work(cur, *args)` in one transaction and return its result.
 
         `transaction=False` leaves out BEGIN/COMMIT, for a single statement that is safe to run twice (a read,
@@ -227,12 +239,12 @@ class Database:
             raise asyncio.CancelledError()
         return result
 
-    async def ping(self):
+    async def ping(self) -> None:
         async def select_one(cur):
             await cur.execute("SELECT 1")
         await self.run(select_one, retry_seconds=0)
 
-    async def close(self, grace=5.0):
+    async def close(self, grace: float = 5.0) -> None:
         """Close the pools (both at once) once their connections are back; after `grace` seconds close them
         regardless (a connection never released, e.g. by a task cancelled mid-query, must not stop the process)."""
         await asyncio.gather(*(close_pool(db.pool, grace) for db in (self, self.background) if db))
@@ -242,7 +254,7 @@ async def close_pool(pool, grace):
     pool.close()
     try:
         await asyncio.wait_for(pool.wait_closed(), grace)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         logger.warning("%d database connections still in use after %ss; closing them", pool.size - pool.freesize,
                        grace)
         pool.terminate()

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from tornado import web
 
+from common.config import DEFAULT_MAX_BODY_BYTES
 from common.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, RouteNotFound, ShopError
 from common.logs import request_id
 
@@ -36,29 +37,9 @@ def envelope(success, message, **data):
 class BaseHandler(web.RequestHandler):
     """Answers every request, failed or not, with the JSON envelope; never a stack trace.
 
-    Tracks the connections with a request in flight, so that a graceful shutdown closes only idle ones."""
+    Dependencies arrive through `initialize` as keyword arguments (the route's dict) and become attributes."""
 
-    max_body_bytes = 65536
-    busy_streams = set()
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._stream = self.request.connection.stream
-        BaseHandler.busy_streams.add(self._stream)
-
-    def _done(self):
-        BaseHandler.busy_streams.discard(self._stream)
-
-    def finish(self, chunk=None):
-        # Counted out only once the answer is written: a shutdown that closed the connection earlier would
-        # turn a committed order into a reset, and the client would never learn it was created.
-        written = super().finish(chunk)
-        written.add_done_callback(lambda _: self._done())
-        return written
-
-    def on_connection_close(self):
-        self._done()
-        super().on_connection_close()
+    max_body_bytes = DEFAULT_MAX_BODY_BYTES  # each application passes the configured one
 
     def initialize(self, **dependencies):
         for name, value in dependencies.items():

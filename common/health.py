@@ -8,7 +8,7 @@ class HealthHandler(BaseHandler):
         self.reply(200, "Alive.")
 
 
-class ReadyHandler(BaseHandler):
+class ServiceReadyHandler(BaseHandler):
     """Ready when PostgreSQL answers and the broker connection is open."""
 
     async def get(self):

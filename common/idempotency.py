@@ -5,8 +5,10 @@ The key is claimed in the same transaction as the business write, so a crash can
 the other; a concurrent request with the same key waits on the key's unique index until the first commits."""
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -42,7 +44,12 @@ class IdempotentRequest:
     fingerprint: str
 
 
-def from_request(request):
+class Outcome(NamedTuple):
+    result: Any
+    replayed: bool  # True: the key was used before, `result` is that first call's, and nothing ran now
+
+
+def from_request(request) -> IdempotentRequest | None:
     """The request's idempotency key and fingerprint (method, path, body), or None without the header."""
     key = request.headers.get(HEADER)
     if key is None:
@@ -53,24 +60,24 @@ def from_request(request):
     return IdempotentRequest(key, digest)
 
 
-async def run_once(cur, request, work, *args):
-    """`await work(cur, *args)`, or, if `request`'s key was used before, that first call's result.
+async def run_once(cur, request: IdempotentRequest | None, work: Callable[..., Awaitable[Any]], *args) -> Outcome:
+    """`await work(cur, *args)`, or, if `request`'s key was used before, that first call's result (replayed).
 
     Raises `IdempotencyKeyReused` if the key came with a different request."""
     if request is None:
-        return await work(cur, *args)
+        return Outcome(await work(cur, *args), replayed=False)
     claimed = await fetch_one(cur, CLAIM_KEY, key=request.key, fingerprint=request.fingerprint)
     if claimed is None:
         earlier = await fetch_one(cur, EARLIER_USE, key=request.key)
         if earlier["fingerprint"] != request.fingerprint:
             raise IdempotencyKeyReused(f"'{HEADER}' {request.key!r} was already used with a different request.")
-        return json.loads(earlier["result"], parse_float=Decimal)
+        return Outcome(json.loads(earlier["result"], parse_float=Decimal), replayed=True)
     result = await work(cur, *args)
     await execute(cur, STORE_RESULT, key=request.key, result=to_json(result))
-    return result
+    return Outcome(result, replayed=False)
 
 
-async def forget_expired(cur, hours, limit):
+async def forget_expired(cur, hours: float, limit: int) -> bool:
     """Delete up to `limit` keys older than `hours`; True if more may be left."""
     return await delete_batch(cur, idempotency_keys.c.key, limit,
                               older_than(idempotency_keys.c.created_at, hours * 3600))

@@ -3,12 +3,17 @@ import asyncio
 import logging
 import signal
 import sys
+import weakref
+from dataclasses import dataclass, field
 
 import uvloop
+from tornado import httputil, web
 from tornado.httpserver import HTTPServer
 
-from common.config import load_settings
-from common.envelope import BaseHandler
+from common.broker import Broker
+from common.config import Settings, load_settings
+from common.consumer import Decode, HandleBatch
+from common.db import Database
 from common.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -28,13 +33,51 @@ async def wait_for_shutdown():
     await stop.wait()
 
 
-def listen(app, port):
-    server = HTTPServer(app, max_body_size=SERVER_MAX_BODY, xheaders=True)
+class DrainingHTTPServer(HTTPServer):
+    """An `HTTPServer` that knows which connections have a request in flight, so that a graceful shutdown
+    closes only idle ones (`stop_server`).
+
+    A connection is busy from a request's headers until its answer is written: Tornado's connection loop asks
+    for the next request (`start_request`) only once the previous answer is out."""
+
+    def initialize(self, *args, **kwargs) -> None:
+        super().initialize(*args, **kwargs)
+        self.busy: weakref.WeakSet = weakref.WeakSet()
+
+    def start_request(self, server_conn, request_conn) -> httputil.HTTPMessageDelegate:
+        self.busy.discard(server_conn)
+        return _MarkBusy(self.busy, server_conn, super().start_request(server_conn, request_conn))
+
+    def on_close(self, server_conn) -> None:
+        self.busy.discard(server_conn)
+        super().on_close(server_conn)
+
+
+class _MarkBusy(httputil.HTTPMessageDelegate):
+    def __init__(self, busy: weakref.WeakSet, connection, delegate: httputil.HTTPMessageDelegate) -> None:
+        self.busy, self.connection, self.delegate = busy, connection, delegate
+
+    def headers_received(self, start_line, headers):
+        self.busy.add(self.connection)
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk):
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self.delegate.on_connection_close()
+
+
+def listen(app: web.Application, port: int) -> DrainingHTTPServer:
+    server = DrainingHTTPServer(app, max_body_size=SERVER_MAX_BODY, xheaders=True)
     server.listen(port)
     return server
 
 
-async def stop_server(server, grace=8.0):
+async def stop_server(server: DrainingHTTPServer, grace: float = 8.0) -> None:
     """Stop accepting; close each connection once it is idle, for up to `grace` seconds; then close the rest.
 
     Tornado's `close_all_connections` alone would cut requests off mid-way: an order committed whose answer
@@ -46,33 +89,28 @@ async def stop_server(server, grace=8.0):
     # `_connections` is Tornado's own set of open HTTP connections; it offers no public way to list them.
     while server._connections and asyncio.get_running_loop().time() < deadline:
         for connection in list(server._connections):
-            if connection.stream not in BaseHandler.busy_streams:
+            if connection not in server.busy:
                 connection.stream.close()
         await asyncio.sleep(0.01)
     if server._connections:
         logger.warning("%d connections still busy after %ss; closing them", len(server._connections), grace)
     try:
         await asyncio.wait_for(server.close_all_connections(), 3)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         logger.warning("connections did not close within 3 s")
 
 
 class Service:
     """A process `run` starts and stops: its HTTP server and, for the two services, their database pool,
     broker connection and background workers, stopped in that order (each stage bounded on its own)."""
-    name = None
+    name: str = None
     uvloop_safe = False
 
-    def __init__(self, settings):
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.server, self.workers, self.broker, self.db = None, [], None, None
 
-    def start_workers(self, *workers):
-        self.workers = list(workers)
-        for worker in workers:
-            worker.start()
-
-    async def stop(self):
+    async def stop(self) -> None:
         await stop_server(self.server)
         for worker in self.workers:
             await worker.stop()
@@ -80,6 +118,51 @@ class Service:
             await self.broker.close()
         if self.db:
             await self.db.close()
+
+
+@dataclass
+class Consumption:
+    """A queue a service consumes, and what it does with each batch (see `common.consumer.BatchConsumer`)."""
+    queue: str
+    decode: Decode
+    handle_batch: HandleBatch
+
+
+@dataclass
+class Wiring:
+    """What a service is made of once built from a database and a broker (its `bootstrap`)."""
+    app: web.Application
+    workers: dict = field(default_factory=dict)  # {role: BgWorker}
+    consumers: list[Consumption] = field(default_factory=list)
+    startup: list = field(default_factory=list)  # coroutine functions, awaited before the workers start
+
+
+class BackendService(Service):
+    """The Order or Payments Service: connect to its database and the broker, `bootstrap` the parts from
+    them, then serve, run the workers and consume."""
+    dsn_setting: str = None
+    port_setting: str = None
+
+    @staticmethod
+    def bootstrap(settings: Settings, db: Database, broker: Broker) -> Wiring:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.port = getattr(settings, self.port_setting)
+        self.db = await Database.connect(getattr(settings, self.dsn_setting), self.name, settings.db_pool_size)
+        self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch)
+        self.wiring = self.bootstrap(settings, self.db, self.broker)
+        for step in self.wiring.startup:
+            await step()
+        self.server = listen(self.wiring.app, self.port)
+        self.workers = list(self.wiring.workers.values())
+        for worker in self.workers:
+            worker.start()
+        for consumption in self.wiring.consumers:
+            await self.broker.consumer.consume(consumption.queue, consumption.decode, consumption.handle_batch,
+                                               settings.batch_size)
+        logger.info("%s listening on port %s", self.name, self.port)
 
 
 def run(service_class):

@@ -4,15 +4,26 @@
 `outbox_ps` carries a `PaymentResult` (Payments Service → Order Service).
 Amounts travel as strings so they stay exact. Decoding raises `InvalidMessage`."""
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
 
 from common.errors import InvalidInput, InvalidMessage
 from common.validation import parse_amount, parse_id
 
 ORDER_REQUESTS = "outbox_os"
 PAYMENT_RESULTS = "outbox_ps"
-FINAL_STATUSES = ("FINISHED", "CANCELLED")
+
+
+class OrderStatus(StrEnum):
+    """An order's status, in both services' tables and in a `PaymentResult` (schema.sql checks the same)."""
+    NEW = "NEW"
+    FINISHED = "FINISHED"
+    CANCELLED = "CANCELLED"
+
+
+FINAL_STATUSES = (OrderStatus.FINISHED, OrderStatus.CANCELLED)
 
 
 def _decode_object(body, fields):
@@ -31,12 +42,17 @@ class PaymentRequest:
     user_id: int
     amount: Decimal
 
-    def encode(self):
+    @classmethod
+    def from_row(cls, row: Mapping) -> "PaymentRequest":
+        """The request of an order or outbox row (`order_id`, `user_id`, `amount`)."""
+        return cls(row["order_id"], row["user_id"], row["amount"])
+
+    def encode(self) -> bytes:
         return json.dumps({"order_id": self.order_id, "user_id": self.user_id,
                            "amount": str(self.amount)}).encode()
 
     @classmethod
-    def decode(cls, body):
+    def decode(cls, body: bytes) -> "PaymentRequest":
         data = _decode_object(body, ("order_id", "user_id", "amount"))
         try:
             return cls(parse_id(data["order_id"], "order_id"), parse_id(data["user_id"], "user_id"),
@@ -48,17 +64,17 @@ class PaymentRequest:
 @dataclass(frozen=True)
 class PaymentResult:
     order_id: int
-    status: str
+    status: OrderStatus
 
-    def encode(self):
+    def encode(self) -> bytes:
         return json.dumps({"order_id": self.order_id, "status": self.status}).encode()
 
     @classmethod
-    def decode(cls, body):
+    def decode(cls, body: bytes) -> "PaymentResult":
         data = _decode_object(body, ("order_id", "status"))
         if data["status"] not in FINAL_STATUSES:
-            raise InvalidMessage(f"'status' must be one of {FINAL_STATUSES}")
+            raise InvalidMessage(f"'status' must be one of {tuple(map(str, FINAL_STATUSES))}")
         try:
-            return cls(parse_id(data["order_id"], "order_id"), data["status"])
+            return cls(parse_id(data["order_id"], "order_id"), OrderStatus(data["status"]))
         except InvalidInput as exc:
             raise InvalidMessage(exc.message) from None

@@ -32,8 +32,7 @@ def log_request(handler):
 class MetricsHandler(BaseHandler):
     """Metrics in Prometheus text format; `backlog(cur)` returns {table: (pending rows, oldest age in s)}."""
 
-    def initialize(self, db=None, backlog=None):
-        self.db, self.backlog = db, backlog
+    db = backlog = None  # the gateway's has neither
 
     async def get(self):
         if self.backlog:

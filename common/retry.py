@@ -4,8 +4,15 @@ import logging
 
 import psycopg2
 from aio_pika.exceptions import AMQPConnectionError, ChannelInvalidStateError
-from tenacity import (AsyncRetrying, before_sleep_log, retry_if_exception_type, stop_after_delay,
-                      stop_never, wait_exponential, wait_random)
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_exponential,
+    wait_random,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ class BgWorker:
             try:
                 # A step normally ends within its own timeouts; one stuck on a dead peer must not hold the exit.
                 await asyncio.wait_for(self._task, 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 logger.warning("%s: step still running after 5 s; cancelled", self.name)
 
     async def _loop(self):

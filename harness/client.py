@@ -1,8 +1,8 @@
 """A small blocking JSON client for the gateway / services."""
 import json
-from decimal import Decimal
 import urllib.error
 import urllib.request
+from decimal import Decimal
 
 
 def call(base_url, method, path, body=None, timeout=10, headers=None):

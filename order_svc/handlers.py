@@ -12,9 +12,9 @@ def order_view(order):
 class OrdersHandler(BaseHandler):
     async def post(self):
         body = parse_json_object(self.request.body, required=("user_id", "amount"), optional=("description",))
-        order = await service.place_order(self.db, parse_id(body["user_id"], "user_id"),
+        order = await service.place_order(self.db, self.dispatch, parse_id(body["user_id"], "user_id"),
                                           parse_amount(body["amount"]), parse_description(body.get("description")),
-                                          from_request(self.request), self.send_now)
+                                          from_request(self.request))
         self.reply(201, "Order created.", order_id=order["order_id"], order=order_view(order))
 
     async def get(self):

@@ -1,8 +1,11 @@
 """The Order Service's tables and every SQL statement it runs (SQLAlchemy Core)."""
+from decimal import Decimal
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from common.db import Query, execute, fetch_all, fetch_one, ids, pending_rows
+from common.db import NOW, Query, execute, fetch_all, fetch_one, ids, pending_rows, seconds_from_now
+from common.messages import OrderStatus
 
 metadata = sa.MetaData()
 
@@ -28,12 +31,6 @@ outbox_os = sa.Table(
 )
 
 ORDER_FIELDS = (orders.c.order_id, orders.c.user_id, orders.c.amount, orders.c.description, orders.c.status)
-NOW = sa.func.clock_timestamp()
-
-
-def seconds_from_now(seconds):
-    return NOW + sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
-
 
 # The order and its outbox row in one statement, so atomic even without BEGIN/COMMIT around it. The row counts
 # `attempts` sends already (1 when the caller publishes it right after the commit) and is due after `due_in` s.
@@ -66,12 +63,16 @@ POSTPONE_OUTBOX = Query(sa.update(outbox_os).where(_order_ids)
                         .values(attempts=outbox_os.c.attempts + 1, next_attempt_at=seconds_from_now(_delay)))
 # Rows whose immediate publish was not confirmed: never sent after all, so due at once as first sends.
 UNSENT_OUTBOX = Query(sa.update(outbox_os).where(_order_ids).values(attempts=0, next_attempt_at=NOW))
+# At start-up: rows the relay never sent may be orders whose immediate publish died with a process (this one's
+# predecessor, or a replica's: then the copy sent now is a harmless duplicate the inbox recognises).
+UNSENT_DUE_NOW = Query(sa.update(outbox_os).where(outbox_os.c.attempts == 0, outbox_os.c.next_attempt_at > NOW)
+                       .values(next_attempt_at=NOW))
 
 # The results in one statement (atomic without BEGIN/COMMIT, and safe to repeat): set each still-`NEW` order's
 # status, drop the outbox rows, and return the ids of results about orders that do not exist.
 _results = sa.func.unnest(ids("order_ids"), sa.bindparam("statuses", type_=postgresql.ARRAY(sa.Text))) \
     .table_valued("order_id", "status").render_derived(name="result")
-_finalized = (sa.update(orders).where(orders.c.order_id == _results.c.order_id, orders.c.status == "NEW")
+_finalized = (sa.update(orders).where(orders.c.order_id == _results.c.order_id, orders.c.status == OrderStatus.NEW)
               .values(status=_results.c.status, updated_at=NOW).returning(orders.c.order_id).cte("finalized"))
 _dropped = sa.delete(outbox_os).where(_order_ids).returning(outbox_os.c.order_id).cte("dropped")
 _unknown = sa.func.unnest(ids("order_ids")).table_valued("order_id").render_derived(name="given")
@@ -80,41 +81,46 @@ FINALIZE_ORDERS = Query(sa.select(_unknown.c.order_id)
                         .add_cte(_finalized).add_cte(_dropped))
 
 
-async def insert_order(cur, user_id, amount, description, attempts, due_in):
-    """Insert an order and its outbox row (one statement: atomic on its own); returns the order."""
+async def insert_order(cur, user_id: int, amount: Decimal, description: str, entry) -> dict:
+    """Insert an order and its outbox row, written as `entry` says (an `OutboxEntry`: sends already counted,
+    seconds until due), in one statement (atomic on its own); returns the order."""
     return await fetch_one(cur, INSERT_ORDER, user_id=user_id, amount=amount, description=description,
-                           attempts=attempts, due_in=due_in)
+                           attempts=entry.attempts, due_in=entry.due_in)
 
 
-async def get_order(cur, order_id):
+async def get_order(cur, order_id: int) -> dict | None:
     return await fetch_one(cur, GET_ORDER, order_id=order_id)
 
 
-async def list_orders(cur, user_id, after, limit):
+async def list_orders(cur, user_id: int | None, after: int, limit: int) -> list[dict]:
     if user_id is None:
         return await fetch_all(cur, LIST_ORDERS, after=after, limit=limit)
     return await fetch_all(cur, LIST_USER_ORDERS, user_id=user_id, after=after, limit=limit)
 
 
-async def lock_due_outbox(cur, limit):
+async def lock_due_outbox(cur, limit: int) -> list[dict]:
     """Outbox rows due for (re)sending, locked so no other instance sends them meanwhile."""
     return await fetch_all(cur, LOCK_DUE_OUTBOX, limit=limit)
 
 
-async def postpone_outbox(cur, order_ids, first_delay, max_delay):
+async def postpone_outbox(cur, order_ids: list[int], first_delay: float, max_delay: float) -> None:
     """Schedule the next resend of each row: `first_delay` seconds, doubling per attempt, capped."""
     await execute(cur, POSTPONE_OUTBOX, order_ids=order_ids, first_delay=first_delay, max_delay=max_delay)
 
 
-async def unsent_outbox(cur, order_ids):
+async def unsent_outbox(cur, order_ids: list[int]) -> None:
     await execute(cur, UNSENT_OUTBOX, order_ids=order_ids)
 
 
-async def finalize_orders(cur, order_ids, statuses):
+async def make_unsent_due(cur) -> None:
+    await execute(cur, UNSENT_DUE_NOW)
+
+
+async def finalize_orders(cur, order_ids: list[int], statuses: list[str]) -> set[int]:
     """Set each still-`NEW` order to its status and drop its outbox row; returns the ids of unknown orders."""
     return {row["order_id"] for row in await fetch_all(cur, FINALIZE_ORDERS, order_ids=order_ids, statuses=statuses)}
 
 
-async def backlog(cur):
+async def backlog(cur) -> dict:
     """{"outbox_os": (rows waiting for a payment result, age of the oldest in seconds)}."""
     return {"outbox_os": await pending_rows(cur, outbox_os.c.created_at)}

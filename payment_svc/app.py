@@ -1,55 +1,43 @@
-"""Payments Service wiring: the Tornado application, the inbox and outbox workers, and the request consumer."""
-import logging
-
-from common.broker import Broker
-from common.db import Database
+"""Payments Service wiring: the Tornado application, the inbox and outbox workers, and the request consumer,
+built from a database and a broker (`bootstrap`)."""
 from common.app import service_application
-from common.lifecycle import Service, listen
+from common.broker import Broker
+from common.config import Settings
+from common.db import Database
+from common.lifecycle import BackendService, Consumption, Wiring
 from common.messages import ORDER_REQUESTS, PaymentRequest
 from common.worker import BgWorker
 from payment_svc import repo, service
 from payment_svc.handlers import AccountHandler, AccountsHandler, MovementsHandler
+from payment_svc.messaging import RelayOnly, SettleAtOnce
 
-logger = logging.getLogger(__name__)
 
-
-def make_app(db, broker, settings):
-    deps = dict(db=db, max_body_bytes=settings.max_body_bytes)
+def make_app(db: Database, broker: Broker, settings: Settings):
+    deps = dict(db=db)
     return service_application([
         (r"/payments", AccountsHandler, deps),
         (r"/payments/([^/]+)", AccountHandler, deps),
         (r"/payments/([^/]+)/movements", MovementsHandler, deps),
-    ], db, broker, repo.backlog)
+    ], settings, db, broker, repo.backlog)
 
 
-class PaymentService(Service):
+def bootstrap(settings: Settings, db: Database, broker: Broker) -> Wiring:
+    background = db.background
+    outbox = BgWorker("outbox_ps relay",
+                      lambda: service.relay_outbox(background, broker.publisher, settings.batch_size),
+                      settings.poll_interval)
+    inbox = BgWorker("inbox processor", lambda: service.process_inbox(background, dispatch, settings.batch_size),
+                     settings.poll_interval)
+    cleanup = BgWorker("clean-up", lambda: service.clean_up(background, settings), settings.cleanup_interval)
+    dispatch = SettleAtOnce(background, broker.window, settings.resend_delay, outbox.kick, inbox.kick) \
+        if settings.fast_path else RelayOnly()
+    return Wiring(make_app(db, broker, settings), workers=dict(inbox=inbox, outbox=outbox, cleanup=cleanup),
+                  consumers=[Consumption(ORDER_REQUESTS, PaymentRequest.decode,
+                                         lambda requests: service.receive_requests(background, requests, dispatch))])
+
+
+class PaymentService(BackendService):
     name = "payment_svc"
-
-    async def start(self):
-        settings = self.settings
-        self.port = settings.payment_svc_port
-        self.db = await Database.connect(settings.payment_db_dsn, "payment_svc", settings.db_pool_size)
-        self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch)
-        background = self.db.background
-        self.outbox = BgWorker("outbox_ps relay",
-                               lambda: service.relay_outbox(background, self.broker, settings.batch_size),
-                               settings.poll_interval)
-        self.inbox = BgWorker("inbox processor", self._process_inbox, settings.poll_interval)
-        self.cleanup = BgWorker("clean-up", lambda: service.clean_up(background, settings), settings.cleanup_interval)
-        self.send_now = service.SendNow(background, self.broker, settings.resend_delay, self.outbox.kick) \
-            if settings.fast_path else None
-        self.server = listen(make_app(self.db, self.broker, settings), self.port)
-        self.start_workers(self.inbox, self.outbox, self.cleanup)
-        await self.broker.consume(ORDER_REQUESTS, PaymentRequest.decode, self._receive, settings.batch_size)
-        logger.info("Payments Service listening on port %s", self.port)
-
-    async def _receive(self, requests):
-        if not await service.receive_requests(self.db.background, requests, self.send_now) and self.send_now:
-            self.inbox.kick()
-        return {}
-
-    async def _process_inbox(self):
-        more = await service.process_inbox(self.db.background, self.settings.batch_size)
-        if self.settings.fast_path:
-            self.outbox.kick()
-        return more
+    dsn_setting = "payment_db_dsn"
+    port_setting = "payment_svc_port"
+    bootstrap = staticmethod(bootstrap)

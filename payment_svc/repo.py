@@ -3,7 +3,19 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from common.db import Query, delete_batch, execute, fetch_all, fetch_one, ids, older_than, pending_rows
+from common.db import (
+    NOW,
+    Query,
+    delete_batch,
+    execute,
+    fetch_all,
+    fetch_one,
+    ids,
+    older_than,
+    pending_rows,
+    seconds_from_now,
+)
+from common.messages import OrderStatus
 
 metadata = sa.MetaData()
 
@@ -47,7 +59,6 @@ account_movements = sa.Table(
 )
 
 ACCOUNT_FIELDS = (accounts.c.user_id, accounts.c.balance)
-NOW = sa.func.clock_timestamp()
 
 CREATE_ACCOUNT = Query(pg_insert(accounts).values(user_id=sa.bindparam("user_id"))
                        .on_conflict_do_nothing().returning(*ACCOUNT_FIELDS))
@@ -105,7 +116,7 @@ _statuses = sa.func.unnest(ids("order_ids"), sa.bindparam("statuses", type_=ARRA
 SETTLE_INBOX = Query(sa.update(inbox).where(inbox.c.order_id == _statuses.c.order_id)
                      .values(status=_statuses.c.status, acked=True,
                              processed_at=sa.func.coalesce(inbox.c.processed_at, NOW)))
-_due = NOW + sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.bindparam("due_in"))
+_due = seconds_from_now(sa.bindparam("due_in"))
 QUEUE_RESULTS = Query(sa.insert(outbox_ps)
                       .from_select(["order_id", "status", "next_attempt_at"],
                                    sa.select(_statuses.c.order_id, _statuses.c.status, _due))
@@ -201,5 +212,5 @@ async def backlog(cur):
 
 async def forget_processed(cur, days, limit):
     """Delete up to `limit` settled inbox rows processed more than `days` ago; True if more may be left."""
-    return await delete_batch(cur, inbox.c.order_id, limit, inbox.c.acked, inbox.c.status != "NEW",
+    return await delete_batch(cur, inbox.c.order_id, limit, inbox.c.acked, inbox.c.status != OrderStatus.NEW,
                               older_than(inbox.c.processed_at, days * 86400))

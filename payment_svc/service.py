@@ -1,19 +1,24 @@
 """Payments Service use cases: accounts, the inbox (exactly-once debits) and the result outbox."""
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from common.config import Settings
+from common.db import Database
 from common.errors import AccountExists, AccountNotFound, InvalidInput
-from common.idempotency import forget_expired, run_once
-from common.messages import PAYMENT_RESULTS, PaymentResult
+from common.idempotency import IdempotentRequest, forget_expired, run_once
+from common.messages import PAYMENT_RESULTS, OrderStatus, PaymentRequest
+from common.publisher import Publisher
 from payment_svc import repo
+from payment_svc.messaging import ResultDispatch, encode_result
 
 logger = logging.getLogger(__name__)
 
 MAX_BALANCE = Decimal("999999999999.99")  # NUMERIC(14, 2)
 
 
-async def create_account(db, user_id, idempotent=None):
+async def create_account(db: Database, user_id: int, idempotent: IdempotentRequest | None = None) -> dict:
     """A new account with balance 0; never a second one for the same user."""
 
     async def create(cur):
@@ -22,19 +27,20 @@ async def create_account(db, user_id, idempotent=None):
             raise AccountExists(user_id)
         return account
 
-    account = await db.run(run_once, idempotent, create)
+    account, _ = await db.run(run_once, idempotent, create)
     logger.info("account created for user %s", user_id)
     return account
 
 
-async def get_account(db, user_id):
+async def get_account(db: Database, user_id: int) -> dict:
     account = await db.run(repo.get_account, user_id, transaction=False)
     if account is None:
         raise AccountNotFound(user_id)
     return account
 
 
-async def top_up(db, user_id, amount, idempotent=None, request_key=None):
+async def top_up(db: Database, user_id: int, amount: Decimal, idempotent: IdempotentRequest | None = None,
+                 request_key: str | None = None) -> dict:
     """Credit `amount` under a row lock, so it cannot interleave with a debit (once per idempotency key), and
     write its ledger row, which carries `request_key` (the idempotency key, else the request id)."""
 
@@ -47,12 +53,12 @@ async def top_up(db, user_id, amount, idempotent=None, request_key=None):
             raise InvalidInput(f"Balance would exceed {MAX_BALANCE}.")
         return await repo.credit(cur, user_id, amount, balance, request_key)
 
-    account = await db.run(run_once, idempotent, credit)
+    account, _ = await db.run(run_once, idempotent, credit)
     logger.info("user %s topped up by %s, balance %s", user_id, amount, account["balance"])
     return account
 
 
-async def list_movements(db, user_id, cursor, limit):
+async def list_movements(db: Database, user_id: int, cursor: int, limit: int) -> tuple[list, int | None]:
     """A page of the account's ledger after `cursor`; returns (movements, next cursor or None).
 
     Raises `AccountNotFound` if the user has no account."""
@@ -63,56 +69,28 @@ async def list_movements(db, user_id, cursor, limit):
     return page, (page[-1]["id"] if len(rows) > limit else None)
 
 
-def encode_result(row):
-    return PaymentResult(row["order_id"], row["status"]).encode()
+async def receive_requests(db: Database, requests: list[PaymentRequest], dispatch: ResultDispatch) -> dict:
+    """Store a batch of payment requests in the inbox (the consumer acks only after this commits); returns
+    {index: reason} of requests to dead-letter (none: every well-formed request is stored).
 
-
-class SendNow:
-    """The fast path: the consumer publishes the results it settled as soon as its transaction commits, without
-    waiting for the outbox relay, and deletes the rows the broker confirmed. The rows are written due for the
-    relay only `resend_delay` seconds later; a result not confirmed is made due at once. While the broker has
-    `MAX_SENDING` messages unconfirmed, the consumer waits before it takes the next batch."""
-
-    def __init__(self, db, broker, resend_delay, kick_relay):
-        self.db, self.broker, self.resend_delay, self.kick_relay = db, broker, resend_delay, kick_relay
-
-    async def room(self):
-        await self.broker.room()
-
-    def __call__(self, rows):
-        messages = [(row["id"], encode_result(row)) for row in rows]
-        self.broker.publish_soon(PAYMENT_RESULTS, messages, self._delete_confirmed)
-
-    async def _delete_confirmed(self, confirmed, unconfirmed):
-        if confirmed:
-            await self.db.run(repo.delete_outbox, confirmed, transaction=False)
-        if unconfirmed:
-            await self.db.run(repo.make_due, unconfirmed, transaction=False)
-            self.kick_relay()
-
-
-async def receive_requests(db, requests, send_now=None):
-    """Store a batch of payment requests in the inbox (the consumer acks only after this commits).
-
-    With `send_now` (the fast path, a `SendNow`) the same transaction also settles the batch's users, saving
-    the inbox worker's transaction and the hop to it, and their results are published after the commit.
-    Returns False if some user was being settled by another transaction at that moment, whose requests are
-    then left to the inbox worker."""
-    claimed, queued = 0, []
-    if send_now:
-        await send_now.room()
-
-    async def receive(cur):
-        nonlocal claimed, queued
-        await repo.store_requests(cur, requests)
-        if send_now:
-            claimed, queued = await settle_users(cur, users, send_now.resend_delay)
-
+    With `SettleAtOnce` the same transaction also settles the batch's users, saving the inbox worker's
+    transaction and the hop to it, and their results are published after the commit. A user another
+    transaction is settling at that moment is left to the inbox worker."""
+    await dispatch.wait_for_room()
     users = sorted({r.user_id for r in requests})
-    await db.run(receive)
-    if queued:
-        send_now(queued)
-    return claimed == len(users)
+    claimed, queued = await db.run(store_and_settle, requests, users, dispatch)
+    dispatch.send(queued)
+    if claimed < len(users):
+        dispatch.left_to_inbox_worker()
+    return {}
+
+
+async def store_and_settle(cur, requests: list[PaymentRequest], users: list[int],
+                           dispatch: ResultDispatch) -> tuple[int, list]:
+    await repo.store_requests(cur, requests)
+    if not dispatch.settles_on_receipt:
+        return len(users), []
+    return await settle_users(cur, users, dispatch.due_in)
 
 
 @dataclass(frozen=True)
@@ -131,7 +109,7 @@ class Settlement:
     debits: list = field(default_factory=list)     # a `Debit` per order paid, in order
 
 
-def settle(rows, balances):
+def settle(rows: list[Mapping], balances: Mapping[int, Decimal]) -> Settlement:
     """Decide every unacked inbox row, in order, against `balances` ({user_id: balance}).
 
     A `NEW` row is debited if the balance covers it (`FINISHED`), else `CANCELLED` (also with no account).
@@ -139,15 +117,15 @@ def settle(rows, balances):
     settlement = Settlement()
     for row in rows:
         status = row["status"]
-        if status == "NEW":
+        if status == OrderStatus.NEW:
             user_id, amount = row["user_id"], row["amount"]
             balance = settlement.balances.get(user_id, balances.get(user_id))
             if balance is not None and balance >= amount:
                 settlement.balances[user_id] = balance - amount
                 settlement.debits.append(Debit(user_id, row["order_id"], amount, balance - amount))
-                status = "FINISHED"
+                status = OrderStatus.FINISHED
             else:
-                status = "CANCELLED"
+                status = OrderStatus.CANCELLED
             # DEBUG like the Order Service's per-step lines (see order_svc.service.apply_payment_results).
             logger.debug("order_id=%s user %s amount %s: %s", row["order_id"], row["user_id"], row["amount"], status,
                          extra={"order_id": row["order_id"]})
@@ -155,7 +133,7 @@ def settle(rows, balances):
     return settlement
 
 
-async def settle_users(cur, user_ids, due_in=0):
+async def settle_users(cur, user_ids: list[int], due_in: float = 0) -> tuple[int, list]:
     """Settle the unacked requests of those of `user_ids` this transaction can claim; returns how many it claimed
     and the `outbox_ps` rows it queued (due for the relay in `due_in` seconds).
 
@@ -174,25 +152,32 @@ async def settle_users(cur, user_ids, due_in=0):
     return len(claimed), await repo.settle_inbox(cur, settlement.statuses, due_in)
 
 
-async def process_inbox(db, batch_size):
+async def process_inbox(db: Database, dispatch: ResultDispatch, batch_size: int) -> bool:
     """Settle the unacked requests of a batch of users in one transaction; True if more may wait."""
-
-    async def process(cur):
-        candidates = await repo.users_with_unacked(cur, batch_size)
-        # None claimed: all are busy in other transactions, which settle them; do not spin on them.
-        return len(candidates) if candidates and (await settle_users(cur, candidates))[0] else 0
-
-    return await db.run(process) >= batch_size
+    taken, queued = await db.run(settle_waiting_users, batch_size)
+    if queued:
+        dispatch.queued_for_relay()
+    return taken >= batch_size
 
 
-async def relay_outbox(db, broker, batch_size):
+async def settle_waiting_users(cur, batch_size: int) -> tuple[int, list]:
+    """(users taken, results queued) of one inbox step."""
+    candidates = await repo.users_with_unacked(cur, batch_size)
+    if not candidates:
+        return 0, []
+    claimed, queued = await settle_users(cur, candidates)
+    # None claimed: all are busy in other transactions, which settle them; do not spin on them.
+    return (len(candidates) if claimed else 0), queued
+
+
+async def relay_outbox(db: Database, publisher: Publisher, batch_size: int) -> bool:
     """Publish one batch of payment results; delete each row the broker confirmed. True if the batch was full."""
 
     async def relay(cur):
         rows = await repo.lock_outbox(cur, batch_size)
         if not rows:
             return 0
-        confirmed = await broker.publish_all(PAYMENT_RESULTS, [(row["id"], encode_result(row)) for row in rows])
+        confirmed = await publisher.publish_all(PAYMENT_RESULTS, [(row["id"], encode_result(row)) for row in rows])
         if confirmed:
             await repo.delete_outbox(cur, confirmed)
         return len(rows)
@@ -200,7 +185,7 @@ async def relay_outbox(db, broker, batch_size):
     return await db.run(relay) >= batch_size
 
 
-async def clean_up(db, settings):
+async def clean_up(db: Database, settings: Settings) -> bool:
     """Forget one batch of expired idempotency keys and of inbox rows past retention; True if more are left."""
     keys_left = await db.run(forget_expired, settings.idempotency_key_hours, settings.batch_size)
     rows_left = await db.run(repo.forget_processed, settings.inbox_retention_days, settings.batch_size)

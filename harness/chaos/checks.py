@@ -3,7 +3,7 @@ data, fault coverage and recovery time. Each function adds rows to a `harness.in
 from collections import Counter
 
 from harness.chaos.faults import KINDS, gateway_down_windows
-from harness.chaos.workload import ACKED, AMBIGUOUS, REJECTED, RESET, REFUSED, TIMEOUT
+from harness.chaos.workload import ACKED, AMBIGUOUS, REFUSED, REJECTED, RESET, TIMEOUT
 from harness.client import call
 from harness.invariants import check_invariants, query
 from harness.ledger import TopUp

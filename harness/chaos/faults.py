@@ -127,7 +127,7 @@ class Injector:
                 with self.targets.busy:
                     try:
                         fault.apply(self.targets)
-                    except Exception as exc:  # noqa: BLE001 - reported as a failed fault, then we go on
+                    except Exception as exc:
                         logger.exception("fault %s failed", fault.kind)
                         fault.error = repr(exc)
                         self.targets.ensure_up()

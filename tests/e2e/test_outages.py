@@ -23,7 +23,7 @@ def test_gateway_answers_503_when_a_backend_is_down_and_recovers_by_itself(own_s
 def test_services_killed_mid_flow_finish_pending_orders_after_restart(own_stack):
     url = own_stack.url
     call(url, "POST", "/payments", {"user_id": 7})
-    call(url, "PUT", f"/payments/7", {"amount": 100})
+    call(url, "PUT", "/payments/7", {"amount": 100})
     own_stack["payment"].kill()
     ids = [call(url, "POST", "/orders", {"user_id": 7, "amount": 30})[1]["order_id"] for _ in range(5)]
     assert pending_count(own_stack.order_dsn) == 5

@@ -1,6 +1,7 @@
 """In-process services (the exact classes `python -m ...` runs) against real PostgreSQL and RabbitMQ,
 on databases and a vhost of this test run only."""
 import secrets
+from dataclasses import replace
 
 import pytest
 
@@ -45,7 +46,9 @@ def order_service(io_loop, settings):
 
 
 @pytest.fixture
-def payment_service(io_loop, settings):
+def payment_service(io_loop, settings, request):
+    """The Payments Service; parametrize it indirectly with a dict of `Settings` fields to change."""
+    settings = replace(settings, **getattr(request, "param", {}))
     service = running(io_loop, PaymentService(settings))
     yield service
     io_loop.run_sync(service.stop, timeout=30)

@@ -11,7 +11,7 @@ from tests.integration.test_payment_service import inbox_row
 
 async def dead_letters(broker, queue):
     """Drain the queue's dead-letter queue; returns the bodies."""
-    dlq = await broker.publisher.get_queue(dead_letter_queue(queue))
+    dlq = await broker.publisher.channel.get_queue(dead_letter_queue(queue))
     bodies = []
     while (message := await dlq.get(fail=False)) is not None:
         await message.ack()
@@ -25,11 +25,11 @@ async def test_malformed_messages_are_dead_lettered_while_good_ones_flow(payment
                        json.dumps({"order_id": user_id, "user_id": 1, "amount": "-5"}).encode()]
     poison_result = json.dumps({"order_id": 2**62 + user_id, "status": "FINISHED"}).encode()
     for body in poison_requests:
-        await payment_service.broker.publish(ORDER_REQUESTS, body, "poison")
-    await payment_service.broker.publish(PAYMENT_RESULTS, poison_result, "poison")
+        await payment_service.broker.publisher.publish(ORDER_REQUESTS, body, "poison")
+    await payment_service.broker.publisher.publish(PAYMENT_RESULTS, poison_result, "poison")
     good_order = user_id + 1
-    await payment_service.broker.publish(ORDER_REQUESTS, PaymentRequest(good_order, user_id, Decimal(1)).encode(),
-                                         good_order)
+    good = PaymentRequest(good_order, user_id, Decimal(1)).encode()
+    await payment_service.broker.publisher.publish(ORDER_REQUESTS, good, good_order)
 
     async def good_one_settled():
         assert await inbox_row(payment_service, good_order) == ("CANCELLED", True)

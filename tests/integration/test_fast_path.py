@@ -6,11 +6,15 @@ from decimal import Decimal
 
 import pytest
 
-from common.broker import MAX_SENDING, dead_letter_queue, declare_queue
+from common.broker import dead_letter_queue, declare_queue
 from common.config import load_settings
 from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest, PaymentResult
+from common.metrics import PUBLISH_FAILED
+from common.publisher import MAX_SENDING
 from harness.stack import free_port
+from order_svc import repo as order_repo
 from order_svc.app import OrderService
+from order_svc.messaging import SendAtOnce
 from payment_svc.app import PaymentService
 from tests.conftest import eventually
 from tests.integration.conftest import running
@@ -20,10 +24,13 @@ from tests.integration.test_order_service import place
 RESEND_DELAY = 30
 
 
+def hourly_polls(run_env):
+    return load_settings({**run_env, "ORDER_SVC_PORT": str(free_port()), "PAYMENT_SVC_PORT": str(free_port()),
+                          "POLL_INTERVAL": "3600", "RESEND_DELAY": str(RESEND_DELAY)})
+
+
 def service(io_loop, run_env, service_class):
-    settings = load_settings({**run_env, "ORDER_SVC_PORT": str(free_port()), "PAYMENT_SVC_PORT": str(free_port()),
-                              "POLL_INTERVAL": "3600", "RESEND_DELAY": str(RESEND_DELAY)})
-    return running(io_loop, service_class(settings))
+    return running(io_loop, service_class(hourly_polls(run_env)))
 
 
 @pytest.fixture
@@ -42,7 +49,7 @@ def payment_service(io_loop, run_env):
 
 async def take(broker, queue_name):
     """Every message waiting in `queue_name`, taken out: [(message id, body)]."""
-    queue = await broker.publisher.get_queue(queue_name)
+    queue = await broker.publisher.channel.get_queue(queue_name)
     taken = []
     while (message := await queue.get(no_ack=True, fail=False)) is not None:
         taken.append((int(message.message_id), message.body))
@@ -74,7 +81,7 @@ async def test_new_order_is_published_at_once_and_due_for_the_relay_only_after_t
             [(order_id, PaymentRequest(order_id, user_id, Decimal("2.50")).encode())]
     await eventually(published)
     attempts, due_in = await outbox_os_row(order_service, order_id)
-    assert attempts == 1 and RESEND_DELAY - 5 < due_in <= RESEND_DELAY
+    assert attempts == 0 and RESEND_DELAY - 5 < due_in <= RESEND_DELAY  # `attempts` counts the relay's sends
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -94,18 +101,22 @@ async def test_replayed_order_is_not_published_again(order_service, user_id):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_unconfirmed_publish_hands_the_row_to_the_relay_at_once(order_service, user_id):
-    channel = await order_service.broker.publisher.get_underlay_channel()
+    channel = await order_service.broker.publisher.channel.get_underlay_channel()
     await channel.queue_delete(ORDER_REQUESTS)  # an unroutable message is returned, never confirmed
+    failed_before = failed_publishes(ORDER_REQUESTS)
     try:
         order_id = (await place(order_service, user_id))["order_id"]
 
         async def handed_over():
             attempts, due_in = await outbox_os_row(order_service, order_id)
             assert attempts == 0 and due_in <= 0
+            # ...because the immediate publish was tried and refused (with the relay asleep for an hour,
+            # nothing else publishes): the fast path, not a plain insert for the relay.
+            assert failed_publishes(ORDER_REQUESTS) > failed_before
         await eventually(handed_over)
     finally:
-        await declare_queue(order_service.broker.publisher, ORDER_REQUESTS)
-    order_service.outbox.kick()
+        await declare_queue(order_service.broker.publisher.channel, ORDER_REQUESTS)
+    order_service.wiring.workers["outbox"].kick()
 
     async def relayed():
         assert order_id in [mid for mid, _ in await take(order_service.broker, ORDER_REQUESTS)]
@@ -117,8 +128,8 @@ async def test_unconfirmed_publish_hands_the_row_to_the_relay_at_once(order_serv
 async def test_settled_result_is_published_at_once_and_its_outbox_row_deleted(payment_service, user_id):
     await take(payment_service.broker, PAYMENT_RESULTS)
     order_id = user_id  # unique per test as well
-    await payment_service.broker.publish(ORDER_REQUESTS, PaymentRequest(order_id, user_id, Decimal(1)).encode(),
-                                         order_id)
+    message = PaymentRequest(order_id, user_id, Decimal(1)).encode()
+    await payment_service.broker.publisher.publish(ORDER_REQUESTS, message, order_id)
 
     async def published():
         assert [body for _, body in await take(payment_service.broker, PAYMENT_RESULTS)] == \
@@ -132,20 +143,22 @@ async def test_settled_result_is_published_at_once_and_its_outbox_row_deleted(pa
 
 @pytest.mark.gen_test(timeout=30)
 async def test_unconfirmed_result_is_made_due_for_the_relay_at_once(payment_service, user_id):
-    channel = await payment_service.broker.publisher.get_underlay_channel()
+    channel = await payment_service.broker.publisher.channel.get_underlay_channel()
     await channel.queue_delete(PAYMENT_RESULTS)
     order_id = user_id
+    failed_before = failed_publishes(PAYMENT_RESULTS)
     try:
-        await payment_service.broker.publish(ORDER_REQUESTS, PaymentRequest(order_id, user_id, Decimal(1)).encode(),
-                                             order_id)
+        message = PaymentRequest(order_id, user_id, Decimal(1)).encode()
+        await payment_service.broker.publisher.publish(ORDER_REQUESTS, message, order_id)
 
         async def handed_over():
             assert await select(payment_service, "SELECT next_attempt_at <= clock_timestamp() FROM outbox_ps "
                                                  "WHERE order_id = %s", order_id) == [(True,)]
+            assert failed_publishes(PAYMENT_RESULTS) > failed_before  # tried at once, and refused
         await eventually(handed_over)
     finally:
-        await declare_queue(payment_service.broker.publisher, PAYMENT_RESULTS)
-    payment_service.outbox.kick()
+        await declare_queue(payment_service.broker.publisher.channel, PAYMENT_RESULTS)
+    payment_service.wiring.workers["outbox"].kick()
 
     async def relayed():
         assert await select(payment_service, "SELECT id FROM outbox_ps WHERE order_id = %s", order_id) == []
@@ -157,24 +170,59 @@ async def test_unconfirmed_result_is_made_due_for_the_relay_at_once(payment_serv
 @pytest.mark.gen_test(timeout=30)
 async def test_immediate_publishes_are_bounded_by_a_window_that_frees_as_confirms_arrive(order_service):
     broker, queue = order_service.broker, f"window-{free_port()}"
-    await declare_queue(broker.publisher, queue)
+    await declare_queue(broker.publisher.channel, queue)
     confirmed = []
 
     async def record(ids, _unconfirmed):
         confirmed.extend(ids)
     try:
-        broker.publish_soon(queue, [(i, b"{}") for i in range(MAX_SENDING)], record)
-        assert not broker.has_room()
-        assert await broker.room(timeout=10)
+        broker.window.send(queue, [(i, b"{}") for i in range(MAX_SENDING)], record)
+        assert not broker.window.has_room()
+        assert await broker.window.room(timeout=10)
         assert sorted(confirmed) == list(range(MAX_SENDING))
     finally:
         for name in (queue, dead_letter_queue(queue)):
-            await broker.publisher.queue_delete(name)
+            await broker.publisher.channel.queue_delete(name)
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_order_placed_while_the_broker_is_away_is_left_to_the_relay(order_service, user_id):
     await order_service.broker.connections[0].close()  # the publisher's connection, as after a broker crash
+    failed_before = failed_publishes(ORDER_REQUESTS)
     order_id = (await place(order_service, user_id))["order_id"]
     attempts, due_in = await outbox_os_row(order_service, order_id)
     assert attempts == 0 and due_in <= 0
+
+    async def relay_woken():  # its hourly poll is far away: the fast path kicked it, and it tried
+        assert failed_publishes(ORDER_REQUESTS) > failed_before
+    await eventually(relay_woken)
+
+
+def failed_publishes(queue):
+    return PUBLISH_FAILED.labels(queue)._value.get()
+
+
+def crashed_after_commit(service, user_id):
+    """Place an order as the fast path writes it, then publish nothing: a process killed right after COMMIT."""
+    async def place_unpublished():
+        window, settings = service.broker.window, service.settings
+        entry = await SendAtOnce(service.db, window, service.broker.is_connected, settings.resend_delay,
+                                 lambda: None).entry()
+        return (await service.db.run(order_repo.insert_order, user_id, Decimal(1), "", entry))["order_id"]
+    return place_unpublished()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_order_whose_publish_died_with_the_process_goes_out_when_a_service_starts(
+        io_loop, order_service, run_env, user_id):
+    """The restarted process (here a second instance beside the first) sends it at once, not after 30 s."""
+    await take(order_service.broker, ORDER_REQUESTS)
+    order_id = await crashed_after_commit(order_service, user_id)
+    successor = OrderService(hourly_polls(run_env))  # its relay polls hourly, the row is due in 30 s
+    await successor.start()
+    try:
+        async def published():
+            assert order_id in [mid for mid, _ in await take(successor.broker, ORDER_REQUESTS)]
+        await eventually(published)
+    finally:
+        await successor.stop()

@@ -38,8 +38,8 @@ async def test_top_ups_and_debits_each_write_one_movement_with_the_balance_after
     await request(port, "PUT", f"/payments/{user_id}", {"amount": "100.10"}, headers={"Idempotency-Key": "k-1"})
     await request(port, "PUT", f"/payments/{user_id}", {"amount": 5}, headers={"X-Request-ID": "r-2"})
     for order_id, amount in ((user_id, "60"), (user_id + 1, "60"), (user_id + 2, "45.10")):
-        await payment_service.broker.publish(ORDER_REQUESTS, PaymentRequest(order_id, user_id, Decimal(amount))
-                                             .encode(), order_id)
+        message = PaymentRequest(order_id, user_id, Decimal(amount))
+        await payment_service.broker.publisher.publish(ORDER_REQUESTS, message.encode(), order_id)
 
     async def all_settled():
         assert [await inbox_status(payment_service, user_id + i) for i in range(3)] == \
@@ -55,8 +55,10 @@ async def test_top_ups_and_debits_each_write_one_movement_with_the_balance_after
     code, body = await movements(port, user_id)
     assert code == 200 and body["next_cursor"] is None
     assert [(m["kind"], m["amount"], m["balance"], m["order_id"]) for m in body["movements"]] == [
-        ("credit", Decimal("100.10"), Decimal("100.10"), None), ("credit", Decimal("5.00"), Decimal("105.10"), None),
-        ("debit", Decimal("60.00"), Decimal("45.10"), user_id), ("debit", Decimal("45.10"), Decimal("0.00"), user_id + 2)]
+        ("credit", Decimal("100.10"), Decimal("100.10"), None),
+        ("credit", Decimal("5.00"), Decimal("105.10"), None),
+        ("debit", Decimal("60.00"), Decimal("45.10"), user_id),
+        ("debit", Decimal("45.10"), Decimal("0.00"), user_id + 2)]
     assert all(m["created_at"].startswith("20") for m in body["movements"])
 
 

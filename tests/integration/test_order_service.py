@@ -90,7 +90,8 @@ async def test_outbox_row_is_published_then_waits_for_its_resend_delay(order_ser
 async def test_repeated_or_late_confirmation_changes_nothing(order_service, user_id):
     order_id = (await place(order_service, user_id))["order_id"]
     for status in ("FINISHED", "FINISHED", "CANCELLED"):
-        await order_service.broker.publish(PAYMENT_RESULTS, PaymentResult(order_id, status).encode(), order_id)
+        result = PaymentResult(order_id, status).encode()
+        await order_service.broker.publisher.publish(PAYMENT_RESULTS, result, order_id)
 
     async def finished_and_outbox_cleared():
         _, body = await request(order_service.port, "GET", f"/orders/{order_id}")

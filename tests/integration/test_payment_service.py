@@ -3,6 +3,7 @@ from decimal import Decimal
 import pytest
 
 from common.messages import ORDER_REQUESTS, PaymentRequest
+from common.metrics import CONSUMED
 from payment_svc.service import clean_up
 from tests.conftest import eventually
 from tests.integration.http import request
@@ -52,24 +53,47 @@ async def test_bad_requests_get_a_4xx_envelope(payment_service, method, path, bo
     assert await request(payment_service.port, method, path, body) == (code, {"status": "Fail", "message": message})
 
 
-@pytest.mark.gen_test(timeout=30)
+def consumed_requests():
+    return CONSUMED.labels(ORDER_REQUESTS)._value.get()
+
+
+async def ledger(service, order_id):
+    async def read(cur):
+        await cur.execute("SELECT kind, amount FROM account_movements WHERE order_id = %s", (order_id,))
+        return await cur.fetchall()
+    return await service.db.run(read)
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("payment_service", [{"fast_path": True}, {"fast_path": False}], indirect=True,
+                         ids=["settled by the consumer", "settled by the inbox worker"])
 async def test_duplicate_payment_request_debits_once(payment_service, user_id):
+    """Each copy is published only once the one before was consumed and acked, so every repeat meets the
+    request already settled, in a transaction of its own (with the fast path: inside the consumer's)."""
     await request(payment_service.port, "POST", "/payments", {"user_id": user_id})
     await request(payment_service.port, "PUT", f"/payments/{user_id}", {"amount": 100})
     order_id = user_id  # unique per test as well
     message = PaymentRequest(order_id, user_id, Decimal("30")).encode()
-    for _ in range(5):
-        await payment_service.broker.publish(ORDER_REQUESTS, message, order_id)
 
     async def settled():
         assert await inbox_row(payment_service, order_id) == ("FINISHED", True)
-    await eventually(settled)
+    for _ in range(5):
+        before = consumed_requests()
+        await payment_service.broker.publisher.publish(ORDER_REQUESTS, message, order_id)
+        await eventually(lambda before=before: assert_more(consumed_requests(), before))
+        await eventually(settled)  # the repeat was settled again (re-sent its status), never debited
     assert await balance(payment_service, user_id) == Decimal("70.00")
+    assert await ledger(payment_service, order_id) == [("debit", Decimal("30.00"))]
+
+
+def assert_more(now, before):
+    assert now > before
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_request_without_account_is_cancelled_and_debits_nothing(payment_service, user_id):
-    await payment_service.broker.publish(ORDER_REQUESTS, PaymentRequest(user_id, user_id, Decimal(1)).encode(), 1)
+    message = PaymentRequest(user_id, user_id, Decimal(1)).encode()
+    await payment_service.broker.publisher.publish(ORDER_REQUESTS, message, 1)
 
     async def cancelled():
         assert await inbox_row(payment_service, user_id) == ("CANCELLED", True)

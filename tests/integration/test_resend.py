@@ -7,6 +7,7 @@ from harness.stack import free_port
 from order_svc.app import OrderService
 from tests.conftest import eventually
 from tests.integration.conftest import running
+from tests.integration.test_fast_path import crashed_after_commit
 from tests.integration.test_order_service import outbox_row, place
 
 
@@ -21,13 +22,13 @@ def quick_resends(io_loop, run_env):
 
 
 async def purge_requests(service):
-    channel = await service.broker.publisher.get_underlay_channel()
+    channel = await service.broker.publisher.channel.get_underlay_channel()
     await channel.queue_purge(ORDER_REQUESTS)
 
 
 async def take_requests(service):
     """Order ids of every payment request waiting in the queue, taking them out (as if they were lost)."""
-    queue = await service.broker.publisher.get_queue(ORDER_REQUESTS)
+    queue = await service.broker.publisher.channel.get_queue(ORDER_REQUESTS)
     taken = []
     while (message := await queue.get(no_ack=True, fail=False)) is not None:
         taken.append(int(message.message_id))
@@ -36,13 +37,30 @@ async def take_requests(service):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_resend_is_held_back_while_the_queue_still_holds_the_request(quick_resends, user_id):
+    """Two copies: the immediate publish, and the relay's first send (the relay cannot know whether the first
+    happened, so it never holds a first send back); every later resend waits for the queue to drain."""
     await purge_requests(quick_resends)
     order_id = (await place(quick_resends, user_id))["order_id"]
 
     async def resends_came_due():
         assert (await outbox_row(quick_resends, order_id))[0] >= 4
     await eventually(resends_came_due)
-    assert (await take_requests(quick_resends)).count(order_id) == 1
+    assert (await take_requests(quick_resends)).count(order_id) == 2
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_order_never_published_goes_out_though_the_queue_is_busy(quick_resends, user_id):
+    """The process died between COMMIT and publish: the relay's first send is not held back by other
+    messages waiting (it used to be taken for a resend, and waited behind the backlog with doubling delays)."""
+    await purge_requests(quick_resends)
+    for filler in range(3):
+        await quick_resends.broker.publisher.publish(ORDER_REQUESTS, b"{}", -1 - filler)
+    order_id = await crashed_after_commit(quick_resends, user_id)
+
+    async def sent():
+        assert (await outbox_row(quick_resends, order_id))[0] >= 1
+    await eventually(sent)
+    assert order_id in await take_requests(quick_resends)
 
 
 @pytest.mark.gen_test(timeout=30)

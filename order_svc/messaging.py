@@ -1,0 +1,70 @@
+"""How a placed order's payment request leaves the Order Service: at once after its commit (`SendAtOnce`, the
+fast path), or only through the outbox relay's poll (`RelayOnly`, FAST_PATH=0)."""
+from collections.abc import Callable, Mapping
+from typing import NamedTuple, Protocol
+
+from common.db import Database
+from common.messages import ORDER_REQUESTS, PaymentRequest
+from common.publisher import PublishWindow
+from order_svc import repo
+
+
+class OutboxEntry(NamedTuple):
+    """How a new order's outbox row is written: seconds until the relay takes it. `attempts` counts the relay's
+    sends only, so a row the relay takes first is always a first send (never held back, no backoff), whether
+    or not the immediate publish happened: a process killed right after its COMMIT, or a COMMIT whose reply
+    was lost, published nothing, and its order must not wait behind a resend's backoff."""
+    attempts: int
+    due_in: float
+
+
+FOR_THE_RELAY = OutboxEntry(attempts=0, due_in=0)
+
+
+class RequestDispatch(Protocol):
+    async def entry(self) -> OutboxEntry: ...
+    def placed(self, order: Mapping, entry: OutboxEntry) -> None: ...
+
+
+class SendAtOnce:
+    """The fast path: an order's payment request is published as soon as its transaction commits, without
+    waiting for the outbox relay. Its outbox row is written due only `resend_delay` seconds later, so the relay
+    sends it only if no payment result came back by then (a first send: the publish may never have happened).
+
+    While the publish window is full, a new order waits for room before it is placed: under overload orders
+    are then taken in only as fast as they are sent on, and a backlog cannot build up inside the service.
+    With the broker away, or still no room after the publish timeout, the order is placed for the relay."""
+
+    def __init__(self, db: Database, window: PublishWindow, is_connected: Callable[[], bool], resend_delay: float,
+                 kick_relay: Callable[[], None]) -> None:
+        self.db, self.window, self.is_connected = db, window, is_connected
+        self.resend_delay, self.kick_relay = resend_delay, kick_relay
+
+    async def entry(self) -> OutboxEntry:
+        if self.is_connected() and await self.window.room(self.window.timeout):
+            return OutboxEntry(attempts=0, due_in=self.resend_delay)
+        return FOR_THE_RELAY
+
+    def placed(self, order: Mapping, entry: OutboxEntry) -> None:
+        """After the commit: publish the order written due later, or leave it to the relay."""
+        if not entry.due_in:
+            self.kick_relay()
+            return
+        request = PaymentRequest.from_row(order)
+        self.window.send(ORDER_REQUESTS, [(request.order_id, request.encode())], self._hand_over_unconfirmed)
+
+    async def _hand_over_unconfirmed(self, _confirmed: list, unconfirmed: list) -> None:
+        if unconfirmed:
+            # Not sent after all: make the row due for the relay now, not after the delay.
+            await self.db.run(repo.unsent_outbox, unconfirmed)
+            self.kick_relay()
+
+
+class RelayOnly:
+    """FAST_PATH=0, the seed's behaviour: the outbox relay sends every order at its next poll."""
+
+    async def entry(self) -> OutboxEntry:
+        return FOR_THE_RELAY
+
+    def placed(self, order: Mapping, entry: OutboxEntry) -> None:
+        pass

@@ -1,0 +1,79 @@
+"""How settled payments leave the Payments Service: settled by the consumer and published at once after its
+commit (`SettleAtOnce`, the fast path), or settled by the inbox worker and sent by the outbox relay at their
+polls (`RelayOnly`, FAST_PATH=0)."""
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from common.db import Database
+from common.messages import PAYMENT_RESULTS, PaymentResult
+from common.publisher import PublishWindow
+from payment_svc import repo
+
+
+def encode_result(row: Mapping) -> bytes:
+    return PaymentResult(row["order_id"], row["status"]).encode()
+
+
+class ResultDispatch(Protocol):
+    settles_on_receipt: bool  # the consumer settles its batch's users in the transaction that stores them
+    due_in: float             # seconds until a result the consumer queued is due for the relay
+
+    async def wait_for_room(self) -> None: ...
+    def send(self, rows: Sequence[Mapping]) -> None: ...
+    def left_to_inbox_worker(self) -> None: ...
+    def queued_for_relay(self) -> None: ...
+
+
+class SettleAtOnce:
+    """The fast path: the consumer publishes the results it settled as soon as its transaction commits, without
+    waiting for the outbox relay, and deletes the rows the broker confirmed. The rows are written due for the
+    relay only `resend_delay` seconds later; a result not confirmed is made due at once. While the publish
+    window is full, the consumer waits before it takes the next batch."""
+    settles_on_receipt = True
+
+    def __init__(self, db: Database, window: PublishWindow, resend_delay: float,
+                 kick_relay: Callable[[], None], kick_inbox: Callable[[], None]) -> None:
+        self.db, self.window, self.due_in = db, window, resend_delay
+        self.kick_relay, self.kick_inbox = kick_relay, kick_inbox
+
+    async def wait_for_room(self) -> None:
+        await self.window.room()
+
+    def send(self, rows: Sequence[Mapping]) -> None:
+        if rows:
+            self.window.send(PAYMENT_RESULTS, [(row["id"], encode_result(row)) for row in rows],
+                             self._delete_confirmed)
+
+    def left_to_inbox_worker(self) -> None:
+        """Some users were busy in another transaction: the inbox worker settles them now, not at its poll."""
+        self.kick_inbox()
+
+    def queued_for_relay(self) -> None:
+        """The inbox worker queued results due at once: the relay sends them now, not at its poll."""
+        self.kick_relay()
+
+    async def _delete_confirmed(self, confirmed: list, unconfirmed: list) -> None:
+        if confirmed:
+            await self.db.run(repo.delete_outbox, confirmed, transaction=False)
+        if unconfirmed:
+            await self.db.run(repo.make_due, unconfirmed, transaction=False)
+            self.kick_relay()
+
+
+class RelayOnly:
+    """FAST_PATH=0, the seed's behaviour: the consumer only stores requests; the inbox worker settles them and
+    the outbox relay sends the results, each at its poll."""
+    settles_on_receipt = False
+    due_in = 0
+
+    async def wait_for_room(self) -> None:
+        pass
+
+    def send(self, rows: Sequence[Mapping]) -> None:
+        pass
+
+    def left_to_inbox_worker(self) -> None:
+        pass
+
+    def queued_for_relay(self) -> None:
+        pass

@@ -1,0 +1,149 @@
+"""Both fast paths and their "off" objects, on fake publishers and databases."""
+from decimal import Decimal
+
+import pytest
+
+from common.idempotency import Outcome
+from common.messages import PaymentRequest, PaymentResult
+from common.publisher import PublishWindow
+from order_svc import messaging as order_messaging
+from order_svc import repo as order_repo
+from order_svc import service as order_service
+from payment_svc import messaging as payment_messaging
+from payment_svc import service as payment_service
+from tests.unit.fakes import FakeDatabase, FakePublisher, Kicks
+
+ORDER = {"order_id": 7, "user_id": 3, "amount": Decimal("2.50"), "description": "", "status": "NEW"}
+
+
+def send_at_once(publisher, connected=True):
+    kicks = Kicks()
+    db = FakeDatabase()
+    dispatch = order_messaging.SendAtOnce(db, PublishWindow(publisher), lambda: connected, 5.0, kicks)
+    return dispatch, db, kicks
+
+
+@pytest.mark.gen_test
+async def test_an_order_is_written_as_sent_once_and_published_right_after_its_commit():
+    publisher = FakePublisher()
+    dispatch, db, kicks = send_at_once(publisher)
+    entry = await dispatch.entry()
+    assert entry == (0, 5.0)
+    dispatch.placed(ORDER, entry)
+    await dispatch.window.drain()
+    assert publisher.published == [("outbox_os", 7, PaymentRequest(7, 3, Decimal("2.50")).encode())]
+    assert db.calls == [] and kicks.count == 0
+
+
+@pytest.mark.gen_test
+async def test_an_unconfirmed_order_is_handed_to_the_relay_as_never_sent(monkeypatch):
+    unsent = []
+
+    async def unsent_outbox(cur, ids):
+        unsent.extend(ids)
+    monkeypatch.setattr(order_repo, "unsent_outbox", unsent_outbox)
+    dispatch, _, kicks = send_at_once(FakePublisher(refused={7}))
+    dispatch.placed(ORDER, await dispatch.entry())
+    await dispatch.window.drain()
+    assert unsent == [7] and kicks.count == 1
+
+
+@pytest.mark.gen_test
+async def test_with_the_broker_away_an_order_is_written_for_the_relay():
+    dispatch, _, kicks = send_at_once(FakePublisher(), connected=False)
+    entry = await dispatch.entry()
+    assert entry == order_messaging.FOR_THE_RELAY
+    dispatch.placed(ORDER, entry)
+    assert kicks.count == 1 and dispatch.window.has_room()
+
+
+@pytest.mark.gen_test
+async def test_relay_only_writes_every_order_for_the_relay_and_publishes_nothing():
+    dispatch = order_messaging.RelayOnly()
+    assert await dispatch.entry() == order_messaging.FOR_THE_RELAY
+    dispatch.placed(ORDER, order_messaging.FOR_THE_RELAY)  # nothing to do: the relay's poll sends it
+
+
+class RecordingDispatch:
+    def __init__(self):
+        self.placed_orders = []
+
+    async def entry(self):
+        return order_messaging.OutboxEntry(1, 5.0)
+
+    def placed(self, order, entry):
+        self.placed_orders.append((order["order_id"], entry))
+
+
+@pytest.mark.gen_test
+async def test_a_new_order_is_dispatched_once_and_a_replayed_one_not_at_all(monkeypatch):
+    async def insert_order(cur, user_id, amount, description, entry):
+        return {**ORDER, "user_id": user_id, "amount": amount}
+    monkeypatch.setattr(order_repo, "insert_order", insert_order)
+    dispatch = RecordingDispatch()
+    order = await order_service.place_order(FakeDatabase(), dispatch, 3, Decimal("2.50"), "")
+    assert order["order_id"] == 7 and dispatch.placed_orders == [(7, (1, 5.0))]
+
+    async def replayed(cur, request, work, *args):
+        return Outcome(ORDER, replayed=True)
+    monkeypatch.setattr(order_service, "run_once", replayed)
+    assert await order_service.place_order(FakeDatabase(), dispatch, 3, Decimal("2.50"), "") == ORDER
+    assert len(dispatch.placed_orders) == 1
+
+
+def settle_at_once(publisher):
+    relay, inbox, db = Kicks(), Kicks(), FakeDatabase()
+    return payment_messaging.SettleAtOnce(db, PublishWindow(publisher), 5.0, relay, inbox), db, relay, inbox
+
+
+@pytest.mark.gen_test
+async def test_settled_results_are_published_then_deleted_or_made_due(monkeypatch):
+    done = {"delete_outbox": [], "make_due": []}
+    for name in done:
+        async def record(cur, ids, name=name):
+            done[name].extend(ids)
+        monkeypatch.setattr(payment_messaging.repo, name, record)
+    publisher = FakePublisher(refused={11})
+    dispatch, _, relay, _ = settle_at_once(publisher)
+    dispatch.send([{"id": 10, "order_id": 1, "status": "FINISHED"}, {"id": 11, "order_id": 2, "status": "CANCELLED"}])
+    await dispatch.window.drain()
+    assert [body for _, _, body in publisher.published] == [PaymentResult(1, "FINISHED").encode(),
+                                                            PaymentResult(2, "CANCELLED").encode()]
+    assert done == {"delete_outbox": [10], "make_due": [11]} and relay.count == 1
+
+
+@pytest.mark.gen_test
+async def test_the_consumer_settles_what_it_stores_and_leaves_busy_users_to_the_inbox_worker(monkeypatch):
+    stored, settled = [], []
+
+    async def store_requests(cur, requests):
+        stored.extend(requests)
+
+    async def settle_users(cur, users, due_in):
+        settled.append((users, due_in))
+        return 1, [{"id": 5, "order_id": 1, "status": "FINISHED"}]  # user 2 was busy elsewhere
+    monkeypatch.setattr(payment_service.repo, "store_requests", store_requests)
+    monkeypatch.setattr(payment_service, "settle_users", settle_users)
+    publisher = FakePublisher()
+    dispatch, _, _, inbox = settle_at_once(publisher)
+    requests = [PaymentRequest(1, 1, Decimal(1)), PaymentRequest(2, 2, Decimal(1)), PaymentRequest(3, 1, Decimal(1))]
+    assert await payment_service.receive_requests(FakeDatabase(), requests, dispatch) == {}
+    await dispatch.window.drain()
+    assert stored == requests and settled == [([1, 2], 5.0)]
+    assert [mid for _, mid, _ in publisher.published] == [5] and inbox.count == 1
+
+
+@pytest.mark.gen_test
+async def test_relay_only_consumer_just_stores_the_requests(monkeypatch):
+    stored = []
+
+    async def store_requests(cur, requests):
+        stored.extend(requests)
+
+    async def settle_users(cur, users, due_in):
+        raise AssertionError("settled in the consumer with the fast path off")
+    monkeypatch.setattr(payment_service.repo, "store_requests", store_requests)
+    monkeypatch.setattr(payment_service, "settle_users", settle_users)
+    requests = [PaymentRequest(1, 1, Decimal(1))]
+    assert await payment_service.receive_requests(FakeDatabase(), requests, payment_messaging.RelayOnly()) == {}
+    assert stored == requests

@@ -1,0 +1,105 @@
+"""`BgWorker` (steps run when kicked, again while they report more, never overlapping) and `Query.bind`."""
+import asyncio
+
+import pytest
+import sqlalchemy as sa
+
+from common.db import Query
+from common.worker import BgWorker
+from tests.conftest import eventually
+
+
+@pytest.mark.gen_test
+async def test_a_worker_runs_its_step_again_while_it_reports_more_work():
+    results = [True, True, False]
+    calls = []
+
+    async def step():
+        calls.append(1)
+        return results.pop(0) if results else False
+    worker = BgWorker("w", step, interval=3600)
+    worker.start()
+
+    async def three_steps():
+        assert len(calls) == 3
+    await eventually(three_steps)
+    await asyncio.sleep(0.05)
+    assert len(calls) == 3  # then it waits for a kick (or the hourly poll)
+    worker.kick()
+    await eventually(lambda: assert_count(calls, 4))
+    await worker.stop()
+
+
+@pytest.mark.gen_test
+async def test_kicks_during_a_step_coalesce_into_one_more_run_and_steps_never_overlap():
+    running, overlaps, calls = [], [], []
+    release = asyncio.Event()
+
+    async def step():
+        overlaps.append(bool(running))
+        running.append(1)
+        calls.append(1)
+        if len(calls) == 1:
+            await release.wait()
+        running.pop()
+        return False
+    worker = BgWorker("w", step, interval=3600)
+    worker.start()
+    await eventually(lambda: assert_count(calls, 1))
+    for _ in range(5):
+        worker.kick()
+    release.set()
+    await eventually(lambda: assert_count(calls, 2))
+    await asyncio.sleep(0.05)
+    assert len(calls) == 2 and not any(overlaps)
+    await worker.stop()
+
+
+@pytest.mark.gen_test
+async def test_a_failing_step_is_logged_and_the_worker_carries_on(caplog):
+    calls = []
+
+    async def step():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("a bug")
+        return False
+    worker = BgWorker("flaky", step, interval=3600)
+    worker.start()
+    await eventually(lambda: assert_count(calls, 1))
+    worker.kick()
+    await eventually(lambda: assert_count(calls, 2))
+    assert "flaky: step failed" in caplog.text
+    await worker.stop()
+
+
+@pytest.mark.gen_test
+async def test_the_poll_kicks_a_worker_nobody_kicks():
+    calls = []
+
+    async def step():
+        calls.append(1)
+        return False
+    worker = BgWorker("w", step, interval=0.05)
+    worker.start()
+    await eventually(lambda: assert_count(calls, 3, at_least=True))
+    await worker.stop()
+
+
+def assert_count(calls, n, at_least=False):
+    assert len(calls) >= n if at_least else len(calls) == n
+
+
+TABLE = sa.table("t", sa.column("a"), sa.column("b"))
+QUERY = Query(sa.select(TABLE.c.a).where(TABLE.c.a == sa.bindparam("x"), TABLE.c.b == sa.bindparam("y", 5)))
+
+
+def test_query_binds_values_by_name_over_its_defaults():
+    assert QUERY.bind({"x": 1}) == {"x": 1, "y": 5}
+    assert QUERY.bind({"x": 1, "y": 2}) == {"x": 1, "y": 2}
+    assert "%(x)s" in QUERY.sql and "%(y)s" in QUERY.sql
+
+
+def test_query_refuses_a_value_it_has_no_parameter_for():
+    with pytest.raises(TypeError, match=r"unknown bind parameters \['z'\]"):
+        QUERY.bind({"x": 1, "z": 2})
