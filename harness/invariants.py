@@ -10,8 +10,15 @@ from decimal import Decimal
 
 import psycopg2
 
-from harness.ledger import DEBIT, Movement, applied_top_ups, balance_problems, debit_problems, \
-    running_balance_problems, top_up_problems
+from harness.ledger import (
+    DEBIT,
+    Movement,
+    applied_top_ups,
+    balance_problems,
+    debit_problems,
+    running_balance_problems,
+    top_up_problems,
+)
 
 # A database that cannot be read right now (psycopg2, or a failing `psql` command in compose mode).
 UNREACHABLE = (psycopg2.OperationalError, RuntimeError)

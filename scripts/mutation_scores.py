@@ -1,6 +1,5 @@
 """The mutation score per module from mutmut's results: a Markdown table for the README."""
 import subprocess
-import sys
 from collections import Counter, defaultdict
 
 MUTMUT = [".venv/bin/mutmut"]

@@ -9,7 +9,7 @@ import sys
 from decimal import Decimal
 
 from common.lifecycle import run
-from payment_svc import repo, service
+from payment_svc import messaging, repo, service
 from payment_svc.app import PaymentService
 
 
@@ -31,10 +31,11 @@ def double_debit():
 
 
 def status_swapped():
-    """Results travel with the opposite status: the Order Service records FINISHED for CANCELLED and back."""
-    real_encode = service.encode_result
+    """Results travel with the opposite status: the Order Service records FINISHED for CANCELLED and back. Both
+    senders are patched: the relay (`service`) and the fast path (`messaging.SettleAtOnce`)."""
+    real_encode = messaging.encode_result
     swap = {"FINISHED": "CANCELLED", "CANCELLED": "FINISHED"}
-    service.encode_result = lambda row: real_encode({**row, "status": swap[row["status"]]})
+    service.encode_result = messaging.encode_result = lambda row: real_encode({**row, "status": swap[row["status"]]})
 
 
 def amount_truncated():
