@@ -23,8 +23,12 @@ def run_sql(dsn, sql, params=None):
 
 def seed_accounts(payment_dsn, users):
     """Accounts 1..users with a large balance, so orders take the debit path (FINISHED)."""
-    run_sql(payment_dsn, "INSERT INTO accounts (user_id, balance) SELECT g, %s FROM generate_series(1, %s) g "
-                         "ON CONFLICT DO NOTHING", (BALANCE, users))
+    # With its opening credit in the ledger, as a top-up would write it: the invariant checker requires
+    # balance = credits - debits.
+    run_sql(payment_dsn, "WITH seeded AS (INSERT INTO accounts (user_id, balance) SELECT g, %s FROM "
+                         "generate_series(1, %s) g ON CONFLICT DO NOTHING RETURNING user_id, balance) "
+                         "INSERT INTO account_movements (user_id, kind, amount, balance, request_key) "
+                         "SELECT user_id, 'credit', balance, balance, 'bench seed' FROM seeded", (BALANCE, users))
     return {user: BALANCE for user in range(1, users + 1)}
 
 
