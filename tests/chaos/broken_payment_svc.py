@@ -9,28 +9,33 @@ import sys
 from decimal import Decimal
 
 from common.lifecycle import run
-from payment_svc import repo, service
+from payment_svc import messaging, repo, service
 from payment_svc.app import PaymentService
 
 
 def double_debit():
     """The inbox worker treats every request as new, i.e. debits before checking the inbox status, so a
-    repeated request (a redelivery, or the Order Service's resend) is charged again. It writes no ledger rows
-    either: the ledger's unique debit per order would otherwise refuse the second debit and roll it back."""
-    real_settle = service.settle
+    repeated request (a redelivery, or the Order Service's resend) is charged again. Its ledger keeps one debit
+    per order (as code that swallowed the unique index's refusal would): the repeat's row is never written."""
+    real_settle, real_record = service.settle, repo.record_debits
 
     def settle_ignoring_status(rows, balances):
-        settlement = real_settle([{**row, "status": "NEW"} for row in rows], balances)
-        settlement.debits.clear()
-        return settlement
-    service.settle = settle_ignoring_status
+        return real_settle([{**row, "status": "NEW"} for row in rows], balances)
+
+    async def record_first_debits(cur, debits):
+        await cur.execute("SELECT order_id FROM account_movements WHERE kind = 'debit' AND order_id = ANY(%s)",
+                          ([d.order_id for d in debits],))
+        recorded = {order_id for (order_id,) in await cur.fetchall()}
+        await real_record(cur, [d for d in debits if d.order_id not in recorded])
+    service.settle, repo.record_debits = settle_ignoring_status, record_first_debits
 
 
 def status_swapped():
-    """Results travel with the opposite status: the Order Service records FINISHED for CANCELLED and back."""
-    real_encode = service.encode_result
+    """Results travel with the opposite status: the Order Service records FINISHED for CANCELLED and back. Both
+    senders are patched: the relay (`service`) and the fast path (`messaging.SettleAtOnce`)."""
+    real_encode = messaging.encode_result
     swap = {"FINISHED": "CANCELLED", "CANCELLED": "FINISHED"}
-    service.encode_result = lambda row: real_encode({**row, "status": swap[row["status"]]})
+    service.encode_result = messaging.encode_result = lambda row: real_encode({**row, "status": swap[row["status"]]})
 
 
 def amount_truncated():

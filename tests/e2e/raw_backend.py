@@ -16,6 +16,8 @@ class Seen:
     path: str
     connection: int  # which connection (1, 2, ...) it came on
     nth: int         # its place on that connection (2 or more: a kept-alive connection reused)
+    headers: tuple = ()  # ((lower-case name, value), ...)
+    body: bytes = b""
 
 
 class RawBackend:
@@ -60,9 +62,9 @@ class RawBackend:
                 request = read_request(reader)
                 if request is None:
                     return
-                method, path = request
+                method, path, headers, body = request
                 with self._lock:
-                    self.seen.append(Seen(method, path, number, nth))
+                    self.seen.append(Seen(method, path, number, nth, headers, body))
                 action = self.policy(method, nth)
                 if action == DROP:
                     return
@@ -70,20 +72,19 @@ class RawBackend:
                     threading.Event().wait(60)
                     return
                 body = json.dumps({"status": "Success", "message": f"{method} {path} seen."}).encode()
-                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=raw\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
 def read_request(reader):
-    """(method, path) of the next request on the connection, its body read and discarded; None at its end."""
+    """(method, path, headers, body) of the next request on the connection; None at its end."""
     line = reader.readline()
     if not line:
         return None
     method, path, _ = line.decode("latin-1").split(" ", 2)
-    length = 0
+    headers = []
     while (header := reader.readline()) not in (b"\r\n", b""):
         name, _, value = header.decode("latin-1").partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value)
-    reader.read(length)
-    return method, path
+        headers.append((name.strip().lower(), value.strip()))
+    length = int(dict(headers).get("content-length", 0))
+    return method, path, tuple(headers), reader.read(length)

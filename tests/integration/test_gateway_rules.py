@@ -76,3 +76,34 @@ async def test_only_routed_methods_and_paths_reach_a_backend(start_gateway):
     assert (await send(port, "GET", "/nowhere"))[0] == 404
     assert (await send(port, "GET", "/payments/1/movements"))[0] == 200
     assert [(s.method, s.path) for s in backend.requests()] == [("GET", "/payments/1/movements")]
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("method, path", [("POST", "/orders"), ("PUT", "/payments/7")])
+async def test_a_write_is_forwarded_with_its_body_and_headers_and_its_answer_passed_back(start_gateway, method, path):
+    backend = RawBackend()
+    port = start_gateway([backend.url], [backend.url])
+    body = b'{"user_id": 7, "amount": "1.25"}'
+    response = await AsyncHTTPClient().fetch(
+        f"http://127.0.0.1:{port}{path}", method=method, body=body, raise_error=False,
+        headers={"Content-Type": "application/json", "Idempotency-Key": "key-1", "X-Request-ID": "trace-1",
+                 "Cookie": "not-forwarded=1"})
+    seen = backend.requests(method)[0]
+    headers = dict(seen.headers)
+    assert (seen.path, seen.body) == (path, body)
+    assert (headers["idempotency-key"], headers["x-request-id"], headers["content-type"]) == \
+        ("key-1", "trace-1", "application/json")
+    assert "cookie" not in headers
+    assert (response.code, response.headers["Content-Type"]) == (200, "application/json; charset=raw")
+    assert response.body == f'{{"status": "Success", "message": "{method} {path} seen."}}'.encode()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_read_is_forwarded_with_its_query_and_no_body_and_an_unreachable_backend_is_named(start_gateway):
+    backend = RawBackend()
+    port = start_gateway([backend.url], [f"http://127.0.0.1:{free_port()}"])
+    assert (await send(port, "GET", "/orders?user=7&limit=2"))[0] == 200
+    seen = backend.requests("GET")[0]
+    assert (seen.path, seen.body, dict(seen.headers).get("content-length")) == ("/orders?user=7&limit=2", b"", None)
+    assert await send(port, "GET", "/payments/7") == \
+        (503, b'{"status": "Fail", "message": "Payments Service temporarily unavailable."}')

@@ -21,11 +21,11 @@ async def test_a_replayed_result_is_the_first_one_with_exact_amounts(payment_ser
         return {"balance": amount, "note": note}
 
     request = key_request()
-    first, replayed_first = await payment_service.db.run(run_once, request, work, Decimal("1000.10"), "first")
-    again, replayed_again = await payment_service.db.run(run_once, request, work, Decimal("5"), "second")
-    assert first == again == {"balance": Decimal("1000.10"), "note": "first"}
-    assert (replayed_first, replayed_again) == (False, True)
-    assert type(again["balance"]) is Decimal
+    first = await payment_service.db.run(run_once, request, work, Decimal("1000.10"), "first")
+    again = await payment_service.db.run(run_once, request, work, Decimal("5"), "second")
+    assert (first.replayed, again.replayed) == (False, True)
+    assert first.result == again.result == {"balance": Decimal("1000.10"), "note": "first"}
+    assert type(again.result["balance"]) is Decimal
     assert calls == [(Decimal("1000.10"), "first")]
 
 

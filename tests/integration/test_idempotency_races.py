@@ -44,6 +44,8 @@ async def test_concurrent_top_ups_with_one_key_credit_once(payment_service, user
     assert {body["account"]["balance"] for _, body in replies} == {Decimal("12.34")}
     code, body = await request(port, "GET", f"/payments/{user_id}")
     assert (code, body["account"]["balance"]) == (200, Decimal("12.34"))
+    assert await count(payment_service, "SELECT count(*) FROM account_movements WHERE user_id = %s AND kind = "
+                       "'credit'", user_id) == 1
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -57,6 +59,7 @@ async def test_a_top_up_over_the_balance_ceiling_is_refused_and_changes_nothing(
         (400, {"status": "Fail", "message": f"Balance would exceed {MAX_BALANCE}."})
     code, body = await request(port, "GET", f"/payments/{user_id}")
     assert (code, body["account"]["balance"]) == (200, MAX_BALANCE - 1)
+    assert await count(payment_service, "SELECT count(*) FROM account_movements WHERE user_id = %s", user_id) == 0
     # Exactly up to the ceiling is allowed.
     code, body = await request(port, "PUT", f"/payments/{user_id}", {"amount": "1.00"})
     assert (code, body["account"]["balance"]) == (200, MAX_BALANCE)

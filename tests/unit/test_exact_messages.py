@@ -80,4 +80,5 @@ def test_an_idempotency_key_of_exactly_the_maximum_length_is_accepted():
 async def test_run_once_without_a_key_passes_the_work_its_arguments():
     async def work(cur, *args):
         return (cur, args)
-    assert await run_once("cursor", None, work, 1, 2) == (("cursor", (1, 2)), False)
+    outcome = await run_once("cursor", None, work, 1, 2)
+    assert (outcome.result, outcome.replayed) == (("cursor", (1, 2)), False)

@@ -1,0 +1,83 @@
+"""`/ready` answers 503 while the broker or the database is away (cut with `harness.proxy.TcpProxy`, the real
+servers untouched), and 200 again once they are back, without a restart."""
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from common.config import load_settings
+from harness.proxy import TcpProxy
+from harness.stack import free_port
+from order_svc.app import OrderService
+from payment_svc.app import PaymentService
+from tests.conftest import eventually
+from tests.integration.conftest import running
+from tests.integration.http import request
+
+
+def through(url, proxy):
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{parts.netloc.rsplit(':', 1)[0]}:{proxy.port}"))
+
+
+def proxied(io_loop, run_env, service_class):
+    """A service whose database and broker connections go through proxies: (service, db proxy, broker proxy)."""
+    dsn_key = "ORDER_DB_DSN" if service_class is OrderService else "PAYMENT_DB_DSN"
+    db_proxy = TcpProxy(urlsplit(run_env[dsn_key]).port).up()
+    broker_proxy = TcpProxy(urlsplit(run_env["RABBITMQ_URL"]).port or 5672).up()
+    settings = load_settings({**run_env, dsn_key: through(run_env[dsn_key], db_proxy),
+                              "RABBITMQ_URL": through(run_env["RABBITMQ_URL"], broker_proxy),
+                              "ORDER_SVC_PORT": str(free_port()), "PAYMENT_SVC_PORT": str(free_port())})
+    service = running(io_loop, service_class(settings))
+    yield service, db_proxy, broker_proxy
+    io_loop.run_sync(service.stop, timeout=60)
+    db_proxy.down()
+    broker_proxy.down()
+
+
+# `/ready` is one handler (common/health.py) for both services: the broker case on one, the database on the other.
+@pytest.fixture
+def order_proxied(io_loop, run_env):
+    yield from proxied(io_loop, run_env, OrderService)
+
+
+@pytest.fixture
+def payment_proxied(io_loop, run_env):
+    yield from proxied(io_loop, run_env, PaymentService)
+
+
+async def readiness(service):
+    code, body = await request(service.port, "GET", "/ready")
+    return code, body["message"]
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_ready_is_503_while_the_broker_is_away_and_200_once_it_is_back(order_proxied):
+    service, _, broker_proxy = order_proxied
+    assert await readiness(service) == (200, "Ready.")
+    broker_proxy.down()
+
+    async def not_ready():
+        assert await readiness(service) == (503, "RabbitMQ unreachable.")
+    await eventually(not_ready, timeout=30)
+    broker_proxy.up()
+
+    async def ready():
+        assert await readiness(service) == (200, "Ready.")
+    await eventually(ready, timeout=40)
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_ready_is_503_while_the_database_is_away_and_200_once_it_is_back(payment_proxied):
+    service, db_proxy, _ = payment_proxied
+    assert await readiness(service) == (200, "Ready.")
+    db_proxy.down()
+
+    async def not_ready():
+        code, _ = await readiness(service)
+        assert code == 503
+    await eventually(not_ready, timeout=30)
+    db_proxy.up()
+
+    async def ready():
+        assert await readiness(service) == (200, "Ready.")
+    await eventually(ready, timeout=40)
