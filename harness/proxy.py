@@ -38,12 +38,9 @@ class TcpProxy:
         for sock in sockets:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                # A pipe thread blocked in recv() holds the socket: close() alone would reset it only once
-                # that recv returns. shutdown() wakes the thread, which closes it (with the RST) at once.
-                sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
             except OSError:
                 pass
+        _shut_and_close(sockets)
 
     def _accept(self, listener):
         while True:
@@ -83,8 +80,17 @@ class TcpProxy:
         except OSError:
             pass
         finally:
-            for sock in (source, sink):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+            _shut_and_close((source, sink))
+
+
+def _shut_and_close(sockets):
+    """Shut every socket down before closing any. A socket another pipe thread is blocked in recv() on must be
+    shut down: close() alone neither wakes that thread nor sends the FIN (or, with SO_LINGER 0, the RST), so
+    its client would see the connection alive until a heartbeat times out."""
+    for sock in sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    for sock in sockets:
+        sock.close()
