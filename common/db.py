@@ -86,6 +86,13 @@ async def fetch_one(cur, query: "Query | sa.Executable", **values) -> dict | Non
     return rows[0] if rows else None
 
 
+def page(rows: list[dict], limit: int, key: str) -> tuple[list[dict], int | None]:
+    """(the first `limit` of `rows`, the cursor of the next page or None): `rows` is a query's `limit + 1` rows
+    in `key` order, the one beyond the page telling whether there is another."""
+    shown = rows[:limit]
+    return shown, (shown[-1][key] if len(rows) > limit else None)
+
+
 async def pending_rows(cur, created_at, *where):
     """(count, age in seconds of the oldest) of the rows of `created_at`'s table matching `where`."""
     age = sa.func.extract("epoch", sa.func.clock_timestamp() - sa.func.min(created_at))

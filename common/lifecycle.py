@@ -70,10 +70,10 @@ class _MarkBusy(httputil.HTTPMessageDelegate):
         self.delegate.on_connection_close()
 
 
-def listen(app, port: int, settings: Settings | None = None) -> DrainingHTTPServer:
+def listen(app, port: int, settings: Settings) -> DrainingHTTPServer:
     """The process's HTTP server for `app` (an `Application` or any `HTTPServerConnectionDelegate`), with the
-    client limits of `settings` (default: the environment's; `common.http_server`)."""
-    server = DrainingHTTPServer(app, **server_options(settings or load_settings()))
+    client limits of `settings` (`common.http_server`)."""
+    server = DrainingHTTPServer(app, **server_options(settings))
     server.listen(port)
     return server
 
@@ -81,13 +81,13 @@ def listen(app, port: int, settings: Settings | None = None) -> DrainingHTTPServ
 def received(stream) -> bool:
     """Whether bytes have come in on `stream` that no request has taken yet (in Tornado's read buffer, whose
     size it keeps in `_read_buffer_size`, or still in the socket)."""
-    if stream.closed() or stream._read_buffer_size:
-        return not stream.closed()
+    if stream.closed():
+        return False
+    if stream._read_buffer_size:
+        return True
     try:
         return bool(stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except BlockingIOError:
-        return False
-    except OSError:
+    except OSError:  # BlockingIOError: nothing there
         return False
 
 
@@ -175,7 +175,7 @@ class BackendService(Service):
         self.wiring = self.bootstrap(settings, self.db, self.broker)
         for step in self.wiring.startup:
             await step()
-        self.server = listen(self.wiring.app, self.port)
+        self.server = listen(self.wiring.app, self.port, settings)
         self.workers = list(self.wiring.workers.values())
         for worker in self.workers:
             worker.start()

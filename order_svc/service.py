@@ -3,7 +3,7 @@ import logging
 from decimal import Decimal
 
 from common.config import Settings
-from common.db import Database
+from common.db import Database, page
 from common.errors import OrderNotFound
 from common.idempotency import IdempotentRequest, forget_expired, run_once
 from common.messages import ORDER_REQUESTS, PaymentRequest, PaymentResult
@@ -40,9 +40,7 @@ async def get_order(db: Database, order_id: int) -> dict:
 
 async def list_orders(db: Database, user_id: int | None, cursor: int, limit: int) -> tuple[list, int | None]:
     """A page of orders (of one user, or all) after `cursor`; returns (orders, next cursor or None)."""
-    rows = await db.run(repo.list_orders, user_id, cursor, limit + 1)
-    page = rows[:limit]
-    return page, (page[-1]["order_id"] if len(rows) > limit else None)
+    return page(await db.run(repo.list_orders, user_id, cursor, limit + 1), limit, "order_id")
 
 
 async def relay_outbox(db: Database, publisher: Publisher, settings: Settings) -> bool:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from common.config import Settings
-from common.db import Database
+from common.db import Database, page
 from common.errors import AccountExists, AccountNotFound, InvalidInput
 from common.idempotency import IdempotentRequest, forget_expired, run_once
 from common.messages import PAYMENT_RESULTS, OrderStatus, PaymentRequest
@@ -65,8 +65,7 @@ async def list_movements(db: Database, user_id: int, cursor: int, limit: int) ->
     rows = await db.run(repo.list_movements, user_id, cursor, limit + 1, transaction=False)
     if not rows and await db.run(repo.get_account, user_id, transaction=False) is None:
         raise AccountNotFound(user_id)
-    page = rows[:limit]
-    return page, (page[-1]["id"] if len(rows) > limit else None)
+    return page(rows, limit, "id")
 
 
 async def receive_requests(db: Database, requests: list[PaymentRequest], dispatch: ResultDispatch) -> dict:
@@ -105,8 +104,12 @@ class Debit:
 @dataclass
 class Settlement:
     statuses: dict = field(default_factory=dict)   # {order_id: final status} of every row decided
-    balances: dict = field(default_factory=dict)   # {user_id: new balance} of the accounts debited
     debits: list = field(default_factory=list)     # a `Debit` per order paid, in order
+
+    @property
+    def balances(self) -> dict:
+        """{user_id: new balance} of the accounts debited: what each one's last debit left."""
+        return {debit.user_id: debit.balance for debit in self.debits}
 
 
 def settle(rows: list[Mapping], balances: Mapping[int, Decimal]) -> Settlement:
@@ -114,15 +117,15 @@ def settle(rows: list[Mapping], balances: Mapping[int, Decimal]) -> Settlement:
 
     A `NEW` row is debited if the balance covers it (`FINISHED`), else `CANCELLED` (also with no account).
     A row already decided keeps its status: a repeated request only re-sends it."""
-    settlement = Settlement()
+    settlement, left = Settlement(), dict(balances)
     for row in rows:
         status = row["status"]
         if status == OrderStatus.NEW:
             user_id, amount = row["user_id"], row["amount"]
-            balance = settlement.balances.get(user_id, balances.get(user_id))
+            balance = left.get(user_id)
             if balance is not None and balance >= amount:
-                settlement.balances[user_id] = balance - amount
-                settlement.debits.append(Debit(user_id, row["order_id"], amount, balance - amount))
+                left[user_id] = balance - amount
+                settlement.debits.append(Debit(user_id, row["order_id"], amount, left[user_id]))
                 status = OrderStatus.FINISHED
             else:
                 status = OrderStatus.CANCELLED

@@ -21,7 +21,7 @@ def start_gateway(io_loop):
         port = free_port()
         settings = load_settings({"GATEWAY_PORT": str(port), "ORDER_SVC_URL": ",".join(order_urls),
                                   "PAYMENT_SVC_URL": ",".join(payment_urls), "UPSTREAM_TIMEOUT": "1"})
-        servers.append(listen(make_app(settings), port))
+        servers.append(listen(make_app(settings), port, settings))
         return port
 
     yield start
