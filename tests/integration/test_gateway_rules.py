@@ -8,20 +8,24 @@ from tornado.httpclient import AsyncHTTPClient
 
 from common.config import load_settings
 from common.lifecycle import listen
-from gateway import make_app
+from gateway import make_app, proxy_server
 from harness.stack import free_port
 from tests.e2e.raw_backend import ANSWER, DROP, HOLD, RawBackend
 
 
-@pytest.fixture
-def start_gateway(io_loop):
+@pytest.fixture(params=["direct", "handler"])
+def start_gateway(io_loop, request):
+    """Starts a gateway in either GATEWAY_PROXY mode: `direct` (the default, common.proxy_server) serves the
+    routes itself, `handler` through gateway.ProxyHandler; the same rules must hold in both."""
     servers = []
 
     def start(order_urls, payment_urls=("http://127.0.0.1:9",)):
         port = free_port()
         settings = load_settings({"GATEWAY_PORT": str(port), "ORDER_SVC_URL": ",".join(order_urls),
-                                  "PAYMENT_SVC_URL": ",".join(payment_urls), "UPSTREAM_TIMEOUT": "1"})
-        servers.append(listen(make_app(settings), port, settings))
+                                  "PAYMENT_SVC_URL": ",".join(payment_urls), "UPSTREAM_TIMEOUT": "1",
+                                  "GATEWAY_PROXY": request.param})
+        app = make_app(settings)
+        servers.append(listen(proxy_server(app, settings) if request.param == "direct" else app, port, settings))
         return port
 
     yield start
@@ -74,8 +78,9 @@ async def test_only_routed_methods_and_paths_reach_a_backend(start_gateway):
     assert (await send(port, "DELETE", "/orders/1"))[0] == 405
     assert (await send(port, "PUT", "/orders"))[0] == 405
     assert (await send(port, "GET", "/nowhere"))[0] == 404
-    assert (await send(port, "GET", "/payments/1/movements"))[0] == 200
-    assert [(s.method, s.path) for s in backend.requests()] == [("GET", "/payments/1/movements")]
+    assert (await send(port, "PUT", "/payments/1/movements"))[0] == 405
+    assert (await send(port, "GET", "/payments/1/movements?limit=2&cursor=5"))[0] == 200
+    assert [(s.method, s.path) for s in backend.requests()] == [("GET", "/payments/1/movements?limit=2&cursor=5")]
 
 
 @pytest.mark.gen_test(timeout=30)

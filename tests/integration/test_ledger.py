@@ -1,7 +1,7 @@
 """The account ledger: a movement per balance change, in the same transaction, listed page by page."""
 from decimal import Decimal
 
-import psycopg2
+import psycopg2.errors
 import pytest
 
 from common.messages import ORDER_REQUESTS, PaymentRequest
@@ -65,9 +65,12 @@ async def test_top_ups_and_debits_each_write_one_movement_with_the_balance_after
 @pytest.mark.gen_test(timeout=30)
 async def test_movements_are_paginated_with_a_cursor(payment_service, user_id):
     port = payment_service.port
-    await request(port, "POST", "/payments", {"user_id": user_id})
+    other = user_id + 1  # its movements lie between this user's: a page must skip them, not stop at them
+    for user in (user_id, other):
+        await request(port, "POST", "/payments", {"user_id": user})
     for amount in range(1, 6):
         await request(port, "PUT", f"/payments/{user_id}", {"amount": amount})
+        await request(port, "PUT", f"/payments/{other}", {"amount": 100})
     code, first = await movements(port, user_id, limit=2)
     assert code == 200 and [m["amount"] for m in first["movements"]] == [1, 2] and first["next_cursor"]
     _, second = await movements(port, user_id, limit=2, cursor=first["next_cursor"])
@@ -99,12 +102,15 @@ async def test_a_second_debit_of_one_order_is_refused_by_the_database(payment_se
     await request(payment_service.port, "POST", "/payments", {"user_id": user_id})
     await request(payment_service.port, "PUT", f"/payments/{user_id}", {"amount": 10})
 
-    async def debit_twice(cur):
-        for balance in (9, 8):
+    def debit(order_id, balance):
+        async def insert(cur):
             await cur.execute("INSERT INTO account_movements (user_id, kind, amount, balance, order_id) "
-                              "VALUES (%s, 'debit', 1, %s, %s)", (user_id, balance, user_id))
-    with pytest.raises(psycopg2.IntegrityError):
-        await payment_service.db.run(debit_twice)
+                              "VALUES (%s, 'debit', 1, %s, %s)", (user_id, balance, order_id))
+        return payment_service.db.run(insert)
+    await debit(user_id, 9)
+    await debit(user_id + 1, 8)  # the same user's other order: the constraint is per order
+    with pytest.raises(psycopg2.errors.UniqueViolation, match="account_movements_one_debit_per_order"):
+        await debit(user_id, 7)
 
 
 @pytest.mark.gen_test(timeout=30)
