@@ -1,4 +1,5 @@
 """Both fast paths and their "off" objects, on fake publishers and databases."""
+import asyncio
 from decimal import Decimal
 
 import pytest
@@ -147,3 +148,60 @@ async def test_relay_only_consumer_just_stores_the_requests(monkeypatch):
     requests = [PaymentRequest(1, 1, Decimal(1))]
     assert await payment_service.receive_requests(FakeDatabase(), requests, payment_messaging.RelayOnly()) == {}
     assert stored == requests
+
+
+async def still_waiting(task):
+    """True if `task` is suspended, not finished: a coroutine that does not wait ends within these few steps."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return not task.done()
+
+
+def full_window(publisher, timeout=5.0):
+    """A window of one message, full: its publish is held until `publisher.gate` is set."""
+    publisher.gate.clear()
+    publisher.timeout = timeout
+    window = PublishWindow(publisher, limit=1)
+
+    async def then(*_):
+        pass
+    window.send("q", [(0, b"")], then)
+    return window
+
+
+@pytest.mark.gen_test
+async def test_a_new_order_waits_for_room_in_a_full_window_then_takes_the_fast_path():
+    publisher = FakePublisher()
+    dispatch = order_messaging.SendAtOnce(FakeDatabase(), full_window(publisher), lambda: True, 5.0, Kicks())
+    entry = asyncio.ensure_future(dispatch.entry())
+    assert await still_waiting(entry)
+    publisher.gate.set()
+    assert await asyncio.wait_for(entry, 10) == (0, 5.0)
+
+
+@pytest.mark.gen_test
+async def test_a_new_order_still_without_room_after_the_publish_timeout_is_left_to_the_relay():
+    dispatch = order_messaging.SendAtOnce(FakeDatabase(), full_window(FakePublisher(), timeout=0.05),
+                                          lambda: True, 5.0, Kicks())
+    assert await asyncio.wait_for(dispatch.entry(), 10) == order_messaging.FOR_THE_RELAY
+
+
+@pytest.mark.gen_test
+async def test_the_payments_consumer_stores_nothing_while_the_window_is_full_and_goes_on_once_it_has_room(
+        monkeypatch):
+    stored = []
+
+    async def store_requests(cur, requests):
+        stored.extend(requests)
+
+    async def settle_users(cur, users, due_in):
+        return len(users), []
+    monkeypatch.setattr(payment_service.repo, "store_requests", store_requests)
+    monkeypatch.setattr(payment_service, "settle_users", settle_users)
+    publisher = FakePublisher()
+    dispatch = payment_messaging.SettleAtOnce(FakeDatabase(), full_window(publisher), 5.0, Kicks(), Kicks())
+    requests = [PaymentRequest(1, 1, Decimal(1))]
+    received = asyncio.ensure_future(payment_service.receive_requests(FakeDatabase(), requests, dispatch))
+    assert await still_waiting(received) and stored == []
+    publisher.gate.set()
+    assert await asyncio.wait_for(received, 10) == {} and stored == requests
