@@ -2,6 +2,7 @@
 
 The services here poll once an hour, so whatever reaches a queue was published by the fast path (or by the
 relay's one run at start-up, before anything is placed)."""
+import asyncio
 from decimal import Decimal
 
 import pytest
@@ -187,8 +188,82 @@ async def test_immediate_publishes_are_bounded_by_a_window_that_frees_as_confirm
         assert await broker.window.room(timeout=10)
         assert sorted(confirmed) == list(range(MAX_SENDING))
     finally:
-        for name in (queue, dead_letter_queue(queue)):
-            await broker.publisher.channel.queue_delete(name)
+        await delete_queue(broker, queue)
+
+
+def hold_window_full(broker, queue):
+    """Fill the service's publish window with real publishes to `queue` whose follow-up waits for the returned
+    Event: the window stays full, whatever the broker's pace, until the test sets it."""
+    release = asyncio.Event()
+
+    async def held(*_):
+        await release.wait()
+    broker.window.send(queue, [(i, b"{}") for i in range(MAX_SENDING)], held)
+    assert not broker.window.has_room()
+    return release
+
+
+async def pending_after(awaitable, seconds=1):
+    """(task, still pending after `seconds`): a producer that does not wait for room ends well within them; one
+    that waits cannot end before the test gives it room (the waits here are bounded far beyond)."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait([task], timeout=seconds)
+    return task, not done
+
+
+async def delete_queue(broker, queue):
+    for name in (queue, dead_letter_queue(queue)):
+        await broker.publisher.channel.queue_delete(name)
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_an_order_placed_while_the_window_is_full_waits_for_room_then_is_published_at_once(
+        order_service, user_id):
+    broker, queue = order_service.broker, f"window-{free_port()}"
+    await declare_queue(broker.publisher.channel, queue)
+    broker.publisher.timeout = 60  # how long an order may wait for room: far beyond this test's own waits
+    release = hold_window_full(broker, queue)
+    try:
+        placing, waiting = await pending_after(place(order_service, user_id))
+        assert waiting, "an order was placed past a full publish window"
+        release.set()
+        order_id = (await asyncio.wait_for(placing, 30))["order_id"]
+    finally:
+        release.set()
+        await delete_queue(broker, queue)
+    attempts, due_in = await outbox_os_row(order_service, order_id)
+    assert attempts == 0 and due_in > RESEND_DELAY - 10  # the wait ended with room: written for the fast path
+
+    async def published():
+        assert order_id in [mid for mid, _ in await take(broker, ORDER_REQUESTS)]
+    await eventually(published)
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_the_payments_consumer_stores_nothing_while_the_window_is_full_and_settles_once_it_has_room(
+        payment_service, user_id):
+    broker, queue, order_id = payment_service.broker, f"window-{free_port()}", user_id
+    await declare_queue(broker.publisher.channel, queue)
+    release = hold_window_full(broker, queue)
+
+    async def stored():
+        assert await select(payment_service, "SELECT status FROM inbox WHERE order_id = %s", order_id) == \
+            [("CANCELLED",)]  # no account
+    try:
+        await broker.publisher.publish(ORDER_REQUESTS, PaymentRequest(order_id, user_id, Decimal(1)).encode(),
+                                       order_id)
+        storing, waiting = await pending_after(eventually(stored, timeout=30))
+        assert waiting, "the consumer stored a batch past a full publish window"
+        release.set()
+        await asyncio.wait_for(storing, 40)
+    finally:
+        release.set()
+        await delete_queue(broker, queue)
+
+    async def published():
+        results = [body for _, body in await take(broker, PAYMENT_RESULTS)]
+        assert PaymentResult(order_id, "CANCELLED").encode() in results
+    await eventually(published)
 
 
 @pytest.mark.gen_test(timeout=30)
