@@ -8,7 +8,15 @@ import pytest
 from common.errors import InvalidInput, InvalidMessage
 from common.idempotency import MAX_KEY_LENGTH, from_request, run_once
 from common.messages import PaymentRequest, PaymentResult
-from common.validation import MAX_DESCRIPTION, parse_description, parse_id, parse_json_object
+from common.validation import (
+    MAX_AMOUNT,
+    MAX_DESCRIPTION,
+    MAX_ID,
+    parse_amount,
+    parse_description,
+    parse_id,
+    parse_json_object,
+)
 
 
 def message_of(call, *args, error=InvalidInput):
@@ -47,6 +55,15 @@ def test_an_id_of_twenty_digits_as_a_json_number_is_not_expanded_but_rejected_as
     assert parse_id(Decimal("9.2E+18"), "user_id") == 9200000000000000000
 
 
+def test_an_id_of_nineteen_digits_in_a_string_is_accepted_and_one_of_twenty_is_not_an_integer():
+    assert parse_id(str(MAX_ID), "user_id") == MAX_ID
+    assert message_of(parse_id, "1" * 20, "user_id") == "'user_id' must be a positive integer."
+
+
+def test_an_amount_of_exactly_the_maximum_is_accepted():
+    assert parse_amount(str(MAX_AMOUNT)) == MAX_AMOUNT
+
+
 def test_a_description_of_exactly_the_maximum_length_is_accepted():
     assert parse_description("x" * MAX_DESCRIPTION) == "x" * MAX_DESCRIPTION
 
@@ -60,6 +77,7 @@ def test_description_messages_are_exact(value, message):
 
 
 @pytest.mark.parametrize("body, message", [(b"\xff", "Request body must be UTF-8."),
+                                           (b"{", "Request body is not valid JSON."),
                                            (b"[]", "Request body must be a JSON object."),
                                            (b" ", "Request body must be a JSON object.")])
 def test_json_body_messages_are_exact(body, message):
@@ -74,6 +92,12 @@ def test_an_idempotency_key_of_exactly_the_maximum_length_is_accepted():
     assert from_request(fake_request("k" * MAX_KEY_LENGTH)).key == "k" * MAX_KEY_LENGTH
     with pytest.raises(InvalidInput):
         from_request(fake_request("k" * (MAX_KEY_LENGTH + 1)))
+
+
+def test_an_idempotency_key_of_one_character_is_accepted_and_an_empty_one_is_named_in_the_error():
+    assert from_request(fake_request("k")).key == "k"
+    assert message_of(from_request, fake_request("")) == \
+        f"'Idempotency-Key' must be 1 to {MAX_KEY_LENGTH} printable ASCII characters."
 
 
 @pytest.mark.gen_test
