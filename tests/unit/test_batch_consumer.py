@@ -3,8 +3,9 @@ import asyncio
 
 import pytest
 
-from common.consumer import BatchConsumer
+from common.consumer import BatchConsumer, Consumer
 from common.errors import InvalidMessage, Unavailable
+from common.metrics import CONSUMED, DEAD_LETTERED
 from tests.conftest import eventually
 from tests.unit.fakes import FakeDeadLetters, FakeMessage
 
@@ -117,3 +118,49 @@ async def test_messages_are_batched_in_delivery_order_up_to_the_batch_size():
 
 def assert_true(value):
     assert value
+
+
+class FakeQueue:
+    def __init__(self):
+        self.callbacks = []
+
+    async def consume(self, callback):
+        self.callbacks.append(callback)
+
+
+class FakeChannel:
+    def __init__(self):
+        self.queues = {}
+
+    async def get_queue(self, name):
+        return self.queues.setdefault(name, FakeQueue())
+
+
+def consumer_tasks(queue):
+    return [task for task in asyncio.all_tasks() if task.get_name() == f"consumer of {queue}"]
+
+
+@pytest.mark.gen_test
+async def test_a_consumer_feeds_its_queue_to_batches_that_dead_letter_on_its_publishing_channel_and_stops_them():
+    queue = f"consumed-{id(object())}"
+    channel, dead_letters = FakeChannel(), FakeDeadLetters()
+    consumer = Consumer(channel, dead_letters)
+    seen = []
+
+    async def handle(items):
+        seen.append(items)
+        return {1: "refused"} if len(items) > 1 else {}
+    await consumer.consume(queue, int, handle, batch_size=2)
+    deliver = channel.queues[queue].callbacks[0]
+    for tag in (1, 2, 3):
+        await deliver(FakeMessage(tag, str(tag * 10).encode(), message_id=str(tag)))  # all before the first batch
+    await eventually(lambda: assert_equal(CONSUMED.labels(queue)._value.get(), 2))
+    assert seen == [[10, 20], [30]] and dead_letters.copies == [(f"{queue}.dead", "2", "refused")]
+    assert DEAD_LETTERED.labels(queue)._value.get() == 1
+    assert len(consumer_tasks(queue)) == 1
+    await consumer.stop()
+    assert consumer_tasks(queue) == []
+
+
+def assert_equal(actual, expected):
+    assert actual == expected

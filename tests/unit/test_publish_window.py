@@ -3,6 +3,7 @@ import asyncio
 
 import pytest
 
+from common.metrics import PUBLISH_FAILED, PUBLISHED
 from common.publisher import Publisher, PublishWindow
 from tests.conftest import eventually
 from tests.unit.fakes import FakePublisher
@@ -54,12 +55,14 @@ def assert_room(window):
 
 class Exchange:
     def __init__(self, refuse):
-        self.refuse, self.sent = refuse, []
+        self.refuse, self.sent, self.timeouts = refuse, [], []
 
     async def publish(self, message, routing_key, timeout):
+        self.timeouts.append(timeout)
         if message.message_id in self.refuse:
             raise TimeoutError()
-        self.sent.append((routing_key, message.message_id, message.body, message.delivery_mode))
+        self.sent.append((routing_key, message.message_id, message.body, message.delivery_mode,
+                          message.content_type))
 
 
 class Channel:
@@ -68,9 +71,11 @@ class Channel:
 
 
 @pytest.mark.gen_test
-async def test_publish_all_returns_only_what_the_broker_confirmed_as_persistent_messages():
-    channel = Channel(refuse={"2"})
-    confirmed = await Publisher(channel, timeout=1).publish_all("q", [(1, b"a"), (2, b"b"), (3, b"c")])
+async def test_publish_all_returns_only_what_the_broker_confirmed_as_persistent_json_messages():
+    channel, queue = Channel(refuse={"2"}), f"published-{id(object())}"
+    confirmed = await Publisher(channel, timeout=1.5).publish_all(queue, [(1, b"a"), (2, b"b"), (3, b"c")])
     assert confirmed == [1, 3]
-    assert [(q, mid, body, int(mode)) for q, mid, body, mode in channel.default_exchange.sent] == \
-        [("q", "1", b"a", 2), ("q", "3", b"c", 2)]
+    assert [(q, mid, body, int(mode), kind) for q, mid, body, mode, kind in channel.default_exchange.sent] == \
+        [(queue, "1", b"a", 2, "application/json"), (queue, "3", b"c", 2, "application/json")]
+    assert channel.default_exchange.timeouts == [1.5] * 3  # each publish waits for its confirm that long
+    assert (PUBLISHED.labels(queue)._value.get(), PUBLISH_FAILED.labels(queue)._value.get()) == (2, 1)
