@@ -1,0 +1,105 @@
+"""Tests seen failing on broken code (README, "Tests that can fail"): each variant breaks one behaviour by one
+small text change, runs the tests named after that behaviour, and puts the file back. Every variant must fail.
+
+    .venv/bin/python scripts/broken_variants.py            all variants; exit status 1 if one was not caught
+    .venv/bin/python scripts/broken_variants.py NAME...    only these
+
+It edits the working tree while a variant runs (restored afterwards, also on Ctrl-C): run it on a clean checkout."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LEDGER = "tests/integration/test_ledger.py"
+GATEWAY = "tests/integration/test_gateway_rules.py"
+FAST_UNIT = "tests/unit/test_fast_paths.py"
+FAST = "tests/integration/test_fast_path.py"
+ORDER_WAITS = FAST + "::test_an_order_placed_while_the_window_is_full_waits_for_room_then_is_published_at_once"
+PAYMENT_WAITS = (FAST + "::test_the_payments_consumer_stores_nothing_while_the_window_is_full_and_settles_once_it_"
+                 "has_room")
+PAGINATION = LEDGER + "::test_movements_are_paginated_with_a_cursor"
+ONE_DEBIT = LEDGER + "::test_a_second_debit_of_one_order_is_refused_by_the_database"
+OPENING_CREDIT = ("        INSERT INTO account_movements (user_id, kind, amount, balance, request_key)\n"
+                  "            SELECT user_id, 'credit', balance, balance, 'opening balance' FROM accounts "
+                  "WHERE balance > 0\n"
+                  "            ORDER BY user_id;\n")
+ROOM_FREED = "        if self.has_room():\n            self._room.set()\n"
+MOVEMENTS_ROUTE = 'route(r"/payments/[^/]+/movements", payments, "GET")'
+PAGE = 'shown, (shown[-1][key] if len(rows) > limit else None)'
+NO_ACCOUNT = ("    if not rows and await db.run(repo.get_account, user_id, transaction=False) is None:\n"
+              "        raise AccountNotFound(user_id)\n")
+ORDER_ROOM = "if self.is_connected() and await self.window.room(self.window.timeout):"
+
+# name: (file, text, replacement, tests)
+VARIANTS = {
+    "cursor off by one (id >= cursor)": ("payment_svc/repo.py", 'account_movements.c.id > sa.bindparam("after")',
+                                         'account_movements.c.id >= sa.bindparam("after")', [LEDGER]),
+    "next cursor is the row beyond the page": ("common/db.py", PAGE, PAGE.replace("shown[-1]", "rows[limit]"),
+                                               [LEDGER]),
+    "next cursor also on the last page": ("common/db.py", PAGE, PAGE.replace("len(rows) > limit", "rows"), [LEDGER]),
+    "no look-ahead row (limit, not limit + 1)": ("payment_svc/service.py", "user_id, cursor, limit + 1,",
+                                                 "user_id, cursor, limit,", [LEDGER]),
+    "newest first": ("payment_svc/repo.py", ".order_by(account_movements.c.id).limit",
+                     ".order_by(account_movements.c.id.desc()).limit", [LEDGER]),
+    "movements of every user": ("payment_svc/repo.py", 'account_movements.c.user_id == sa.bindparam("user_id")',
+                                'sa.bindparam("user_id") > 0', [PAGINATION]),
+    "no 404 for no account": ("payment_svc/service.py", NO_ACCOUNT, "", [LEDGER]),
+    "404 for an account without movements": ("payment_svc/service.py", NO_ACCOUNT,
+                                             NO_ACCOUNT.replace(" and await db.run(repo.get_account, user_id, "
+                                                                "transaction=False) is None", ""), [LEDGER]),
+    "no opening credit": ("schema.sql", OPENING_CREDIT, "", [LEDGER]),
+    "opening credit at every start": ("schema.sql", OPENING_CREDIT + "    END IF;\n",
+                                      "    END IF;\n" + OPENING_CREDIT, [LEDGER]),
+    "opening credit of 0 for empty accounts": ("schema.sql", "WHERE balance > 0", "WHERE balance >= 0", [LEDGER]),
+    "debit index not unique": ("schema.sql", "CREATE UNIQUE INDEX IF NOT EXISTS account_movements_one_debit",
+                               "CREATE INDEX IF NOT EXISTS account_movements_one_debit", [LEDGER]),
+    "one debit per user, not per order": ("schema.sql", "one_debit_per_order ON account_movements (order_id)",
+                                          "one_debit_per_order ON account_movements (user_id)", [ONE_DEBIT]),
+    "every debit refused": ("schema.sql", "CHECK ((kind = 'debit') = (order_id IS NOT NULL))",
+                            "CHECK (kind = 'credit')", [ONE_DEBIT]),
+    "movements route missing": ("gateway.py", f"        {MOVEMENTS_ROUTE},\n", "", [GATEWAY]),
+    "movements route takes PUT and POST": ("gateway.py", MOVEMENTS_ROUTE,
+                                           MOVEMENTS_ROUTE.replace('"GET"', '"GET", "PUT", "POST"'), [GATEWAY]),
+    "query string dropped (direct proxy)": ("common/proxy_server.py", "forward(method, self.start_line.path,",
+                                            "forward(method, self.path,", [GATEWAY]),
+    "query string dropped (handler proxy)": ("gateway.py", "forward(self.request.method, self.request.uri,",
+                                             "forward(self.request.method, self.request.path,", [GATEWAY]),
+    "order does not wait for room": ("order_svc/messaging.py", ORDER_ROOM, "if self.is_connected():",
+                                     [FAST_UNIT, ORDER_WAITS]),
+    "order waits for room without end": ("order_svc/messaging.py", "self.window.room(self.window.timeout)",
+                                         "self.window.room()", [FAST_UNIT]),
+    "payments consumer does not wait for room": ("payment_svc/messaging.py", "        await self.window.room()\n",
+                                                 "        pass\n", [FAST_UNIT, PAYMENT_WAITS]),
+    "window room never freed": ("common/publisher.py", ROOM_FREED, "", [FAST_UNIT, ORDER_WAITS, PAYMENT_WAITS]),
+    "window never full": ("common/publisher.py", "        if not self.has_room():\n            self._room.clear()\n",
+                          "", [FAST_UNIT]),
+}
+
+
+def caught(name):
+    """Apply variant `name`, run its tests, restore the file; True if a test failed."""
+    path, text, replacement, tests = VARIANTS[name]
+    source = ROOT / path
+    original = source.read_text()
+    if original.count(text) != 1:
+        sys.exit(f"{name}: the text to break is not in {path} exactly once (the code changed: update the variant)")
+    source.write_text(original.replace(text, replacement))
+    try:
+        run = subprocess.run([str(ROOT / "test.sh"), *tests, "-q", "-p", "no:cacheprovider"], cwd=ROOT,
+                             capture_output=True, text=True)
+    finally:
+        source.write_text(original)
+    failed = [line.split(" - ")[0].removeprefix("FAILED ")
+              for line in run.stdout.splitlines() if line.startswith("FAILED")]
+    print(f"{name}: {'caught by ' + ', '.join(failed) if run.returncode else 'NOT CAUGHT'}", flush=True)
+    return run.returncode != 0
+
+
+def main():
+    names = sys.argv[1:] or list(VARIANTS)
+    missed = [name for name in names if not caught(name)]
+    sys.exit(f"not caught: {missed}" if missed else 0)
+
+
+if __name__ == "__main__":
+    main()
