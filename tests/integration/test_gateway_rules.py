@@ -2,13 +2,14 @@
 rules are tested against the real `python gateway.py` in tests/e2e/test_gateway_forwarding.py): through HTTP
 only, backends are raw-socket stand-ins (`tests.e2e.raw_backend`)."""
 import asyncio
+import json
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from common.config import load_settings
 from common.lifecycle import listen
-from gateway import make_app, proxy_server
+from gateway import OPENAPI_SPEC, make_app, proxy_server
 from harness.stack import free_port
 from tests.e2e.raw_backend import ANSWER, DROP, HOLD, RawBackend
 
@@ -19,11 +20,11 @@ def start_gateway(io_loop, request):
     routes itself, `handler` through gateway.ProxyHandler; the same rules must hold in both."""
     servers = []
 
-    def start(order_urls, payment_urls=("http://127.0.0.1:9",)):
+    def start(order_urls, payment_urls=("http://127.0.0.1:9",), **env):
         port = free_port()
         settings = load_settings({"GATEWAY_PORT": str(port), "ORDER_SVC_URL": ",".join(order_urls),
                                   "PAYMENT_SVC_URL": ",".join(payment_urls), "UPSTREAM_TIMEOUT": "1",
-                                  "GATEWAY_PROXY": request.param})
+                                  "GATEWAY_PROXY": request.param, **env})
         app = make_app(settings)
         servers.append(listen(proxy_server(app, settings) if request.param == "direct" else app, port, settings))
         return port
@@ -112,3 +113,53 @@ async def test_a_read_is_forwarded_with_its_query_and_no_body_and_an_unreachable
     assert (seen.path, seen.body, dict(seen.headers).get("content-length")) == ("/orders?user=7&limit=2", b"", None)
     assert await send(port, "GET", "/payments/7") == \
         (503, b'{"status": "Fail", "message": "Payments Service temporarily unavailable."}')
+
+
+def unavailable(service):
+    return 503, f'{{"status": "Fail", "message": "{service} temporarily unavailable."}}'.encode()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_backend_that_never_answers_is_a_503_naming_it_once_the_upstream_timeout_passed(start_gateway):
+    held = RawBackend(lambda *_: HOLD)
+    port = start_gateway([held.url], [held.url])
+    assert await send(port, "PUT", "/payments/7") == unavailable("Payments Service")
+    assert await send(port, "GET", "/orders/7") == unavailable("Order Service")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_body_over_the_limit_is_a_413_and_never_reaches_a_backend(start_gateway):
+    backend = RawBackend()
+    port = start_gateway([backend.url], [backend.url], MAX_BODY_BYTES="100")
+    code, body = await send(port, "POST", "/payments", b'{"user_id": 1, "pad": "' + b"x" * 100 + b'"}')
+    assert (code, json.loads(body)["message"]) == (413, "Request body must be at most 100 bytes.")
+    assert (await send(port, "POST", "/payments", b'{"user_id": 1}'))[0] == 200
+    assert [(s.method, s.path) for s in backend.requests()] == [("POST", "/payments")]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_request_without_an_id_is_named_by_the_gateway_and_a_405_says_what_is_allowed(start_gateway):
+    backend = RawBackend()
+    port = start_gateway([backend.url], [backend.url])
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/payments/1/movements", raise_error=False)
+    named = response.headers["X-Request-ID"]
+    assert len(named) >= 16 and dict(backend.requests("GET")[0].headers)["x-request-id"] == named
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/payments", raise_error=False)
+    assert (response.code, response.headers["Allow"]) == (405, "POST")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_gateway_answers_its_own_paths_and_is_ready_only_when_every_service_is(start_gateway):
+    backend = RawBackend()
+    down = f"http://127.0.0.1:{free_port()}"
+    port = start_gateway([backend.url], [down])
+    assert await send(port, "GET", "/health") == (200, b'{"status": "Success", "message": "Alive."}')
+    code, metrics = await send(port, "GET", "/metrics")
+    assert code == 200 and b"# TYPE shop_http_request_duration_seconds histogram" in metrics  # the route, not samples
+    assert await send(port, "GET", "/openapi.yaml") == (200, OPENAPI_SPEC.read_bytes())
+    code, body = await send(port, "GET", "/ready")
+    assert (code, json.loads(body)) == (503, {"status": "Fail", "message": "Payments Service not ready.",
+                                              "backends": {backend.url: "ready", down: "unreachable"}})
+    port = start_gateway([backend.url], [backend.url])
+    assert (await send(port, "GET", "/ready"))[0] == 200
+    assert [s.path for s in backend.requests()].count("/ready") == 3  # one probe per replica and asking

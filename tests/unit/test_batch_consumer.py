@@ -47,6 +47,22 @@ async def test_undecodable_and_refused_items_are_dead_lettered_and_the_rest_acke
 
 
 @pytest.mark.gen_test
+async def test_when_the_last_item_is_refused_the_multiple_ack_is_of_the_last_one_taken():
+    handle = await returning({1: "unknown order"})
+    messages = [FakeMessage(tag, message_id=str(tag)) for tag in (1, 2)]
+    await consumer(handle).process([(messages[0], "a"), (messages[1], "b")])
+    assert [m.outcome for m in messages] == [[("ack", True)], DEAD]
+
+
+@pytest.mark.gen_test
+async def test_a_batch_of_only_undecodable_messages_never_calls_the_handler():
+    handle = await returning({})
+    message = FakeMessage(1, message_id="1")
+    await consumer(handle).process([(message, InvalidMessage("bad JSON"))])
+    assert handle.seen == [] and message.outcome == DEAD
+
+
+@pytest.mark.gen_test
 async def test_delivery_tags_that_restarted_are_acked_one_by_one():
     handle = await returning({})
     messages = [FakeMessage(tag) for tag in (7, 8, 1)]  # the channel was replaced mid-batch

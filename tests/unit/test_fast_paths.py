@@ -108,8 +108,8 @@ async def test_settled_results_are_published_then_deleted_or_made_due(monkeypatc
     dispatch, _, relay, _ = settle_at_once(publisher)
     dispatch.send([{"id": 10, "order_id": 1, "status": "FINISHED"}, {"id": 11, "order_id": 2, "status": "CANCELLED"}])
     await dispatch.window.drain()
-    assert [body for _, _, body in publisher.published] == [PaymentResult(1, "FINISHED").encode(),
-                                                            PaymentResult(2, "CANCELLED").encode()]
+    assert [(queue, body) for queue, _, body in publisher.published] == \
+        [("outbox_ps", PaymentResult(1, "FINISHED").encode()), ("outbox_ps", PaymentResult(2, "CANCELLED").encode())]
     assert done == {"delete_outbox": [10], "make_due": [11]} and relay.count == 1
 
 

@@ -49,6 +49,21 @@ async def test_a_failing_follow_up_is_logged_and_frees_the_window(caplog):
     assert "the relay takes over" in caplog.text
 
 
+@pytest.mark.gen_test
+async def test_drain_gives_up_on_sends_still_unconfirmed_after_the_publish_timeout(caplog):
+    publisher = FakePublisher(timeout=0.05)
+    publisher.gate.clear()  # never confirmed: the relay re-sends these rows later
+
+    async def then(*_):
+        pass
+    window = PublishWindow(publisher)
+    window.send("q", [(1, b"")], then)
+    await asyncio.wait_for(window.drain(), 10)
+    assert "1 immediate publishes unfinished at close" in caplog.messages
+    publisher.gate.set()
+    await window.drain()
+
+
 def assert_room(window):
     assert window.has_room()
 
