@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 
+from common.errors import IdempotencyKeyReused
 from common.idempotency import IdempotentRequest, forget_expired, run_once
 
 
@@ -27,6 +28,17 @@ async def test_a_replayed_result_is_the_first_one_with_exact_amounts(payment_ser
     assert first.result == again.result == {"balance": Decimal("1000.10"), "note": "first"}
     assert type(again.result["balance"]) is Decimal
     assert calls == [(Decimal("1000.10"), "first")]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_key_used_with_a_different_request_is_refused_naming_the_key(payment_service):
+    async def work(cur):
+        return {}
+    request = key_request()
+    await payment_service.db.run(run_once, request, work)
+    with pytest.raises(IdempotencyKeyReused) as raised:
+        await payment_service.db.run(run_once, IdempotentRequest(request.key, "another request"), work)
+    assert raised.value.message == f"'Idempotency-Key' {request.key!r} was already used with a different request."
 
 
 async def key_age_is(service, key, age):

@@ -9,13 +9,16 @@ from common.errors import InvalidInput, InvalidMessage
 from common.idempotency import MAX_KEY_LENGTH, from_request, run_once
 from common.messages import PaymentRequest, PaymentResult
 from common.validation import (
+    DEFAULT_PAGE,
     MAX_AMOUNT,
     MAX_DESCRIPTION,
     MAX_ID,
+    MAX_PAGE,
     parse_amount,
     parse_description,
     parse_id,
     parse_json_object,
+    parse_page,
 )
 
 
@@ -106,3 +109,23 @@ async def test_run_once_without_a_key_passes_the_work_its_arguments():
         return (cur, args)
     outcome = await run_once("cursor", None, work, 1, 2)
     assert (outcome.result, outcome.replayed) == (("cursor", (1, 2)), False)
+
+
+def test_messages_are_encoded_with_the_field_names_the_other_service_decodes():
+    assert PaymentResult(7, "FINISHED").encode() == b'{"order_id": 7, "status": "FINISHED"}'
+    assert PaymentRequest(7, 3, Decimal("2.50")).encode() == b'{"order_id": 7, "user_id": 3, "amount": "2.50"}'
+
+
+@pytest.mark.parametrize("cursor, limit, page", [("", "", (0, DEFAULT_PAGE)), ("7", "3", (7, 3)),
+                                                 ("", str(MAX_PAGE), (0, MAX_PAGE))])
+def test_a_page_is_the_cursor_and_limit_given_with_defaults_for_the_missing(cursor, limit, page):
+    assert parse_page(cursor, limit) == page
+
+
+@pytest.mark.parametrize("cursor, limit, message", [
+    ("", str(MAX_PAGE + 1), f"'limit' must be at most {MAX_PAGE}."),
+    ("", "0", f"'limit' must be a positive integer up to {MAX_ID}."),
+    ("x", "", "'cursor' must be a positive integer."),
+])
+def test_a_bad_page_says_which_argument_is_wrong(cursor, limit, message):
+    assert message_of(parse_page, cursor, limit) == message

@@ -118,11 +118,13 @@ async def test_the_consumer_settles_what_it_stores_and_leaves_busy_users_to_the_
     stored, settled = [], []
 
     async def store_requests(cur, requests):
+        assert cur is not None
         stored.extend(requests)
 
     async def settle_users(cur, users, due_in):
+        assert cur is not None
         settled.append((users, due_in))
-        return 1, [{"id": 5, "order_id": 1, "status": "FINISHED"}]  # user 2 was busy elsewhere
+        return (1 if len(settled) == 1 else len(users)), [{"id": 5, "order_id": 1, "status": "FINISHED"}]
     monkeypatch.setattr(payment_service.repo, "store_requests", store_requests)
     monkeypatch.setattr(payment_service, "settle_users", settle_users)
     publisher = FakePublisher()
@@ -130,8 +132,10 @@ async def test_the_consumer_settles_what_it_stores_and_leaves_busy_users_to_the_
     requests = [PaymentRequest(1, 1, Decimal(1)), PaymentRequest(2, 2, Decimal(1)), PaymentRequest(3, 1, Decimal(1))]
     assert await payment_service.receive_requests(FakeDatabase(), requests, dispatch) == {}
     await dispatch.window.drain()
-    assert stored == requests and settled == [([1, 2], 5.0)]
+    assert stored == requests and settled == [([1, 2], 5.0)]  # user 2 was busy elsewhere
     assert [mid for _, mid, _ in publisher.published] == [5] and inbox.count == 1
+    await payment_service.receive_requests(FakeDatabase(), requests, dispatch)  # both claimed this time
+    assert inbox.count == 1
 
 
 @pytest.mark.gen_test

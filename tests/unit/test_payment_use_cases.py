@@ -23,12 +23,12 @@ class FakeRepo:
         self.accounts = dict(accounts or {})
         self.inbox = {row["order_id"]: {"acked": False, **row} for row in inbox}
         self.busy = set(busy)
-        self.ledger, self.outbox, self.credits, self.deleted, self.locked = [], [], [], [], []
+        self.ledger, self.outbox, self.credits, self.deleted, self.locked, self.limits = [], [], [], [], [], []
 
     def install(self, monkeypatch):
         for name in ("claim_users", "lock_unacked", "lock_accounts", "set_balances", "record_debits",
                      "settle_inbox", "users_with_unacked", "get_account", "credit", "create_account",
-                     "lock_outbox", "delete_outbox", "forget_processed"):
+                     "lock_outbox", "delete_outbox", "forget_processed", "list_movements"):
             monkeypatch.setattr(repo, name, self.checked(getattr(self, name)))
         return self
 
@@ -82,7 +82,11 @@ class FakeRepo:
         return {"user_id": user_id, "balance": Decimal(0)}
 
     def lock_outbox(self, limit):
+        self.limits.append(limit)
         return self.outbox[:limit]
+
+    def list_movements(self, user_id, after, limit):
+        return [m for m in self.ledger if m["user_id"] == user_id and m["id"] > after][:limit]
 
     def delete_outbox(self, ids):
         self.deleted.extend(ids)
@@ -156,7 +160,18 @@ async def test_the_result_relay_publishes_to_the_results_queue_and_says_whether_
     fake.outbox = [{"id": 1, "order_id": 9, "status": "FINISHED"}]
     assert await payment_service.relay_outbox(FakeDatabase(), publisher, batch_size=1) is True
     assert publisher.published == [(PAYMENT_RESULTS, 1, PaymentResult(9, "FINISHED").encode())]
-    assert fake.deleted == [1]
+    assert fake.deleted == [1] and fake.limits == [1, 1]
+
+
+@pytest.mark.gen_test
+async def test_a_page_of_movements_comes_with_the_cursor_of_the_next_and_no_account_is_not_found(monkeypatch):
+    fake = FakeRepo({1: Decimal(3), 2: Decimal(0)}).install(monkeypatch)
+    fake.ledger = [{"id": i, "user_id": 1} for i in (3, 5, 8)]
+    assert await payment_service.list_movements(FakeDatabase(), 1, 0, 2) == (fake.ledger[:2], 5)
+    assert await payment_service.list_movements(FakeDatabase(), 1, 5, 2) == (fake.ledger[2:], None)
+    assert await payment_service.list_movements(FakeDatabase(), 2, 0, 2) == ([], None)  # an account, no movements
+    with pytest.raises(AccountNotFound, match="^Account for user 9 not found.$"):
+        await payment_service.list_movements(FakeDatabase(), 9, 0, 2)
 
 
 @pytest.mark.gen_test

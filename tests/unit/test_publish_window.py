@@ -1,5 +1,6 @@
 """The window of background publishes: bounded, freed as confirms arrive, each send followed up once."""
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
@@ -81,8 +82,22 @@ class Exchange:
 
 
 class Channel:
-    def __init__(self, refuse=()):
+    def __init__(self, refuse=(), waiting=None):
         self.default_exchange = Exchange(set(refuse))
+        self.waiting = waiting or {}
+
+    async def get_underlay_channel(self):
+        return self
+
+    async def queue_declare(self, queue, passive=False):
+        assert passive, "a queue's count is read without declaring it"
+        return SimpleNamespace(message_count=self.waiting[queue])
+
+
+@pytest.mark.gen_test
+async def test_the_waiting_count_is_that_of_the_queue_asked_about():
+    publisher = Publisher(Channel(waiting={"a": 3, "b": 0}), timeout=1)
+    assert (await publisher.waiting_count("a"), await publisher.waiting_count("b")) == (3, 0)
 
 
 @pytest.mark.gen_test
