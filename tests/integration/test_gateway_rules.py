@@ -20,12 +20,12 @@ def start_gateway(io_loop, request):
     routes itself, `handler` through gateway.ProxyHandler; the same rules must hold in both."""
     servers = []
 
-    def start(order_urls, payment_urls=("http://127.0.0.1:9",), **env):
+    def start(order_urls, payment_urls=("http://127.0.0.1:9",), client=None, **env):
         port = free_port()
         settings = load_settings({"GATEWAY_PORT": str(port), "ORDER_SVC_URL": ",".join(order_urls),
                                   "PAYMENT_SVC_URL": ",".join(payment_urls), "UPSTREAM_TIMEOUT": "1",
                                   "GATEWAY_PROXY": request.param, **env})
-        app = make_app(settings)
+        app = make_app(settings, client)
         servers.append(listen(proxy_server(app, settings) if request.param == "direct" else app, port, settings))
         return port
 
@@ -77,7 +77,9 @@ async def test_only_routed_methods_and_paths_reach_a_backend(start_gateway):
     backend = RawBackend()
     port = start_gateway([backend.url], [backend.url])
     assert (await send(port, "DELETE", "/orders/1"))[0] == 405
-    assert (await send(port, "PUT", "/orders"))[0] == 405
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/orders", method="DELETE", raise_error=False)
+    assert (response.code, response.headers["Allow"], response.headers["Content-Type"].split(";")[0]) == \
+        (405, "GET, POST", "application/json")
     assert (await send(port, "GET", "/nowhere"))[0] == 404
     assert (await send(port, "PUT", "/payments/1/movements"))[0] == 405
     assert (await send(port, "GET", "/payments/1/movements?limit=2&cursor=5"))[0] == 200
@@ -161,5 +163,50 @@ async def test_the_gateway_answers_its_own_paths_and_is_ready_only_when_every_se
     assert (code, json.loads(body)) == (503, {"status": "Fail", "message": "Payments Service not ready.",
                                               "backends": {backend.url: "ready", down: "unreachable"}})
     port = start_gateway([backend.url], [backend.url])
-    assert (await send(port, "GET", "/ready"))[0] == 200
+    code, body = await send(port, "GET", "/ready")
+    assert (code, json.loads(body)) == (200, {"status": "Success", "message": "Ready.",
+                                              "backends": {backend.url: "ready"}})
     assert [s.path for s in backend.requests()].count("/ready") == 3  # one probe per replica and asking
+    port = start_gateway([down], [down])
+    assert json.loads((await send(port, "GET", "/ready"))[1])["message"] == \
+        "Order Service and Payments Service not ready."
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/openapi.yaml")
+    assert response.headers["Content-Type"] == "application/yaml; charset=UTF-8"
+
+
+class BrokenClient:
+    """A pooled client with a bug: every fetch raises what no upstream failure raises."""
+
+    async def fetch(self, *args, **kwargs):
+        raise ValueError("a bug in the gateway")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_bug_while_forwarding_is_a_500_envelope_without_a_trace(start_gateway):
+    port = start_gateway(["http://127.0.0.1:9"], client=BrokenClient())
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/orders/1", raise_error=False)
+    assert (response.code, response.headers["Content-Type"].split(";")[0], json.loads(response.body)) == \
+        (500, "application/json", {"status": "Fail", "message": "Internal server error."})
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_chunked_body_is_forwarded_whole_up_to_the_limit_and_counted_across_chunks(start_gateway):
+    backend = RawBackend()
+    port = start_gateway([backend.url], [backend.url], MAX_BODY_BYTES="100")
+
+    def chunks(*parts):
+        async def produce(write):
+            for part in parts:
+                await write(part)
+        return produce
+
+    async def post(*parts):
+        return await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/payments", method="POST", raise_error=False,
+                                             headers={"Content-Type": "application/json"},
+                                             body_producer=chunks(*parts))
+    exact = b'{"user_id": 1, "pad": "' + b"x" * 75 + b'"}'  # 100 bytes: exactly the limit
+    assert (await post(exact[:50], exact[50:])).code == 200
+    assert backend.requests("POST")[0].body == exact
+    response = await post(b"x" * 60, b"x" * 60)
+    assert (response.code, response.headers.get("Allow")) == (413, None)
+    assert len(backend.requests("POST")) == 1
