@@ -42,13 +42,15 @@ class Plan:
     big_drain_seconds: float = 120
     settle_timeout: float = 600
     topology_rounds: int = 2
+    topology_rate: int = 30  # what the 3-node cluster on this 2-core machine sustains beside others' load
     profile: bool = False
 
 
 SMOKE = Plan(users=50, latency_rate=20, latency_seconds=1, load_clients=4, load_seconds=1, pgbench_clients=2,
              pgbench_seconds=1, backlog_orders=100, outage_seconds=1, wrk_connections=4, wrk_seconds=1, wrk_rounds=1,
              big_backlog=500, big_drain_seconds=30, settle_timeout=60, overload_slow=30, overload_connections=20,
-             overload_seconds=1, overload_rounds=1, topology_rounds=1)
+             overload_seconds=1, overload_rounds=1, topology_rounds=1,
+             topology_rate=20)
 
 
 @contextmanager
