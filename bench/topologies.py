@@ -19,7 +19,7 @@ from bench.scenarios import bench_stack, settle
 from bench.steady import steady_orders
 from bench.table import Row, ms, per_s
 from harness.infra import INFRA
-from harness.invariants import check_invariants
+from harness.invariants import check_invariants, wait_until_settled
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,9 @@ def measure_once(plan, name, topology):
         end = measure.db_now(stack.order_dsn)
         finalized = measure.finalized_between(stack.order_dsn, start, end) / (end - start).total_seconds()
         settle(stack, plan, name)
+        # Orders final is not yet the end: the Payments outbox deletes its rows only once the broker confirmed
+        # them, which on the cluster (a majority must write) can come after the Order Service applied them.
+        wait_until_settled(stack.order_dsn, plan.settle_timeout, payment_db=stack.payment_dsn)
         report = check_invariants(stack.order_dsn, stack.payment_dsn, top_ups)
         if not report.ok:
             raise RuntimeError(f"{name}: invariants failed\n{report.table()}")
