@@ -42,7 +42,8 @@ def parent(trace_header):
     return PROPAGATOR.extract({HEADER: trace_header}) if trace_header else None
 
 
-def traceparent(span):
+def context_of(span):
+    """The W3C traceparent of `span`."""
     carrier = {}
     PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
     return carrier.get(HEADER)
@@ -85,7 +86,7 @@ class On:
     def server(self, method, route, headers):
         span = self.tracer.start_span(f"{method} {route}", parent(headers.get(HEADER)), SpanKind.SERVER,
                                       {"http.request.method": method, "http.route": route})
-        headers[HEADER] = traceparent(span)
+        headers[HEADER] = context_of(span)
         trace_id.set(format(span.get_span_context().trace_id, "032x"))
         with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
             try:
@@ -100,7 +101,7 @@ class On:
 
     def traceparent(self):
         span = trace.get_current_span()
-        return traceparent(span) if span.get_span_context().is_valid else None
+        return context_of(span) if span.get_span_context().is_valid else None
 
     def _child(self, name, trace_header, kind, attributes, start_time=None):
         """A span continuing `trace_header`, or None without one: tracing continues the traces that requests
@@ -116,7 +117,7 @@ class On:
             yield None
             return
         with trace.use_span(span, end_on_exit=True):
-            yield {HEADER: traceparent(span)}
+            yield {HEADER: context_of(span)}
 
     @contextmanager
     def process(self, queue, batch):
@@ -127,7 +128,7 @@ class On:
                  for message, item in batch]
         try:
             # An item that is an `InvalidMessage` (to be dead-lettered) has no trace to set.
-            yield [(message, item.traced(traceparent(span)) if span and hasattr(item, "traced") else item)
+            yield [(message, item.traced(context_of(span)) if span and hasattr(item, "traced") else item)
                    for (message, item), span in zip(batch, spans)]
         except BaseException as exc:
             for span in filter(None, spans):
@@ -142,7 +143,7 @@ class On:
         started = time.time_ns()
         spans = [self._child(name, row["traceparent"], SpanKind.INTERNAL, order_of(row), started) for row in rows]
         try:
-            yield [traceparent(span) if span else None for span in spans]
+            yield [context_of(span) if span else None for span in spans]
         finally:
             end(spans)
 
