@@ -214,7 +214,7 @@ def crashed_after_commit(service, user_id):
         window, settings = service.broker.window, service.settings
         entry = await SendAtOnce(service.db, window, service.broker.is_connected, settings.resend_delay,
                                  lambda: None).entry()
-        return (await service.db.run(order_repo.insert_order, user_id, Decimal(1), "", entry))["order_id"]
+        return (await service.db.run(order_repo.insert_order, user_id, Decimal(1), "", entry, None))["order_id"]
     return place_unpublished()
 
 
