@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import timeit
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -50,6 +51,23 @@ def commands(mode, baseline_dir):
             command = ["env", "-C", baseline_dir, *command]
         result[kind] = command
     return result
+
+
+def off_hooks_us(repeat=100_000):
+    """µs of CPU that tracing's hooks take per order with tracing off: the two server spans, the outbox row's
+    context, two sends (request and result); the per-batch hooks are shared by up to BATCH_SIZE orders."""
+    from common import tracing
+    off, headers = tracing.Off(), {}
+
+    def order():
+        for _ in range(2):
+            with off.server("POST", "/orders", headers) as span:
+                span.set_status_code(201)
+        off.traceparent()
+        for _ in range(2):
+            with off.send("outbox_os", 1, None):
+                pass
+    return 1e6 * timeit.timeit(order, number=repeat) / repeat
 
 
 def run(mode, orders, baseline_dir, endpoint):
@@ -85,6 +103,7 @@ def main():
                 print(json.dumps({"mode": mode, "cpu_ms_per_order": figures[mode][-1]}), flush=True)
                 time.sleep(1)
     receiver.shutdown()
+    print(f"tracing's hooks with tracing off: {off_hooks_us():.1f} µs of CPU per order")
     medians = {mode: {name: round(statistics.median(r[name] for r in runs), 2) for name in runs[0]}
                for mode, runs in figures.items()}
     # Each round's ratio to the first mode's run of the same round, then their median: the machine's load
