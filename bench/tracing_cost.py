@@ -74,10 +74,13 @@ def run(mode, orders, baseline_dir, endpoint):
     env = {"OTEL_TRACES_EXPORTER": "none" if mode in ("plain", "none") else "otlp", "OTEL_METRICS_EXPORTER": "none",
            "OTEL_LOGS_EXPORTER": "none", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "LOG_LEVEL": "WARNING"}
+    exported = len(Receiver.spans)
     with Stack(prefix="shop_tcost", extra_env=env, commands=commands(mode, baseline_dir)) as stack:
         for process in stack.processes.values():
             process.wait_ready()
-        return place_orders(stack, orders, "00-" + "1" * 32 + "-" + "2" * 16 + "-01")["cpu_ms_per_order"]
+        cpu = place_orders(stack, orders, "00-" + "1" * 32 + "-" + "2" * 16 + "-01")["cpu_ms_per_order"]
+    # Counted once the processes have stopped: they export what they still hold when they exit.
+    return cpu, len(Receiver.spans) - exported
 
 
 def main():
@@ -99,8 +102,10 @@ def main():
         unpack(ref, baseline_dir)
         for _ in range(args.rounds):
             for mode in modes:
-                figures[mode].append(run(mode, args.orders, baseline_dir, endpoint))
-                print(json.dumps({"mode": mode, "cpu_ms_per_order": figures[mode][-1]}), flush=True)
+                cpu, spans = run(mode, args.orders, baseline_dir, endpoint)
+                figures[mode].append(cpu)
+                print(json.dumps({"mode": mode, "cpu_ms_per_order": cpu,
+                                  "spans_per_order": round(spans / args.orders, 1)}), flush=True)
                 time.sleep(1)
     receiver.shutdown()
     print(f"tracing's hooks with tracing off: {off_hooks_us():.1f} µs of CPU per order")
