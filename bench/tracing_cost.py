@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.tracing_cost [orders] [--rounds N]
 
-Modes, interleaved round by round so that the machine's other load falls on all of them alike:
+Modes, interleaved round by round (each round starting with the next one), so that the machine's other
+load falls on all of them alike:
   plain      the code just before tracing came in (the parent of the commit that added common/tracing.py,
              unpacked with `git archive`): the baseline
   none       this code, OTEL_TRACES_EXPORTER=none (the default)
@@ -100,8 +101,10 @@ def main():
     ref = baseline_ref()
     with tempfile.TemporaryDirectory(prefix="shop_baseline_") as baseline_dir:
         unpack(ref, baseline_dir)
-        for _ in range(args.rounds):
-            for mode in modes:
+        for round_number in range(args.rounds):
+            # Each round starts with another mode: no mode always runs right after the same one.
+            shift = round_number % len(modes)
+            for mode in modes[shift:] + modes[:shift]:
                 cpu, spans = run(mode, args.orders, baseline_dir, endpoint)
                 figures[mode].append(cpu)
                 print(json.dumps({"mode": mode, "cpu_ms_per_order": cpu,
