@@ -50,11 +50,7 @@ class Backend:
         """The first replica's response to the request of route `template`, in a SERVER span when tracing is
         on (its trace context goes on in `headers`); raises `Unavailable` (the 503) if none answers."""
         with tracing.current.server(method, template, headers) as span:
-            try:
-                response = await self._forward(method, uri, headers, body)
-            except Unavailable:
-                span.set_status_code(503)
-                raise
+            response = await self._forward(method, uri, headers, body)  # an `Unavailable` tells the span its 503
             span.set_status_code(response.code)
             return response
 
