@@ -13,7 +13,8 @@ trace_id = contextvars.ContextVar("trace_id", default="-")
 class RequestIdFilter(logging.Filter):
     def filter(self, record):
         record.request_id = request_id.get()
-        record.trace_id = trace_id.get()
+        if not hasattr(record, "trace_id"):  # a line about one order of a batch may name that order's trace
+            record.trace_id = trace_id.get()
         return True
 
 

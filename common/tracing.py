@@ -62,6 +62,11 @@ class Off:
 current: Off = Off()
 
 
+def trace_id_of(trace: Trace) -> str:
+    """The trace id in a traceparent ("00-<trace id>-..."), for a log line; "-" without one."""
+    return trace[3:35] if trace else "-"
+
+
 def enabled_by(environ: Mapping[str, str]) -> bool:
     """Whether OTEL_TRACES_EXPORTER names an exporter (it is a comma-separated list; `none` alone is off)."""
     return exporters(environ) != []

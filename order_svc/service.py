@@ -73,7 +73,7 @@ async def relay_outbox(db: Database, publisher: Publisher, settings: Settings) -
         for row in due:
             if row["attempts"]:
                 logger.info("order_id=%s payment request re-sent (attempt %d)", row["order_id"], row["attempts"] + 1,
-                            extra={"order_id": row["order_id"]})
+                            extra={"order_id": row["order_id"], "trace_id": tracing.trace_id_of(row["traceparent"])})
         return len(rows)
 
     return await db.run(relay) >= settings.batch_size
