@@ -3,13 +3,16 @@
 Backend status and body pass through unchanged; an unreachable or timed-out backend is a 503 envelope.
 Several backend URLs per service are used in turn, skipping one that refuses connections."""
 import asyncio
+import functools
 import itertools
 import logging
+import re
 import uuid
 from pathlib import Path
 
 from tornado import web
 
+from common import tracing
 from common.envelope import REQUEST_ID_HEADER, BaseHandler, NotFoundHandler
 from common.errors import Unavailable
 from common.health import HealthHandler
@@ -21,8 +24,10 @@ from common.proxy_server import ProxyServer, Route
 
 logger = logging.getLogger("gateway")
 
-# If-None-Match too: the backend's Etag passes through, so the backend can answer a 304 for it.
-FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Idempotency-Key", "If-None-Match")
+# If-None-Match too: the backend's Etag passes through, so the backend can answer a 304 for it. The W3C trace
+# context passes through as well, or, with tracing on, continued by the gateway's span (`Backend.forward`).
+FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Idempotency-Key", "If-None-Match", "traceparent",
+                             "tracestate")
 CONNECT_TIMEOUT = 2
 
 
@@ -41,9 +46,17 @@ class Backend:
         start = next(self._next)
         return self.urls[start:] + self.urls[:start]
 
-    async def forward(self, method, uri, headers, body):
-        """The first replica's response; raises `Unavailable` (the 503) if none answers. This is the one
-        place that maps upstream failures: only a refused connection moves on to the next replica."""
+    async def forward(self, method, uri, headers, body, template):
+        """The first replica's response to the request of route `template`, in a SERVER span when tracing is
+        on (its trace context goes on in `headers`); raises `Unavailable` (the 503) if none answers."""
+        with tracing.current.server(method, template, headers) as span:
+            response = await self._forward(method, uri, headers, body)  # an `Unavailable` tells the span its 503
+            span.set_status_code(response.code)
+            return response
+
+    async def _forward(self, method, uri, headers, body):
+        """This is the one place that maps upstream failures: only a refused connection moves on to the next
+        replica."""
         for url in self.candidates():
             try:
                 return await self.client.fetch(url + uri, method, headers, body, timeout=self.timeout,
@@ -79,7 +92,7 @@ class ProxyHandler(BaseHandler):
         headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := self.request.headers.get(k)) is not None}
         headers[REQUEST_ID_HEADER] = request_id.get()
         body = self.request.body if self.request.method in ("POST", "PUT") else None
-        response = await self.backend.forward(self.request.method, self.request.uri, headers, body)
+        response = await self.backend.forward(self.request.method, self.request.uri, headers, body, self.template)
         self.set_status(response.code)
         if content_type := response.headers.get("Content-Type"):
             self.set_header("Content-Type", content_type)
@@ -127,15 +140,17 @@ def make_app(settings, client=None, probe_client=None):
     orders = Backend("Order Service", settings.order_svc_urls, settings.upstream_timeout, client)
     payments = Backend("Payments Service", settings.payment_svc_urls, settings.upstream_timeout, client)
 
-    def route(pattern, backend, *methods):
-        return pattern, ProxyHandler, dict(backend=backend, methods=methods, max_body_bytes=settings.max_body_bytes)
+    def route(template, backend, *methods):
+        """The route of `template` ("/orders/{order_id}": the name of its spans), any value in the braces."""
+        return re.sub(r"\{\w+\}", "[^/]+", template), ProxyHandler, dict(
+            backend=backend, methods=methods, template=template, max_body_bytes=settings.max_body_bytes)
 
     return web.Application([
-        route(r"/orders", orders, "GET", "POST"),
-        route(r"/orders/[^/]+", orders, "GET"),
-        route(r"/payments", payments, "POST"),
-        route(r"/payments/[^/]+", payments, "GET", "PUT"),
-        route(r"/payments/[^/]+/movements", payments, "GET"),
+        route("/orders", orders, "GET", "POST"),
+        route("/orders/{order_id}", orders, "GET"),
+        route("/payments", payments, "POST"),
+        route("/payments/{user_id}", payments, "GET", "PUT"),
+        route("/payments/{user_id}/movements", payments, "GET"),
         (r"/health", HealthHandler),
         (r"/ready", GatewayReadyHandler, dict(backends=(orders, payments), client=probe_client)),
         (r"/metrics", MetricsHandler),
@@ -145,7 +160,8 @@ def make_app(settings, client=None, probe_client=None):
 
 def proxy_server(app, settings):
     """`app` behind `ProxyServer`, which serves its `ProxyHandler` routes without a handler per request."""
-    routes = [Route(rule.matcher.regex, rule.target_kwargs["methods"], rule.target_kwargs["backend"].forward,
+    routes = [Route(rule.matcher.regex, rule.target_kwargs["methods"],
+                    functools.partial(rule.target_kwargs["backend"].forward, template=rule.target_kwargs["template"]),
                     FORWARDED_REQUEST_HEADERS)
               for rule in app.wildcard_router.rules if rule.target is ProxyHandler]
     return ProxyServer(app, routes, settings.max_body_bytes)

@@ -31,9 +31,13 @@ CREATE TABLE IF NOT EXISTS outbox_os (
     amount          NUMERIC(14, 2) NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
-    created_at      TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    traceparent     TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_os_due ON outbox_os (next_attempt_at);
+-- The W3C trace context of the request that placed the order, sent with every (re)send; NULL with tracing off
+-- (README "Tracing"). Databases created before it existed get it here.
+ALTER TABLE outbox_os ADD COLUMN IF NOT EXISTS traceparent TEXT;
 
 -- [payment_svc]
 CREATE TABLE IF NOT EXISTS accounts (
@@ -51,9 +55,13 @@ CREATE TABLE IF NOT EXISTS inbox (
     status       TEXT NOT NULL DEFAULT 'NEW' CHECK (status IN ('NEW', 'FINISHED', 'CANCELLED')),
     acked        BOOLEAN NOT NULL DEFAULT false,
     created_at   TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
-    processed_at TIMESTAMPTZ
+    processed_at TIMESTAMPTZ,
+    traceparent  TEXT
 );
 CREATE INDEX IF NOT EXISTS inbox_unacked ON inbox (user_id, order_id) WHERE NOT acked;
+-- The trace context of the latest request message's processing (NULL with tracing off): its settling, by the
+-- consumer or the inbox worker, continues that trace. Databases created before it existed get it here.
+ALTER TABLE inbox ADD COLUMN IF NOT EXISTS traceparent TEXT;
 
 -- A payment result until the broker confirmed it. The consumer publishes the results it settles itself, right
 -- after its commit, so it writes them due for the relay only a resend delay later (`next_attempt_at`).
@@ -62,10 +70,13 @@ CREATE TABLE IF NOT EXISTS outbox_ps (
     order_id        BIGINT NOT NULL,
     status          TEXT NOT NULL CHECK (status IN ('FINISHED', 'CANCELLED')),
     next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
-    created_at      TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    traceparent     TEXT
 );
 -- Databases created before next_attempt_at existed.
 ALTER TABLE outbox_ps ADD COLUMN IF NOT EXISTS next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp();
+-- The trace context of the result's settling, sent with the result (NULL with tracing off); older databases.
+ALTER TABLE outbox_ps ADD COLUMN IF NOT EXISTS traceparent TEXT;
 
 -- The ledger: one row per change of a balance, written in the transaction that changes it, so that for every
 -- account balance = sum(credit) - sum(debit). A debit names its order, and an order can be debited only once

@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from bench import measure, overload, scenarios, tools
+from bench import measure, overload, scenarios, tools, topologies
 from bench.progress import say
 from bench.table import Row, render
 
@@ -33,6 +33,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds per figure (CI)")
     parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated figures to run (default all)")
+    parser.add_argument("--topologies", default="classic,quorum",
+                        help="figure 7 (only with --only 7): comma-separated topologies of bench/topologies.py, "
+                             "e.g. classic,quorum,rabbitmq-cluster,pg-ha (start the clusters first)")
     parser.add_argument("--profile", action="store_true", help="py-spy the services during the throughput figure")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so every stack still drops its databases and vhost.
@@ -45,7 +48,8 @@ def main(argv=None):
     steps = [(1, lambda: scenarios.latency(plan)), (2, lambda: scenarios.throughput(plan, memory, profiles)),
              (3, lambda: scenarios.backlog(plan, memory)), (4, lambda: scenarios.gateway_overhead(plan)),
              (5, lambda: scenarios.big_backlog(plan, memory)),
-             (6, lambda: overload.overload(plan, scenarios.bench_stack))]
+             (6, lambda: overload.overload(plan, scenarios.bench_stack)),
+             (7, lambda: topologies.topology_figures(plan, args.topologies))]
     for number, step in steps:
         if number not in only:
             continue

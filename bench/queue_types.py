@@ -26,13 +26,18 @@ from harness.stack import ROOT
 BODY = b'{"order_id": 1234567, "user_id": 42, "amount": "10.00"}'
 
 
-def cluster_infra():
-    printed = subprocess.run([str(ROOT / "scripts" / "rabbitmq-cluster.sh"), "env"], capture_output=True,
+def script_infra(script, *fields):
+    """INFRA with `fields` replaced by what `scripts/SCRIPT env` prints (the script honours its own variables,
+    e.g. RABBIT_CLUSTER_* or PG_HA_*, so it names the same cluster it started)."""
+    printed = subprocess.run([str(ROOT / "scripts" / script), "env"], capture_output=True,
                              text=True, check=True).stdout
     pairs = [line.removeprefix("export ").split("=", 1) for line in printed.splitlines() if line.startswith("export ")]
     found = Infra.from_env({name: value.strip("'") for name, value in pairs})
-    return dataclasses.replace(INFRA, amqp_base=found.amqp_base, rabbitmq_env=found.rabbitmq_env,
-                               rabbitmq_nodes=found.rabbitmq_nodes)
+    return dataclasses.replace(INFRA, **{field: getattr(found, field) for field in fields})
+
+
+def cluster_infra():
+    return script_infra("rabbitmq-cluster.sh", "amqp_base", "rabbitmq_env", "rabbitmq_nodes")
 
 
 async def measure(urls, queue_type, messages):

@@ -12,6 +12,7 @@ from bench.steady import steady_orders
 from bench.table import Row, mb, ms, per_s
 from common.db import schema_section
 from common.messages import ORDER_REQUESTS
+from harness.infra import INFRA
 from harness.invariants import check_invariants, pending_count, wait_until_settled
 from harness.stack import Stack, drop_database, free_port
 
@@ -40,19 +41,22 @@ class Plan:
     overload_rounds: int = 2
     big_drain_seconds: float = 120
     settle_timeout: float = 600
+    topology_rounds: int = 2
+    topology_rate: int = 30  # what the 3-node cluster on this 2-core machine sustains beside others' load
     profile: bool = False
 
 
 SMOKE = Plan(users=50, latency_rate=20, latency_seconds=1, load_clients=4, load_seconds=1, pgbench_clients=2,
              pgbench_seconds=1, backlog_orders=100, outage_seconds=1, wrk_connections=4, wrk_seconds=1, wrk_rounds=1,
              big_backlog=500, big_drain_seconds=30, settle_timeout=60, overload_slow=30, overload_connections=20,
-             overload_seconds=1, overload_rounds=1)
+             overload_seconds=1, overload_rounds=1, topology_rounds=1,
+             topology_rate=20)
 
 
 @contextmanager
-def bench_stack(plan, **env):
-    """A fresh stack with seeded accounts; yields (stack, {user: top-up})."""
-    with Stack(prefix="shop_bench", extra_env=env) as stack:
+def bench_stack(plan, infra=INFRA, **env):
+    """A fresh stack on `infra`'s servers with seeded accounts; yields (stack, {user: top-up})."""
+    with Stack(prefix="shop_bench", extra_env=env, infra=infra) as stack:
         yield stack, measure.seed_accounts(stack.payment_dsn, plan.users)
 
 

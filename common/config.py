@@ -59,6 +59,7 @@ class Settings:
     log_format: str
     log_level: str
     event_loop: str
+    otel: tuple  # ((name, value), ...) of the OTEL_* variables, for OpenTelemetry's SDK (common.tracing)
 
 
 def load_settings(environ=None):
@@ -99,6 +100,7 @@ def load_settings(environ=None):
         log_format=env.get("LOG_FORMAT", "text"),
         log_level=env.get("LOG_LEVEL", "INFO"),
         event_loop=env.get("EVENT_LOOP", "uvloop"),
+        otel=tuple(sorted((key, value) for key, value in env.items() if key.startswith("OTEL_"))),
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
 
+from common import tracing
 from common.dead_letters import dead_letter
 from common.errors import InvalidMessage, Unavailable
 from common.metrics import CONSUMED, DEAD_LETTERED
@@ -51,7 +52,15 @@ class BatchConsumer:
 
     async def process(self, batch: Sequence[tuple[AbstractIncomingMessage, Any]]) -> None:
         """Handle the decoded items of a batch of (message, item or InvalidMessage) in one call, then
-        acknowledge every message of the batch."""
+        acknowledge every message of the batch.
+
+        With tracing on, each message gets a span of its own, from the batch's start to its acknowledgement:
+        one span for the batch, linked to the messages' traces, would leave the orders' own traces without
+        their payment (or their final status), and each order must be one trace end to end."""
+        with tracing.current.process(self.queue, batch) as traced_batch:
+            await self._process(traced_batch)
+
+    async def _process(self, batch: Sequence[tuple[AbstractIncomingMessage, Any]]) -> None:
         rejected = {id(message): str(item) for message, item in batch if isinstance(item, InvalidMessage)}
         valid = [(message, item) for message, item in batch if id(message) not in rejected]
         try:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import uvloop
 from tornado import httputil, web
 
+from common import tracing
 from common.broker import Broker
 from common.config import ConfigurationError, Settings, load_settings
 from common.consumer import Decode, HandleBatch
@@ -189,9 +190,11 @@ def run(service_class):
     """Entry point of a service process: start, serve until SIGTERM/SIGINT, stop gracefully."""
     try:
         settings = load_settings()
+        otel = dict(settings.otel)
+        setup_logging(settings, service_class.name, traced=tracing.enabled_by(otel))
+        tracing.start(otel, service_class.name)
     except ConfigurationError as exc:
         sys.exit(f"{service_class.name}: {exc}")
-    setup_logging(settings, service_class.name)
 
     async def main():
         service = service_class(settings)
@@ -216,6 +219,7 @@ def run(service_class):
             logger.error("shutdown took over %ss; exiting anyway", SHUTDOWN_TIMEOUT)
             sys.exit(1)
         stopping.result()
+        tracing.stop()
         logger.info("stopped in %.2fs", asyncio.get_running_loop().time() - started)
 
     if settings.event_loop == "uvloop" and getattr(service_class, "uvloop_safe", False):

@@ -2,7 +2,11 @@
 
 `outbox_os` carries a `PaymentRequest` (Order Service → Payments Service);
 `outbox_ps` carries a `PaymentResult` (Payments Service → Order Service).
-Amounts travel as strings so they stay exact. Decoding raises `InvalidMessage`."""
+Amounts travel as strings so they stay exact. Decoding raises `InvalidMessage`.
+
+`trace` is not part of the body: with tracing on, the consumer sets it to the context of the message's
+processing span (`common.tracing`), for what the handling writes to continue that trace."""
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,11 +40,20 @@ def _decode_object(body, fields):
     return data
 
 
+class Traced:
+    """A message type with a `trace` field."""
+
+    def traced(self, trace: str | None):
+        """This message, as handled in the trace `trace`."""
+        return dataclasses.replace(self, trace=trace)
+
+
 @dataclass(frozen=True)
-class PaymentRequest:
+class PaymentRequest(Traced):
     order_id: int
     user_id: int
     amount: Decimal
+    trace: str | None = dataclasses.field(default=None, compare=False)
 
     @classmethod
     def from_row(cls, row: Mapping) -> "PaymentRequest":
@@ -62,9 +75,10 @@ class PaymentRequest:
 
 
 @dataclass(frozen=True)
-class PaymentResult:
+class PaymentResult(Traced):
     order_id: int
     status: OrderStatus
+    trace: str | None = dataclasses.field(default=None, compare=False)
 
     def encode(self) -> bytes:
         return json.dumps({"order_id": self.order_id, "status": self.status}).encode()

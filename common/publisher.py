@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel
 
+from common import tracing
 from common.metrics import PUBLISH_FAILED, PUBLISHED
+from common.tracing import Trace
 
 logger = logging.getLogger(__name__)
 
@@ -17,8 +19,8 @@ logger = logging.getLogger(__name__)
 # At least a consumer's batch; small enough that a wait for room tracks the broker's pace.
 MAX_SENDING = 256
 
-# (message id, body): what a relay or a fast path hands over to be published.
-Outgoing = tuple[Hashable, bytes]
+# (message id, body, the trace it continues or None): what a relay or a fast path hands over to be published.
+Outgoing = tuple[Hashable, bytes, Trace]
 # Called once a background send is over, with the ids the broker confirmed and those it did not.
 FollowUp = Callable[[list, list], Awaitable[None]]
 
@@ -30,20 +32,22 @@ class Publisher:
         self.channel = channel
         self.timeout = timeout
 
-    async def publish(self, queue: str, body: bytes, message_id: Hashable) -> None:
-        """Publish to `queue` and wait for the broker's confirm.
+    async def publish(self, queue: str, body: bytes, message_id: Hashable, trace: Trace = None) -> None:
+        """Publish to `queue` and wait for the broker's confirm; with tracing on, in a span of the trace `trace`
+        that the message's `traceparent` header continues.
 
         Raises one of `common.retry.BROKER_ERRORS` or `aio_pika.exceptions.DeliveryError` if not confirmed."""
-        message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                   content_type="application/json", message_id=str(message_id))
-        await self.channel.default_exchange.publish(message, routing_key=queue, timeout=self.timeout)
+        with tracing.current.send(queue, message_id, trace) as headers:
+            message = aio_pika.Message(body, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                       content_type="application/json", message_id=str(message_id))
+            await self.channel.default_exchange.publish(message, routing_key=queue, timeout=self.timeout)
 
     async def publish_all(self, queue: str, messages: Sequence[Outgoing]) -> list:
         """Publish the messages concurrently; return the ids the broker confirmed."""
-        results = await asyncio.gather(*(self.publish(queue, body, mid) for mid, body in messages),
+        results = await asyncio.gather(*(self.publish(queue, body, mid, trace) for mid, body, trace in messages),
                                        return_exceptions=True)
         confirmed = []
-        for (mid, _), result in zip(messages, results):
+        for (mid, *_), result in zip(messages, results):
             if isinstance(result, asyncio.CancelledError):
                 raise result
             if isinstance(result, BaseException):
@@ -119,7 +123,7 @@ class PublishWindow:
     async def _send(self, queue: str, messages: Sequence[Outgoing], then: FollowUp) -> None:
         try:
             confirmed = set(await self.publisher.publish_all(queue, messages))
-            await then([mid for mid, _ in messages if mid in confirmed],
-                       [mid for mid, _ in messages if mid not in confirmed])
+            await then([mid for mid, *_ in messages if mid in confirmed],
+                       [mid for mid, *_ in messages if mid not in confirmed])
         except Exception as exc:  # noqa: BLE001 - the outbox relay sends whatever this left undone
             logger.warning("immediate publish to %s: follow-up failed (the relay takes over): %r", queue, exc)

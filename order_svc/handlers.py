@@ -1,4 +1,5 @@
 """HTTP handlers of the Order Service: parse and validate, call `service`, reply with the envelope."""
+from common import tracing
 from common.envelope import BaseHandler
 from common.idempotency import from_request
 from common.validation import parse_amount, parse_description, parse_id, parse_json_object, parse_page
@@ -11,10 +12,14 @@ def order_view(order):
 
 class OrdersHandler(BaseHandler):
     async def post(self):
-        body = parse_json_object(self.request.body, required=("user_id", "amount"), optional=("description",))
-        order = await service.place_order(self.db, self.dispatch, parse_id(body["user_id"], "user_id"),
-                                          parse_amount(body["amount"]), parse_description(body.get("description")),
-                                          from_request(self.request))
+        # The span whose context the order's outbox row keeps: the payment request continues its trace.
+        with tracing.current.server("POST", "/orders", self.request.headers) as span:
+            body = parse_json_object(self.request.body, required=("user_id", "amount"), optional=("description",))
+            order = await service.place_order(self.db, self.dispatch, parse_id(body["user_id"], "user_id"),
+                                              parse_amount(body["amount"]), parse_description(body.get("description")),
+                                              from_request(self.request))
+            span.set_attribute("shop.order_id", order["order_id"])
+            span.set_status_code(201)
         self.reply(201, "Order created.", order_id=order["order_id"], order=order_view(order))
 
     async def get(self):

@@ -6,6 +6,7 @@ from typing import NamedTuple, Protocol
 from common.db import Database
 from common.messages import ORDER_REQUESTS, PaymentRequest
 from common.publisher import PublishWindow
+from common.tracing import Trace
 from order_svc import repo
 
 
@@ -23,7 +24,7 @@ FOR_THE_RELAY = OutboxEntry(attempts=0, due_in=0)
 
 class RequestDispatch(Protocol):
     async def entry(self) -> OutboxEntry: ...
-    def placed(self, order: Mapping, entry: OutboxEntry) -> None: ...
+    def placed(self, order: Mapping, entry: OutboxEntry, trace: Trace) -> None: ...
 
 
 class SendAtOnce:
@@ -45,13 +46,13 @@ class SendAtOnce:
             return OutboxEntry(attempts=0, due_in=self.resend_delay)
         return FOR_THE_RELAY
 
-    def placed(self, order: Mapping, entry: OutboxEntry) -> None:
-        """After the commit: publish the order written due later, or leave it to the relay."""
+    def placed(self, order: Mapping, entry: OutboxEntry, trace: Trace) -> None:
+        """After the commit: publish the order written due later (in the trace `trace`), or leave it to the relay."""
         if not entry.due_in:
             self.kick_relay()
             return
         request = PaymentRequest.from_row(order)
-        self.window.send(ORDER_REQUESTS, [(request.order_id, request.encode())], self._hand_over_unconfirmed)
+        self.window.send(ORDER_REQUESTS, [(request.order_id, request.encode(), trace)], self._hand_over_unconfirmed)
 
     async def _hand_over_unconfirmed(self, _confirmed: list, unconfirmed: list) -> None:
         if unconfirmed:
@@ -66,5 +67,5 @@ class RelayOnly:
     async def entry(self) -> OutboxEntry:
         return FOR_THE_RELAY
 
-    def placed(self, order: Mapping, entry: OutboxEntry) -> None:
+    def placed(self, order: Mapping, entry: OutboxEntry, trace: Trace) -> None:
         pass

@@ -28,19 +28,21 @@ outbox_os = sa.Table(
     sa.Column("attempts", sa.Integer),
     sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
     sa.Column("created_at", sa.DateTime(timezone=True)),
+    sa.Column("traceparent", sa.Text),
 )
 
 ORDER_FIELDS = (orders.c.order_id, orders.c.user_id, orders.c.amount, orders.c.description, orders.c.status)
 
 # The order and its outbox row in one statement, so atomic even without BEGIN/COMMIT around it. The row counts
-# `attempts` sends already (1 when the caller publishes it right after the commit) and is due after `due_in` s.
+# `attempts` sends already (1 when the caller publishes it right after the commit) and is due after `due_in` s;
+# `traceparent` is the trace context of the request that placed it (NULL with tracing off).
 _placed = (sa.insert(orders).values(user_id=sa.bindparam("user_id"), amount=sa.bindparam("amount"),
                                     description=sa.bindparam("description"))
            .returning(*ORDER_FIELDS).cte("placed"))
 _queued = sa.insert(outbox_os).from_select(
-    ["order_id", "user_id", "amount", "attempts", "next_attempt_at"],
+    ["order_id", "user_id", "amount", "attempts", "next_attempt_at", "traceparent"],
     sa.select(_placed.c.order_id, _placed.c.user_id, _placed.c.amount, sa.bindparam("attempts"),
-              seconds_from_now(sa.bindparam("due_in")))).cte("queued")
+              seconds_from_now(sa.bindparam("due_in")), sa.bindparam("traceparent", type_=sa.Text))).cte("queued")
 INSERT_ORDER = Query(sa.select(_placed).add_cte(_queued))
 
 GET_ORDER = Query(sa.select(*ORDER_FIELDS).where(orders.c.order_id == sa.bindparam("order_id")))
@@ -50,7 +52,8 @@ _page = (sa.select(*ORDER_FIELDS).where(orders.c.order_id > sa.bindparam("after"
 LIST_ORDERS = Query(_page)
 LIST_USER_ORDERS = Query(_page.where(orders.c.user_id == sa.bindparam("user_id")))
 
-LOCK_DUE_OUTBOX = Query(sa.select(outbox_os.c.order_id, outbox_os.c.user_id, outbox_os.c.amount, outbox_os.c.attempts)
+LOCK_DUE_OUTBOX = Query(sa.select(outbox_os.c.order_id, outbox_os.c.user_id, outbox_os.c.amount, outbox_os.c.attempts,
+                                  outbox_os.c.traceparent)
                         .where(outbox_os.c.next_attempt_at <= NOW)
                         .order_by(outbox_os.c.order_id)
                         .limit(sa.bindparam("limit"))
@@ -81,11 +84,11 @@ FINALIZE_ORDERS = Query(sa.select(_unknown.c.order_id)
                         .add_cte(_finalized).add_cte(_dropped))
 
 
-async def insert_order(cur, user_id: int, amount: Decimal, description: str, entry) -> dict:
+async def insert_order(cur, user_id: int, amount: Decimal, description: str, entry, trace: str | None) -> dict:
     """Insert an order and its outbox row, written as `entry` says (an `OutboxEntry`: sends already counted,
-    seconds until due), in one statement (atomic on its own); returns the order."""
+    seconds until due) with the trace context `trace`, in one statement (atomic on its own); returns the order."""
     return await fetch_one(cur, INSERT_ORDER, user_id=user_id, amount=amount, description=description,
-                           attempts=entry.attempts, due_in=entry.due_in)
+                           attempts=entry.attempts, due_in=entry.due_in, traceparent=trace)
 
 
 async def get_order(cur, order_id: int) -> dict | None:

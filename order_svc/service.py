@@ -2,6 +2,7 @@
 import logging
 from decimal import Decimal
 
+from common import tracing
 from common.config import Settings
 from common.db import Database, page
 from common.errors import OrderNotFound
@@ -23,11 +24,13 @@ async def place_order(db: Database, dispatch: RequestDispatch, user_id: int, amo
     at the end be told apart (lost during COMMIT: the outcome is unknown, never retry) from one lost
     before it (safe to retry)."""
     entry = await dispatch.entry()
-    order, replayed = await db.run(run_once, idempotent, repo.insert_order, user_id, amount, description, entry)
+    trace = tracing.current.traceparent()  # None unless tracing is on: the outbox row's column stays NULL
+    order, replayed = await db.run(run_once, idempotent, repo.insert_order, user_id, amount, description, entry,
+                                   trace)
     if not replayed:  # a replay was placed (and sent) the first time
         logger.info("order_id=%s placed for user %s, amount %s", order["order_id"], user_id, amount,
                     extra={"order_id": order["order_id"]})
-        dispatch.placed(order, entry)
+        dispatch.placed(order, entry, trace)
     return order
 
 
@@ -63,14 +66,14 @@ async def relay_outbox(db: Database, publisher: Publisher, settings: Settings) -
             due = [row for row in rows if not row["attempts"]]
         else:
             due = rows
-        messages = [(row["order_id"], PaymentRequest.from_row(row).encode()) for row in due]
+        messages = [(row["order_id"], PaymentRequest.from_row(row).encode(), row["traceparent"]) for row in due]
         confirmed = await publisher.publish_all(ORDER_REQUESTS, messages) if messages else []
         if confirmed:
             await repo.postpone_outbox(cur, confirmed, settings.resend_delay, settings.resend_delay_max)
         for row in due:
             if row["attempts"]:
                 logger.info("order_id=%s payment request re-sent (attempt %d)", row["order_id"], row["attempts"] + 1,
-                            extra={"order_id": row["order_id"]})
+                            extra={"order_id": row["order_id"], "trace_id": tracing.trace_id_of(row["traceparent"])})
         return len(rows)
 
     return await db.run(relay) >= settings.batch_size

@@ -41,7 +41,7 @@ class SettleAtOnce:
 
     def send(self, rows: Sequence[Mapping]) -> None:
         if rows:
-            self.window.send(PAYMENT_RESULTS, [(row["id"], encode_result(row)) for row in rows],
+            self.window.send(PAYMENT_RESULTS, [(row["id"], encode_result(row), row["traceparent"]) for row in rows],
                              self._delete_confirmed)
 
     def left_to_inbox_worker(self) -> None:

@@ -35,6 +35,7 @@ inbox = sa.Table(
     sa.Column("acked", sa.Boolean),
     sa.Column("created_at", sa.DateTime(timezone=True)),
     sa.Column("processed_at", sa.DateTime(timezone=True)),
+    sa.Column("traceparent", sa.Text),
 )
 
 outbox_ps = sa.Table(
@@ -44,6 +45,7 @@ outbox_ps = sa.Table(
     sa.Column("status", sa.Text),
     sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
     sa.Column("created_at", sa.DateTime(timezone=True)),
+    sa.Column("traceparent", sa.Text),
 )
 
 account_movements = sa.Table(
@@ -89,19 +91,31 @@ LIST_MOVEMENTS = Query(sa.select(*MOVEMENT_FIELDS)
                               account_movements.c.id > sa.bindparam("after"))
                        .order_by(account_movements.c.id).limit(sa.bindparam("limit")))
 
-_requests = sa.func.unnest(ids("order_ids"), ids("user_ids"), sa.bindparam("amounts", type_=ARRAY(sa.Numeric))) \
-    .table_valued("order_id", "user_id", "amount").render_derived(name="request")
-STORE_REQUESTS = Query(pg_insert(inbox)
-                       .from_select(["order_id", "user_id", "amount"],
-                                    sa.select(_requests.c.order_id, _requests.c.user_id, _requests.c.amount))
-                       .on_conflict_do_update(index_elements=[inbox.c.order_id], set_={"acked": False}))
+
+
+
+def texts(name):
+    """A bind parameter for a list of strings (or NULLs), sent as one TEXT[] array."""
+    return sa.cast(sa.bindparam(name), ARRAY(sa.Text))
+
+
+_requests = sa.func.unnest(ids("order_ids"), ids("user_ids"), sa.bindparam("amounts", type_=ARRAY(sa.Numeric)),
+                           texts("traceparents")) \
+    .table_valued("order_id", "user_id", "amount", "traceparent").render_derived(name="request")
+_stored = pg_insert(inbox).from_select(["order_id", "user_id", "amount", "traceparent"],
+                                       sa.select(_requests.c.order_id, _requests.c.user_id, _requests.c.amount,
+                                                 _requests.c.traceparent))
+# A request seen again is unacked again, and carries on in the trace of its latest message (if it has one).
+STORE_REQUESTS = Query(_stored.on_conflict_do_update(
+    index_elements=[inbox.c.order_id],
+    set_={"acked": False, "traceparent": sa.func.coalesce(_stored.excluded.traceparent, inbox.c.traceparent)}))
 
 USERS_WITH_UNACKED = Query(sa.select(inbox.c.user_id).where(inbox.c.acked.is_(False))
                            .group_by(inbox.c.user_id).order_by(sa.func.min(inbox.c.order_id))
                            .limit(sa.bindparam("limit")))
 _candidates = sa.func.unnest(ids("user_ids")).table_valued("user_id").render_derived(name="candidate")
 CLAIM_USERS = Query(sa.select(_candidates.c.user_id).where(sa.func.pg_try_advisory_xact_lock(_candidates.c.user_id)))
-LOCK_UNACKED = Query(sa.select(inbox.c.order_id, inbox.c.user_id, inbox.c.amount, inbox.c.status)
+LOCK_UNACKED = Query(sa.select(inbox.c.order_id, inbox.c.user_id, inbox.c.amount, inbox.c.status, inbox.c.traceparent)
                      .where(inbox.c.user_id == sa.any_(ids("user_ids")), inbox.c.acked.is_(False))
                      .order_by(inbox.c.user_id, inbox.c.order_id).with_for_update())
 LOCK_ACCOUNTS = Query(sa.select(*ACCOUNT_FIELDS).where(accounts.c.user_id == sa.any_(ids("user_ids")))
@@ -117,13 +131,15 @@ SETTLE_INBOX = Query(sa.update(inbox).where(inbox.c.order_id == _statuses.c.orde
                      .values(status=_statuses.c.status, acked=True,
                              processed_at=sa.func.coalesce(inbox.c.processed_at, NOW)))
 _due = seconds_from_now(sa.bindparam("due_in"))
+_results = sa.func.unnest(ids("order_ids"), sa.bindparam("statuses", type_=ARRAY(sa.Text)), texts("traceparents")) \
+    .table_valued("order_id", "status", "traceparent").render_derived(name="result")
 QUEUE_RESULTS = Query(sa.insert(outbox_ps)
-                      .from_select(["order_id", "status", "next_attempt_at"],
-                                   sa.select(_statuses.c.order_id, _statuses.c.status, _due))
-                      .returning(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status))
+                      .from_select(["order_id", "status", "next_attempt_at", "traceparent"],
+                                   sa.select(_results.c.order_id, _results.c.status, _due, _results.c.traceparent))
+                      .returning(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status, outbox_ps.c.traceparent))
 
 _outbox_ids = outbox_ps.c.id == sa.any_(ids("ids"))
-LOCK_OUTBOX = Query(sa.select(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status)
+LOCK_OUTBOX = Query(sa.select(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status, outbox_ps.c.traceparent)
                     .where(outbox_ps.c.next_attempt_at <= NOW)
                     .order_by(outbox_ps.c.id).limit(sa.bindparam("limit")).with_for_update(skip_locked=True))
 DELETE_OUTBOX = Query(sa.delete(outbox_ps).where(_outbox_ids))
@@ -159,7 +175,7 @@ async def store_requests(cur, requests):
     # One row per order, in order_id order (a consistent lock order between concurrent batches).
     rows = sorted({r.order_id: r for r in requests}.values(), key=lambda r: r.order_id)
     await execute(cur, STORE_REQUESTS, order_ids=[r.order_id for r in rows], user_ids=[r.user_id for r in rows],
-                  amounts=[r.amount for r in rows])
+                  amounts=[r.amount for r in rows], traceparents=[r.trace for r in rows])
 
 
 async def users_with_unacked(cur, limit):
@@ -184,12 +200,13 @@ async def set_balances(cur, balances):
     await execute(cur, SET_BALANCES, user_ids=list(balances), balances=list(balances.values()))
 
 
-async def settle_inbox(cur, statuses, due_in):
+async def settle_inbox(cur, statuses, traces, due_in):
     """Mark rows acked with their final {order_id: status}, and queue each status for the Order Service, due
-    for the relay in `due_in` seconds; returns the queued rows."""
+    for the relay in `due_in` seconds, with its trace context (`traces`, in the order of `statuses`); returns
+    the queued rows."""
     values = dict(order_ids=list(statuses), statuses=list(statuses.values()))
     await execute(cur, SETTLE_INBOX, **values)
-    return await fetch_all(cur, QUEUE_RESULTS, **values, due_in=due_in)
+    return await fetch_all(cur, QUEUE_RESULTS, **values, traceparents=traces, due_in=due_in)
 
 
 async def lock_outbox(cur, limit):

@@ -4,6 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from common import tracing
 from common.config import Settings
 from common.db import Database, page
 from common.errors import AccountExists, AccountNotFound, InvalidInput
@@ -148,11 +149,13 @@ async def settle_users(cur, user_ids: list[int], due_in: float = 0) -> tuple[int
     rows = await repo.lock_unacked(cur, claimed)
     if not rows:
         return len(claimed), []
-    settlement = settle(rows, await repo.lock_accounts(cur, claimed))
-    if settlement.debits:
-        await repo.set_balances(cur, settlement.balances)
-        await repo.record_debits(cur, settlement.debits)
-    return len(claimed), await repo.settle_inbox(cur, settlement.statuses, due_in)
+    # With tracing on, a span per request, in the trace its message came with; its result continues it.
+    with tracing.current.steps("settle payment", rows) as traces:
+        settlement = settle(rows, await repo.lock_accounts(cur, claimed))
+        if settlement.debits:
+            await repo.set_balances(cur, settlement.balances)
+            await repo.record_debits(cur, settlement.debits)
+        return len(claimed), await repo.settle_inbox(cur, settlement.statuses, traces, due_in)
 
 
 async def process_inbox(db: Database, dispatch: ResultDispatch, batch_size: int) -> bool:
@@ -180,7 +183,8 @@ async def relay_outbox(db: Database, publisher: Publisher, batch_size: int) -> b
         rows = await repo.lock_outbox(cur, batch_size)
         if not rows:
             return 0
-        confirmed = await publisher.publish_all(PAYMENT_RESULTS, [(row["id"], encode_result(row)) for row in rows])
+        confirmed = await publisher.publish_all(PAYMENT_RESULTS, [(row["id"], encode_result(row), row["traceparent"])
+                                                                  for row in rows])
         if confirmed:
             await repo.delete_outbox(cur, confirmed)
         return len(rows)

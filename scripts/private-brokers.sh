@@ -9,6 +9,8 @@
 #
 # Ports and names can be changed with the variables below (CHAOS_PG_PORT=...).
 set -euo pipefail
+# shellcheck source=scripts/rabbitmq-node.sh
+. "$(dirname "$0")/rabbitmq-node.sh"
 
 PG_VERSION=${PG_VERSION:-15}
 PG_CLUSTER=${CHAOS_PG_CLUSTER:-chaos}
@@ -43,20 +45,7 @@ pg_start() {
 }
 
 rabbit_setup() {
-    mkdir -p "$BASE/mnesia" "$BASE/log"
-    echo "listeners.tcp.local = 127.0.0.1:$AMQP_PORT" > "$BASE/rabbitmq.conf"
-    : > "$BASE/enabled_plugins"  # no management plugin: its listener would clash with the shared node's
-    cat > "$RABBIT_ENV_FILE" <<END
-NODENAME=$RABBIT_NAME@localhost
-NODE_PORT=$AMQP_PORT
-DIST_PORT=$DIST_PORT
-CONFIG_FILE=$BASE/rabbitmq.conf
-MNESIA_BASE=$BASE/mnesia
-LOG_BASE=$BASE/log
-ENABLED_PLUGINS_FILE=$BASE/enabled_plugins
-PID_FILE=$BASE/rabbitmq.pid
-END
-    chown -R rabbitmq:rabbitmq "$BASE"
+    write_node_files "$BASE" "$RABBIT_NAME" "$AMQP_PORT" "$DIST_PORT" "$RABBIT_ENV_FILE"
 }
 
 rabbitctl() {

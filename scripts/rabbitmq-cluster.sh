@@ -14,6 +14,8 @@
 #   RABBIT_CLUSTER_DIST_PORTS="25681 25682 25683"   Erlang distribution ports, one per node
 #   RABBIT_CLUSTER_BASE=/var/tmp/shop-rabbitmq-cluster   data and logs under BASE/<node>
 set -euo pipefail
+# shellcheck source=scripts/rabbitmq-node.sh
+. "$(dirname "$0")/rabbitmq-node.sh"
 
 read -r -a NODES <<< "${RABBIT_CLUSTER_NODES:-shop1 shop2 shop3}"
 read -r -a AMQP_PORTS <<< "${RABBIT_CLUSTER_AMQP_PORTS:-5681 5682 5683}"
@@ -60,21 +62,7 @@ END
 setup_node() {
     local i=$1 dir
     dir=$(node_dir "$i")
-    mkdir -p "$dir/mnesia" "$dir/log"
-    # Its own config file: the machine's /etc/rabbitmq/rabbitmq.conf pins the listener to 5672.
-    echo "listeners.tcp.local = 127.0.0.1:${AMQP_PORTS[$i]}" > "$dir/rabbitmq.conf"
-    : > "$dir/enabled_plugins"  # no management plugin: its listener (15672) would clash with the default node's
-    cat > "$(env_file "$i")" <<END
-NODENAME=${NODES[$i]}@localhost
-NODE_PORT=${AMQP_PORTS[$i]}
-DIST_PORT=${DIST_PORTS[$i]}
-CONFIG_FILE=$dir/rabbitmq.conf
-MNESIA_BASE=$dir/mnesia
-LOG_BASE=$dir/log
-ENABLED_PLUGINS_FILE=$dir/enabled_plugins
-PID_FILE=$dir/rabbitmq.pid
-END
-    chown -R rabbitmq:rabbitmq "$dir"
+    write_node_files "$dir" "${NODES[$i]}" "${AMQP_PORTS[$i]}" "${DIST_PORTS[$i]}" "$(env_file "$i")"
 }
 
 is_up() { ctl "$1" -q await_startup --timeout 3 >/dev/null 2>&1; }

@@ -172,10 +172,14 @@ class ComposeTargets:
     def db_restart(self, immediate):
         if immediate:
             # SIGQUIT is PostgreSQL's immediate shutdown: no checkpoint, crash recovery at the next start.
+            # The restart policy (unless-stopped) brings the container back about a second after PostgreSQL
+            # exits, often before a poll could see it stopped: a new start time says it exited as well.
+            started = self.compose.inspect("postgres", "{{.State.StartedAt}}")
             self.compose.container_action("kill", "postgres", "--signal", "SIGQUIT")
-            wait(lambda: self.compose.inspect("postgres", "{{.State.Running}}") != "true", 60,
-                 "postgres to exit")
-            self.compose.container_action("start", "postgres")
+            wait(lambda: self.compose.inspect("postgres", "{{.State.Running}} {{.State.StartedAt}}")
+                 != f"true {started}", 60, "postgres to exit")
+            if self.compose.inspect("postgres", "{{.State.Running}}") != "true":
+                self.compose.container_action("start", "postgres")
         else:
             self.compose.container_action("restart", "postgres")
         self.compose.wait_ready("postgres")

@@ -20,6 +20,17 @@ def test_benchmark_smoke_run_prints_the_table():
     assert "invariants FAIL" not in done.stdout and "invariants PASS" in done.stdout, done.stdout
 
 
+def test_topology_figure_smoke_run_sets_quorum_beside_its_classic_baseline():
+    # The single node's two queue types only: the cluster topologies need their scripts' servers.
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--only", "7", "--topologies", "quorum"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split("|")[1:3] for line in done.stdout.splitlines() if line.startswith("| 7. single")]
+    assert [figure.split(":")[0].strip() for figure, _ in rows] == \
+        ["7. single node, classic queues"] * 3 + ["7. single node, quorum queues"] * 3, done.stdout
+    assert "(failed)" not in done.stdout, done.stdout
+
+
 def test_floors_smoke_run_measures_every_building_block():
     done = subprocess.run([sys.executable, "-m", "bench.floors", "--smoke"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)

@@ -51,8 +51,8 @@ def results_lost():
     """Results of odd-numbered orders are dropped as they are queued: those orders never become final."""
     real_settle_inbox = repo.settle_inbox
 
-    async def settle_inbox_losing(cur, statuses, due_in):
-        queued = await real_settle_inbox(cur, statuses, due_in)
+    async def settle_inbox_losing(cur, statuses, traces, due_in):
+        queued = await real_settle_inbox(cur, statuses, traces, due_in)
         lost = [row["id"] for row in queued if row["order_id"] % 2]
         if lost:
             await real_delete(cur, lost)

@@ -183,7 +183,7 @@ async def test_immediate_publishes_are_bounded_by_a_window_that_frees_as_confirm
     async def record(ids, _unconfirmed):
         confirmed.extend(ids)
     try:
-        broker.window.send(queue, [(i, b"{}") for i in range(MAX_SENDING)], record)
+        broker.window.send(queue, [(i, b"{}", None) for i in range(MAX_SENDING)], record)
         assert not broker.window.has_room()
         assert await broker.window.room(timeout=10)
         assert sorted(confirmed) == list(range(MAX_SENDING))
@@ -198,7 +198,7 @@ def hold_window_full(broker, queue):
 
     async def held(*_):
         await release.wait()
-    broker.window.send(queue, [(i, b"{}") for i in range(MAX_SENDING)], held)
+    broker.window.send(queue, [(i, b"{}", None) for i in range(MAX_SENDING)], held)
     assert not broker.window.has_room()
     return release
 
@@ -289,7 +289,7 @@ def crashed_after_commit(service, user_id):
         window, settings = service.broker.window, service.settings
         entry = await SendAtOnce(service.db, window, service.broker.is_connected, settings.resend_delay,
                                  lambda: None).entry()
-        return (await service.db.run(order_repo.insert_order, user_id, Decimal(1), "", entry))["order_id"]
+        return (await service.db.run(order_repo.insert_order, user_id, Decimal(1), "", entry, None))["order_id"]
     return place_unpublished()
 
 

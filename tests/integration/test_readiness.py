@@ -35,14 +35,14 @@ def proxied(io_loop, run_env, service_class):
 
 
 # `/ready` is one handler (common/health.py) for both services: the broker case on one, the database on the other.
-@pytest.fixture
-def order_proxied(io_loop, run_env):
-    yield from proxied(io_loop, run_env, OrderService)
-
-
-@pytest.fixture
-def payment_proxied(io_loop, run_env):
-    yield from proxied(io_loop, run_env, PaymentService)
+@pytest.fixture(params=[(OrderService, "broker", "RabbitMQ unreachable."),
+                        (PaymentService, "database", "Database temporarily unavailable.")],
+                ids=["order_svc without its broker", "payment_svc without its database"])
+def cut(io_loop, run_env, request):
+    """(service, the proxy to cut, the message `/ready` must give while it is cut)."""
+    service_class, away, message = request.param
+    for service, db_proxy, broker_proxy in proxied(io_loop, run_env, service_class):
+        yield service, (broker_proxy if away == "broker" else db_proxy), message
 
 
 async def readiness(service):
@@ -51,32 +51,15 @@ async def readiness(service):
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_ready_is_503_while_the_broker_is_away_and_200_once_it_is_back(order_proxied):
-    service, _, broker_proxy = order_proxied
+async def test_ready_is_503_while_a_dependency_is_away_and_200_once_it_is_back(cut):
+    service, proxy, message = cut
     assert await readiness(service) == (200, "Ready.")
-    broker_proxy.down()
+    proxy.down()
 
     async def not_ready():
-        assert await readiness(service) == (503, "RabbitMQ unreachable.")
+        assert await readiness(service) == (503, message)
     await eventually(not_ready, timeout=30)
-    broker_proxy.up()
-
-    async def ready():
-        assert await readiness(service) == (200, "Ready.")
-    await eventually(ready, timeout=40)
-
-
-@pytest.mark.gen_test(timeout=90)
-async def test_ready_is_503_while_the_database_is_away_and_200_once_it_is_back(payment_proxied):
-    service, db_proxy, _ = payment_proxied
-    assert await readiness(service) == (200, "Ready.")
-    db_proxy.down()
-
-    async def not_ready():
-        code, _ = await readiness(service)
-        assert code == 503
-    await eventually(not_ready, timeout=30)
-    db_proxy.up()
+    proxy.up()
 
     async def ready():
         assert await readiness(service) == (200, "Ready.")

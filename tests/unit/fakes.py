@@ -55,8 +55,8 @@ class FakePublisher:
 
     async def publish_all(self, queue, messages):
         await self.gate.wait()
-        self.published.extend((queue, mid, body) for mid, body in messages)
-        return [mid for mid, _ in messages if mid not in self.refused]
+        self.published.extend((queue, mid, body) for mid, body, _trace in messages)
+        return [mid for mid, *_ in messages if mid not in self.refused]
 
     async def waiting_count(self, queue):
         return self.waiting

@@ -30,7 +30,7 @@ async def test_an_order_is_written_as_sent_once_and_published_right_after_its_co
     dispatch, db, kicks = send_at_once(publisher)
     entry = await dispatch.entry()
     assert entry == (0, 5.0)
-    dispatch.placed(ORDER, entry)
+    dispatch.placed(ORDER, entry, None)
     await dispatch.window.drain()
     assert publisher.published == [("outbox_os", 7, PaymentRequest(7, 3, Decimal("2.50")).encode())]
     assert db.calls == [] and kicks.count == 0
@@ -44,7 +44,7 @@ async def test_an_unconfirmed_order_is_handed_to_the_relay_as_never_sent(monkeyp
         unsent.extend(ids)
     monkeypatch.setattr(order_repo, "unsent_outbox", unsent_outbox)
     dispatch, _, kicks = send_at_once(FakePublisher(refused={7}))
-    dispatch.placed(ORDER, await dispatch.entry())
+    dispatch.placed(ORDER, await dispatch.entry(), None)
     await dispatch.window.drain()
     assert unsent == [7] and kicks.count == 1
 
@@ -54,7 +54,7 @@ async def test_with_the_broker_away_an_order_is_written_for_the_relay():
     dispatch, _, kicks = send_at_once(FakePublisher(), connected=False)
     entry = await dispatch.entry()
     assert entry == order_messaging.FOR_THE_RELAY
-    dispatch.placed(ORDER, entry)
+    dispatch.placed(ORDER, entry, None)
     assert kicks.count == 1 and dispatch.window.has_room()
 
 
@@ -62,7 +62,7 @@ async def test_with_the_broker_away_an_order_is_written_for_the_relay():
 async def test_relay_only_writes_every_order_for_the_relay_and_publishes_nothing():
     dispatch = order_messaging.RelayOnly()
     assert await dispatch.entry() == order_messaging.FOR_THE_RELAY
-    dispatch.placed(ORDER, order_messaging.FOR_THE_RELAY)  # nothing to do: the relay's poll sends it
+    dispatch.placed(ORDER, order_messaging.FOR_THE_RELAY, None)  # nothing to do: the relay's poll sends it
 
 
 class RecordingDispatch:
@@ -72,13 +72,13 @@ class RecordingDispatch:
     async def entry(self):
         return order_messaging.OutboxEntry(1, 5.0)
 
-    def placed(self, order, entry):
+    def placed(self, order, entry, trace):
         self.placed_orders.append((order["order_id"], entry))
 
 
 @pytest.mark.gen_test
 async def test_a_new_order_is_dispatched_once_and_a_replayed_one_not_at_all(monkeypatch):
-    async def insert_order(cur, user_id, amount, description, entry):
+    async def insert_order(cur, user_id, amount, description, entry, trace):
         return {**ORDER, "user_id": user_id, "amount": amount}
     monkeypatch.setattr(order_repo, "insert_order", insert_order)
     dispatch = RecordingDispatch()
@@ -106,7 +106,8 @@ async def test_settled_results_are_published_then_deleted_or_made_due(monkeypatc
         monkeypatch.setattr(payment_messaging.repo, name, record)
     publisher = FakePublisher(refused={11})
     dispatch, _, relay, _ = settle_at_once(publisher)
-    dispatch.send([{"id": 10, "order_id": 1, "status": "FINISHED"}, {"id": 11, "order_id": 2, "status": "CANCELLED"}])
+    dispatch.send([{"id": 10, "order_id": 1, "status": "FINISHED", "traceparent": None},
+                   {"id": 11, "order_id": 2, "status": "CANCELLED", "traceparent": None}])
     await dispatch.window.drain()
     assert [(queue, body) for queue, _, body in publisher.published] == \
         [("outbox_ps", PaymentResult(1, "FINISHED").encode()), ("outbox_ps", PaymentResult(2, "CANCELLED").encode())]
@@ -124,7 +125,8 @@ async def test_the_consumer_settles_what_it_stores_and_leaves_busy_users_to_the_
     async def settle_users(cur, users, due_in):
         assert cur is not None
         settled.append((users, due_in))
-        return (1 if len(settled) == 1 else len(users)), [{"id": 5, "order_id": 1, "status": "FINISHED"}]
+        return (1 if len(settled) == 1 else len(users)), [{"id": 5, "order_id": 1, "status": "FINISHED",
+                                                           "traceparent": None}]
     monkeypatch.setattr(payment_service.repo, "store_requests", store_requests)
     monkeypatch.setattr(payment_service, "settle_users", settle_users)
     publisher = FakePublisher()
@@ -169,7 +171,7 @@ def full_window(publisher, timeout=5.0):
 
     async def then(*_):
         pass
-    window.send("q", [(0, b"")], then)
+    window.send("q", [(0, b"", None)], then)
     return window
 
 

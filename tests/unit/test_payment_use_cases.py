@@ -55,11 +55,12 @@ class FakeRepo:
     def record_debits(self, debits):
         self.ledger.extend(debits)
 
-    def settle_inbox(self, statuses, due_in):
+    def settle_inbox(self, statuses, traces, due_in):
         queued = []
         for order_id, status in statuses.items():
             self.inbox[order_id].update(status=status, acked=True)
-            queued.append({"id": len(self.outbox) + 1, "order_id": order_id, "status": status, "due_in": due_in})
+            queued.append({"id": len(self.outbox) + 1, "order_id": order_id, "status": status, "due_in": due_in,
+                           "traceparent": None})
             self.outbox.append(queued[-1])
         return queued
 
@@ -157,7 +158,7 @@ async def test_the_result_relay_publishes_to_the_results_queue_and_says_whether_
     fake = FakeRepo().install(monkeypatch)
     publisher = FakePublisher()
     assert await payment_service.relay_outbox(FakeDatabase(), publisher, batch_size=1) is False  # nothing to send
-    fake.outbox = [{"id": 1, "order_id": 9, "status": "FINISHED"}]
+    fake.outbox = [{"id": 1, "order_id": 9, "status": "FINISHED", "traceparent": None}]
     assert await payment_service.relay_outbox(FakeDatabase(), publisher, batch_size=1) is True
     assert publisher.published == [(PAYMENT_RESULTS, 1, PaymentResult(9, "FINISHED").encode())]
     assert fake.deleted == [1] and fake.limits == [1, 1]

@@ -17,7 +17,7 @@ async def test_a_send_hands_its_follow_up_the_confirmed_and_the_unconfirmed_ids(
     async def then(confirmed, unconfirmed):
         followed.append((confirmed, unconfirmed))
     window = PublishWindow(FakePublisher(refused={2}))
-    window.send("q", [(1, b"a"), (2, b"b"), (3, b"c")], then)
+    window.send("q", [(1, b"a", None), (2, b"b", None), (3, b"c", None)], then)
     await window.drain()
     assert followed == [([1, 3], [2])]
 
@@ -30,9 +30,9 @@ async def test_a_full_window_has_no_room_until_its_publishes_are_confirmed():
 
     async def then(*_):
         pass
-    window.send("q", [(1, b""), (2, b"")], then)
+    window.send("q", [(1, b"", None), (2, b"", None)], then)
     assert window.has_room()
-    window.send("q", [(3, b"")], then)
+    window.send("q", [(3, b"", None)], then)
     assert not window.has_room()
     assert await window.room(timeout=0.05) is False
     waiting = asyncio.ensure_future(window.room(timeout=5))
@@ -45,7 +45,7 @@ async def test_a_failing_follow_up_is_logged_and_frees_the_window(caplog):
     async def then(*_):
         raise RuntimeError("database away")
     window = PublishWindow(FakePublisher(), limit=1)
-    window.send("q", [(1, b"")], then)
+    window.send("q", [(1, b"", None)], then)
     await eventually(lambda: assert_room(window))
     assert "the relay takes over" in caplog.text
 
@@ -58,7 +58,7 @@ async def test_drain_gives_up_on_sends_still_unconfirmed_after_the_publish_timeo
     async def then(*_):
         pass
     window = PublishWindow(publisher)
-    window.send("q", [(1, b"")], then)
+    window.send("q", [(1, b"", None)], then)
     await asyncio.wait_for(window.drain(), 10)
     assert "1 immediate publishes unfinished at close" in caplog.messages
     publisher.gate.set()
@@ -103,7 +103,8 @@ async def test_the_waiting_count_is_that_of_the_queue_asked_about():
 @pytest.mark.gen_test
 async def test_publish_all_returns_only_what_the_broker_confirmed_as_persistent_json_messages():
     channel, queue = Channel(refuse={"2"}), f"published-{id(object())}"
-    confirmed = await Publisher(channel, timeout=1.5).publish_all(queue, [(1, b"a"), (2, b"b"), (3, b"c")])
+    messages = [(1, b"a", None), (2, b"b", None), (3, b"c", None)]
+    confirmed = await Publisher(channel, timeout=1.5).publish_all(queue, messages)
     assert confirmed == [1, 3]
     assert [(q, mid, body, int(mode), kind) for q, mid, body, mode, kind in channel.default_exchange.sent] == \
         [(queue, "1", b"a", 2, "application/json"), (queue, "3", b"c", 2, "application/json")]

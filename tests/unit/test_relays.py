@@ -20,7 +20,7 @@ class FakeOutboxOs:
         self.attempts, self.postponed = dict(attempts), []
 
     async def lock_due_outbox(self, cur, limit):
-        return [{"order_id": oid, "user_id": 1, "amount": Decimal(1), "attempts": n}
+        return [{"order_id": oid, "user_id": 1, "amount": Decimal(1), "attempts": n, "traceparent": None}
                 for oid, n in sorted(self.attempts.items())][:limit]
 
     async def postpone_outbox(self, cur, order_ids, first_delay, max_delay):
@@ -68,7 +68,7 @@ async def test_payment_results_are_deleted_once_confirmed(monkeypatch):
     deleted = []
 
     async def lock_outbox(cur, limit):
-        return [{"id": i, "order_id": 100 + i, "status": "FINISHED"} for i in (1, 2, 3)]
+        return [{"id": i, "order_id": 100 + i, "status": "FINISHED", "traceparent": None} for i in (1, 2, 3)]
 
     async def delete_outbox(cur, ids):
         deleted.extend(ids)
