@@ -24,7 +24,7 @@ OPENING_CREDIT = ("        INSERT INTO account_movements (user_id, kind, amount,
                   "WHERE balance > 0\n"
                   "            ORDER BY user_id;\n")
 ROOM_FREED = "        if self.has_room():\n            self._room.set()\n"
-MOVEMENTS_ROUTE = 'route(r"/payments/[^/]+/movements", payments, "GET")'
+MOVEMENTS_ROUTE = 'route("/payments/{user_id}/movements", payments, "GET")'
 PAGE = 'shown, (shown[-1][key] if len(rows) > limit else None)'
 NO_ACCOUNT = ("    if not rows and await db.run(repo.get_account, user_id, transaction=False) is None:\n"
               "        raise AccountNotFound(user_id)\n")
