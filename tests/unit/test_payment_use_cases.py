@@ -87,6 +87,7 @@ class FakeRepo:
         return self.outbox[:limit]
 
     def list_movements(self, user_id, after, limit):
+        self.limits.append(limit)
         return [m for m in self.ledger if m["user_id"] == user_id and m["id"] > after][:limit]
 
     def delete_outbox(self, ids):
@@ -173,6 +174,7 @@ async def test_a_page_of_movements_comes_with_the_cursor_of_the_next_and_no_acco
     assert await payment_service.list_movements(FakeDatabase(), 2, 0, 2) == ([], None)  # an account, no movements
     with pytest.raises(AccountNotFound, match="^Account for user 9 not found.$"):
         await payment_service.list_movements(FakeDatabase(), 9, 0, 2)
+    assert fake.limits == [3] * 4  # one row beyond the page says whether another follows: never unbounded
 
 
 @pytest.mark.gen_test
