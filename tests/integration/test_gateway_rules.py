@@ -210,3 +210,19 @@ async def test_a_chunked_body_is_forwarded_whole_up_to_the_limit_and_counted_acr
     response = await post(b"x" * 60, b"x" * 60)
     assert (response.code, response.headers.get("Allow")) == (413, None)
     assert len(backend.requests("POST")) == 1
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("method, path", [("POST", "/orders"), ("PUT", "/payments/7")])
+async def test_a_body_that_is_not_json_is_a_400_and_json_with_a_charset_is_forwarded(start_gateway, method, path):
+    backend = RawBackend()
+    port = start_gateway([backend.url], [backend.url])
+
+    async def write(content_type):
+        return await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}{path}", method=method, body=b'{"a": 1}',
+                                             headers={"Content-Type": content_type}, raise_error=False)
+    refused = await write("text/plain")
+    assert (refused.code, refused.reason, json.loads(refused.body)) == \
+        (400, "Bad Request", {"status": "Fail", "message": "Content-Type must be application/json."})
+    assert (await write("Application/JSON; charset=utf-8")).code == 200
+    assert len(backend.requests(method)) == 1
