@@ -80,7 +80,8 @@ async def test_only_routed_methods_and_paths_reach_a_backend(start_gateway):
     response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/orders", method="DELETE", raise_error=False)
     assert (response.code, response.headers["Allow"], response.headers["Content-Type"].split(";")[0]) == \
         (405, "GET, POST", "application/json")
-    assert (await send(port, "GET", "/nowhere"))[0] == 404
+    code, body = await send(port, "GET", "/nowhere")
+    assert (code, json.loads(body)["status"]) == (404, "Fail")  # the envelope, not Tornado's HTML page
     assert (await send(port, "PUT", "/payments/1/movements"))[0] == 405
     assert (await send(port, "GET", "/payments/1/movements?limit=2&cursor=5"))[0] == 200
     assert [(s.method, s.path) for s in backend.requests()] == [("GET", "/payments/1/movements?limit=2&cursor=5")]
