@@ -40,7 +40,10 @@ class Publisher:
         with tracing.current.send(queue, message_id, trace) as headers:
             message = aio_pika.Message(body, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                                        content_type="application/json", message_id=str(message_id))
-            await self.channel.default_exchange.publish(message, routing_key=queue, timeout=self.timeout)
+            # aio-pika's timeout covers only the confirm: on a connection that is being recovered (or was
+            # closed) the publish first waits for a channel without end, and would hold its relay step with it.
+            async with asyncio.timeout(self.timeout):
+                await self.channel.default_exchange.publish(message, routing_key=queue, timeout=self.timeout)
 
     async def publish_all(self, queue: str, messages: Sequence[Outgoing]) -> list:
         """Publish the messages concurrently; return the ids the broker confirmed."""
