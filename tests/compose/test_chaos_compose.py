@@ -23,7 +23,7 @@ SEED = int(os.environ.get("SHOP_COMPOSE_CHAOS_SEED", "3"))
 
 
 pytestmark = pytest.mark.skipif(os.environ.get("SHOP_COMPOSE_CHAOS") != "1",
-                                reason="2.5-15 minutes: set SHOP_COMPOSE_CHAOS=1, as CI does (README, Chaos runs, compose mode)")
+                                reason="2.5-15 minutes: set SHOP_COMPOSE_CHAOS=1, as CI does (README, compose mode)")
 
 
 @pytest.fixture

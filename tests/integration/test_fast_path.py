@@ -274,8 +274,12 @@ async def test_order_placed_while_the_broker_is_away_is_left_to_the_relay(order_
     attempts, due_in = await outbox_os_row(order_service, order_id)
     assert attempts == 0 and due_in <= 0
 
-    async def relay_woken():  # its hourly poll is far away: the fast path kicked it, and it tried
-        assert failed_publishes(ORDER_REQUESTS) > failed_before
+    async def relay_woken():
+        # Its hourly poll is far away: the fast path kicked it, and it tried at once. Whether that publish fails
+        # or waits for the robust connection's recovery and goes out (the row then counts one relay send)
+        # depends on how far aio-pika's close has got: either shows the relay took the order.
+        tried = failed_publishes(ORDER_REQUESTS) > failed_before
+        assert tried or (await outbox_os_row(order_service, order_id))[0] == 1
     await eventually(relay_woken)
 
 
