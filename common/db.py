@@ -63,6 +63,11 @@ def ids(name):
     return sa.bindparam(name, type_=postgresql.ARRAY(sa.BigInteger))
 
 
+def texts(name):
+    """A bind parameter for a list of strings (or NULLs), sent as one TEXT[] array."""
+    return sa.cast(sa.bindparam(name), postgresql.ARRAY(sa.Text))
+
+
 async def execute(cur, query: "Query | sa.Executable", **values) -> None:
     """Run a `Query` with `values`, or a statement built on the spot (for cold paths such as clean-up and
     metrics, where compiling per call costs nothing that matters; lists in it are inlined)."""

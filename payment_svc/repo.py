@@ -14,6 +14,7 @@ from common.db import (
     older_than,
     pending_rows,
     seconds_from_now,
+    texts,
 )
 from common.messages import OrderStatus
 
@@ -90,14 +91,6 @@ LIST_MOVEMENTS = Query(sa.select(*MOVEMENT_FIELDS)
                        .where(account_movements.c.user_id == sa.bindparam("user_id"),
                               account_movements.c.id > sa.bindparam("after"))
                        .order_by(account_movements.c.id).limit(sa.bindparam("limit")))
-
-
-
-
-def texts(name):
-    """A bind parameter for a list of strings (or NULLs), sent as one TEXT[] array."""
-    return sa.cast(sa.bindparam(name), ARRAY(sa.Text))
-
 
 _requests = sa.func.unnest(ids("order_ids"), ids("user_ids"), sa.bindparam("amounts", type_=ARRAY(sa.Numeric)),
                            texts("traceparents")) \
