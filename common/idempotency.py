@@ -5,7 +5,7 @@ The key is claimed in the same transaction as the business write, so a crash can
 the other; a concurrent request with the same key waits on the key's unique index until the first commits."""
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from common.db import Query, delete_batch, execute, fetch_one, older_than
+from common.db import Query, delete_batch, execute, fetch_all, older_than, texts
 from common.envelope import to_json
 from common.errors import IdempotencyKeyReused, InvalidInput
 
@@ -29,13 +29,16 @@ idempotency_keys = sa.Table(
 )
 
 
-_KEY = sa.bindparam("key")
-CLAIM_KEY = Query(pg_insert(idempotency_keys).values(key=_KEY, fingerprint=sa.bindparam("fingerprint"))
-                  .on_conflict_do_nothing().returning(idempotency_keys.c.key))
-EARLIER_USE = Query(sa.select(idempotency_keys.c.fingerprint, idempotency_keys.c.result)
-                    .where(idempotency_keys.c.key == _KEY))
-STORE_RESULT = Query(sa.update(idempotency_keys).where(idempotency_keys.c.key == _KEY)
-                     .values(result=sa.bindparam("result")))
+# A batch's keys travel as arrays (`common.db.Query`): claimed in one statement, looked up in one, stored in one.
+_given = sa.func.unnest(texts("keys"), texts("fingerprints")).table_valued("key", "fingerprint") \
+    .render_derived(name="given")
+CLAIM_KEYS = Query(pg_insert(idempotency_keys).from_select(["key", "fingerprint"], sa.select(_given))
+                   .on_conflict_do_nothing().returning(idempotency_keys.c.key))
+EARLIER_USES = Query(sa.select(idempotency_keys.c.key, idempotency_keys.c.fingerprint, idempotency_keys.c.result)
+                     .where(idempotency_keys.c.key == sa.any_(texts("keys"))))
+_stored = sa.func.unnest(texts("keys"), texts("results")).table_valued("key", "result").render_derived(name="stored")
+STORE_RESULTS = Query(sa.update(idempotency_keys).where(idempotency_keys.c.key == _stored.c.key)
+                      .values(result=_stored.c.result))
 
 
 @dataclass(frozen=True)
@@ -64,17 +67,52 @@ async def run_once(cur, request: IdempotentRequest | None, work: Callable[..., A
     """`await work(cur, *args)`, or, if `request`'s key was used before, that first call's result (replayed).
 
     Raises `IdempotencyKeyReused` if the key came with a different request."""
-    if request is None:
-        return Outcome(await work(cur, *args), replayed=False)
-    claimed = await fetch_one(cur, CLAIM_KEY, key=request.key, fingerprint=request.fingerprint)
-    if claimed is None:
-        earlier = await fetch_one(cur, EARLIER_USE, key=request.key)
-        if earlier["fingerprint"] != request.fingerprint:
-            raise IdempotencyKeyReused(f"'{HEADER}' {request.key!r} was already used with a different request.")
-        return Outcome(json.loads(earlier["result"], parse_float=Decimal), replayed=True)
-    result = await work(cur, *args)
-    await execute(cur, STORE_RESULT, key=request.key, result=to_json(result))
-    return Outcome(result, replayed=False)
+    async def work_all(cur, _chosen):
+        return [await work(cur, *args)]
+
+    [outcome] = await run_each_once(cur, [request], work_all)
+    if isinstance(outcome, IdempotencyKeyReused):
+        raise outcome
+    return outcome
+
+
+async def run_each_once(cur, requests: Sequence[IdempotentRequest | None],
+                        work_all: Callable[[Any, list[int]], Awaitable[list]]) -> list[Outcome | IdempotencyKeyReused]:
+    """`run_once` for a batch of requests in one transaction: `await work_all(cur, indexes)` does the work of
+    the requests at `indexes` (without a key, or the first use of theirs) and returns their results in that
+    order. Returns each request's `Outcome`, or the `IdempotencyKeyReused` to raise for it alone.
+
+    A key used twice in the batch is what a client retrying at once sends: the later use is answered as a
+    replay of the earlier, exactly as if it had come after the earlier's commit."""
+    first_use = {}
+    for index, request in enumerate(requests):
+        if request is not None:
+            first_use.setdefault(request.key, index)
+    # Sorted, so that two transactions claiming the same keys take their index locks in the same order.
+    keys = sorted(first_use)
+    fingerprints = [requests[first_use[key]].fingerprint for key in keys]
+    claimed = {row["key"] for row in await fetch_all(cur, CLAIM_KEYS, keys=keys, fingerprints=fingerprints)} \
+        if keys else set()
+    unclaimed = [key for key in keys if key not in claimed]
+    earlier = {row["key"]: row for row in await fetch_all(cur, EARLIER_USES, keys=unclaimed)} if unclaimed else {}
+    chosen = [i for i, request in enumerate(requests) if request is None or
+              (request.key in claimed and first_use[request.key] == i)]
+    results = dict(zip(chosen, await work_all(cur, chosen))) if chosen else {}
+    stored = {requests[i].key: to_json(results[i]) for i in chosen if requests[i] is not None}
+    if stored:
+        await execute(cur, STORE_RESULTS, keys=list(stored), results=list(stored.values()))
+        earlier.update((key, {"fingerprint": requests[first_use[key]].fingerprint, "result": result})
+                       for key, result in stored.items())
+
+    def outcome(index, request):
+        if index in results:
+            return Outcome(results[index], replayed=False)
+        used = earlier[request.key]
+        if used["fingerprint"] != request.fingerprint:
+            return IdempotencyKeyReused(f"'{HEADER}' {request.key!r} was already used with a different request.")
+        return Outcome(json.loads(used["result"], parse_float=Decimal), replayed=True)
+
+    return [outcome(index, request) for index, request in enumerate(requests)]
 
 
 async def forget_expired(cur, hours: float, limit: int) -> bool:

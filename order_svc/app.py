@@ -4,6 +4,7 @@ from common.app import service_application
 from common.broker import Broker
 from common.config import Settings
 from common.db import Database
+from common.group_commit import GroupCommit
 from common.lifecycle import BackendService, Consumption, Wiring
 from common.messages import PAYMENT_RESULTS, PaymentResult
 from common.worker import BgWorker
@@ -13,7 +14,7 @@ from order_svc.messaging import RelayOnly, RequestDispatch, SendAtOnce
 
 
 def make_app(db: Database, broker: Broker, settings: Settings, dispatch: RequestDispatch):
-    deps = dict(db=db, dispatch=dispatch)
+    deps = dict(db=db, dispatch=dispatch, place_orders=GroupCommit(db, service.write_orders, settings.batch_size))
     return service_application([
         (r"/orders", OrdersHandler, deps),
         (r"/orders/([^/]+)", OrderHandler, deps),

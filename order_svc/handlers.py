@@ -15,7 +15,7 @@ class OrdersHandler(BaseHandler):
         # The span whose context the order's outbox row keeps: the payment request continues its trace.
         with tracing.current.server("POST", "/orders", self.request.headers) as span:
             body = parse_json_object(self.request.body, required=("user_id", "amount"), optional=("description",))
-            order = await service.place_order(self.db, self.dispatch, parse_id(body["user_id"], "user_id"),
+            order = await service.place_order(self.place_orders, self.dispatch, parse_id(body["user_id"], "user_id"),
                                               parse_amount(body["amount"]), parse_description(body.get("description")),
                                               from_request(self.request))
             span.set_attribute("shop.order_id", order["order_id"])

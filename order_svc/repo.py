@@ -1,10 +1,12 @@
 """The Order Service's tables and every SQL statement it runs (SQLAlchemy Core)."""
+from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from common.db import NOW, Query, execute, fetch_all, fetch_one, ids, pending_rows, seconds_from_now
+from common.db import NOW, Query, execute, fetch_all, fetch_one, ids, pending_rows, seconds_from_now, texts
 from common.messages import OrderStatus
 
 metadata = sa.MetaData()
@@ -33,17 +35,29 @@ outbox_os = sa.Table(
 
 ORDER_FIELDS = (orders.c.order_id, orders.c.user_id, orders.c.amount, orders.c.description, orders.c.status)
 
-# The order and its outbox row in one statement, so atomic even without BEGIN/COMMIT around it. The row counts
-# `attempts` sends already (1 when the caller publishes it right after the commit) and is due after `due_in` s;
-# `traceparent` is the trace context of the request that placed it (NULL with tracing off).
-_placed = (sa.insert(orders).values(user_id=sa.bindparam("user_id"), amount=sa.bindparam("amount"),
-                                    description=sa.bindparam("description"))
+# Orders and their outbox rows in one statement, so atomic even without BEGIN/COMMIT around it: a batch of
+# requests placed together (group commit) is one row each of `given`, numbered in the order they came. Each
+# outbox row counts `attempts` sends already and is due after `due_in` s; `traceparent` is the trace context of
+# the request that placed it (NULL with tracing off). The ids are drawn first (MATERIALIZED: once per row, not
+# once per reference) so that each returned order can be matched to its request by `n`.
+_given = sa.func.unnest(sa.cast(sa.bindparam("user_ids"), postgresql.ARRAY(sa.BigInteger)),
+                        sa.cast(sa.bindparam("amounts"), postgresql.ARRAY(sa.Numeric)), texts("descriptions"),
+                        sa.cast(sa.bindparam("attempts"), postgresql.ARRAY(sa.Integer)),
+                        sa.cast(sa.bindparam("due_ins"), postgresql.ARRAY(sa.Float)), texts("traceparents")) \
+    .table_valued("user_id", "amount", "description", "attempts", "due_in", "traceparent", with_ordinality="n") \
+    .render_derived(name="given")
+_numbered = sa.select(sa.func.nextval("orders_order_id_seq").label("order_id"), *_given.c) \
+    .cte("numbered").prefix_with("MATERIALIZED")
+_placed = (sa.insert(orders).from_select(["order_id", "user_id", "amount", "description"],
+                                         sa.select(_numbered.c.order_id, _numbered.c.user_id, _numbered.c.amount,
+                                                   _numbered.c.description))
            .returning(*ORDER_FIELDS).cte("placed"))
 _queued = sa.insert(outbox_os).from_select(
     ["order_id", "user_id", "amount", "attempts", "next_attempt_at", "traceparent"],
-    sa.select(_placed.c.order_id, _placed.c.user_id, _placed.c.amount, sa.bindparam("attempts"),
-              seconds_from_now(sa.bindparam("due_in")), sa.bindparam("traceparent", type_=sa.Text))).cte("queued")
-INSERT_ORDER = Query(sa.select(_placed).add_cte(_queued))
+    sa.select(_numbered.c.order_id, _numbered.c.user_id, _numbered.c.amount, _numbered.c.attempts,
+              seconds_from_now(_numbered.c.due_in), _numbered.c.traceparent)).cte("queued")
+INSERT_ORDERS = Query(sa.select(_placed).join(_numbered, _numbered.c.order_id == _placed.c.order_id)
+                      .order_by(_numbered.c.n).add_cte(_queued))
 
 GET_ORDER = Query(sa.select(*ORDER_FIELDS).where(orders.c.order_id == sa.bindparam("order_id")))
 
@@ -84,11 +98,23 @@ FINALIZE_ORDERS = Query(sa.select(_unknown.c.order_id)
                         .add_cte(_finalized).add_cte(_dropped))
 
 
-async def insert_order(cur, user_id: int, amount: Decimal, description: str, entry, trace: str | None) -> dict:
-    """Insert an order and its outbox row, written as `entry` says (an `OutboxEntry`: sends already counted,
-    seconds until due) with the trace context `trace`, in one statement (atomic on its own); returns the order."""
-    return await fetch_one(cur, INSERT_ORDER, user_id=user_id, amount=amount, description=description,
-                           attempts=entry.attempts, due_in=entry.due_in, traceparent=trace)
+class Placement(NamedTuple):
+    """One request's order, and how its outbox row is written (`entry`, an `OutboxEntry`: sends already counted,
+    seconds until due) in the trace context `trace`."""
+    user_id: int
+    amount: Decimal
+    description: str
+    entry: Any
+    trace: str | None
+
+
+async def insert_orders(cur, placements: Sequence[Placement]) -> list[dict]:
+    """Insert the orders and their outbox rows in one statement (atomic on its own); returns the orders in the
+    order of `placements`."""
+    return await fetch_all(cur, INSERT_ORDERS, user_ids=[p.user_id for p in placements],
+                           amounts=[p.amount for p in placements], descriptions=[p.description for p in placements],
+                           attempts=[p.entry.attempts for p in placements],
+                           due_ins=[p.entry.due_in for p in placements], traceparents=[p.trace for p in placements])
 
 
 async def get_order(cur, order_id: int) -> dict | None:

@@ -1,12 +1,15 @@
 """Order Service use cases: plain async functions over a `Database` and the broker's `Publisher`."""
 import logging
+from collections.abc import Sequence
 from decimal import Decimal
+from typing import NamedTuple
 
 from common import tracing
 from common.config import Settings
 from common.db import Database, page
-from common.errors import OrderNotFound
-from common.idempotency import IdempotentRequest, forget_expired, run_once
+from common.errors import IdempotencyKeyReused, OrderNotFound
+from common.group_commit import GroupCommit
+from common.idempotency import IdempotentRequest, Outcome, forget_expired, run_each_once
 from common.messages import ORDER_REQUESTS, PaymentRequest, PaymentResult
 from common.publisher import Publisher
 from order_svc import repo
@@ -15,18 +18,37 @@ from order_svc.messaging import RequestDispatch
 logger = logging.getLogger(__name__)
 
 
-async def place_order(db: Database, dispatch: RequestDispatch, user_id: int, amount: Decimal, description: str,
-                      idempotent: IdempotentRequest | None = None) -> dict:
-    """Create an order (`NEW`) and its outbox row in one transaction (once per idempotency key), then hand
-    the new order to `dispatch` (`SendAtOnce` publishes its payment request right after the commit).
+class OrderRequest(NamedTuple):
+    """What one `POST /orders` asks the group commit to write."""
+    placement: repo.Placement
+    idempotent: IdempotentRequest | None
+
+
+# The orders of concurrent requests, written together (`common.group_commit`).
+PlaceOrders = GroupCommit[OrderRequest, Outcome]
+
+
+async def write_orders(cur, requests: Sequence[OrderRequest]) -> list[Outcome | IdempotencyKeyReused]:
+    """A batch of requests' orders and outbox rows in the transaction of `cur`: one statement for all the new
+    ones, whatever their idempotency keys replay or refuse (each request's own answer)."""
+    async def insert(cur, chosen):
+        return await repo.insert_orders(cur, [requests[i].placement for i in chosen])
+    return await run_each_once(cur, [request.idempotent for request in requests], insert)
+
+
+async def place_order(place_orders: PlaceOrders, dispatch: RequestDispatch, user_id: int, amount: Decimal,
+                      description: str, idempotent: IdempotentRequest | None = None) -> dict:
+    """Create an order (`NEW`) and its outbox row in one transaction (once per idempotency key), shared with the
+    requests placed meanwhile, then hand the new order to `dispatch` (`SendAtOnce` publishes its payment request
+    right after the commit).
 
     Always inside BEGIN/COMMIT, even though the insert is one statement: only then can a connection lost
     at the end be told apart (lost during COMMIT: the outcome is unknown, never retry) from one lost
     before it (safe to retry)."""
     entry = await dispatch.entry()
     trace = tracing.current.traceparent()  # None unless tracing is on: the outbox row's column stays NULL
-    order, replayed = await db.run(run_once, idempotent, repo.insert_order, user_id, amount, description, entry,
-                                   trace)
+    placement = repo.Placement(user_id, amount, description, entry, trace)
+    order, replayed = await place_orders(OrderRequest(placement, idempotent))
     if not replayed:  # a replay was placed (and sent) the first time
         logger.info("order_id=%s placed for user %s, amount %s", order["order_id"], user_id, amount,
                     extra={"order_id": order["order_id"]})

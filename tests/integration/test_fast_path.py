@@ -293,7 +293,9 @@ def crashed_after_commit(service, user_id):
         window, settings = service.broker.window, service.settings
         entry = await SendAtOnce(service.db, window, service.broker.is_connected, settings.resend_delay,
                                  lambda: None).entry()
-        return (await service.db.run(order_repo.insert_order, user_id, Decimal(1), "", entry, None))["order_id"]
+        [order] = await service.db.run(order_repo.insert_orders, [order_repo.Placement(user_id, Decimal(1), "", entry,
+                                                                                      None)])
+        return order["order_id"]
     return place_unpublished()
 
 

@@ -77,18 +77,17 @@ class RecordingDispatch:
 
 
 @pytest.mark.gen_test
-async def test_a_new_order_is_dispatched_once_and_a_replayed_one_not_at_all(monkeypatch):
-    async def insert_order(cur, user_id, amount, description, entry, trace):
-        return {**ORDER, "user_id": user_id, "amount": amount}
-    monkeypatch.setattr(order_repo, "insert_order", insert_order)
-    dispatch = RecordingDispatch()
-    order = await order_service.place_order(FakeDatabase(), dispatch, 3, Decimal("2.50"), "")
-    assert order["order_id"] == 7 and dispatch.placed_orders == [(7, (1, 5.0))]
+async def test_a_new_order_is_dispatched_once_and_a_replayed_one_not_at_all():
+    written = []
 
-    async def replayed(cur, request, work, *args):
-        return Outcome(ORDER, replayed=True)
-    monkeypatch.setattr(order_service, "run_once", replayed)
-    assert await order_service.place_order(FakeDatabase(), dispatch, 3, Decimal("2.50"), "") == ORDER
+    async def place_orders(request):
+        written.append(request.placement)
+        return Outcome({**ORDER, "user_id": request.placement.user_id}, replayed=len(written) > 1)
+    dispatch = RecordingDispatch()
+    order = await order_service.place_order(place_orders, dispatch, 3, Decimal("2.50"), "")
+    assert order["order_id"] == 7 and dispatch.placed_orders == [(7, (1, 5.0))]
+    assert written == [order_repo.Placement(3, Decimal("2.50"), "", (1, 5.0), None)]
+    assert await order_service.place_order(place_orders, dispatch, 3, Decimal("2.50"), "") == ORDER
     assert len(dispatch.placed_orders) == 1
 
 
