@@ -3,7 +3,7 @@
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench import measure, tools
 from bench.profile import Profiler
@@ -25,7 +25,9 @@ class Plan:
     users: int = 1000
     latency_rate: int = 100
     latency_seconds: float = 30
-    load_clients: int = 64
+    # (wrk connections, funded accounts the orders cycle over) of each throughput run: one hot account
+    # serialises settling, so it is measured beside 1,000.
+    load_cells: tuple = ((64, 1000), (16, 1000), (64, 1), (16, 1))
     load_seconds: float = 30
     pgbench_clients: int = 16
     pgbench_seconds: float = 15
@@ -42,14 +44,15 @@ class Plan:
     big_drain_seconds: float = 120
     settle_timeout: float = 600
     topology_rounds: int = 2
+    topology_clients: int = 64
     topology_rate: int = 30  # what the 3-node cluster on this 2-core machine sustains beside others' load
     profile: bool = False
 
 
-SMOKE = Plan(users=50, latency_rate=20, latency_seconds=1, load_clients=4, load_seconds=1, pgbench_clients=2,
-             pgbench_seconds=1, backlog_orders=100, outage_seconds=1, wrk_connections=4, wrk_seconds=1, wrk_rounds=1,
-             big_backlog=500, big_drain_seconds=30, settle_timeout=60, overload_slow=30, overload_connections=20,
-             overload_seconds=1, overload_rounds=1, topology_rounds=1,
+SMOKE = Plan(users=50, latency_rate=20, latency_seconds=1, load_cells=((4, 50), (2, 1)), load_seconds=1,
+             pgbench_clients=2, pgbench_seconds=1, backlog_orders=100, outage_seconds=1, wrk_connections=4,
+             wrk_seconds=1, wrk_rounds=1, big_backlog=500, big_drain_seconds=30, settle_timeout=60, overload_slow=30,
+             overload_connections=20, overload_seconds=1, overload_rounds=1, topology_rounds=1, topology_clients=4,
              topology_rate=20)
 
 
@@ -87,7 +90,7 @@ def latency(plan):
     note = f" ({codes[201]} orders)" + (f", other: {others}" if others else "")
     return [Row(f"1. create→final {name} at {plan.latency_rate}/s{note if i == 0 else ''}", ms(fast[i]),
                 f"{ms(slow[i])} poll only", target)
-            for i, (name, target) in enumerate((("p50", "≤ 20 ms"), ("p95", ""), ("p99", "≤ 100 ms")))] + \
+            for i, (name, target) in enumerate((("p50", "≤ 3 ms"), ("p95", ""), ("p99", "≤ 10 ms")))] + \
         [Row(f"1. stage: {name} (p50 / p99)", f"{ms(p50)} / {ms(p99)}", "", "") for name, (p50, p99) in stages.items()]
 
 
@@ -104,37 +107,51 @@ def pgbench_baseline(plan, stack):
 
 
 def throughput(plan, memory, profiles):
-    """(2) accepted/s and finalized/s under closed-loop load, vs pgbench on the same transaction."""
-    say(f"[2/5] throughput: wrk, {plan.load_clients} clients POST /orders for {plan.load_seconds:.0f} s")
-    with bench_stack(plan) as (stack, top_ups):
-        profiler = plan.profile and Profiler({s: stack[s] for s in SERVICES}, max(plan.load_seconds - 2, 1))
-        cpu = {name: stack[name].cpu_seconds() for name in SERVICES}
-        start = measure.db_now(stack.order_dsn)
-        result = tools.wrk(stack.url + "/orders", plan.load_clients, plan.load_seconds, post=True, users=plan.users)
-        end = measure.db_now(stack.order_dsn)
-        accepted = result.requests - result.status_errors
-        cpu = {name: (stack[name].cpu_seconds() - cpu[name]) * 1000 / max(accepted, 1) for name in SERVICES}
-        if profiler:
-            profiles.append(profiler.report())
-        finalized = measure.finalized_between(stack.order_dsn, start, end) / (end - start).total_seconds()
-        backlog = pending_count(stack.order_dsn)
-        say(f"  {result.ok_per_second:.0f} accepted/s, {finalized:.0f} finalized/s, {backlog} pending at the end")
-        drain = settle(stack, plan, "throughput")
-        memory["2. throughput"] = peaks(stack)
-        report = check_invariants(stack.order_dsn, stack.payment_dsn, top_ups)
-        tps = pgbench_baseline(plan, stack)
-    failed = result.status_errors + result.socket_errors
-    errors = f", {failed} errors" if failed else ""
-    return [
-        Row(f"2. POST /orders accepted via gateway, {plan.load_clients} clients (client p50 "
-            f"{ms(result.latency_p50_ms)}{errors})", per_s(result.ok_per_second),
-            f"{per_s(tps)} pgbench -c{plan.pgbench_clients} ({result.ok_per_second / tps:.0%})", "≥ 1,000/s"),
-        Row("2. CPU per accepted order during the load: gateway / order / payment",
-            " / ".join(f"{cpu[name]:.2f} ms" for name in SERVICES), "(what each process would need on its own core)"),
-        Row(f"2. orders finalized during the load (then {backlog} pending, drained in {drain:.1f} s; "
-            f"invariants {'PASS' if report.ok else 'FAIL'})", per_s(finalized),
-            f"({finalized / tps:.0%} of pgbench)", "≥ 30% of pgbench"),
-    ]
+    """(2) accepted/s and finalized/s under closed-loop load, for each of `plan.load_cells`, vs pgbench on the
+    same transaction (measured once, after the first)."""
+    rows, tps = [], None
+    for clients, users in plan.load_cells:
+        cell = f"{clients} clients, {users:,} account{'s' if users > 1 else ''}"
+        say(f"[2/5] throughput: wrk, {cell}, POST /orders for {plan.load_seconds:.0f} s")
+        with bench_stack(replace(plan, users=users)) as (stack, top_ups):
+            load = load_run(stack, plan, clients, users, profiles if not rows else None)
+            memory[f"2. throughput, {cell}"] = peaks(stack)
+            invariants = "PASS" if check_invariants(stack.order_dsn, stack.payment_dsn, top_ups).ok else "FAIL"
+            tps = tps or pgbench_baseline(plan, stack)
+        failed = load["result"].status_errors + load["result"].socket_errors
+        errors = f", {failed} errors" if failed else ""
+        accepted, finalized = load["result"].ok_per_second, load["finalized"]
+        rows += [
+            Row(f"2. POST /orders accepted via gateway, {cell} (client p50 {ms(load['result'].latency_p50_ms)}"
+                f"{errors})", per_s(accepted), f"{per_s(tps)} pgbench -c{plan.pgbench_clients} ({accepted / tps:.0%})",
+                "≥ 1,000/s"),
+            Row(f"2. CPU per accepted order, {cell}: gateway / order / payment",
+                " / ".join(f"{load['cpu'][name]:.2f} ms" for name in SERVICES),
+                "(what each process would need on its own core)"),
+            Row(f"2. orders finalized during the load, {cell} (then {load['backlog']} pending, drained in "
+                f"{load['drain']:.1f} s; invariants {invariants})", per_s(finalized),
+                f"({finalized / accepted:.0%} of accepted)", "≥ 1,000/s, the backlog not growing"),
+        ]
+    return rows
+
+
+def load_run(stack, plan, clients, users, profiles):
+    """One closed-loop wrk run on `stack`: its result, finalized/s during it, CPU ms per accepted order of each
+    service, the orders pending when it stopped and the seconds they took to settle."""
+    profiler = profiles is not None and plan.profile and \
+        Profiler({s: stack[s] for s in SERVICES}, max(plan.load_seconds - 2, 1))
+    cpu = {name: stack[name].cpu_seconds() for name in SERVICES}
+    start = measure.db_now(stack.order_dsn)
+    result = tools.wrk(stack.url + "/orders", clients, plan.load_seconds, post=True, users=users)
+    end = measure.db_now(stack.order_dsn)
+    accepted = result.requests - result.status_errors
+    cpu = {name: (stack[name].cpu_seconds() - cpu[name]) * 1000 / max(accepted, 1) for name in SERVICES}
+    if profiler:
+        profiles.append(profiler.report())
+    finalized = measure.finalized_between(stack.order_dsn, start, end) / (end - start).total_seconds()
+    backlog = pending_count(stack.order_dsn)
+    say(f"  {result.ok_per_second:.0f} accepted/s, {finalized:.0f} finalized/s, {backlog} pending at the end")
+    return dict(result=result, finalized=finalized, cpu=cpu, backlog=backlog, drain=settle(stack, plan, "throughput"))
 
 
 def drain_cpu_seconds(stack):
@@ -165,7 +182,7 @@ def backlog(plan, memory):
         memory["3. backlog"] = peaks(stack)
     return [
         Row(f"3. drain {orders:,} orders after Payments starts (incl. {ready:.1f} s start-up)", f"{drained:.1f} s",
-            f"{orders / drained:,.0f} orders/s", "≤ 10 s"),
+            f"{orders / drained:,.0f} orders/s", "≤ 2.5 s"),
         Row("3. CPU per drained order: order / payment / RabbitMQ / PostgreSQL",
             " / ".join(f"{cpu[name]:.2f} ms" for name in ("order", "payment", "RabbitMQ", "PostgreSQL")),
             "(two cores: 2 s of CPU per second)", ""),

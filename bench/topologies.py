@@ -69,9 +69,9 @@ def measure_once(plan, name, topology):
             say(f"  {name}: answers other than 201 at the steady rate: {dict(codes)}")
         settle(stack, plan, name)
         p50, _, p99 = measure.latency_ms(stack.order_dsn)
-        say(f"[7] {name}: wrk, {plan.load_clients} clients for {plan.load_seconds:.0f} s")
+        say(f"[7] {name}: wrk, {plan.topology_clients} clients for {plan.load_seconds:.0f} s")
         start = measure.db_now(stack.order_dsn)
-        result = tools.wrk(stack.url + "/orders", plan.load_clients, plan.load_seconds, post=True, users=plan.users)
+        result = tools.wrk(stack.url + "/orders", plan.topology_clients, plan.load_seconds, post=True, users=plan.users)
         end = measure.db_now(stack.order_dsn)
         finalized = measure.finalized_between(stack.order_dsn, start, end) / (end - start).total_seconds()
         settle(stack, plan, name)
@@ -101,7 +101,7 @@ def topology_figures(plan, names):
         rows += [
             Row(f"7. {topology.label}: create→final p50 / p99 at {plan.topology_rate}/s", f"{ms(p50)} / {ms(p99)}",
                 f"{p50 / base[0]:.2f}× / {p99 / base[1]:.2f}×{versus}"),
-            Row(f"7. {topology.label}: accepted/s, wrk {plan.load_clients} clients", per_s(accepted),
+            Row(f"7. {topology.label}: accepted/s, wrk {plan.topology_clients} clients", per_s(accepted),
                 f"{accepted / base[2]:.2f}×{versus}"),
             Row(f"7. {topology.label}: finalized/s during that load", per_s(finalized),
                 f"{finalized / base[3]:.2f}×{versus}"),
