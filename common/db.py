@@ -156,6 +156,23 @@ def unavailable(exc):
     return Unavailable("Database temporarily unavailable.")
 
 
+class BeginWithFirst:
+    """A cursor whose first statement carries the BEGIN ("BEGIN; ..." in one round trip): aiopg's `begin()`
+    sends it alone, a round trip more per transaction. COMMIT still goes alone, so that a connection lost while
+    it is under way can be told apart (`CommitOutcomeUnknown`)."""
+
+    def __init__(self, cur) -> None:
+        self.cur, self.sent = cur, False
+
+    async def execute(self, sql: str, params=None) -> None:
+        if not self.sent:
+            sql, self.sent = "BEGIN; " + sql, True
+        await self.cur.execute(sql, params)
+
+    def __getattr__(self, name):
+        return getattr(self.cur, name)
+
+
 # Connections kept apart for the consumers and workers (`Database.background`).
 BACKGROUND_POOL_SIZE = 4
 
@@ -217,11 +234,18 @@ class Database:
     @asynccontextmanager
     async def _cursor(self, transaction):
         async with self.pool.acquire() as conn, conn.cursor() as cur:
-            if transaction:
-                async with cur.begin():
-                    yield cur
-            else:
+            if not transaction:
                 yield cur
+                return
+            begun = BeginWithFirst(cur)
+            try:
+                yield begun
+            except BaseException:
+                if begun.sent:
+                    await cur.execute("ROLLBACK")
+                raise
+            if begun.sent:
+                await cur.execute("COMMIT")
 
     async def run(self, work: Callable[..., Awaitable[T]], *args, retry_seconds: float | None = None,
                   transaction: bool = True) -> T:
