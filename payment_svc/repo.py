@@ -118,18 +118,20 @@ _balances = sa.func.unnest(ids("user_ids"), sa.bindparam("balances", type_=ARRAY
 SET_BALANCES = Query(sa.update(accounts).where(accounts.c.user_id == _balances.c.user_id)
                      .values(balance=_balances.c.balance, updated_at=NOW))
 
+# Settled rows marked acked with their status, and each status queued for the Order Service, in one statement.
 _statuses = sa.func.unnest(ids("order_ids"), sa.bindparam("statuses", type_=ARRAY(sa.Text))) \
     .table_valued("order_id", "status").render_derived(name="decided")
-SETTLE_INBOX = Query(sa.update(inbox).where(inbox.c.order_id == _statuses.c.order_id)
-                     .values(status=_statuses.c.status, acked=True,
-                             processed_at=sa.func.coalesce(inbox.c.processed_at, NOW)))
+_settled = (sa.update(inbox).where(inbox.c.order_id == _statuses.c.order_id)
+            .values(status=_statuses.c.status, acked=True, processed_at=sa.func.coalesce(inbox.c.processed_at, NOW))
+            .returning(inbox.c.order_id).cte("settled"))
 _due = seconds_from_now(sa.bindparam("due_in"))
 _results = sa.func.unnest(ids("order_ids"), sa.bindparam("statuses", type_=ARRAY(sa.Text)), texts("traceparents")) \
     .table_valued("order_id", "status", "traceparent").render_derived(name="result")
-QUEUE_RESULTS = Query(sa.insert(outbox_ps)
-                      .from_select(["order_id", "status", "next_attempt_at", "traceparent"],
-                                   sa.select(_results.c.order_id, _results.c.status, _due, _results.c.traceparent))
-                      .returning(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status, outbox_ps.c.traceparent))
+SETTLE_AND_QUEUE = Query(sa.insert(outbox_ps)
+                         .from_select(["order_id", "status", "next_attempt_at", "traceparent"],
+                                      sa.select(_results.c.order_id, _results.c.status, _due, _results.c.traceparent))
+                         .add_cte(_settled)
+                         .returning(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status, outbox_ps.c.traceparent))
 
 _outbox_ids = outbox_ps.c.id == sa.any_(ids("ids"))
 LOCK_OUTBOX = Query(sa.select(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status, outbox_ps.c.traceparent)
@@ -197,9 +199,8 @@ async def settle_inbox(cur, statuses, traces, due_in):
     """Mark rows acked with their final {order_id: status}, and queue each status for the Order Service, due
     for the relay in `due_in` seconds, with its trace context (`traces`, in the order of `statuses`); returns
     the queued rows."""
-    values = dict(order_ids=list(statuses), statuses=list(statuses.values()))
-    await execute(cur, SETTLE_INBOX, **values)
-    return await fetch_all(cur, QUEUE_RESULTS, **values, traceparents=traces, due_in=due_in)
+    return await fetch_all(cur, SETTLE_AND_QUEUE, order_ids=list(statuses), statuses=list(statuses.values()),
+                           traceparents=traces, due_in=due_in)
 
 
 async def lock_outbox(cur, limit):
