@@ -140,10 +140,12 @@ def make_app(settings, client=None, probe_client=None):
     orders = Backend("Order Service", settings.order_svc_urls, settings.upstream_timeout, client)
     payments = Backend("Payments Service", settings.payment_svc_urls, settings.upstream_timeout, client)
 
+    limit = dict(max_body_bytes=settings.max_body_bytes)
+
     def route(template, backend, *methods):
         """The route of `template` ("/orders/{order_id}": the name of its spans), any value in the braces."""
         return re.sub(r"\{\w+\}", "[^/]+", template), ProxyHandler, dict(
-            backend=backend, methods=methods, template=template, max_body_bytes=settings.max_body_bytes)
+            backend=backend, methods=methods, template=template, **limit)
 
     return web.Application([
         route("/orders", orders, "GET", "POST"),
@@ -151,11 +153,11 @@ def make_app(settings, client=None, probe_client=None):
         route("/payments", payments, "POST"),
         route("/payments/{user_id}", payments, "GET", "PUT"),
         route("/payments/{user_id}/movements", payments, "GET"),
-        (r"/health", HealthHandler),
-        (r"/ready", GatewayReadyHandler, dict(backends=(orders, payments), client=probe_client)),
-        (r"/metrics", MetricsHandler),
-        (r"/openapi.yaml", OpenApiHandler, dict(spec=OPENAPI_SPEC.read_bytes())),
-    ], default_handler_class=NotFoundHandler, log_function=log_request)
+        (r"/health", HealthHandler, limit),
+        (r"/ready", GatewayReadyHandler, dict(backends=(orders, payments), client=probe_client, **limit)),
+        (r"/metrics", MetricsHandler, limit),
+        (r"/openapi.yaml", OpenApiHandler, dict(spec=OPENAPI_SPEC.read_bytes(), **limit)),
+    ], default_handler_class=NotFoundHandler, default_handler_args=limit, log_function=log_request)
 
 
 def proxy_server(app, settings):

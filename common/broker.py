@@ -3,7 +3,7 @@
 import asyncio
 import logging
 
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustQueue
 
 from common import amqp_nodes, queues
 from common.consumer import Consumer
@@ -76,5 +76,6 @@ async def connect_robust(url: str) -> AbstractRobustConnection:
     return connection
 
 
-async def declare_queue(channel: AbstractRobustChannel, name: str, queue_type: str | None = None):
+async def declare_queue(channel: AbstractRobustChannel, name: str,
+                        queue_type: str | None = None) -> AbstractRobustQueue:
     return await queues.declare_queue(channel, name, queue_type)

@@ -216,7 +216,7 @@ class Database:
         return db
 
     @classmethod
-    async def _on_primary(cls, hosts, pool_size):
+    async def _on_primary(cls, hosts: Hosts, pool_size: int) -> "Database":
         dsn = await hosts.primary()
         await ensure_database(dsn)
         if not hosts.several:
@@ -232,7 +232,7 @@ class Database:
             await cur.execute(ddl)
 
     @asynccontextmanager
-    async def _cursor(self, transaction):
+    async def _cursor(self, transaction: bool):
         async with self.pool.acquire() as conn, conn.cursor() as cur:
             if not transaction:
                 yield cur
@@ -277,7 +277,7 @@ class Database:
         except (*DB_ERRORS, CommitOutcomeUnknown) as exc:
             raise unavailable(exc) from exc
 
-    async def _attempt(self, work, args, transaction):
+    async def _attempt(self, work: Callable[..., Awaitable[T]], args: tuple, transaction: bool) -> T:
         """One try of `run`. A cancellation of the calling task always ends it with `CancelledError`: a
         consumer or worker that went on after being cancelled would keep the process from stopping (seen:
         one SIGTERM in eight under load hung until the 20 s bound). Two ways aiopg loses a cancellation:
@@ -304,21 +304,21 @@ class Database:
             raise asyncio.CancelledError()
         return result
 
-    def _look_for_primary(self):
+    def _look_for_primary(self) -> "asyncio.Future | None":
         """Start a look for the primary unless one is under way; the callers failing together share it."""
         if self.hosts is not None and (self._lookup is None or self._lookup.done()):
             self._lookup = asyncio.ensure_future(self._move_to_primary())
             self._lookup.add_done_callback(lambda done: done.cancelled() or done.exception())
         return self._lookup
 
-    async def _follow_primary(self):
+    async def _follow_primary(self) -> None:
         """Before a retry: make sure the pool is on the current primary. Raises `NoPrimary` (retried like a
         lost connection) while there is none, e.g. during a failover."""
         if self.hosts is not None:
             # Shielded: a cancelled caller must not cancel the look the others are waiting for.
             await asyncio.shield(self._look_for_primary())
 
-    async def _move_to_primary(self):
+    async def _move_to_primary(self) -> None:
         dsn = await self.hosts.primary()
         if dsn == self.dsn:
             return

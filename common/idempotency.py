@@ -67,52 +67,52 @@ async def run_once(cur, request: IdempotentRequest | None, work: Callable[..., A
     """`await work(cur, *args)`, or, if `request`'s key was used before, that first call's result (replayed).
 
     Raises `IdempotencyKeyReused` if the key came with a different request."""
-    async def work_all(cur, _chosen):
+    async def work_once(cur, _items):
         return [await work(cur, *args)]
 
-    [outcome] = await run_each_once(cur, [request], work_all)
+    [outcome] = await run_each_once(cur, [(request, None)], work_once)
     if isinstance(outcome, IdempotencyKeyReused):
         raise outcome
     return outcome
 
 
-async def run_each_once(cur, requests: Sequence[IdempotentRequest | None],
-                        work_all: Callable[[Any, list[int]], Awaitable[list]]) -> list[Outcome | IdempotencyKeyReused]:
-    """`run_once` for a batch of requests in one transaction: `await work_all(cur, indexes)` does the work of
-    the requests at `indexes` (without a key, or the first use of theirs) and returns their results in that
-    order. Returns each request's `Outcome`, or the `IdempotencyKeyReused` to raise for it alone.
+async def run_each_once(cur, keyed: Sequence[tuple[IdempotentRequest | None, Any]],
+                        work: Callable[[Any, list], Awaitable[list]]) -> list[Outcome | IdempotencyKeyReused]:
+    """`run_once` for a batch in one transaction: `keyed` is (request, item) pairs, and `await work(cur, items)`
+    does the work of the items whose request has no key or is its key's first use, returning their results in
+    order. Returns each pair's `Outcome`, or the `IdempotencyKeyReused` to raise for it alone.
 
     A key used twice in the batch is what a client retrying at once sends: the later use is answered as a
     replay of the earlier, exactly as if it had come after the earlier's commit."""
     first_use = {}
-    for index, request in enumerate(requests):
+    for index, (request, _) in enumerate(keyed):
         if request is not None:
             first_use.setdefault(request.key, index)
     # Sorted, so that two transactions claiming the same keys take their index locks in the same order.
     keys = sorted(first_use)
-    fingerprints = [requests[first_use[key]].fingerprint for key in keys]
+    fingerprints = [keyed[first_use[key]][0].fingerprint for key in keys]
     claimed = {row["key"] for row in await fetch_all(cur, CLAIM_KEYS, keys=keys, fingerprints=fingerprints)} \
         if keys else set()
     unclaimed = [key for key in keys if key not in claimed]
     earlier = {row["key"]: row for row in await fetch_all(cur, EARLIER_USES, keys=unclaimed)} if unclaimed else {}
-    chosen = [i for i, request in enumerate(requests) if request is None or
-              (request.key in claimed and first_use[request.key] == i)]
-    results = dict(zip(chosen, await work_all(cur, chosen))) if chosen else {}
-    stored = {requests[i].key: to_json(results[i]) for i in chosen if requests[i] is not None}
+    chosen = [i for i, (request, _) in enumerate(keyed)
+              if request is None or (request.key in claimed and first_use[request.key] == i)]
+    results = dict(zip(chosen, await work(cur, [keyed[i][1] for i in chosen]))) if chosen else {}
+    stored = {keyed[i][0].key: to_json(results[i]) for i in chosen if keyed[i][0] is not None}
     if stored:
         await execute(cur, STORE_RESULTS, keys=list(stored), results=list(stored.values()))
-        earlier.update((key, {"fingerprint": requests[first_use[key]].fingerprint, "result": result})
+        earlier.update((key, {"fingerprint": keyed[first_use[key]][0].fingerprint, "result": result})
                        for key, result in stored.items())
-
-    def outcome(index, request):
+    outcomes = []
+    for index, (request, _) in enumerate(keyed):
         if index in results:
-            return Outcome(results[index], replayed=False)
-        used = earlier[request.key]
-        if used["fingerprint"] != request.fingerprint:
-            return IdempotencyKeyReused(f"'{HEADER}' {request.key!r} was already used with a different request.")
-        return Outcome(json.loads(used["result"], parse_float=Decimal), replayed=True)
-
-    return [outcome(index, request) for index, request in enumerate(requests)]
+            outcomes.append(Outcome(results[index], replayed=False))
+        elif earlier[request.key]["fingerprint"] != request.fingerprint:
+            outcomes.append(IdempotencyKeyReused(f"'{HEADER}' {request.key!r} was already used with a different "
+                                                 "request."))
+        else:
+            outcomes.append(Outcome(json.loads(earlier[request.key]["result"], parse_float=Decimal), replayed=True))
+    return outcomes
 
 
 async def forget_expired(cur, hours: float, limit: int) -> bool:

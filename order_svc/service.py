@@ -31,9 +31,8 @@ PlaceOrders = GroupCommit[OrderRequest, Outcome]
 async def write_orders(cur, requests: Sequence[OrderRequest]) -> list[Outcome | IdempotencyKeyReused]:
     """A batch of requests' orders and outbox rows in the transaction of `cur`: one statement for all the new
     ones, whatever their idempotency keys replay or refuse (each request's own answer)."""
-    async def insert(cur, chosen):
-        return await repo.insert_orders(cur, [requests[i].placement for i in chosen])
-    return await run_each_once(cur, [request.idempotent for request in requests], insert)
+    return await run_each_once(cur, [(request.idempotent, request.placement) for request in requests],
+                               repo.insert_orders)
 
 
 async def place_order(place_orders: PlaceOrders, dispatch: RequestDispatch, user_id: int, amount: Decimal,

@@ -1,4 +1,7 @@
 """The Payments Service's tables and every SQL statement it runs (SQLAlchemy Core)."""
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -16,7 +19,7 @@ from common.db import (
     seconds_from_now,
     texts,
 )
-from common.messages import OrderStatus
+from common.messages import OrderStatus, PaymentRequest
 
 metadata = sa.MetaData()
 
@@ -141,31 +144,31 @@ DELETE_OUTBOX = Query(sa.delete(outbox_ps).where(_outbox_ids))
 DUE_NOW = Query(sa.update(outbox_ps).where(_outbox_ids).values(next_attempt_at=NOW))
 
 
-async def create_account(cur, user_id):
+async def create_account(cur, user_id: int) -> dict | None:
     """The new account, or None if the user already has one."""
     return await fetch_one(cur, CREATE_ACCOUNT, user_id=user_id)
 
 
-async def get_account(cur, user_id, lock=False):
+async def get_account(cur, user_id: int, lock: bool = False) -> dict | None:
     return await fetch_one(cur, LOCK_ACCOUNT if lock else GET_ACCOUNT, user_id=user_id)
 
 
-async def credit(cur, user_id, amount, balance, request_key):
+async def credit(cur, user_id: int, amount: Decimal, balance: Decimal, request_key: str | None) -> dict:
     """Set the account's new `balance` after a credit of `amount` and write its ledger row."""
     return await fetch_one(cur, CREDIT, user_id=user_id, amount=amount, balance=balance, request_key=request_key)
 
 
-async def record_debits(cur, debits):
+async def record_debits(cur, debits: Sequence) -> None:
     """Write the ledger row of each `Debit`."""
     await execute(cur, RECORD_DEBITS, user_ids=[d.user_id for d in debits], order_ids=[d.order_id for d in debits],
                   amounts=[d.amount for d in debits], balances=[d.balance for d in debits])
 
 
-async def list_movements(cur, user_id, after, limit):
+async def list_movements(cur, user_id: int, after: int, limit: int) -> list[dict]:
     return await fetch_all(cur, LIST_MOVEMENTS, user_id=user_id, after=after, limit=limit)
 
 
-async def store_requests(cur, requests):
+async def store_requests(cur, requests: Sequence[PaymentRequest]) -> None:
     """Insert new payment requests as `NEW`; a request seen before is marked unacked again."""
     # One row per order, in order_id order (a consistent lock order between concurrent batches).
     rows = sorted({r.order_id: r for r in requests}.values(), key=lambda r: r.order_id)
@@ -173,29 +176,29 @@ async def store_requests(cur, requests):
                   amounts=[r.amount for r in rows], traceparents=[r.trace for r in rows])
 
 
-async def users_with_unacked(cur, limit):
+async def users_with_unacked(cur, limit: int) -> list[int]:
     return [row["user_id"] for row in await fetch_all(cur, USERS_WITH_UNACKED, limit=limit)]
 
 
-async def claim_users(cur, user_ids):
+async def claim_users(cur, user_ids: list[int]) -> list[int]:
     """Of `user_ids`, those this transaction now exclusively settles (others are busy in another worker)."""
     return [row["user_id"] for row in await fetch_all(cur, CLAIM_USERS, user_ids=user_ids)]
 
 
-async def lock_unacked(cur, user_ids):
+async def lock_unacked(cur, user_ids: list[int]) -> list[dict]:
     """The claimed users' unacked inbox rows, in the order they must be settled."""
     return await fetch_all(cur, LOCK_UNACKED, user_ids=user_ids)
 
 
-async def lock_accounts(cur, user_ids):
+async def lock_accounts(cur, user_ids: list[int]) -> dict[int, Decimal]:
     return {row["user_id"]: row["balance"] for row in await fetch_all(cur, LOCK_ACCOUNTS, user_ids=user_ids)}
 
 
-async def set_balances(cur, balances):
+async def set_balances(cur, balances: Mapping[int, Decimal]) -> None:
     await execute(cur, SET_BALANCES, user_ids=list(balances), balances=list(balances.values()))
 
 
-async def settle_inbox(cur, statuses, traces, due_in):
+async def settle_inbox(cur, statuses: Mapping[int, str], traces: list[str | None], due_in: float) -> list[dict]:
     """Mark rows acked with their final {order_id: status}, and queue each status for the Order Service, due
     for the relay in `due_in` seconds, with its trace context (`traces`, in the order of `statuses`); returns
     the queued rows."""
@@ -203,25 +206,25 @@ async def settle_inbox(cur, statuses, traces, due_in):
                            traceparents=traces, due_in=due_in)
 
 
-async def lock_outbox(cur, limit):
+async def lock_outbox(cur, limit: int) -> list[dict]:
     return await fetch_all(cur, LOCK_OUTBOX, limit=limit)
 
 
-async def delete_outbox(cur, ids):
+async def delete_outbox(cur, ids: list[int]) -> None:
     await execute(cur, DELETE_OUTBOX, ids=ids)
 
 
-async def make_due(cur, ids):
+async def make_due(cur, ids: list[int]) -> None:
     await execute(cur, DUE_NOW, ids=ids)
 
 
-async def backlog(cur):
+async def backlog(cur) -> dict:
     """{table: (rows waiting, age of the oldest in seconds)} for the unacked inbox and the outbox."""
     return {"inbox": await pending_rows(cur, inbox.c.created_at, inbox.c.acked.is_(False)),
             "outbox_ps": await pending_rows(cur, outbox_ps.c.created_at)}
 
 
-async def forget_processed(cur, days, limit):
+async def forget_processed(cur, days: float, limit: int) -> bool:
     """Delete up to `limit` settled inbox rows processed more than `days` ago; True if more may be left."""
     return await delete_batch(cur, inbox.c.order_id, limit, inbox.c.acked, inbox.c.status != OrderStatus.NEW,
                               older_than(inbox.c.processed_at, days * 86400))

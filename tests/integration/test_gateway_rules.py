@@ -138,6 +138,9 @@ async def test_a_body_over_the_limit_is_a_413_and_never_reaches_a_backend(start_
     assert (code, json.loads(body)["message"]) == (413, "Request body must be at most 100 bytes.")
     assert (await send(port, "POST", "/payments", b'{"user_id": 1}'))[0] == 200
     assert [(s.method, s.path) for s in backend.requests()] == [("POST", "/payments")]
+    for own in ("/health", "/ready", "/metrics", "/openapi.yaml"):  # the gateway's own paths too
+        code, body = await send(port, "POST", own, b"x" * 101)
+        assert (code, json.loads(body)["message"]) == (413, "Request body must be at most 100 bytes."), own
 
 
 @pytest.mark.gen_test(timeout=30)

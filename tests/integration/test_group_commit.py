@@ -59,9 +59,7 @@ async def test_a_batch_replays_earlier_keys_and_writes_each_outbox_row_as_asked(
                        for n, due_in in ((1, 0), (2, 60), (3, 0)))
 
     async def batch(cur, requests, placements):
-        async def insert(cur, chosen):
-            return await order_repo.insert_orders(cur, [placements[i] for i in chosen])
-        return await run_each_once(cur, requests, insert)
+        return await run_each_once(cur, list(zip(requests, placements)), order_repo.insert_orders)
 
     [first] = await order_service.db.run(batch, [earlier], [one])
     outcomes = await order_service.db.run(batch, [None, earlier, IdempotentRequest(earlier.key, "other"), None],
