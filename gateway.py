@@ -1,7 +1,9 @@
 """API gateway: routes the six public requests to the Order and Payments services, nothing else.
 
-Backend status and body pass through unchanged; an unreachable or timed-out backend is a 503 envelope.
-Several backend URLs per service are used in turn, skipping one that refuses connections."""
+Backend status and body pass through unchanged, and so do the backend's `Etag` and its 304 to an
+`If-None-Match`; a HEAD is answered wherever a GET is, as that GET without its body. An unreachable or
+timed-out backend is a 503 envelope. Several backend URLs per service are used in turn, skipping one that
+refuses connections."""
 import asyncio
 import functools
 import itertools
@@ -24,10 +26,13 @@ from common.proxy_server import ProxyServer, Route
 
 logger = logging.getLogger("gateway")
 
-# If-None-Match too: the backend's Etag passes through, so the backend can answer a 304 for it. The W3C trace
+# If-None-Match too: the backend's Etag passes back, so the backend can answer a 304 for it. The W3C trace
 # context passes through as well, or, with tracing on, continued by the gateway's span (`Backend.forward`).
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Idempotency-Key", "If-None-Match", "traceparent",
                              "tracestate")
+# The backend's response headers a client gets (in both GATEWAY_PROXY modes): its body's type, and the Etag
+# that a client's If-None-Match names.
+PASSED_BACK_HEADERS = ("Content-Type", "Etag")
 CONNECT_TIMEOUT = 2
 
 
@@ -57,9 +62,12 @@ class Backend:
     async def _forward(self, method, uri, headers, body):
         """This is the one place that maps upstream failures: only a refused connection moves on to the next
         replica."""
+        # A HEAD is asked as its GET (RFC 9110: the same headers, no content; the reply drops the body): the
+        # backends need no HEAD of their own, and the Content-Length and Etag are the GET's by construction.
+        upstream_method = "GET" if method == "HEAD" else method
         for url in self.candidates():
             try:
-                return await self.client.fetch(url + uri, method, headers, body, timeout=self.timeout,
+                return await self.client.fetch(url + uri, upstream_method, headers, body, timeout=self.timeout,
                                                connect_timeout=CONNECT_TIMEOUT)
             except FETCH_ERRORS as exc:
                 if isinstance(exc, ConnectionRefusedError):
@@ -88,17 +96,22 @@ class ProxyHandler(BaseHandler):
     def allowed_methods(self):
         return list(self.methods)
 
+    def compute_etag(self):
+        return None  # the backend's Etag, or none: never one of the gateway's own, nor a 304 it decided itself
+
     async def forward(self, *_):
         headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := self.request.headers.get(k)) is not None}
         headers[REQUEST_ID_HEADER] = request_id.get()
         body = self.request.body if self.request.method in ("POST", "PUT") else None
         response = await self.backend.forward(self.request.method, self.request.uri, headers, body, self.template)
         self.set_status(response.code)
-        if content_type := response.headers.get("Content-Type"):
-            self.set_header("Content-Type", content_type)
-        self.finish(response.body)
+        for name in PASSED_BACK_HEADERS:
+            if value := response.headers.get(name):
+                self.set_header(name, value)
+        # Tornado drops a HEAD's body itself (keeping its Content-Length), and refuses any body with a 304.
+        self.finish(response.body or None)
 
-    get = post = put = forward
+    get = head = post = put = forward
 
 
 class GatewayReadyHandler(BaseHandler):
@@ -143,7 +156,10 @@ def make_app(settings, client=None, probe_client=None):
     limit = dict(max_body_bytes=settings.max_body_bytes)
 
     def route(template, backend, *methods):
-        """The route of `template` ("/orders/{order_id}": the name of its spans), any value in the braces."""
+        """The route of `template` ("/orders/{order_id}": the name of its spans), any value in the braces;
+        HEAD is allowed wherever GET is."""
+        if "GET" in methods:
+            methods = ("GET", "HEAD", *(method for method in methods if method != "GET"))
         return re.sub(r"\{\w+\}", "[^/]+", template), ProxyHandler, dict(
             backend=backend, methods=methods, template=template, **limit)
 
@@ -164,7 +180,7 @@ def proxy_server(app, settings):
     """`app` behind `ProxyServer`, which serves its `ProxyHandler` routes without a handler per request."""
     routes = [Route(rule.matcher.regex, rule.target_kwargs["methods"],
                     functools.partial(rule.target_kwargs["backend"].forward, template=rule.target_kwargs["template"]),
-                    FORWARDED_REQUEST_HEADERS)
+                    FORWARDED_REQUEST_HEADERS, PASSED_BACK_HEADERS)
               for rule in app.wildcard_router.rules if rule.target is ProxyHandler]
     return ProxyServer(app, routes, settings.max_body_bytes)
 

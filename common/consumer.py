@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 # `decode(body)` turns a body into an item or raises `InvalidMessage`.
 Decode = Callable[[bytes], Any]
 # `await handle_batch(items)` processes the items in one transaction and returns {index: reason} of those to
-# dead-letter. Raising `Unavailable` means "try the batch again"; any other exception is a bug.
+# dead-letter (indexes into `items`). Raising `Unavailable` means "try the batch again"; any other exception,
+# or an index `items` does not have, is a bug.
 HandleBatch = Callable[[list], Awaitable[dict]]
 
 
@@ -79,10 +80,20 @@ class BatchConsumer:
                               [message for message, _ in valid if id(message) not in rejected])
 
     async def _handle(self, items: list) -> dict:
+        """{index: reason} of the items to dead-letter, as `handle_batch` returned it; raises `ValueError` if
+        that names an index the batch does not have.
+
+        Such an answer is a bug like any exception (`_process` requeues the batch once, then dead-letters it):
+        acking the batch would lose the dead letter the handler meant for one of its items, and the handler's
+        commit is safe to redo (the inbox and the orders' final status are idempotent)."""
         async for attempt in AsyncRetrying(retry=retry_if_exception_type(Unavailable),
                                            wait=wait_exponential(multiplier=0.1, max=5), stop=stop_never):
             with attempt:
-                return await self.handle_batch(items)
+                invalid = await self.handle_batch(items)
+        unknown = [index for index in invalid if index not in range(len(items))]
+        if unknown:
+            raise ValueError(f"the handler refused items {unknown} of a batch of {len(items)}")
+        return invalid
 
     async def _ack_batch(self, messages: list, rejected: dict, acked: list) -> None:
         """Dead-letter the `rejected` messages of a batch ({id: reason}), then ack the `acked` ones with one

@@ -44,11 +44,13 @@ def new_request_id():
 @dataclass(frozen=True)
 class Route:
     """A path the gateway forwards: `forward(method, uri, headers, body)` returns the backend's response
-    (`code`, `headers`, `body`) or raises `ShopError` (503 `Unavailable`)."""
+    (`code`, `headers`, `body`) or raises `ShopError` (503 `Unavailable`). Of the request's headers only
+    `forwarded_headers` go to the backend, of the response's only `passed_back_headers` come back."""
     path: Pattern
     methods: tuple
     forward: Callable[..., Awaitable]
     forwarded_headers: tuple
+    passed_back_headers: tuple
 
 
 class ProxyServer(httputil.HTTPServerConnectionDelegate):
@@ -134,17 +136,19 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
             self.fail(exc)
         except Exception:  # a bug still gets the envelope (logged), and the connection is not left hanging
             logger.exception("%s %s failed", method, self.path)
-            self.reply(500, to_json(envelope(False, "Internal server error.")).encode(), JSON_CONTENT_TYPE)
+            self.reply(500, to_json(envelope(False, "Internal server error.")).encode(),
+                       {"Content-Type": JSON_CONTENT_TYPE})
         else:
-            self.reply(response.code, response.body, response.headers.get("Content-Type"),
-                       etag=response.headers.get("Etag"))
+            self.reply(response.code, response.body, {name: value for name in self.route.passed_back_headers
+                                                      if (value := response.headers.get(name))})
 
     def fail(self, exc):
         if exc.status_code >= 500:
             logger.warning("%s %s: %s", self.start_line.method, self.path, exc.message)
-        # RFC 9110: a 405 lists the methods that would work
-        allow = ", ".join(self.route.methods) if exc.status_code == 405 else None
-        self.reply(exc.status_code, to_json(envelope(False, exc.message)).encode(), JSON_CONTENT_TYPE, allow=allow)
+        headers = {"Content-Type": JSON_CONTENT_TYPE}
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(self.route.methods)  # RFC 9110: a 405 lists the methods that would work
+        self.reply(exc.status_code, to_json(envelope(False, exc.message)).encode(), headers)
 
     def check(self, method):
         """The checks `BaseHandler.prepare` and Tornado make before a handler runs, in the same order."""
@@ -158,16 +162,20 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
         if method not in self.route.methods:
             raise MethodNotAllowed(f"Method {method} not allowed on {self.path}.")
 
-    def reply(self, code, body, content_type, allow=None, etag=None):
-        headers = httputil.HTTPHeaders({"Server": SERVER, "Content-Type": content_type or "text/html; charset=UTF-8",
-                                        "Date": self.server.date(), REQUEST_ID_HEADER: self.request_id})
-        if code != 304:
-            headers["Content-Length"] = str(len(body))
-        for name, value in (("Allow", allow), ("Etag", etag)):
-            if value:
-                headers[name] = value
-        if self.start_line.method == "HEAD" or code == 304:
+    def reply(self, code, body, headers):
+        """Answer `code` with `body` and `headers`, as a `RequestHandler` would: with `Server`, `Date`, the
+        request id and the body's length, a HEAD without the body, a 304 without any."""
+        headers = httputil.HTTPHeaders({"Server": SERVER, "Date": self.server.date(),
+                                        REQUEST_ID_HEADER: self.request_id, **headers})
+        if code == 304:
+            # RFC 9110 15.4.5: no content, and no Content-Type a cache would take over for the 200 it stored
+            headers.pop("Content-Type", None)
             body = b""
+        else:
+            headers.setdefault("Content-Type", "text/html; charset=UTF-8")
+            headers["Content-Length"] = str(len(body))
+        if self.start_line.method == "HEAD":
+            body = b""  # the GET's headers, its Content-Length too (RFC 9110 9.3.2)
         start_line = httputil.ResponseStartLine("", code, httputil.responses.get(code, "Unknown"))
         # The connection counts as busy (`common.lifecycle.DrainingHTTPServer`) until this is written.
         try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from harness.stack import free_port
 
 ANSWER, DROP, HOLD = "answer", "drop", "hold"
+ETAG = '"raw-backend-1"'  # the Etag of every answer: an If-None-Match naming it gets a 304
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,13 @@ class Seen:
 
 
 class RawBackend:
-    """`policy(method, nth)` returns ANSWER (200 with a JSON body, connection kept alive), DROP (close the
-    connection without a byte of answer) or HOLD (never answer)."""
+    """`policy(method, nth)` returns ANSWER (200 with a JSON body and `ETAG`, or a 304 if the request's
+    If-None-Match names it; the connection kept alive), a status code (that answer with this code instead of
+    200), DROP (close the connection without a byte of answer) or HOLD (never answer). `etag=None`: answers
+    without an Etag, never a 304."""
 
-    def __init__(self, policy=lambda method, nth: ANSWER):
-        self.policy = policy
+    def __init__(self, policy=lambda method, nth: ANSWER, etag=ETAG):
+        self.policy, self.etag = policy, etag
         self.port = free_port()
         self.seen = []
         self._lock = threading.Lock()
@@ -71,9 +74,14 @@ class RawBackend:
                 if action == HOLD:
                     threading.Event().wait(60)
                     return
+                etag = f"Etag: {self.etag}\r\n".encode() if self.etag else b""
+                if self.etag and dict(headers).get("if-none-match") == self.etag:
+                    sock.sendall(b"HTTP/1.1 304 Not Modified\r\n%s\r\n" % etag)
+                    continue
+                code = 200 if action == ANSWER else action
                 body = json.dumps({"status": "Success", "message": f"{method} {path} seen."}).encode()
-                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=raw\r\n"
-                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                sock.sendall(b"HTTP/1.1 %d Raw\r\nContent-Type: application/json; charset=raw\r\n%s"
+                             b"Content-Length: %d\r\n\r\n%s" % (code, etag, len(body), body))
 
 
 def read_request(reader):

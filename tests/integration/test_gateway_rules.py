@@ -1,6 +1,6 @@
 """The gateway's forwarding rules with the gateway in this process (so that mutation testing sees them; the same
 rules are tested against the real `python gateway.py` in tests/e2e/test_gateway_forwarding.py): through HTTP
-only, backends are raw-socket stand-ins (`tests.e2e.raw_backend`)."""
+only, backends are raw-socket stand-ins (`tests.e2e.raw_backend`), and once the real Order Service (its Etags)."""
 import asyncio
 import json
 
@@ -11,7 +11,7 @@ from common.config import load_settings
 from common.lifecycle import listen
 from gateway import OPENAPI_SPEC, make_app, proxy_server
 from harness.stack import free_port
-from tests.e2e.raw_backend import ANSWER, DROP, HOLD, RawBackend
+from tests.e2e.raw_backend import ANSWER, DROP, ETAG, HOLD, RawBackend
 
 
 @pytest.fixture(params=["direct", "handler"])
@@ -79,7 +79,7 @@ async def test_only_routed_methods_and_paths_reach_a_backend(start_gateway):
     assert (await send(port, "DELETE", "/orders/1"))[0] == 405
     response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/orders", method="DELETE", raise_error=False)
     assert (response.code, response.headers["Allow"], response.headers["Content-Type"].split(";")[0]) == \
-        (405, "GET, POST", "application/json")
+        (405, "GET, HEAD, POST", "application/json")
     code, body = await send(port, "GET", "/nowhere")
     assert (code, json.loads(body)["status"]) == (404, "Fail")  # the envelope, not Tornado's HTML page
     assert (await send(port, "PUT", "/payments/1/movements"))[0] == 405
@@ -174,6 +174,10 @@ async def test_the_gateway_answers_its_own_paths_and_is_ready_only_when_every_se
     port = start_gateway([down], [down])
     assert json.loads((await send(port, "GET", "/ready"))[1])["message"] == \
         "Order Service and Payments Service not ready."
+    refusing = RawBackend(lambda *_: 503)  # up, but its own /ready says it is not
+    port = start_gateway([backend.url, refusing.url], [refusing.url])
+    code, body = await send(port, "GET", "/ready")
+    assert (code, json.loads(body)["backends"]) == (503, {backend.url: "ready", refusing.url: "not ready"})
     response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/openapi.yaml")
     assert response.headers["Content-Type"] == "application/yaml; charset=UTF-8"
 
@@ -230,3 +234,72 @@ async def test_a_body_that_is_not_json_is_a_400_and_json_with_a_charset_is_forwa
         (400, "Bad Request", {"status": "Fail", "message": "Content-Type must be application/json."})
     assert (await write("Application/JSON; charset=utf-8")).code == 200
     assert len(backend.requests(method)) == 1
+
+
+async def fetch(port, method, path, **headers):
+    return await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}{path}", method=method, headers=headers,
+                                         raise_error=False)
+
+
+def shown(response, *names):
+    return [response.headers.get(name) for name in names]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_head_is_answered_with_the_headers_of_its_get_and_no_body(start_gateway):
+    backend = RawBackend()
+    port = start_gateway([backend.url], [backend.url])
+    read, head = await fetch(port, "GET", "/orders/1"), await fetch(port, "HEAD", "/orders/1")
+    assert int(read.headers["Content-Length"]) == len(read.body) > 0
+    assert (head.code, head.body, *shown(head, "Content-Type", "Content-Length", "Etag")) == \
+        (200, b"", *shown(read, "Content-Type", "Content-Length", "Etag"))
+    assert [(s.method, s.path) for s in backend.requests()] == [("GET", "/orders/1")] * 2  # asked as its GET
+    refused = await fetch(port, "HEAD", "/payments")  # no GET there, so no HEAD either
+    assert (refused.code, refused.body, refused.headers["Allow"]) == (405, b"", "POST")
+    assert len(backend.requests()) == 2
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_backend_s_etag_and_its_304_pass_through_unchanged_and_without_a_body(start_gateway):
+    backend = RawBackend()
+    port = start_gateway([backend.url], [backend.url])
+    assert shown(await fetch(port, "GET", "/payments/1"), "Etag") == [ETAG]
+    for method in ("GET", "HEAD"):
+        cached = await fetch(port, method, "/payments/1", **{"If-None-Match": ETAG})
+        # No Content-Type either: a cache takes a 304's headers over for the 200 it stored (RFC 9111 4.3.4).
+        assert (cached.code, cached.body, *shown(cached, "Etag", "Content-Type", "Content-Length")) == \
+            (304, b"", ETAG, None, None)
+    changed = await fetch(port, "GET", "/payments/1", **{"If-None-Match": '"another"'})
+    assert (changed.code, *shown(changed, "Etag")) == (200, ETAG)
+    assert [dict(s.headers).get("if-none-match") for s in backend.requests()] == [None, ETAG, ETAG, '"another"']
+    port = start_gateway([RawBackend(etag=None).url])
+    plain = await fetch(port, "GET", "/orders/1")
+    assert (plain.code, *shown(plain, "Etag")) == (200, None)  # none of the gateway's own either
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_order_service_s_etag_and_its_304_reach_the_client_through_the_gateway(start_gateway,
+                                                                                        order_service, user_id):
+    port = start_gateway([f"http://127.0.0.1:{order_service.port}"])
+    placed = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/orders", method="POST",
+                                           body=json.dumps({"user_id": user_id, "amount": 5}),
+                                           headers={"Content-Type": "application/json"})
+    path = f"/orders/{json.loads(placed.body)['order_id']}"
+    read = await fetch(port, "GET", path)
+    etag = read.headers["Etag"]  # Tornado's RequestHandler puts a hash of the body on every 200 to a GET
+    head = await fetch(port, "HEAD", path)
+    assert (head.code, head.body, *shown(head, "Etag", "Content-Length")) == \
+        (200, b"", etag, str(len(read.body)))
+    cached = await fetch(port, "GET", path, **{"If-None-Match": etag})
+    assert (cached.code, cached.body, *shown(cached, "Etag", "Content-Type")) == (304, b"", etag, None)
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("code, reason", [(404, "Not Found"), (299, "Unknown")])
+async def test_a_backend_s_status_code_passes_through_with_the_standard_reason_phrase_or_unknown(start_gateway,
+                                                                                                code, reason):
+    backend = RawBackend(lambda *_: code)
+    port = start_gateway([backend.url])
+    response = await fetch(port, "GET", "/orders/1")
+    assert (response.code, response.reason, response.body) == \
+        (code, reason, b'{"status": "Success", "message": "GET /orders/1 seen."}')

@@ -180,3 +180,27 @@ async def test_a_consumer_feeds_its_queue_to_batches_that_dead_letter_on_its_pub
 
 def assert_equal(actual, expected):
     assert actual == expected
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("refused", [{2: "past the end"}, {-1: "from the end"}, {"0": "not an index"}])
+async def test_a_handler_naming_an_item_its_batch_does_not_have_is_a_bug_and_the_consumer_goes_on(refused):
+    calls = []
+
+    async def handle(items):
+        calls.append(items)
+        return refused if len(calls) == 1 else {}
+    batches = consumer(handle)
+    batches.batch_size = 2
+    fresh, again, later = FakeMessage(1), FakeMessage(2, redelivered=True), FakeMessage(3, message_id="3")
+    for message in (fresh, again):
+        await batches.on_message(message)
+    running = asyncio.create_task(batches.run())
+    await eventually(lambda: assert_true(again.outcome))
+    # Nothing acked on an answer that cannot be trusted: the batch takes the bug path (requeued once, then kept).
+    assert (fresh.outcome, again.outcome) == ([("nack", True)], DEAD)
+    assert batches.dead_letters_via.copies == [("q.dead", "m", "processing failed twice")]
+    await batches.on_message(later)
+    await eventually(lambda: assert_true(later.outcome))
+    assert not running.done() and later.outcome == [("ack", True)]
+    running.cancel()
