@@ -33,10 +33,11 @@ class Broker:
         self.consumer = consumer
 
     @classmethod
-    async def connect(cls, url: str, prefetch: int, publish_timeout: float = 5.0,
-                      queue_type: str | None = None) -> "Broker":
+    async def connect(cls, url: str, prefetch: int, publish_timeout: float = 5.0, queue_type: str | None = None,
+                      entries_per_message: int = 1) -> "Broker":
         """Wait for the broker (`url`: one node, or several of one cluster, comma-separated), then declare both
-        queues (and their dead-letter queues) of `queue_type` (None: QUEUE_TYPE of the environment).
+        queues (and their dead-letter queues) of `queue_type` (None: QUEUE_TYPE of the environment). The
+        publisher sends up to `entries_per_message` outbox rows in one message.
 
         Raises `QueueMismatch` if one exists with the other type."""
         connections = [await connect_robust(url) for _ in range(2)]
@@ -51,7 +52,7 @@ class Broker:
             await asyncio.gather(*(connection.close() for connection in connections), return_exceptions=True)
             raise
         logger.info("connected to RabbitMQ")
-        return cls(connections, Publisher(publishing, publish_timeout),
+        return cls(connections, Publisher(publishing, publish_timeout, entries_per_message),
                    Consumer(consuming, dead_letters_via=publishing))
 
     def is_connected(self) -> bool:

@@ -44,6 +44,7 @@ class Settings:
     resend_delay_max: float
     batch_size: int
     prefetch: int
+    entries_per_message: int
     upstream_timeout: float
     backend_pool_size: int
     client_idle_timeout: float
@@ -85,6 +86,7 @@ def load_settings(environ=None):
         resend_delay_max=float(env.get("RESEND_DELAY_MAX", "60")),
         batch_size=int(env.get("BATCH_SIZE", "200")),
         prefetch=int(env.get("PREFETCH", "256")),
+        entries_per_message=positive(env, "ENTRIES_PER_MESSAGE", "20"),
         upstream_timeout=float(env.get("UPSTREAM_TIMEOUT", "10")),
         backend_pool_size=int(env.get("BACKEND_POOL_SIZE", "64")),
         client_idle_timeout=float(env.get("CLIENT_IDLE_TIMEOUT", "20")),
@@ -104,6 +106,13 @@ def load_settings(environ=None):
     )
 
 
+
+
+def positive(env, key, default):
+    value = env.get(key, default)
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigurationError(f"{key} must be a positive integer, not {value!r}")
+    return int(value)
 
 
 def queue_type(value):

@@ -1,83 +1,110 @@
-"""The consuming side of the broker: messages taken in batches, each batch handled in one call (one
-transaction) and only then acknowledged; what can never be processed goes to the dead-letter queue."""
+"""The consuming side of the broker: messages taken in batches, the entries of each batch handled in one call
+(one transaction) and only then acknowledged; what can never be processed goes to the dead-letter queue: a
+message that cannot be read at all as it is, a malformed entry of a message of several on its own."""
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import NamedTuple
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
 
 from common import tracing
-from common.dead_letters import dead_letter
+from common.dead_letters import dead_letter, dead_letter_entries
 from common.errors import InvalidMessage, Unavailable
-from common.metrics import CONSUMED, DEAD_LETTERED
+from common.metrics import CONSUMED, DEAD_LETTERED, ENTRIES_CONSUMED
+from common.packing import Entry, EntryType, unpack
 
 logger = logging.getLogger(__name__)
 
-# `decode(body)` turns a body into an item or raises `InvalidMessage`.
-Decode = Callable[[bytes], Any]
-# `await handle_batch(items)` processes the items in one transaction and returns {index: reason} of those to
-# dead-letter (indexes into `items`). Raising `Unavailable` means "try the batch again"; any other exception,
-# or an index `items` does not have, is a bug.
+# `await handle_batch(items)` processes the items (the entries of a batch's messages) in one transaction and
+# returns {index: reason} of those to dead-letter (indexes into `items`). Raising `Unavailable` means "try the
+# batch again"; any other exception, or an index `items` does not have, is a bug.
 HandleBatch = Callable[[list], Awaitable[dict]]
+
+
+class Received(NamedTuple):
+    """A message as delivered, and its entries read (`common.packing.unpack`), or why it cannot be read."""
+    message: AbstractIncomingMessage
+    entries: list[Entry] | InvalidMessage
+
+    @property
+    def size(self) -> int:
+        return 1 if isinstance(self.entries, InvalidMessage) else len(self.entries)
 
 
 class BatchConsumer:
     """One queue's messages, in delivery order: each batch is handled and acknowledged before the next."""
 
-    def __init__(self, queue: str, decode: Decode, handle_batch: HandleBatch, batch_size: int,
+    def __init__(self, queue: str, kind: EntryType, handle_batch: HandleBatch, batch_size: int,
                  dead_letters_via: AbstractRobustChannel) -> None:
         self.queue = queue
         # Dead letters go out on the publishing connection: RabbitMQ blocks a connection that publishes
         # during a memory alarm, and the consumer's own acks must not wait behind that.
         self.dead_letters_via = dead_letters_via
-        self.decode = decode
+        self.kind = kind
         self.handle_batch = handle_batch
         self.batch_size = batch_size
         self.pending: asyncio.Queue = asyncio.Queue()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         try:
-            self.pending.put_nowait((message, self.decode(message.body)))
+            entries = unpack(message.body, (message.headers or {}).get(tracing.HEADER), self.kind)
         except InvalidMessage as exc:
             # Acknowledged by `process` like the rest, so that messages are acknowledged in delivery order.
-            self.pending.put_nowait((message, exc))
+            entries = exc
+        self.pending.put_nowait(Received(message, entries))
 
     async def run(self) -> None:
         while True:
             batch = [await self.pending.get()]
-            while len(batch) < self.batch_size and not self.pending.empty():
+            # Up to `batch_size` entries (one transaction's worth), in whole messages: a message is acked whole.
+            size = batch[0].size
+            while size < self.batch_size and not self.pending.empty():
                 batch.append(self.pending.get_nowait())
+                size += batch[-1].size
             await self.process(batch)
 
-    async def process(self, batch: Sequence[tuple[AbstractIncomingMessage, Any]]) -> None:
-        """Handle the decoded items of a batch of (message, item or InvalidMessage) in one call, then
-        acknowledge every message of the batch.
+    async def process(self, batch: Sequence[Received]) -> None:
+        """Handle the entries of a batch's messages in one call, then acknowledge every message of the batch.
 
-        With tracing on, each message gets a span of its own, from the batch's start to its acknowledgement:
-        one span for the batch, linked to the messages' traces, would leave the orders' own traces without
+        With tracing on, each entry gets a span of its own, from the batch's start to its acknowledgement:
+        one span for the batch, linked to the entries' traces, would leave the orders' own traces without
         their payment (or their final status), and each order must be one trace end to end."""
-        with tracing.current.process(self.queue, batch) as traced_batch:
-            await self._process(traced_batch)
+        entries = [(received.message.message_id, entry.trace, entry.item) for received in batch
+                   if not isinstance(received.entries, InvalidMessage) for entry in received.entries]
+        with tracing.current.process(self.queue, entries) as items:
+            await self._process(batch, items)
 
-    async def _process(self, batch: Sequence[tuple[AbstractIncomingMessage, Any]]) -> None:
-        rejected = {id(message): str(item) for message, item in batch if isinstance(item, InvalidMessage)}
-        valid = [(message, item) for message, item in batch if id(message) not in rejected]
+    async def _process(self, batch: Sequence[Received], items: list) -> None:
+        refused = [{} for _ in batch]  # per message: {entry index: reason}
+        valid, places = [], []         # the items to handle, and (message index, entry index) of each
+        flat = iter(items)
+        for m, received in enumerate(batch):
+            for e in range(0 if isinstance(received.entries, InvalidMessage) else len(received.entries)):
+                item = next(flat)
+                if isinstance(item, InvalidMessage):
+                    refused[m][e] = str(item)
+                else:
+                    valid.append(item)
+                    places.append((m, e))
+        failed = set()
         try:
-            invalid = await self._handle([item for _, item in valid]) if valid else {}
+            invalid = await self._handle(valid) if valid else {}
         except Exception:
             # A bug, not an outage: give each message one more chance, then dead-letter it.
-            logger.exception("batch of %d messages from %s failed", len(valid), self.queue)
-            for message, _ in valid:
-                if message.redelivered:
-                    await self._reject(message, "processing failed twice")
-                else:
-                    await acknowledge(message.nack(requeue=True))
-            valid, invalid = [], {}
-        rejected.update((id(valid[index][0]), reason) for index, reason in invalid.items())
-        await self._ack_batch([message for message, _ in batch], rejected,
-                              [message for message, _ in valid if id(message) not in rejected])
+            logger.exception("batch of %d entries from %s failed", len(valid), self.queue)
+            failed, invalid = {m for m, _ in places}, {}
+        for index, reason in invalid.items():
+            m, e = places[index]
+            refused[m][e] = reason
+        acked, processed = [], 0
+        for m, received in enumerate(batch):
+            if await self._settle(received, refused[m], m in failed):
+                acked.append(received.message)
+                processed += len(received.entries) - len(refused[m])
+        await self._ack_batch([received.message for received in batch], acked)
+        ENTRIES_CONSUMED.labels(self.queue).inc(processed)
 
     async def _handle(self, items: list) -> dict:
         """{index: reason} of the items to dead-letter, as `handle_batch` returned it; raises `ValueError` if
@@ -95,15 +122,33 @@ class BatchConsumer:
             raise ValueError(f"the handler refused items {unknown} of a batch of {len(items)}")
         return invalid
 
-    async def _ack_batch(self, messages: list, rejected: dict, acked: list) -> None:
-        """Dead-letter the `rejected` messages of a batch ({id: reason}), then ack the `acked` ones with one
-        `multiple` ack of the last of them: one frame instead of one per message.
+    async def _settle(self, received: Received, refused: dict, failed: bool) -> bool:
+        """Whatever a message needs besides the batch's ack; True if the batch's ack is to take it.
+
+        A message that cannot be read, or of one entry that is refused, goes to the dead-letter queue whole, as
+        it came (acked there once the copy is confirmed); one of several keeps its processed entries and sends
+        each refused one there on its own."""
+        message = received.message
+        if isinstance(received.entries, InvalidMessage):
+            await self._reject(message, str(received.entries))
+        elif failed and message.redelivered:
+            await self._reject(message, "processing failed twice")
+        elif failed:
+            await acknowledge(message.nack(requeue=True))
+        elif refused and len(received.entries) == 1:
+            await self._reject(message, refused[0])
+        elif refused:
+            return await self._reject_entries(message, received.entries, refused)
+        else:
+            return True
+        return False
+
+    async def _ack_batch(self, messages: list, acked: list) -> None:
+        """Ack the `acked` messages of a batch with one `multiple` ack of the last of them: one frame instead
+        of one per message. The others of the batch were dead-lettered or requeued before.
 
         Sound because a batch holds every delivery of its channel up to that message that is not acknowledged
         yet: deliveries arrive in order, are batched in order, and each batch is acknowledged before the next."""
-        for message in messages:
-            if id(message) in rejected:
-                await self._reject(message, rejected[id(message)])
         if not acked:
             return
         tags = [message.delivery_tag for message in messages]
@@ -120,6 +165,17 @@ class BatchConsumer:
         logger.error("dead-lettering message %s from %s: %s", message.message_id, self.queue, reason)
         if await dead_letter(message, self.queue, reason, self.dead_letters_via):
             DEAD_LETTERED.labels(self.queue).inc()
+
+    async def _reject_entries(self, message: AbstractIncomingMessage, entries: list[Entry], refused: dict) -> bool:
+        for index, reason in refused.items():
+            logger.error("dead-lettering entry %d of message %s from %s: %s", index, message.message_id, self.queue,
+                         reason)
+        if await dead_letter_entries(message, self.queue, [(index, entries[index].text, reason)
+                                                           for index, reason in refused.items()],
+                                     self.dead_letters_via):
+            DEAD_LETTERED.labels(self.queue).inc(len(refused))
+            return True
+        return False
 
 
 async def acknowledge(ack_or_reject: Awaitable) -> None:
@@ -138,8 +194,8 @@ class Consumer:
         self.dead_letters_via = dead_letters_via
         self._tasks: list[asyncio.Task] = []
 
-    async def consume(self, queue: str, decode: Decode, handle_batch: HandleBatch, batch_size: int) -> None:
-        batches = BatchConsumer(queue, decode, handle_batch, batch_size, self.dead_letters_via)
+    async def consume(self, queue: str, kind: EntryType, handle_batch: HandleBatch, batch_size: int) -> None:
+        batches = BatchConsumer(queue, kind, handle_batch, batch_size, self.dead_letters_via)
         await (await self.channel.get_queue(queue)).consume(batches.on_message)
         self._tasks.append(asyncio.create_task(batches.run(), name=f"consumer of {queue}"))
 

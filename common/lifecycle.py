@@ -13,10 +13,11 @@ from tornado import httputil, web
 from common import tracing
 from common.broker import Broker
 from common.config import ConfigurationError, Settings, load_settings
-from common.consumer import Decode, HandleBatch
+from common.consumer import HandleBatch
 from common.db import Database
 from common.http_server import BoundedHTTPServer, server_options
 from common.logs import setup_logging
+from common.packing import EntryType
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class Service:
 class Consumption:
     """A queue a service consumes, and what it does with each batch (see `common.consumer.BatchConsumer`)."""
     queue: str
-    decode: Decode
+    kind: EntryType  # what the entries of its messages are
     handle_batch: HandleBatch
 
 
@@ -172,7 +173,8 @@ class BackendService(Service):
         settings = self.settings
         self.port = getattr(settings, self.port_setting)
         self.db = await Database.connect(getattr(settings, self.dsn_setting), self.name, settings.db_pool_size)
-        self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch, queue_type=settings.queue_type)
+        self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch, queue_type=settings.queue_type,
+                                           entries_per_message=settings.entries_per_message)
         self.wiring = self.bootstrap(settings, self.db, self.broker)
         for step in self.wiring.startup:
             await step()
@@ -181,7 +183,7 @@ class BackendService(Service):
         for worker in self.workers:
             worker.start()
         for consumption in self.wiring.consumers:
-            await self.broker.consumer.consume(consumption.queue, consumption.decode, consumption.handle_batch,
+            await self.broker.consumer.consume(consumption.queue, consumption.kind, consumption.handle_batch,
                                                settings.batch_size)
         logger.info("%s listening on port %s", self.name, self.port)
 

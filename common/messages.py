@@ -1,8 +1,9 @@
 """The two message types that cross the broker, and their strict decoding.
 
-`outbox_os` carries a `PaymentRequest` (Order Service → Payments Service);
-`outbox_ps` carries a `PaymentResult` (Payments Service → Order Service).
-Amounts travel as strings so they stay exact. Decoding raises `InvalidMessage`.
+`outbox_os` carries `PaymentRequest`s (Order Service → Payments Service);
+`outbox_ps` carries `PaymentResult`s (Payments Service → Order Service).
+A message holds one entry or several (`common.packing`); each type says here what one entry is (`entry`) and
+reads one back (`from_entry`, which raises `InvalidMessage`). Amounts travel as strings so they stay exact.
 
 `trace` is not part of the body: with tracing on, the consumer sets it to the context of the message's
 processing span (`common.tracing`), for what the handling writes to continue that trace."""
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
+from typing import ClassVar
 
 from common.errors import InvalidInput, InvalidMessage
 from common.validation import parse_amount, parse_id
@@ -30,16 +32,6 @@ class OrderStatus(StrEnum):
 FINAL_STATUSES = (OrderStatus.FINISHED, OrderStatus.CANCELLED)
 
 
-def _decode_object(body, fields):
-    try:
-        data = json.loads(body, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise InvalidMessage("body is not valid JSON") from None
-    if not isinstance(data, dict) or set(data) != set(fields):
-        raise InvalidMessage(f"body must be an object with exactly the fields {sorted(fields)}")
-    return data
-
-
 class Traced:
     """A message type with a `trace` field."""
 
@@ -47,9 +39,17 @@ class Traced:
         """This message, as handled in the trace `trace`."""
         return dataclasses.replace(self, trace=trace)
 
+    def entry(self) -> dict:
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        """The body of a message of this entry alone (the format from before packing)."""
+        return json.dumps(self.entry()).encode()
+
 
 @dataclass(frozen=True)
 class PaymentRequest(Traced):
+    FIELDS: ClassVar = ("order_id", "user_id", "amount")
     order_id: int
     user_id: int
     amount: Decimal
@@ -60,13 +60,11 @@ class PaymentRequest(Traced):
         """The request of an order or outbox row (`order_id`, `user_id`, `amount`)."""
         return cls(row["order_id"], row["user_id"], row["amount"])
 
-    def encode(self) -> bytes:
-        return json.dumps({"order_id": self.order_id, "user_id": self.user_id,
-                           "amount": str(self.amount)}).encode()
+    def entry(self) -> dict:
+        return {"order_id": self.order_id, "user_id": self.user_id, "amount": str(self.amount)}
 
     @classmethod
-    def decode(cls, body: bytes) -> "PaymentRequest":
-        data = _decode_object(body, ("order_id", "user_id", "amount"))
+    def from_entry(cls, data: Mapping) -> "PaymentRequest":
         try:
             return cls(parse_id(data["order_id"], "order_id"), parse_id(data["user_id"], "user_id"),
                        parse_amount(data["amount"]))
@@ -76,16 +74,16 @@ class PaymentRequest(Traced):
 
 @dataclass(frozen=True)
 class PaymentResult(Traced):
+    FIELDS: ClassVar = ("order_id", "status")
     order_id: int
     status: OrderStatus
     trace: str | None = dataclasses.field(default=None, compare=False)
 
-    def encode(self) -> bytes:
-        return json.dumps({"order_id": self.order_id, "status": self.status}).encode()
+    def entry(self) -> dict:
+        return {"order_id": self.order_id, "status": self.status}
 
     @classmethod
-    def decode(cls, body: bytes) -> "PaymentResult":
-        data = _decode_object(body, ("order_id", "status"))
+    def from_entry(cls, data: Mapping) -> "PaymentResult":
         if data["status"] not in FINAL_STATUSES:
             raise InvalidMessage(f"'status' must be one of {tuple(map(str, FINAL_STATUSES))}")
         try:

@@ -17,9 +17,14 @@ logger = logging.getLogger(__name__)
 REQUESTS = Histogram("shop_http_request_duration_seconds", "HTTP requests by handler, method and status.",
                      ["handler", "method", "status"])
 PUBLISHED = Counter("shop_messages_published", "Messages confirmed by the broker.", ["queue"])
+ROWS_PUBLISHED = Counter("shop_outbox_rows_published", "Outbox rows whose message the broker confirmed (several may "
+                         "share a message: ENTRIES_PER_MESSAGE).", ["queue"])
 PUBLISH_FAILED = Counter("shop_messages_publish_failed", "Publishes the broker did not confirm.", ["queue"])
 CONSUMED = Counter("shop_messages_consumed", "Messages processed and acked.", ["queue"])
-DEAD_LETTERED = Counter("shop_messages_dead_lettered", "Messages rejected to the dead-letter queue.", ["queue"])
+ENTRIES_CONSUMED = Counter("shop_entries_consumed", "Entries of the messages acked (one per message unless "
+                           "several rows shared it).", ["queue"])
+DEAD_LETTERED = Counter("shop_messages_dead_lettered", "Dead letters published to the dead-letter queue (a whole "
+                        "message, or one malformed entry of a message of several).", ["queue"])
 RECONNECTS = Counter("shop_broker_reconnects", "Times the broker connection was re-established.")
 PENDING = Gauge("shop_pending_rows", "Rows waiting in an outbox or inbox.", ["table"])
 OLDEST_PENDING = Gauge("shop_oldest_pending_age_seconds", "Age of the oldest waiting row.", ["table"])

@@ -18,9 +18,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from common.config import ConfigurationError
 from common.errors import ShopError
 from common.logs import trace_id
+from common.tracing import HEADER
 
 PROPAGATOR = TraceContextTextMapPropagator()
-HEADER = "traceparent"
 
 
 def console_exporter():
@@ -111,29 +111,30 @@ class On:
         return self.tracer.start_span(name, parent(trace_header), kind, attributes, start_time=start_time)
 
     @contextmanager
-    def send(self, queue, message_id, trace_header):
-        span = self._child(f"send {queue}", trace_header, SpanKind.PRODUCER, messaging(queue, "send", message_id))
-        if span is None:
-            yield None
-            return
-        with trace.use_span(span, end_on_exit=True):
-            yield {HEADER: context_of(span)}
+    def send(self, queue, message_id, traces):
+        spans = [self._child(f"send {queue}", trace_header, SpanKind.PRODUCER, messaging(queue, "send", message_id))
+                 for trace_header in traces]
+        try:
+            yield [context_of(span) if span else None for span in spans]
+        except BaseException as exc:
+            failed(spans, exc)
+            raise
+        finally:
+            end(spans)
 
     @contextmanager
-    def process(self, queue, batch):
+    def process(self, queue, entries):
         started = time.time_ns()
-        spans = [self._child(f"process {queue}", (message.headers or {}).get(HEADER), SpanKind.CONSUMER,
-                             {**messaging(queue, "process", message.message_id), **order_of(item),
-                              "messaging.batch.message_count": len(batch)}, started)
-                 for message, item in batch]
+        spans = [self._child(f"process {queue}", trace_header, SpanKind.CONSUMER,
+                             {**messaging(queue, "process", message_id), **order_of(item),
+                              "messaging.batch.message_count": len(entries)}, started)
+                 for message_id, trace_header, item in entries]
         try:
             # An item that is an `InvalidMessage` (to be dead-lettered) has no trace to set.
-            yield [(message, item.traced(context_of(span)) if span and hasattr(item, "traced") else item)
-                   for (message, item), span in zip(batch, spans)]
+            yield [item.traced(context_of(span)) if span and hasattr(item, "traced") else item
+                   for (*_, item), span in zip(entries, spans)]
         except BaseException as exc:
-            for span in filter(None, spans):
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, repr(exc)))
+            failed(spans, exc)
             raise
         finally:
             end(spans)
@@ -146,6 +147,12 @@ class On:
             yield [context_of(span) if span else None for span in spans]
         finally:
             end(spans)
+
+
+def failed(spans, exc):
+    for span in filter(None, spans):
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, repr(exc)))
 
 
 def end(spans):

@@ -7,9 +7,12 @@ per order even with their exporter off (bench/otel_probe.py), so the services ca
 and only `common.otel` (loaded when tracing is on) knows OpenTelemetry.
 
 A trace context travels as a W3C `traceparent` string: in the HTTP request, in the outbox and inbox rows, and
-as the AMQP header of every message sent (first sends and resends alike)."""
+with every message sent (first sends and resends alike): the AMQP `traceparent` header of a message of one
+entry, a field of each entry in a message of several (`common.packing`)."""
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+
+HEADER = "traceparent"  # the AMQP header (and W3C HTTP header) a trace context travels in
 
 # A W3C traceparent ("00-<trace id>-<span id>-<flags>"), or None where there is no trace to continue.
 Trace = str | None
@@ -42,16 +45,17 @@ class Off:
         """The current span's context (to store with an outbox row), or None."""
         return None
 
-    def send(self, queue: str, message_id: str, trace: Trace) -> AbstractContextManager:
-        """A PRODUCER span, child of `trace`, around one publish; yields the message headers that carry it
-        (None: no headers, when `trace` is None or tracing is off)."""
-        return nullcontext(None)
+    def send(self, queue: str, message_id: str, traces: Sequence[Trace]) -> AbstractContextManager:
+        """A PRODUCER span per entry of one message (child of the entry's trace in `traces`), around its publish;
+        yields their contexts, in order, for the message to carry (each None where that trace is None, and
+        all None when off)."""
+        return nullcontext([None] * len(traces))
 
-    def process(self, queue: str, batch: Sequence[tuple]) -> AbstractContextManager:
-        """A CONSUMER span per (message, item) of a consumer's batch (child of the message's `traceparent`
-        header), around the batch's handling; yields the batch with each item's `trace` set to its span's
-        context (the batch itself when off)."""
-        return nullcontext(batch)
+    def process(self, queue: str, entries: Sequence[tuple]) -> AbstractContextManager:
+        """A CONSUMER span per (message id, trace, item) of a consumer's batch (child of the trace the entry came
+        with), around the batch's handling; yields the items with each one's `trace` set to its span's context
+        (the items as they are when off)."""
+        return nullcontext([item for *_, item in entries])
 
     def steps(self, name: str, rows: Sequence[Mapping]) -> AbstractContextManager:
         """An INTERNAL span per row (a mapping with `order_id` and the `traceparent` it continues); yields their

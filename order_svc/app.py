@@ -29,7 +29,7 @@ def bootstrap(settings: Settings, db: Database, broker: Broker) -> Wiring:
     dispatch = SendAtOnce(background, broker.window, broker.is_connected, settings.resend_delay, outbox.kick) \
         if settings.fast_path else RelayOnly()
     return Wiring(make_app(db, broker, settings, dispatch), workers=dict(outbox=outbox, cleanup=cleanup), consumers=[
-        Consumption(PAYMENT_RESULTS, PaymentResult.decode,
+        Consumption(PAYMENT_RESULTS, PaymentResult,
                     lambda results: service.apply_payment_results(background, results)),
     ], startup=[lambda: background.run(repo.make_unsent_due, transaction=False)])
 

@@ -51,8 +51,9 @@ class SendAtOnce:
         if not entry.due_in:
             self.kick_relay()
             return
-        request = PaymentRequest.from_row(order)
-        self.window.send(ORDER_REQUESTS, [(request.order_id, request.encode(), trace)], self._hand_over_unconfirmed)
+        # Orders placed in the same event-loop tick (committed together) share messages: see `PublishWindow`.
+        self.window.send(ORDER_REQUESTS, [(order["order_id"], PaymentRequest.from_row(order).entry(), trace)],
+                         self._hand_over_unconfirmed)
 
     async def _hand_over_unconfirmed(self, _confirmed: list, unconfirmed: list) -> None:
         if unconfirmed:

@@ -87,8 +87,8 @@ async def relay_outbox(db: Database, publisher: Publisher, settings: Settings) -
             due = [row for row in rows if not row["attempts"]]
         else:
             due = rows
-        messages = [(row["order_id"], PaymentRequest.from_row(row).encode(), row["traceparent"]) for row in due]
-        confirmed = await publisher.publish_all(ORDER_REQUESTS, messages) if messages else []
+        outgoing = [(row["order_id"], PaymentRequest.from_row(row).entry(), row["traceparent"]) for row in due]
+        confirmed = await publisher.publish_all(ORDER_REQUESTS, outgoing) if outgoing else []
         if confirmed:
             await repo.postpone_outbox(cur, confirmed, settings.resend_delay, settings.resend_delay_max)
         for row in due:

@@ -32,7 +32,7 @@ def bootstrap(settings: Settings, db: Database, broker: Broker) -> Wiring:
     dispatch = SettleAtOnce(background, broker.window, settings.resend_delay, outbox.kick, inbox.kick) \
         if settings.fast_path else RelayOnly()
     return Wiring(make_app(db, broker, settings), workers=dict(inbox=inbox, outbox=outbox, cleanup=cleanup),
-                  consumers=[Consumption(ORDER_REQUESTS, PaymentRequest.decode,
+                  consumers=[Consumption(ORDER_REQUESTS, PaymentRequest,
                                          lambda requests: service.receive_requests(background, requests, dispatch))])
 
 

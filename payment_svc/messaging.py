@@ -10,8 +10,9 @@ from common.publisher import PublishWindow
 from payment_svc import repo
 
 
-def encode_result(row: Mapping) -> bytes:
-    return PaymentResult(row["order_id"], row["status"]).encode()
+def outgoing_results(rows: Sequence[Mapping]) -> list:
+    """`outbox_ps` rows as the publisher takes them: (row id, entry, trace)."""
+    return [(row["id"], PaymentResult(row["order_id"], row["status"]).entry(), row["traceparent"]) for row in rows]
 
 
 class ResultDispatch(Protocol):
@@ -41,8 +42,7 @@ class SettleAtOnce:
 
     def send(self, rows: Sequence[Mapping]) -> None:
         if rows:
-            self.window.send(PAYMENT_RESULTS, [(row["id"], encode_result(row), row["traceparent"]) for row in rows],
-                             self._delete_confirmed)
+            self.window.send(PAYMENT_RESULTS, outgoing_results(rows), self._delete_confirmed)
 
     def left_to_inbox_worker(self) -> None:
         """Some users were busy in another transaction: the inbox worker settles them now, not at its poll."""

@@ -12,7 +12,7 @@ from common.idempotency import IdempotentRequest, forget_expired, run_once
 from common.messages import PAYMENT_RESULTS, OrderStatus, PaymentRequest
 from common.publisher import Publisher
 from payment_svc import repo
-from payment_svc.messaging import ResultDispatch, encode_result
+from payment_svc.messaging import ResultDispatch, outgoing_results
 
 logger = logging.getLogger(__name__)
 
@@ -183,8 +183,7 @@ async def relay_outbox(db: Database, publisher: Publisher, batch_size: int) -> b
         rows = await repo.lock_outbox(cur, batch_size)
         if not rows:
             return 0
-        confirmed = await publisher.publish_all(PAYMENT_RESULTS, [(row["id"], encode_result(row), row["traceparent"])
-                                                                  for row in rows])
+        confirmed = await publisher.publish_all(PAYMENT_RESULTS, outgoing_results(rows))
         if confirmed:
             await repo.delete_outbox(cur, confirmed)
         return len(rows)

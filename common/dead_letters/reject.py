@@ -28,13 +28,20 @@ CONFIRM_TIMEOUT = 5.0  # seconds; like the services' publish timeout
 REQUEUE_PAUSE = 1.0
 
 
-def dead_letter_copy(message, queue, reason, now):
-    """A persistent copy of `message` (same body, message id and properties) with the death headers."""
+def dead_letter_copy(message, queue, reason, now, body=None, message_id=None):
+    """A persistent copy of `message` (same body, message id and properties, unless `body` / `message_id` say
+    otherwise) with the death headers."""
     return aio_pika.Message(
-        message.body, headers=death_headers(message.headers, queue, reason, now),
+        message.body if body is None else body, headers=death_headers(message.headers, queue, reason, now),
         content_type=message.content_type, content_encoding=message.content_encoding,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT, correlation_id=message.correlation_id,
-        message_id=message.message_id, timestamp=message.timestamp, type=message.type, app_id=message.app_id)
+        message_id=message.message_id if message_id is None else message_id, timestamp=message.timestamp,
+        type=message.type, app_id=message.app_id)
+
+
+def entry_id(message_id, index):
+    """The message id of the dead letter of entry `index` of the message `message_id` ("1201+19#3")."""
+    return f"{message_id}#{index}"
 
 
 async def dead_letter(message, queue, reason, channel):
@@ -43,12 +50,32 @@ async def dead_letter(message, queue, reason, channel):
 
     Returns True if it was moved; False if the copy was not confirmed and the original was requeued instead.
     Never raises for a broker failure: a message left unsettled comes back when its channel is replaced."""
-    copy = dead_letter_copy(message, queue, reason, utc_now())
+    return await _store(message, queue, [dead_letter_copy(message, queue, reason, utc_now())], channel, ack=True)
+
+
+async def dead_letter_entries(message, queue, refused, channel):
+    """Send each refused entry of `message` (a message of several entries, consumed from `queue`) to
+    `<queue>.dead` on its own: `refused` lists (entry index, its JSON text, reason), and each dead letter
+    carries that text alone as its body, under the id `entry_id(...)`, with the message's properties and
+    headers and the death headers. The original is not acked here: its other entries were processed, and it
+    is acked with its batch.
+
+    Returns True if every copy was confirmed; False if one was not and the original was requeued instead (its
+    entries come again: the processed ones are deduplicated downstream, the refused ones dead-lettered again)."""
+    now = utc_now()
+    copies = [dead_letter_copy(message, queue, reason, now, text.encode(), entry_id(message.message_id, index))
+              for index, text, reason in refused]
+    return await _store(message, queue, copies, channel, ack=False)
+
+
+async def _store(message, queue, copies, channel, ack):
     try:
-        # Raises unless the broker confirmed it: a nack, an unroutable return (no such queue), or a timeout.
-        await channel.default_exchange.publish(copy, routing_key=dead_letter_queue(queue), mandatory=True,
-                                               timeout=CONFIRM_TIMEOUT)
-        await message.ack()
+        for copy in copies:
+            # Raises unless the broker confirmed it: a nack, an unroutable return (no such queue), or a timeout.
+            await channel.default_exchange.publish(copy, routing_key=dead_letter_queue(queue), mandatory=True,
+                                                   timeout=CONFIRM_TIMEOUT)
+        if ack:
+            await message.ack()
         return True
     except Exception as exc:  # noqa: BLE001 - whatever failed, the original must stay in the broker
         logger.warning("message %s from %s not dead-lettered (%r); requeued", message.message_id, queue, exc)

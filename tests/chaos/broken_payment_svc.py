@@ -33,9 +33,10 @@ def double_debit():
 def status_swapped():
     """Results travel with the opposite status: the Order Service records FINISHED for CANCELLED and back. Both
     senders are patched: the relay (`service`) and the fast path (`messaging.SettleAtOnce`)."""
-    real_encode = messaging.encode_result
+    real_outgoing = messaging.outgoing_results
     swap = {"FINISHED": "CANCELLED", "CANCELLED": "FINISHED"}
-    service.encode_result = messaging.encode_result = lambda row: real_encode({**row, "status": swap[row["status"]]})
+    service.outgoing_results = messaging.outgoing_results = \
+        lambda rows: real_outgoing([{**row, "status": swap[row["status"]]} for row in rows])
 
 
 def amount_truncated():

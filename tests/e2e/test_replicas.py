@@ -50,8 +50,8 @@ def test_two_replicas_each_share_load_and_never_process_a_row_twice(replicated_s
         [replicated_stack[n] for n in ("payment", "payment1")]
     assert all(metric_total(p, "shop_http_request_duration_seconds_count", method="POST") > 0 for p in orders)
     # Every outbox row was published exactly once in all: no two workers took the same row.
-    assert sum(metric_total(p, "shop_messages_published_total", queue="outbox_os") for p in orders) == 200
-    assert sum(metric_total(p, "shop_messages_published_total", queue="outbox_ps") for p in payments) == 200
+    assert sum(metric_total(p, "shop_outbox_rows_published_total", queue="outbox_os") for p in orders) == 200
+    assert sum(metric_total(p, "shop_outbox_rows_published_total", queue="outbox_ps") for p in payments) == 200
 
 
 @pytest.fixture
@@ -90,8 +90,8 @@ def test_requests_delivered_twice_by_contending_relays_debit_once(contended_stac
     assert wait_until_settled(stack.order_dsn, timeout=60, payment_db=stack.payment_dsn) is not None
 
     orders, payments = [stack[n] for n in ("order", "order1")], [stack[n] for n in ("payment", "payment1")]
-    published = [metric_total(p, "shop_messages_published_total", queue="outbox_os") for p in orders]
-    consumed = [metric_total(p, "shop_messages_consumed_total", queue="outbox_os") for p in payments]
+    published = [metric_total(p, "shop_outbox_rows_published_total", queue="outbox_os") for p in orders]
+    consumed = [metric_total(p, "shop_entries_consumed_total", queue="outbox_os") for p in payments]
     # Both relays took rows, and resent requests while they were pending: more published and consumed than
     # there are orders, by both Payments replicas. Which relay resends is not asserted: a row is due again
     # RESEND_DELAY after its send, so the relay whose poll comes first after that takes it; with polls 1 s

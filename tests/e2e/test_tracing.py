@@ -86,20 +86,28 @@ def test_one_trace_follows_an_order_from_its_post_to_its_final_status(traced_sta
     assert len(placed) == 1 and trace_id in placed[0], placed
 
 
-def test_the_relay_sending_an_order_after_a_restart_keeps_its_trace(traced_stack):
-    # No fast path and no poll: the order waits in the outbox until the restarted process's first relay run.
+def test_orders_sent_after_a_restart_in_one_message_each_keep_their_own_trace(traced_stack):
+    # No fast path and no poll: the orders wait in the outbox until the restarted process's first relay run,
+    # which sends them in one message (ENTRIES_PER_MESSAGE); the Payments consumer settles them in one batch and
+    # publishes their results together, in one message too.
     traced_stack["order"].env.update(FAST_PATH="0", POLL_INTERVAL="3600")
     stack = traced_stack.start()
-    order_id, trace_id, client_span = place_traced_order(stack)
-    wait_for(lambda: assert_steps(chain(stack, trace_id, client_span), ORDER_TRACE[:2]))
-    assert call(stack.url, "GET", f"/orders/{order_id}")[1]["order"]["status"] == "NEW"
+    orders = [place_traced_order(stack) for _ in range(3)]
+    for _, trace_id, client_span in orders:
+        wait_for(lambda t=trace_id, c=client_span: assert_steps(chain(stack, t, c), ORDER_TRACE[:2]))
     stack["order"].stop()
     stack.restart("order")
-    wait_until_finished(stack, order_id)
-    wait_for(lambda: assert_steps(chain(stack, trace_id, client_span), ORDER_TRACE), timeout=15)
-    path = chain(stack, trace_id, client_span)
-    instance = [s["resource"]["attributes"]["service.instance.id"] for s in path]
-    assert instance[1] != instance[2], "the request was sent by the process that placed it, not after a restart"
+    for order_id, trace_id, client_span in orders:
+        wait_until_finished(stack, order_id)
+        wait_for(lambda t=trace_id, c=client_span: assert_steps(chain(stack, t, c), ORDER_TRACE), timeout=15)
+    paths = [chain(stack, trace_id, client_span) for _, trace_id, client_span in orders]
+    for path in paths:
+        instance = [s["resource"]["attributes"]["service.instance.id"] for s in path]
+        assert instance[1] != instance[2], "the request was sent by the process that placed it, not after a restart"
+    # The requests shared one message ("<first order>+2"), each in its own trace.
+    request_messages = {path[2]["attributes"]["messaging.message.id"] for path in paths}
+    assert request_messages == {f"{orders[0][0]}+2"}, request_messages
+    assert [path[-1]["attributes"]["shop.order_id"] for path in paths] == [order_id for order_id, *_ in orders]
 
 
 def assert_steps(path, expected):

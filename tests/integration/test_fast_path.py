@@ -3,6 +3,7 @@
 The services here poll once an hour, so whatever reaches a queue was published by the fast path (or by the
 relay's one run at start-up, before anything is placed)."""
 import asyncio
+import json
 from decimal import Decimal
 
 import pytest
@@ -50,11 +51,15 @@ def payment_service(io_loop, run_env):
 
 
 async def take(broker, queue_name):
-    """Every message waiting in `queue_name`, taken out: [(message id, body)]."""
+    """Every entry of the messages waiting in `queue_name`, taken out: [(order id, the entry as the body of a
+    message of its own)], whether a message carried one entry or several."""
     queue = await broker.publisher.channel.get_queue(queue_name)
     taken = []
     while (message := await queue.get(no_ack=True, fail=False)) is not None:
-        taken.append((int(message.message_id), message.body))
+        body = json.loads(message.body)
+        for entry in body if isinstance(body, list) else [body]:
+            entry.pop("traceparent", None)
+            taken.append((entry["order_id"], json.dumps(entry).encode()))
     return taken
 
 
@@ -183,7 +188,7 @@ async def test_immediate_publishes_are_bounded_by_a_window_that_frees_as_confirm
     async def record(ids, _unconfirmed):
         confirmed.extend(ids)
     try:
-        broker.window.send(queue, [(i, b"{}", None) for i in range(MAX_SENDING)], record)
+        broker.window.send(queue, [(i, {}, None) for i in range(MAX_SENDING)], record)
         assert not broker.window.has_room()
         assert await broker.window.room(timeout=10)
         assert sorted(confirmed) == list(range(MAX_SENDING))
@@ -198,7 +203,7 @@ def hold_window_full(broker, queue):
 
     async def held(*_):
         await release.wait()
-    broker.window.send(queue, [(i, b"{}", None) for i in range(MAX_SENDING)], held)
+    broker.window.send(queue, [(i, {}, None) for i in range(MAX_SENDING)], held)
     assert not broker.window.has_room()
     return release
 

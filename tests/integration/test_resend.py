@@ -1,4 +1,6 @@
 """Resends of `outbox_os` rows: held back while the queue still holds messages, sent once it is drained."""
+import json
+
 import pytest
 
 from common.config import load_settings
@@ -27,11 +29,13 @@ async def purge_requests(service):
 
 
 async def take_requests(service):
-    """Order ids of every payment request waiting in the queue, taking them out (as if they were lost)."""
+    """Order ids of every payment request waiting in the queue, taking them out (as if they were lost): a message
+    of one request is named by its id, one of several by its entries."""
     queue = await service.broker.publisher.channel.get_queue(ORDER_REQUESTS)
     taken = []
     while (message := await queue.get(no_ack=True, fail=False)) is not None:
-        taken.append(int(message.message_id))
+        body = json.loads(message.body)
+        taken.extend([entry["order_id"] for entry in body] if isinstance(body, list) else [int(message.message_id)])
     return taken
 
 

@@ -1,18 +1,27 @@
 """Small fakes of the broker and the database for the unit layer: enough to drive batching and acking, the
 publish window, both fast paths and both relays without a server. The integration tests use the real ones."""
 import asyncio
+import json
 from dataclasses import dataclass, field
+
+from common.consumer import Received
+from common.errors import InvalidMessage
+from common.packing import Entry
 
 
 class FakeDeadLetters:
-    """The publishing channel dead letters go out on: confirms every copy, and keeps (queue, message id, reason)."""
+    """The publishing channel dead letters go out on: confirms every copy unless `refuse`, and keeps
+    (queue, message id, reason) of each (and its body in `bodies`)."""
 
-    def __init__(self):
-        self.copies = []
+    def __init__(self, refuse=False):
+        self.copies, self.bodies, self.refuse = [], [], refuse
         self.default_exchange = self
 
     async def publish(self, message, routing_key, mandatory, timeout):
+        if self.refuse:
+            raise TimeoutError("no confirm")
         self.copies.append((routing_key, message.message_id, message.headers["x-shop-reason"]))
+        self.bodies.append(message.body)
 
 
 @dataclass
@@ -45,18 +54,20 @@ class FakeMessage:
 
 
 class FakePublisher:
-    """Confirms every publish unless its message id is in `refused`; `gate` (an Event) holds publishes back."""
+    """Confirms every row unless its id is in `refused`; `gate` (an Event) holds publishes back. Keeps each
+    (queue, row id, entry) published, and the row ids of each `publish_all` call (`calls`)."""
 
     def __init__(self, refused=(), timeout=0.5, waiting=0):
         self.refused, self.timeout, self.waiting = set(refused), timeout, waiting
-        self.published = []
+        self.published, self.calls = [], []
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def publish_all(self, queue, messages):
+    async def publish_all(self, queue, rows):
         await self.gate.wait()
-        self.published.extend((queue, mid, body) for mid, body, _trace in messages)
-        return [mid for mid, *_ in messages if mid not in self.refused]
+        self.published.extend((queue, row_id, entry) for row_id, entry, _trace in rows)
+        self.calls.append([row_id for row_id, *_ in rows])
+        return [row_id for row_id, *_ in rows if row_id not in self.refused]
 
     async def waiting_count(self, queue):
         return self.waiting
@@ -81,3 +92,24 @@ class Kicks:
 
     def __call__(self):
         self.count += 1
+
+
+class Number:
+    """A message type whose entries are `{"n": <integer>}`, read as the integer."""
+    FIELDS = ("n",)
+
+    @classmethod
+    def from_entry(cls, data):
+        if not isinstance(data["n"], int):
+            raise InvalidMessage("not a number")
+        return data["n"]
+
+
+def received(message, *items):
+    """`message` delivered with these items (or the `InvalidMessage`s they were refused with) as its entries."""
+    return Received(message, [Entry(item, None, json.dumps({"entry": str(item)})) for item in items])
+
+
+def unreadable(message, reason):
+    """`message` delivered with a body that cannot be read at all."""
+    return Received(message, InvalidMessage(reason))

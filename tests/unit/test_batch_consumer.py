@@ -1,4 +1,5 @@
-"""Batches are handled in one call and only then acknowledged: one `multiple` ack, rejects first, in order."""
+"""Batches are handled in one call and only then acknowledged: one `multiple` ack, rejects first, in order; the
+entries of a message of several are handled with the rest, and a refused one is dead-lettered alone."""
 import asyncio
 
 import pytest
@@ -7,14 +8,14 @@ from common.consumer import BatchConsumer, Consumer
 from common.errors import InvalidMessage, Unavailable
 from common.metrics import CONSUMED, DEAD_LETTERED
 from tests.conftest import eventually
-from tests.unit.fakes import FakeDeadLetters, FakeMessage
+from tests.unit.fakes import FakeDeadLetters, FakeMessage, Number, received, unreadable
 
 DEAD = [("ack", False)]  # a dead letter's original, acked once its copy is confirmed
 
 
-def consumer(handle_batch):
-    return BatchConsumer("q", decode=lambda body: body, handle_batch=handle_batch, batch_size=10,
-                         dead_letters_via=FakeDeadLetters())
+def consumer(handle_batch, dead_letters=None):
+    return BatchConsumer("q", Number, handle_batch=handle_batch, batch_size=10,
+                         dead_letters_via=dead_letters or FakeDeadLetters())
 
 
 async def returning(invalid):
@@ -29,7 +30,7 @@ async def returning(invalid):
 async def test_a_batch_is_acked_with_one_multiple_ack_of_its_last_message():
     handle = await returning({})
     messages = [FakeMessage(tag) for tag in (1, 2, 3)]
-    await consumer(handle).process([(m, f"item{m.delivery_tag}") for m in messages])
+    await consumer(handle).process([received(m, f"item{m.delivery_tag}") for m in messages])
     assert handle.seen == [["item1", "item2", "item3"]]
     assert [m.outcome for m in messages] == [[], [], [("ack", True)]]
 
@@ -38,7 +39,8 @@ async def test_a_batch_is_acked_with_one_multiple_ack_of_its_last_message():
 async def test_undecodable_and_refused_items_are_dead_lettered_and_the_rest_acked():
     handle = await returning({1: "unknown order"})
     messages = [FakeMessage(tag, message_id=str(tag)) for tag in (1, 2, 3, 4)]
-    batch = [(messages[0], "a"), (messages[1], InvalidMessage("bad JSON")), (messages[2], "b"), (messages[3], "c")]
+    batch = [received(messages[0], "a"), unreadable(messages[1], "bad JSON"), received(messages[2], "b"),
+             received(messages[3], "c")]
     batches = consumer(handle)
     await batches.process(batch)
     assert handle.seen == [["a", "b", "c"]]  # the undecodable one never reaches the handler
@@ -50,7 +52,7 @@ async def test_undecodable_and_refused_items_are_dead_lettered_and_the_rest_acke
 async def test_when_the_last_item_is_refused_the_multiple_ack_is_of_the_last_one_taken():
     handle = await returning({1: "unknown order"})
     messages = [FakeMessage(tag, message_id=str(tag)) for tag in (1, 2)]
-    await consumer(handle).process([(messages[0], "a"), (messages[1], "b")])
+    await consumer(handle).process([received(messages[0], "a"), received(messages[1], "b")])
     assert [m.outcome for m in messages] == [[("ack", True)], DEAD]
 
 
@@ -58,7 +60,7 @@ async def test_when_the_last_item_is_refused_the_multiple_ack_is_of_the_last_one
 async def test_a_batch_of_only_undecodable_messages_never_calls_the_handler():
     handle = await returning({})
     message = FakeMessage(1, message_id="1")
-    await consumer(handle).process([(message, InvalidMessage("bad JSON"))])
+    await consumer(handle).process([unreadable(message, "bad JSON")])
     assert handle.seen == [] and message.outcome == DEAD
 
 
@@ -66,7 +68,7 @@ async def test_a_batch_of_only_undecodable_messages_never_calls_the_handler():
 async def test_delivery_tags_that_restarted_are_acked_one_by_one():
     handle = await returning({})
     messages = [FakeMessage(tag) for tag in (7, 8, 1)]  # the channel was replaced mid-batch
-    await consumer(handle).process([(m, "x") for m in messages])
+    await consumer(handle).process([received(m, "x") for m in messages])
     assert [m.outcome for m in messages] == [[("ack", False)]] * 3
 
 
@@ -76,7 +78,7 @@ async def test_a_failing_batch_is_requeued_once_then_dead_lettered():
         raise ZeroDivisionError("a bug")
     first, again = FakeMessage(1), FakeMessage(2, redelivered=True)
     batches = consumer(broken)
-    await batches.process([(first, "x"), (again, "y")])
+    await batches.process([received(first, "x"), received(again, "y")])
     assert first.outcome == [("nack", True)]
     assert again.outcome == DEAD
     assert batches.dead_letters_via.copies == [("q.dead", "m", "processing failed twice")]
@@ -92,7 +94,7 @@ async def test_an_unavailable_database_retries_the_batch_until_it_succeeds():
             raise Unavailable("Database temporarily unavailable.")
         return {}
     message = FakeMessage(1)
-    await consumer(flaky).process([(message, "x")])
+    await consumer(flaky).process([received(message, "x")])
     assert len(calls) == 3 and message.outcome == [("ack", True)]
 
 
@@ -103,14 +105,8 @@ async def test_nothing_is_acked_before_the_handler_returned():
     async def handle(items):
         assert message.outcome == []
         return {}
-    await consumer(handle).process([(message, "x")])
+    await consumer(handle).process([received(message, "x")])
     assert message.outcome == [("ack", True)]
-
-
-def digits(body):
-    if not body.isdigit():
-        raise InvalidMessage("not a number")
-    return int(body)
 
 
 @pytest.mark.gen_test
@@ -120,8 +116,8 @@ async def test_messages_are_batched_in_delivery_order_up_to_the_batch_size():
     async def handle(items):
         seen.append(items)
         return {}
-    batches = BatchConsumer("q", decode=digits, handle_batch=handle, batch_size=2, dead_letters_via=FakeDeadLetters())
-    messages = [FakeMessage(tag, body=str(tag).encode()) for tag in range(1, 6)] + [FakeMessage(6, body=b"x")]
+    batches = BatchConsumer("q", Number, handle_batch=handle, batch_size=2, dead_letters_via=FakeDeadLetters())
+    messages = [FakeMessage(tag, body=b'{"n": %d}' % tag) for tag in range(1, 6)] + [FakeMessage(6, body=b"x")]
     for message in messages:  # all waiting before the loop runs: batches are as full as the size allows
         await batches.on_message(message)
     running = asyncio.create_task(batches.run())
@@ -166,10 +162,10 @@ async def test_a_consumer_feeds_its_queue_to_batches_that_dead_letter_on_its_pub
     async def handle(items):
         seen.append(items)
         return {1: "refused"} if len(items) > 1 else {}
-    await consumer.consume(queue, int, handle, batch_size=2)
+    await consumer.consume(queue, Number, handle, batch_size=2)
     deliver = channel.queues[queue].callbacks[0]
     for tag in (1, 2, 3):
-        await deliver(FakeMessage(tag, str(tag * 10).encode(), message_id=str(tag)))  # all before the first batch
+        await deliver(FakeMessage(tag, b'{"n": %d}' % (tag * 10), message_id=str(tag)))  # all before the first batch
     await eventually(lambda: assert_equal(CONSUMED.labels(queue)._value.get(), 2))
     assert seen == [[10, 20], [30]] and dead_letters.copies == [(f"{queue}.dead", "2", "refused")]
     assert DEAD_LETTERED.labels(queue)._value.get() == 1
@@ -192,7 +188,8 @@ async def test_a_handler_naming_an_item_its_batch_does_not_have_is_a_bug_and_the
         return refused if len(calls) == 1 else {}
     batches = consumer(handle)
     batches.batch_size = 2
-    fresh, again, later = FakeMessage(1), FakeMessage(2, redelivered=True), FakeMessage(3, message_id="3")
+    fresh, again, later = (FakeMessage(1, body=b'{"n": 1}'), FakeMessage(2, body=b'{"n": 2}', redelivered=True),
+                           FakeMessage(3, body=b'{"n": 3}', message_id="3"))
     for message in (fresh, again):
         await batches.on_message(message)
     running = asyncio.create_task(batches.run())
@@ -204,3 +201,56 @@ async def test_a_handler_naming_an_item_its_batch_does_not_have_is_a_bug_and_the
     await eventually(lambda: assert_true(later.outcome))
     assert not running.done() and later.outcome == [("ack", True)]
     running.cancel()
+
+
+@pytest.mark.gen_test
+async def test_a_refused_entry_of_a_message_of_several_is_dead_lettered_alone_and_the_message_acked_with_the_batch():
+    handle = await returning({2: "unknown order"})  # the third item handled: "d", of the second message
+    messages = [FakeMessage(tag, message_id=f"m{tag}") for tag in (1, 2, 3)]
+    batches = consumer(handle)
+    await batches.process([received(messages[0], "a", InvalidMessage("entry 1: 'order_id' must be ..."), "c"),
+                           received(messages[1], "d", "e"), received(messages[2], "f")])
+    assert handle.seen == [["a", "c", "d", "e", "f"]]  # the malformed entry never reaches the handler
+    assert batches.dead_letters_via.copies == [("q.dead", "m1#1", "entry 1: 'order_id' must be ..."),
+                                               ("q.dead", "m2#0", "unknown order")]
+    # Each dead letter carries its entry alone, as it came.
+    assert batches.dead_letters_via.bodies == [b'{"entry": "entry 1: \'order_id\' must be ..."}', b'{"entry": "d"}']
+    assert [m.outcome for m in messages] == [[], [], [("ack", True)]]  # one multiple ack for all three
+
+
+@pytest.mark.gen_test
+async def test_a_message_of_several_whose_entry_could_not_be_dead_lettered_is_requeued_whole(monkeypatch):
+    monkeypatch.setattr("common.dead_letters.reject.REQUEUE_PAUSE", 0)
+    handle = await returning({})
+    messages = [FakeMessage(tag) for tag in (1, 2)]
+    await consumer(handle, FakeDeadLetters(refuse=True)).process(
+        [received(messages[0], "a"), received(messages[1], "b", InvalidMessage("entry 1: bad"))])
+    # Not acked: its entries come again (the processed one deduplicated downstream), so nothing is lost.
+    assert [m.outcome for m in messages] == [[("ack", True)], [("nack", True)]]
+
+
+@pytest.mark.gen_test
+async def test_a_failing_batch_requeues_a_message_of_several_whole():
+    async def broken(items):
+        raise ZeroDivisionError("a bug")
+    message = FakeMessage(1)
+    await consumer(broken).process([received(message, "x", "y", InvalidMessage("entry 2: bad"))])
+    assert message.outcome == [("nack", True)]
+
+
+@pytest.mark.gen_test
+async def test_a_batch_takes_whole_messages_until_it_holds_the_batch_size_in_entries():
+    seen = []
+
+    async def handle(items):
+        seen.append(items)
+        return {}
+    batches = BatchConsumer("q", Number, handle_batch=handle, batch_size=5, dead_letters_via=FakeDeadLetters())
+    messages = [FakeMessage(tag, body=b'[{"n": %d}, {"n": %d}, {"n": %d}]' % (tag, tag, tag)) for tag in (1, 2, 3)]
+    for message in messages:
+        await batches.on_message(message)
+    running = asyncio.create_task(batches.run())
+    await eventually(lambda: assert_true(messages[-1].outcome))
+    running.cancel()
+    assert seen == [[1, 1, 1, 2, 2, 2], [3, 3, 3]]
+    assert [m.outcome for m in messages] == [[], [("ack", True)], [("ack", True)]]

@@ -6,6 +6,7 @@ from common.config import load_settings, read_env_file
 from common.envelope import envelope, to_json
 from common.errors import InvalidMessage
 from common.messages import PaymentRequest, PaymentResult
+from tests.unit.test_packing import read_one
 
 
 def test_decimals_render_as_exact_json_numbers():
@@ -21,7 +22,7 @@ def test_envelope_status_follows_success():
 
 def test_payment_request_round_trips_exactly():
     request = PaymentRequest(7, 3, Decimal("10.10"))
-    assert PaymentRequest.decode(request.encode()) == request
+    assert read_one(PaymentRequest, request.encode()) == request
 
 
 @pytest.mark.parametrize("body", [b"nope", b"[]", b'{"order_id": 1}', b'{"order_id": 1, "user_id": 1, "amount": "-1"}',
@@ -29,13 +30,13 @@ def test_payment_request_round_trips_exactly():
                                   b'{"order_id": 1, "user_id": 1, "amount": "1", "x": 1}'])
 def test_malformed_payment_requests_are_invalid_messages(body):
     with pytest.raises(InvalidMessage):
-        PaymentRequest.decode(body)
+        read_one(PaymentRequest, body)
 
 
 def test_payment_result_accepts_only_final_statuses():
-    assert PaymentResult.decode(b'{"order_id": 5, "status": "FINISHED"}') == PaymentResult(5, "FINISHED")
+    assert read_one(PaymentResult, b'{"order_id": 5, "status": "FINISHED"}') == PaymentResult(5, "FINISHED")
     with pytest.raises(InvalidMessage):
-        PaymentResult.decode(b'{"order_id": 5, "status": "NEW"}')
+        read_one(PaymentResult, b'{"order_id": 5, "status": "NEW"}')
 
 
 def test_environment_overrides_env_file_defaults():

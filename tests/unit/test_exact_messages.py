@@ -20,6 +20,7 @@ from common.validation import (
     parse_json_object,
     parse_page,
 )
+from tests.unit.test_packing import read_one
 
 
 def message_of(call, *args, error=InvalidInput):
@@ -37,7 +38,7 @@ def message_of(call, *args, error=InvalidInput):
     (b'{"order_id": 1, "user_id": 1, "amount": "0"}', "'amount' must be greater than 0."),
 ])
 def test_a_malformed_payment_request_says_exactly_what_is_wrong(body, message):
-    assert message_of(PaymentRequest.decode, body, error=InvalidMessage) == message
+    assert message_of(read_one, PaymentRequest, body, error=InvalidMessage) == message
 
 
 @pytest.mark.parametrize("body, message", [
@@ -45,12 +46,12 @@ def test_a_malformed_payment_request_says_exactly_what_is_wrong(body, message):
     (b'{"order_id": "x", "status": "FINISHED"}', "'order_id' must be a positive integer."),
 ])
 def test_a_malformed_payment_result_says_exactly_what_is_wrong(body, message):
-    assert message_of(PaymentResult.decode, body, error=InvalidMessage) == message
+    assert message_of(read_one, PaymentResult, body, error=InvalidMessage) == message
 
 
 def test_a_payment_request_with_a_json_number_amount_decodes_it_exactly():
     # As a float, 0.1 would be 0.1000000000000000055...: more than two decimals, rejected.
-    assert PaymentRequest.decode(b'{"order_id": 1, "user_id": 2, "amount": 0.1}').amount == Decimal("0.10")
+    assert read_one(PaymentRequest, b'{"order_id": 1, "user_id": 2, "amount": 0.1}').amount == Decimal("0.10")
 
 
 def test_an_id_of_twenty_digits_as_a_json_number_is_not_expanded_but_rejected_as_not_an_integer():

@@ -32,7 +32,7 @@ async def test_an_order_is_written_as_sent_once_and_published_right_after_its_co
     assert entry == (0, 5.0)
     dispatch.placed(ORDER, entry, None)
     await dispatch.window.drain()
-    assert publisher.published == [("outbox_os", 7, PaymentRequest(7, 3, Decimal("2.50")).encode())]
+    assert publisher.published == [("outbox_os", 7, PaymentRequest(7, 3, Decimal("2.50")).entry())]
     assert db.calls == [] and kicks.count == 0
 
 
@@ -108,8 +108,8 @@ async def test_settled_results_are_published_then_deleted_or_made_due(monkeypatc
     dispatch.send([{"id": 10, "order_id": 1, "status": "FINISHED", "traceparent": None},
                    {"id": 11, "order_id": 2, "status": "CANCELLED", "traceparent": None}])
     await dispatch.window.drain()
-    assert [(queue, body) for queue, _, body in publisher.published] == \
-        [("outbox_ps", PaymentResult(1, "FINISHED").encode()), ("outbox_ps", PaymentResult(2, "CANCELLED").encode())]
+    assert [(queue, entry) for queue, _, entry in publisher.published] == \
+        [("outbox_ps", PaymentResult(1, "FINISHED").entry()), ("outbox_ps", PaymentResult(2, "CANCELLED").entry())]
     assert done == {"delete_outbox": [10], "make_due": [11]} and relay.count == 1
 
 
@@ -170,7 +170,7 @@ def full_window(publisher, timeout=5.0):
 
     async def then(*_):
         pass
-    window.send("q", [(0, b"", None)], then)
+    window.send("q", [(0, {}, None)], then)
     return window
 
 

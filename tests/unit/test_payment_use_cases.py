@@ -161,7 +161,7 @@ async def test_the_result_relay_publishes_to_the_results_queue_and_says_whether_
     assert await payment_service.relay_outbox(FakeDatabase(), publisher, batch_size=1) is False  # nothing to send
     fake.outbox = [{"id": 1, "order_id": 9, "status": "FINISHED", "traceparent": None}]
     assert await payment_service.relay_outbox(FakeDatabase(), publisher, batch_size=1) is True
-    assert publisher.published == [(PAYMENT_RESULTS, 1, PaymentResult(9, "FINISHED").encode())]
+    assert publisher.published == [(PAYMENT_RESULTS, 1, PaymentResult(9, "FINISHED").entry())]
     assert fake.deleted == [1] and fake.limits == [1, 1]
 
 

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from common.metrics import PUBLISH_FAILED, PUBLISHED
+from common.metrics import PUBLISH_FAILED, PUBLISHED, ROWS_PUBLISHED
 from common.publisher import Publisher, PublishWindow
 from tests.conftest import eventually
 from tests.unit.fakes import FakePublisher
@@ -17,7 +17,7 @@ async def test_a_send_hands_its_follow_up_the_confirmed_and_the_unconfirmed_ids(
     async def then(confirmed, unconfirmed):
         followed.append((confirmed, unconfirmed))
     window = PublishWindow(FakePublisher(refused={2}))
-    window.send("q", [(1, b"a", None), (2, b"b", None), (3, b"c", None)], then)
+    window.send("q", [(1, {"n": 1}, None), (2, {"n": 2}, None), (3, {"n": 3}, None)], then)
     await window.drain()
     assert followed == [([1, 3], [2])]
 
@@ -30,9 +30,9 @@ async def test_a_full_window_has_no_room_until_its_publishes_are_confirmed():
 
     async def then(*_):
         pass
-    window.send("q", [(1, b"", None), (2, b"", None)], then)
+    window.send("q", [(1, {}, None), (2, {}, None)], then)
     assert window.has_room()
-    window.send("q", [(3, b"", None)], then)
+    window.send("q", [(3, {}, None)], then)
     assert not window.has_room()
     assert await window.room(timeout=0.05) is False
     waiting = asyncio.ensure_future(window.room(timeout=5))
@@ -45,7 +45,7 @@ async def test_a_failing_follow_up_is_logged_and_frees_the_window(caplog):
     async def then(*_):
         raise RuntimeError("database away")
     window = PublishWindow(FakePublisher(), limit=1)
-    window.send("q", [(1, b"", None)], then)
+    window.send("q", [(1, {}, None)], then)
     await eventually(lambda: assert_room(window))
     assert "the relay takes over" in caplog.text
 
@@ -58,7 +58,7 @@ async def test_drain_gives_up_on_sends_still_unconfirmed_after_the_publish_timeo
     async def then(*_):
         pass
     window = PublishWindow(publisher)
-    window.send("q", [(1, b"", None)], then)
+    window.send("q", [(1, {}, None)], then)
     await asyncio.wait_for(window.drain(), 10)
     assert "1 immediate publishes unfinished at close" in caplog.messages
     publisher.gate.set()
@@ -103,10 +103,42 @@ async def test_the_waiting_count_is_that_of_the_queue_asked_about():
 @pytest.mark.gen_test
 async def test_publish_all_returns_only_what_the_broker_confirmed_as_persistent_json_messages():
     channel, queue = Channel(refuse={"2"}), f"published-{id(object())}"
-    messages = [(1, b"a", None), (2, b"b", None), (3, b"c", None)]
-    confirmed = await Publisher(channel, timeout=1.5).publish_all(queue, messages)
+    rows = [(1, {"n": 1}, None), (2, {"n": 2}, None), (3, {"n": 3}, None)]
+    confirmed = await Publisher(channel, timeout=1.5).publish_all(queue, rows)
     assert confirmed == [1, 3]
     assert [(q, mid, body, int(mode), kind) for q, mid, body, mode, kind in channel.default_exchange.sent] == \
-        [(queue, "1", b"a", 2, "application/json"), (queue, "3", b"c", 2, "application/json")]
+        [(queue, "1", b'{"n": 1}', 2, "application/json"), (queue, "3", b'{"n": 3}', 2, "application/json")]
     assert channel.default_exchange.timeouts == [1.5] * 3  # each publish waits for its confirm that long
     assert (PUBLISHED.labels(queue)._value.get(), PUBLISH_FAILED.labels(queue)._value.get()) == (2, 1)
+
+
+@pytest.mark.gen_test
+async def test_rows_are_packed_up_to_the_entries_per_message_and_a_message_not_confirmed_leaves_all_its_rows():
+    channel, queue = Channel(refuse={"3+1"}), f"packed-{id(object())}"
+    rows = [(n, {"n": n}, None) for n in range(1, 6)]
+    confirmed = await Publisher(channel, timeout=1, entries_per_message=2).publish_all(queue, rows)
+    assert confirmed == [1, 2, 5]
+    # A message of several rows: an array of their entries, its id the first row's and how many more; one row
+    # alone travels as before packing, an object under its row's id.
+    assert [(mid, body) for _, mid, body, *_ in channel.default_exchange.sent] == \
+        [("1+1", b'[{"n": 1}, {"n": 2}]'), ("5", b'{"n": 5}')]
+    assert (PUBLISHED.labels(queue)._value.get(), PUBLISH_FAILED.labels(queue)._value.get()) == (2, 1)
+    assert ROWS_PUBLISHED.labels(queue)._value.get() == 3
+
+
+@pytest.mark.gen_test
+async def test_rows_handed_to_the_window_in_one_tick_go_out_in_one_send_with_one_follow_up():
+    followed = []
+
+    async def then(confirmed, unconfirmed):
+        followed.append((confirmed, unconfirmed))
+    publisher = FakePublisher(refused={2})
+    window = PublishWindow(publisher)
+    for n in (1, 2, 3):  # three orders committed together, each handed over on its own
+        window.send("q", [(n, {}, None)], then)
+    await asyncio.sleep(0.01)
+    window.send("q", [(4, {}, None)], then)  # a later tick: a send of its own
+    await window.drain()
+    assert publisher.calls == [[1, 2, 3], [4]]
+    assert followed == [([1, 3], [2]), ([4], [])]
+    assert window.has_room()
