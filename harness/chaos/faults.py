@@ -93,6 +93,17 @@ def gateway_down_windows(faults):
     return [(f.started, f.ended) for f in faults if f.kind == "kill gateway" and f.ended is not None]
 
 
+def fault_in_progress(faults, moment):
+    """The fault acting at `moment` (time.monotonic()), or None between faults."""
+    return next((f for f in faults if f.started is not None and f.started <= moment
+                 and (f.ended is None or moment <= f.ended)), None)
+
+
+def last_fault_before(faults, moment):
+    """The fault that ended last before `moment`, or None."""
+    return max((f for f in faults if f.ended is not None and f.ended < moment), key=lambda f: f.ended, default=None)
+
+
 def planned_seconds(faults):
     """A rough duration of the schedule (gaps, pauses, and typical recovery of each kind)."""
     typical = {"kill": 1.5, "rabbitmq": 5.0, "postgres": 2.0, "freeze": 0.5, "postgres failover": 20.0}

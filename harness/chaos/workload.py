@@ -31,6 +31,7 @@ class Attempt:
     started: float
     ended: float
     outcome: object  # an HTTP status code, or TIMEOUT / REFUSED / RESET
+    detail: str = ""  # without an answer: what the client library raised (a reset's cause is told by it)
 
 
 @dataclass
@@ -69,17 +70,19 @@ def attempt(base_url, method, path, body, timeout, headers=None):
     try:
         status, reply = call(base_url, method, path, body, timeout=timeout, headers=headers)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        return Attempt(started, time.monotonic(), no_answer(exc)), None
+        return Attempt(started, time.monotonic(), *no_answer(exc)), None
     return Attempt(started, time.monotonic(), status), reply
 
 
 def no_answer(exc):
+    """(TIMEOUT / REFUSED / RESET, what was raised): any other failure to get an answer counts as a reset."""
     reason = getattr(exc, "reason", exc)
+    detail = f"{type(reason).__name__}: {reason}"
     if isinstance(reason, (socket.timeout, TimeoutError)):
-        return TIMEOUT
+        return TIMEOUT, detail
     if isinstance(reason, ConnectionRefusedError):
-        return REFUSED
-    return RESET
+        return REFUSED, detail
+    return RESET, detail
 
 
 class Journal:
