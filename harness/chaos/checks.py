@@ -73,6 +73,13 @@ def no_answers_by_fault(journal, faults):
     return {kind: dict(outcomes) for kind, outcomes in sorted(counts.items())}
 
 
+def resets_and_timeouts(journal, faults, limit=20):
+    """The first `limit` attempts that reached the gateway but got no answer, described: a refused connection
+    needs no explanation (nothing listened), a reset or a timeout does."""
+    return [describe(r, a, faults) for r in journal.snapshot() for a in r.attempts if a.outcome in (RESET, TIMEOUT)][
+        :limit]
+
+
 def check_responses(report, journal, faults, timeout):
     """Clients saw only 200/201/4xx/503; no answer at all only while the gateway was down; nothing hung."""
     windows = gateway_down_windows(faults)

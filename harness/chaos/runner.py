@@ -162,6 +162,7 @@ def summarize(config, journal, injector, start, load_ended, recovery, settle, or
         "top-ups by client's knowledge": dict(Counter(r.result for r in top_ups)),
         "HTTP attempts": dict(Counter(str(a.outcome) for r in journal.snapshot() for a in r.attempts)),
         "no answer, by fault in progress": checks.no_answers_by_fault(journal, injector.faults),
+        "resets and timeouts": checks.resets_and_timeouts(journal, injector.faults),
         "faults": len(injector.applied),
         "faults by kind": dict(sorted(injector.counts().items())),
         "load duration (s)": round(load_ended - start, 1),
@@ -174,7 +175,12 @@ def summarize(config, journal, injector, start, load_ended, recovery, settle, or
 def print_outcome(outcome, out=print):
     out("")
     for key, value in outcome.summary.items():
-        out(f"{key:32} {value}")
+        if isinstance(value, list):  # one line each
+            out(f"{key:32} {len(value) or 'none'}")
+            for item in value:
+                out(f"{'':34}{item}")
+        else:
+            out(f"{key:32} {value}")
     out("")
     out(outcome.report.table())
     out("")

@@ -3,7 +3,7 @@ one outside a gateway kill fails its row naming the request and the fault that w
 import http.client
 import urllib.error
 
-from harness.chaos.checks import check_responses, no_answers_by_fault
+from harness.chaos.checks import check_responses, no_answers_by_fault, resets_and_timeouts
 from harness.chaos.faults import Fault
 from harness.chaos.workload import REFUSED, RESET, TIMEOUT, Attempt, Journal, Request, no_answer
 from harness.invariants import Report
@@ -71,3 +71,12 @@ def test_what_the_client_library_raised_decides_the_outcome_and_is_kept():
     closed = http.client.RemoteDisconnected("Remote end closed connection without response")
     assert no_answer(closed) == (RESET, "RemoteDisconnected: Remote end closed connection without response")
     assert no_answer(ConnectionResetError(104, "Connection reset by peer"))[0] == RESET
+
+
+def test_every_reset_and_timeout_is_described_but_refused_connections_are_not():
+    journal = journal_of(Attempt(101.0, 101.2, REFUSED), Attempt(101.5, 102.0, RESET, "ConnectionResetError: x"),
+                         Attempt(125.0, 145.0, TIMEOUT, "TimeoutError: timed out"))
+    described = resets_and_timeouts(journal, FAULTS)
+    assert len(described) == 2
+    assert described[0].startswith("reset ") and described[0].endswith("during kill gateway")
+    assert "(order run-2: TimeoutError: timed out) 11.0 s after postgres restart" in described[1]
