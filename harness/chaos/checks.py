@@ -3,7 +3,7 @@ data, fault coverage and recovery time. Each function adds rows to a `harness.in
 import time
 from collections import Counter, defaultdict
 
-from harness.chaos.faults import KINDS, fault_in_progress, gateway_down_windows, last_fault_before
+from harness.chaos.faults import KINDS, fault_during, gateway_down_windows, last_fault_before
 from harness.chaos.workload import ACKED, AMBIGUOUS, REFUSED, REJECTED, RESET, TIMEOUT
 from harness.client import call
 from harness.invariants import check_invariants, query
@@ -47,28 +47,29 @@ def wall_clock(moment):
     return time.strftime("%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}"
 
 
-def when(faults, moment):
-    """Where `moment` falls in the fault schedule: `during kill gateway`, `3.1 s after postgres restart`."""
-    current = fault_in_progress(faults, moment)
+def when(faults, attempt):
+    """Where an attempt falls in the fault schedule: `during kill gateway` (for part of it at least), or
+    `3.1 s after postgres restart` (from that fault's end to the attempt's)."""
+    current = fault_during(faults, attempt.started, attempt.ended)
     if current is not None:
         return f"during {current.kind}"
-    last = last_fault_before(faults, moment)
-    return "before the first fault" if last is None else f"{moment - last.ended:.1f} s after {last.kind}"
+    last = last_fault_before(faults, attempt.ended)
+    return "before the first fault" if last is None else f"{attempt.ended - last.ended:.1f} s after {last.kind}"
 
 
 def describe(request, attempt, faults):
     """One attempt, enough to find it in the gateway's log (its X-Request-ID is the request's key) and to see
     what the injector was doing when the answer failed to come."""
     return (f"{attempt.outcome} {wall_clock(attempt.ended)} UTC after {attempt.ended - attempt.started:.1f} s "
-            f"({request.kind} {request.key}: {attempt.detail}) {when(faults, attempt.ended)}")
+            f"({request.kind} {request.key}: {attempt.detail}) {when(faults, attempt)}")
 
 
 def no_answers_by_fault(journal, faults):
-    """{kind of the fault in progress, or "between faults": {outcome: attempts}} of the attempts without an
-    answer, by when they ended."""
+    """{kind of the fault acting during the attempt (the last one, for part of it at least), or "between
+    faults": {outcome: attempts}} of the attempts without an answer."""
     counts = defaultdict(Counter)
     for attempt in (a for r in journal.snapshot() for a in r.attempts if a.outcome in NO_ANSWER):
-        current = fault_in_progress(faults, attempt.ended)
+        current = fault_during(faults, attempt.started, attempt.ended)
         counts["between faults" if current is None else current.kind][attempt.outcome] += 1
     return {kind: dict(outcomes) for kind, outcomes in sorted(counts.items())}
 

@@ -93,10 +93,10 @@ def gateway_down_windows(faults):
     return [(f.started, f.ended) for f in faults if f.kind == "kill gateway" and f.ended is not None]
 
 
-def fault_in_progress(faults, moment):
-    """The fault acting at `moment` (time.monotonic()), or None between faults."""
-    return next((f for f in faults if f.started is not None and f.started <= moment
-                 and (f.ended is None or moment <= f.ended)), None)
+def fault_during(faults, start, end):
+    """The last fault that acted at some time from `start` to `end` (time.monotonic()), or None."""
+    return next((f for f in reversed(faults) if f.started is not None and f.started <= end
+                 and (f.ended is None or start <= f.ended)), None)
 
 
 def last_fault_before(faults, moment):
