@@ -48,8 +48,8 @@ def wall_clock(moment):
 
 
 def when(faults, attempt):
-    """Where an attempt falls in the fault schedule: `during kill gateway` (for part of it at least), or
-    `3.1 s after postgres restart` (from that fault's end to the attempt's)."""
+    """Where an attempt falls in the fault schedule: `during kill gateway` (for part of it at least: the first
+    such fault), or `3.1 s after postgres restart` (from that fault's end to the attempt's)."""
     current = fault_during(faults, attempt.started, attempt.ended)
     if current is not None:
         return f"during {current.kind}"
@@ -65,7 +65,7 @@ def describe(request, attempt, faults):
 
 
 def no_answers_by_fault(journal, faults):
-    """{kind of the fault acting during the attempt (the last one, for part of it at least), or "between
+    """{kind of the fault acting during the attempt (the first one, for part of it at least), or "between
     faults": {outcome: attempts}} of the attempts without an answer."""
     counts = defaultdict(Counter)
     for attempt in (a for r in journal.snapshot() for a in r.attempts if a.outcome in NO_ANSWER):

@@ -94,8 +94,10 @@ def gateway_down_windows(faults):
 
 
 def fault_during(faults, start, end):
-    """The last fault that acted at some time from `start` to `end` (time.monotonic()), or None."""
-    return next((f for f in reversed(faults) if f.started is not None and f.started <= end
+    """The first fault that acted at some time from `start` to `end` (time.monotonic()), or None: the one a
+    request began in explains what became of it (a connection begun in a gateway kill may hang 20 s, into
+    the next fault)."""
+    return next((f for f in faults if f.started is not None and f.started <= end
                  and (f.ended is None or start <= f.ended)), None)
 
 
