@@ -75,15 +75,17 @@ class Fault:
 
 def plan(count, seed, heartbeat, gap=(1.0, 4.0), pause=(0.5, 3.0), kinds=KINDS):
     """`count` faults: every kind once per round (so any count >= len(kinds) covers them all), each round in
-    a seeded random order, with random gaps and pauses. A freeze lasts 2-3 heartbeats, long enough for the
-    broker to drop the frozen service's connection."""
+    a seeded random order, with random gaps and pauses. A freeze lasts 3-4 heartbeats, so that the broker always
+    drops the frozen service's connection: RabbitMQ closes it after two heartbeat intervals without a byte,
+    checked once an interval, so 1.5-3 heartbeats after the last frame the service sent (under podman at 5 s, a
+    13.5 s pause was cut 11.5 s in; an 11.1 s one, of the 2-3 heartbeats freezes lasted before, was not)."""
     rng = random.Random(seed)
     faults = []
     while len(faults) < count:
         round_ = list(kinds)
         rng.shuffle(round_)
         for kind in round_[:count - len(faults)]:
-            down = rng.uniform(2 * heartbeat, 3 * heartbeat) if kind.startswith("freeze") else rng.uniform(*pause)
+            down = rng.uniform(3 * heartbeat, 4 * heartbeat) if kind.startswith("freeze") else rng.uniform(*pause)
             faults.append(Fault(kind, rng.uniform(*gap), down))
     return faults
 

@@ -24,7 +24,7 @@ class Config:
     ghosts: int = 5                # users without an account: their orders are cancelled
     clients: int = 16              # concurrent client threads
     rate: float = None             # operations per second; None: spread the orders over the fault schedule
-    heartbeat: int = 4             # AMQP heartbeat of the services (s): a freeze lasts 2-3 of them
+    heartbeat: int = 4             # AMQP heartbeat of the services (s): a freeze lasts 3-4 of them
     gap: tuple = (1.0, 4.0)        # seconds between faults
     pause: tuple = (0.5, 3.0)      # seconds a killed part stays down
     client_timeout: float = 20.0   # above the gateway's UPSTREAM_TIMEOUT (10 s): a timeout means "hung"
