@@ -75,8 +75,8 @@ def no_answers_by_fault(journal, faults):
 
 
 def resets_and_timeouts(journal, faults, limit=20):
-    """The first `limit` attempts that reached the gateway but got no answer, described: a refused connection
-    needs no explanation (nothing listened), a reset or a timeout does."""
+    """The first `limit` resets and timeouts, described: a refusal needs no explanation (no connection was made,
+    nothing listened), those do."""
     return [describe(r, a, faults) for r in journal.snapshot() for a in r.attempts if a.outcome in (RESET, TIMEOUT)][
         :limit]
 

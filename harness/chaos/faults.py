@@ -77,8 +77,8 @@ def plan(count, seed, heartbeat, gap=(1.0, 4.0), pause=(0.5, 3.0), kinds=KINDS):
     """`count` faults: every kind once per round (so any count >= len(kinds) covers them all), each round in
     a seeded random order, with random gaps and pauses. A freeze lasts 3-4 heartbeats, so that the broker always
     drops the frozen service's connection: RabbitMQ closes it after two heartbeat intervals without a byte,
-    checked once an interval, so 1.5-3 heartbeats after the last frame the service sent (under podman at 5 s, a
-    13.5 s pause was cut 11.5 s in; an 11.1 s one, of the 2-3 heartbeats freezes lasted before, was not)."""
+    checked once an interval, so 1.5-3 heartbeats after the last frame the service sent (measured under podman
+    at 5 s with the 2-3 heartbeats freezes lasted before: an 11.1 s one was not cut, a 13.5 s one was, 11.5 s in)."""
     rng = random.Random(seed)
     faults = []
     while len(faults) < count:

@@ -161,7 +161,7 @@ def summarize(config, journal, injector, start, load_ended, recovery, settle, or
         "top-ups sent": len(top_ups),
         "top-ups by client's knowledge": dict(Counter(r.result for r in top_ups)),
         "HTTP attempts": dict(Counter(str(a.outcome) for r in journal.snapshot() for a in r.attempts)),
-        "no answer, by fault in progress": checks.no_answers_by_fault(journal, injector.faults),
+        "no answer, by fault during it": checks.no_answers_by_fault(journal, injector.faults),
         "resets and timeouts": checks.resets_and_timeouts(journal, injector.faults),
         "faults": len(injector.applied),
         "faults by kind": dict(sorted(injector.counts().items())),
