@@ -32,7 +32,7 @@ def parse_args(argv):
     parser.add_argument("--rate", type=float, default=None,
                         help="operations per second (default: spread the orders over the fault schedule)")
     parser.add_argument("--heartbeat", type=int, default=None,
-                        help=f"AMQP heartbeat of the services, seconds; a freeze lasts 2-3 of them (default "
+                        help=f"AMQP heartbeat of the services, seconds; a freeze lasts 3-4 of them (default "
                              f"{defaults.heartbeat}; compose mode: the project's RABBITMQ_HEARTBEAT, else 60)")
     parser.add_argument("--max-recovery", type=float, default=defaults.max_recovery,
                         help="seconds from the last fault to nothing pending")

@@ -1,8 +1,9 @@
 """What the chaos runner checks beyond the databases' invariants: what clients saw, the API's view of the
 data, fault coverage and recovery time. Each function adds rows to a `harness.invariants.Report`."""
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 
-from harness.chaos.faults import KINDS, gateway_down_windows
+from harness.chaos.faults import KINDS, fault_during, gateway_down_windows, last_fault_before
 from harness.chaos.workload import ACKED, AMBIGUOUS, REFUSED, REJECTED, RESET, TIMEOUT
 from harness.client import call
 from harness.invariants import check_invariants, query
@@ -10,6 +11,7 @@ from harness.ledger import TopUp
 
 # A request started just before the gateway died, or answered just after, still belongs to that outage.
 WINDOW_SLACK = 1.0
+NO_ANSWER = (REFUSED, RESET, TIMEOUT)
 
 
 def expectations(journal):
@@ -39,10 +41,51 @@ def check_data(order_db, payment_db, journal):
     return report
 
 
+def wall_clock(moment):
+    """A time.monotonic() `moment` as UTC wall-clock time, to find it in the services' logs."""
+    wall = time.time() - time.monotonic() + moment
+    return time.strftime("%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}"
+
+
+def when(faults, attempt):
+    """Where an attempt falls in the fault schedule: `during kill gateway` (for part of it at least: the first
+    such fault), or `3.1 s after postgres restart` (from that fault's end to the attempt's)."""
+    current = fault_during(faults, attempt.started, attempt.ended)
+    if current is not None:
+        return f"during {current.kind}"
+    last = last_fault_before(faults, attempt.ended)
+    return "before the first fault" if last is None else f"{attempt.ended - last.ended:.1f} s after {last.kind}"
+
+
+def describe(request, attempt, faults):
+    """One attempt, enough to find it in the gateway's log (its X-Request-ID is the request's key) and to see
+    what the injector was doing when the answer failed to come."""
+    return (f"{attempt.outcome} {wall_clock(attempt.ended)} UTC after {attempt.ended - attempt.started:.1f} s "
+            f"({request.kind} {request.key}: {attempt.detail}) {when(faults, attempt)}")
+
+
+def no_answers_by_fault(journal, faults):
+    """{kind of the fault acting during the attempt (the first one, for part of it at least), or "between
+    faults": {outcome: attempts}} of the attempts without an answer."""
+    counts = defaultdict(Counter)
+    for attempt in (a for r in journal.snapshot() for a in r.attempts if a.outcome in NO_ANSWER):
+        current = fault_during(faults, attempt.started, attempt.ended)
+        counts["between faults" if current is None else current.kind][attempt.outcome] += 1
+    return {kind: dict(outcomes) for kind, outcomes in sorted(counts.items())}
+
+
+def resets_and_timeouts(journal, faults, limit=20):
+    """The first `limit` resets and timeouts, described: a refusal needs no explanation (no connection was made,
+    nothing listened), those do."""
+    return [describe(r, a, faults) for r in journal.snapshot() for a in r.attempts if a.outcome in (RESET, TIMEOUT)][
+        :limit]
+
+
 def check_responses(report, journal, faults, timeout):
     """Clients saw only 200/201/4xx/503; no answer at all only while the gateway was down; nothing hung."""
     windows = gateway_down_windows(faults)
-    attempts = [a for r in journal.snapshot() for a in r.attempts]
+    pairs = [(r, a) for r in journal.snapshot() for a in r.attempts]
+    attempts = [a for _, a in pairs]
     seen = Counter(a.outcome for a in attempts)
 
     def during_outage(a):
@@ -55,13 +98,11 @@ def check_responses(report, journal, faults, timeout):
     # A killed container's network namespace vanishes without resetting its connections: a request caught
     # by a gateway container's kill gets no answer until the client's timeout (compose mode). That is no
     # answer while the gateway was down, not a hung request.
-    unanswered = (REFUSED, RESET, TIMEOUT)
     report.add("no answer only while the gateway was down",
-               [f"{a.outcome} at +{a.started:.1f}" for a in attempts
-                if a.outcome in (REFUSED, RESET) and not during_outage(a)],
-               f"{sum(seen[o] for o in unanswered)} refused/reset/timed out, all during {len(windows)} gateway kills")
+               [describe(r, a, faults) for r, a in pairs if a.outcome in (REFUSED, RESET) and not during_outage(a)],
+               f"{sum(seen[o] for o in NO_ANSWER)} refused/reset/timed out, all during {len(windows)} gateway kills")
     report.add(f"no request hung (client timeout {timeout:g} s)",
-               [f"request at +{a.started:.1f} took {a.ended - a.started:.1f} s" for a in attempts
+               [describe(r, a, faults) for r, a in pairs
                 if (a.outcome == TIMEOUT or a.ended - a.started > timeout + 1) and not during_outage(a)],
                f"slowest {max((a.ended - a.started for a in attempts), default=0):.1f} s")
 

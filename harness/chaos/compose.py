@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from decimal import Decimal
@@ -23,6 +24,7 @@ from common.config import read_env_file
 from harness.infra import InfraError, run, wait
 
 PARTS = ("gateway", "order", "payment")
+SERVICES = ("postgres", "rabbitmq", *PARTS)
 
 
 def compose_command():
@@ -82,6 +84,14 @@ class Compose:
     def exec(self, service, *args, timeout=120):
         """Run a command in a service's container (through the engine: much cheaper than a compose process)."""
         return run([*engine_command(), "exec", self.container(service), *args], timeout=timeout)
+
+    def save_logs(self, directory):
+        """Each service's container log, timestamped, as `directory`/SERVICE.log (all its runs: kills and
+        restarts keep the container)."""
+        for service in SERVICES:
+            with open(Path(directory) / f"{service}.log", "w") as log:
+                subprocess.run([*engine_command(), "logs", "--timestamps", self.container(service)], stdout=log,
+                               stderr=subprocess.STDOUT, timeout=300)
 
     def inspect(self, service, template):
         return run([*engine_command(), "inspect", "-f", template, self.container(service)]).strip()
@@ -185,7 +195,7 @@ class ComposeTargets:
         self.compose.wait_ready("postgres")
 
     def ensure_up(self):
-        for service in ("postgres", "rabbitmq", *PARTS):
+        for service in SERVICES:
             with contextlib.suppress(InfraError):
                 self.compose.container_action("unpause", service)
         with contextlib.suppress(InfraError):
@@ -228,7 +238,7 @@ def compose_system(config):
         compose("build", timeout=1800)
         compose("up", "-d", timeout=600)
         compose.forget_containers()
-        for service in ("postgres", "rabbitmq", *PARTS):
+        for service in SERVICES:
             compose.wait_ready(service)
         targets = ComposeTargets(compose)
         url = config.gateway_url or f"http://localhost:{compose.env.get('GATEWAY_HOST_PORT', '8080')}"
@@ -237,6 +247,10 @@ def compose_system(config):
                    Psql(compose, compose.env.get("PAYMENT_DB_NAME", "payments")), targets)
         finally:
             targets.ensure_up()
+            # The next run's `down -v` removes the containers: what they logged stays here.
+            logs = tempfile.mkdtemp(prefix=f"{compose.project}-logs-")
+            compose.save_logs(logs)
+            print(f"container logs: {logs}")
     finally:
         if pump is not None:
             pump.stop()

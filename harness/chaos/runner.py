@@ -24,7 +24,7 @@ class Config:
     ghosts: int = 5                # users without an account: their orders are cancelled
     clients: int = 16              # concurrent client threads
     rate: float = None             # operations per second; None: spread the orders over the fault schedule
-    heartbeat: int = 4             # AMQP heartbeat of the services (s): a freeze lasts 2-3 of them
+    heartbeat: int = 4             # AMQP heartbeat of the services (s): a freeze lasts 3-4 of them
     gap: tuple = (1.0, 4.0)        # seconds between faults
     pause: tuple = (0.5, 3.0)      # seconds a killed part stays down
     client_timeout: float = 20.0   # above the gateway's UPSTREAM_TIMEOUT (10 s): a timeout means "hung"
@@ -161,6 +161,8 @@ def summarize(config, journal, injector, start, load_ended, recovery, settle, or
         "top-ups sent": len(top_ups),
         "top-ups by client's knowledge": dict(Counter(r.result for r in top_ups)),
         "HTTP attempts": dict(Counter(str(a.outcome) for r in journal.snapshot() for a in r.attempts)),
+        "no answer, by fault during it": checks.no_answers_by_fault(journal, injector.faults),
+        "resets and timeouts": checks.resets_and_timeouts(journal, injector.faults),
         "faults": len(injector.applied),
         "faults by kind": dict(sorted(injector.counts().items())),
         "load duration (s)": round(load_ended - start, 1),
@@ -173,7 +175,12 @@ def summarize(config, journal, injector, start, load_ended, recovery, settle, or
 def print_outcome(outcome, out=print):
     out("")
     for key, value in outcome.summary.items():
-        out(f"{key:32} {value}")
+        if isinstance(value, list):  # one line each
+            out(f"{key:32} {len(value) or 'none'}")
+            for item in value:
+                out(f"{'':34}{item}")
+        else:
+            out(f"{key:32} {value}")
     out("")
     out(outcome.report.table())
     out("")

@@ -7,6 +7,7 @@ The rest are plain one-shot requests, as a client without keys would send them: 
 definite answer they stay *ambiguous*. Every request also carries a unique `X-Request-ID` (the same on each
 retry, equal to its key if it has one), which the Payments ledger stores on a top-up's credit (its
 `Idempotency-Key`, else its `X-Request-ID`): the checker decides each ambiguous top-up exactly from it."""
+import errno
 import http.client
 import random
 import socket
@@ -22,8 +23,12 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponenti
 from harness.client import call
 
 ACKED, REJECTED, AMBIGUOUS = "acknowledged", "rejected", "ambiguous"
-# Outcomes of an attempt that got no HTTP answer.
+# Outcomes of an attempt that got no HTTP answer. REFUSED: no connection was made, so the request never reached
+# the gateway; RESET: any other failure, after which it may have been acted on.
 TIMEOUT, REFUSED, RESET = "timeout", "refused", "reset"
+# Why a connection was not made. "No route to host": under podman the host's NAT still sends a new connection
+# to the address a killed gateway container had until the new one is wired up (seen 4-6 s after the connect).
+NOT_CONNECTED = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
 
 
 @dataclass
@@ -31,6 +36,7 @@ class Attempt:
     started: float
     ended: float
     outcome: object  # an HTTP status code, or TIMEOUT / REFUSED / RESET
+    detail: str = ""  # without an answer: what the client library raised (a reset's cause is told by it)
 
 
 @dataclass
@@ -69,17 +75,22 @@ def attempt(base_url, method, path, body, timeout, headers=None):
     try:
         status, reply = call(base_url, method, path, body, timeout=timeout, headers=headers)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        return Attempt(started, time.monotonic(), no_answer(exc)), None
+        return Attempt(started, time.monotonic(), *no_answer(exc)), None
     return Attempt(started, time.monotonic(), status), reply
 
 
 def no_answer(exc):
+    """(TIMEOUT / REFUSED / RESET, what was raised). urllib raises a URLError for a failure while connecting or
+    sending; one of NOT_CONNECTED there means no connection. An error while waiting for the answer counts as a
+    reset even if it is "no route to host": the request may have arrived, its acknowledgement not."""
     reason = getattr(exc, "reason", exc)
+    detail = f"{type(reason).__name__}: {reason}"
     if isinstance(reason, (socket.timeout, TimeoutError)):
-        return TIMEOUT
-    if isinstance(reason, ConnectionRefusedError):
-        return REFUSED
-    return RESET
+        return TIMEOUT, detail
+    if isinstance(reason, ConnectionRefusedError) or (
+            isinstance(exc, urllib.error.URLError) and getattr(reason, "errno", None) in NOT_CONNECTED):
+        return REFUSED, detail
+    return RESET, detail
 
 
 class Journal:
