@@ -203,7 +203,7 @@ def main(argv=None):
     automatic = [t.local and auto and why != NOT_THE_SERVER for t, why, _, auto in plans]
     if may_install and all(automatic):
         return install([commands for _, _, commands, _ in plans], [t for t, *_ in plans], root)
-    print("\nStart them, then run ./run.sh again:", file=sys.stderr)
+    print(f"\nStart {'them' if len(missing) > 1 else 'it'}, then run ./run.sh again:", file=sys.stderr)
     for (t, why, commands, _), auto in zip(plans, automatic):
         if not t.local:
             print(f"  # {t.host}:{t.port} is not this machine: start {t.kind} there, or change "
@@ -219,7 +219,8 @@ def main(argv=None):
                 print("  " + show(command, sudo=not root), file=sys.stderr)
     if any(automatic) and is_debian() and not may_install:
         print("or let ./run.sh do that: ./run.sh --install" + ("" if root else " (it uses sudo)"), file=sys.stderr)
-    print("or run everything in containers: docker compose up --build", file=sys.stderr)
+    print("or run everything in containers: docker compose up --build (Compose v1: docker-compose up --build)",
+          file=sys.stderr)
     return EXIT_UNAVAILABLE
 
 
