@@ -35,6 +35,7 @@ CONSUMER = ("tests/unit/test_batch_consumer.py::test_a_handler_naming_an_item_it
 HEAD = GATEWAY + "::test_a_head_is_answered_with_the_headers_of_its_get_and_no_body"
 ETAG = GATEWAY + "::test_the_backend_s_etag_and_its_304_pass_through_unchanged_and_without_a_body"
 READY = GATEWAY + "::test_the_gateway_answers_its_own_paths_and_is_ready_only_when_every_service_is"
+CHUNKED = GATEWAY + "::test_a_chunked_body_is_forwarded_whole_up_to_the_limit_and_counted_across_chunks"
 REASON = GATEWAY + "::test_a_backend_s_status_code_passes_through_with_the_standard_reason_phrase_or_unknown"
 
 # name: (file, text, replacement, tests)
@@ -108,6 +109,8 @@ VARIANTS = {
     "unknown codes called OK (direct proxy)": ("common/proxy_server.py",
                                                           'httputil.responses.get(code, "Unknown")',
                                                           'httputil.responses.get(code, "OK")', [REASON]),
+    "body counted per chunk (direct proxy)": ("common/proxy_server.py", "self.size += len(chunk)",
+                                              "self.size = len(chunk)", [CHUNKED]),
 }
 
 
