@@ -36,6 +36,7 @@ HEAD = GATEWAY + "::test_a_head_is_answered_with_the_headers_of_its_get_and_no_b
 ETAG = GATEWAY + "::test_the_backend_s_etag_and_its_304_pass_through_unchanged_and_without_a_body"
 READY = GATEWAY + "::test_the_gateway_answers_its_own_paths_and_is_ready_only_when_every_service_is"
 CHUNKED = GATEWAY + "::test_a_chunked_body_is_forwarded_whole_up_to_the_limit_and_counted_across_chunks"
+TRACED = GATEWAY + "::test_each_forwarded_request_is_a_span_named_by_its_route_that_the_backend_continues"
 REASON = GATEWAY + "::test_a_backend_s_status_code_passes_through_with_the_standard_reason_phrase_or_unknown"
 
 # name: (file, text, replacement, tests)
@@ -111,6 +112,10 @@ VARIANTS = {
                                                           'httputil.responses.get(code, "OK")', [REASON]),
     "body counted per chunk (direct proxy)": ("common/proxy_server.py", "self.size += len(chunk)",
                                               "self.size = len(chunk)", [CHUNKED]),
+    "gateway span without its route (direct proxy)": ("gateway.py", 'template=rule.target_kwargs["template"]),',
+                                                      "template=None),", [TRACED]),
+    "gateway span always 200": ("gateway.py", "span.set_status_code(response.code)", "span.set_status_code(200)",
+                                [TRACED]),
 }
 
 

@@ -3,12 +3,14 @@ rules are tested against the real `python gateway.py` in tests/e2e/test_gateway_
 only, backends are raw-socket stand-ins (`tests.e2e.raw_backend`), and once the real Order Service (its Etags)."""
 import asyncio
 import json
+from contextlib import contextmanager
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httputil import HTTPHeaders
 from tornado.tcpclient import TCPClient
 
+from common import tracing
 from common.config import load_settings
 from common.lifecycle import listen
 from gateway import OPENAPI_SPEC, make_app, proxy_server
@@ -305,3 +307,38 @@ async def test_a_backend_s_status_code_passes_through_with_the_standard_reason_p
     response = await fetch(port, "GET", "/orders/1")
     assert (response.code, response.reason, response.body) == \
         (code, reason, b'{"status": "Success", "message": "GET /orders/1 seen."}')
+
+
+class RecordingTracer(tracing.Off):
+    """Tracing on, as far as the gateway can tell: each SERVER span is kept as [method, route, the request's
+    headers as given, status code], and its own context replaces the request's `traceparent`."""
+    enabled = True
+    CONTEXT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    def __init__(self):
+        self.spans = []
+
+    @contextmanager
+    def server(self, method, route, headers):
+        span = [method, route, dict(headers), None]
+        self.spans.append(span)
+        headers["traceparent"] = self.CONTEXT
+
+        class Span(tracing.NoSpan):
+            def set_status_code(self, code):
+                span[3] = code
+        yield Span()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_each_forwarded_request_is_a_span_named_by_its_route_that_the_backend_continues(start_gateway,
+                                                                                             monkeypatch):
+    tracer = RecordingTracer()
+    monkeypatch.setattr(tracing, "current", tracer)
+    backend = RawBackend(lambda *_: 404)
+    port = start_gateway([backend.url])
+    incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert (await fetch(port, "GET", "/orders/7?x=1", traceparent=incoming)).code == 404
+    [(method, route, headers, code)] = tracer.spans
+    assert (method, route, headers["traceparent"], code) == ("GET", "/orders/{order_id}", incoming, 404)
+    assert dict(backend.requests()[0].headers)["traceparent"] == RecordingTracer.CONTEXT
