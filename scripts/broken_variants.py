@@ -37,6 +37,7 @@ ETAG = GATEWAY + "::test_the_backend_s_etag_and_its_304_pass_through_unchanged_a
 READY = GATEWAY + "::test_the_gateway_answers_its_own_paths_and_is_ready_only_when_every_service_is"
 CHUNKED = GATEWAY + "::test_a_chunked_body_is_forwarded_whole_up_to_the_limit_and_counted_across_chunks"
 TRACED = GATEWAY + "::test_each_forwarded_request_is_a_span_named_by_its_route_that_the_backend_continues"
+HELD = GATEWAY + "::test_a_backend_that_never_answers_is_a_503_naming_it_once_the_upstream_timeout_passed"
 REASON = GATEWAY + "::test_a_backend_s_status_code_passes_through_with_the_standard_reason_phrase_or_unknown"
 
 # name: (file, text, replacement, tests)
@@ -114,6 +115,8 @@ VARIANTS = {
                                               "self.size = len(chunk)", [CHUNKED]),
     "gateway span without its route (direct proxy)": ("gateway.py", 'template=rule.target_kwargs["template"]),',
                                                       "template=None),", [TRACED]),
+    "UPSTREAM_TIMEOUT ignored": ("gateway.py", "upstream_method, headers, body, timeout=self.timeout,",
+                                 "upstream_method, headers, body,", [HELD]),
     "gateway span always 200": ("gateway.py", "span.set_status_code(response.code)", "span.set_status_code(200)",
                                 [TRACED]),
 }

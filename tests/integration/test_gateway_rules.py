@@ -129,9 +129,12 @@ def unavailable(service):
 @pytest.mark.gen_test(timeout=60)
 async def test_a_backend_that_never_answers_is_a_503_naming_it_once_the_upstream_timeout_passed(start_gateway):
     held = RawBackend(lambda *_: HOLD)
-    port = start_gateway([held.url], [held.url])
+    port = start_gateway([held.url], [held.url])  # UPSTREAM_TIMEOUT=1
+    started = asyncio.get_running_loop().time()
     assert await send(port, "PUT", "/payments/7") == unavailable("Payments Service")
     assert await send(port, "GET", "/orders/7") == unavailable("Order Service")
+    # The upstream timeout, not the client's own 10 s default: a bound loose enough for a loaded machine.
+    assert asyncio.get_running_loop().time() - started < 8
 
 
 @pytest.mark.gen_test(timeout=30)
