@@ -38,6 +38,7 @@ READY = GATEWAY + "::test_the_gateway_answers_its_own_paths_and_is_ready_only_wh
 CHUNKED = GATEWAY + "::test_a_chunked_body_is_forwarded_whole_up_to_the_limit_and_counted_across_chunks"
 TRACED = GATEWAY + "::test_each_forwarded_request_is_a_span_named_by_its_route_that_the_backend_continues"
 HELD = GATEWAY + "::test_a_backend_that_never_answers_is_a_503_naming_it_once_the_upstream_timeout_passed"
+COUNTED = GATEWAY + "::test_each_forwarded_request_is_counted_by_handler_method_and_status"
 REASON = GATEWAY + "::test_a_backend_s_status_code_passes_through_with_the_standard_reason_phrase_or_unknown"
 
 # name: (file, text, replacement, tests)
@@ -117,6 +118,13 @@ VARIANTS = {
                                                       "template=None),", [TRACED]),
     "UPSTREAM_TIMEOUT ignored": ("gateway.py", "upstream_method, headers, body, timeout=self.timeout,",
                                  "upstream_method, headers, body,", [HELD]),
+    "proxied requests not counted (handler proxy)": ("gateway.py", "default_handler_class=NotFoundHandler, "
+                                                     "log_function=log_request)",
+                                                     "default_handler_class=NotFoundHandler)", [COUNTED]),
+    "proxied requests counted under the wrong status (direct proxy)": ("common/proxy_server.py",
+                                                                       "self.start_line.method, code).observe",
+                                                                       "self.start_line.method, 200).observe",
+                                                                       [COUNTED]),
     "gateway span always 200": ("gateway.py", "span.set_status_code(response.code)", "span.set_status_code(200)",
                                 [TRACED]),
 }

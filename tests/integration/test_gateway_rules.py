@@ -345,3 +345,16 @@ async def test_each_forwarded_request_is_a_span_named_by_its_route_that_the_back
     [(method, route, headers, code)] = tracer.spans
     assert (method, route, headers["traceparent"], code) == ("GET", "/orders/{order_id}", incoming, 404)
     assert dict(backend.requests()[0].headers)["traceparent"] == RecordingTracer.CONTEXT
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_each_forwarded_request_is_counted_by_handler_method_and_status(start_gateway):
+    port = start_gateway([RawBackend(lambda *_: 418).url])
+    sample = 'shop_http_request_duration_seconds_count{handler="ProxyHandler",method="GET",status="418"} '
+
+    async def count():
+        lines = (await fetch(port, "GET", "/metrics")).body.decode().splitlines()
+        return next((float(line.removeprefix(sample)) for line in lines if line.startswith(sample)), 0.0)
+    before = await count()  # the registry is the process's: earlier tests' requests are in it too
+    assert (await fetch(port, "GET", "/orders/1")).code == 418
+    assert await count() == before + 1
