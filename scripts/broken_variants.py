@@ -39,6 +39,7 @@ CHUNKED = GATEWAY + "::test_a_chunked_body_is_forwarded_whole_up_to_the_limit_an
 TRACED = GATEWAY + "::test_each_forwarded_request_is_a_span_named_by_its_route_that_the_backend_continues"
 HELD = GATEWAY + "::test_a_backend_that_never_answers_is_a_503_naming_it_once_the_upstream_timeout_passed"
 COUNTED = GATEWAY + "::test_each_forwarded_request_is_counted_by_handler_method_and_status"
+ROUTED = GATEWAY + "::test_only_routed_methods_and_paths_reach_a_backend"
 REASON = GATEWAY + "::test_a_backend_s_status_code_passes_through_with_the_standard_reason_phrase_or_unknown"
 
 # name: (file, text, replacement, tests)
@@ -125,6 +126,11 @@ VARIANTS = {
                                                                        "self.start_line.method, code).observe",
                                                                        "self.start_line.method, 200).observe",
                                                                        [COUNTED]),
+    "Date header never set (direct proxy)": ("common/proxy_server.py", "if self._date[0] != now:",
+                                             "if self._date[0] == now:", [HEAD]),
+    "an unrouted path's body lost (direct proxy)": ("common/proxy_server.py",
+                                                    "return self.app_request.data_received(chunk)",
+                                                    "return self.app_request.data_received(None)", [ROUTED]),
     "gateway span always 200": ("gateway.py", "span.set_status_code(response.code)", "span.set_status_code(200)",
                                 [TRACED]),
 }

@@ -3,7 +3,9 @@ rules are tested against the real `python gateway.py` in tests/e2e/test_gateway_
 only, backends are raw-socket stand-ins (`tests.e2e.raw_backend`), and once the real Order Service (its Etags)."""
 import asyncio
 import json
+import time
 from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
@@ -84,8 +86,9 @@ async def test_only_routed_methods_and_paths_reach_a_backend(start_gateway):
     response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/orders", method="DELETE", raise_error=False)
     assert (response.code, response.headers["Allow"], response.headers["Content-Type"].split(";")[0]) == \
         (405, "GET, HEAD, POST", "application/json")
-    code, body = await send(port, "GET", "/nowhere")
-    assert (code, json.loads(body)["status"]) == (404, "Fail")  # the envelope, not Tornado's HTML page
+    for method in ("GET", "POST"):  # a body too goes to the application, which answers every other path
+        code, body = await send(port, method, "/nowhere")
+        assert (code, json.loads(body)["status"]) == (404, "Fail")  # the envelope, not Tornado's HTML page
     assert (await send(port, "PUT", "/payments/1/movements"))[0] == 405
     assert (await send(port, "GET", "/payments/1/movements?limit=2&cursor=5"))[0] == 200
     assert [(s.method, s.path) for s in backend.requests()] == [("GET", "/payments/1/movements?limit=2&cursor=5")]
@@ -258,6 +261,7 @@ async def test_a_head_is_answered_with_the_headers_of_its_get_and_no_body(start_
     port = start_gateway([backend.url], [backend.url])
     read, head = await fetch(port, "GET", "/orders/1"), await fetch(port, "HEAD", "/orders/1")
     assert int(read.headers["Content-Length"]) == len(read.body) > 0
+    assert abs(parsedate_to_datetime(read.headers["Date"]).timestamp() - time.time()) < 60
     assert (head.code, head.body, *shown(head, "Content-Type", "Content-Length", "Etag")) == \
         (200, b"", *shown(read, "Content-Type", "Content-Length", "Etag"))
     assert [(s.method, s.path) for s in backend.requests()] == [("GET", "/orders/1")] * 2  # asked as its GET
