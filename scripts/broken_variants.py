@@ -35,6 +35,11 @@ CONSUMER = ("tests/unit/test_batch_consumer.py::test_a_handler_naming_an_item_it
 HEAD = GATEWAY + "::test_a_head_is_answered_with_the_headers_of_its_get_and_no_body"
 ETAG = GATEWAY + "::test_the_backend_s_etag_and_its_304_pass_through_unchanged_and_without_a_body"
 READY = GATEWAY + "::test_the_gateway_answers_its_own_paths_and_is_ready_only_when_every_service_is"
+CHUNKED = GATEWAY + "::test_a_chunked_body_is_forwarded_whole_up_to_the_limit_and_counted_across_chunks"
+TRACED = GATEWAY + "::test_each_forwarded_request_is_a_span_named_by_its_route_that_the_backend_continues"
+HELD = GATEWAY + "::test_a_backend_that_never_answers_is_a_503_naming_it_once_the_upstream_timeout_passed"
+COUNTED = GATEWAY + "::test_each_forwarded_request_is_counted_by_handler_method_and_status"
+ROUTED = GATEWAY + "::test_only_routed_methods_and_paths_reach_a_backend"
 REASON = GATEWAY + "::test_a_backend_s_status_code_passes_through_with_the_standard_reason_phrase_or_unknown"
 
 # name: (file, text, replacement, tests)
@@ -108,6 +113,26 @@ VARIANTS = {
     "unknown codes called OK (direct proxy)": ("common/proxy_server.py",
                                                           'httputil.responses.get(code, "Unknown")',
                                                           'httputil.responses.get(code, "OK")', [REASON]),
+    "body counted per chunk (direct proxy)": ("common/proxy_server.py", "self.size += len(chunk)",
+                                              "self.size = len(chunk)", [CHUNKED]),
+    "gateway span without its route (direct proxy)": ("gateway.py", 'template=rule.target_kwargs["template"]),',
+                                                      "template=None),", [TRACED]),
+    "UPSTREAM_TIMEOUT ignored": ("gateway.py", "upstream_method, headers, body, timeout=self.timeout,",
+                                 "upstream_method, headers, body,", [HELD]),
+    "proxied requests not counted (handler proxy)": ("gateway.py", "default_handler_class=NotFoundHandler, "
+                                                     "log_function=log_request)",
+                                                     "default_handler_class=NotFoundHandler)", [COUNTED]),
+    "proxied requests counted under the wrong status (direct proxy)": ("common/proxy_server.py",
+                                                                       "self.start_line.method, code).observe",
+                                                                       "self.start_line.method, 200).observe",
+                                                                       [COUNTED]),
+    "Date header never set (direct proxy)": ("common/proxy_server.py", "if self._date[0] != now:",
+                                             "if self._date[0] == now:", [HEAD]),
+    "an unrouted path's body lost (direct proxy)": ("common/proxy_server.py",
+                                                    "return self.app_request.data_received(chunk)",
+                                                    "return self.app_request.data_received(None)", [ROUTED]),
+    "gateway span always 200": ("gateway.py", "span.set_status_code(response.code)", "span.set_status_code(200)",
+                                [TRACED]),
 }
 
 

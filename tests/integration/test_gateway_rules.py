@@ -3,10 +3,16 @@ rules are tested against the real `python gateway.py` in tests/e2e/test_gateway_
 only, backends are raw-socket stand-ins (`tests.e2e.raw_backend`), and once the real Order Service (its Etags)."""
 import asyncio
 import json
+import time
+from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
+from tornado.httputil import HTTPHeaders
+from tornado.tcpclient import TCPClient
 
+from common import tracing
 from common.config import load_settings
 from common.lifecycle import listen
 from gateway import OPENAPI_SPEC, make_app, proxy_server
@@ -80,8 +86,9 @@ async def test_only_routed_methods_and_paths_reach_a_backend(start_gateway):
     response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/orders", method="DELETE", raise_error=False)
     assert (response.code, response.headers["Allow"], response.headers["Content-Type"].split(";")[0]) == \
         (405, "GET, HEAD, POST", "application/json")
-    code, body = await send(port, "GET", "/nowhere")
-    assert (code, json.loads(body)["status"]) == (404, "Fail")  # the envelope, not Tornado's HTML page
+    for method in ("GET", "POST"):  # a body too goes to the application, which answers every other path
+        code, body = await send(port, method, "/nowhere")
+        assert (code, json.loads(body)["status"]) == (404, "Fail")  # the envelope, not Tornado's HTML page
     assert (await send(port, "PUT", "/payments/1/movements"))[0] == 405
     assert (await send(port, "GET", "/payments/1/movements?limit=2&cursor=5"))[0] == 200
     assert [(s.method, s.path) for s in backend.requests()] == [("GET", "/payments/1/movements?limit=2&cursor=5")]
@@ -125,9 +132,12 @@ def unavailable(service):
 @pytest.mark.gen_test(timeout=60)
 async def test_a_backend_that_never_answers_is_a_503_naming_it_once_the_upstream_timeout_passed(start_gateway):
     held = RawBackend(lambda *_: HOLD)
-    port = start_gateway([held.url], [held.url])
+    port = start_gateway([held.url], [held.url])  # UPSTREAM_TIMEOUT=1
+    started = asyncio.get_running_loop().time()
     assert await send(port, "PUT", "/payments/7") == unavailable("Payments Service")
     assert await send(port, "GET", "/orders/7") == unavailable("Order Service")
+    # The upstream timeout, not the client's own 10 s default: a bound loose enough for a loaded machine.
+    assert asyncio.get_running_loop().time() - started < 8
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -202,21 +212,24 @@ async def test_a_chunked_body_is_forwarded_whole_up_to_the_limit_and_counted_acr
     backend = RawBackend()
     port = start_gateway([backend.url], [backend.url], MAX_BODY_BYTES="100")
 
-    def chunks(*parts):
-        async def produce(write):
-            for part in parts:
-                await write(part)
-        return produce
-
     async def post(*parts):
-        return await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/payments", method="POST", raise_error=False,
-                                             headers={"Content-Type": "application/json"},
-                                             body_producer=chunks(*parts))
+        """(status, headers) of a POST whose body is `parts`, one chunk each, a moment apart: Tornado (6.6)
+        hands on the chunks that have arrived as one piece, so chunks sent at once were counted as one."""
+        stream = await TCPClient().connect("127.0.0.1", port)
+        await stream.write(b"POST /payments HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                           b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        for part in parts:
+            await stream.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await asyncio.sleep(0.1)
+        await stream.write(b"0\r\n\r\n")
+        head = (await stream.read_until_close()).partition(b"\r\n\r\n")[0].decode("latin1")
+        status_line, _, fields = head.partition("\r\n")
+        return int(status_line.split()[1]), HTTPHeaders.parse(fields)
     exact = b'{"user_id": 1, "pad": "' + b"x" * 75 + b'"}'  # 100 bytes: exactly the limit
-    assert (await post(exact[:50], exact[50:])).code == 200
+    assert (await post(exact[:50], exact[50:]))[0] == 200
     assert backend.requests("POST")[0].body == exact
-    response = await post(b"x" * 60, b"x" * 60)
-    assert (response.code, response.headers.get("Allow")) == (413, None)
+    code, headers = await post(b"x" * 60, b"x" * 60)
+    assert (code, headers.get("Allow")) == (413, None)
     assert len(backend.requests("POST")) == 1
 
 
@@ -251,6 +264,7 @@ async def test_a_head_is_answered_with_the_headers_of_its_get_and_no_body(start_
     port = start_gateway([backend.url], [backend.url])
     read, head = await fetch(port, "GET", "/orders/1"), await fetch(port, "HEAD", "/orders/1")
     assert int(read.headers["Content-Length"]) == len(read.body) > 0
+    assert abs(parsedate_to_datetime(read.headers["Date"]).timestamp() - time.time()) < 60
     assert (head.code, head.body, *shown(head, "Content-Type", "Content-Length", "Etag")) == \
         (200, b"", *shown(read, "Content-Type", "Content-Length", "Etag"))
     assert [(s.method, s.path) for s in backend.requests()] == [("GET", "/orders/1")] * 2  # asked as its GET
@@ -303,3 +317,51 @@ async def test_a_backend_s_status_code_passes_through_with_the_standard_reason_p
     response = await fetch(port, "GET", "/orders/1")
     assert (response.code, response.reason, response.body) == \
         (code, reason, b'{"status": "Success", "message": "GET /orders/1 seen."}')
+
+
+class RecordingTracer(tracing.Off):
+    """Tracing on, as far as the gateway can tell: each SERVER span is kept as [method, route, the request's
+    headers as given, status code], and its own context replaces the request's `traceparent`."""
+    enabled = True
+    CONTEXT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    def __init__(self):
+        self.spans = []
+
+    @contextmanager
+    def server(self, method, route, headers):
+        span = [method, route, dict(headers), None]
+        self.spans.append(span)
+        headers["traceparent"] = self.CONTEXT
+
+        class Span(tracing.NoSpan):
+            def set_status_code(self, code):
+                span[3] = code
+        yield Span()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_each_forwarded_request_is_a_span_named_by_its_route_that_the_backend_continues(start_gateway,
+                                                                                             monkeypatch):
+    tracer = RecordingTracer()
+    monkeypatch.setattr(tracing, "current", tracer)
+    backend = RawBackend(lambda *_: 404)
+    port = start_gateway([backend.url])
+    incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert (await fetch(port, "GET", "/orders/7?x=1", traceparent=incoming)).code == 404
+    [(method, route, headers, code)] = tracer.spans
+    assert (method, route, headers["traceparent"], code) == ("GET", "/orders/{order_id}", incoming, 404)
+    assert dict(backend.requests()[0].headers)["traceparent"] == RecordingTracer.CONTEXT
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_each_forwarded_request_is_counted_by_handler_method_and_status(start_gateway):
+    port = start_gateway([RawBackend(lambda *_: 418).url])
+    sample = 'shop_http_request_duration_seconds_count{handler="ProxyHandler",method="GET",status="418"} '
+
+    async def count():
+        lines = (await fetch(port, "GET", "/metrics")).body.decode().splitlines()
+        return next((float(line.removeprefix(sample)) for line in lines if line.startswith(sample)), 0.0)
+    before = await count()  # the registry is the process's: earlier tests' requests are in it too
+    assert (await fetch(port, "GET", "/orders/1")).code == 418
+    assert await count() == before + 1
