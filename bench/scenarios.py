@@ -10,10 +10,12 @@ from bench.profile import Profiler
 from bench.progress import say, wait
 from bench.steady import steady_orders
 from bench.table import Row, mb, ms, per_s
+from common.config import load_settings
 from common.db import schema_section
-from common.messages import ORDER_REQUESTS
+from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
 from harness.infra import INFRA
 from harness.invariants import check_invariants, pending_count, wait_until_settled
+from harness.metrics import rows_per_message, scrape
 from harness.stack import Stack, drop_database, free_port
 
 SERVICES = ("gateway", "order", "payment")
@@ -117,6 +119,8 @@ def throughput(plan, memory, profiles):
         if profiler:
             profiles.append(profiler.report())
         finalized = measure.finalized_between(stack.order_dsn, start, end) / (end - start).total_seconds()
+        packed = [rows_per_message(scrape(stack[name]), queue)
+                  for name, queue in (("order", ORDER_REQUESTS), ("payment", PAYMENT_RESULTS))]
         backlog = pending_count(stack.order_dsn)
         say(f"  {result.ok_per_second:.0f} accepted/s, {finalized:.0f} finalized/s, {backlog} pending at the end")
         drain = settle(stack, plan, "throughput")
@@ -131,6 +135,9 @@ def throughput(plan, memory, profiles):
             f"{per_s(tps)} pgbench -c{plan.pgbench_clients} ({result.ok_per_second / tps:.0%})", "≥ 1,000/s"),
         Row("2. CPU per accepted order during the load: gateway / order / payment",
             " / ".join(f"{cpu[name]:.2f} ms" for name in SERVICES), "(what each process would need on its own core)"),
+        Row(f"2. rows per message published: {ORDER_REQUESTS} / {PAYMENT_RESULTS}",
+            " / ".join("-" if n is None else f"{n:.1f}" for n in packed),
+            f"ENTRIES_PER_MESSAGE={load_settings().entries_per_message}"),
         Row(f"2. orders finalized during the load (then {backlog} pending, drained in {drain:.1f} s; "
             f"invariants {'PASS' if report.ok else 'FAIL'})", per_s(finalized),
             f"({finalized / tps:.0%} of pgbench)", "≥ 30% of pgbench"),
