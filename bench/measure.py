@@ -1,10 +1,8 @@
 """What the benchmark reads from the stack: server-side timestamps, counts, queue depths, and seeding."""
 
 import subprocess
-import urllib.request
 
 import psycopg2
-from prometheus_client.parser import text_string_to_metric_families
 
 from harness.infra import INFRA
 from harness.invariants import query
@@ -80,16 +78,6 @@ def percentile(values, share):
 def finalized_between(order_dsn, start, end):
     return query(order_dsn, "SELECT count(*) FROM orders WHERE status <> 'NEW' AND updated_at BETWEEN %s AND %s",
                  (start, end))[0][0]
-
-
-def rows_published(process, queue):
-    """Outbox rows `process` (a `harness.stack.Process`) has published to `queue` and had confirmed, from its
-    /metrics: with several rows to a message, the queue's message count no longer says how many rows went out."""
-    url = process.health_url.rsplit("/", 1)[0] + "/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == "shop_outbox_rows_published_total" and sample.labels.get("queue") == queue)
 
 
 def unsent_count(order_dsn):

@@ -10,10 +10,12 @@ from bench.profile import Profiler
 from bench.progress import say, wait
 from bench.steady import steady_orders
 from bench.table import Row, mb, ms, per_s
+from common.config import load_settings
 from common.db import schema_section
-from common.messages import ORDER_REQUESTS
+from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
 from harness.infra import INFRA
 from harness.invariants import check_invariants, pending_count, wait_until_settled
+from harness.metrics import rows_per_message, sample_total, scrape
 from harness.stack import Stack, drop_database, free_port
 
 SERVICES = ("gateway", "order", "payment")
@@ -128,6 +130,9 @@ def throughput(plan, memory, profiles):
             Row(f"2. CPU per accepted order, {cell}: gateway / order / payment",
                 " / ".join(f"{load['cpu'][name]:.2f} ms" for name in SERVICES),
                 "(what each process would need on its own core)"),
+            Row(f"2. rows per message published, {cell}: {ORDER_REQUESTS} / {PAYMENT_RESULTS}",
+                " / ".join("-" if n is None else f"{n:.1f}" for n in load["packed"]),
+                f"ENTRIES_PER_MESSAGE={load_settings().entries_per_message}"),
             Row(f"2. orders finalized during the load, {cell} (then {load['backlog']} pending, drained in "
                 f"{load['drain']:.1f} s; invariants {invariants})", per_s(finalized),
                 f"({finalized / accepted:.0%} of accepted)", "≥ 1,000/s, the backlog not growing"),
@@ -149,9 +154,12 @@ def load_run(stack, plan, clients, users, profiles):
     if profiler:
         profiles.append(profiler.report())
     finalized = measure.finalized_between(stack.order_dsn, start, end) / (end - start).total_seconds()
+    packed = [rows_per_message(scrape(stack[name]), queue)
+              for name, queue in (("order", ORDER_REQUESTS), ("payment", PAYMENT_RESULTS))]
     backlog = pending_count(stack.order_dsn)
     say(f"  {result.ok_per_second:.0f} accepted/s, {finalized:.0f} finalized/s, {backlog} pending at the end")
-    return dict(result=result, finalized=finalized, cpu=cpu, backlog=backlog, drain=settle(stack, plan, "throughput"))
+    return dict(result=result, finalized=finalized, cpu=cpu, packed=packed, backlog=backlog,
+                drain=settle(stack, plan, "throughput"))
 
 
 def drain_cpu_seconds(stack):
@@ -170,7 +178,7 @@ def backlog(plan, memory):
         time.sleep(1)  # requests in flight when wrk stopped still commit
         orders = measure.order_count(stack.order_dsn)
         wait(plan.outage_seconds, f"outage with {orders} pending orders")
-        published = measure.rows_published(stack["order"], ORDER_REQUESTS)
+        published = sample_total(scrape(stack["order"]), "shop_outbox_rows_published_total", queue=ORDER_REQUESTS) or 0
         messages = measure.queue_depth(stack.vhost, ORDER_REQUESTS)
         say(f"  {published:.0f} rows in {messages} messages in {ORDER_REQUESTS}; starting Payments")
         started = time.monotonic()

@@ -1,12 +1,13 @@
-"""The two message types that cross the broker, and their strict decoding.
+"""The two message types that cross the broker, and their strict reading.
 
 `outbox_os` carries `PaymentRequest`s (Order Service → Payments Service);
 `outbox_ps` carries `PaymentResult`s (Payments Service → Order Service).
 A message holds one entry or several (`common.packing`); each type says here what one entry is (`entry`) and
 reads one back (`from_entry`, which raises `InvalidMessage`). Amounts travel as strings so they stay exact.
 
-`trace` is not part of the body: with tracing on, the consumer sets it to the context of the message's
-processing span (`common.tracing`), for what the handling writes to continue that trace."""
+`trace` is not one of an entry's `FIELDS`: the trace context travels beside them (`common.packing`), and with
+tracing on the consumer sets `trace` to the context of the entry's processing span (`common.tracing`), for
+what the handling writes to continue that trace."""
 import dataclasses
 import json
 from collections.abc import Mapping

@@ -41,6 +41,16 @@ HELD = GATEWAY + "::test_a_backend_that_never_answers_is_a_503_naming_it_once_th
 COUNTED = GATEWAY + "::test_each_forwarded_request_is_counted_by_handler_method_and_status"
 ROUTED = GATEWAY + "::test_only_routed_methods_and_paths_reach_a_backend"
 REASON = GATEWAY + "::test_a_backend_s_status_code_passes_through_with_the_standard_reason_phrase_or_unknown"
+PACKED = "tests/integration/test_packed_messages.py"
+PACKED_DEAD = PACKED + "::test_a_message_with_one_malformed_entry_settles_the_others_and_dead_letters_that_entry_alone"
+PACKING_UNIT = "tests/unit/test_packing.py"
+CONSUMER_UNIT = "tests/unit/test_batch_consumer.py"
+WINDOW_UNIT = "tests/unit/test_publish_window.py"
+TRACING = "tests/e2e/test_tracing.py"
+GATHERED = "        self._gathering.setdefault((queue, then), []).extend(rows)\n"
+ENTRY_COPIES_STORED = ("            DEAD_LETTERED.labels(self.queue).inc(len(refused))\n            return True\n"
+                       "        return False\n")
+ENTRY_TRACED = "{**entry, TRACE_FIELD: trace} if trace else entry"
 
 # name: (file, text, replacement, tests)
 VARIANTS = {
@@ -133,6 +143,29 @@ VARIANTS = {
                                                     "return self.app_request.data_received(None)", [ROUTED]),
     "gateway span always 200": ("gateway.py", "span.set_status_code(response.code)", "span.set_status_code(200)",
                                 [TRACED]),
+    "a malformed entry dead-letters its whole message": ("common/consumer.py",
+                                                         "        elif refused and len(received.entries) == 1:\n",
+                                                         "        elif refused:\n", [CONSUMER_UNIT, PACKED_DEAD]),
+    "an entry's dead letter carries the whole message": ("common/dead_letters/reject.py",
+                                                         "now, text.encode(), entry_id(",
+                                                         "now, message.body, entry_id(", [CONSUMER_UNIT, PACKED_DEAD]),
+    "an entry whose dead letter failed is acked anyway": ("common/consumer.py", ENTRY_COPIES_STORED,
+                                                          ENTRY_COPIES_STORED.replace("return False", "return True"),
+                                                          [CONSUMER_UNIT]),
+    "only the first entry of a message is read": ("common/packing.py", "in enumerate(elements)]",
+                                                  "in enumerate(elements[:1])]", [PACKING_UNIT, PACKED]),
+    "a settled request is debited again": ("payment_svc/service.py", "        if status == OrderStatus.NEW:\n",
+                                           "        if status in (OrderStatus.NEW, OrderStatus.FINISHED):\n",
+                                           [PACKED + "::test_an_order_in_two_messages_of_several_entries_debits_once"]),
+    "answered rows stay in the outbox": ("order_svc/repo.py", ".add_cte(_finalized).add_cte(_dropped))",
+                                         ".add_cte(_finalized))",
+                                         [PACKED + "::test_a_resend_carries_only_the_rows_still_unanswered"]),
+    "rows of one tick sent apart": ("common/publisher.py", GATHERED, GATHERED + "        self._start_sends()\n",
+                                    [WINDOW_UNIT]),
+    "no packing": ("common/publisher.py", "        size = self.entries_per_message\n", "        size = 1\n",
+                   [WINDOW_UNIT, TRACING]),
+    "entries of a message of several lose their trace": ("common/packing.py", ENTRY_TRACED, "entry",
+                                                         [PACKING_UNIT, TRACING]),
 }
 
 

@@ -4,9 +4,9 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from common.messages import PAYMENT_RESULTS, PaymentResult
+from harness.metrics import sample_total
 from tests.conftest import eventually
 from tests.integration.http import request
-from tests.metrics import sample_total
 
 
 async def outbox_row(service, order_id):
