@@ -11,10 +11,10 @@ from order_svc import repo
 
 
 class OutboxEntry(NamedTuple):
-    """How a new order's outbox row is written: seconds until the relay takes it. `attempts` counts the relay's
-    sends only, so a row the relay takes first is always a first send (never held back, no backoff), whether
-    or not the immediate publish happened: a process killed right after its COMMIT, or a COMMIT whose reply
-    was lost, published nothing, and its order must not wait behind a resend's backoff."""
+    """How a new order's outbox row is written: seconds until the relay takes it. `attempts` counts the sends the
+    broker confirmed, so a row written 0 and never confirmed is a first send for the relay (never held back, no
+    backoff), whether or not an immediate publish was tried: a process killed right after its COMMIT, or a
+    COMMIT whose reply was lost, published nothing, and its order must not wait behind a resend's backoff."""
     attempts: int
     due_in: float
 
@@ -30,7 +30,8 @@ class RequestDispatch(Protocol):
 class SendAtOnce:
     """The fast path: an order's payment request is published as soon as its transaction commits, without
     waiting for the outbox relay. Its outbox row is written due only `resend_delay` seconds later, so the relay
-    sends it only if no payment result came back by then (a first send: the publish may never have happened).
+    sends it only if no payment result came back by then. Once the broker confirmed the publish, the row counts
+    it (`sent_outbox`): the relay's send is then a resend, held back during a Payments outage like any other.
 
     While the publish window is full, a new order waits for room before it is placed: under overload orders
     are then taken in only as fast as they are sent on, and a backlog cannot build up inside the service.
@@ -53,9 +54,11 @@ class SendAtOnce:
             return
         # Orders placed in the same event-loop tick (committed together) share messages: see `PublishWindow`.
         self.window.send(ORDER_REQUESTS, [(order["order_id"], PaymentRequest.from_row(order).entry(), trace)],
-                         self._hand_over_unconfirmed)
+                         self._count_sends)
 
-    async def _hand_over_unconfirmed(self, _confirmed: list, unconfirmed: list) -> None:
+    async def _count_sends(self, confirmed: list, unconfirmed: list) -> None:
+        if confirmed:
+            await self.db.run(repo.sent_outbox, confirmed, transaction=False)
         if unconfirmed:
             # Not sent after all: make the row due for the relay now, not after the delay.
             await self.db.run(repo.unsent_outbox, unconfirmed)

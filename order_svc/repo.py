@@ -78,9 +78,13 @@ _delay = sa.func.least(sa.bindparam("first_delay") * sa.func.power(2, outbox_os.
 _order_ids = outbox_os.c.order_id == sa.any_(ids("order_ids"))
 POSTPONE_OUTBOX = Query(sa.update(outbox_os).where(_order_ids)
                         .values(attempts=outbox_os.c.attempts + 1, next_attempt_at=seconds_from_now(_delay)))
+# Rows whose immediate publish the broker confirmed: sent once, so the relay's next send of one is a resend,
+# held back while the queue still holds messages (a Payments outage) instead of doubling the backlog. Only
+# `attempts` changes: the row stays due `RESEND_DELAY` after it was written. Safe to run twice.
+SENT_OUTBOX = Query(sa.update(outbox_os).where(_order_ids, outbox_os.c.attempts == 0).values(attempts=1))
 # Rows whose immediate publish was not confirmed: never sent after all, so due at once as first sends.
 UNSENT_OUTBOX = Query(sa.update(outbox_os).where(_order_ids).values(attempts=0, next_attempt_at=NOW))
-# At start-up: rows the relay never sent may be orders whose immediate publish died with a process (this one's
+# At start-up: rows never confirmed sent may be orders whose immediate publish died with a process (this one's
 # predecessor, or a replica's: then the copy sent now is a harmless duplicate the inbox recognises).
 UNSENT_DUE_NOW = Query(sa.update(outbox_os).where(outbox_os.c.attempts == 0, outbox_os.c.next_attempt_at > NOW)
                        .values(next_attempt_at=NOW))
@@ -135,6 +139,10 @@ async def lock_due_outbox(cur, limit: int) -> list[dict]:
 async def postpone_outbox(cur, order_ids: list[int], first_delay: float, max_delay: float) -> None:
     """Schedule the next resend of each row: `first_delay` seconds, doubling per attempt, capped."""
     await execute(cur, POSTPONE_OUTBOX, order_ids=order_ids, first_delay=first_delay, max_delay=max_delay)
+
+
+async def sent_outbox(cur, order_ids: list[int]) -> None:
+    await execute(cur, SENT_OUTBOX, order_ids=order_ids)
 
 
 async def unsent_outbox(cur, order_ids: list[int]) -> None:

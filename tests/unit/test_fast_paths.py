@@ -25,15 +25,20 @@ def send_at_once(publisher, connected=True):
 
 
 @pytest.mark.gen_test
-async def test_an_order_is_written_as_sent_once_and_published_right_after_its_commit():
+async def test_an_order_is_published_right_after_its_commit_and_counted_sent_once_confirmed(monkeypatch):
+    sent = []
+
+    async def sent_outbox(cur, ids):
+        sent.extend(ids)
+    monkeypatch.setattr(order_repo, "sent_outbox", sent_outbox)
     publisher = FakePublisher()
     dispatch, db, kicks = send_at_once(publisher)
     entry = await dispatch.entry()
-    assert entry == (0, 5.0)
+    assert entry == (0, 5.0)  # not yet sent: a crash before the confirm leaves it a first send for the relay
     dispatch.placed(ORDER, entry, None)
     await dispatch.window.drain()
     assert publisher.published == [("outbox_os", 7, PaymentRequest(7, 3, Decimal("2.50")).entry())]
-    assert db.calls == [] and kicks.count == 0
+    assert sent == [7] and [name for name, _ in db.calls] == ["sent_outbox"] and kicks.count == 0
 
 
 @pytest.mark.gen_test
