@@ -42,6 +42,7 @@ COUNTED = GATEWAY + "::test_each_forwarded_request_is_counted_by_handler_method_
 ROUTED = GATEWAY + "::test_only_routed_methods_and_paths_reach_a_backend"
 UNTYPED = GATEWAY + ("::test_a_body_without_a_type_is_taken_for_json_no_body_needs_none_and_a_patch_s_body_is_"
                      "checked_first")
+PROBE = GATEWAY + "::test_a_replica_that_never_answers_its_probe_is_unreachable_within_the_probe_timeout"
 REASON = GATEWAY + "::test_a_backend_s_status_code_passes_through_with_the_standard_reason_phrase_or_unknown"
 
 # name: (file, text, replacement, tests)
@@ -141,6 +142,8 @@ VARIANTS = {
                                                   'self.headers.get("Content-Type", "")', [UNTYPED]),
     "a PATCH's body unchecked (direct proxy)": ("common/proxy_server.py", '("POST", "PUT", "PATCH"):',
                                                 '("POST", "PUT"):', [UNTYPED]),
+    "probe without its timeout": ("gateway.py", 'url + "/ready", timeout=2, connect_timeout=1)',
+                                  'url + "/ready", connect_timeout=1)', [PROBE]),
     "gateway span always 200": ("gateway.py", "span.set_status_code(response.code)", "span.set_status_code(200)",
                                 [TRACED]),
 }

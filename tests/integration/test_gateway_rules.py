@@ -383,3 +383,14 @@ async def test_a_body_without_a_type_is_taken_for_json_no_body_needs_none_and_a_
     patch = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/orders/1", method="PATCH", body=b"x",
                                           headers={"Content-Type": "text/plain"}, raise_error=False)
     assert patch.code == 400  # as `BaseHandler.prepare`: the body's type before the method
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_replica_that_never_answers_its_probe_is_unreachable_within_the_probe_timeout(start_gateway):
+    held = RawBackend(lambda *_: HOLD)
+    port = start_gateway([held.url], [held.url])
+    started = asyncio.get_running_loop().time()
+    code, body = await send(port, "GET", "/ready")
+    assert (code, json.loads(body)["backends"]) == (503, {held.url: "unreachable"})
+    # The probe's 2 s, not the client's 10 s default: `/ready` must answer an orchestrator's probe in time.
+    assert asyncio.get_running_loop().time() - started < 8
