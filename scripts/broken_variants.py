@@ -40,6 +40,9 @@ TRACED = GATEWAY + "::test_each_forwarded_request_is_a_span_named_by_its_route_t
 HELD = GATEWAY + "::test_a_backend_that_never_answers_is_a_503_naming_it_once_the_upstream_timeout_passed"
 COUNTED = GATEWAY + "::test_each_forwarded_request_is_counted_by_handler_method_and_status"
 ROUTED = GATEWAY + "::test_only_routed_methods_and_paths_reach_a_backend"
+UNTYPED = GATEWAY + ("::test_a_body_without_a_type_is_taken_for_json_no_body_needs_none_and_a_patch_s_body_is_"
+                     "checked_first")
+PROBE = GATEWAY + "::test_a_replica_that_never_answers_its_probe_is_unreachable_within_the_probe_timeout"
 REASON = GATEWAY + "::test_a_backend_s_status_code_passes_through_with_the_standard_reason_phrase_or_unknown"
 PACKED = "tests/integration/test_packed_messages.py"
 PACKED_DEAD = PACKED + "::test_a_message_with_one_malformed_entry_settles_the_others_and_dead_letters_that_entry_alone"
@@ -141,6 +144,16 @@ VARIANTS = {
     "an unrouted path's body lost (direct proxy)": ("common/proxy_server.py",
                                                     "return self.app_request.data_received(chunk)",
                                                     "return self.app_request.data_received(None)", [ROUTED]),
+    "an empty POST's type checked (direct proxy)": ("common/proxy_server.py",
+                                                    'if self.size and method in ("POST", "PUT", "PATCH"):',
+                                                    'if self.size or method in ("POST", "PUT", "PATCH"):', [UNTYPED]),
+    "no default type for a body (direct proxy)": ("common/proxy_server.py",
+                                                  'self.headers.get("Content-Type", "application/json")',
+                                                  'self.headers.get("Content-Type", "")', [UNTYPED]),
+    "a PATCH's body unchecked (direct proxy)": ("common/proxy_server.py", '("POST", "PUT", "PATCH"):',
+                                                '("POST", "PUT"):', [UNTYPED]),
+    "probe without its timeout": ("gateway.py", 'url + "/ready", timeout=2, connect_timeout=1)',
+                                  'url + "/ready", connect_timeout=1)', [PROBE]),
     "gateway span always 200": ("gateway.py", "span.set_status_code(response.code)", "span.set_status_code(200)",
                                 [TRACED]),
     "a malformed entry dead-letters its whole message": ("common/consumer.py",

@@ -207,6 +207,18 @@ async def test_a_bug_while_forwarding_is_a_500_envelope_without_a_trace(start_ga
         (500, "application/json", {"status": "Fail", "message": "Internal server error."})
 
 
+async def exchange(port, *pieces):
+    """(status, headers) of the answer to a request written by hand in `pieces`, 0.1 s apart: what Tornado's
+    client would not send (a body without a Content-Type, chunks that arrive one by one)."""
+    stream = await TCPClient().connect("127.0.0.1", port)
+    for piece in pieces:
+        await stream.write(piece)
+        await asyncio.sleep(0.1)
+    head = (await stream.read_until_close()).partition(b"\r\n\r\n")[0].decode("latin1")
+    status_line, _, fields = head.partition("\r\n")
+    return int(status_line.split()[1]), HTTPHeaders.parse(fields)
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_a_chunked_body_is_forwarded_whole_up_to_the_limit_and_counted_across_chunks(start_gateway):
     backend = RawBackend()
@@ -215,16 +227,9 @@ async def test_a_chunked_body_is_forwarded_whole_up_to_the_limit_and_counted_acr
     async def post(*parts):
         """(status, headers) of a POST whose body is `parts`, one chunk each, a moment apart: Tornado (6.6)
         hands on the chunks that have arrived as one piece, so chunks sent at once were counted as one."""
-        stream = await TCPClient().connect("127.0.0.1", port)
-        await stream.write(b"POST /payments HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
-                           b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
-        for part in parts:
-            await stream.write(b"%x\r\n%s\r\n" % (len(part), part))
-            await asyncio.sleep(0.1)
-        await stream.write(b"0\r\n\r\n")
-        head = (await stream.read_until_close()).partition(b"\r\n\r\n")[0].decode("latin1")
-        status_line, _, fields = head.partition("\r\n")
-        return int(status_line.split()[1]), HTTPHeaders.parse(fields)
+        return await exchange(port, b"POST /payments HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json"
+                              b"\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+                              *(b"%x\r\n%s\r\n" % (len(part), part) for part in parts), b"0\r\n\r\n")
     exact = b'{"user_id": 1, "pad": "' + b"x" * 75 + b'"}'  # 100 bytes: exactly the limit
     assert (await post(exact[:50], exact[50:]))[0] == 200
     assert backend.requests("POST")[0].body == exact
@@ -365,3 +370,30 @@ async def test_each_forwarded_request_is_counted_by_handler_method_and_status(st
     before = await count()  # the registry is the process's: earlier tests' requests are in it too
     assert (await fetch(port, "GET", "/orders/1")).code == 418
     assert await count() == before + 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_body_without_a_type_is_taken_for_json_no_body_needs_none_and_a_patch_s_body_is_checked_first(
+        start_gateway):
+    backend = RawBackend()
+    port = start_gateway([backend.url])
+    untyped = b'{"user_id": 1, "amount": 1}'
+    assert (await exchange(port, b"POST /orders HTTP/1.1\r\nHost: gateway\r\nContent-Length: %d\r\n"
+                                 b"Connection: close\r\n\r\n%s" % (len(untyped), untyped)))[0] == 200
+    assert (await exchange(port, b"POST /orders HTTP/1.1\r\nHost: gateway\r\nContent-Type: text/plain\r\n"
+                                 b"Content-Length: 0\r\nConnection: close\r\n\r\n"))[0] == 200
+    assert [s.body for s in backend.requests("POST")] == [untyped, b""]
+    patch = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/orders/1", method="PATCH", body=b"x",
+                                          headers={"Content-Type": "text/plain"}, raise_error=False)
+    assert patch.code == 400  # as `BaseHandler.prepare`: the body's type before the method
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_replica_that_never_answers_its_probe_is_unreachable_within_the_probe_timeout(start_gateway):
+    held = RawBackend(lambda *_: HOLD)
+    port = start_gateway([held.url], [held.url])
+    started = asyncio.get_running_loop().time()
+    code, body = await send(port, "GET", "/ready")
+    assert (code, json.loads(body)["backends"]) == (503, {held.url: "unreachable"})
+    # The probe's 2 s, not the client's 10 s default: `/ready` must answer an orchestrator's probe in time.
+    assert asyncio.get_running_loop().time() - started < 8
