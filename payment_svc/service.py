@@ -63,7 +63,7 @@ async def list_movements(db: Database, user_id: int, cursor: int, limit: int) ->
     """A page of the account's ledger after `cursor`; returns (movements, next cursor or None).
 
     Raises `AccountNotFound` if the user has no account."""
-    rows = await db.run(repo.list_movements, user_id, cursor, limit, transaction=False)
+    rows = await db.run(repo.list_movements, user_id, cursor, limit + 1, transaction=False)
     if not rows and await db.run(repo.get_account, user_id, transaction=False) is None:
         raise AccountNotFound(user_id)
     return page(rows, limit, "id")

@@ -132,9 +132,9 @@ VARIANTS = {
                                                       "template=None),", [TRACED]),
     "UPSTREAM_TIMEOUT ignored": ("gateway.py", "upstream_method, headers, body, timeout=self.timeout,",
                                  "upstream_method, headers, body,", [HELD]),
-    "proxied requests not counted (handler proxy)": ("gateway.py", "default_handler_class=NotFoundHandler, "
+    "proxied requests not counted (handler proxy)": ("gateway.py", "default_handler_args=limit, "
                                                      "log_function=log_request)",
-                                                     "default_handler_class=NotFoundHandler)", [COUNTED]),
+                                                     "default_handler_args=limit)", [COUNTED]),
     "proxied requests counted under the wrong status (direct proxy)": ("common/proxy_server.py",
                                                                        "self.start_line.method, code).observe",
                                                                        "self.start_line.method, 200).observe",
