@@ -26,6 +26,16 @@ async def doubled(cur, items):
     return [item * 2 if item >= 0 else InvalidInput(f"{item} refused") for item in items]
 
 
+async def writing_one(max_batch):
+    """(database, group commit, the first request's future) with that first request's transaction held open."""
+    db = Transactions()
+    commit = GroupCommit(db, doubled, max_batch=max_batch)
+    db.hold.clear()
+    first = asyncio.ensure_future(commit(1))
+    await asyncio.sleep(0.01)
+    return db, commit, first
+
+
 @pytest.mark.gen_test
 async def test_a_lone_request_is_written_at_once_and_alone():
     db = Transactions()
@@ -35,11 +45,7 @@ async def test_a_lone_request_is_written_at_once_and_alone():
 
 @pytest.mark.gen_test
 async def test_requests_that_come_during_a_transaction_share_the_next_one_up_to_the_batch_limit():
-    db = Transactions()
-    commit = GroupCommit(db, doubled, max_batch=3)
-    db.hold.clear()
-    first = asyncio.ensure_future(commit(1))
-    await asyncio.sleep(0.01)
+    db, commit, first = await writing_one(max_batch=3)
     later = [asyncio.ensure_future(commit(n)) for n in range(2, 7)]
     await asyncio.sleep(0.01)
     assert db.batches == [[1]] and not any(f.done() for f in [first, *later])
@@ -81,11 +87,7 @@ async def test_the_database_away_is_every_requests_answer():
 
 @pytest.mark.gen_test
 async def test_a_cancelled_request_leaves_the_others_answered_and_the_writer_ready():
-    db = Transactions()
-    commit = GroupCommit(db, doubled, max_batch=10)
-    db.hold.clear()
-    first = asyncio.ensure_future(commit(1))
-    await asyncio.sleep(0.01)
+    db, commit, first = await writing_one(max_batch=10)
     cancelled, kept = asyncio.ensure_future(commit(2)), asyncio.ensure_future(commit(3))
     await asyncio.sleep(0)
     cancelled.cancel()
