@@ -42,7 +42,7 @@ class GroupCommit(Generic[Item, Result]):
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
-                for (_, future), outcome in zip(batch, await self._write(batch)):
+                for (_, future), outcome in zip(batch, await self._write([item for item, _ in batch])):
                     if future.done():  # its request was cancelled: its rows are written all the same
                         continue
                     if isinstance(outcome, BaseException):
@@ -57,15 +57,14 @@ class GroupCommit(Generic[Item, Result]):
         finally:
             self._writer = None
 
-    async def _write(self, batch: list) -> list:
-        items = [item for item, _ in batch]
+    async def _write(self, items: list) -> list:
         try:
             return await self.db.run(self.write, items)
         except Unavailable as exc:
             # The database is away, or the COMMIT's outcome is unknown: each request alone would have got this.
-            return [exc] * len(batch)
+            return [exc] * len(items)
         except Exception as exc:  # noqa: BLE001 - handed to the requests, none of which may fail for another's
-            if len(batch) == 1:
+            if len(items) == 1:
                 return [exc]
-            logger.warning("a batch of %d writes failed (%r): writing each alone", len(batch), exc)
-            return [outcome for item in items for outcome in await self._write([(item, None)])]
+            logger.warning("a batch of %d writes failed (%r): writing each alone", len(items), exc)
+            return [outcome for item in items for outcome in await self._write([item])]
