@@ -53,29 +53,27 @@ class Backend:
 
     async def forward(self, method, uri, headers, body, template):
         """The first replica's response to the request of route `template`, in a SERVER span when tracing is
-        on (its trace context goes on in `headers`); raises `Unavailable` (the 503) if none answers."""
-        with tracing.current.server(method, template, headers) as span:
-            response = await self._forward(method, uri, headers, body)  # an `Unavailable` tells the span its 503
-            span.set_status_code(response.code)
-            return response
+        on (its trace context goes on in `headers`); raises `Unavailable` (the 503) if none answers.
 
-    async def _forward(self, method, uri, headers, body):
-        """This is the one place that maps upstream failures: only a refused connection moves on to the next
+        This is the one place that maps upstream failures: only a refused connection moves on to the next
         replica."""
         # A HEAD is asked as its GET (RFC 9110: the same headers, no content; the reply drops the body): the
         # backends need no HEAD of their own, and the Content-Length and Etag are the GET's by construction.
         upstream_method = "GET" if method == "HEAD" else method
-        for url in self.candidates():
-            try:
-                return await self.client.fetch(url + uri, upstream_method, headers, body, timeout=self.timeout,
-                                               connect_timeout=CONNECT_TIMEOUT)
-            except FETCH_ERRORS as exc:
-                if isinstance(exc, ConnectionRefusedError):
-                    continue  # the request surely never reached this replica: another may take it
-                logger.warning("%s %s failed: %r", method, url + uri, exc)
-                raise Unavailable(self.unavailable) from None
-        logger.warning("no replica of %s reachable", self.urls)
-        raise Unavailable(self.unavailable)
+        with tracing.current.server(method, template, headers) as span:  # an `Unavailable` tells it its 503
+            for url in self.candidates():
+                try:
+                    response = await self.client.fetch(url + uri, upstream_method, headers, body,
+                                                       timeout=self.timeout, connect_timeout=CONNECT_TIMEOUT)
+                except FETCH_ERRORS as exc:
+                    if isinstance(exc, ConnectionRefusedError):
+                        continue  # the request surely never reached this replica: another may take it
+                    logger.warning("%s %s failed: %r", method, url + uri, exc)
+                    raise Unavailable(self.unavailable) from None
+                span.set_status_code(response.code)
+                return response
+            logger.warning("no replica of %s reachable", self.urls)
+            raise Unavailable(self.unavailable)
 
 
 class ProxyHandler(BaseHandler):

@@ -71,46 +71,44 @@ class BatchConsumer:
         With tracing on, each entry gets a span of its own, from the batch's start to its acknowledgement:
         one span for the batch, linked to the entries' traces, would leave the orders' own traces without
         their payment (or their final status), and each order must be one trace end to end."""
-        entries = [(received.message.message_id, entry.trace, entry.item) for received in batch
-                   if not isinstance(received.entries, InvalidMessage) for entry in received.entries]
-        with tracing.current.process(self.queue, entries) as items:
-            await self._process(batch, items)
-
-    async def _process(self, batch: Sequence[Received], items: list) -> None:
+        readable = [(m, e, entry) for m, received in enumerate(batch)
+                    if not isinstance(received.entries, InvalidMessage) for e, entry in enumerate(received.entries)]
+        spans = [(batch[m].message.message_id, entry.trace, getattr(entry.item, "order_id", None))
+                 for m, _, entry in readable]
         refused = [{} for _ in batch]  # per message: {entry index: reason}
         valid, places = [], []         # the items to handle, and (message index, entry index) of each
-        flat = iter(items)
-        for m, received in enumerate(batch):
-            for e in range(0 if isinstance(received.entries, InvalidMessage) else len(received.entries)):
-                item = next(flat)
-                if isinstance(item, InvalidMessage):
-                    refused[m][e] = str(item)
+        with tracing.current.process(self.queue, spans) as traces:
+            for (m, e, entry), trace in zip(readable, traces):
+                if isinstance(entry.item, InvalidMessage):
+                    refused[m][e] = str(entry.item)
                 else:
-                    valid.append(item)
+                    valid.append(entry.item.traced(trace) if trace else entry.item)
                     places.append((m, e))
-        failed = set()
-        try:
-            invalid = await self._handle(valid) if valid else {}
-        except Exception:
-            # A bug, not an outage: give each message one more chance, then dead-letter it.
-            logger.exception("batch of %d entries from %s failed", len(valid), self.queue)
-            failed, invalid = {m for m, _ in places}, {}
-        for index, reason in invalid.items():
-            m, e = places[index]
-            refused[m][e] = reason
-        acked, processed = [], 0
-        for m, received in enumerate(batch):
-            if await self._settle(received, refused[m], m in failed):
+            failed = set()
+            try:
+                invalid = await self._handle(valid) if valid else {}
+            except Exception:
+                # A bug, not an outage: give each message one more chance, then dead-letter it.
+                logger.exception("batch of %d entries from %s failed", len(valid), self.queue)
+                failed, invalid = {m for m, _ in places}, {}
+            for index, reason in invalid.items():
+                m, e = places[index]
+                refused[m][e] = reason
+            acked, processed = [], 0
+            for m, received in enumerate(batch):
+                unprocessed = isinstance(received.entries, InvalidMessage) or refused[m] or m in failed
+                if unprocessed and not await self._settle(received, refused[m], m in failed):
+                    continue
                 acked.append(received.message)
                 processed += len(received.entries) - len(refused[m])
-        await self._ack_batch([received.message for received in batch], acked)
+            await self._ack_batch([received.message for received in batch], acked)
         ENTRIES_CONSUMED.labels(self.queue).inc(processed)
 
     async def _handle(self, items: list) -> dict:
         """{index: reason} of the items to dead-letter, as `handle_batch` returned it; raises `ValueError` if
         that names an index the batch does not have.
 
-        Such an answer is a bug like any exception (`_process` requeues the batch once, then dead-letters it):
+        Such an answer is a bug like any exception (`process` requeues the batch once, then dead-letters it):
         acking the batch would lose the dead letter the handler meant for one of its items, and the handler's
         commit is safe to redo (the inbox and the orders' final status are idempotent)."""
         async for attempt in AsyncRetrying(retry=retry_if_exception_type(Unavailable),
@@ -123,7 +121,8 @@ class BatchConsumer:
         return invalid
 
     async def _settle(self, received: Received, refused: dict, failed: bool) -> bool:
-        """Whatever a message needs besides the batch's ack; True if the batch's ack is to take it.
+        """What a message not processed whole needs besides the batch's ack; True if the batch's ack is still
+        to take it.
 
         A message that cannot be read, or of one entry that is refused, goes to the dead-letter queue whole, as
         it came (acked there once the copy is confirmed); one of several keeps its processed entries and sends
@@ -135,12 +134,10 @@ class BatchConsumer:
             await self._reject(message, "processing failed twice")
         elif failed:
             await acknowledge(message.nack(requeue=True))
-        elif refused and len(received.entries) == 1:
+        elif len(received.entries) == 1:
             await self._reject(message, refused[0])
-        elif refused:
-            return await self._reject_entries(message, received.entries, refused)
         else:
-            return True
+            return await self._reject_entries(message, received.entries, refused)
         return False
 
     async def _ack_batch(self, messages: list, acked: list) -> None:

@@ -51,12 +51,6 @@ class Query:
         compiled = stmt.compile(dialect=DIALECT)
         self.sql, self.defaults = str(compiled), compiled.params
 
-    def bind(self, values: dict) -> dict:
-        unknown = set(values) - set(self.defaults)
-        if unknown:
-            raise TypeError(f"unknown bind parameters {sorted(unknown)} for {self.sql!r}")
-        return {**self.defaults, **values}
-
 
 def ids(name):
     """A bind parameter for a list of ids, sent as one BIGINT[] array."""
@@ -69,10 +63,14 @@ def texts(name):
 
 
 async def execute(cur, query: "Query | sa.Executable", **values) -> None:
-    """Run a `Query` with `values`, or a statement built on the spot (for cold paths such as clean-up and
-    metrics, where compiling per call costs nothing that matters; lists in it are inlined)."""
+    """Run a `Query` with `values` bound by name over its defaults, or a statement built on the spot (for cold
+    paths such as clean-up and metrics, where compiling per call costs nothing that matters; lists in it are
+    inlined). Raises `TypeError` for a value the `Query` has no parameter for (a typo would go unnoticed)."""
     if isinstance(query, Query):
-        await cur.execute(query.sql, query.bind(values))
+        unknown = values.keys() - query.defaults.keys()
+        if unknown:
+            raise TypeError(f"unknown bind parameters {sorted(unknown)} for {query.sql!r}")
+        await cur.execute(query.sql, {**query.defaults, **values})
     else:
         compiled = query.compile(dialect=DIALECT, compile_kwargs={"render_postcompile": True})
         await cur.execute(str(compiled), compiled.params)
@@ -262,7 +260,8 @@ class Database:
         try:
             # The first attempt runs outside tenacity: setting up its retry loop costs ~14 µs of CPU, half
             # as much again as a short query, on every call of every request and worker step.
-            return await self._attempt(work, args, transaction)
+            async with self._attempt(transaction) as cur:
+                return await work(cur, *args)
         except CommitOutcomeUnknown as exc:
             raise unavailable(exc) from exc
         except DB_ERRORS as exc:
@@ -273,21 +272,26 @@ class Database:
             async for attempt in briefly(DB_ERRORS, retry_seconds):
                 with attempt:
                     await self._follow_primary()
-                    return await self._attempt(work, args, transaction)
+                    async with self._attempt(transaction) as cur:
+                        return await work(cur, *args)
         except (*DB_ERRORS, CommitOutcomeUnknown) as exc:
             raise unavailable(exc) from exc
 
-    async def _attempt(self, work: Callable[..., Awaitable[T]], args: tuple, transaction: bool) -> T:
-        """One try of `run`. A cancellation of the calling task always ends it with `CancelledError`: a
-        consumer or worker that went on after being cancelled would keep the process from stopping (seen:
-        one SIGTERM in eight under load hung until the 20 s bound). Two ways aiopg loses a cancellation:
+    @asynccontextmanager
+    async def _attempt(self, transaction: bool):
+        """One try of `run`: the cursor its work runs on, and what the work's errors mean (the work is called by
+        `run` itself, so that its arguments and result pass through no other frame).
+
+        A cancellation of the calling task always ends it with `CancelledError`: a consumer or worker that went
+        on after being cancelled would keep the process from stopping (seen: one SIGTERM in eight under load
+        hung until the 20 s bound). Two ways aiopg loses a cancellation:
         every query waits in `asyncio.wait_for`, which in Python 3.11 returns the result when the
         cancellation comes just as the query finishes; and it closes the connection of a cancelled query,
         so the ROLLBACK that follows raises a connection error in place of the cancellation."""
         committing = False
         try:
             async with self._cursor(transaction) as cur:
-                result = await work(cur, *args)
+                yield cur
                 committing = transaction
         except psycopg2.errors.ReadOnlySqlTransaction as exc:
             if self.hosts is None:
@@ -302,7 +306,6 @@ class Database:
             raise
         if being_cancelled():
             raise asyncio.CancelledError()
-        return result
 
     def _look_for_primary(self) -> "asyncio.Future | None":
         """Start a look for the primary unless one is under way; the callers failing together share it."""

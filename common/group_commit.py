@@ -42,7 +42,12 @@ class GroupCommit(Generic[Item, Result]):
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
-                for (_, future), outcome in zip(batch, await self._write([item for item, _ in batch])):
+                items = [item for item, _ in batch]
+                try:
+                    outcomes = await self.db.run(self.write, items)
+                except Exception as exc:  # noqa: BLE001 - handed to the requests, none of which may fail for another's
+                    outcomes = await self._after_failure(items, exc)
+                for (_, future), outcome in zip(batch, outcomes):
                     if future.done():  # its request was cancelled: its rows are written all the same
                         continue
                     if isinstance(outcome, BaseException):
@@ -57,14 +62,16 @@ class GroupCommit(Generic[Item, Result]):
         finally:
             self._writer = None
 
-    async def _write(self, items: list) -> list:
-        try:
-            return await self.db.run(self.write, items)
-        except Unavailable as exc:
+    async def _after_failure(self, items: list, exc: Exception) -> list:
+        """Each item's outcome when the write of their batch raised `exc`."""
+        if isinstance(exc, Unavailable) or len(items) == 1:
             # The database is away, or the COMMIT's outcome is unknown: each request alone would have got this.
             return [exc] * len(items)
-        except Exception as exc:  # noqa: BLE001 - handed to the requests, none of which may fail for another's
-            if len(items) == 1:
-                return [exc]
-            logger.warning("a batch of %d writes failed (%r): writing each alone", len(items), exc)
-            return [outcome for item in items for outcome in await self._write([item])]
+        logger.warning("a batch of %d writes failed (%r): writing each alone", len(items), exc)
+        outcomes = []
+        for item in items:
+            try:
+                outcomes.extend(await self.db.run(self.write, [item]))
+            except Exception as alone:  # noqa: BLE001 - this item's own failure is its answer
+                outcomes.append(alone)
+        return outcomes

@@ -41,11 +41,11 @@ class Response:
     body: bytes
 
 
-def _format_request(method, target, headers, body):
-    """The request line and header block, as bytes."""
+def _format_request(method, target, headers, body_length):
+    """The request line and header block, as bytes; `body_length` None for a request without a body."""
     lines = [f"{method} {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers.items())]
-    if body is not None:
-        lines.append(f"Content-Length: {len(body)}")
+    if body_length is not None:
+        lines.append(f"Content-Length: {body_length}")
     text = "\r\n".join(lines)
     if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
         raise ValueError(f"a CR or LF inside a request header: {headers!r}")  # it would smuggle a header in
@@ -82,29 +82,27 @@ class KeepAliveClient:
         parts = urlsplit(url)
         address = (parts.hostname, parts.port or 80)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        request = _format_request(method, target, {"Host": parts.netloc, **(headers or {})}, body)
+        request = _format_request(method, target, {"Host": parts.netloc, **(headers or {})},
+                                  None if body is None else len(body))
         if body:
             request += body  # headers and body in one write: as two, Nagle could hold the body for a delayed ACK
         pool = self._pools[address]
         async with asyncio.timeout(timeout):
-            stream = await pool.acquire()
+            pooled = await pool.acquire()
             try:
-                response, stream = await self._send(address, stream, connect_timeout, method, request)
+                try:
+                    response, stream = await self._exchange(pooled or await self._connect(address, connect_timeout),
+                                                            request)
+                except ConnectionLost:
+                    # A pooled connection the backend closed meanwhile: a request safe to resend tries a new one.
+                    if pooled is None or method not in SAFE_TO_RESEND:
+                        raise
+                    response, stream = await self._exchange(await self._connect(address, connect_timeout), request)
             except BaseException:
                 pool.release()  # `_exchange` closed the stream
                 raise
             pool.release(stream)
             return response
-
-    async def _send(self, address, stream, connect_timeout, method, request):
-        """(response, the stream if it may carry the next request) over `stream`, or a new connection."""
-        if stream is not None:
-            try:
-                return await self._exchange(stream, request)
-            except ConnectionLost:
-                if method not in SAFE_TO_RESEND:
-                    raise
-        return await self._exchange(await self._connect(address, connect_timeout), request)
 
     async def _connect(self, address, timeout):
         try:

@@ -55,21 +55,18 @@ class DrainingHTTPServer(BoundedHTTPServer):
 
 
 class _MarkBusy(httputil.HTTPMessageDelegate):
+    """`delegate`, with its connection marked busy once a request's headers arrive. The other calls go to
+    `delegate`'s own methods directly: a body passes through no frame of this wrapper."""
+
     def __init__(self, busy: weakref.WeakSet, connection, delegate: httputil.HTTPMessageDelegate) -> None:
         self.busy, self.connection, self.delegate = busy, connection, delegate
+        self.data_received = delegate.data_received
+        self.finish = delegate.finish
+        self.on_connection_close = delegate.on_connection_close
 
     def headers_received(self, start_line, headers):
         self.busy.add(self.connection)
         return self.delegate.headers_received(start_line, headers)
-
-    def data_received(self, chunk):
-        return self.delegate.data_received(chunk)
-
-    def finish(self) -> None:
-        self.delegate.finish()
-
-    def on_connection_close(self) -> None:
-        self.delegate.on_connection_close()
 
 
 def listen(app, port: int, settings: Settings) -> DrainingHTTPServer:

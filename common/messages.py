@@ -56,13 +56,13 @@ class PaymentRequest(Traced):
     amount: Decimal
     trace: str | None = dataclasses.field(default=None, compare=False)
 
-    @classmethod
-    def from_row(cls, row: Mapping) -> "PaymentRequest":
-        """The request of an order or outbox row (`order_id`, `user_id`, `amount`)."""
-        return cls(row["order_id"], row["user_id"], row["amount"])
+    @staticmethod
+    def entry_of(row: Mapping) -> dict:
+        """The entry of the request of an order or outbox row (`order_id`, `user_id`, `amount`)."""
+        return {"order_id": row["order_id"], "user_id": row["user_id"], "amount": str(row["amount"])}
 
     def entry(self) -> dict:
-        return {"order_id": self.order_id, "user_id": self.user_id, "amount": str(self.amount)}
+        return self.entry_of(vars(self))
 
     @classmethod
     def from_entry(cls, data: Mapping) -> "PaymentRequest":

@@ -126,13 +126,11 @@ class On:
     def process(self, queue, entries):
         started = time.time_ns()
         spans = [self._child(f"process {queue}", trace_header, SpanKind.CONSUMER,
-                             {**messaging(queue, "process", message_id), **order_of(item),
+                             {**messaging(queue, "process", message_id), **order_of(order_id),
                               "messaging.batch.message_count": len(entries)}, started)
-                 for message_id, trace_header, item in entries]
+                 for message_id, trace_header, order_id in entries]
         try:
-            # An item that is an `InvalidMessage` (to be dead-lettered) has no trace to set.
-            yield [item.traced(context_of(span)) if span and hasattr(item, "traced") else item
-                   for (*_, item), span in zip(entries, spans)]
+            yield [context_of(span) if span else None for span in spans]
         except BaseException as exc:
             failed(spans, exc)
             raise
@@ -140,9 +138,10 @@ class On:
             end(spans)
 
     @contextmanager
-    def steps(self, name, rows):
+    def steps(self, name, orders):
         started = time.time_ns()
-        spans = [self._child(name, row["traceparent"], SpanKind.INTERNAL, order_of(row), started) for row in rows]
+        spans = [self._child(name, trace_header, SpanKind.INTERNAL, order_of(order_id), started)
+                 for order_id, trace_header in orders]
         try:
             yield [context_of(span) if span else None for span in spans]
         finally:
@@ -161,9 +160,8 @@ def end(spans):
             span.end()
 
 
-def order_of(item):
-    """The `shop.order_id` attribute of a message item or row that names its order."""
-    order_id = item.get("order_id") if isinstance(item, dict) else getattr(item, "order_id", None)
+def order_of(order_id):
+    """The `shop.order_id` attribute of a span about order `order_id` (none for None)."""
     return {} if order_id is None else {"shop.order_id": order_id}
 
 

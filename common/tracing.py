@@ -52,15 +52,15 @@ class Off:
         return nullcontext([None] * len(traces))
 
     def process(self, queue: str, entries: Sequence[tuple]) -> AbstractContextManager:
-        """A CONSUMER span per (message id, trace, item) of a consumer's batch (child of the trace the entry came
-        with), around the batch's handling; yields the items with each one's `trace` set to its span's context
-        (the items as they are when off)."""
-        return nullcontext([item for *_, item in entries])
+        """A CONSUMER span per (message id, trace, order id or None) of a consumer's batch (child of the trace
+        the entry came with), around the batch's handling; yields their contexts, in order (all None when off).
+        Spans, like the other hooks, are given only what they name: never an entry's amount."""
+        return nullcontext([None] * len(entries))
 
-    def steps(self, name: str, rows: Sequence[Mapping]) -> AbstractContextManager:
-        """An INTERNAL span per row (a mapping with `order_id` and the `traceparent` it continues); yields their
-        contexts, in order (all None when off)."""
-        return nullcontext([None] * len(rows))
+    def steps(self, name: str, orders: Sequence[tuple]) -> AbstractContextManager:
+        """An INTERNAL span per (order id, the trace it continues); yields their contexts, in order (all None
+        when off)."""
+        return nullcontext([None] * len(orders))
 
 
 current: Off = Off()

@@ -1,5 +1,7 @@
 """Order Service wiring: the Tornado application, the outbox relay and the payment-result consumer, built
 from a database and a broker (`bootstrap`)."""
+import functools
+
 from common.app import service_application
 from common.broker import Broker
 from common.config import Settings
@@ -29,8 +31,7 @@ def bootstrap(settings: Settings, db: Database, broker: Broker) -> Wiring:
     dispatch = SendAtOnce(background, broker.window, broker.is_connected, settings.resend_delay, outbox.kick) \
         if settings.fast_path else RelayOnly()
     return Wiring(make_app(db, broker, settings, dispatch), workers=dict(outbox=outbox, cleanup=cleanup), consumers=[
-        Consumption(PAYMENT_RESULTS, PaymentResult,
-                    lambda results: service.apply_payment_results(background, results)),
+        Consumption(PAYMENT_RESULTS, PaymentResult, functools.partial(service.apply_payment_results, background)),
     ], startup=[lambda: background.run(repo.make_unsent_due, transaction=False)])
 
 

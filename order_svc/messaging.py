@@ -53,7 +53,7 @@ class SendAtOnce:
             self.kick_relay()
             return
         # Orders placed in the same event-loop tick (committed together) share messages: see `PublishWindow`.
-        self.window.send(ORDER_REQUESTS, [(order["order_id"], PaymentRequest.from_row(order).entry(), trace)],
+        self.window.send(ORDER_REQUESTS, [(order["order_id"], PaymentRequest.entry_of(order), trace)],
                          self._count_sends)
 
     async def _count_sends(self, confirmed: list, unconfirmed: list) -> None:

@@ -1,13 +1,13 @@
 """Order Service use cases: plain async functions over a `Database` and the broker's `Publisher`."""
+import functools
 import logging
-from collections.abc import Sequence
 from decimal import Decimal
 from typing import NamedTuple
 
 from common import tracing
 from common.config import Settings
 from common.db import Database, page
-from common.errors import IdempotencyKeyReused, OrderNotFound
+from common.errors import OrderNotFound
 from common.group_commit import GroupCommit
 from common.idempotency import IdempotentRequest, Outcome, forget_expired, run_each_once
 from common.messages import ORDER_REQUESTS, PaymentRequest, PaymentResult
@@ -19,20 +19,17 @@ logger = logging.getLogger(__name__)
 
 
 class OrderRequest(NamedTuple):
-    """What one `POST /orders` asks the group commit to write."""
-    placement: repo.Placement
+    """What one `POST /orders` asks the group commit to write: the (request, item) pair of `run_each_once`."""
     idempotent: IdempotentRequest | None
+    placement: repo.Placement
 
 
 # The orders of concurrent requests, written together (`common.group_commit`).
 PlaceOrders = GroupCommit[OrderRequest, Outcome]
 
-
-async def write_orders(cur, requests: Sequence[OrderRequest]) -> list[Outcome | IdempotencyKeyReused]:
-    """A batch of requests' orders and outbox rows in the transaction of `cur`: one statement for all the new
-    ones, whatever their idempotency keys replay or refuse (each request's own answer)."""
-    return await run_each_once(cur, [(request.idempotent, request.placement) for request in requests],
-                               repo.insert_orders)
+# `await write_orders(cur, requests)`: a batch of requests' orders and outbox rows in the transaction of `cur`,
+# one statement for all the new ones, whatever their idempotency keys replay or refuse (each request's own answer).
+write_orders = functools.partial(run_each_once, work=repo.insert_orders)
 
 
 async def place_order(place_orders: PlaceOrders, dispatch: RequestDispatch, user_id: int, amount: Decimal,
@@ -47,7 +44,7 @@ async def place_order(place_orders: PlaceOrders, dispatch: RequestDispatch, user
     entry = await dispatch.entry()
     trace = tracing.current.traceparent()  # None unless tracing is on: the outbox row's column stays NULL
     placement = repo.Placement(user_id, amount, description, entry, trace)
-    order, replayed = await place_orders(OrderRequest(placement, idempotent))
+    order, replayed = await place_orders(OrderRequest(idempotent, placement))
     if not replayed:  # a replay was placed (and sent) the first time
         logger.info("order_id=%s placed for user %s, amount %s", order["order_id"], user_id, amount,
                     extra={"order_id": order["order_id"]})
@@ -87,7 +84,7 @@ async def relay_outbox(db: Database, publisher: Publisher, settings: Settings) -
             due = [row for row in rows if not row["attempts"]]
         else:
             due = rows
-        outgoing = [(row["order_id"], PaymentRequest.from_row(row).entry(), row["traceparent"]) for row in due]
+        outgoing = [(row["order_id"], PaymentRequest.entry_of(row), row["traceparent"]) for row in due]
         confirmed = await publisher.publish_all(ORDER_REQUESTS, outgoing) if outgoing else []
         if confirmed:
             await repo.postpone_outbox(cur, confirmed, settings.resend_delay, settings.resend_delay_max)

@@ -1,5 +1,7 @@
 """Payments Service wiring: the Tornado application, the inbox and outbox workers, and the request consumer,
 built from a database and a broker (`bootstrap`)."""
+import functools
+
 from common.app import service_application
 from common.broker import Broker
 from common.config import Settings
@@ -33,7 +35,7 @@ def bootstrap(settings: Settings, db: Database, broker: Broker) -> Wiring:
         if settings.fast_path else RelayOnly()
     return Wiring(make_app(db, broker, settings), workers=dict(inbox=inbox, outbox=outbox, cleanup=cleanup),
                   consumers=[Consumption(ORDER_REQUESTS, PaymentRequest,
-                                         lambda requests: service.receive_requests(background, requests, dispatch))])
+                                         functools.partial(service.receive_requests, background, dispatch=dispatch))])
 
 
 class PaymentService(BackendService):

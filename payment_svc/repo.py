@@ -171,7 +171,8 @@ async def list_movements(cur, user_id: int, after: int, limit: int) -> list[dict
 async def store_requests(cur, requests: Sequence[PaymentRequest]) -> None:
     """Insert new payment requests as `NEW`; a request seen before is marked unacked again."""
     # One row per order, in order_id order (a consistent lock order between concurrent batches).
-    rows = sorted({r.order_id: r for r in requests}.values(), key=lambda r: r.order_id)
+    unique = {r.order_id: r for r in requests}
+    rows = [unique[order_id] for order_id in sorted(unique)]
     await execute(cur, STORE_REQUESTS, order_ids=[r.order_id for r in rows], user_ids=[r.user_id for r in rows],
                   amounts=[r.amount for r in rows], traceparents=[r.trace for r in rows])
 

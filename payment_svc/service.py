@@ -150,7 +150,7 @@ async def settle_users(cur, user_ids: list[int], due_in: float = 0) -> tuple[int
     if not rows:
         return len(claimed), []
     # With tracing on, a span per request, in the trace its message came with; its result continues it.
-    with tracing.current.steps("settle payment", rows) as traces:
+    with tracing.current.steps("settle payment", [(row["order_id"], row["traceparent"]) for row in rows]) as traces:
         settlement = settle(rows, await repo.lock_accounts(cur, claimed))
         if settlement.debits:
             await repo.set_balances(cur, settlement.balances)

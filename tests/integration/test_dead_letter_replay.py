@@ -17,7 +17,7 @@ from common.broker import declare_queue
 from common.dead_letters import dead_letter_queue
 from common.dead_letters.store import DeadLetterQueue
 from common.messages import ORDER_REQUESTS, PaymentRequest
-from payment_svc import service
+from payment_svc import repo, service
 from tests.conftest import eventually
 from tests.integration.test_payment_service import balance, inbox_row
 
@@ -66,10 +66,10 @@ def simulate_bug(monkeypatch):
     Returns the order ids of each attempt, a list per batch."""
     attempts = []
 
-    async def crash(_db, requests, *_args, **_kwargs):
+    async def crash(_cur, requests):
         attempts.append([request.order_id for request in requests])
         raise RuntimeError("simulated bug")
-    monkeypatch.setattr(service, "receive_requests", crash)
+    monkeypatch.setattr(repo, "store_requests", crash)
     return attempts
 
 

@@ -21,7 +21,7 @@ class FakeRepo:
 
     def __init__(self, accounts=None, inbox=(), busy=()):
         self.accounts = dict(accounts or {})
-        self.inbox = {row["order_id"]: {"acked": False, **row} for row in inbox}
+        self.inbox = {row["order_id"]: {"acked": False, "traceparent": None, **row} for row in inbox}
         self.busy = set(busy)
         self.ledger, self.outbox, self.credits, self.deleted, self.locked, self.limits = [], [], [], [], [], []
 

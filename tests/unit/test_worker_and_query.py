@@ -1,10 +1,11 @@
-"""`BgWorker` (steps run when kicked, again while they report more, never overlapping) and `Query.bind`."""
+"""`BgWorker` (steps run when kicked, again while they report more, never overlapping) and how `execute`
+binds a `Query`'s values."""
 import asyncio
 
 import pytest
 import sqlalchemy as sa
 
-from common.db import Query
+from common.db import Query, execute
 from common.worker import BgWorker
 from tests.conftest import eventually
 
@@ -94,12 +95,26 @@ TABLE = sa.table("t", sa.column("a"), sa.column("b"))
 QUERY = Query(sa.select(TABLE.c.a).where(TABLE.c.a == sa.bindparam("x"), TABLE.c.b == sa.bindparam("y", 5)))
 
 
-def test_query_binds_values_by_name_over_its_defaults():
-    assert QUERY.bind({"x": 1}) == {"x": 1, "y": 5}
-    assert QUERY.bind({"x": 1, "y": 2}) == {"x": 1, "y": 2}
+class RecordingCursor:
+    def __init__(self):
+        self.executed = []
+
+    async def execute(self, sql, params=None):
+        self.executed.append((sql, params))
+
+
+@pytest.mark.gen_test
+async def test_a_query_runs_with_its_values_bound_by_name_over_its_defaults():
+    cur = RecordingCursor()
+    await execute(cur, QUERY, x=1)
+    await execute(cur, QUERY, x=1, y=2)
+    assert cur.executed == [(QUERY.sql, {"x": 1, "y": 5}), (QUERY.sql, {"x": 1, "y": 2})]
     assert "%(x)s" in QUERY.sql and "%(y)s" in QUERY.sql
 
 
-def test_query_refuses_a_value_it_has_no_parameter_for():
+@pytest.mark.gen_test
+async def test_a_query_refuses_a_value_it_has_no_parameter_for():
+    cur = RecordingCursor()
     with pytest.raises(TypeError, match=r"unknown bind parameters \['z'\]"):
-        QUERY.bind({"x": 1, "z": 2})
+        await execute(cur, QUERY, x=1, z=2)
+    assert cur.executed == []
