@@ -133,6 +133,11 @@ async def test_the_consumer_settles_what_it_stores_and_leaves_busy_users_to_the_
                                                            "traceparent": None}]
     monkeypatch.setattr(payment_service.repo, "store_requests", store_requests)
     monkeypatch.setattr(payment_service, "settle_users", settle_users)
+    deleted = []  # the follow-up of each confirmed result (on the fake's stand-in cursor it would fail, unseen)
+
+    async def delete_outbox(cur, ids):
+        deleted.extend(ids)
+    monkeypatch.setattr(payment_messaging.repo, "delete_outbox", delete_outbox)
     publisher = FakePublisher()
     dispatch, _, _, inbox = settle_at_once(publisher)
     requests = [PaymentRequest(1, 1, Decimal(1)), PaymentRequest(2, 2, Decimal(1)), PaymentRequest(3, 1, Decimal(1))]
@@ -142,7 +147,7 @@ async def test_the_consumer_settles_what_it_stores_and_leaves_busy_users_to_the_
     assert [mid for _, mid, _ in publisher.published] == [5] and inbox.count == 1
     await payment_service.receive_requests(FakeDatabase(), requests, dispatch)  # both claimed this time
     await dispatch.window.drain()  # a send never started would be dropped with the test's loop, unawaited
-    assert inbox.count == 1 and len(publisher.published) == 2
+    assert inbox.count == 1 and len(publisher.published) == 2 and deleted == [5, 5]
 
 
 @pytest.mark.gen_test
