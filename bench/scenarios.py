@@ -118,6 +118,8 @@ def throughput(plan, memory, profiles):
         with bench_stack(replace(plan, users=users)) as (stack, top_ups):
             load = load_run(stack, plan, clients, users, profiles if not rows else None)
             memory[f"2. throughput, {cell}"] = peaks(stack)
+            # Orders final is not yet the end: the Payments outbox deletes a row once the broker confirmed it.
+            wait_until_settled(stack.order_dsn, plan.settle_timeout, payment_db=stack.payment_dsn)
             invariants = "PASS" if check_invariants(stack.order_dsn, stack.payment_dsn, top_ups).ok else "FAIL"
             tps = tps or pgbench_baseline(plan, stack)
         failed = load["result"].status_errors + load["result"].socket_errors

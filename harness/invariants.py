@@ -94,7 +94,9 @@ def pending_work(order_db, payment_db):
 
 def wait_until_settled(order_db, timeout, payment_db=None):
     """Wait (bounded) until no order is pending (and, given `payment_db`, nothing at all is in flight);
-    return the seconds it took, or None on timeout. A database briefly unreachable counts as not settled."""
+    return the seconds it took, or None on timeout. A database briefly unreachable counts as not settled.
+    Pass `payment_db` before `check_invariants`: an order can be final while the Payments outbox still holds
+    its result, deleted only once the broker confirmed it (CI saw `1 outbox_ps` when the test did not wait)."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         try:

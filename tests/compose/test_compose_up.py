@@ -124,7 +124,7 @@ def test_order_and_payment_killed_mid_flow_come_back_and_lose_no_order(compose_s
         load.join(30)
     assert not load.is_alive() and not load.unexpected, load.unexpected
 
-    assert wait_until_settled(order_dsn, timeout=90) is not None
+    assert wait_until_settled(order_dsn, timeout=90, payment_db=payment_dsn) is not None
     existing = {order_id for (order_id,) in query(order_dsn, "SELECT order_id FROM orders")}
     assert set(load.acknowledged) <= existing, "acknowledged orders lost"
     # An order whose 201 was cut off by the kill may exist unacknowledged; it must be settled like any other.

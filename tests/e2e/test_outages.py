@@ -31,7 +31,7 @@ def test_services_killed_mid_flow_finish_pending_orders_after_restart(own_stack)
     own_stack["order"].popen.wait()
     own_stack.restart("payment")
     own_stack.restart("order")
-    assert wait_until_settled(own_stack.order_dsn, timeout=30) is not None
+    assert wait_until_settled(own_stack.order_dsn, timeout=30, payment_db=own_stack.payment_dsn) is not None
     report = check_invariants(own_stack.order_dsn, own_stack.payment_dsn, {7: Decimal(100)}, ids)
     assert report.ok, report.table()
     statuses = wait_for(lambda: [call(url, "GET", f"/orders/{i}")[1]["order"]["status"] for i in ids])

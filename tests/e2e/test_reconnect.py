@@ -64,7 +64,7 @@ def test_order_service_waits_for_and_survives_database_and_broker_outages(proxie
     postgres.up()
     wait_for(lambda: assert_status(call(stack.url, "GET", f"/orders/{orders[0]}"), 200))
     orders.append(place(stack))
-    assert wait_until_settled(stack.order_dsn, timeout=30) is not None
+    assert wait_until_settled(stack.order_dsn, timeout=30, payment_db=stack.payment_dsn) is not None
 
     report = check_invariants(stack.order_dsn, stack.payment_dsn, {5: Decimal(100)}, orders)
     assert report.ok, report.table()

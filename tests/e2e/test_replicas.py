@@ -41,9 +41,10 @@ def test_two_replicas_each_share_load_and_never_process_a_row_twice(replicated_s
         replies = list(pool.map(lambda i: call(url, "POST", "/orders", {"user_id": USERS[i % 8], "amount": 15}),
                                 range(200)))
     assert all(code == 201 for code, _ in replies)
-    assert wait_until_settled(replicated_stack.order_dsn, timeout=30) is not None
-    report = check_invariants(replicated_stack.order_dsn, replicated_stack.payment_dsn,
-                              {u: Decimal(100) for u in USERS}, [body["order_id"] for _, body in replies])
+    order_dsn, payment_dsn = replicated_stack.order_dsn, replicated_stack.payment_dsn
+    assert wait_until_settled(order_dsn, timeout=30, payment_db=payment_dsn) is not None
+    report = check_invariants(order_dsn, payment_dsn, {u: Decimal(100) for u in USERS},
+                              [body["order_id"] for _, body in replies])
     assert report.ok, report.table()
 
     orders, payments = [replicated_stack[n] for n in ("order", "order1")], \

@@ -62,7 +62,7 @@ def test_fifty_concurrent_orders_never_overdraw_and_conserve_money(own_stack):
         replies = list(pool.map(lambda _: call(stack.url, "POST", "/orders", {"user_id": user, "amount": "10.00"}),
                                 range(50)))
     assert all(code == 201 for code, _ in replies)
-    assert wait_until_settled(stack.order_dsn, timeout=20) is not None
+    assert wait_until_settled(stack.order_dsn, timeout=20, payment_db=stack.payment_dsn) is not None
     report = check_invariants(stack.order_dsn, stack.payment_dsn, top_ups={user: Decimal("250.00")},
                               created_order_ids=[body["order_id"] for _, body in replies])
     assert report.ok, report.table()
