@@ -15,7 +15,7 @@ from pathlib import Path
 from tornado import web
 
 from common import tracing
-from common.envelope import REQUEST_ID_HEADER, BaseHandler, NotFoundHandler
+from common.envelope import CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER, BaseHandler, NotFoundHandler, label
 from common.errors import Unavailable
 from common.health import HealthHandler
 from common.http_client import FETCH_ERRORS, KeepAliveClient
@@ -28,11 +28,12 @@ logger = logging.getLogger("gateway")
 
 # If-None-Match too: the backend's Etag passes back, so the backend can answer a 304 for it. The W3C trace
 # context passes through as well, or, with tracing on, continued by the gateway's span (`Backend.forward`).
-FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Idempotency-Key", "If-None-Match", "traceparent",
-                             "tracestate")
-# The backend's response headers a client gets (in both GATEWAY_PROXY modes): its body's type, and the Etag
-# that a client's If-None-Match names.
-PASSED_BACK_HEADERS = ("Content-Type", "Etag")
+# `Authorization` too: each service verifies the client's bearer token itself (common.auth).
+FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Authorization", "Idempotency-Key", "If-None-Match",
+                             "traceparent", "tracestate")
+# The backend's response headers a client gets (in both GATEWAY_PROXY modes): its body's type, the Etag that a
+# client's If-None-Match names, and a 401's or 403's challenge (RFC 6750).
+PASSED_BACK_HEADERS = ("Content-Type", "Etag", "WWW-Authenticate")
 CONNECT_TIMEOUT = 2
 
 
@@ -84,10 +85,13 @@ class ProxyHandler(BaseHandler):
 
     def prepare(self):
         super().prepare()
-        if request_id.get() == "-":
-            # The gateway is where a request enters the system: it names it for every log line downstream.
-            request_id.set(uuid.uuid4().hex)
-            self.set_header(REQUEST_ID_HEADER, request_id.get())
+        # The gateway is where a request enters the system: it names it for every log line downstream and the
+        # ledger; a client's own id is kept beside it.
+        self.client_request_id = label(self.request.headers.get(REQUEST_ID_HEADER))
+        if self.client_request_id:
+            self.set_header(CLIENT_REQUEST_ID_HEADER, self.client_request_id)
+        request_id.set(uuid.uuid4().hex)
+        self.set_header(REQUEST_ID_HEADER, request_id.get())
         if self.request.method not in self.methods:
             raise web.HTTPError(405)
 
@@ -100,6 +104,8 @@ class ProxyHandler(BaseHandler):
     async def forward(self, *_):
         headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := self.request.headers.get(k)) is not None}
         headers[REQUEST_ID_HEADER] = request_id.get()
+        if self.client_request_id:
+            headers[CLIENT_REQUEST_ID_HEADER] = self.client_request_id
         body = self.request.body if self.request.method in ("POST", "PUT") else None
         response = await self.backend.forward(self.request.method, self.request.uri, headers, body, self.template)
         self.set_status(response.code)

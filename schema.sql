@@ -3,13 +3,26 @@
 
 -- [shared]
 -- Each service keeps, in its own database, the results of requests sent with an Idempotency-Key:
--- a retried request with the same key gets the stored result instead of acting twice.
+-- a retried request with the same key gets the stored result instead of acting twice. Keys are per caller
+-- (`principal`: the token's subject; '' with AUTH_MODE=off).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
-    key         TEXT PRIMARY KEY,
+    principal   TEXT NOT NULL DEFAULT '',
+    key         TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     result      TEXT,
-    created_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (principal, key)
 );
+-- Databases from before keys were per caller: their keys become the open API's ('').
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'idempotency_keys' AND column_name = 'principal') THEN
+        ALTER TABLE idempotency_keys ADD COLUMN principal TEXT NOT NULL DEFAULT '';
+        ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_pkey;
+        ALTER TABLE idempotency_keys ADD PRIMARY KEY (principal, key);
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS idempotency_keys_age ON idempotency_keys (created_at);
 
 -- [order_svc]
@@ -80,7 +93,9 @@ ALTER TABLE outbox_ps ADD COLUMN IF NOT EXISTS traceparent TEXT;
 
 -- The ledger: one row per change of a balance, written in the transaction that changes it, so that for every
 -- account balance = sum(credit) - sum(debit). A debit names its order, and an order can be debited only once
--- (the partial unique index). `request_key` is a top-up's Idempotency-Key, else its X-Request-ID.
+-- (the partial unique index). `request_key` is a top-up's Idempotency-Key, else the request id the gateway gave
+-- it; `client_request_id` the X-Request-ID its client sent, if any (a label, never trusted as a key);
+-- `principal` who topped up (the token's subject; '' with AUTH_MODE=off; NULL on rows from before).
 -- Introduced after accounts existed: the DO block creates the table once, and in the same step gives every
 -- account with money in it an opening credit for its balance, so the equation holds for older data too.
 DO $$
@@ -105,3 +120,5 @@ END $$;
 CREATE UNIQUE INDEX IF NOT EXISTS account_movements_one_debit_per_order ON account_movements (order_id)
     WHERE kind = 'debit';
 CREATE INDEX IF NOT EXISTS account_movements_by_user ON account_movements (user_id, id);
+ALTER TABLE account_movements ADD COLUMN IF NOT EXISTS principal TEXT;
+ALTER TABLE account_movements ADD COLUMN IF NOT EXISTS client_request_id TEXT;

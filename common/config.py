@@ -1,11 +1,13 @@
 """Settings read once from the environment, with defaults from the repo's `.env`."""
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
 DEFAULT_MAX_BODY_BYTES = 65536
 QUEUE_TYPES = ("classic", "quorum")
+AUTH_MODES = ("jwt", "off")
 
 
 class ConfigurationError(Exception):
@@ -25,6 +27,30 @@ def read_env_file(path=ENV_FILE):
         key, _, value = line.partition("=")
         values[key.strip()] = value.strip().strip('"').strip("'")
     return values
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    mode: str
+    issuer: str | None = None
+    jwks_url: str | None = None
+    audience: str | None = None
+    user_claim: str = "shop_user_id"
+
+
+def load_auth_settings(env: Mapping[str, str]) -> AuthSettings:
+    """`AuthSettings` from `env`; raises `ConfigurationError` naming what is missing or unknown."""
+    mode = env.get("AUTH_MODE", "")
+    if mode not in AUTH_MODES:
+        raise ConfigurationError(f"AUTH_MODE must be jwt (bearer tokens required) or off (an open API), "
+                                 f"not {mode!r}: there is no default")
+    if mode == "off":
+        return AuthSettings(mode)
+    missing = [key for key in ("AUTH_ISSUER", "AUTH_AUDIENCE") if not env.get(key)]
+    if missing:
+        raise ConfigurationError(f"AUTH_MODE=jwt needs {' and '.join(missing)}")
+    return AuthSettings(mode, env["AUTH_ISSUER"], env.get("AUTH_JWKS_URL") or None, env["AUTH_AUDIENCE"],
+                        env.get("AUTH_USER_CLAIM") or "shop_user_id")
 
 
 @dataclass(frozen=True)
@@ -60,6 +86,7 @@ class Settings:
     log_format: str
     log_level: str
     event_loop: str
+    auth: AuthSettings
     otel: tuple  # ((name, value), ...) of the OTEL_* variables, for OpenTelemetry's SDK (common.tracing)
 
 
@@ -102,10 +129,9 @@ def load_settings(environ=None):
         log_format=env.get("LOG_FORMAT", "text"),
         log_level=env.get("LOG_LEVEL", "INFO"),
         event_loop=env.get("EVENT_LOOP", "uvloop"),
+        auth=load_auth_settings(env),
         otel=tuple(sorted((key, value) for key, value in env.items() if key.startswith("OTEL_"))),
     )
-
-
 
 
 def positive(env, key, default):

@@ -117,10 +117,12 @@ def older_than(column, seconds):
 
 async def delete_batch(cur, key, limit, *where):
     """Delete up to `limit` rows matching `where` (skipping rows locked by others); True if it hit the limit.
+    `key` is the primary key's column, or a tuple of its columns.
 
     Small batches keep clean-up from holding many row locks at once."""
-    chosen = sa.select(key).where(*where).limit(limit).with_for_update(skip_locked=True)
-    await execute(cur, sa.delete(key.table).where(key.in_(chosen.scalar_subquery())))
+    columns = key if isinstance(key, tuple) else (key,)
+    chosen = sa.select(*columns).where(*where).limit(limit).with_for_update(skip_locked=True)
+    await execute(cur, sa.delete(columns[0].table).where(sa.tuple_(*columns).in_(chosen)))
     return cur.rowcount >= limit
 
 

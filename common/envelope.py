@@ -10,7 +10,8 @@ from common.config import DEFAULT_MAX_BODY_BYTES
 from common.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, RouteNotFound, ShopError
 from common.logs import request_id
 
-REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_HEADER = "X-Request-ID"  # the gateway names every request it forwards
+CLIENT_REQUEST_ID_HEADER = "X-Client-Request-ID"  # the X-Request-ID a client sent, kept beside the gateway's
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,11 @@ def to_json(value):
     return json.dumps(value)
 
 
+def label(value: str | None) -> str | None:
+    """A client-chosen id, if it is safe to log and store (printable ASCII, at most 200 characters), else None."""
+    return value if value and value.isascii() and value.isprintable() and len(value) <= 200 else None
+
+
 def envelope(success, message, **data):
     return {"status": "Success" if success else "Fail", "message": message, **data}
 
@@ -46,12 +52,10 @@ class BaseHandler(web.RequestHandler):
             setattr(self, name, value)
 
     def prepare(self):
-        rid = self.request.headers.get(REQUEST_ID_HEADER, "")
-        if rid and rid.isascii() and rid.isprintable() and len(rid) <= 200:
+        rid = label(self.request.headers.get(REQUEST_ID_HEADER))
+        if rid:
             self.set_header(REQUEST_ID_HEADER, rid)
-        else:
-            rid = "-"
-        request_id.set(rid)
+        request_id.set(rid or "-")
         if len(self.request.body) > self.max_body_bytes:
             raise BodyTooLarge(f"Request body must be at most {self.max_body_bytes} bytes.")
         if self.request.body and self.request.method in ("POST", "PUT", "PATCH"):
@@ -73,6 +77,8 @@ class BaseHandler(web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None))[1]
         if isinstance(exc, ShopError):
             status_code, message = exc.status_code, exc.message
+            if getattr(exc, "challenge", None):
+                self.set_header("WWW-Authenticate", exc.challenge)
         elif isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         elif status_code == 405:
@@ -91,6 +97,15 @@ class BaseHandler(web.RequestHandler):
                 logger.warning("%s %s: %s", self.request.method, self.request.path, value.message)
             return
         super().log_exception(typ, value, tb)
+
+
+class ApiHandler(BaseHandler):
+    """A route of the API: `self.principal` (`common.auth.Principal`) is known before the method runs, or the
+    request was answered 401 (`auth`, an `Authenticator`, is a dependency)."""
+
+    async def prepare(self):
+        super().prepare()
+        self.principal = await self.auth.authenticate(self.request.headers.get("Authorization"))
 
 
 class NotFoundHandler(BaseHandler):

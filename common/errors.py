@@ -3,6 +3,8 @@
     ShopError                      base; `status_code`, `message`
     ├── InvalidInput        400    a request field or body is malformed
     │   └── BodyTooLarge    413
+    ├── Unauthenticated     401    no bearer token, or one that fails verification
+    ├── Forbidden           403    a valid token acting for someone else, or lacking a scope
     ├── NotFound            404    OrderNotFound, AccountNotFound, RouteNotFound
     ├── MethodNotAllowed    405
     ├── Conflict            409    AccountExists
@@ -27,6 +29,24 @@ class InvalidInput(ShopError):
 
 class BodyTooLarge(InvalidInput):
     status_code = 413
+
+
+class Unauthenticated(ShopError):
+    """`challenge` is the `WWW-Authenticate` header of the 401 (RFC 6750 3): `error` only when a token came."""
+    status_code = 401
+
+    def __init__(self, message, error=None):
+        super().__init__(message)
+        self.challenge = f'Bearer error="{error}"' if error else "Bearer"
+
+
+class Forbidden(ShopError):
+    """With `scope`, the 403 names the missing scope in its challenge (RFC 6750 3.1 `insufficient_scope`)."""
+    status_code = 403
+
+    def __init__(self, message, scope=None):
+        super().__init__(message)
+        self.challenge = f'Bearer error="insufficient_scope", scope="{scope}"' if scope else None
 
 
 class NotFound(ShopError):

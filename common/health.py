@@ -9,9 +9,12 @@ class HealthHandler(BaseHandler):
 
 
 class ServiceReadyHandler(BaseHandler):
-    """Ready when PostgreSQL answers and the broker connection is open."""
+    """Ready when PostgreSQL answers, the broker connection is open and the issuer's keys are loaded (without
+    them every token is refused)."""
 
     async def get(self):
+        if not self.auth.ready:
+            raise Unavailable("The token issuer's keys are not loaded yet.")
         await self.db.ping()
         if not self.broker.is_connected():
             raise Unavailable("RabbitMQ unreachable.")

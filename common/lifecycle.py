@@ -11,6 +11,7 @@ import uvloop
 from tornado import httputil, web
 
 from common import tracing
+from common.auth import Authenticator
 from common.broker import Broker
 from common.config import ConfigurationError, Settings, load_settings
 from common.consumer import HandleBatch
@@ -127,7 +128,7 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.server, self.workers, self.broker, self.db = None, [], None, None
+        self.server, self.workers, self.broker, self.db, self.auth = None, [], None, None, None
 
     async def stop(self) -> None:
         await stop_server(self.server)
@@ -137,6 +138,8 @@ class Service:
             await self.broker.close()
         if self.db:
             await self.db.close()
+        if self.auth:
+            await self.auth.stop()
 
 
 @dataclass
@@ -163,7 +166,7 @@ class BackendService(Service):
     port_setting: str = None
 
     @staticmethod
-    def bootstrap(settings: Settings, db: Database, broker: Broker) -> Wiring:
+    def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authenticator) -> Wiring:
         raise NotImplementedError
 
     async def start(self) -> None:
@@ -172,7 +175,9 @@ class BackendService(Service):
         self.db = await Database.connect(getattr(settings, self.dsn_setting), self.name, settings.db_pool_size)
         self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch, queue_type=settings.queue_type,
                                            entries_per_message=settings.entries_per_message)
-        self.wiring = self.bootstrap(settings, self.db, self.broker)
+        self.auth = Authenticator(settings.auth)
+        self.auth.start()
+        self.wiring = self.bootstrap(settings, self.db, self.broker, self.auth)
         for step in self.wiring.startup:
             await step()
         self.server = listen(self.wiring.app, self.port, settings)
@@ -194,6 +199,9 @@ def run(service_class):
         tracing.start(otel, service_class.name)
     except ConfigurationError as exc:
         sys.exit(f"{service_class.name}: {exc}")
+    if settings.auth.mode == "off":
+        logger.warning("AUTH_MODE=off: no authentication; anyone who reaches this system may act for any user and "
+                       "create money")
 
     async def main():
         service = service_class(settings)

@@ -4,7 +4,7 @@ A `RequestHandler` per request builds an `HTTPServerRequest`, parses arguments, 
 `flush`, `finish` and an Etag over the body, and creates several tasks: most of the gateway's CPU per proxied
 request (issue 14). Here a request's headers and body go straight from Tornado's `HTTP1Connection` to
 `Route.forward` and the answer straight back, with the same checks and answers as `common.envelope.BaseHandler`:
-the request id, the body limit (413), the JSON content type (400), 405 with `Allow`, the 503 envelope, metrics
+the request ids, the body limit (413), the JSON content type (400), 405 with `Allow`, the 503 envelope, metrics
 and the access log. Every other path goes to the Tornado `Application` as before (404s, /health, /metrics)."""
 import asyncio
 import itertools
@@ -21,7 +21,7 @@ from tornado.iostream import StreamClosedError
 from tornado.log import access_log
 from tornado.web import RequestHandler
 
-from common.envelope import JSON_TYPES, REQUEST_ID_HEADER, envelope, to_json
+from common.envelope import CLIENT_REQUEST_ID_HEADER, JSON_TYPES, REQUEST_ID_HEADER, envelope, label, to_json
 from common.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, ShopError
 from common.logs import request_id
 from common.metrics import REQUESTS
@@ -98,9 +98,10 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
         self.started = time.perf_counter()
         # Read now: behind a trusted proxy Tornado puts the forwarded address here only while the request is read.
         self.remote_ip = self.connection.context.remote_ip
-        given = headers.get(REQUEST_ID_HEADER, "")
-        self.request_id = given if given and given.isascii() and given.isprintable() and len(given) <= 200 \
-            else new_request_id()  # the gateway is where a request enters: it names it for every log line
+        # The gateway is where a request enters: it names it for every log line and the ledger. A client's own
+        # id is kept beside, never taken for the gateway's.
+        self.request_id = new_request_id()
+        self.client_request_id = label(headers.get(REQUEST_ID_HEADER))
         return None
 
     def data_received(self, chunk):
@@ -130,6 +131,8 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
             self.check(method)
             headers = {k: v for k in self.route.forwarded_headers if (v := self.headers.get(k)) is not None}
             headers[REQUEST_ID_HEADER] = self.request_id
+            if self.client_request_id:
+                headers[CLIENT_REQUEST_ID_HEADER] = self.client_request_id
             body = b"".join(self.chunks) if method in ("POST", "PUT") else None
             response = await self.route.forward(method, self.start_line.path, headers, body)
         except ShopError as exc:
@@ -167,6 +170,8 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
         request id and the body's length, a HEAD without the body, a 304 without any."""
         headers = httputil.HTTPHeaders({"Server": SERVER, "Date": self.server.date(),
                                         REQUEST_ID_HEADER: self.request_id, **headers})
+        if self.client_request_id:
+            headers[CLIENT_REQUEST_ID_HEADER] = self.client_request_id
         if code == 304:
             # RFC 9110 15.4.5: no content, and no Content-Type a cache would take over for the 200 it stored
             headers.pop("Content-Type", None)

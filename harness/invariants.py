@@ -122,8 +122,10 @@ class Snapshot:
     pending: dict
 
 
-MOVEMENTS = ("SELECT id, user_id, kind, amount, balance, order_id, request_key FROM account_movements "
-             "ORDER BY user_id, id")
+# A top-up's key as its client knows it: its Idempotency-Key, else the X-Request-ID it sent (which the gateway
+# passes on as X-Client-Request-ID, naming the request with an id of its own).
+MOVEMENTS = ("SELECT id, user_id, kind, amount, balance, order_id, COALESCE(client_request_id, request_key) "
+             "FROM account_movements ORDER BY user_id, id")
 
 
 def read_snapshot(order_db, payment_db):

@@ -5,7 +5,8 @@ tests can run thousands of simulated runs in a second. Each function returns a l
 an empty list is a pass.
 
 Why the ledger makes the checker exact: every top-up carries a unique key (its `Idempotency-Key`, else its
-`X-Request-ID`) that the Payments Service stores on the credit it writes. A top-up whose answer the client
+`X-Request-ID`, which the gateway passes on as `X-Client-Request-ID`) that the Payments Service stores on the
+credit it writes. A top-up whose answer the client
 never saw is therefore decided by the ledger (credited, or not), so the money each account must hold is
 known to the cent however many answers were lost; there is no "some subset of these may have applied"."""
 from collections import defaultdict

@@ -133,6 +133,9 @@ class Stack:
             "PYTHONFAULTHANDLER": "1",  # a crash in C code (libcurl, libpq) leaves a traceback in the log
             "ORDER_SVC_URL": ",".join(f"http://127.0.0.1:{p}" for p in order_ports),
             "PAYMENT_SVC_URL": ",".join(f"http://127.0.0.1:{p}" for p in payment_ports),
+            # The open API unless `extra_env` turns authentication on (e.g. with `harness.issuer.DevIssuer.env()`):
+            # most runs are about orders and money, not about who may send them.
+            "AUTH_MODE": "off",
             **(extra_env or {}),
         }
         self.processes = {}

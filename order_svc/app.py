@@ -3,6 +3,7 @@ from a database and a broker (`bootstrap`)."""
 import functools
 
 from common.app import service_application
+from common.auth import Authenticator
 from common.broker import Broker
 from common.config import Settings
 from common.db import Database
@@ -15,24 +16,25 @@ from order_svc.handlers import OrderHandler, OrdersHandler
 from order_svc.messaging import RelayOnly, RequestDispatch, SendAtOnce
 
 
-def make_app(db: Database, broker: Broker, settings: Settings, dispatch: RequestDispatch):
+def make_app(db: Database, broker: Broker, settings: Settings, auth: Authenticator, dispatch: RequestDispatch):
     deps = dict(db=db, dispatch=dispatch, place_orders=GroupCommit(db, service.write_orders, settings.batch_size))
     return service_application([
         (r"/orders", OrdersHandler, deps),
         (r"/orders/([^/]+)", OrderHandler, deps),
-    ], settings, db, broker, repo.backlog)
+    ], settings, db, broker, repo.backlog, auth)
 
 
-def bootstrap(settings: Settings, db: Database, broker: Broker) -> Wiring:
+def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authenticator) -> Wiring:
     background = db.background
     outbox = BgWorker("outbox_os relay", lambda: service.relay_outbox(background, broker.publisher, settings),
                       settings.poll_interval)
     cleanup = BgWorker("clean-up", lambda: service.clean_up(background, settings), settings.cleanup_interval)
     dispatch = SendAtOnce(background, broker.window, broker.is_connected, settings.resend_delay, outbox.kick) \
         if settings.fast_path else RelayOnly()
-    return Wiring(make_app(db, broker, settings, dispatch), workers=dict(outbox=outbox, cleanup=cleanup), consumers=[
-        Consumption(PAYMENT_RESULTS, PaymentResult, functools.partial(service.apply_payment_results, background)),
-    ], startup=[lambda: background.run(repo.make_unsent_due, transaction=False)])
+    return Wiring(make_app(db, broker, settings, auth, dispatch), workers=dict(outbox=outbox, cleanup=cleanup),
+                  consumers=[Consumption(PAYMENT_RESULTS, PaymentResult,
+                                         functools.partial(service.apply_payment_results, background))],
+                  startup=[lambda: background.run(repo.make_unsent_due, transaction=False)])
 
 
 class OrderService(BackendService):

@@ -5,6 +5,7 @@ from decimal import Decimal
 from typing import NamedTuple
 
 from common import tracing
+from common.auth import Principal
 from common.config import Settings
 from common.db import Database, page
 from common.errors import OrderNotFound
@@ -52,9 +53,11 @@ async def place_order(place_orders: PlaceOrders, dispatch: RequestDispatch, user
     return order
 
 
-async def get_order(db: Database, order_id: int) -> dict:
+async def get_order(db: Database, order_id: int, viewer: Principal) -> dict:
+    """The order, if `viewer` may see it; another user's order is as unknown as one that does not exist, so
+    order ids reveal nothing."""
     order = await db.run(repo.get_order, order_id, transaction=False)
-    if order is None:
+    if order is None or not viewer.may_see(order["user_id"]):
         raise OrderNotFound(order_id)
     return order
 

@@ -3,6 +3,7 @@ built from a database and a broker (`bootstrap`)."""
 import functools
 
 from common.app import service_application
+from common.auth import Authenticator
 from common.broker import Broker
 from common.config import Settings
 from common.db import Database
@@ -14,16 +15,16 @@ from payment_svc.handlers import AccountHandler, AccountsHandler, MovementsHandl
 from payment_svc.messaging import RelayOnly, SettleAtOnce
 
 
-def make_app(db: Database, broker: Broker, settings: Settings):
+def make_app(db: Database, broker: Broker, settings: Settings, auth: Authenticator):
     deps = dict(db=db)
     return service_application([
         (r"/payments", AccountsHandler, deps),
         (r"/payments/([^/]+)", AccountHandler, deps),
         (r"/payments/([^/]+)/movements", MovementsHandler, deps),
-    ], settings, db, broker, repo.backlog)
+    ], settings, db, broker, repo.backlog, auth)
 
 
-def bootstrap(settings: Settings, db: Database, broker: Broker) -> Wiring:
+def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authenticator) -> Wiring:
     background = db.background
     outbox = BgWorker("outbox_ps relay",
                       lambda: service.relay_outbox(background, broker.publisher, settings.batch_size),
@@ -33,7 +34,7 @@ def bootstrap(settings: Settings, db: Database, broker: Broker) -> Wiring:
     cleanup = BgWorker("clean-up", lambda: service.clean_up(background, settings), settings.cleanup_interval)
     dispatch = SettleAtOnce(background, broker.window, settings.resend_delay, outbox.kick, inbox.kick) \
         if settings.fast_path else RelayOnly()
-    return Wiring(make_app(db, broker, settings), workers=dict(inbox=inbox, outbox=outbox, cleanup=cleanup),
+    return Wiring(make_app(db, broker, settings, auth), workers=dict(inbox=inbox, outbox=outbox, cleanup=cleanup),
                   consumers=[Consumption(ORDER_REQUESTS, PaymentRequest,
                                          functools.partial(service.receive_requests, background, dispatch=dispatch))])
 

@@ -1,34 +1,41 @@
-"""HTTP handlers of the Payments Service: parse and validate, call `service`, reply with the envelope."""
-from common.envelope import BaseHandler
+"""HTTP handlers of the Payments Service: parse and validate, check who may act, call `service`, reply with the
+envelope."""
+from common.envelope import CLIENT_REQUEST_ID_HEADER, ApiHandler, label
 from common.idempotency import from_request
 from common.logs import request_id
 from common.validation import parse_amount, parse_id, parse_json_object, parse_page
 from payment_svc import service
+from payment_svc.repo import CreditOrigin
 
 
 def account_view(account):
     return {"user_id": account["user_id"], "balance": account["balance"]}
 
 
-class AccountsHandler(BaseHandler):
+class AccountsHandler(ApiHandler):
     async def post(self):
         body = parse_json_object(self.request.body, required=("user_id",))
-        account = await service.create_account(self.db, parse_id(body["user_id"], "user_id"),
-                                               from_request(self.request))
+        user_id = parse_id(body["user_id"], "user_id")
+        self.principal.act_for(user_id)
+        account = await service.create_account(self.db, user_id, from_request(self.request, self.principal.subject))
         self.reply(201, "Account created.", account=account_view(account))
 
 
-class AccountHandler(BaseHandler):
+class AccountHandler(ApiHandler):
     async def get(self, user_id):
-        account = await service.get_account(self.db, parse_id(user_id, "user_id"))
+        user_id = parse_id(user_id, "user_id")
+        self.principal.act_for(user_id)
+        account = await service.get_account(self.db, user_id)
         self.reply(200, f"Balance of user {account['user_id']}.", account=account_view(account))
 
     async def put(self, user_id):
         user_id = parse_id(user_id, "user_id")
+        self.principal.top_up(user_id)
         body = parse_json_object(self.request.body, required=("amount",))
-        idempotent = from_request(self.request)
-        request_key = idempotent.key if idempotent else (None if request_id.get() == "-" else request_id.get())
-        account = await service.top_up(self.db, user_id, parse_amount(body["amount"]), idempotent, request_key)
+        idempotent = from_request(self.request, self.principal.subject)
+        origin = CreditOrigin(idempotent.key if idempotent else (None if request_id.get() == "-" else request_id.get()),
+                              label(self.request.headers.get(CLIENT_REQUEST_ID_HEADER)), self.principal.subject)
+        account = await service.top_up(self.db, user_id, parse_amount(body["amount"]), idempotent, origin)
         self.reply(200, "Account topped up.", account=account_view(account))
 
 
@@ -36,9 +43,10 @@ def movement_view(movement):
     return {key: movement[key] for key in ("kind", "amount", "balance", "order_id", "created_at")}
 
 
-class MovementsHandler(BaseHandler):
+class MovementsHandler(ApiHandler):
     async def get(self, user_id):
         user_id = parse_id(user_id, "user_id")
+        self.principal.act_for(user_id)
         cursor, limit = parse_page(self.get_query_argument("cursor", ""), self.get_query_argument("limit", ""))
         movements, next_cursor = await service.list_movements(self.db, user_id, cursor, limit)
         self.reply(200, f"{len(movements)} movements of user {user_id}.",

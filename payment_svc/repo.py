@@ -1,6 +1,7 @@
 """The Payments Service's tables and every SQL statement it runs (SQLAlchemy Core)."""
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -61,6 +62,8 @@ account_movements = sa.Table(
     sa.Column("balance", sa.Numeric(14, 2)),
     sa.Column("order_id", sa.BigInteger),
     sa.Column("request_key", sa.Text),
+    sa.Column("principal", sa.Text),
+    sa.Column("client_request_id", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True)),
 )
 
@@ -75,9 +78,10 @@ LOCK_ACCOUNT = Query(_account.with_for_update())
 _credited = (sa.update(accounts).where(accounts.c.user_id == sa.bindparam("user_id"))
              .values(balance=sa.bindparam("balance"), updated_at=NOW).returning(*ACCOUNT_FIELDS).cte("credited"))
 CREDIT = Query(sa.insert(account_movements)
-               .from_select(["user_id", "kind", "amount", "balance", "request_key"],
+               .from_select(["user_id", "kind", "amount", "balance", "request_key", "client_request_id", "principal"],
                             sa.select(_credited.c.user_id, sa.literal("credit"), sa.bindparam("amount"),
-                                      _credited.c.balance, sa.bindparam("request_key")))
+                                      _credited.c.balance, sa.bindparam("request_key"),
+                                      sa.bindparam("client_request_id"), sa.bindparam("principal")))
                .add_cte(_credited).returning(account_movements.c.user_id, account_movements.c.balance))
 
 _debits = sa.func.unnest(ids("user_ids"), ids("order_ids"), sa.bindparam("amounts", type_=ARRAY(sa.Numeric)),
@@ -153,9 +157,18 @@ async def get_account(cur, user_id: int, lock: bool = False) -> dict | None:
     return await fetch_one(cur, LOCK_ACCOUNT if lock else GET_ACCOUNT, user_id=user_id)
 
 
-async def credit(cur, user_id: int, amount: Decimal, balance: Decimal, request_key: str | None) -> dict:
-    """Set the account's new `balance` after a credit of `amount` and write its ledger row."""
-    return await fetch_one(cur, CREDIT, user_id=user_id, amount=amount, balance=balance, request_key=request_key)
+class CreditOrigin(NamedTuple):
+    """Where a top-up came from, as its ledger row records it."""
+    request_key: str | None = None  # its Idempotency-Key, else the request id the gateway gave it
+    client_request_id: str | None = None  # the X-Request-ID its client sent (a label)
+    principal: str | None = None  # who topped up: the token's subject
+
+
+async def credit(cur, user_id: int, amount: Decimal, balance: Decimal, origin: CreditOrigin) -> dict:
+    """Set the account's new `balance` after a credit of `amount` and write its ledger row, naming its origin."""
+    return await fetch_one(cur, CREDIT, user_id=user_id, amount=amount, balance=balance,
+                           request_key=origin.request_key, client_request_id=origin.client_request_id,
+                           principal=origin.principal)
 
 
 async def record_debits(cur, debits: Sequence) -> None:

@@ -41,9 +41,9 @@ async def get_account(db: Database, user_id: int) -> dict:
 
 
 async def top_up(db: Database, user_id: int, amount: Decimal, idempotent: IdempotentRequest | None = None,
-                 request_key: str | None = None) -> dict:
+                 origin: repo.CreditOrigin = repo.CreditOrigin()) -> dict:
     """Credit `amount` under a row lock, so it cannot interleave with a debit (once per idempotency key), and
-    write its ledger row, which carries `request_key` (the idempotency key, else the request id)."""
+    write its ledger row, which carries its `origin` (request key, the client's request id, who topped up)."""
 
     async def credit(cur):
         account = await repo.get_account(cur, user_id, lock=True)
@@ -52,10 +52,11 @@ async def top_up(db: Database, user_id: int, amount: Decimal, idempotent: Idempo
         balance = account["balance"] + amount
         if balance > MAX_BALANCE:
             raise InvalidInput(f"Balance would exceed {MAX_BALANCE}.")
-        return await repo.credit(cur, user_id, amount, balance, request_key)
+        return await repo.credit(cur, user_id, amount, balance, origin)
 
     account, _ = await db.run(run_once, idempotent, credit)
-    logger.info("user %s topped up by %s, balance %s", user_id, amount, account["balance"])
+    logger.info("user %s topped up by %s (by %s), balance %s", user_id, amount, origin.principal or "-",
+                account["balance"])
     return account
 
 

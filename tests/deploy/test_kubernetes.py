@@ -163,9 +163,9 @@ def application_of(command, settings):
     if command == ["python", "gateway.py"]:
         return gateway.make_app(settings)
     if command == ["python", "-m", "order_svc"]:
-        return order_svc.app.make_app(None, None, settings, None)
+        return order_svc.app.make_app(None, None, settings, None, None)
     if command == ["python", "-m", "payment_svc"]:
-        return payment_svc.app.make_app(None, None, settings)
+        return payment_svc.app.make_app(None, None, settings, None)
     raise AssertionError(f"unknown command {command}")
 
 

@@ -1,4 +1,5 @@
 """The seed's Postman walk-through and the contract's invariants, through the gateway."""
+import json
 import secrets
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -74,10 +75,14 @@ def test_gateway_names_each_request_and_reports_readiness_and_metrics(stack):
 
     with urllib.request.urlopen(stack.url + "/orders?limit=1") as response:
         assert len(response.headers["X-Request-ID"]) == 32
-    code, placed = call(stack.url, "POST", "/orders", {"user_id": new_user(), "amount": 1},
-                        headers={"X-Request-ID": "trace-me-42"})
-    assert code == 201
-    assert f"[trace-me-42]: order_id={placed['order_id']} placed" in stack["order"].log()
+    request = urllib.request.Request(stack.url + "/orders", json.dumps({"user_id": new_user(), "amount": 1}).encode(),
+                                     {"Content-Type": "application/json", "X-Request-ID": "trace-me-42"})
+    with urllib.request.urlopen(request) as response:
+        placed, named = json.load(response), response.headers["X-Request-ID"]
+        # The gateway names the request (the client's id could be anything, a colleague's too); it keeps the
+        # client's own id beside its own.
+        assert (len(named), response.headers["X-Client-Request-ID"]) == (32, "trace-me-42")
+    assert f"[{named}]: order_id={placed['order_id']} placed" in stack["order"].log()
     code, ready = call(stack.url, "GET", "/ready")
     assert code == 200 and set(ready["backends"].values()) == {"ready"}
     with urllib.request.urlopen(stack.url + "/metrics") as response:

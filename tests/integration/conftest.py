@@ -24,6 +24,7 @@ def run_env():
         "PAYMENT_DB_DSN": INFRA.dsn(f"{run_id}_payments"),
         "RABBITMQ_URL": INFRA.amqp_url(run_id),
         "LOG_LEVEL": "WARNING",
+        "AUTH_MODE": "off",  # tests/integration/test_authentication.py turns it on
     }
     INFRA.drop_database(f"{run_id}_orders")
     INFRA.drop_database(f"{run_id}_payments")

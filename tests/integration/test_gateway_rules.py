@@ -103,12 +103,16 @@ async def test_a_write_is_forwarded_with_its_body_and_headers_and_its_answer_pas
     response = await AsyncHTTPClient().fetch(
         f"http://127.0.0.1:{port}{path}", method=method, body=body, raise_error=False,
         headers={"Content-Type": "application/json", "Idempotency-Key": "key-1", "X-Request-ID": "trace-1",
-                 "Cookie": "not-forwarded=1"})
+                 "Authorization": "Bearer a.b.c", "Cookie": "not-forwarded=1"})
     seen = backend.requests(method)[0]
     headers = dict(seen.headers)
     assert (seen.path, seen.body) == (path, body)
-    assert (headers["idempotency-key"], headers["x-request-id"], headers["content-type"]) == \
+    assert (headers["idempotency-key"], headers["x-client-request-id"], headers["content-type"]) == \
         ("key-1", "trace-1", "application/json")
+    # The gateway names the request itself; the client's own id rides beside it, both ways.
+    assert headers["x-request-id"] == response.headers["X-Request-ID"] != "trace-1"
+    assert response.headers["X-Client-Request-ID"] == "trace-1"
+    assert headers["authorization"] == "Bearer a.b.c"  # each service verifies the token itself
     assert "cookie" not in headers
     assert (response.code, response.headers["Content-Type"]) == (200, "application/json; charset=raw")
     assert response.body == f'{{"status": "Success", "message": "{method} {path} seen."}}'.encode()

@@ -56,7 +56,7 @@ async def test_one_key_twice_in_a_batch_is_one_order_and_a_reused_key_is_refused
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_batch_replays_earlier_keys_and_writes_each_outbox_row_as_asked(order_service, user_id):
-    earlier = IdempotentRequest(f"g-{secrets.token_hex(6)}", "fp")
+    earlier = IdempotentRequest("", f"g-{secrets.token_hex(6)}", "fp")
     one, two, three = (order_repo.Placement(user_id, Decimal(n), f"d{n}", OutboxEntry(0, due_in), f"tp{n}")
                        for n, due_in in ((1, 0), (2, 60), (3, 0)))
 
@@ -64,7 +64,7 @@ async def test_a_batch_replays_earlier_keys_and_writes_each_outbox_row_as_asked(
         return await run_each_once(cur, list(zip(requests, placements)), order_repo.insert_orders)
 
     [first] = await order_service.db.run(batch, [earlier], [one])
-    outcomes = await order_service.db.run(batch, [None, earlier, IdempotentRequest(earlier.key, "other"), None],
+    outcomes = await order_service.db.run(batch, [None, earlier, IdempotentRequest("", earlier.key, "other"), None],
                                           [two, one, one, three])
     assert [o.replayed for o in (outcomes[0], outcomes[1], outcomes[3])] == [False, True, False]
     assert outcomes[1].result == first.result and outcomes[2].message.startswith("'Idempotency-Key'")

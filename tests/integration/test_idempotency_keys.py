@@ -1,6 +1,7 @@
 """`common.idempotency` against the real database: a replayed result is the first one exactly (amounts still
 `Decimal`), the work gets its arguments, and keys are forgotten exactly when they expire."""
 import secrets
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -10,7 +11,7 @@ from common.idempotency import IdempotentRequest, forget_expired, run_once
 
 
 def key_request():
-    return IdempotentRequest(f"unit-{secrets.token_hex(8)}", "fingerprint")
+    return IdempotentRequest("user-1", f"unit-{secrets.token_hex(8)}", "fingerprint")
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -37,8 +38,19 @@ async def test_a_key_used_with_a_different_request_is_refused_naming_the_key(pay
     request = key_request()
     await payment_service.db.run(run_once, request, work)
     with pytest.raises(IdempotencyKeyReused) as raised:
-        await payment_service.db.run(run_once, IdempotentRequest(request.key, "another request"), work)
+        await payment_service.db.run(run_once, replace(request, fingerprint="another request"), work)
     assert raised.value.message == f"'Idempotency-Key' {request.key!r} was already used with a different request."
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_key_is_per_caller_so_another_caller_s_use_of_it_neither_replays_nor_refuses(payment_service):
+    async def work(cur, who):
+        return {"by": who}
+    mine = key_request()
+    theirs = replace(mine, principal="user-2", fingerprint="another request")
+    assert (await payment_service.db.run(run_once, theirs, work, "them")) == ({"by": "them"}, False)
+    assert (await payment_service.db.run(run_once, mine, work, "me")) == ({"by": "me"}, False)
+    assert (await payment_service.db.run(run_once, mine, work, "me again")) == ({"by": "me"}, True)
 
 
 async def key_age_is(service, key, age):

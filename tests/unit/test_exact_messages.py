@@ -93,14 +93,14 @@ def fake_request(key):
 
 
 def test_an_idempotency_key_of_exactly_the_maximum_length_is_accepted():
-    assert from_request(fake_request("k" * MAX_KEY_LENGTH)).key == "k" * MAX_KEY_LENGTH
+    assert from_request(fake_request("k" * MAX_KEY_LENGTH), "user-1").key == "k" * MAX_KEY_LENGTH
     with pytest.raises(InvalidInput):
-        from_request(fake_request("k" * (MAX_KEY_LENGTH + 1)))
+        from_request(fake_request("k" * (MAX_KEY_LENGTH + 1)), "user-1")
 
 
 def test_an_idempotency_key_of_one_character_is_accepted_and_an_empty_one_is_named_in_the_error():
-    assert from_request(fake_request("k")).key == "k"
-    assert message_of(from_request, fake_request("")) == \
+    assert from_request(fake_request("k"), "user-1").scoped_key == ("user-1", "k")
+    assert message_of(from_request, fake_request(""), "user-1") == \
         f"'Idempotency-Key' must be 1 to {MAX_KEY_LENGTH} printable ASCII characters."
 
 

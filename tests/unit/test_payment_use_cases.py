@@ -11,6 +11,7 @@ from common.idempotency import IdempotentRequest, Outcome
 from common.messages import PAYMENT_RESULTS, PaymentResult
 from payment_svc import repo
 from payment_svc import service as payment_service
+from payment_svc.repo import CreditOrigin
 from payment_svc.service import Debit
 from tests.unit.fakes import FakeDatabase, FakePublisher, Kicks
 
@@ -71,9 +72,9 @@ class FakeRepo:
         self.locked.append(lock)
         return {"user_id": user_id, "balance": self.accounts[user_id]} if user_id in self.accounts else None
 
-    def credit(self, user_id, amount, balance, request_key):
+    def credit(self, user_id, amount, balance, origin):
         self.accounts[user_id] = balance
-        self.credits.append((user_id, amount, balance, request_key))
+        self.credits.append((user_id, amount, balance, origin))
         return {"user_id": user_id, "balance": balance}
 
     def create_account(self, user_id):
@@ -196,9 +197,10 @@ async def test_clean_up_forgets_keys_and_inbox_rows_by_their_settings_and_says_i
 @pytest.mark.gen_test
 async def test_account_use_cases_lock_for_a_top_up_keep_its_request_key_and_name_the_user(monkeypatch):
     fake = FakeRepo({1: Decimal(5)}).install(monkeypatch)
-    assert await payment_service.top_up(FakeDatabase(), 1, Decimal(2), request_key="r-1") == \
+    origin = CreditOrigin("r-1", "client-1", "user-1")
+    assert await payment_service.top_up(FakeDatabase(), 1, Decimal(2), origin=origin) == \
         {"user_id": 1, "balance": Decimal(7)}
-    assert fake.credits == [(1, Decimal(2), Decimal(7), "r-1")] and fake.locked == [True]
+    assert fake.credits == [(1, Decimal(2), Decimal(7), origin)] and fake.locked == [True]
     for call in (payment_service.top_up(FakeDatabase(), 8, Decimal(1)), payment_service.get_account(FakeDatabase(), 8)):
         with pytest.raises(AccountNotFound, match="^Account for user 8 not found.$"):
             await call
@@ -215,7 +217,7 @@ async def test_creating_an_account_passes_its_idempotency_key_on(monkeypatch):
         seen.append(idempotent)
         return Outcome(await work(cur, *args), replayed=False)
     monkeypatch.setattr(payment_service, "run_once", run_once)
-    key = IdempotentRequest("k", "f")
+    key = IdempotentRequest("user-1", "k", "f")
     assert await payment_service.create_account(FakeDatabase(), 4, key) == {"user_id": 4, "balance": Decimal(0)}
     assert seen == [key]
 
