@@ -7,7 +7,7 @@
 //                                          the environment overrides it, as for the services)
 //   node deploy/issuer/issuer.js rotate    put a new RS256 signing key in front of the keys file
 //
-// Clients (client_secret_basic, secret DEV_ISSUER_SECRET, grant client_credentials only):
+// Clients (client_secret_basic or client_secret_post, secret DEV_ISSUER_SECRET, client_credentials only):
 //   user-<N>    N a positive integer, no leading zeros, at most 15 digits (exact as a JSON number); its
 //               tokens carry AUTH_USER_CLAIM: N; it may ask for scope shop:topup
 //   shop-admin  an operator or machine; it may ask for scope shop:admin and carries no user claim
