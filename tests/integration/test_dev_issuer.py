@@ -88,17 +88,17 @@ def test_a_token_for_another_audience_is_refused(issuer):
     assert (status, body["error"]) == (400, "invalid_target")
 
 
-def test_scripts_token_py_prints_a_token_that_verifies(issuer):
+def test_scripts_access_token_py_prints_a_token_that_verifies(issuer):
     env = {**os.environ, "AUTH_ISSUER": issuer.url, "DEV_ISSUER_SECRET": issuer.secret}
-    printed = subprocess.run([sys.executable, ROOT / "scripts" / "token.py", "42", "--topup"], env=env,
+    printed = subprocess.run([sys.executable, ROOT / "scripts" / "access_token.py", "42", "--topup"], env=env,
                              capture_output=True, text=True, check=True, timeout=30).stdout
     claims = verified(issuer, printed.strip())
     assert claims[issuer.user_claim] == 42 and claims["scope"] == "shop:topup"
 
 
-def test_scripts_token_py_names_a_wrong_secret(issuer):
+def test_scripts_access_token_py_names_a_wrong_secret(issuer):
     env = {**os.environ, "AUTH_ISSUER": issuer.url, "DEV_ISSUER_SECRET": "not-the-secret-at-all"}
-    result = subprocess.run([sys.executable, ROOT / "scripts" / "token.py", "--admin"], env=env,
+    result = subprocess.run([sys.executable, ROOT / "scripts" / "access_token.py", "--admin"], env=env,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and result.stdout == ""
     assert "invalid_client" in result.stderr and "DEV_ISSUER_SECRET" in result.stderr

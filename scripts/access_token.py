@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Print an access token from the development issuer (deploy/issuer/issuer.js), for curl:
 
-    curl -H "Authorization: Bearer $(scripts/token.py 42)" ...     user 42
-    scripts/token.py 42 --topup                                    user 42, with scope shop:topup
-    scripts/token.py --admin                                       the operator client, with scope shop:admin
+    curl -H "Authorization: Bearer $(scripts/access_token.py 42)" ...     user 42
+    scripts/access_token.py 42 --topup                                    user 42, with scope shop:topup
+    scripts/access_token.py --admin                                       the operator client, with scope shop:admin
 
 AUTH_ISSUER and DEV_ISSUER_SECRET come from the environment, else from the repository's .env. Standard library
 only, so that it runs before any virtualenv exists."""
