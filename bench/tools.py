@@ -68,8 +68,9 @@ class WrkResult:
 
 
 def wrk(url, connections, seconds, threads=2, post=False, users=1000, limit_per_thread=0, until=None,
-        count_503=False):
-    """Run wrk with bench/wrk.lua; raises ToolMissing if wrk is not installed.
+        count_503=False, tokens_file=""):
+    """Run wrk with bench/wrk.lua; raises ToolMissing if wrk is not installed. `tokens_file`: bearer tokens, the
+    one of user u on line u (a GET sends the first).
 
     With `limit_per_thread` each wrk thread stops sending after that many responses, but wrk itself runs
     out its duration: `until()` is then polled and wrk interrupted (it still reports) once it is true."""
@@ -77,7 +78,8 @@ def wrk(url, connections, seconds, threads=2, post=False, users=1000, limit_per_
     if not binary:
         raise ToolMissing("wrk")
     env = {**os.environ, "BENCH_POST": "1" if post else "0", "BENCH_USERS": str(users),
-           "BENCH_LIMIT": str(limit_per_thread), "BENCH_COUNT_503": "1" if count_503 else "0"}
+           "BENCH_LIMIT": str(limit_per_thread), "BENCH_COUNT_503": "1" if count_503 else "0",
+           "BENCH_TOKENS": str(tokens_file)}
     command = [binary, "-t", str(threads), "-c", str(max(connections, threads)), "-d", f"{seconds}s",
                "--timeout", "10s", "-s", str(HERE / "wrk.lua"), url]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

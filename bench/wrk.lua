@@ -2,17 +2,37 @@
 --   BENCH_POST=1      send POST /orders with user_id cycling over 1..BENCH_USERS (else the URL's GET)
 --   BENCH_LIMIT=n     each thread stops after n responses (else wrk's -d decides)
 --   BENCH_COUNT_503=1 count the 503 answers (a Lua call per response: only where the figure needs it)
+--   BENCH_TOKENS=file bearer tokens, one per line: a POST for user u sends line u, a GET the first line
 -- done() prints one line "BENCH {json}" that bench/tools.py parses (wrk's own text is for people).
 local post = os.getenv("BENCH_POST") == "1"
 local users = tonumber(os.getenv("BENCH_USERS") or "1000")
 local limit = tonumber(os.getenv("BENCH_LIMIT") or "0")
 local count_503 = os.getenv("BENCH_COUNT_503") == "1"
 local sent, received = 0, 0
+local tokens = {}
+local tokens_file = os.getenv("BENCH_TOKENS") or ""
+if tokens_file ~= "" then
+  for line in io.lines(tokens_file) do table.insert(tokens, line) end
+  wrk.headers["Authorization"] = "Bearer " .. tokens[1]
+end
 unavailable = 0  -- a global of each thread's Lua state, read back in done() through thread:get
 local threads = {}
 
 function setup(thread)
   table.insert(threads, thread)
+end
+
+-- wrk.format takes a request's headers instead of wrk.headers, not beside them: each user's set, made once.
+local user_headers = {}
+function headers_of(user)
+  if #tokens == 0 then return nil end
+  if not user_headers[user] then
+    local headers = {}
+    for name, value in pairs(wrk.headers) do headers[name] = value end
+    headers["Authorization"] = "Bearer " .. tokens[user]
+    user_headers[user] = headers
+  end
+  return user_headers[user]
 end
 
 if post then
@@ -22,8 +42,9 @@ if post then
     sent = sent + 1
     -- Threads start at different random offsets so they do not hit the same users in lockstep.
     if sent == 1 then sent = math.random(users) end
-    return wrk.format(nil, nil, nil,
-      string.format('{"user_id": %d, "amount": 1, "description": "bench"}', sent % users + 1))
+    local user = sent % users + 1
+    return wrk.format(nil, nil, headers_of(user),
+      string.format('{"user_id": %d, "amount": 1, "description": "bench"}', user))
   end
 end
 

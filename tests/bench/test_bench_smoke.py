@@ -14,7 +14,7 @@ def test_benchmark_smoke_run_prints_the_table():
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     assert table[0].split("|")[1].strip() == "figure"
     figures = {line.split("|")[1].strip()[:2] for line in table[1:]}
-    assert figures == {"1.", "2.", "3.", "4.", "5.", "6."}, done.stdout
+    assert figures == {"1.", "2.", "3.", "4.", "5.", "6.", "8."}, done.stdout
     assert "(failed)" not in done.stdout, done.stdout
     # Figure 2 checks every invariant after its load: the run must say PASS, not just print a row.
     assert "invariants FAIL" not in done.stdout and "invariants PASS" in done.stdout, done.stdout
