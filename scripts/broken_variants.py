@@ -54,6 +54,11 @@ GATHERED = "        self._gathering.setdefault((queue, then), []).extend(rows)\n
 ENTRY_COPIES_STORED = ("            DEAD_LETTERED.labels(self.queue).inc(len(refused))\n            return True\n"
                        "        return False\n")
 ENTRY_TRACED = "{**entry, TRACE_FIELD: trace} if trace else entry"
+AUTH_UNIT = "tests/unit/test_auth.py"
+AUTH_E2E = "tests/e2e/test_authentication.py"
+AUTHENTICATED = 'self.principal = await self.auth.authenticate(self.request.headers.get("Authorization"))'
+HEADER_BELIEVED = ('= __import__("common.auth", fromlist=["OPEN"]).OPEN if "X-User-Id" in self.request.headers '
+                   'else await')
 
 # name: (file, text, replacement, tests)
 VARIANTS = {
@@ -179,6 +184,28 @@ VARIANTS = {
                    [WINDOW_UNIT, TRACING]),
     "entries of a message of several lose their trace": ("common/packing.py", ENTRY_TRACED, "entry",
                                                          [PACKING_UNIT, TRACING]),
+    "HMAC among the accepted algorithms": ("common/auth.py", 'ALGORITHMS = ("RS256",',
+                                           'ALGORITHMS = ("HS256", "RS256",', [AUTH_UNIT]),
+    "issuer not compared": ("common/auth.py", "issuer=self.settings.issuer, leeway", "leeway", [AUTH_UNIT]),
+    "audience not compared": ("common/auth.py", 'options={"require": ["exp", "iss", "aud", "sub"]}',
+                              'options={"require": ["exp", "iss", "sub"], "verify_aud": False}', [AUTH_UNIT]),
+    "any token type": ("common/auth.py", "typ.lower() not in ACCEPTED_TYPES", "False", [AUTH_UNIT]),
+    "no limit on refetching keys": ("common/auth.py", ">= KEY_REFETCH_INTERVAL:", ">= 0:", [AUTH_UNIT]),
+    "keys dropped while the issuer is down": ("common/auth.py", "            return\n        if set(keys)",
+                                              "            self.keys = {}\n            return\n        if set(keys)",
+                                              [AUTH_UNIT]),
+    "tokens accepted before the keys loaded": ("common/auth.py", "        if not self.keys.loaded:\n",
+                                               "        if False:\n", [AUTH_UNIT]),
+    "a user may act for anyone": ("common/auth.py", "return self.is_admin or self.user_id == owner",
+                                  "return True", [AUTH_UNIT, AUTH_E2E]),
+    "a top-up needs no scope": ("common/auth.py", "if not (self.is_admin or TOPUP in self.scopes):", "if False:",
+                                [AUTH_UNIT, AUTH_E2E]),
+    "another user's order is shown": ("order_svc/service.py", "if order is None or not viewer.may_see(",
+                                      "if order is None or viewer.may_see(", [AUTH_E2E]),
+    "idempotency keys global": ("common/idempotency.py", "return IdempotentRequest(principal, key, digest)",
+                                'return IdempotentRequest("", key, digest)', [AUTH_E2E]),
+    "identity taken from a header": ("common/envelope.py", AUTHENTICATED, AUTHENTICATED.replace("= await", HEADER_BELIEVED),
+                                     [AUTH_E2E]),
 }
 
 
