@@ -204,8 +204,8 @@ VARIANTS = {
                                       "if order is None or viewer.may_see(", [AUTH_E2E]),
     "idempotency keys global": ("common/idempotency.py", "return IdempotentRequest(principal, key, digest)",
                                 'return IdempotentRequest("", key, digest)', [AUTH_E2E]),
-    "identity taken from a header": ("common/envelope.py", AUTHENTICATED, AUTHENTICATED.replace("= await", HEADER_BELIEVED),
-                                     [AUTH_E2E]),
+    "identity taken from a header": ("common/envelope.py", AUTHENTICATED,
+                                     AUTHENTICATED.replace("= await", HEADER_BELIEVED), [AUTH_E2E]),
 }
 
 
