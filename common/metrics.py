@@ -35,6 +35,15 @@ DEAD_LETTERS = Gauge("shop_dead_letter_queue_messages", "Messages waiting in the
                      ["queue"])
 
 
+# The `method` label of REQUESTS: a request line's method is the client's to choose, and each new value would be a
+# new series kept for the process's life; anything but the methods HTTP defines counts as OTHER.
+KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
+
+
+def method_label(method):
+    return method if method in KNOWN_METHODS else "OTHER"
+
+
 def set_ready(ready):
     if not getattr(READY, "exported", False):
         REGISTRY.register(READY)
@@ -45,7 +54,7 @@ def set_ready(ready):
 def log_request(handler):
     """Tornado `log_function`: count and time the request, and write Tornado's usual access log line."""
     status, request = handler.get_status(), handler.request
-    REQUESTS.labels(type(handler).__name__, request.method, status).observe(request.request_time())
+    REQUESTS.labels(type(handler).__name__, method_label(request.method), status).observe(request.request_time())
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri, request.remote_ip,
                    1000 * request.request_time())

@@ -24,7 +24,7 @@ from tornado.web import RequestHandler
 from common.envelope import CLIENT_REQUEST_ID_HEADER, JSON_TYPES, REQUEST_ID_HEADER, envelope, label, to_json
 from common.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, ShopError
 from common.logs import request_id
-from common.metrics import REQUESTS
+from common.metrics import REQUESTS, method_label
 
 logger = logging.getLogger("common.envelope")  # the logger BaseHandler reports a 503 with
 
@@ -192,7 +192,7 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
 
     def log(self, code):
         seconds = time.perf_counter() - self.started
-        REQUESTS.labels(HANDLER_LABEL, self.start_line.method, code).observe(seconds)
+        REQUESTS.labels(HANDLER_LABEL, method_label(self.start_line.method), code).observe(seconds)
         level = logging.INFO if code < 400 else logging.WARNING if code < 500 else logging.ERROR
         if access_log.isEnabledFor(level):
             access_log.log(level, "%d %s %s (%s) %.2fms", code, self.start_line.method, self.start_line.path,

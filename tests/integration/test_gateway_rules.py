@@ -377,6 +377,23 @@ async def test_each_forwarded_request_is_counted_by_handler_method_and_status(st
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_invented_methods_count_as_other_and_add_no_series(start_gateway):
+    port = start_gateway([RawBackend().url])
+
+    async def series():
+        lines = (await fetch(port, "GET", "/metrics")).body.decode().splitlines()
+        return {line.split("{")[1].split("}")[0] for line in lines
+                if line.startswith("shop_http_request_duration_seconds_count{")}
+    for n in range(5):  # on a proxied path (direct proxy) and on one of the application's (a RequestHandler)
+        for path in ("/orders/1", "/health"):
+            assert (await exchange(port, f"BREW{n} {path} HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n"
+                                   .encode()))[0] in (400, 405)
+    labels = await series()
+    assert not [label for label in labels if "BREW" in label]
+    assert any('method="OTHER"' in label for label in labels)
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_a_body_without_a_type_is_taken_for_json_no_body_needs_none_and_a_patch_s_body_is_checked_first(
         start_gateway):
     backend = RawBackend()
