@@ -3,7 +3,7 @@ import json
 import secrets
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +25,7 @@ class NewmanRun:
     requests: list      # (request name, HTTP status) in the order newman sent them
     failures: list      # (request name, assertion, error message)
     assertions: int
+    tests: list = field(default_factory=list)  # (request name, assertion, passed) of every assertion
 
     @property
     def ok(self):
@@ -40,18 +41,27 @@ def install():
     subprocess.run([ROOT / "scripts" / "install-tools.sh"], check=True, timeout=300)
 
 
-def run_collection(base_url, user_id, timeout=120):
-    """Run the whole collection against `base_url` as `user_id`; raises `subprocess.TimeoutExpired`."""
+def run_collection(base_url, user_id, timeout=120, issuer_url="", client_secret=""):
+    """Run the whole collection against `base_url` as `user_id`; raises `subprocess.TimeoutExpired`.
+
+    `issuer_url`: the OpenID Connect issuer the collection gets its access tokens from (client `user-<user_id>`,
+    client credentials); empty, it asks for none and sends no Authorization header (an AUTH_MODE=off stack).
+    `client_secret`: that client's secret; empty keeps the collection's default, the development issuer's
+    (`DEV_ISSUER_SECRET` in .env)."""
     install()
+    variables = {"baseUrl": base_url, "user_id": user_id, "issuerUrl": issuer_url}
+    if client_secret:
+        variables["clientSecret"] = client_secret
     with tempfile.TemporaryDirectory(prefix="newman_") as tmp:
         report_path = Path(tmp) / "report.json"
         done = subprocess.run(
-            [NEWMAN, "run", COLLECTION, "--env-var", f"baseUrl={base_url}", "--env-var", f"user_id={user_id}",
+            [NEWMAN, "run", COLLECTION, *(arg for name, value in variables.items()
+                                          for arg in ("--env-var", f"{name}={value}")),
              "--timeout-request", "10000", "--reporters", "cli,json", "--reporter-json-export", report_path,
              "--color", "off", "--disable-unicode"],
             capture_output=True, text=True, timeout=timeout)
         report = json.loads(report_path.read_text()) if report_path.exists() else {"run": {}}
-    executions = report["run"].get("executions", [])
+    executions = item_runs(report["run"].get("executions", []))
     return NewmanRun(
         returncode=done.returncode,
         output=done.stdout + done.stderr,
@@ -59,7 +69,19 @@ def run_collection(base_url, user_id, timeout=120):
         failures=[(f["source"]["name"], f["error"].get("test"), f["error"].get("message"))
                   for f in report["run"].get("failures", [])],
         assertions=sum(len(e.get("assertions", [])) for e in executions),
+        tests=[(e["item"]["name"], a["assertion"], "error" not in a)
+               for e in executions for a in e.get("assertions", [])],
     )
+
+
+def item_runs(executions):
+    """One entry per run of a request of the collection. Newman's JSON report adds an entry for every request sent,
+    a script's `pm.sendRequest` too (the access token, the check without a token, 7's look at the first order), and
+    all entries of one run of an item are the same object (same `cursor.ref`, its last response, every assertion)."""
+    runs = {}
+    for execution in executions:
+        runs.setdefault(execution.get("cursor", {}).get("ref") or id(execution), execution)
+    return list(runs.values())
 
 
 def check_seed_walkthrough(run):
