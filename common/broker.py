@@ -39,7 +39,10 @@ class Broker:
         queues (and their dead-letter queues) of `queue_type` (None: QUEUE_TYPE of the environment). The
         publisher sends up to `entries_per_message` outbox rows in one message.
 
-        Raises `QueueMismatch` if one exists with the other type."""
+        Raises `QueueMismatch` if one exists with the other type, `amqp_nodes.TlsRefused` at once (no waiting) if
+        TLS to the nodes fails in a way only a change of settings mends (`amqps://...?cafile=` naming the wrong
+        CA, a certificate for another host name, a port without TLS), `ConfigurationError` for TLS parameters
+        that cannot work (`amqp_nodes.check_tls`)."""
         connections = [await connect_robust(url) for _ in range(2)]
         publishing = await connections[0].channel(publisher_confirms=True, on_return_raises=True)
         consuming = await connections[1].channel()

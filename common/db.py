@@ -17,7 +17,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from sqlalchemy.dialects import postgresql
 
 from common.errors import Unavailable
-from common.pg_hosts import Hosts, WrongHost, describe, refuse_standby
+from common.pg_hosts import Hosts, WrongHost, describe, refuse_on_tls_failure, refuse_standby
 from common.retry import DB_ERRORS, briefly, until_connected
 from common.servers import describe_postgres
 
@@ -206,12 +206,22 @@ class Database:
 
     @classmethod
     async def connect(cls, dsn: str, section: str, pool_size: int) -> "Database":
-        """Wait for the server, create the database and apply its schema section, then pool connections."""
+        """Wait for the server, create the database and apply its schema section, then pool connections.
+
+        Raises `TlsRefused` (a `ConfigurationError`) at once, not waiting, when TLS to the server fails in a
+        way only a change of settings mends (`common.pg_hosts.tls_refusal`): a wrong `sslrootcert`, a
+        certificate for another host name, a server without TLS where `sslmode` requires it. The DSN's TLS
+        parameters reach libpq unchanged, on every host of a multi-host DSN."""
         hosts = Hosts(dsn)
-        async for attempt in until_connected(DB_ERRORS, describe_postgres(dsn)):
+        server = describe_postgres(dsn)
+        async for attempt in until_connected(DB_ERRORS, server):
             with attempt:
-                db = await cls._on_primary(hosts, pool_size)
-                await db.apply_schema(section)
+                try:
+                    db = await cls._on_primary(hosts, pool_size)
+                    await db.apply_schema(section)
+                except DB_ERRORS as exc:
+                    refuse_on_tls_failure(exc, dsn, server)
+                    raise
         logger.info("connected to PostgreSQL database %s", parse_dsn(dsn)["dbname"])
         return db
 
