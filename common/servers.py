@@ -4,10 +4,17 @@ Standard library only: `scripts/preflight.py` uses it before the virtualenv exis
 (`postgresql://u:p@h1:5432,h2:5433/orders`) or `key=value` pairs; RABBITMQ_URL may list several nodes."""
 import os
 import re
+import ssl
 from urllib.parse import unquote, urlsplit
 
 PG_DEFAULT_PORT = 5432
 AMQP_DEFAULT_PORT = 5672
+AMQPS_DEFAULT_PORT = 5671
+
+
+def amqp_port(parts):
+    """The port of a split AMQP URL: its own, else the scheme's (amqps: 5671, as aiormq)."""
+    return parts.port or (AMQPS_DEFAULT_PORT if parts.scheme == "amqps" else AMQP_DEFAULT_PORT)
 
 
 def postgres_hosts(dsn):
@@ -34,7 +41,7 @@ def amqp_hosts(urls):
     for url in (u.strip() for u in urls.split(",")):
         if url:
             parts = urlsplit(url)
-            hosts.append((parts.hostname or "localhost", parts.port or AMQP_DEFAULT_PORT))
+            hosts.append((parts.hostname or "localhost", amqp_port(parts)))
     return hosts
 
 
@@ -58,6 +65,8 @@ def reason(exc):
     """Why a connection failed, short: `connection refused`, `timed out`, `password authentication failed ...`."""
     cause = exc
     while cause is not None:
+        if isinstance(cause, ssl.SSLError):  # an OSError whose errno (1) is not what went wrong
+            return f"TLS: {getattr(cause, 'reason', None) or cause}"
         # An OSError, or aiormq's AMQPConnectionError(errno, message) made from one. The errno's own words:
         # asyncio puts "Connect call failed ('127.0.0.1', 5672)" where strerror usually is.
         args = getattr(cause, "args", ())

@@ -12,6 +12,7 @@ from aio_pika.exceptions import ChannelNotFoundEntity
 
 from common.dead_letters.headers import DeadLetterInfo, dead_letter_queue, replay_headers, utc_now
 from common.retry import BROKER_ERRORS
+from common.servers import amqp_port
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def node_urls(rabbitmq_url):
 
 def without_password(url):
     parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or 5672}{parts.path}"
+    return f"{parts.hostname}:{amqp_port(parts)}{parts.path}"
 
 
 async def connect_first(rabbitmq_url):
