@@ -15,13 +15,14 @@ from pathlib import Path
 from tornado import web
 
 from common import tracing
+from common.app import admin_application
 from common.envelope import CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER, BaseHandler, NotFoundHandler, label
 from common.errors import Unavailable
 from common.health import HealthHandler
 from common.http_client import FETCH_ERRORS, KeepAliveClient
 from common.lifecycle import Service, listen, run
 from common.logs import request_id
-from common.metrics import MetricsHandler, log_request
+from common.metrics import log_request
 from common.proxy_server import ProxyServer, Route
 
 logger = logging.getLogger("gateway")
@@ -119,7 +120,8 @@ class ProxyHandler(BaseHandler):
 
 
 class GatewayReadyHandler(BaseHandler):
-    """Ready when every service has at least one replica whose own `/ready` says so."""
+    """Ready when every service has at least one replica whose own `/ready` (on its admin port) says so;
+    `services` is ((name, admin URLs), ...). Served on the gateway's admin port only: it names internal URLs."""
 
     async def probe(self, url):
         try:
@@ -129,9 +131,9 @@ class GatewayReadyHandler(BaseHandler):
             return "unreachable"
 
     async def get(self):
-        urls = [url for backend in self.backends for url in backend.urls]
+        urls = [url for _, admin_urls in self.services for url in admin_urls]
         states = dict(zip(urls, await asyncio.gather(*(self.probe(url) for url in urls))))
-        down = [b.name for b in self.backends if all(states[url] != "ready" for url in b.urls)]
+        down = [name for name, admin_urls in self.services if all(states[url] != "ready" for url in admin_urls)]
         if down:
             self.reply(503, f"{' and '.join(down)} not ready.", backends=states)
         else:
@@ -149,11 +151,18 @@ class OpenApiHandler(BaseHandler):
         self.finish(self.spec)
 
 
-def make_app(settings, client=None, probe_client=None):
-    """`client` forwards the requests; `probe_client`, with pools of its own, asks the replicas' `/ready`:
-    readiness must say whether the backends are up, not wait in line behind a burst of requests."""
-    client = client or KeepAliveClient(settings.backend_pool_size)
+def make_admin_app(settings, probe_client=None):
+    """The admin port: `/health`, `/ready` and `/metrics`. `probe_client`, with pools of its own, asks the
+    replicas' `/ready`: readiness must say whether the backends are up, not wait in line behind a burst of
+    requests."""
     probe_client = probe_client or KeepAliveClient(pool_size=2)
+    services = (("Order Service", settings.order_svc_admin_urls), ("Payments Service", settings.payment_svc_admin_urls))
+    return admin_application(settings, (GatewayReadyHandler, dict(services=services, client=probe_client)), {})
+
+
+def make_app(settings, client=None):
+    """The public port: the API's routes (`client` forwards the requests), `/health` and `/openapi.yaml`."""
+    client = client or KeepAliveClient(settings.backend_pool_size)
     orders = Backend("Order Service", settings.order_svc_urls, settings.upstream_timeout, client)
     payments = Backend("Payments Service", settings.payment_svc_urls, settings.upstream_timeout, client)
 
@@ -174,8 +183,6 @@ def make_app(settings, client=None, probe_client=None):
         route("/payments/{user_id}", payments, "GET", "PUT"),
         route("/payments/{user_id}/movements", payments, "GET"),
         (r"/health", HealthHandler, limit),
-        (r"/ready", GatewayReadyHandler, dict(backends=(orders, payments), client=probe_client, **limit)),
-        (r"/metrics", MetricsHandler, limit),
         (r"/openapi.yaml", OpenApiHandler, dict(spec=OPENAPI_SPEC.read_bytes(), **limit)),
     ], default_handler_class=NotFoundHandler, default_handler_args=limit, log_function=log_request)
 
@@ -196,11 +203,15 @@ class Gateway(Service):
     async def start(self):
         self.client = KeepAliveClient(self.settings.backend_pool_size)
         self.probe_client = KeepAliveClient(pool_size=2)
-        app = make_app(self.settings, self.client, self.probe_client)
+        app = make_app(self.settings, self.client)
         if self.settings.gateway_proxy == "direct":
             app = proxy_server(app, self.settings)
-        self.server = listen(app, self.settings.gateway_port, self.settings)
-        logger.info("gateway listening on port %s", self.settings.gateway_port)
+        settings = self.settings
+        self.admin_server = listen(make_admin_app(settings, self.probe_client), settings.gateway_admin_port,
+                                   settings.admin_listen_address, settings)
+        self.server = listen(app, settings.gateway_port, settings.gateway_listen_address, settings)
+        logger.info("gateway listening on %s:%s, admin on %s:%s", settings.gateway_listen_address, self.server.port,
+                    settings.admin_listen_address, self.admin_server.port)
 
     async def stop(self):
         await super().stop()

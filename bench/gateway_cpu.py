@@ -36,7 +36,7 @@ def start_gateway(checkout, backend_port, **env):
     backend = f"http://127.0.0.1:{backend_port}"
     process = subprocess.Popen([sys.executable, "gateway.py"], cwd=checkout, env={
         "PATH": "/usr/bin:/bin", "GATEWAY_PORT": str(port), "ORDER_SVC_URL": backend, "PAYMENT_SVC_URL": backend,
-        "LOG_LEVEL": "WARNING", **env})
+        "LOG_LEVEL": "WARNING", "GATEWAY_ADMIN_PORT": "0", **env})
     for _ in range(300):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()

@@ -58,8 +58,16 @@ class Settings:
     gateway_port: int
     order_svc_port: int
     payment_svc_port: int
+    listen_address: str  # the Order and Payments services' public ports
+    gateway_listen_address: str
+    admin_listen_address: str  # every process's admin port: /health, /ready, /metrics
+    gateway_admin_port: int
+    order_svc_admin_port: int
+    payment_svc_admin_port: int
     order_svc_urls: tuple
     payment_svc_urls: tuple
+    order_svc_admin_urls: tuple  # where the gateway asks the services' /ready
+    payment_svc_admin_urls: tuple
     order_db_dsn: str
     payment_db_dsn: str
     rabbitmq_url: str
@@ -94,15 +102,32 @@ def load_settings(environ=None):
     """Build `Settings` from `environ` (default `os.environ`) over the `.env` defaults."""
     env = {**read_env_file(), **(os.environ if environ is None else environ)}
 
-    def urls(key):
-        return tuple(u.strip().rstrip("/") for u in env[key].split(",") if u.strip())
+    def urls(key, default=None):
+        listed = tuple(u.strip().rstrip("/") for u in env.get(key, default or "").split(",") if u.strip())
+        if not listed:
+            raise ConfigurationError(f"{key} names no URL")
+        for url in listed:
+            if not url.startswith("http://"):
+                # The gateway's own HTTP/1.1 client speaks plaintext only: an https:// backend would be sent
+                # plaintext or fail at the first request. Inside one cluster or host, TLS ends at the gateway.
+                raise ConfigurationError(f"{key}: {url!r} is not an http:// URL (https:// backends are not supported: "
+                                         "terminate TLS in front of the gateway)")
+        return listed
 
     return Settings(
         gateway_port=int(env["GATEWAY_PORT"]),
         order_svc_port=int(env["ORDER_SVC_PORT"]),
         payment_svc_port=int(env["PAYMENT_SVC_PORT"]),
+        listen_address=env.get("LISTEN_ADDRESS", "127.0.0.1"),
+        gateway_listen_address=env.get("GATEWAY_LISTEN_ADDRESS", "127.0.0.1"),
+        admin_listen_address=env.get("ADMIN_LISTEN_ADDRESS", "127.0.0.1"),
+        gateway_admin_port=int(env.get("GATEWAY_ADMIN_PORT", "9080")),
+        order_svc_admin_port=int(env.get("ORDER_SVC_ADMIN_PORT", "9081")),
+        payment_svc_admin_port=int(env.get("PAYMENT_SVC_ADMIN_PORT", "9082")),
         order_svc_urls=urls("ORDER_SVC_URL"),
         payment_svc_urls=urls("PAYMENT_SVC_URL"),
+        order_svc_admin_urls=urls("ORDER_SVC_ADMIN_URL", "http://localhost:9081"),
+        payment_svc_admin_urls=urls("PAYMENT_SVC_ADMIN_URL", "http://localhost:9082"),
         order_db_dsn=env["ORDER_DB_DSN"],
         payment_db_dsn=env["PAYMENT_DB_DSN"],
         rabbitmq_url=env["RABBITMQ_URL"],

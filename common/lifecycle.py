@@ -8,7 +8,7 @@ import weakref
 from dataclasses import dataclass, field
 
 import uvloop
-from tornado import httputil, web
+from tornado import httputil, netutil, web
 
 from common import tracing
 from common.auth import Authenticator
@@ -70,11 +70,14 @@ class _MarkBusy(httputil.HTTPMessageDelegate):
         return self.delegate.headers_received(start_line, headers)
 
 
-def listen(app, port: int, settings: Settings) -> DrainingHTTPServer:
-    """The process's HTTP server for `app` (an `Application` or any `HTTPServerConnectionDelegate`), with the
-    client limits of `settings` (`common.http_server`)."""
+def listen(app, port: int, address: str, settings: Settings) -> DrainingHTTPServer:
+    """An HTTP server for `app` (an `Application` or any `HTTPServerConnectionDelegate`) on `address`:`port`
+    (port 0: one the kernel picks; `server.port` says which), with the client limits of `settings`
+    (`common.http_server`)."""
+    sockets = netutil.bind_sockets(port, address)
     server = DrainingHTTPServer(app, **server_options(settings))
-    server.listen(port)
+    server.add_sockets(sockets)
+    server.port = sockets[0].getsockname()[1]
     return server
 
 
@@ -128,7 +131,7 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.server, self.workers, self.broker, self.db, self.auth = None, [], None, None, None
+        self.server, self.admin_server, self.workers, self.broker, self.db, self.auth = None, None, [], None, None, None
 
     async def stop(self) -> None:
         await stop_server(self.server)
@@ -140,6 +143,10 @@ class Service:
             await self.db.close()
         if self.auth:
             await self.auth.stop()
+        # Last: probes and scrapes see the process until it is gone.
+        if self.admin_server:
+            self.admin_server.stop()
+            await self.admin_server.close_all_connections()
 
 
 @dataclass
@@ -154,6 +161,7 @@ class Consumption:
 class Wiring:
     """What a service is made of once built from a database and a broker (its `bootstrap`)."""
     app: web.Application
+    admin_app: web.Application  # /health, /ready, /metrics, on the admin port
     workers: dict = field(default_factory=dict)  # {role: BgWorker}
     consumers: list[Consumption] = field(default_factory=list)
     startup: list = field(default_factory=list)  # coroutine functions, awaited before the workers start
@@ -164,6 +172,7 @@ class BackendService(Service):
     them, then serve, run the workers and consume."""
     dsn_setting: str = None
     port_setting: str = None
+    admin_port_setting: str = None
 
     @staticmethod
     def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authenticator) -> Wiring:
@@ -180,14 +189,18 @@ class BackendService(Service):
         self.wiring = self.bootstrap(settings, self.db, self.broker, self.auth)
         for step in self.wiring.startup:
             await step()
-        self.server = listen(self.wiring.app, self.port, settings)
+        self.admin_server = listen(self.wiring.admin_app, getattr(settings, self.admin_port_setting),
+                                   settings.admin_listen_address, settings)
+        self.server = listen(self.wiring.app, self.port, settings.listen_address, settings)
+        self.port = self.server.port
         self.workers = list(self.wiring.workers.values())
         for worker in self.workers:
             worker.start()
         for consumption in self.wiring.consumers:
             await self.broker.consumer.consume(consumption.queue, consumption.kind, consumption.handle_batch,
                                                settings.batch_size)
-        logger.info("%s listening on port %s", self.name, self.port)
+        logger.info("%s listening on %s:%s, admin on %s:%s", self.name, settings.listen_address, self.port,
+                    settings.admin_listen_address, self.admin_server.port)
 
 
 def run(service_class):

@@ -13,7 +13,7 @@ def sample_total(text, name, **labels):
 
 def scrape(process):
     """The /metrics page of a running `harness.stack.Process`."""
-    with urllib.request.urlopen(process.health_url.replace("/health", "/metrics"), timeout=5) as response:
+    with urllib.request.urlopen(process.admin_url + "/metrics", timeout=5) as response:
         return response.read().decode()
 
 

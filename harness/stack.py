@@ -41,9 +41,12 @@ def cpu_seconds(pid):
 
 
 class Process:
-    def __init__(self, name, command, env, log_path, health_url):
+    """One process of the stack: `health_url` is its public port's `/health`, `admin_url` its admin port (where
+    `/ready` and `/metrics` are)."""
+
+    def __init__(self, name, command, env, log_path, health_url, admin_url=None):
         self.name, self.command, self.env = name, command, env
-        self.log_path, self.health_url = log_path, health_url
+        self.log_path, self.health_url, self.admin_url = log_path, health_url, admin_url
         self.popen = None
 
     def start(self):
@@ -83,8 +86,8 @@ class Process:
                     pass
 
     def wait_ready(self, timeout=60):
-        """Wait until the service's `/ready` answers 200 (database and broker connected)."""
-        ready_url = self.health_url.replace("/health", "/ready")
+        """Wait until the process's `/ready` answers 200 (a service: database, broker and the issuer's keys)."""
+        ready_url = self.admin_url + "/ready"
         for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.1), reraise=True,
                                 retry=retry_if_exception_type(OSError)):
             with attempt:
@@ -123,6 +126,9 @@ class Stack:
         self.log_dir = tempfile.mkdtemp(prefix=f"{run_id}_logs_")
         order_ports = [free_port() for _ in range(replicas)]
         payment_ports = [free_port() for _ in range(replicas)]
+        self.admin_ports = {}  # process name: its admin port
+        order_admin = [self._admin_port(f"order{i or ''}") for i in range(replicas)]
+        payment_admin = [self._admin_port(f"payment{i or ''}") for i in range(replicas)]
         self.gateway_port = free_port()
         self.base_env = {
             **os.environ,
@@ -133,6 +139,8 @@ class Stack:
             "PYTHONFAULTHANDLER": "1",  # a crash in C code (libcurl, libpq) leaves a traceback in the log
             "ORDER_SVC_URL": ",".join(f"http://127.0.0.1:{p}" for p in order_ports),
             "PAYMENT_SVC_URL": ",".join(f"http://127.0.0.1:{p}" for p in payment_ports),
+            "ORDER_SVC_ADMIN_URL": ",".join(f"http://127.0.0.1:{p}" for p in order_admin),
+            "PAYMENT_SVC_ADMIN_URL": ",".join(f"http://127.0.0.1:{p}" for p in payment_admin),
             # The open API unless `extra_env` turns authentication on (e.g. with `harness.issuer.DevIssuer.env()`):
             # most runs are about orders and money, not about who may send them.
             "AUTH_MODE": "off",
@@ -140,20 +148,29 @@ class Stack:
         }
         self.processes = {}
         for i, port in enumerate(order_ports):
-            self._add(f"order{i or ''}", "order", {"ORDER_SVC_PORT": str(port)}, port)
+            name = f"order{i or ''}"
+            self._add(name, "order", {"ORDER_SVC_PORT": str(port), "ORDER_SVC_ADMIN_PORT": str(order_admin[i])},
+                      port)
         for i, port in enumerate(payment_ports):
-            self._add(f"payment{i or ''}", "payment", {"PAYMENT_SVC_PORT": str(port)}, port)
-        self._add("gateway", "gateway", {}, self.gateway_port)
+            name = f"payment{i or ''}"
+            self._add(name, "payment", {"PAYMENT_SVC_PORT": str(port),
+                                        "PAYMENT_SVC_ADMIN_PORT": str(payment_admin[i])}, port)
+        self._add("gateway", "gateway", {"GATEWAY_ADMIN_PORT": str(self._admin_port("gateway"))}, self.gateway_port)
+
+    def _admin_port(self, name):
+        self.admin_ports[name] = free_port()
+        return self.admin_ports[name]
 
     def _add(self, name, kind, env, port):
         self.processes[name] = Process(name, self.commands[kind], {**self.base_env, **env},
                                        os.path.join(self.log_dir, f"{name}.log"),
-                                       f"http://127.0.0.1:{port}/health")
+                                       f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{self.admin_ports[name]}")
 
     def add_gateway(self, name, **env):
         """Start one more gateway (with `env` on top of the stack's) and return its URL; `close` stops it."""
         port = free_port()
-        self._add(name, "gateway", {"GATEWAY_PORT": str(port), **env}, port)
+        self._add(name, "gateway", {"GATEWAY_PORT": str(port), "GATEWAY_ADMIN_PORT": str(self._admin_port(name)),
+                                    **env}, port)
         self.processes[name].start()
         self.processes[name].wait_healthy()
         return f"http://127.0.0.1:{port}"

@@ -2,7 +2,7 @@
 from a database and a broker (`bootstrap`)."""
 import functools
 
-from common.app import service_application
+from common.app import service_admin_application, service_application
 from common.auth import Authenticator
 from common.broker import Broker
 from common.config import Settings
@@ -16,12 +16,12 @@ from order_svc.handlers import OrderHandler, OrdersHandler
 from order_svc.messaging import RelayOnly, RequestDispatch, SendAtOnce
 
 
-def make_app(db: Database, broker: Broker, settings: Settings, auth: Authenticator, dispatch: RequestDispatch):
+def make_app(db: Database, settings: Settings, auth: Authenticator, dispatch: RequestDispatch):
     deps = dict(db=db, dispatch=dispatch, place_orders=GroupCommit(db, service.write_orders, settings.batch_size))
     return service_application([
         (r"/orders", OrdersHandler, deps),
         (r"/orders/([^/]+)", OrderHandler, deps),
-    ], settings, db, broker, repo.backlog, auth)
+    ], settings, auth)
 
 
 def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authenticator) -> Wiring:
@@ -31,7 +31,9 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
     cleanup = BgWorker("clean-up", lambda: service.clean_up(background, settings), settings.cleanup_interval)
     dispatch = SendAtOnce(background, broker.window, broker.is_connected, settings.resend_delay, outbox.kick) \
         if settings.fast_path else RelayOnly()
-    return Wiring(make_app(db, broker, settings, auth, dispatch), workers=dict(outbox=outbox, cleanup=cleanup),
+    return Wiring(make_app(db, settings, auth, dispatch),
+                  service_admin_application(settings, db, broker, auth, repo.backlog),
+                  workers=dict(outbox=outbox, cleanup=cleanup),
                   consumers=[Consumption(PAYMENT_RESULTS, PaymentResult,
                                          functools.partial(service.apply_payment_results, background))],
                   startup=[lambda: background.run(repo.make_unsent_due, transaction=False)])
@@ -41,4 +43,5 @@ class OrderService(BackendService):
     name = "order_svc"
     dsn_setting = "order_db_dsn"
     port_setting = "order_svc_port"
+    admin_port_setting = "order_svc_admin_port"
     bootstrap = staticmethod(bootstrap)

@@ -2,7 +2,7 @@
 built from a database and a broker (`bootstrap`)."""
 import functools
 
-from common.app import service_application
+from common.app import service_admin_application, service_application
 from common.auth import Authenticator
 from common.broker import Broker
 from common.config import Settings
@@ -15,13 +15,13 @@ from payment_svc.handlers import AccountHandler, AccountsHandler, MovementsHandl
 from payment_svc.messaging import RelayOnly, SettleAtOnce
 
 
-def make_app(db: Database, broker: Broker, settings: Settings, auth: Authenticator):
+def make_app(db: Database, settings: Settings, auth: Authenticator):
     deps = dict(db=db)
     return service_application([
         (r"/payments", AccountsHandler, deps),
         (r"/payments/([^/]+)", AccountHandler, deps),
         (r"/payments/([^/]+)/movements", MovementsHandler, deps),
-    ], settings, db, broker, repo.backlog, auth)
+    ], settings, auth)
 
 
 def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authenticator) -> Wiring:
@@ -34,7 +34,9 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
     cleanup = BgWorker("clean-up", lambda: service.clean_up(background, settings), settings.cleanup_interval)
     dispatch = SettleAtOnce(background, broker.window, settings.resend_delay, outbox.kick, inbox.kick) \
         if settings.fast_path else RelayOnly()
-    return Wiring(make_app(db, broker, settings, auth), workers=dict(inbox=inbox, outbox=outbox, cleanup=cleanup),
+    return Wiring(make_app(db, settings, auth),
+                  service_admin_application(settings, db, broker, auth, repo.backlog),
+                  workers=dict(inbox=inbox, outbox=outbox, cleanup=cleanup),
                   consumers=[Consumption(ORDER_REQUESTS, PaymentRequest,
                                          functools.partial(service.receive_requests, background, dispatch=dispatch))])
 
@@ -43,4 +45,5 @@ class PaymentService(BackendService):
     name = "payment_svc"
     dsn_setting = "payment_db_dsn"
     port_setting = "payment_svc_port"
+    admin_port_setting = "payment_svc_admin_port"
     bootstrap = staticmethod(bootstrap)

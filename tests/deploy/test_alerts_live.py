@@ -19,7 +19,8 @@ from tests.deploy.conftest import PROMETHEUS_DIR
 
 
 def port_of(process):
-    return urllib.parse.urlsplit(process.health_url).port
+    """The port Prometheus scrapes: the process's admin port."""
+    return urllib.parse.urlsplit(process.admin_url).port
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,6 @@ import common.app
 import common.config
 import common.queues
 import gateway
-import order_svc.app
-import payment_svc.app
 from common.broker import ORDER_REQUESTS, PAYMENT_RESULTS
 from common.dead_letters.headers import dead_letter_queue
 from common.envelope import NotFoundHandler
@@ -54,11 +52,8 @@ OPERATOR_KINDS = {kind for _, kind in operator_fields.OPERATORS}
 PROCESSES = {"gateway": "gateway_port", "order": "order_svc_port", "payment": "payment_svc_port"}
 # Deployment name -> the variable of its admin port (/health, /ready, /metrics).
 ADMIN_PORTS = {"gateway": "GATEWAY_ADMIN_PORT", "order": "ORDER_SVC_ADMIN_PORT", "payment": "PAYMENT_SVC_ADMIN_PORT"}
-# Every variable the services read is in .env too; these are in the ConfigMap already, until the admin port lands
-# (then .env and load_settings have them, and this set is emptied).
-EXPECTED_BEYOND_ENV = {"LISTEN_ADDRESS", "GATEWAY_LISTEN_ADDRESS", "ADMIN_LISTEN_ADDRESS", "GATEWAY_ADMIN_PORT",
-                       "ORDER_SVC_ADMIN_PORT", "PAYMENT_SVC_ADMIN_PORT", "ORDER_SVC_ADMIN_URL",
-                       "PAYMENT_SVC_ADMIN_URL"}
+# Variables the ConfigMap may hold beyond .env's native part and what load_settings reads: none.
+EXPECTED_BEYOND_ENV = set()
 # The least-privilege credentials: Deployment -> (PostgreSQL role and RabbitMQ user, its database's Secret, its
 # broker Secret, its database).
 CREDENTIALS = {"order": ("shop-order", "shop-order-db", "shop-order-amqp", "orders"),
@@ -147,9 +142,7 @@ def test_the_configmap_has_the_same_variables_as_env():
     assert len(read) >= 20, f"parsing load_settings found only {sorted(read)}"
     for overlay in OVERLAYS:
         data = one(render_overlay(overlay), "ConfigMap", "shop-config")["data"]
-        # The expected extras are in the ConfigMap, whether .env / load_settings have them yet or not.
-        assert EXPECTED_BEYOND_ENV <= set(data)
-        assert set(data) - EXPECTED_BEYOND_ENV == (native_env_variables() | read) - EXPECTED_BEYOND_ENV
+        assert set(data) == native_env_variables() | read
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -202,17 +195,11 @@ def has_route(app, path):
 
 def admin_application_of(command, settings):
     """The Tornado application the container's command serves on its admin port (built without connecting
-    anything). Until the admin port lands, the one application that serves /health, /ready and /metrics."""
+    anything)."""
     if command == ["python", "gateway.py"]:
-        return gateway.make_admin_app(settings) if hasattr(gateway, "make_admin_app") else gateway.make_app(settings)
-    if command == ["python", "-m", "order_svc"]:
-        if hasattr(common.app, "service_admin_application"):
-            return common.app.service_admin_application(settings, None, None, None, None)
-        return order_svc.app.make_app(None, None, settings, None, None)
-    if command == ["python", "-m", "payment_svc"]:
-        if hasattr(common.app, "service_admin_application"):
-            return common.app.service_admin_application(settings, None, None, None, None)
-        return payment_svc.app.make_app(None, None, settings, None)
+        return gateway.make_admin_app(settings)
+    if command in (["python", "-m", "order_svc"], ["python", "-m", "payment_svc"]):
+        return common.app.service_admin_application(settings, None, None, None, None)
     raise AssertionError(f"unknown command {command}")
 
 

@@ -72,7 +72,7 @@ def exported(stack):
     assert call(stack.url, "POST", "/orders", {"user_id": 1, "amount": 1})[0] == 201
     scraped = {}
     for name, process in stack.processes.items():
-        with urllib.request.urlopen(process.health_url.replace("/health", "/metrics"), timeout=10) as response:
+        with urllib.request.urlopen(process.admin_url + "/metrics", timeout=10) as response:
             scraped[name] = exported_names(response.read().decode())
     return scraped
 

@@ -23,7 +23,8 @@ def gateway():
     def start(order_urls, payment_urls=("http://127.0.0.1:9",)):
         port = free_port()
         env = {**os.environ, "GATEWAY_PORT": str(port), "ORDER_SVC_URL": ",".join(order_urls),
-               "PAYMENT_SVC_URL": ",".join(payment_urls), "UPSTREAM_TIMEOUT": "1", "LOG_LEVEL": "WARNING"}
+               "PAYMENT_SVC_URL": ",".join(payment_urls), "UPSTREAM_TIMEOUT": "1", "LOG_LEVEL": "WARNING",
+               "GATEWAY_ADMIN_PORT": "0"}
         log = tempfile.NamedTemporaryFile(prefix="gateway_", suffix=".log", delete=False).name
         process = Process("gateway", COMMANDS["gateway"], env, log, f"http://127.0.0.1:{port}/health")
         processes.append(process)

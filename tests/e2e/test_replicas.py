@@ -22,7 +22,7 @@ def replicated_stack():
 
 def metric_total(process, name, **labels):
     """Sum of a counter's samples in `process`'s /metrics that match `labels`."""
-    with urllib.request.urlopen(process.health_url.replace("/health", "/metrics")) as response:
+    with urllib.request.urlopen(process.admin_url + "/metrics") as response:
         text = response.read().decode()
     total = 0.0
     for line in text.splitlines():

@@ -71,7 +71,7 @@ def test_fifty_concurrent_orders_never_overdraw_and_conserve_money(own_stack):
     assert sorted(o["status"] for o in orders["orders"]).count("FINISHED") == 25
 
 
-def test_gateway_names_each_request_and_reports_readiness_and_metrics(stack):
+def test_gateway_names_each_request_and_reports_readiness_and_metrics_on_its_admin_port_only(stack):
 
     with urllib.request.urlopen(stack.url + "/orders?limit=1") as response:
         assert len(response.headers["X-Request-ID"]) == 32
@@ -83,7 +83,9 @@ def test_gateway_names_each_request_and_reports_readiness_and_metrics(stack):
         # client's own id beside its own.
         assert (len(named), response.headers["X-Client-Request-ID"]) == (32, "trace-me-42")
     assert f"[{named}]: order_id={placed['order_id']} placed" in stack["order"].log()
-    code, ready = call(stack.url, "GET", "/ready")
+    # Readiness and metrics are the admin port's: the public port has neither.
+    code, ready = call(stack["gateway"].admin_url, "GET", "/ready")
     assert code == 200 and set(ready["backends"].values()) == {"ready"}
-    with urllib.request.urlopen(stack.url + "/metrics") as response:
+    with urllib.request.urlopen(stack["gateway"].admin_url + "/metrics") as response:
         assert b'shop_http_request_duration_seconds_count{handler="ProxyHandler"' in response.read()
+    assert [call(stack.url, "GET", path)[0] for path in ("/ready", "/metrics")] == [404, 404]

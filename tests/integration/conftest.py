@@ -9,7 +9,6 @@ from common.config import load_settings
 from common.dead_letters.store import DeadLetterQueue, UnknownQueue
 from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
 from harness.infra import INFRA
-from harness.stack import free_port
 from order_svc.app import OrderService
 from payment_svc.app import PaymentService
 
@@ -24,7 +23,10 @@ def run_env():
         "PAYMENT_DB_DSN": INFRA.dsn(f"{run_id}_payments"),
         "RABBITMQ_URL": INFRA.amqp_url(run_id),
         "LOG_LEVEL": "WARNING",
-        "AUTH_MODE": "off",  # tests/integration/test_authentication.py turns it on
+        "AUTH_MODE": "off",
+        # Admin ports the kernel picks (`service.admin_server.port`): tests run beside other stacks.
+        "ORDER_SVC_ADMIN_PORT": "0",
+        "PAYMENT_SVC_ADMIN_PORT": "0",
     }
     INFRA.drop_database(f"{run_id}_orders")
     INFRA.drop_database(f"{run_id}_payments")
@@ -33,7 +35,8 @@ def run_env():
 
 @pytest.fixture
 def settings(run_env):
-    return load_settings({**run_env, "ORDER_SVC_PORT": str(free_port()), "PAYMENT_SVC_PORT": str(free_port())})
+    # Ports the kernel picks when the server binds (`service.port`): a port found free earlier may be taken by then.
+    return load_settings({**run_env, "ORDER_SVC_PORT": "0", "PAYMENT_SVC_PORT": "0"})
 
 
 def running(io_loop, service):

@@ -15,7 +15,7 @@ from tornado.tcpclient import TCPClient
 from common import tracing
 from common.config import load_settings
 from common.lifecycle import listen
-from gateway import OPENAPI_SPEC, make_app, proxy_server
+from gateway import OPENAPI_SPEC, make_admin_app, make_app, proxy_server
 from harness.stack import free_port
 from tests.e2e.raw_backend import ANSWER, DROP, ETAG, HOLD, RawBackend
 
@@ -23,18 +23,25 @@ from tests.e2e.raw_backend import ANSWER, DROP, ETAG, HOLD, RawBackend
 @pytest.fixture(params=["direct", "handler"])
 def start_gateway(io_loop, request):
     """Starts a gateway in either GATEWAY_PROXY mode: `direct` (the default, common.proxy_server) serves the
-    routes itself, `handler` through gateway.ProxyHandler; the same rules must hold in both."""
+    routes itself, `handler` through gateway.ProxyHandler; the same rules must hold in both. Returns the public
+    port; `start.admin[port]` is its admin port (the backends' admin URLs are the backends' own)."""
     servers = []
 
     def start(order_urls, payment_urls=("http://127.0.0.1:9",), client=None, **env):
         port = free_port()
         settings = load_settings({"GATEWAY_PORT": str(port), "ORDER_SVC_URL": ",".join(order_urls),
                                   "PAYMENT_SVC_URL": ",".join(payment_urls), "UPSTREAM_TIMEOUT": "1",
+                                  "ORDER_SVC_ADMIN_URL": ",".join(order_urls),
+                                  "PAYMENT_SVC_ADMIN_URL": ",".join(payment_urls),
                                   "GATEWAY_PROXY": request.param, **env})
         app = make_app(settings, client)
-        servers.append(listen(proxy_server(app, settings) if request.param == "direct" else app, port, settings))
+        servers.append(listen(proxy_server(app, settings) if request.param == "direct" else app, port,
+                              "127.0.0.1", settings))
+        servers.append(listen(make_admin_app(settings), 0, "127.0.0.1", settings))
+        start.admin[port] = servers[-1].port
         return port
 
+    start.admin = {}
     yield start
     for server in servers:
         server.stop()
@@ -152,8 +159,11 @@ async def test_a_body_over_the_limit_is_a_413_and_never_reaches_a_backend(start_
     assert (code, json.loads(body)["message"]) == (413, "Request body must be at most 100 bytes.")
     assert (await send(port, "POST", "/payments", b'{"user_id": 1}'))[0] == 200
     assert [(s.method, s.path) for s in backend.requests()] == [("POST", "/payments")]
-    for own in ("/health", "/ready", "/metrics", "/openapi.yaml"):  # the gateway's own paths too
+    for own in ("/health", "/openapi.yaml"):  # the gateway's own paths too, and its admin port's
         code, body = await send(port, "POST", own, b"x" * 101)
+        assert (code, json.loads(body)["message"]) == (413, "Request body must be at most 100 bytes."), own
+    for own in ("/health", "/ready", "/metrics"):
+        code, body = await send(start_gateway.admin[port], "POST", own, b"x" * 101)
         assert (code, json.loads(body)["message"]) == (413, "Request body must be at most 100 bytes."), own
 
 
@@ -173,24 +183,28 @@ async def test_the_gateway_answers_its_own_paths_and_is_ready_only_when_every_se
     backend = RawBackend()
     down = f"http://127.0.0.1:{free_port()}"
     port = start_gateway([backend.url], [down])
-    assert await send(port, "GET", "/health") == (200, b'{"status": "Success", "message": "Alive."}')
-    code, metrics = await send(port, "GET", "/metrics")
+    admin = start_gateway.admin[port]
+    for served in (port, admin):
+        assert await send(served, "GET", "/health") == (200, b'{"status": "Success", "message": "Alive."}')
+    code, metrics = await send(admin, "GET", "/metrics")
     assert code == 200 and b"# TYPE shop_http_request_duration_seconds histogram" in metrics  # the route, not samples
     assert await send(port, "GET", "/openapi.yaml") == (200, OPENAPI_SPEC.read_bytes())
-    code, body = await send(port, "GET", "/ready")
+    # The public port names no internal address and exports nothing: readiness and metrics are the admin port's.
+    assert [(await send(port, "GET", path))[0] for path in ("/ready", "/metrics")] == [404, 404]
+    code, body = await send(admin, "GET", "/ready")
     assert (code, json.loads(body)) == (503, {"status": "Fail", "message": "Payments Service not ready.",
                                               "backends": {backend.url: "ready", down: "unreachable"}})
     port = start_gateway([backend.url], [backend.url])
-    code, body = await send(port, "GET", "/ready")
+    code, body = await send(start_gateway.admin[port], "GET", "/ready")
     assert (code, json.loads(body)) == (200, {"status": "Success", "message": "Ready.",
                                               "backends": {backend.url: "ready"}})
     assert [s.path for s in backend.requests()].count("/ready") == 3  # one probe per replica and asking
     port = start_gateway([down], [down])
-    assert json.loads((await send(port, "GET", "/ready"))[1])["message"] == \
+    assert json.loads((await send(start_gateway.admin[port], "GET", "/ready"))[1])["message"] == \
         "Order Service and Payments Service not ready."
     refusing = RawBackend(lambda *_: 503)  # up, but its own /ready says it is not
     port = start_gateway([backend.url, refusing.url], [refusing.url])
-    code, body = await send(port, "GET", "/ready")
+    code, body = await send(start_gateway.admin[port], "GET", "/ready")
     assert (code, json.loads(body)["backends"]) == (503, {backend.url: "ready", refusing.url: "not ready"})
     response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/openapi.yaml")
     assert response.headers["Content-Type"] == "application/yaml; charset=UTF-8"
@@ -369,7 +383,7 @@ async def test_each_forwarded_request_is_counted_by_handler_method_and_status(st
     sample = 'shop_http_request_duration_seconds_count{handler="ProxyHandler",method="GET",status="418"} '
 
     async def count():
-        lines = (await fetch(port, "GET", "/metrics")).body.decode().splitlines()
+        lines = (await fetch(start_gateway.admin[port], "GET", "/metrics")).body.decode().splitlines()
         return next((float(line.removeprefix(sample)) for line in lines if line.startswith(sample)), 0.0)
     before = await count()  # the registry is the process's: earlier tests' requests are in it too
     assert (await fetch(port, "GET", "/orders/1")).code == 418
@@ -381,7 +395,7 @@ async def test_invented_methods_count_as_other_and_add_no_series(start_gateway):
     port = start_gateway([RawBackend().url])
 
     async def series():
-        lines = (await fetch(port, "GET", "/metrics")).body.decode().splitlines()
+        lines = (await fetch(start_gateway.admin[port], "GET", "/metrics")).body.decode().splitlines()
         return {line.split("{")[1].split("}")[0] for line in lines
                 if line.startswith("shop_http_request_duration_seconds_count{")}
     for n in range(5):  # on a proxied path (direct proxy) and on one of the application's (a RequestHandler)
@@ -414,7 +428,7 @@ async def test_a_replica_that_never_answers_its_probe_is_unreachable_within_the_
     held = RawBackend(lambda *_: HOLD)
     port = start_gateway([held.url], [held.url])
     started = asyncio.get_running_loop().time()
-    code, body = await send(port, "GET", "/ready")
+    code, body = await send(start_gateway.admin[port], "GET", "/ready")
     assert (code, json.loads(body)["backends"]) == (503, {held.url: "unreachable"})
     # The probe's 2 s, not the client's 10 s default: `/ready` must answer an orchestrator's probe in time.
     assert asyncio.get_running_loop().time() - started < 8

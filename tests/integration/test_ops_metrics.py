@@ -25,7 +25,7 @@ async def test_metrics_say_ready_and_count_waiting_dead_letters(payment_service,
     dead_letter_ids.add(f"gauge-{user_id}")
     await payment_service.broker.publisher.publish(ORDER_REQUESTS, b"{not json", f"gauge-{user_id}")
     await dead_lettered(run_env, f"gauge-{user_id}")
-    samples = await scrape(payment_service.port)
+    samples = await scrape(payment_service.admin_server.port)
     assert samples[("shop_ready", frozenset())] == 1
     assert samples[("shop_dead_letter_queue_messages", frozenset({("queue", ORDER_REQUESTS)}))] >= 1
     assert ("shop_dead_letter_queue_messages", frozenset({("queue", "outbox_ps")})) in samples
@@ -46,16 +46,16 @@ async def test_metrics_say_not_ready_while_the_broker_is_away(io_loop, run_env, 
     service = PaymentService(settings)
     await service.start()
     try:
-        assert (await scrape(service.port))[("shop_ready", frozenset())] == 1
+        assert (await scrape(service.admin_server.port))[("shop_ready", frozenset())] == 1
         proxied_broker.down()
 
         async def not_ready():
-            assert (await scrape(service.port))[("shop_ready", frozenset())] == 0
+            assert (await scrape(service.admin_server.port))[("shop_ready", frozenset())] == 0
         await eventually(not_ready, timeout=30)
         proxied_broker.up()
 
         async def ready_again():
-            assert (await scrape(service.port))[("shop_ready", frozenset())] == 1
+            assert (await scrape(service.admin_server.port))[("shop_ready", frozenset())] == 1
         await eventually(ready_again, timeout=60)
     finally:
         await service.stop()

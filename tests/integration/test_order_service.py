@@ -121,7 +121,7 @@ async def test_malformed_idempotency_key_is_rejected(order_service, user_id):
 
 
 async def metrics(service):
-    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{service.port}/metrics")
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{service.admin_server.port}/metrics")
     return response.body.decode()
 
 

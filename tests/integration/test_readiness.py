@@ -46,7 +46,7 @@ def cut(io_loop, run_env, request):
 
 
 async def readiness(service):
-    code, body = await request(service.port, "GET", "/ready")
+    code, body = await request(service.admin_server.port, "GET", "/ready")
     return code, body["message"]
 
 

@@ -24,12 +24,14 @@ async def test_a_started_gateway_serves_its_port_in_its_proxy_mode_with_one_clie
     backend = RawBackend()
     address, port = ("127.0.0.1", backend.port), free_port()
     gateway = Gateway(load_settings({"GATEWAY_PORT": str(port), "ORDER_SVC_URL": backend.url,
-                                     "PAYMENT_SVC_URL": backend.url, "GATEWAY_PROXY": mode,
+                                     "PAYMENT_SVC_URL": backend.url, "GATEWAY_PROXY": mode, "GATEWAY_ADMIN_PORT": "0",
+                                     "ORDER_SVC_ADMIN_URL": backend.url, "PAYMENT_SVC_ADMIN_URL": backend.url,
                                      "BACKEND_POOL_SIZE": "3", "UPSTREAM_TIMEOUT": "5"}))
     await gateway.start()
     try:
         assert type(gateway.server.request_callback) is serving
-        ready = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/ready", raise_error=False)
+        ready = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{gateway.admin_server.port}/ready",
+                                              raise_error=False)
         assert ready.code == 200
         assert (pool_sizes(gateway.probe_client), pool_sizes(gateway.client)) == ({address: 2}, {})
         read = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/orders/1", raise_error=False)
