@@ -81,6 +81,9 @@ class Settings:
     entries_per_message: int
     upstream_timeout: float
     backend_pool_size: int
+    wait_pool_size: int  # the gateway's connections to each service for waiting requests, apart from the above
+    max_waiting: int  # Order Service: requests held for an order's outcome at once (0: none)
+    max_waiting_per_user: int  # ... and per caller
     client_idle_timeout: float
     client_body_timeout: float
     max_connections: int
@@ -141,6 +144,9 @@ def load_settings(environ=None):
         entries_per_message=positive(env, "ENTRIES_PER_MESSAGE", "20"),
         upstream_timeout=float(env.get("UPSTREAM_TIMEOUT", "10")),
         backend_pool_size=int(env.get("BACKEND_POOL_SIZE", "64")),
+        wait_pool_size=positive(env, "WAIT_POOL_SIZE", "1000"),
+        max_waiting=int(env.get("MAX_WAITING", "2000")),
+        max_waiting_per_user=int(env.get("MAX_WAITING_PER_USER", "20")),
         client_idle_timeout=float(env.get("CLIENT_IDLE_TIMEOUT", "20")),
         client_body_timeout=float(env.get("CLIENT_BODY_TIMEOUT", "10")),
         max_connections=int(env.get("MAX_CONNECTIONS", "4000")),
