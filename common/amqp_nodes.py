@@ -50,8 +50,9 @@ class TlsRefused(ConfigurationError):
 def split_urls(value):
     """The node URLs of a `RABBITMQ_URL` setting: one URL, or several comma-separated full URLs.
 
-    Raises `ConfigurationError` if there is none, if one is not an amqp(s):// URL with a host, or if its TLS
-    parameters cannot work (`check_tls`)."""
+    Raises `ConfigurationError` if there is none, if one is not an amqp(s):// URL with a host, if its TLS
+    parameters cannot work (`check_tls`), or if they name different users (the connection moves between the
+    nodes as one user, the one its messages' `user_id` names)."""
     urls = [part.strip() for part in value.split(",") if part.strip()]
     if not urls:
         raise ConfigurationError("RABBITMQ_URL names no node")
@@ -61,6 +62,10 @@ def split_urls(value):
             raise ConfigurationError(f"RABBITMQ_URL entry {parsed.with_password(None)!s} is not an amqp:// URL "
                                      "with a host")
         check_tls(parsed)
+    users = sorted({URL(url).user or "guest" for url in urls})
+    if len(users) > 1:
+        raise ConfigurationError(f"RABBITMQ_URL entries log in as different users ({', '.join(users)}): give every "
+                                 "node's URL the same user")
     return urls
 
 

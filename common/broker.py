@@ -6,6 +6,7 @@ import logging
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustQueue
 
 from common import amqp_nodes, queues
+from common.config import broker_user
 from common.consumer import Consumer
 from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
 from common.metrics import RECONNECTS
@@ -39,6 +40,8 @@ class Broker:
         queues (and their dead-letter queues) of `queue_type` (None: QUEUE_TYPE of the environment). The
         publisher sends up to `entries_per_message` outbox rows in one message.
 
+        Messages are published as the URL's user (their `user_id`, which RabbitMQ checks).
+
         Raises `QueueMismatch` if one exists with the other type, `amqp_nodes.TlsRefused` at once (no waiting) if
         TLS to the nodes fails in a way only a change of settings mends (`amqps://...?cafile=` naming the wrong
         CA, a certificate for another host name, a port without TLS), `ConfigurationError` for TLS parameters
@@ -54,9 +57,10 @@ class Broker:
             # The service exits: close cleanly, so that no half-done channel task is left to die noisily.
             await asyncio.gather(*(connection.close() for connection in connections), return_exceptions=True)
             raise
-        logger.info("connected to RabbitMQ")
-        return cls(connections, Publisher(publishing, publish_timeout, entries_per_message),
-                   Consumer(consuming, dead_letters_via=publishing))
+        user = broker_user(url)
+        logger.info("connected to RabbitMQ as %s", user)
+        return cls(connections, Publisher(publishing, publish_timeout, entries_per_message, user_id=user),
+                   Consumer(consuming, dead_letters_via=publishing, publish_as=user))
 
     def is_connected(self) -> bool:
         # `connection.is_closed` stays False during an outage; the `connected` event does not.

@@ -4,6 +4,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from yarl import URL
+
 ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
 DEFAULT_MAX_BODY_BYTES = 65536
 QUEUE_TYPES = ("classic", "quorum")
@@ -71,6 +73,12 @@ class Settings:
     order_db_dsn: str
     payment_db_dsn: str
     rabbitmq_url: str
+    # The RabbitMQ users whose messages the consumers take (their `user_id`, which the broker vouches for):
+    # payment requests from `order_svc_broker_user`, results from `payment_svc_broker_user`, and either from
+    # `broker_operator_user` ("" = none), the user operators replay dead letters as.
+    order_svc_broker_user: str
+    payment_svc_broker_user: str
+    broker_operator_user: str
     queue_type: str
     poll_interval: float
     fast_path: bool
@@ -134,6 +142,9 @@ def load_settings(environ=None):
         order_db_dsn=env["ORDER_DB_DSN"],
         payment_db_dsn=env["PAYMENT_DB_DSN"],
         rabbitmq_url=env["RABBITMQ_URL"],
+        order_svc_broker_user=env.get("ORDER_SVC_BROKER_USER") or broker_user(env["RABBITMQ_URL"]),
+        payment_svc_broker_user=env.get("PAYMENT_SVC_BROKER_USER") or broker_user(env["RABBITMQ_URL"]),
+        broker_operator_user=env.get("BROKER_OPERATOR_USER", ""),
         queue_type=queue_type(env.get("QUEUE_TYPE", "quorum")),
         poll_interval=float(env.get("POLL_INTERVAL", "1.0")),
         fast_path=env.get("FAST_PATH", "1") not in ("0", "false", "no", ""),
@@ -163,6 +174,12 @@ def load_settings(environ=None):
         auth=load_auth_settings(env),
         otel=tuple(sorted((key, value) for key, value in env.items() if key.startswith("OTEL_"))),
     )
+
+
+def broker_user(rabbitmq_url: str) -> str:
+    """The user a `RABBITMQ_URL` logs in as (its first node's; aiormq's default, guest, when it names none)."""
+    first = rabbitmq_url.split(",")[0].strip()
+    return URL(first).user or "guest"
 
 
 def positive(env, key, default):

@@ -1,9 +1,15 @@
 """The consuming side of the broker: messages taken in batches, the entries of each batch handled in one call
 (one transaction) and only then acknowledged; what can never be processed goes to the dead-letter queue: a
-message that cannot be read at all as it is, a malformed entry of a message of several on its own."""
+message that cannot be read at all as it is, a malformed entry of a message of several on its own.
+
+A queue takes messages from its publishers only: a message's `user_id` property must name one of them.
+RabbitMQ refuses a publish whose `user_id` is not the publishing connection's user, so it names who really
+published the message; a message without it, or from anyone else (e.g. a payment result published with the
+Order Service's credentials, which may write to the default exchange like any service), is dead-lettered
+unread (`WrongPublisher`) and changes nothing (docs/security-credentials.md)."""
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import NamedTuple
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
@@ -23,6 +29,15 @@ logger = logging.getLogger(__name__)
 HandleBatch = Callable[[list], Awaitable[dict]]
 
 
+class WrongPublisher(InvalidMessage):
+    """A message whose `user_id` (None: it has none) is not one of the users its queue takes messages from."""
+
+    def __init__(self, user_id: str | None, queue: str, publishers: Collection[str]) -> None:
+        self.user_id = user_id
+        who = f"published by {user_id!r}" if user_id else "published without a user_id"
+        super().__init__(f"{who}; {queue} takes messages from {' or '.join(map(repr, sorted(publishers)))} only")
+
+
 class Received(NamedTuple):
     """A message as delivered, and its entries read (`common.packing.unpack`), or why it cannot be read."""
     message: AbstractIncomingMessage
@@ -37,21 +52,31 @@ class BatchConsumer:
     """One queue's messages, in delivery order: each batch is handled and acknowledged before the next."""
 
     def __init__(self, queue: str, kind: EntryType, handle_batch: HandleBatch, batch_size: int,
-                 dead_letters_via: AbstractRobustChannel) -> None:
+                 dead_letters_via: AbstractRobustChannel, publishers: Collection[str],
+                 publish_as: str | None = None) -> None:
         self.queue = queue
         # Dead letters go out on the publishing connection: RabbitMQ blocks a connection that publishes
-        # during a memory alarm, and the consumer's own acks must not wait behind that.
+        # during a memory alarm, and the consumer's own acks must not wait behind that. They are published as
+        # `publish_as`, that connection's user.
         self.dead_letters_via = dead_letters_via
+        self.publish_as = publish_as
+        self.publishers = frozenset(user for user in publishers if user)
+        if not self.publishers:
+            raise ValueError(f"{queue}: no publisher to take messages from")
         self.kind = kind
         self.handle_batch = handle_batch
         self.batch_size = batch_size
         self.pending: asyncio.Queue = asyncio.Queue()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
+        # Refused messages are acknowledged by `process` like the rest, so that messages are acknowledged in
+        # delivery order.
+        if message.user_id not in self.publishers:
+            self.pending.put_nowait(Received(message, WrongPublisher(message.user_id, self.queue, self.publishers)))
+            return
         try:
             entries = unpack(message.body, (message.headers or {}).get(tracing.HEADER), self.kind)
         except InvalidMessage as exc:
-            # Acknowledged by `process` like the rest, so that messages are acknowledged in delivery order.
             entries = exc
         self.pending.put_nowait(Received(message, entries))
 
@@ -129,7 +154,7 @@ class BatchConsumer:
         each refused one there on its own."""
         message = received.message
         if isinstance(received.entries, InvalidMessage):
-            await self._reject(message, str(received.entries))
+            await self._reject(message, received.entries)
         elif failed and message.redelivered:
             await self._reject(message, "processing failed twice")
         elif failed:
@@ -158,9 +183,17 @@ class BatchConsumer:
                 await acknowledge(message.ack())
         CONSUMED.labels(self.queue).inc(len(acked))
 
-    async def _reject(self, message: AbstractIncomingMessage, reason: str) -> None:
-        logger.error("dead-lettering message %s from %s: %s", message.message_id, self.queue, reason)
-        if await dead_letter(message, self.queue, reason, self.dead_letters_via):
+    async def _reject(self, message: AbstractIncomingMessage, reason: str | InvalidMessage) -> None:
+        refused_publisher = None
+        if isinstance(reason, WrongPublisher):
+            # Not a bug of ours to fix but someone else's message (or a misconfigured BROKER_USER setting).
+            logger.warning("refusing message %s from %s, dead-lettered unread: %s", message.message_id, self.queue,
+                           reason)
+            refused_publisher = reason.user_id or ""
+        else:
+            logger.error("dead-lettering message %s from %s: %s", message.message_id, self.queue, reason)
+        if await dead_letter(message, self.queue, str(reason), self.dead_letters_via, self.publish_as,
+                             refused_publisher):
             DEAD_LETTERED.labels(self.queue).inc()
 
     async def _reject_entries(self, message: AbstractIncomingMessage, entries: list[Entry], refused: dict) -> bool:
@@ -169,7 +202,7 @@ class BatchConsumer:
                          reason)
         if await dead_letter_entries(message, self.queue, [(index, entries[index].text, reason)
                                                            for index, reason in refused.items()],
-                                     self.dead_letters_via):
+                                     self.dead_letters_via, self.publish_as):
             DEAD_LETTERED.labels(self.queue).inc(len(refused))
             return True
         return False
@@ -184,15 +217,22 @@ async def acknowledge(ack_or_reject: Awaitable) -> None:
 
 
 class Consumer:
-    """The consuming channel, and a `BatchConsumer` task for each queue it consumes."""
+    """The consuming channel, and a `BatchConsumer` task for each queue it consumes; dead letters go out on
+    `dead_letters_via` as `publish_as` (its connection's user)."""
 
-    def __init__(self, channel: AbstractRobustChannel, dead_letters_via: AbstractRobustChannel) -> None:
+    def __init__(self, channel: AbstractRobustChannel, dead_letters_via: AbstractRobustChannel,
+                 publish_as: str | None = None) -> None:
         self.channel = channel
         self.dead_letters_via = dead_letters_via
+        self.publish_as = publish_as
         self._tasks: list[asyncio.Task] = []
 
-    async def consume(self, queue: str, kind: EntryType, handle_batch: HandleBatch, batch_size: int) -> None:
-        batches = BatchConsumer(queue, kind, handle_batch, batch_size, self.dead_letters_via)
+    async def consume(self, queue: str, kind: EntryType, handle_batch: HandleBatch, batch_size: int,
+                      publishers: Collection[str]) -> None:
+        """Consume `queue`, taking messages whose `user_id` is one of `publishers` (empty names are left out;
+        raises `ValueError` if none is left) and dead-lettering the others unread."""
+        batches = BatchConsumer(queue, kind, handle_batch, batch_size, self.dead_letters_via, publishers,
+                                self.publish_as)
         await (await self.channel.get_queue(queue)).consume(batches.on_message)
         self._tasks.append(asyncio.create_task(batches.run(), name=f"consumer of {queue}"))
 

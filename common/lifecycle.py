@@ -151,10 +151,12 @@ class Service:
 
 @dataclass
 class Consumption:
-    """A queue a service consumes, and what it does with each batch (see `common.consumer.BatchConsumer`)."""
+    """A queue a service consumes, what it does with each batch (see `common.consumer.BatchConsumer`), and the
+    broker users it takes messages from (a message's `user_id`; empty names are left out)."""
     queue: str
     kind: EntryType  # what the entries of its messages are
     handle_batch: HandleBatch
+    publishers: tuple[str, ...]
 
 
 @dataclass
@@ -198,7 +200,7 @@ class BackendService(Service):
             worker.start()
         for consumption in self.wiring.consumers:
             await self.broker.consumer.consume(consumption.queue, consumption.kind, consumption.handle_batch,
-                                               settings.batch_size)
+                                               settings.batch_size, consumption.publishers)
         logger.info("%s listening on %s:%s, admin on %s:%s", self.name, settings.listen_address, self.port,
                     settings.admin_listen_address, self.admin_server.port)
 

@@ -35,19 +35,24 @@ def message_id_of(ids: Sequence[Hashable]) -> str:
 
 class Publisher:
     """Persistent messages on a channel with publisher confirms: a publish returns once the broker holds it.
-    Rows go out up to `entries_per_message` to a message (1: one message per row, the format from before)."""
+    Rows go out up to `entries_per_message` to a message (1: one message per row, the format from before).
 
-    def __init__(self, channel: AbstractRobustChannel, timeout: float, entries_per_message: int = 1) -> None:
+    Every message carries `user_id`, the user the channel's connection logged in as: RabbitMQ refuses a publish
+    whose `user_id` is another user's, so a consumer can tell who published a message (`common.consumer`)."""
+
+    def __init__(self, channel: AbstractRobustChannel, timeout: float, entries_per_message: int = 1,
+                 user_id: str | None = None) -> None:
         self.channel = channel
         self.timeout = timeout
         self.entries_per_message = entries_per_message
+        self.user_id = user_id
 
     async def publish(self, queue: str, body: bytes, message_id: Hashable, headers: dict | None = None) -> None:
         """Publish one message to `queue` and wait for the broker's confirm.
 
         Raises one of `common.retry.BROKER_ERRORS` or `aio_pika.exceptions.DeliveryError` if not confirmed."""
         message = aio_pika.Message(body, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                   content_type="application/json", message_id=str(message_id))
+                                   content_type="application/json", message_id=str(message_id), user_id=self.user_id)
         # aio-pika's timeout covers only the confirm: on a connection that is being recovered (or was
         # closed) the publish first waits for a channel without end, and would hold its relay step with it.
         async with asyncio.timeout(self.timeout):

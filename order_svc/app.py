@@ -35,7 +35,8 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
                   service_admin_application(settings, db, broker, auth, repo.backlog),
                   workers=dict(outbox=outbox, cleanup=cleanup),
                   consumers=[Consumption(PAYMENT_RESULTS, PaymentResult,
-                                         functools.partial(service.apply_payment_results, background))],
+                                         functools.partial(service.apply_payment_results, background),
+                                         (settings.payment_svc_broker_user, settings.broker_operator_user))],
                   startup=[lambda: background.run(repo.make_unsent_due, transaction=False)])
 
 

@@ -38,7 +38,8 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
                   service_admin_application(settings, db, broker, auth, repo.backlog),
                   workers=dict(inbox=inbox, outbox=outbox, cleanup=cleanup),
                   consumers=[Consumption(ORDER_REQUESTS, PaymentRequest,
-                                         functools.partial(service.receive_requests, background, dispatch=dispatch))])
+                                         functools.partial(service.receive_requests, background, dispatch=dispatch),
+                                         (settings.order_svc_broker_user, settings.broker_operator_user))])
 
 
 class PaymentService(BackendService):

@@ -6,8 +6,11 @@
     purge    drop the chosen ones for good; asks first unless --yes
 
 RABBITMQ_URL comes from the settings (environment over `.env`); a comma-separated list of a cluster's nodes
-is tried in order. Exit status: 0 done, 1 not done (broker unreachable, a replay not confirmed, purge
-declined), 2 bad input (unknown queue or id, missing --id/--all): nothing changed."""
+is tried in order. Replayed messages are published as its user: run the command as BROKER_OPERATOR_USER, whose
+messages the services take (docs/security-credentials.md). A dead letter refused for its publisher (a user the
+queue takes nothing from; possibly forged) is never replayed: `--all` leaves it, `--id` naming it is bad input.
+Exit status: 0 done, 1 not done (broker unreachable, a replay not confirmed, purge declined), 2 bad input
+(unknown queue or id, missing --id/--all, --id naming a letter refused for its publisher): nothing changed."""
 import argparse
 import asyncio
 import base64
@@ -52,6 +55,15 @@ def choose(letters, args):
     return letters
 
 
+def check_replayable(letters, args):
+    """Raises `BadSelection` if --id names a letter refused for its publisher, which `replay` never vouches for."""
+    refused = [letter for letter in letters if letter.info.refused_publisher is not None]
+    if refused and args.ids:
+        raise BadSelection(f"{', '.join(letter.id or '-' for letter in refused)} was refused for its publisher "
+                           f"(user_id {refused[0].info.refused_publisher!r}) and may be forged: it is never "
+                           "replayed; purge it")
+
+
 def age(when, now):
     if when is None:
         return "?"
@@ -79,7 +91,7 @@ def print_show(letters):
         shown = {"message_id": message.message_id, "properties": {
             "content_type": message.content_type, "delivery_mode": int(message.delivery_mode or 0),
             "correlation_id": message.correlation_id, "timestamp": message.timestamp, "type": message.type,
-            "app_id": message.app_id}, "headers": message.headers or {}}
+            "app_id": message.app_id, "user_id": message.user_id}, "headers": message.headers or {}}
         try:
             shown["body"] = message.body.decode()
         except UnicodeDecodeError:
@@ -97,6 +109,10 @@ def confirmed_by_user(count, queue):
 
 async def replay(dlq, letters, dry_run):
     for letter in letters:
+        if letter.info.refused_publisher is not None:
+            print(f"left {letter.id}: refused for its publisher (user_id {letter.info.refused_publisher!r}), never "
+                  "replayed", file=sys.stderr)
+            continue
         if dry_run:
             print(f"would replay {letter.id} to {dlq.queue}")
             continue
@@ -132,6 +148,7 @@ async def run(args, rabbitmq_url):
         elif args.command == "show":
             print_show(letters)
         elif args.command == "replay":
+            check_replayable(letters, args)
             return await replay(dlq, letters, args.dry_run)
         else:
             return await purge(dlq, letters, args)

@@ -8,6 +8,8 @@ A service that gives up on a message publishes it to `<queue>.dead` itself, with
     x-shop-first-reason      the reason and time of its first death; kept across replays, so a message that
     x-shop-first-rejected-at dies again still says what happened first
     x-shop-deaths            how often it was dead-lettered in all
+    x-shop-refused-publisher the `user_id` it was published with ("" for none), when that is why it was refused
+                             (not a user its queue takes messages from: possibly forged; `replay` leaves it)
 
 A message RabbitMQ dead-lettered itself (the queues keep their `x-dead-letter-*` arguments as a safety net)
 has only the broker's `x-death` / `x-first-death-*` headers; `DeadLetterInfo` reads those too."""
@@ -21,10 +23,12 @@ FIRST_REASON = "x-shop-first-reason"
 FIRST_REJECTED_AT = "x-shop-first-rejected-at"
 DEATHS = "x-shop-deaths"
 REPLAYED_AT = "x-shop-replayed-at"
+REFUSED_PUBLISHER = "x-shop-refused-publisher"
 
 # What describes the current death only: dropped on replay (RabbitMQ's own are its to write).
-_CURRENT_DEATH = (REASON, ORIGINAL_QUEUE, REJECTED_AT, "x-death", "x-first-death-queue", "x-first-death-reason",
-                  "x-first-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-last-death-exchange")
+_CURRENT_DEATH = (REASON, ORIGINAL_QUEUE, REJECTED_AT, REFUSED_PUBLISHER, "x-death", "x-first-death-queue",
+                  "x-first-death-reason", "x-first-death-exchange", "x-last-death-queue", "x-last-death-reason",
+                  "x-last-death-exchange")
 
 
 def dead_letter_queue(name):
@@ -35,13 +39,15 @@ def utc_now():
     return datetime.now(UTC)
 
 
-def death_headers(headers, queue, reason, now):
-    """The headers of a message consumed from `queue` once it is dead-lettered for `reason` at `now`."""
-    headers = dict(headers or {})
+def death_headers(headers, queue, reason, now, refused_publisher=None):
+    """The headers of a message consumed from `queue` once it is dead-lettered for `reason` at `now`;
+    `refused_publisher` is the `user_id` it came with ("" for none) if that is the reason."""
+    headers = {key: value for key, value in (headers or {}).items() if key != REFUSED_PUBLISHER}
     at = now.isoformat(timespec="milliseconds")
+    refused = {} if refused_publisher is None else {REFUSED_PUBLISHER: refused_publisher}
     return {**headers, REASON: reason, ORIGINAL_QUEUE: queue, REJECTED_AT: at,
             FIRST_REASON: headers.get(FIRST_REASON, reason), FIRST_REJECTED_AT: headers.get(FIRST_REJECTED_AT, at),
-            DEATHS: int(headers.get(DEATHS, 0)) + 1}
+            DEATHS: int(headers.get(DEATHS, 0)) + 1, **refused}
 
 
 def replay_headers(headers, now):
@@ -61,16 +67,18 @@ class DeadLetterInfo:
     first_reason: str
     first_rejected_at: datetime | None
     deaths: int
+    refused_publisher: str | None = None  # the user_id it came with, if it was refused for it
 
     @classmethod
     def from_headers(cls, headers, default_queue):
         """Read ours, else RabbitMQ's `x-death` (most recent death first), else say "unknown"."""
         headers = headers or {}
         if REASON in headers:
+            refused = headers.get(REFUSED_PUBLISHER)
             return cls(str(headers[REASON]), str(headers.get(ORIGINAL_QUEUE, default_queue)),
                        _parse_time(headers.get(REJECTED_AT)), str(headers.get(FIRST_REASON, headers[REASON])),
                        _parse_time(headers.get(FIRST_REJECTED_AT, headers.get(REJECTED_AT))),
-                       int(headers.get(DEATHS, 1)))
+                       int(headers.get(DEATHS, 1)), None if refused is None else _text(refused))
         deaths = headers.get("x-death") or []
         if deaths:
             last, first = deaths[0], deaths[-1]
@@ -81,6 +89,10 @@ class DeadLetterInfo:
                        int(headers.get(DEATHS, 0)) + sum(int(d.get("count", 1)) for d in deaths))
         return cls("unknown", default_queue, None, str(headers.get(FIRST_REASON, "unknown")),
                    _parse_time(headers.get(FIRST_REJECTED_AT)), int(headers.get(DEATHS, 0)))
+
+
+def _text(value):
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _parse_time(value):

@@ -28,15 +28,17 @@ CONFIRM_TIMEOUT = 5.0  # seconds; like the services' publish timeout
 REQUEUE_PAUSE = 1.0
 
 
-def dead_letter_copy(message, queue, reason, now, body=None, message_id=None):
+def dead_letter_copy(message, queue, reason, now, body=None, message_id=None, user_id=None, refused_publisher=None):
     """A persistent copy of `message` (same body, message id and properties, unless `body` / `message_id` say
-    otherwise) with the death headers."""
+    otherwise) with the death headers, published as `user_id` (the dead-lettering service's own user: RabbitMQ
+    refuses any other; the original's is in the reason where it matters, and in `refused_publisher`)."""
     return aio_pika.Message(
-        message.body if body is None else body, headers=death_headers(message.headers, queue, reason, now),
+        message.body if body is None else body,
+        headers=death_headers(message.headers, queue, reason, now, refused_publisher),
         content_type=message.content_type, content_encoding=message.content_encoding,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT, correlation_id=message.correlation_id,
         message_id=message.message_id if message_id is None else message_id, timestamp=message.timestamp,
-        type=message.type, app_id=message.app_id)
+        type=message.type, app_id=message.app_id, user_id=user_id)
 
 
 def entry_id(message_id, index):
@@ -44,27 +46,29 @@ def entry_id(message_id, index):
     return f"{message_id}#{index}"
 
 
-async def dead_letter(message, queue, reason, channel):
+async def dead_letter(message, queue, reason, channel, user_id=None, refused_publisher=None):
     """Move `message`, consumed from `queue`, to `<queue>.dead` with `reason`: a copy published on `channel`
-    (confirms on, `on_return_raises`), then the ack of the original.
+    (confirms on, `on_return_raises`) as `user_id`, then the ack of the original. `refused_publisher`: the
+    `user_id` the message came with ("" for none) when that is why it is refused.
 
     Returns True if it was moved; False if the copy was not confirmed and the original was requeued instead.
     Never raises for a broker failure: a message left unsettled comes back when its channel is replaced."""
-    return await _store(message, queue, [dead_letter_copy(message, queue, reason, utc_now())], channel, ack=True)
+    copy = dead_letter_copy(message, queue, reason, utc_now(), user_id=user_id, refused_publisher=refused_publisher)
+    return await _store(message, queue, [copy], channel, ack=True)
 
 
-async def dead_letter_entries(message, queue, refused, channel):
+async def dead_letter_entries(message, queue, refused, channel, user_id=None):
     """Send each refused entry of `message` (a message of several entries, consumed from `queue`) to
     `<queue>.dead` on its own: `refused` lists (entry index, its JSON text, reason), and each dead letter
     carries that text alone as its body, under the id `entry_id(...)`, with the message's properties and
-    headers and the death headers. The original is not acked here: its other entries were processed, and it
-    is acked with its batch.
+    headers and the death headers, published as `user_id`. The original is not acked here: its other entries
+    were processed, and it is acked with its batch.
 
     Returns True if every copy was confirmed; False if one was not and the original was requeued instead (its
     entries come again: the processed ones are deduplicated downstream, the refused ones dead-lettered again)."""
     now = utc_now()
-    copies = [dead_letter_copy(message, queue, reason, now, text.encode(), entry_id(message.message_id, index))
-              for index, text, reason in refused]
+    copies = [dead_letter_copy(message, queue, reason, now, text.encode(), entry_id(message.message_id, index),
+                               user_id) for index, text, reason in refused]
     return await _store(message, queue, copies, channel, ack=False)
 
 

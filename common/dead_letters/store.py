@@ -2,7 +2,11 @@
 command looks at them, then acked (replayed, purged) or handed back by closing the connection.
 
 Held, not consumed: a message leaves the dead-letter queue only when it is acked, and it is acked only after
-what replaces it is confirmed, so a crash or a broken connection at any point puts every held message back."""
+what replaces it is confirmed, so a crash or a broken connection at any point puts every held message back.
+
+A replayed message is published as the user this connection logged in as (its `user_id`): the consumers take
+it only if that is the user they take the queue's messages from or `BROKER_OPERATOR_USER`. Operators run the
+command with that operator user's credentials (the services' own users may not read `.dead` queues)."""
 import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -64,6 +68,7 @@ class DeadLetterQueue:
 
     def __init__(self, connection, channel, queue, dead):
         self.connection, self.channel, self.queue, self.dead = connection, channel, queue, dead
+        self.user = connection.url.user or "guest"  # as aiormq logs in
 
     @classmethod
     async def open(cls, rabbitmq_url, queue):
@@ -87,14 +92,15 @@ class DeadLetterQueue:
         return held
 
     async def replay(self, letter):
-        """Publish `letter` to its queue with its message id, body and properties, confirmed; then ack it in
-        the dead-letter queue. Raises (leaving it held, so it goes back) if the broker did not confirm."""
+        """Publish `letter` to its queue with its message id, body and properties, as this connection's user
+        (`user_id`), confirmed; then ack it in the dead-letter queue. Raises (leaving it held, so it goes back)
+        if the broker did not confirm."""
         message = letter.message
         again = aio_pika.Message(
             message.body, headers=replay_headers(message.headers, utc_now()), content_type=message.content_type,
             content_encoding=message.content_encoding, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             correlation_id=message.correlation_id, message_id=message.message_id, timestamp=message.timestamp,
-            type=message.type, app_id=message.app_id)
+            type=message.type, app_id=message.app_id, user_id=self.user)
         await self.channel.default_exchange.publish(again, routing_key=self.queue, mandatory=True,
                                                     timeout=CONFIRM_TIMEOUT)
         await message.ack()

@@ -8,13 +8,17 @@ from common.consumer import Received
 from common.errors import InvalidMessage
 from common.packing import Entry
 
+# The broker user the fake messages come from, and the one queue consumers take them from.
+PUBLISHER = "publisher"
+PUBLISHERS = (PUBLISHER,)
+
 
 class FakeDeadLetters:
     """The publishing channel dead letters go out on: confirms every copy unless `refuse`, and keeps
-    (queue, message id, reason) of each (and its body in `bodies`)."""
+    (queue, message id, reason) of each (the whole message in `messages`, its body in `bodies`)."""
 
     def __init__(self, refuse=False):
-        self.copies, self.bodies, self.refuse = [], [], refuse
+        self.copies, self.bodies, self.messages, self.refuse = [], [], [], refuse
         self.default_exchange = self
 
     async def publish(self, message, routing_key, mandatory, timeout):
@@ -22,6 +26,7 @@ class FakeDeadLetters:
             raise TimeoutError("no confirm")
         self.copies.append((routing_key, message.message_id, message.headers["x-shop-reason"]))
         self.bodies.append(message.body)
+        self.messages.append(message)
 
 
 @dataclass
@@ -38,6 +43,7 @@ class FakeMessage:
     timestamp: object = None
     type: str = None
     app_id: str = None
+    user_id: str = PUBLISHER
     outcome: list = field(default_factory=list)
 
     async def _record(self, what):

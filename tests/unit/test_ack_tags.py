@@ -3,14 +3,15 @@ cases the mutants of `BatchConsumer._ack_batch` left untested (README, "Mutation
 import pytest
 
 from common.consumer import BatchConsumer
-from tests.unit.fakes import FakeDeadLetters, FakeMessage, Number, received
+from tests.unit.fakes import PUBLISHERS, FakeDeadLetters, FakeMessage, Number, received
 
 
 async def ack_outcomes(tags):
     async def handle(items):
         return {}
     messages = [FakeMessage(tag) for tag in tags]
-    batches = BatchConsumer("q", Number, handle_batch=handle, batch_size=10, dead_letters_via=FakeDeadLetters())
+    batches = BatchConsumer("q", Number, handle_batch=handle, batch_size=10, dead_letters_via=FakeDeadLetters(),
+                            publishers=PUBLISHERS)
     await batches.process([received(m, "x") for m in messages])
     return [m.outcome for m in messages]
 

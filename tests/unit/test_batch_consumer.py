@@ -8,14 +8,14 @@ from common.consumer import BatchConsumer, Consumer
 from common.errors import InvalidMessage, Unavailable
 from common.metrics import CONSUMED, DEAD_LETTERED
 from tests.conftest import eventually
-from tests.unit.fakes import FakeDeadLetters, FakeMessage, Number, received, unreadable
+from tests.unit.fakes import PUBLISHERS, FakeDeadLetters, FakeMessage, Number, received, unreadable
 
 DEAD = [("ack", False)]  # a dead letter's original, acked once its copy is confirmed
 
 
 def consumer(handle_batch, dead_letters=None):
     return BatchConsumer("q", Number, handle_batch=handle_batch, batch_size=10,
-                         dead_letters_via=dead_letters or FakeDeadLetters())
+                         dead_letters_via=dead_letters or FakeDeadLetters(), publishers=PUBLISHERS)
 
 
 async def returning(invalid):
@@ -116,7 +116,8 @@ async def test_messages_are_batched_in_delivery_order_up_to_the_batch_size():
     async def handle(items):
         seen.append(items)
         return {}
-    batches = BatchConsumer("q", Number, handle_batch=handle, batch_size=2, dead_letters_via=FakeDeadLetters())
+    batches = BatchConsumer("q", Number, handle_batch=handle, batch_size=2, dead_letters_via=FakeDeadLetters(),
+                            publishers=PUBLISHERS)
     messages = [FakeMessage(tag, body=b'{"n": %d}' % tag) for tag in range(1, 6)] + [FakeMessage(6, body=b"x")]
     for message in messages:  # all waiting before the loop runs: batches are as full as the size allows
         await batches.on_message(message)
@@ -162,7 +163,7 @@ async def test_a_consumer_feeds_its_queue_to_batches_that_dead_letter_on_its_pub
     async def handle(items):
         seen.append(items)
         return {1: "refused"} if len(items) > 1 else {}
-    await consumer.consume(queue, Number, handle, batch_size=2)
+    await consumer.consume(queue, Number, handle, batch_size=2, publishers=PUBLISHERS)
     deliver = channel.queues[queue].callbacks[0]
     for tag in (1, 2, 3):
         await deliver(FakeMessage(tag, b'{"n": %d}' % (tag * 10), message_id=str(tag)))  # all before the first batch
@@ -245,7 +246,8 @@ async def test_a_batch_takes_whole_messages_until_it_holds_the_batch_size_in_ent
     async def handle(items):
         seen.append(items)
         return {}
-    batches = BatchConsumer("q", Number, handle_batch=handle, batch_size=5, dead_letters_via=FakeDeadLetters())
+    batches = BatchConsumer("q", Number, handle_batch=handle, batch_size=5, dead_letters_via=FakeDeadLetters(),
+                            publishers=PUBLISHERS)
     messages = [FakeMessage(tag, body=b'[{"n": %d}, {"n": %d}, {"n": %d}]' % (tag, tag, tag)) for tag in (1, 2, 3)]
     for message in messages:
         await batches.on_message(message)
