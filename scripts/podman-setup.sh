@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prepare this machine to run docker-compose.yml under podman (no Docker engine, no container registry):
 # install podman + Debian's docker-compose v1, fix podman 4.3's rlimit default, and build offline stand-ins
-# for the three images the compose file names (python:3.11-slim from debootstrap, postgres:15 and rabbitmq:3.10
-# from it). Images already built from the same files are kept, so a second run takes seconds.
+# for the base images the compose file's containers need (python:3.11-slim from debootstrap; postgres:15,
+# rabbitmq:3.10 and node:18-bookworm-slim, the development issuer's base, from it). Images already built from
+# the same files are kept, so a second run takes seconds.
 # Needs root. Usage: scripts/podman-setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,10 +80,13 @@ build_base() {
 }
 
 build_standin() {
-    local image=$1 name=$2 hash
+    local image=$1 name=$2 hash inputs
     # The base image's id is part of the hash: a rebuilt base rebuilds the stand-ins on it.
-    hash=$( (podman image inspect --format '{{.Id}}' "$BASE_IMAGE"; cat "$STANDINS/$name.Containerfile" \
-        "$STANDINS/$name-entrypoint.sh") | inputs_hash)
+    inputs=("$STANDINS/$name.Containerfile")
+    if [ -e "$STANDINS/$name-entrypoint.sh" ]; then
+        inputs+=("$STANDINS/$name-entrypoint.sh")
+    fi
+    hash=$( (podman image inspect --format '{{.Id}}' "$BASE_IMAGE"; cat "${inputs[@]}") | inputs_hash)
     if image_is_current "$image" "$hash"; then
         return
     fi
@@ -97,6 +101,7 @@ configure_podman
 build_base
 build_standin docker.io/library/postgres:15 postgres
 build_standin docker.io/library/rabbitmq:3.10 rabbitmq
+build_standin docker.io/library/node:18-bookworm-slim node
 # Stand-ins replaced by a rebuild are left untagged; drop them (only ours carry the label).
 podman image prune --force --filter label=shop.standin >/dev/null
 log "ready: $(podman --version), $(docker-compose --version)"

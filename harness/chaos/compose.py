@@ -5,6 +5,11 @@ database names of its `.env` (ORDER_DB_NAME / PAYMENT_DB_NAME, default orders / 
 from empty volumes (`docker compose down -v`), so never point it at a project whose data you want to keep.
 The databases are read through `psql` inside the postgres container: only the gateway is published.
 
+With AUTH_MODE=jwt (this project's .env) the project must also have the development token issuer, service `issuer`,
+published on ISSUER_HOST_PORT (docker-compose.yml does both): every request the run sends to the gateway carries
+an admin token (`shop-admin`, scope shop:admin, with DEV_ISSUER_SECRET) from it. What is tested here is the flow
+under faults, not who may do what (tests/e2e/test_authentication.py covers that).
+
 Either compose works, found at run time: `docker compose` (v2, the Docker CLI's plugin) or `docker-compose` (v1,
 what Debian ships), against Docker or podman's Docker-compatible socket (DOCKER_HOST). The project name is
 COMPOSE_PROJECT_NAME or the directory's name; the environment overrides the project's `.env`, as in compose."""
@@ -17,10 +22,14 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from decimal import Decimal
 from pathlib import Path
 
 from common.config import read_env_file
+from harness.compose import IssuerClient, check_serving
 from harness.infra import InfraError, run, wait
 
 PARTS = ("gateway", "order", "payment")
@@ -61,6 +70,9 @@ class Compose:
         # Named explicitly, so that v1 and v2 (which normalise a directory's name differently) agree.
         self.project = self.env.get("COMPOSE_PROJECT_NAME") or re.sub(r"[^a-z0-9]", "", self.directory.name.lower())
         self.command = command or compose_command()
+        self.authenticated = self.env.get("AUTH_MODE") == "jwt"
+        # With authentication on, the issuer is part of the system: waited for and its log kept (never faulted).
+        self.services = (*SERVICES, "issuer") if self.authenticated else SERVICES
         self._containers = {}
 
     def __call__(self, *args, timeout=300):
@@ -88,7 +100,7 @@ class Compose:
     def save_logs(self, directory):
         """Each service's container log, timestamped, as `directory`/SERVICE.log (all its runs: kills and
         restarts keep the container)."""
-        for service in SERVICES:
+        for service in self.services:
             with open(Path(directory) / f"{service}.log", "w") as log:
                 subprocess.run([*engine_command(), "logs", "--timestamps", self.container(service)], stdout=log,
                                stderr=subprocess.STDOUT, timeout=300)
@@ -221,6 +233,50 @@ class ComposeTargets:
             self.busy.release()
 
 
+def origin(url):
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
+
+
+class BearerHandler(urllib.request.BaseHandler):
+    """Gives every urllib request to `base_url` that carries no Authorization header `Authorization: Bearer
+    <token()>`: the load and the checks send their requests with `harness.client.call` (urllib), unchanged."""
+
+    def __init__(self, base_url, token):
+        self.origin, self.token = origin(base_url), token
+
+    def http_request(self, request):
+        if origin(request.full_url) == self.origin and not request.has_header("Authorization"):
+            request.add_unredirected_header("Authorization", f"Bearer {self.token()}")
+        return request
+
+
+def admin_token(compose):
+    """A function returning a current `shop-admin` token from the project's published issuer."""
+    issuer = IssuerClient(f"http://127.0.0.1:{compose.env.get('ISSUER_HOST_PORT', '8083')}",
+                          compose.env.get("DEV_ISSUER_SECRET", ""))
+    return lambda: issuer.token(admin=True)
+
+
+@contextlib.contextmanager
+def bearer_tokens(url, token):
+    """Requests to the gateway at `url` carry `token()` while inside."""
+    urllib.request.install_opener(urllib.request.build_opener(BearerHandler(url, token)))
+    try:
+        yield
+    finally:
+        urllib.request.install_opener(None)
+
+
+def serving(url, token):
+    """True once both services answer a request with `token()` through the gateway (see check_serving)."""
+    try:
+        check_serving(url, {"Authorization": f"Bearer {token()}"} if token else {})
+        return True
+    except (AssertionError, OSError):
+        return False
+
+
 @contextlib.contextmanager
 def compose_system(config):
     """The compose project from empty volumes: (gateway url, order db, payment db, targets)."""
@@ -238,13 +294,19 @@ def compose_system(config):
         compose("build", timeout=1800)
         compose("up", "-d", timeout=600)
         compose.forget_containers()
-        for service in SERVICES:
+        for service in compose.services:
             compose.wait_ready(service)
         targets = ComposeTargets(compose)
         url = config.gateway_url or f"http://localhost:{compose.env.get('GATEWAY_HOST_PORT', '8080')}"
+        token = admin_token(compose) if compose.authenticated else None
+        if token:
+            token()  # fails at once, saying why, if the issuer refuses (e.g. another secret)
+        # Healthy is alive; a service that came up before the issuer has no keys yet and refuses every token.
+        wait(lambda: serving(url, token), 120, "both services serving through the gateway")
         try:
-            yield (url, Psql(compose, compose.env.get("ORDER_DB_NAME", "orders")),
-                   Psql(compose, compose.env.get("PAYMENT_DB_NAME", "payments")), targets)
+            with bearer_tokens(url, token) if token else contextlib.nullcontext():
+                yield (url, Psql(compose, compose.env.get("ORDER_DB_NAME", "orders")),
+                       Psql(compose, compose.env.get("PAYMENT_DB_NAME", "payments")), targets)
         finally:
             targets.ensure_up()
             # The next run's `down -v` removes the containers: what they logged stays here.

@@ -1,7 +1,7 @@
 """The chaos runner against containers (`python -m harness.chaos --compose`), for real: docker-compose.yml under
-podman on empty volumes, orders and top-ups through the published gateway, every fault kind of compose mode on
-the containers (kill/start, pause/unpause, RabbitMQ stop_app and stop/start, PostgreSQL restart and SIGQUIT
-crash), then every check of the runner.
+podman on empty volumes, orders and top-ups through the published gateway (with an admin token from the published
+issuer: authentication is on), every fault kind of compose mode on the containers (kill/start, pause/unpause,
+RabbitMQ stop_app and stop/start, PostgreSQL restart and SIGQUIT crash), then every check of the runner.
 
 It takes about 2.5 minutes on a quiet machine of this project's kind (10-15 on one shared with other test runs,
 README "Chaos runs", compose mode): it runs with SHOP_COMPOSE_CHAOS=1, as CI sets it; SHOP_COMPOSE_CHAOS_ORDERS /
@@ -28,10 +28,10 @@ pytestmark = pytest.mark.skipif(os.environ.get("SHOP_COMPOSE_CHAOS") != "1",
 
 @pytest.fixture
 def compose_project(podman_machine):
-    """A compose project of its own (name, gateway port); removed with its volumes afterwards."""
+    """A compose project of its own (name, gateway and issuer ports); removed with its volumes afterwards."""
     project, port = f"shopchaos{secrets.token_hex(4)}", free_port()
     env = {**os.environ, "DOCKER_HOST": f"unix://{SOCKET}", "COMPOSE_PROJECT_NAME": project,
-           "GATEWAY_HOST_PORT": str(port)}
+           "GATEWAY_HOST_PORT": str(port), "ISSUER_HOST_PORT": str(free_port())}
     yield env, port
     subprocess.run(["docker-compose", "--project-name", project, "--project-directory", ROOT, "down", "--volumes",
                     "--timeout", "10"], cwd=ROOT, env=env, capture_output=True, timeout=300)

@@ -1,8 +1,12 @@
-"""`docker-compose up` for real (podman underneath): the Postman collection passes against it, and the Order and
+"""`docker-compose up` for real (podman underneath), with authentication on: the Postman collection passes against
+it with tokens from the published `issuer` container, a request without a token is refused, and the Order and
 Payments containers killed mid-flow come back without losing an order."""
+import json
 import os
 import signal
 import threading
+import urllib.error
+import urllib.request
 from decimal import Decimal
 
 import pytest
@@ -15,11 +19,15 @@ from harness.stack import free_port
 from tests.conftest import wait_for
 
 HERE = os.path.dirname(__file__)
+# What a service answers (401) to a valid token until its first fetch of the issuer's keys has returned
+# (common.auth). The gateway sends a restarted service requests as soon as it listens, which can be a few
+# milliseconds before that: seen once in a compose chaos run (the fetch took 15 ms, the service listened after 13).
+KEYS_NOT_LOADED = "the issuer's keys are not loaded yet"
 
 
 @pytest.fixture(scope="module")
 def compose_stack(podman_machine):
-    """The five containers of docker-compose.yml, PostgreSQL also published on loopback for the checker."""
+    """The six containers of docker-compose.yml, PostgreSQL also published on loopback for the checker."""
     stack = ComposeStack(extra_files=[os.path.join(HERE, "publish-postgres.yml")],
                          extra_env={"SHOP_TEST_PG_PORT": str(free_port())})
     try:
@@ -39,15 +47,18 @@ def dsn(stack, database_key):
 
 
 class OrderLoad(threading.Thread):
-    """Posts orders for `users` in turn until stopped (at most `limit`), noting the ones acknowledged (201).
+    """Posts orders for `users` in turn until stopped (at most `limit`), each with its user's token from `issuer`,
+    noting the ones acknowledged (201).
 
     Nothing is asserted in this thread (a failure there would never reach pytest): every answer other than a
-    201 or 503, and any exception, is kept for the test to assert on."""
+    201, a 503 or a 401 of a service still loading the issuer's keys, and any exception, is kept for the test to
+    assert on."""
 
-    def __init__(self, url, users, amount, limit=3000):
+    def __init__(self, url, issuer, users, amount, limit=3000):
         super().__init__(name="order-load", daemon=True)
-        self.url, self.users, self.amount, self.limit = url, users, amount, limit
+        self.url, self.issuer, self.users, self.amount, self.limit = url, issuer, users, amount, limit
         self.acknowledged, self.unavailable, self.unexpected = [], 0, []
+        self.keys_not_loaded = 0
         self.stopped = threading.Event()
 
     def run(self):
@@ -60,12 +71,15 @@ class OrderLoad(threading.Thread):
         for n in range(self.limit):
             if self.stopped.wait(0.02):  # ~40 orders/s: enough to be mid-flow, light on a 2-core machine
                 return
-            code, body = call(self.url, "POST", "/orders", {"user_id": self.users[n % len(self.users)],
-                                                          "amount": self.amount})
+            user = self.users[n % len(self.users)]
+            code, body = call(self.url, "POST", "/orders", {"user_id": user, "amount": self.amount},
+                              headers=self.issuer.headers(user))
             if code == 201:
                 self.acknowledged.append(body["order_id"])
             elif code == 503:
                 self.unavailable += 1
+            elif code == 401 and isinstance(body, dict) and KEYS_NOT_LOADED in body.get("message", ""):
+                self.keys_not_loaded += 1
             else:
                 self.unexpected.append((code, body))
 
@@ -80,7 +94,19 @@ class OrderLoad(threading.Thread):
 
 
 def test_postman_collection_passes_against_docker_compose(compose_stack):
-    check_seed_walkthrough(run_collection(compose_stack.url, fresh_user_id()))
+    check_seed_walkthrough(run_collection(compose_stack.url, fresh_user_id(), issuer_url=compose_stack.issuer_url,
+                                          client_secret=compose_stack.settings["DEV_ISSUER_SECRET"]))
+
+
+def test_a_request_without_a_token_is_refused_401_through_the_compose_gateway(compose_stack):
+    user = fresh_user_id()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(compose_stack.url + f"/payments/{user}", timeout=10)
+    assert refused.value.code == 401
+    assert refused.value.headers["WWW-Authenticate"].startswith("Bearer")
+    assert json.load(refused.value)["status"] == "Fail"
+    # The same request with the user's token from the published issuer passes authentication (no account yet).
+    assert call(compose_stack.url, "GET", f"/payments/{user}", headers=compose_stack.issuer.headers(user))[0] == 404
 
 
 def test_order_and_payment_killed_mid_flow_come_back_and_lose_no_order(compose_stack):
@@ -93,9 +119,10 @@ def test_order_and_payment_killed_mid_flow_come_back_and_lose_no_order(compose_s
     users = [fresh_user_id() for _ in range(3)]
     top_ups = {user: Decimal("500.00") for user in users}
     for user in users:
-        assert call(url, "POST", "/payments", {"user_id": user})[0] == 201
-        assert call(url, "PUT", f"/payments/{user}", {"amount": "500.00"})[0] == 200
-    load = OrderLoad(url, users, amount="30.00")  # 16 orders per user are paid, later ones cancelled
+        assert call(url, "POST", "/payments", {"user_id": user}, headers=stack.issuer.headers(user))[0] == 201
+        assert call(url, "PUT", f"/payments/{user}", {"amount": "500.00"},
+                    headers=stack.issuer.headers(user, topup=True))[0] == 200
+    load = OrderLoad(url, stack.issuer, users, amount="30.00")  # 16 orders per user are paid, later ones cancelled
     load.start()
     try:
         load.wait_for_more(20)
@@ -104,7 +131,7 @@ def test_order_and_payment_killed_mid_flow_come_back_and_lose_no_order(compose_s
         load.wait_for_more(10)
         assert pending_count(order_dsn) > 0
         stack.compose("kill", "order")
-        wait_for(lambda: check_answers_503(url), timeout=30)
+        wait_for(lambda: check_answers_503(url, stack.issuer.headers(admin=True)), timeout=30)
 
         # `docker-compose kill` counts as stopped by the user: `unless-stopped` leaves them down (as Docker does).
         assert {stack.inspect(s)["State"]["Status"] for s in ("order", "payment")} == {"exited"}
@@ -131,10 +158,12 @@ def test_order_and_payment_killed_mid_flow_come_back_and_lose_no_order(compose_s
     report = check_invariants(order_dsn, payment_dsn, top_ups, users=users)
     assert report.ok, report.table()
     assert load.unavailable > 0 and earlier_orders <= existing
+    # Only in the first milliseconds of each of the two restarts of Order Service (a handful at most, at ~40/s).
+    assert load.keys_not_loaded <= 10, load.keys_not_loaded
 
 
-def check_answers_503(url):
-    code, body = call(url, "GET", "/orders/1")
+def check_answers_503(url, headers):
+    code, body = call(url, "GET", "/orders/1", headers=headers)
     assert (code, body) == (503, {"status": "Fail", "message": "Order Service temporarily unavailable."})
 
 
