@@ -114,6 +114,15 @@ class KeyStore:
             await self.refresh()
         return self.keys.get(kid)
 
+    async def wait_loaded(self) -> bool:
+        """Whether keys are loaded, after waiting for the fetch under way, or one started now if none was tried in
+        the last `KEY_RETRY_INTERVAL` s: a token that comes just after start-up waits for the first fetch (a few
+        milliseconds) instead of being refused, and while the issuer is down tokens cannot flood it."""
+        fetching = self._fetching is not None and not self._fetching.done()
+        if not self.loaded and (fetching or time.monotonic() - self._last_fetch >= KEY_RETRY_INTERVAL):
+            await self.refresh()
+        return self.loaded
+
     async def refresh(self) -> None:
         """Fetch the key set once (concurrent callers share the fetch); on failure keep the last good one."""
         if self._fetching is None or self._fetching.done():
@@ -198,7 +207,7 @@ class TokenVerifier:
             raise invalid_token("the token names no key (kid)")
         if typ is not None and (not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES):
             raise invalid_token(f"a token of type {typ!r} is not an access token")
-        if not self.keys.loaded:
+        if not await self.keys.wait_loaded():
             raise invalid_token("the issuer's keys are not loaded yet")
         key = await self.keys.key(kid)
         if key is None:

@@ -251,6 +251,18 @@ async def test_a_process_whose_keys_never_loaded_is_not_ready_and_refuses_every_
 
 
 @pytest.mark.gen_test
+async def test_a_token_that_comes_while_the_first_keys_are_being_fetched_waits_for_them(issuer):
+    auth = Authenticator(issuer.settings())
+    auth.start()  # the first fetch is under way, not done
+    try:
+        assert not auth.ready
+        assert (await auth.authenticate(bearer(issuer.token()))).user_id == 7
+        assert issuer.fetches == 1  # the token waited for that fetch, it did not start another
+    finally:
+        await auth.stop()
+
+
+@pytest.mark.gen_test
 async def test_a_discovery_document_naming_another_issuer_is_not_trusted(issuer):
     auth = await loaded(issuer.settings(issuer=issuer.url.replace("127.0.0.1", "localhost")))
     assert not auth.ready
