@@ -3,8 +3,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from yarl import URL
+from urllib.parse import unquote, urlsplit
 
 ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
 DEFAULT_MAX_BODY_BYTES = 65536
@@ -178,8 +177,8 @@ def load_settings(environ=None):
 
 def broker_user(rabbitmq_url: str) -> str:
     """The user a `RABBITMQ_URL` logs in as (its first node's; aiormq's default, guest, when it names none)."""
-    first = rabbitmq_url.split(",")[0].strip()
-    return URL(first).user or "guest"
+    # The standard library only: scripts/preflight.py imports this module before any package is installed.
+    return unquote(urlsplit(rabbitmq_url.split(",")[0].strip()).username or "") or "guest"
 
 
 def positive(env, key, default):

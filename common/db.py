@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from psycopg2.extensions import make_dsn, parse_dsn
 from sqlalchemy.dialects import postgresql
 
+from common.config import ConfigurationError
 from common.errors import Unavailable
 from common.pg_hosts import Hosts, WrongHost, describe, refuse_on_tls_failure, refuse_standby
 from common.retry import DB_ERRORS, briefly, until_connected
@@ -127,19 +128,33 @@ async def delete_batch(cur, key, limit, *where):
 
 
 async def ensure_database(dsn):
-    """Create the DSN's database if it does not exist (several replicas may race: that is fine)."""
+    """Create the DSN's database if it does not exist (several replicas may race: that is fine).
+
+    The database itself is tried first: a least-privilege role (`ops.provision`) owns its database, which then
+    exists, and may have no business in any other. Raises the first connection's error if the database exists
+    but cannot be reached (e.g. no CONNECT privilege; retried by the caller, which logs why), and
+    `ConfigurationError` if it is missing and the role may not create it."""
     params = parse_dsn(dsn)
     name = params["dbname"]
+    try:
+        async with aiopg.connect(dsn, enable_hstore=False):
+            return
+    except psycopg2.OperationalError as exc:
+        unreachable = exc
     async with aiopg.connect(make_dsn(**{**params, "dbname": "postgres"}), enable_hstore=False) as conn:
         async with conn.cursor() as cur:
             await cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             if await cur.fetchone():
-                return
+                raise unreachable
             try:
                 await cur.execute(f'CREATE DATABASE "{name}"')
                 logger.info("created database %s", name)
             except (psycopg2.errors.DuplicateDatabase, psycopg2.errors.UniqueViolation):
                 pass
+            except psycopg2.errors.InsufficientPrivilege:
+                raise ConfigurationError(f"database {name} does not exist and role {params.get('user')} may not "
+                                         "create it: provision it first (python -m ops.provision, "
+                                         "docs/security-credentials.md)") from None
 
 
 def being_cancelled():
