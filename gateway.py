@@ -10,6 +10,7 @@ import itertools
 import logging
 import re
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from tornado import web
@@ -22,31 +23,36 @@ from common.health import HealthHandler
 from common.http_client import FETCH_ERRORS, KeepAliveClient
 from common.lifecycle import Service, listen, run
 from common.logs import request_id
-from common.metrics import log_request
-from common.proxy_server import ProxyServer, Route
+from common.metrics import WAITING, WAITS_REFUSED, log_request
+from common.proxy_server import CLIENT_CLOSED_REQUEST, ProxyServer, Route
+from common.waiting import PREFER, PREFERENCE_APPLIED, requested_wait, without_wait
 
 logger = logging.getLogger("gateway")
 
 # If-None-Match too: the backend's Etag passes back, so the backend can answer a 304 for it. The W3C trace
 # context passes through as well, or, with tracing on, continued by the gateway's span (`Backend.forward`).
 # `Authorization` too: each service verifies the client's bearer token itself (common.auth).
+# `Prefer` too (RFC 7240: `POST /orders` with `Prefer: wait=N`), and its `Preference-Applied` comes back.
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Authorization", "Idempotency-Key", "If-None-Match",
-                             "traceparent", "tracestate")
+                             "traceparent", "tracestate", PREFER)
 # The backend's response headers a client gets (in both GATEWAY_PROXY modes): its body's type, the Etag that a
-# client's If-None-Match names, and a 401's or 403's challenge (RFC 6750).
-PASSED_BACK_HEADERS = ("Content-Type", "Etag", "WWW-Authenticate")
+# client's If-None-Match names, a 401's or 403's challenge (RFC 6750), and the preferences applied.
+PASSED_BACK_HEADERS = ("Content-Type", "Etag", "WWW-Authenticate", PREFERENCE_APPLIED)
 CONNECT_TIMEOUT = 2
 
 
 class Backend:
-    """One service's replicas, taken round-robin, reached through `client`."""
+    """One service's replicas, taken round-robin, reached through `client`; a waiting request (a blocking read,
+    `common.waiting.requested_wait`) through `wait_client`, at most `max_waiting` at once."""
 
-    def __init__(self, name, urls, timeout, client):
+    def __init__(self, name, urls, timeout, client, wait_client=None, max_waiting=0):
         self.name = name
         self.unavailable = f"{name} temporarily unavailable."
         self.urls = urls
         self.timeout = timeout
         self.client = client
+        self.wait_client, self.max_waiting = wait_client, max_waiting
+        self.waiting = 0
         self._next = itertools.cycle(range(len(urls)))
 
     def candidates(self):
@@ -62,11 +68,15 @@ class Backend:
         # A HEAD is asked as its GET (RFC 9110: the same headers, no content; the reply drops the body): the
         # backends need no HEAD of their own, and the Content-Length and Etag are the GET's by construction.
         upstream_method = "GET" if method == "HEAD" else method
-        with tracing.current.server(method, template, headers) as span:  # an `Unavailable` tells it its 503
+        uri, headers, wait = self.waits(method, uri, headers)
+        # A waiting request may take its wait and UPSTREAM_TIMEOUT more, on connections of its own; any other
+        # only UPSTREAM_TIMEOUT, so that a dead backend is noticed as fast as before.
+        client, timeout = (self.wait_client, self.timeout + wait) if wait else (self.client, self.timeout)
+        with tracing.current.server(method, template, headers) as span, self.holding(wait):
             for url in self.candidates():
                 try:
-                    response = await self.client.fetch(url + uri, upstream_method, headers, body,
-                                                       timeout=self.timeout, connect_timeout=CONNECT_TIMEOUT)
+                    response = await client.fetch(url + uri, upstream_method, headers, body, timeout=timeout,
+                                                  connect_timeout=CONNECT_TIMEOUT)
                 except FETCH_ERRORS as exc:
                     if isinstance(exc, ConnectionRefusedError):
                         continue  # the request surely never reached this replica: another may take it
@@ -76,6 +86,29 @@ class Backend:
                 return response
             logger.warning("no replica of %s reachable", self.urls)
             raise Unavailable(self.unavailable)
+
+    def waits(self, method, uri, headers):
+        """(uri, headers, seconds the backend may hold the request or None): beyond `max_waiting` waiting requests
+        in flight, the request goes on without its wait, answered at once like one beyond the service's caps."""
+        wait = requested_wait(method, uri, headers.get(PREFER))
+        if not wait or self.waiting < self.max_waiting:
+            return uri, headers, wait
+        WAITS_REFUSED.labels("gateway").inc()
+        return without_wait(uri), {name: value for name, value in headers.items() if name != PREFER}, None
+
+    @contextmanager
+    def holding(self, wait):
+        """Counts a waiting request in flight while the block runs."""
+        if not wait:
+            yield
+            return
+        self.waiting += 1
+        WAITING.inc()
+        try:
+            yield
+        finally:
+            self.waiting -= 1
+            WAITING.dec()
 
 
 class ProxyHandler(BaseHandler):
@@ -108,7 +141,17 @@ class ProxyHandler(BaseHandler):
         if self.client_request_id:
             headers[CLIENT_REQUEST_ID_HEADER] = self.client_request_id
         body = self.request.body if self.request.method in ("POST", "PUT") else None
-        response = await self.backend.forward(self.request.method, self.request.uri, headers, body, self.template)
+        forwarding = self.backend.forward(self.request.method, self.request.uri, headers, body, self.template)
+        if requested_wait(self.request.method, self.request.uri, headers.get(PREFER)):
+            # As `common.proxy_server` does: a waiting request is cancelled when its client leaves.
+            self.forwarding = asyncio.ensure_future(forwarding)
+            await asyncio.wait([self.forwarding])
+            if self.forwarding.cancelled():
+                self.set_status(CLIENT_CLOSED_REQUEST, "Client Closed Request")
+                return
+            response = self.forwarding.result()
+        else:
+            response = await forwarding
         self.set_status(response.code)
         for name in PASSED_BACK_HEADERS:
             if value := response.headers.get(name):
@@ -117,6 +160,13 @@ class ProxyHandler(BaseHandler):
         self.finish(response.body or None)
 
     get = head = post = put = forward
+
+    forwarding = None
+
+    def on_connection_close(self):
+        if self.forwarding is not None:
+            self.forwarding.cancel()
+        super().on_connection_close()
 
 
 class GatewayReadyHandler(BaseHandler):
@@ -160,11 +210,17 @@ def make_admin_app(settings, probe_client=None):
     return admin_application(settings, (GatewayReadyHandler, dict(services=services, client=probe_client)), {})
 
 
-def make_app(settings, client=None):
-    """The public port: the API's routes (`client` forwards the requests), `/health` and `/openapi.yaml`."""
+def make_app(settings, client=None, wait_client=None):
+    """The public port: the API's routes (`client` forwards the requests, `wait_client` the waiting ones),
+    `/health` and `/openapi.yaml`."""
     client = client or KeepAliveClient(settings.backend_pool_size)
-    orders = Backend("Order Service", settings.order_svc_urls, settings.upstream_timeout, client)
-    payments = Backend("Payments Service", settings.payment_svc_urls, settings.upstream_timeout, client)
+    # Waiting requests hold their connections for up to MAX_WAIT seconds: a pool of their own, so that they never
+    # take the connections every other request needs (the count per service keeps each replica's below its size).
+    wait_client = wait_client or KeepAliveClient(settings.wait_pool_size)
+    orders = Backend("Order Service", settings.order_svc_urls, settings.upstream_timeout, client, wait_client,
+                     settings.wait_pool_size)
+    payments = Backend("Payments Service", settings.payment_svc_urls, settings.upstream_timeout, client, wait_client,
+                       settings.wait_pool_size)
 
     limit = dict(max_body_bytes=settings.max_body_bytes)
 
@@ -202,20 +258,24 @@ class Gateway(Service):
 
     async def start(self):
         self.client = KeepAliveClient(self.settings.backend_pool_size)
+        self.wait_client = KeepAliveClient(self.settings.wait_pool_size)
         self.probe_client = KeepAliveClient(pool_size=2)
-        app = make_app(self.settings, self.client)
+        app = make_app(self.settings, self.client, self.wait_client)
         if self.settings.gateway_proxy == "direct":
             app = proxy_server(app, self.settings)
         settings = self.settings
         self.admin_server = listen(make_admin_app(settings, self.probe_client), settings.gateway_admin_port,
                                    settings.admin_listen_address, settings)
-        self.server = listen(app, settings.gateway_port, settings.gateway_listen_address, settings)
+        # Waiting requests hold a backend connection each, up to WAIT_POOL_SIZE per service.
+        self.server = listen(app, settings.gateway_port, settings.gateway_listen_address, settings,
+                             other_files=2 * settings.wait_pool_size)
         logger.info("gateway listening on %s:%s, admin on %s:%s", settings.gateway_listen_address, self.server.port,
                     settings.admin_listen_address, self.admin_server.port)
 
     async def stop(self):
         await super().stop()
         self.client.close()
+        self.wait_client.close()
         self.probe_client.close()
 
 

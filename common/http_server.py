@@ -61,22 +61,23 @@ def refuse(stream):
         pass
 
 
-def connection_cap(wanted):
-    """`wanted`, or fewer if the process may not open that many files: the soft limit is raised towards the
-    hard one first (containers often start with a soft limit of 1,024)."""
+def connection_cap(wanted, other_files=0):
+    """`wanted`, or fewer if the process may not open that many files beside `RESERVED_FILES` and `other_files`
+    (the gateway's connections for waiting requests): the soft limit is raised towards the hard one first
+    (containers often start with a soft limit of 1,024)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = wanted + RESERVED_FILES
+    needed = wanted + RESERVED_FILES + other_files
     if soft < needed and (hard == resource.RLIM_INFINITY or soft < hard):
         soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    cap = max(min(wanted, soft - RESERVED_FILES), 1)
+    cap = max(min(wanted, soft - RESERVED_FILES - other_files), 1)
     if cap < wanted:
         logger.warning("MAX_CONNECTIONS=%d lowered to %d: the process may open only %d files", wanted, cap, soft)
     return cap
 
 
-def server_options(settings):
+def server_options(settings, other_files=0):
     """Keyword arguments of Tornado's `HTTPServer` (or `BoundedHTTPServer`) for the bounds in `settings`."""
-    return dict(max_connections=connection_cap(settings.max_connections), max_body_size=SERVER_MAX_BODY,
+    return dict(max_connections=connection_cap(settings.max_connections, other_files), max_body_size=SERVER_MAX_BODY,
                 xheaders=settings.trusted_proxy, idle_connection_timeout=settings.client_idle_timeout,
                 body_timeout=settings.client_body_timeout)

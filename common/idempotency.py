@@ -134,6 +134,12 @@ async def run_each_once(cur, keyed: Sequence[tuple[IdempotentRequest | None, Any
     return outcomes
 
 
+async def store_result(cur, request: IdempotentRequest, result: Any) -> None:
+    """Make `result` the answer replayed for `request`'s key from now on (e.g. the first answer, given later
+    than the commit that stored a result)."""
+    await execute(cur, STORE_RESULTS, principals=[request.principal], keys=[request.key], results=[to_json(result)])
+
+
 async def forget_expired(cur, hours: float, limit: int) -> bool:
     """Delete up to `limit` keys older than `hours`; True if more may be left."""
     return await delete_batch(cur, (idempotency_keys.c.principal, idempotency_keys.c.key), limit,

@@ -70,12 +70,12 @@ class _MarkBusy(httputil.HTTPMessageDelegate):
         return self.delegate.headers_received(start_line, headers)
 
 
-def listen(app, port: int, address: str, settings: Settings) -> DrainingHTTPServer:
+def listen(app, port: int, address: str, settings: Settings, other_files: int = 0) -> DrainingHTTPServer:
     """An HTTP server for `app` (an `Application` or any `HTTPServerConnectionDelegate`) on `address`:`port`
     (port 0: one the kernel picks; `server.port` says which), with the client limits of `settings`
-    (`common.http_server`)."""
+    (`common.http_server`; `other_files`: the process's files beside its clients and the usual reserve)."""
     sockets = netutil.bind_sockets(port, address)
-    server = DrainingHTTPServer(app, **server_options(settings))
+    server = DrainingHTTPServer(app, **server_options(settings, other_files))
     server.add_sockets(sockets)
     server.port = sockets[0].getsockname()[1]
     return server
@@ -164,9 +164,12 @@ class Wiring:
     """What a service is made of once built from a database and a broker (its `bootstrap`)."""
     app: web.Application
     admin_app: web.Application  # /health, /ready, /metrics, on the admin port
-    workers: dict = field(default_factory=dict)  # {role: BgWorker}
+    workers: dict = field(default_factory=dict)  # {role: a BgWorker, or anything with start() and async stop()}
     consumers: list[Consumption] = field(default_factory=list)
     startup: list = field(default_factory=list)  # coroutine functions, awaited before the workers start
+    # Called when shutdown begins, before the server drains: what holds requests open (waits) lets them go, so that
+    # they are answered within the drain's grace.
+    draining: list = field(default_factory=list)
 
 
 class BackendService(Service):
@@ -175,6 +178,7 @@ class BackendService(Service):
     dsn_setting: str = None
     port_setting: str = None
     admin_port_setting: str = None
+    wiring: Wiring = None
 
     @staticmethod
     def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authenticator) -> Wiring:
@@ -203,6 +207,11 @@ class BackendService(Service):
                                                settings.batch_size, consumption.publishers)
         logger.info("%s listening on %s:%s, admin on %s:%s", self.name, settings.listen_address, self.port,
                     settings.admin_listen_address, self.admin_server.port)
+
+    async def stop(self) -> None:
+        for let_go in self.wiring.draining if self.wiring else ():
+            let_go()
+        await super().stop()
 
 
 def run(service_class):

@@ -33,6 +33,20 @@ OLDEST_PENDING = Gauge("shop_oldest_pending_age_seconds", "Age of the oldest wai
 READY = Gauge("shop_ready", "1 if PostgreSQL and RabbitMQ answered this scrape, else 0.", registry=None)
 DEAD_LETTERS = Gauge("shop_dead_letter_queue_messages", "Messages waiting in the queue's dead-letter queue.",
                      ["queue"])
+# Blocking reads (GET /orders/{id}?wait=N, POST /orders with Prefer: wait=N).
+WAITING = Gauge("shop_waiting_requests", "Requests held open for an order's outcome: the Order Service's waiters; "
+                "the gateway's waiting requests forwarded and not yet answered.")
+WAITS_ENDED = Counter("shop_waits_ended", "Waits that ended, by how: final (the order's outcome came), timeout, "
+                      "client_left, shutdown.", ["outcome"])
+WAKE_UPS = Counter("shop_wait_wakeups", "Waiters woken by an order's final status, by what told: notification "
+                   "(LISTEN) or reread (the orders waited for, read again after the LISTEN connection was lost).",
+                   ["by"])
+WAITS_REFUSED = Counter("shop_waits_refused", "Requests answered at once rather than held, by the cap they met: "
+                        "process or user (MAX_WAITING, MAX_WAITING_PER_USER), gateway (WAIT_POOL_SIZE).", ["cap"])
+NOTIFICATIONS = Counter("shop_order_notifications", "NOTIFYs of final orders received on the LISTEN connection.")
+LISTENING = Gauge("shop_listen_connected", "1 while the LISTEN connection that wakes waiters is up, else 0.")
+LISTEN_CONNECTS = Counter("shop_listen_connects", "Times the LISTEN connection was (re-)established.")
+TASKS = Gauge("shop_event_loop_tasks", "asyncio tasks alive in the process (a leak shows as growth).")
 
 
 # The `method` label of REQUESTS: a request line's method is the client's to choose, and each new value would be a
@@ -71,6 +85,7 @@ class MetricsHandler(BaseHandler):
             database_up = await self._refresh_backlog()
             broker_up = await self._refresh_dead_letters()
             set_ready(database_up and broker_up)
+        TASKS.set(len(asyncio.all_tasks()))
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest())
 

@@ -25,12 +25,14 @@ from common.envelope import CLIENT_REQUEST_ID_HEADER, JSON_TYPES, REQUEST_ID_HEA
 from common.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, ShopError
 from common.logs import request_id
 from common.metrics import REQUESTS, method_label
+from common.waiting import PREFER, requested_wait
 
 logger = logging.getLogger("common.envelope")  # the logger BaseHandler reports a 503 with
 
 SERVER = f"TornadoServer/{tornado.version}"
 JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
 HANDLER_LABEL = "ProxyHandler"  # the metrics label of proxied requests, as when a RequestHandler served them
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left before its answer (never sent)
 
 
 _ID_PREFIX, _ID_COUNTER = secrets.token_hex(8), itertools.count()
@@ -118,6 +120,11 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
         request_id.set(self.request_id)
         # Tornado's server loop, which holds this delegate, waits for the `connection.finish()` in `respond`.
         self.responding = asyncio.ensure_future(self.respond())
+        if requested_wait(self.start_line.method, self.start_line.path, self.headers.get(PREFER)):
+            # A request the backend may hold for its wait: when the client leaves, the backend request is
+            # cancelled (its connection closed), and the backend stops holding it. Other requests are answered in
+            # milliseconds: their connections are kept rather than closed for nothing.
+            self.connection.set_close_callback(self.responding.cancel)
         return None
 
     def on_connection_close(self):
@@ -135,6 +142,9 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
                 headers[CLIENT_REQUEST_ID_HEADER] = self.client_request_id
             body = b"".join(self.chunks) if method in ("POST", "PUT") else None
             response = await self.route.forward(method, self.start_line.path, headers, body)
+        except asyncio.CancelledError:
+            self.log(CLIENT_CLOSED_REQUEST)  # the client left while waiting: nobody to answer
+            raise
         except ShopError as exc:
             self.fail(exc)
         except Exception:  # a bug still gets the envelope (logged), and the connection is not left hanging

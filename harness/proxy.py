@@ -21,6 +21,16 @@ class TcpProxy:
         self._listener = None
         self._sockets = set()
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def pause(self):
+        """Fall silent, as a partition does: connections stay open and new ones are accepted, but nothing passes
+        either way (no reset, no answer) until `resume`."""
+        self._flowing.clear()
+
+    def resume(self):
+        self._flowing.set()
 
     def up(self):
         listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
@@ -41,6 +51,7 @@ class TcpProxy:
             except OSError:
                 pass
         _shut_and_close(sockets)
+        self._flowing.set()  # a paused pipe wakes to find its sockets closed
 
     def _accept(self, listener):
         while True:
@@ -60,11 +71,11 @@ class TcpProxy:
             threading.Thread(target=self._pipe, args=(client, server, muted, self.cut_after), daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client, muted), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source, sink, muted, cut_after=None):
+    def _pipe(self, source, sink, muted, cut_after=None):
         sent = b""
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 sent = sent + data if cut_after else sent
                 cut = cut_after is not None and cut_after(sent)
                 if cut:

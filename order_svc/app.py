@@ -1,5 +1,5 @@
-"""Order Service wiring: the Tornado application, the outbox relay and the payment-result consumer, built
-from a database and a broker (`bootstrap`)."""
+"""Order Service wiring: the Tornado application, the outbox relay, the payment-result consumer and the LISTEN
+connection that wakes waiting requests, built from a database and a broker (`bootstrap`)."""
 import functools
 
 from common.app import service_admin_application, service_application
@@ -10,14 +10,18 @@ from common.db import Database
 from common.group_commit import GroupCommit
 from common.lifecycle import BackendService, Consumption, Wiring
 from common.messages import PAYMENT_RESULTS, PaymentResult
+from common.pg_hosts import Hosts
 from common.worker import BgWorker
 from order_svc import repo, service
 from order_svc.handlers import OrderHandler, OrdersHandler
+from order_svc.listener import Listener
 from order_svc.messaging import RelayOnly, RequestDispatch, SendAtOnce
+from order_svc.waiters import Waiters
 
 
-def make_app(db: Database, settings: Settings, auth: Authenticator, dispatch: RequestDispatch):
-    deps = dict(db=db, dispatch=dispatch, place_orders=GroupCommit(db, service.write_orders, settings.batch_size))
+def make_app(db: Database, settings: Settings, auth: Authenticator, dispatch: RequestDispatch, waiters: Waiters):
+    deps = dict(db=db, dispatch=dispatch, place_orders=GroupCommit(db, service.write_orders, settings.batch_size),
+                waiters=waiters)
     return service_application([
         (r"/orders", OrdersHandler, deps),
         (r"/orders/([^/]+)", OrderHandler, deps),
@@ -31,9 +35,15 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
     cleanup = BgWorker("clean-up", lambda: service.clean_up(background, settings), settings.cleanup_interval)
     dispatch = SendAtOnce(background, broker.window, broker.is_connected, settings.resend_delay, outbox.kick) \
         if settings.fast_path else RelayOnly()
-    return Wiring(make_app(db, settings, auth, dispatch),
+    # Blocking reads: the requests held until their order is final, woken through a LISTEN connection of its own.
+    waiters = Waiters(settings.max_waiting, settings.max_waiting_per_user)
+    listener = Listener(Hosts(settings.order_db_dsn), repo.FINAL_ORDERS_CHANNEL,
+                        functools.partial(service.wake_waiters, background, waiters),
+                        functools.partial(service.read_waited_orders, background, waiters))
+    return Wiring(make_app(db, settings, auth, dispatch, waiters),
                   service_admin_application(settings, db, broker, auth, repo.backlog),
-                  workers=dict(outbox=outbox, cleanup=cleanup),
+                  workers=dict(outbox=outbox, cleanup=cleanup, listener=listener),
+                  draining=[waiters.let_go],
                   consumers=[Consumption(PAYMENT_RESULTS, PaymentResult,
                                          functools.partial(service.apply_payment_results, background),
                                          (settings.payment_svc_broker_user, settings.broker_operator_user))],

@@ -1,17 +1,51 @@
 """HTTP handlers of the Order Service: parse and validate, check who may act, call `service`, reply with the
 envelope."""
+import hashlib
+
 from common import tracing
-from common.envelope import ApiHandler
+from common.envelope import ApiHandler, envelope, to_json
 from common.idempotency import from_request
+from common.messages import FINAL_STATUSES
 from common.validation import parse_amount, parse_description, parse_id, parse_json_object, parse_page
+from common.waiting import PREFER, PREFERENCE_APPLIED, parse_wait, preferred_wait
 from order_svc import service
+from order_svc.waiters import Mark
 
 
 def order_view(order):
     return {key: order[key] for key in ("order_id", "user_id", "amount", "description", "status")}
 
 
-class OrdersHandler(ApiHandler):
+def order_message(order):
+    return f"Order {order['order_id']} is {order['status']}."
+
+
+class Holding(ApiHandler):
+    """A handler that may hold its request until an order is final (`waiters`, an `order_svc.waiters.Waiters`).
+    Its waiter stops waiting when the client goes away: Tornado calls `on_connection_close` then."""
+
+    waiter = None
+
+    async def hold(self, order: dict, seconds: int, since: Mark) -> tuple[dict, bool]:
+        """(the order once final or after `seconds`, True), or (`order`, False) at once beyond a cap. `since`:
+        the waiters' mark taken before `order` was read."""
+        # The caller: the token's subject; with AUTH_MODE=off nobody is known, and the order's user stands in.
+        caller = self.principal.subject or f"user {order['user_id']}"
+        self.waiter = self.waiters.join(order["order_id"], caller, since)
+        if self.waiter is None:
+            return order, False
+        try:
+            return await service.await_outcome(self.db, self.waiters, self.waiter, order, seconds), True
+        finally:
+            self.waiter = None
+
+    def on_connection_close(self):
+        if self.waiter is not None:
+            self.waiters.leave(self.waiter)
+        super().on_connection_close()
+
+
+class OrdersHandler(Holding):
     async def post(self):
         # The span whose context the order's outbox row keeps: the payment request continues its trace.
         with tracing.current.server("POST", "/orders", self.request.headers) as span:
@@ -19,11 +53,26 @@ class OrdersHandler(ApiHandler):
             user_id = parse_id(body["user_id"], "user_id")
             amount, description = parse_amount(body["amount"]), parse_description(body.get("description"))
             self.principal.act_for(user_id)
-            order = await service.place_order(self.place_orders, self.dispatch, user_id, amount, description,
-                                              from_request(self.request, self.principal.subject))
+            idempotent = from_request(self.request, self.principal.subject)
+            since = self.waiters.mark()
+            order, replayed = await service.place_order(self.place_orders, self.dispatch, user_id, amount,
+                                                        description, idempotent)
             span.set_attribute("shop.order_id", order["order_id"])
             span.set_status_code(201)
+        seconds = preferred_wait(self.request.headers.get(PREFER))
+        if seconds and not replayed:  # a replay answers as the first answer did, without waiting again
+            order = await self.wait_for_outcome(order, seconds, since, idempotent)
         self.reply(201, "Order created.", order_id=order["order_id"], order=order_view(order))
+
+    async def wait_for_outcome(self, order, seconds, since, idempotent):
+        """RFC 7240 `Prefer: wait`: the order final if its payment settles within `seconds`, else as placed."""
+        final, waited = await self.hold(order, seconds, since)
+        if waited:
+            self.set_header(PREFERENCE_APPLIED, f"wait={seconds}")
+        if final["status"] not in FINAL_STATUSES:
+            return order
+        # The key's replay must answer this answer: the final status goes out only once stored for the key.
+        return final if idempotent is None or await service.remember_answer(self.db, idempotent, final) else order
 
     async def get(self):
         user = self.get_query_argument("user", "")
@@ -37,7 +86,26 @@ class OrdersHandler(ApiHandler):
         self.reply(200, f"{len(orders)} orders.", orders=[order_view(o) for o in orders], next_cursor=next_cursor)
 
 
-class OrderHandler(ApiHandler):
+class OrderHandler(Holding):
     async def get(self, order_id):
-        order = await service.get_order(self.db, parse_id(order_id, "order_id"), self.principal)
-        self.reply(200, f"Order {order['order_id']} is {order['status']}.", order=order_view(order))
+        order_id = parse_id(order_id, "order_id")
+        seconds = parse_wait(self.get_query_arguments("wait"))
+        since = self.waiters.mark()
+        # Who may see it is decided here, before any waiting: another user's order is a 404 at once.
+        order = await service.get_order(self.db, order_id, self.principal)
+        if seconds and order["status"] not in FINAL_STATUSES and self.holds(order):
+            order, _ = await self.hold(order, seconds, since)
+        self.reply(200, order_message(order), order=order_view(order))
+
+    def holds(self, order) -> bool:
+        """Whether the client holds this representation of `order`, or asks for none in particular (no
+        If-None-Match): then a wait is for another. With an If-None-Match naming another Etag the client lacks
+        this one: it is the answer, at once. The Etag is the one Tornado gives the reply (`compute_etag`)."""
+        if self.request.headers.get("If-None-Match") is None:
+            return True
+        body = to_json(envelope(True, order_message(order), order=order_view(order))).encode()
+        self.set_header("Etag", f'"{hashlib.sha1(body).hexdigest()}"')
+        try:
+            return self.check_etag_header()
+        finally:
+            self.clear_header("Etag")

@@ -90,16 +90,49 @@ UNSENT_DUE_NOW = Query(sa.update(outbox_os).where(outbox_os.c.attempts == 0, out
                        .values(next_attempt_at=NOW))
 
 # The results in one statement (atomic without BEGIN/COMMIT, and safe to repeat): set each still-`NEW` order's
-# status, drop the outbox rows, and return the ids of results about orders that do not exist.
+# status, drop the outbox rows, return the ids of results about orders that do not exist, and NOTIFY the orders
+# made final on `FINAL_ORDERS_CHANNEL`: one notification per batch, which PostgreSQL delivers at COMMIT, so a
+# waiter woken by it never sees a status that is not durable (`order_svc.listener`). The payload names each order
+# and its status's initial (`1201F,1202C`), or is `EVERY_WAITER` when that would be longer than
+# `NOTIFY_PAYLOAD_LIMIT` (PostgreSQL's limit is 8,000 bytes; a batch of 200 ids of 10 digits takes 2,400). `notify`
+# exists for the benchmark that measures what the NOTIFY costs (`bench.notify_cost`).
+FINAL_ORDERS_CHANNEL = "order_final"
+EVERY_WAITER = "*"  # too many orders to name: every process reads the orders its waiters hold again
+NOTIFY_PAYLOAD_LIMIT = 4000
 _results = sa.func.unnest(ids("order_ids"), sa.bindparam("statuses", type_=postgresql.ARRAY(sa.Text))) \
     .table_valued("order_id", "status").render_derived(name="result")
 _finalized = (sa.update(orders).where(orders.c.order_id == _results.c.order_id, orders.c.status == OrderStatus.NEW)
-              .values(status=_results.c.status, updated_at=NOW).returning(orders.c.order_id).cte("finalized"))
+              .values(status=_results.c.status, updated_at=NOW).returning(orders.c.order_id, orders.c.status)
+              .cte("finalized"))
 _dropped = sa.delete(outbox_os).where(_order_ids).returning(outbox_os.c.order_id).cte("dropped")
+_named = sa.func.string_agg(sa.func.concat(_finalized.c.order_id, sa.func.left(_finalized.c.status, 1)), ",")
+_notified = (sa.select(sa.func.pg_notify(FINAL_ORDERS_CHANNEL, sa.case(
+                 (sa.func.octet_length(_named) <= NOTIFY_PAYLOAD_LIMIT, _named), else_=EVERY_WAITER)))
+             .select_from(_finalized).having(sa.and_(sa.func.count() > 0, sa.bindparam("notify", True)))
+             .cte("notified"))
 _unknown = sa.func.unnest(ids("order_ids")).table_valued("order_id").render_derived(name="given")
-FINALIZE_ORDERS = Query(sa.select(_unknown.c.order_id)
-                        .where(~sa.exists().where(orders.c.order_id == _unknown.c.order_id))
-                        .add_cte(_finalized).add_cte(_dropped))
+# One row: the unknown ids (NULL if none) and the NOTIFYs sent (0 or 1). Both are columns of a SELECT without
+# FROM, so both subqueries run: a CTE that is not a data-modifying statement runs only where it is read.
+FINALIZE_ORDERS = Query(sa.select(
+    sa.select(sa.func.array_agg(_unknown.c.order_id))
+    .where(~sa.exists().where(orders.c.order_id == _unknown.c.order_id)).scalar_subquery().label("unknown"),
+    sa.select(sa.func.count()).select_from(_notified).scalar_subquery().label("notified"))
+    .add_cte(_finalized).add_cte(_dropped).add_cte(_notified))
+
+# The final statuses of the given orders (those still `NEW` left out): what waiters missed while no LISTEN
+# connection was up.
+FINAL_STATUSES = Query(sa.select(orders.c.order_id, orders.c.status)
+                       .where(orders.c.order_id == sa.any_(ids("order_ids")), orders.c.status != OrderStatus.NEW))
+
+_INITIALS = {status[0]: status for status in OrderStatus if status != OrderStatus.NEW}
+
+
+def named_in(payload: str) -> dict[int, OrderStatus] | None:
+    """{order id: final status} a `FINALIZE_ORDERS` notification names, or None for `EVERY_WAITER`. Raises
+    `ValueError` for a payload it did not write."""
+    if payload == EVERY_WAITER:
+        return None
+    return {int(entry[:-1]): _INITIALS[entry[-1]] for entry in payload.split(",")}
 
 
 class Placement(NamedTuple):
@@ -153,9 +186,17 @@ async def make_unsent_due(cur) -> None:
     await execute(cur, UNSENT_DUE_NOW)
 
 
-async def finalize_orders(cur, order_ids: list[int], statuses: list[str]) -> set[int]:
-    """Set each still-`NEW` order to its status and drop its outbox row; returns the ids of unknown orders."""
-    return {row["order_id"] for row in await fetch_all(cur, FINALIZE_ORDERS, order_ids=order_ids, statuses=statuses)}
+async def finalize_orders(cur, order_ids: list[int], statuses: list[str], notify: bool = True) -> set[int]:
+    """Set each still-`NEW` order to its status, drop its outbox row and NOTIFY the orders made final (unless not
+    `notify`); returns the ids of unknown orders."""
+    row = await fetch_one(cur, FINALIZE_ORDERS, order_ids=order_ids, statuses=statuses, notify=notify)
+    return set(row["unknown"] or ())
+
+
+async def final_statuses(cur, order_ids: list[int]) -> dict[int, OrderStatus]:
+    """{order id: status} of those of the orders that are final."""
+    return {row["order_id"]: OrderStatus(row["status"])
+            for row in await fetch_all(cur, FINAL_STATUSES, order_ids=order_ids)}
 
 
 async def backlog(cur) -> dict:

@@ -8,13 +8,14 @@ from common import tracing
 from common.auth import Principal
 from common.config import Settings
 from common.db import Database, page
-from common.errors import OrderNotFound
+from common.errors import OrderNotFound, Unavailable
 from common.group_commit import GroupCommit
-from common.idempotency import IdempotentRequest, Outcome, forget_expired, run_each_once
-from common.messages import ORDER_REQUESTS, PaymentRequest, PaymentResult
+from common.idempotency import IdempotentRequest, Outcome, forget_expired, run_each_once, store_result
+from common.messages import FINAL_STATUSES, ORDER_REQUESTS, PaymentRequest, PaymentResult
 from common.publisher import Publisher
 from order_svc import repo
 from order_svc.messaging import RequestDispatch
+from order_svc.waiters import CLIENT_LEFT, Waiter, Waiters
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +35,10 @@ write_orders = functools.partial(run_each_once, work=repo.insert_orders)
 
 
 async def place_order(place_orders: PlaceOrders, dispatch: RequestDispatch, user_id: int, amount: Decimal,
-                      description: str, idempotent: IdempotentRequest | None = None) -> dict:
+                      description: str, idempotent: IdempotentRequest | None = None) -> Outcome:
     """Create an order (`NEW`) and its outbox row in one transaction (once per idempotency key), shared with the
     requests placed meanwhile, then hand the new order to `dispatch` (`SendAtOnce` publishes its payment request
-    right after the commit).
+    right after the commit). Returns the order, and whether it is a replay (the key's first answer).
 
     Always inside BEGIN/COMMIT, even though the insert is one statement: only then can a connection lost
     at the end be told apart (lost during COMMIT: the outcome is unknown, never retry) from one lost
@@ -45,12 +46,13 @@ async def place_order(place_orders: PlaceOrders, dispatch: RequestDispatch, user
     entry = await dispatch.entry()
     trace = tracing.current.traceparent()  # None unless tracing is on: the outbox row's column stays NULL
     placement = repo.Placement(user_id, amount, description, entry, trace)
-    order, replayed = await place_orders(OrderRequest(idempotent, placement))
-    if not replayed:  # a replay was placed (and sent) the first time
+    placed = await place_orders(OrderRequest(idempotent, placement))
+    if not placed.replayed:  # a replay was placed (and sent) the first time
+        order = placed.result
         logger.info("order_id=%s placed for user %s, amount %s", order["order_id"], user_id, amount,
                     extra={"order_id": order["order_id"]})
         dispatch.placed(order, entry, trace)
-    return order
+    return placed
 
 
 async def get_order(db: Database, order_id: int, viewer: Principal) -> dict:
@@ -60,6 +62,66 @@ async def get_order(db: Database, order_id: int, viewer: Principal) -> dict:
     if order is None or not viewer.may_see(order["user_id"]):
         raise OrderNotFound(order_id)
     return order
+
+
+async def await_outcome(db: Database, waiters: Waiters, waiter: Waiter, order: dict, seconds: int) -> dict:
+    """`order` once it is final (woken by the notification of its result), else as it is after `seconds`.
+
+    A waiter that could have missed its wake-up (`Waiter.unsure`) reads the order once more before waiting."""
+    try:
+        if waiter.unsure:
+            order = await current(db, order)
+            if order["status"] in FINAL_STATUSES:
+                waiters.wake({order["order_id"]: order["status"]}, by="reread")
+        status = await waiters.wait(waiter, seconds)
+    finally:
+        waiters.remove(waiter)
+    if status is not None:
+        return {**order, "status": status}
+    return order if waiter.outcome == CLIENT_LEFT else await current(db, order)
+
+
+async def current(db: Database, order: dict) -> dict:
+    """`order` read again; as it was if the database cannot say now (the answer after a wait is not a 503)."""
+    try:
+        return await db.run(repo.get_order, order["order_id"], transaction=False) or order
+    except Unavailable:
+        return order
+
+
+async def wake_waiters(db: Database, waiters: Waiters, payload: str) -> None:
+    """Wake the waiters of the orders a notification names; one that names none (too many for a notification,
+    or one this service did not send) makes them read their orders again."""
+    try:
+        finals = repo.named_in(payload)
+    except (ValueError, KeyError, IndexError):
+        logger.warning("a notification on %s this service did not send: %r", repo.FINAL_ORDERS_CHANNEL, payload[:200])
+        finals = None
+    if finals is None:
+        await read_waited_orders(db, waiters)
+    else:
+        waiters.wake(finals, by="notification")
+
+
+async def read_waited_orders(db: Database, waiters: Waiters) -> None:
+    """Wake the waiters whose orders became final while their notifications may have been missed (the LISTEN
+    connection was down). Raises `Unavailable`."""
+    waiters.missed()
+    held = waiters.held()
+    if held:
+        waiters.wake(await db.run(repo.final_statuses, held, transaction=False), by="reread")
+
+
+async def remember_answer(db: Database, idempotent: IdempotentRequest, order: dict) -> bool:
+    """Store `order` (final after a wait) as the answer to `idempotent`'s key, so that a replay answers as this
+    request does; False if the database could not take it (the answer must then be the one stored before)."""
+    try:
+        await db.run(store_result, idempotent, order, transaction=False)
+        return True
+    except Unavailable:
+        logger.warning("order_id=%s: final status not stored for its idempotency key; answered NEW",
+                       order["order_id"], extra={"order_id": order["order_id"]})
+        return False
 
 
 async def list_orders(db: Database, user_id: int | None, cursor: int, limit: int) -> tuple[list, int | None]:

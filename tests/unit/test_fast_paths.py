@@ -89,10 +89,10 @@ async def test_a_new_order_is_dispatched_once_and_a_replayed_one_not_at_all():
         written.append(request.placement)
         return Outcome({**ORDER, "user_id": request.placement.user_id}, replayed=len(written) > 1)
     dispatch = RecordingDispatch()
-    order = await order_service.place_order(place_orders, dispatch, 3, Decimal("2.50"), "")
-    assert order["order_id"] == 7 and dispatch.placed_orders == [(7, (1, 5.0))]
+    order, replayed = await order_service.place_order(place_orders, dispatch, 3, Decimal("2.50"), "")
+    assert order["order_id"] == 7 and not replayed and dispatch.placed_orders == [(7, (1, 5.0))]
     assert written == [order_repo.Placement(3, Decimal("2.50"), "", (1, 5.0), None)]
-    assert await order_service.place_order(place_orders, dispatch, 3, Decimal("2.50"), "") == ORDER
+    assert await order_service.place_order(place_orders, dispatch, 3, Decimal("2.50"), "") == (ORDER, True)
     assert len(dispatch.placed_orders) == 1
 
 
