@@ -98,8 +98,9 @@ def latency(plan):
 
 def pgbench_baseline(plan, stack):
     """pgbench running the order transaction on a scratch database with the Order Service's schema."""
-    dsn = stack.order_dsn.rsplit("/", 1)[0] + f"/{stack.run_id}_pgbench"
-    measure.run_sql(stack.order_dsn, f'CREATE DATABASE "{stack.run_id}_pgbench"')
+    # As the harness's administrator: the Order Service's own role may not create databases.
+    dsn = stack.infra.dsn(f"{stack.run_id}_pgbench")
+    measure.run_sql(stack.infra.pg_admin_dsn, f'CREATE DATABASE "{stack.run_id}_pgbench"')
     try:
         measure.run_sql(dsn, schema_section("order_svc"))
         say(f"[2/5] pgbench: order transaction, {plan.pgbench_clients} clients for {plan.pgbench_seconds:.0f} s")

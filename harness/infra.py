@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 import psycopg2
+from psycopg2 import sql
 from psycopg2.extensions import parse_dsn
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+from yarl import URL
 
 
 class InfraError(RuntimeError):
@@ -60,24 +62,33 @@ class Infra:
     def amqp_port(self):
         return urlsplit(self.amqp_base.split(",")[0]).port or 5672
 
-    def dsn(self, dbname):
-        """A URL DSN (`postgresql://user@host:port/dbname`) for database `dbname` on the harness's server."""
+    def dsn(self, dbname, user=None, password=None):
+        """A URL DSN (`postgresql://user@host:port/dbname`) for database `dbname` on the harness's server, as
+        the admin DSN's user or as `user` with `password` (URL-safe names and passwords only)."""
         params = parse_dsn(self.pg_admin_dsn)
-        password = f":{params['password']}" if params.get("password") else ""
+        if user is None:
+            user, password = params.get("user", "postgres"), params.get("password")
+        password = f":{password}" if password else ""
         if "," in params.get("host", ""):  # libpq's multi-host form: every host, and the same attributes
             names, ports = params["host"].split(","), params.get("port", "5432").split(",")
             hosts = ",".join(f"{h}:{p}" for h, p in zip(names, ports * len(names) if len(ports) == 1 else ports))
             attrs = f"?target_session_attrs={params.get('target_session_attrs', 'read-write')}"
-            return f"postgresql://{params.get('user', 'postgres')}{password}@{hosts}/{dbname}{attrs}"
-        return (f"postgresql://{params.get('user', 'postgres')}{password}@{params.get('host', '127.0.0.1')}:"
-                f"{self.pg_port}/{dbname}")
+            return f"postgresql://{user}{password}@{hosts}/{dbname}{attrs}"
+        return f"postgresql://{user}{password}@{params.get('host', '127.0.0.1')}:{self.pg_port}/{dbname}"
 
     def drop_database(self, name):
+        self._admin_sql(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def drop_role(self, name):
+        """Drop role `name` (its databases dropped first: a role that owns one cannot be dropped)."""
+        self._admin_sql(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+    def _admin_sql(self, statement):
         conn = psycopg2.connect(self.pg_admin_dsn)
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                cur.execute(statement)
         finally:
             conn.close()
 
@@ -109,11 +120,19 @@ class Infra:
 
     # --- RabbitMQ ---------------------------------------------------------------------------------
 
-    def amqp_url(self, vhost, heartbeat=None):
-        """The AMQP URL of `vhost` (on a cluster, comma-separated: one per node); `heartbeat` (seconds) is
-        negotiated with the broker by aio-pika."""
+    def amqp_url(self, vhost, heartbeat=None, user=None, password=None):
+        """The AMQP URL of `vhost` (on a cluster, comma-separated: one per node), as the base URL's user or as
+        `user` with `password`; `heartbeat` (seconds) is negotiated with the broker by aio-pika."""
         query = f"?{urlencode({'heartbeat': heartbeat})}" if heartbeat else ""
-        return ",".join(base + vhost + query for base in self.amqp_base.split(","))
+        bases = self.amqp_base.split(",")
+        if user is not None:
+            bases = [str(URL(base).with_user(user).with_password(password)) for base in bases]
+        return ",".join(base + vhost + query for base in bases)
+
+    @property
+    def amqp_user(self):
+        """The user of the base URL: the harness's RabbitMQ administrator."""
+        return URL(self.amqp_base.split(",")[0]).user or "guest"
 
     @property
     def cluster(self):
@@ -124,9 +143,9 @@ class Infra:
     def _rabbit_env(self):
         return {**os.environ, **({"RABBITMQ_CONF_ENV_FILE": self.rabbitmq_env} if self.rabbitmq_env else {})}
 
-    def rabbitmqctl(self, *args, timeout=60):
-        """Run `rabbitmqctl -q ARGS` against the chosen node; returns its output."""
-        return run(["rabbitmqctl", "-q", *args], env=self._rabbit_env(), timeout=timeout)
+    def rabbitmqctl(self, *args, timeout=60, input=None):
+        """Run `rabbitmqctl -q ARGS` against the chosen node (`input` on its standard input); returns its output."""
+        return run(["rabbitmqctl", "-q", *args], env=self._rabbit_env(), timeout=timeout, input=input)
 
     def rabbit_app_is_up(self):
         try:
@@ -170,10 +189,10 @@ class Infra:
         self.ensure_rabbit()
 
 
-def run(command, env=None, timeout=120):
-    """Run a control command; raises `InfraError` with its output if it fails."""
+def run(command, env=None, timeout=120, input=None):
+    """Run a control command (`input` on its standard input); raises `InfraError` with its output if it fails."""
     try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, input=input)
     except subprocess.TimeoutExpired as exc:
         raise InfraError(f"{' '.join(command)} timed out") from exc
     if done.returncode:

@@ -1,5 +1,8 @@
 """Start the gateway and the two services as real processes on a fresh pair of databases and a fresh
-RabbitMQ vhost, so that runs never see each other's data. Which servers: `harness.infra`."""
+RabbitMQ vhost, so that runs never see each other's data. Which servers: `harness.infra`.
+
+By default each service runs with least-privilege credentials, as deployed (`harness.credentials`): its own
+PostgreSQL role owning its database and its own broker user, made with `ops.provision` for the run."""
 import os
 import secrets
 import signal
@@ -12,6 +15,7 @@ from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from harness.credentials import RunCredentials
 from harness.infra import INFRA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,14 +119,21 @@ class Stack:
     """The three processes (optionally several replicas of each service), on their own databases and vhost.
 
     `commands` replaces the command of a kind ("order", "payment", "gateway"), e.g. a deliberately broken
-    variant in a test; `heartbeat` sets the services' AMQP heartbeat (seconds)."""
+    variant in a test; `heartbeat` sets the services' AMQP heartbeat (seconds). With `least_privilege` (the
+    default) each service has its own role and broker user (`credentials`; `order_dsn` and `payment_dsn` are
+    its role's, which owns the database), else both are the harness's administrators (superuser, guest).
+    `RABBITMQ_URL` of `base_env` is the administrator's (the gateway's and tests' view); `operator_url` is
+    the operator user's, whose dead-letter replays the services take."""
 
-    def __init__(self, prefix="shop_test", replicas=1, extra_env=None, infra=INFRA, commands=None, heartbeat=None):
+    def __init__(self, prefix="shop_test", replicas=1, extra_env=None, infra=INFRA, commands=None, heartbeat=None,
+                 least_privilege=True):
         self.infra = infra
         self.commands = {**COMMANDS, **(commands or {})}
         run_id = f"{prefix}_{secrets.token_hex(4)}"
         self.run_id = run_id
         self.order_db, self.payment_db, self.vhost = f"{run_id}_orders", f"{run_id}_payments", run_id
+        self.credentials = RunCredentials(run_id) if least_privilege else None
+        self.extra_env = extra_env or {}
         self.log_dir = tempfile.mkdtemp(prefix=f"{run_id}_logs_")
         order_ports = [free_port() for _ in range(replicas)]
         payment_ports = [free_port() for _ in range(replicas)]
@@ -132,9 +143,10 @@ class Stack:
         self.gateway_port = free_port()
         self.base_env = {
             **os.environ,
-            "ORDER_DB_DSN": infra.dsn(self.order_db),
-            "PAYMENT_DB_DSN": infra.dsn(self.payment_db),
+            "ORDER_DB_DSN": self._dsn("order", self.order_db),
+            "PAYMENT_DB_DSN": self._dsn("payment", self.payment_db),
             "RABBITMQ_URL": infra.amqp_url(self.vhost, heartbeat),
+            **(self.credentials.env() if self.credentials else {}),
             "GATEWAY_PORT": str(self.gateway_port),
             "PYTHONFAULTHANDLER": "1",  # a crash in C code (libcurl, libpq) leaves a traceback in the log
             "ORDER_SVC_URL": ",".join(f"http://127.0.0.1:{p}" for p in order_ports),
@@ -149,13 +161,28 @@ class Stack:
         self.processes = {}
         for i, port in enumerate(order_ports):
             name = f"order{i or ''}"
-            self._add(name, "order", {"ORDER_SVC_PORT": str(port), "ORDER_SVC_ADMIN_PORT": str(order_admin[i])},
-                      port)
+            self._add(name, "order", {"ORDER_SVC_PORT": str(port), "ORDER_SVC_ADMIN_PORT": str(order_admin[i]),
+                                      **self._broker_env("order", heartbeat)}, port)
         for i, port in enumerate(payment_ports):
             name = f"payment{i or ''}"
-            self._add(name, "payment", {"PAYMENT_SVC_PORT": str(port),
-                                        "PAYMENT_SVC_ADMIN_PORT": str(payment_admin[i])}, port)
+            self._add(name, "payment", {"PAYMENT_SVC_PORT": str(port), "PAYMENT_SVC_ADMIN_PORT": str(payment_admin[i]),
+                                        **self._broker_env("payment", heartbeat)}, port)
         self._add("gateway", "gateway", {"GATEWAY_ADMIN_PORT": str(self._admin_port("gateway"))}, self.gateway_port)
+
+    def _dsn(self, who, database):
+        return self.credentials.dsn(self.infra, who, database) if self.credentials else self.infra.dsn(database)
+
+    def _broker_env(self, who, heartbeat):
+        """A service's own RABBITMQ_URL (with least privilege; `extra_env` may still replace it)."""
+        if not self.credentials or "RABBITMQ_URL" in self.extra_env:
+            return {}
+        return {"RABBITMQ_URL": self.credentials.amqp_url(self.infra, who, self.vhost, heartbeat)}
+
+    @property
+    def operator_url(self):
+        """The RabbitMQ URL of the operator user (`BROKER_OPERATOR_USER`), e.g. for `python -m common.dead_letters`."""
+        return self.credentials.amqp_url(self.infra, "operator", self.vhost) if self.credentials else \
+            self.base_env["RABBITMQ_URL"]
 
     def _admin_port(self, name):
         self.admin_ports[name] = free_port()
@@ -191,8 +218,11 @@ class Stack:
         return self.processes[name]
 
     def start(self, *names):
-        self.infra.rabbitmqctl("add_vhost", self.vhost)
-        self.infra.rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        if self.credentials:
+            self.credentials.provision(self.infra, {"order": self.order_db, "payment": self.payment_db}, self.vhost)
+        else:
+            self.infra.rabbitmqctl("add_vhost", self.vhost)
+            self.infra.rabbitmqctl("set_permissions", "-p", self.vhost, self.infra.amqp_user, ".*", ".*", ".*")
         for name in names or self.processes:
             self.processes[name].start()
         for name in names or self.processes:
@@ -206,9 +236,13 @@ class Stack:
     def close(self):
         for process in self.processes.values():
             process.stop()
-        for db in (self.order_db, self.payment_db):
-            self.infra.drop_database(db)
-        self.infra.rabbitmqctl("delete_vhost", self.vhost)
+        try:
+            for db in (self.order_db, self.payment_db):
+                self.infra.drop_database(db)
+            self.infra.rabbitmqctl("delete_vhost", self.vhost)
+        finally:
+            if self.credentials:  # also after a failed start: whatever was made of them
+                self.credentials.drop(self.infra)
 
     def __enter__(self):
         try:

@@ -62,7 +62,9 @@ def native_system(config):
         # Whatever happened, leave PostgreSQL and RabbitMQ running for everyone else.
         targets.ensure_up()
         if config.keep:
-            print(f"kept databases {stack.order_db}, {stack.payment_db}, vhost {stack.vhost}, logs {stack.log_dir}")
+            roles = f", roles and broker users {stack.run_id}_*" if stack.credentials else ""
+            print(f"kept databases {stack.order_db}, {stack.payment_db}, vhost {stack.vhost}{roles}, "
+                  f"logs {stack.log_dir}")
             for process in stack.processes.values():
                 process.stop()
         else:
