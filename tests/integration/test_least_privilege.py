@@ -16,7 +16,7 @@ import pytest
 from aio_pika.exceptions import ProbableAuthenticationError
 from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed, InvalidFrameError
 
-from common.config import load_settings
+from common.config import ConfigurationError, load_settings
 from common.db import Database, schema_section
 from common.dead_letters.store import DeadLetterQueue
 from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest, PaymentResult
@@ -238,6 +238,14 @@ def test_each_service_role_cannot_connect_to_the_other_s_database_nor_create_one
                 cur.execute(f'CREATE DATABASE "{provisioned.vhost}_extra"')
         finally:
             conn.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_service_whose_database_is_missing_and_may_not_create_it_says_to_provision_it(provisioned):
+    missing = f"{provisioned.vhost}_missing"
+    with pytest.raises(ConfigurationError, match=f"database {missing} does not exist and role "
+                                                 f"{provisioned.user('order')} may not create it: provision it first"):
+        await Database.connect(provisioned.dsn("order", missing), "order_svc", 1)
 
 
 async def refused(url, action):
