@@ -9,8 +9,9 @@ RABBITMQ_URL comes from the settings (environment over `.env`); a comma-separate
 is tried in order. Replayed messages are published as its user: run the command as BROKER_OPERATOR_USER, whose
 messages the services take (docs/security-credentials.md). A dead letter refused for its publisher (a user the
 queue takes nothing from; possibly forged) is never replayed: `--all` leaves it, `--id` naming it is bad input.
-Exit status: 0 done, 1 not done (broker unreachable, a replay not confirmed, purge declined), 2 bad input
-(unknown queue or id, missing --id/--all, --id naming a letter refused for its publisher): nothing changed."""
+Exit status: 0 done, 1 not done (broker unreachable, .dead not readable by this user, a replay not confirmed, purge
+declined), 2 bad input (unknown queue or id, missing --id/--all, --id naming a letter refused for its publisher):
+nothing changed."""
 import argparse
 import asyncio
 import base64
@@ -19,7 +20,7 @@ import sys
 
 from common.config import load_settings
 from common.dead_letters.headers import utc_now
-from common.dead_letters.store import DeadLetterQueue, UnknownQueue, Unreachable
+from common.dead_letters.store import AccessRefused, DeadLetterQueue, UnknownQueue, Unreachable
 
 BAD_INPUT, NOT_DONE = 2, 1
 
@@ -164,7 +165,7 @@ def main(argv=None):
     except (UnknownQueue, BadSelection) as exc:
         print(f"error: {exc}; nothing changed", file=sys.stderr)
         return BAD_INPUT
-    except Unreachable as exc:
+    except (Unreachable, AccessRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return NOT_DONE
 

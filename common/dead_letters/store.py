@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import aio_pika
 from aio_pika.exceptions import ChannelNotFoundEntity
+from aiormq.exceptions import ChannelAccessRefused
 
 from common.dead_letters.headers import DeadLetterInfo, dead_letter_queue, replay_headers, utc_now
 from common.retry import BROKER_ERRORS
@@ -30,6 +31,10 @@ class UnknownQueue(Exception):
 
 class Unreachable(Exception):
     """No node of the RabbitMQ URL list answered."""
+
+
+class AccessRefused(Exception):
+    """The user may not read the dead-letter queue (a service's own user: operators use BROKER_OPERATOR_USER's)."""
 
 
 def node_urls(rabbitmq_url):
@@ -85,10 +90,15 @@ class DeadLetterQueue:
         return cls(connection, channel, queue, dead)
 
     async def take_all(self):
-        """Every message in the dead-letter queue now, held unacked, oldest first."""
+        """Every message in the dead-letter queue now, held unacked, oldest first. Raises `AccessRefused` if
+        this user may not read it."""
         held = []
-        while (message := await self.dead.get(no_ack=False, fail=False)) is not None:
-            held.append(DeadLetter(message, DeadLetterInfo.from_headers(message.headers, self.queue)))
+        try:
+            while (message := await self.dead.get(no_ack=False, fail=False)) is not None:
+                held.append(DeadLetter(message, DeadLetterInfo.from_headers(message.headers, self.queue)))
+        except ChannelAccessRefused:
+            raise AccessRefused(f"RabbitMQ refuses user {self.user} to read {dead_letter_queue(self.queue)}: run the "
+                                "command with the operator user's credentials (BROKER_OPERATOR_USER)") from None
         return held
 
     async def replay(self, letter):

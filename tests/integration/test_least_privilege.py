@@ -341,6 +341,9 @@ async def test_the_operator_s_replay_is_taken_and_a_dead_letter_refused_for_its_
     assert (await dead_letter(provisioned, PAYMENT_RESULTS, forged)).info.refused_publisher  # still there
     code, _, err = await dead_letters_cli(provisioned.amqp_url("operator"), "replay", PAYMENT_RESULTS, "--id", forged)
     assert code == 2 and "may be forged: it is never replayed; purge it" in err
+    code, _, err = await dead_letters_cli(provisioned.amqp_url("payment"), "list", PAYMENT_RESULTS)
+    assert (code, err) == (1, f"error: RabbitMQ refuses user {provisioned.user('payment')} to read outbox_ps.dead: "
+                              "run the command with the operator user's credentials (BROKER_OPERATOR_USER)\n")
 
 
 def provision_cli(env, *args):
