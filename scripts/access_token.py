@@ -18,7 +18,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common.config import read_env_file  # standard library only, as this script must be
+
 DEFAULT_ISSUER = "http://localhost:8083"  # deploy/issuer/issuer.js's default
 USER_ID = re.compile(r"[1-9][0-9]{0,14}")  # the issuer's user-<N> clients
 TIMEOUT = 10
@@ -26,20 +28,6 @@ TIMEOUT = 10
 
 class Refused(Exception):
     """A one-line reason the token could not be had."""
-
-
-def read_env_file(path):
-    """`KEY=value` lines as common/config.py reads them; comments and blank lines are skipped."""
-    values = {}
-    if not path.exists():
-        return values
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        values[key.strip()] = value.strip().strip('"').strip("'")
-    return values
 
 
 def parse_args(argv):
@@ -93,11 +81,11 @@ def token(issuer, secret, client_id, scope):
 
 def main(argv):
     args = parse_args(argv)
-    env = {**read_env_file(ENV_FILE), **os.environ}
+    env = {**read_env_file(), **os.environ}
     issuer = env.get("AUTH_ISSUER") or DEFAULT_ISSUER
     secret = env.get("DEV_ISSUER_SECRET")
     if not secret:
-        print("token.py: DEV_ISSUER_SECRET is not set (environment or .env)", file=sys.stderr)
+        print("access_token.py: DEV_ISSUER_SECRET is not set (environment or .env)", file=sys.stderr)
         return 1
     if args.admin:
         client_id, scope = "shop-admin", "shop:admin"
@@ -106,7 +94,7 @@ def main(argv):
     try:
         print(token(issuer, secret, client_id, scope))
     except Refused as error:
-        print(f"token.py: {error}", file=sys.stderr)
+        print(f"access_token.py: {error}", file=sys.stderr)
         return 1
     return 0
 
