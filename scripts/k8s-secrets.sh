@@ -6,6 +6,7 @@
 #   shop-payment-db.env    username=shop-payment  PostgreSQL role of the Payments Service (owner of `payments`)
 #   shop-order-amqp.env    username=shop-order    RabbitMQ user of the Order Service
 #   shop-payment-amqp.env  username=shop-payment  RabbitMQ user of the Payments Service
+#   shop-operator-amqp.env username=shop-operator RabbitMQ user of the operators (dead letters: list, replay)
 #
 # each with `password=` 64 random hex digits (256 bits; URL-safe, as the DSNs and AMQP URLs embed them).
 #
@@ -14,7 +15,8 @@
 # Existing files are kept (running it again changes nothing) unless --rotate, which writes new passwords; then
 # `kubectl apply -k deploy/kubernetes/overlays/OVERLAY` (CloudNativePG and the Topology Operator apply them to the
 # roles and users) and `kubectl -n NAMESPACE rollout restart deploy/order deploy/payment` (the pods read them at
-# start). --dir: another copy of deploy/kubernetes (the tests render one in a temporary directory).
+# start; a dead-letters Job made after the apply gets the operator's new password). --dir: another copy of
+# deploy/kubernetes (the tests render one in a temporary directory).
 # Nothing is printed but the files' names: the passwords stay in the files (and, once applied, in the Secrets).
 set -euo pipefail
 
@@ -26,7 +28,7 @@ while [ $# -gt 0 ]; do
     case $1 in
         --dir) DIR=$2; shift 2 ;;
         --rotate) ROTATE=1; shift ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
         *) OVERLAYS+=("$1"); shift ;;
     esac
@@ -52,7 +54,7 @@ for overlay in "${OVERLAYS[@]}"; do
     mkdir -p "$target/secrets"
     chmod 700 "$target/secrets"
     for entry in shop-order-db:shop-order shop-payment-db:shop-payment shop-order-amqp:shop-order \
-                 shop-payment-amqp:shop-payment; do
+                 shop-payment-amqp:shop-payment shop-operator-amqp:shop-operator; do
         file=$target/secrets/${entry%%:*}.env
         if [ -f "$file" ] && [ "$ROTATE" = 0 ]; then
             echo "kept    $file"

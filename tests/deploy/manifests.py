@@ -92,11 +92,18 @@ def one(docs, kind, name=None):
     return found[0]
 
 
+def pod_template(workload):
+    """The pod template of a Deployment (or StatefulSet, DaemonSet, Job) or a CronJob."""
+    spec = workload["spec"]
+    return spec["jobTemplate"]["spec"]["template"] if workload["kind"] == "CronJob" else spec["template"]
+
+
 def container_env(docs, deployment):
-    """The process environment of a Deployment's container: its ConfigMaps, then its `env`, with `$(VAR)`
-    expanded from the variables before it, as the kubelet does. Secret values are placeholders that name their
-    Secret and key; a reference to a missing ConfigMap key or an undefined variable is an AssertionError."""
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    """The process environment of a workload's (a Deployment's, a CronJob's) container: its ConfigMaps, then its
+    `env`, with `$(VAR)` expanded from the variables before it, as the kubelet does. Secret values are
+    placeholders that name their Secret and key; a reference to a missing ConfigMap key or an undefined variable
+    is an AssertionError."""
+    container = pod_template(deployment)["spec"]["containers"][0]
     env = {}
     for source in container.get("envFrom", []):
         env.update(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
@@ -117,8 +124,8 @@ def expand(value, env):
 
 
 def secret_refs(deployment):
-    """(secret name, key) of every secretKeyRef in the Deployment's container."""
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    """(secret name, key) of every secretKeyRef in the workload's (a Deployment's, a CronJob's) container."""
+    container = pod_template(deployment)["spec"]["containers"][0]
     return {(v["valueFrom"]["secretKeyRef"]["name"], v["valueFrom"]["secretKeyRef"]["key"])
             for v in container.get("env", []) if "valueFrom" in v}
 

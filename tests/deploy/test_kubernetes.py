@@ -2,10 +2,13 @@
 against the Kubernetes API schemas in strict mode, the operators' resources use only fields their operators
 document, the manifests agree with the code they deploy, and they are locked down: network policies (default deny,
 then each flow, checked by evaluating the policies), TLS at the Ingress, no committed credential, the Pod Security
-Standard `restricted`, authentication on, least-privilege credentials per service."""
+Standard `restricted`, authentication on, least-privilege credentials per service and for the operators' dead-letter
+tool."""
 import ast
+import dataclasses
 import inspect
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,7 +24,9 @@ import common.app
 import common.config
 import common.queues
 import gateway
+import ops.provision.rabbitmq
 from common.broker import ORDER_REQUESTS, PAYMENT_RESULTS
+from common.dead_letters.__main__ import parse_args as dead_letters_args
 from common.dead_letters.headers import dead_letter_queue
 from common.envelope import NotFoundHandler
 from common.lifecycle import SHUTDOWN_TIMEOUT
@@ -39,6 +44,7 @@ from tests.deploy.manifests import (
     find,
     generated_secret_files,
     one,
+    pod_template,
     pod_templates,
     render_overlay,
     secret_data,
@@ -58,6 +64,13 @@ EXPECTED_BEYOND_ENV = set()
 # broker Secret, its database).
 CREDENTIALS = {"order": ("shop-order", "shop-order-db", "shop-order-amqp", "orders"),
                "payment": ("shop-payment", "shop-payment-db", "shop-payment-amqp", "payments")}
+# The operators' RabbitMQ user (dead letters: list, show, replay, purge), its Secret and the one-off pods' template.
+OPERATOR_LOGIN, OPERATOR_SECRET, DEAD_LETTERS = "shop-operator", "shop-operator-amqp", "dead-letters"
+# Each file scripts/k8s-secrets.sh writes per overlay (one Secret each) -> its username.
+SECRET_FILES = {"shop-order-db.env": "shop-order", "shop-payment-db.env": "shop-payment",
+                "shop-order-amqp.env": "shop-order", "shop-payment-amqp.env": "shop-payment",
+                f"{OPERATOR_SECRET}.env": OPERATOR_LOGIN}
+DOCS = ROOT / "docs" / "security-kubernetes.md"
 
 
 @pytest.fixture(scope="module", params=[*OVERLAYS, "ha+ingress"])
@@ -342,6 +355,104 @@ def test_each_broker_user_may_configure_read_and_write_only_what_its_service_nee
         assert not any(permitted(spec, "read", r) for r in dead + strangers + ("amq.default",))
 
 
+def test_the_operator_broker_user_may_only_take_dead_letters_and_replay_them(overlay_docs, monkeypatch):
+    _, docs = overlay_docs
+    monkeypatch.setattr(common.config, "read_env_file", lambda *a, **k: {})
+    rabbit = one(docs, "RabbitmqCluster")["metadata"]["name"]
+    assert {u["metadata"]["name"] for u in find(docs, "User")} == {OPERATOR_LOGIN} | {
+        login for login, *_ in CREDENTIALS.values()}
+    # A User with the credentials of its own Secret (username = the user), no tags: no HTTP API, no management UI.
+    assert one(docs, "User", OPERATOR_LOGIN)["spec"] == {"rabbitmqClusterReference": {"name": rabbit},
+                                                         "importCredentialsSecret": {"name": OPERATOR_SECRET}}
+    secret = one(docs, "Secret", OPERATOR_SECRET)
+    assert secret_data(secret)["username"] == OPERATOR_LOGIN
+    assert secret["metadata"]["labels"]["rabbitmq.com/topology-operator"] == "true", "the operator reads no other"
+    # Exactly the operator permissions ops.provision grants outside Kubernetes, on the services' vhost.
+    spec = permission_of(docs, OPERATOR_LOGIN)
+    assert spec["vhost"] == "/" and spec["rabbitmqClusterReference"] == {"name": rabbit}
+    assert spec["permissions"] == {"configure": "^$", "write": r"^amq\.default$", "read": r"^outbox_(os|ps)\.dead$"}
+    assert spec["permissions"] == dataclasses.asdict(ops.provision.rabbitmq.OPERATOR)
+    queues = (ORDER_REQUESTS, PAYMENT_RESULTS)
+    dead = tuple(dead_letter_queue(q) for q in queues)
+    strangers = ("other", "outbox_os2", "xoutbox_ps", "outbox_os.dead.x", "xoutbox_ps.dead", "amq.topic",
+                 "amq.direct")
+    # configure: nothing (`^$` matches only the empty name, which no queue or exchange has for a permission
+    # check: the default exchange is `amq.default`, a server-named queue gets `amq.gen-...`). The tool only looks
+    # queues up with passive declares, which need no permission.
+    assert not any(permitted(spec, "configure", r) for r in queues + dead + strangers + ("amq.default",))
+    # write: replays go through the default exchange; nothing else.
+    assert permitted(spec, "write", "amq.default")
+    assert not any(permitted(spec, "write", r) for r in queues + dead + strangers)
+    # read: the dead letters of both queues, not the queues the services consume, nothing else.
+    assert all(permitted(spec, "read", d) for d in dead)
+    assert not any(permitted(spec, "read", r) for r in queues + strangers + ("amq.default",))
+    # The consumers take its replays: the ConfigMap names it, and both services load it; the services never hold
+    # its password.
+    assert one(docs, "ConfigMap", "shop-config")["data"]["BROKER_OPERATOR_USER"] == OPERATOR_LOGIN
+    for service in CREDENTIALS:
+        deployment = one(docs, "Deployment", service)
+        settings = common.config.load_settings(container_env(docs, deployment))
+        assert settings.broker_operator_user == OPERATOR_LOGIN, service
+        assert {settings.order_svc_broker_user, settings.payment_svc_broker_user} == {"shop-order", "shop-payment"}
+        assert not [ref for ref in secret_refs(deployment) if ref[0] == OPERATOR_SECRET], service
+
+
+def test_the_dead_letter_pods_run_the_tool_as_the_operator_user(overlay_docs, monkeypatch):
+    _, docs = overlay_docs
+    monkeypatch.setattr(common.config, "read_env_file", lambda *a, **k: {})
+    cronjob = one(docs, "CronJob", DEAD_LETTERS)
+    assert cronjob["spec"]["suspend"] is True, "a template for Jobs made by hand; it never runs by itself"
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0 and job["activeDeadlineSeconds"] > 0 and job["ttlSecondsAfterFinished"] > 0
+    template = pod_template(cronjob)
+    assert template["spec"]["restartPolicy"] == "Never"
+    container = template["spec"]["containers"][0]
+    # The services' image, which carries the tool (the Dockerfile copies common/).
+    assert container["image"] == one(docs, "Deployment", "order")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert (ROOT / "common" / "dead_letters" / "__main__.py").is_file()
+    assert re.search(r"(?m)^COPY\b.*\scommon\s+\./common$", (ROOT / "Dockerfile").read_text())
+    # Only the operator's credentials: no database, no service's user, not the broker's administrator.
+    assert secret_refs(cronjob) == {(OPERATOR_SECRET, "username"), (OPERATOR_SECRET, "password")}
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "CronJob")]
+    assert not [ref for d in workloads for ref in secret_refs(d) if ref[0].endswith("-default-user")]
+    # The tool's settings load from the pod's environment alone, and it logs in as the user the consumers take
+    # replays from: the Secret's username is the ConfigMap's BROKER_OPERATOR_USER.
+    settings = common.config.load_settings(container_env(docs, cronjob))
+    rabbit = one(docs, "RabbitmqCluster")["metadata"]["name"]
+    urls = [urlsplit(u) for u in settings.rabbitmq_url.split(",")]
+    assert all((u.username, u.password, u.hostname, u.port) == (
+        SECRET_PLACEHOLDER.format(name=OPERATOR_SECRET, key="username"),
+        SECRET_PLACEHOLDER.format(name=OPERATOR_SECRET, key="password"), rabbit, 5672) for u in urls)
+    assert all(u.path in ("", "/") and "heartbeat=" in u.query for u in urls)
+    assert common.config.broker_user(settings.rabbitmq_url) == SECRET_PLACEHOLDER.format(name=OPERATOR_SECRET,
+                                                                                         key="username")
+    assert secret_data(one(docs, "Secret", OPERATOR_SECRET))["username"] == settings.broker_operator_user
+
+
+def documented_dead_letter_commands():
+    """The arguments of every `python -m common.dead_letters ...` in docs/security-kubernetes.md's code blocks (up
+    to a shell comment)."""
+    commands, in_code = [], False
+    for line in DOCS.read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        elif in_code and (match := re.search(r"python -m common\.dead_letters\b([^#]*)", line)):
+            commands.append(shlex.split(match.group(1)))
+    return commands
+
+
+def test_the_documented_dead_letter_commands_are_ones_the_tool_takes():
+    commands = documented_dead_letter_commands()
+    assert {args[0] for args in commands} >= {"list", "show", "replay"}, commands
+    for args in commands:
+        parsed = dead_letters_args(args)
+        assert parsed.queue in (ORDER_REQUESTS, PAYMENT_RESULTS), args
+        if parsed.command in ("replay", "purge"):
+            assert parsed.ids or parsed.all, f"{args}: the tool refuses {parsed.command} without --id or --all"
+    text = DOCS.read_text()
+    assert f"--from=cronjob/{DEAD_LETTERS}" in text and OPERATOR_SECRET in text
+
+
 def test_the_gateway_reaches_each_service_through_its_kubernetes_service(overlay_docs, monkeypatch):
     _, docs = overlay_docs
     monkeypatch.setattr(common.config, "read_env_file", lambda *a, **k: {})
@@ -399,6 +510,9 @@ def actors(docs):
                                                  "app.kubernetes.io/component": "controller"}),
         other_namespace=Pod("other", {"app.kubernetes.io/name": "shop", "app.kubernetes.io/component": "gateway"}),
         debug_pod=Pod(namespace, {"run": "debug"}),
+        # A Job made from the CronJob's template: its pod gets the template's labels and the Job controller's.
+        dead_letters=Pod(namespace, {**pod_template(one(docs, "CronJob", "dead-letters"))["metadata"]["labels"],
+                                     "batch.kubernetes.io/job-name": "dead-letters-1", "job-name": "dead-letters-1"}),
         issuer=Address("203.0.113.10"), issuer_v6=Address("2001:db8::10"),
         api_server=Address("10.96.0.1"), private_host=Address("10.1.2.3"), cloud_metadata=Address("169.254.169.254"),
     )
@@ -419,8 +533,11 @@ def required_flows(docs):
                   (service, "rabbitmq", 5672, "TCP", "AMQP"), (service, "rabbitmq", 5671, "TCP", "AMQPS"),
                   (service, "issuer", 443, "TCP", "the token issuer's keys"),
                   (service, "issuer_v6", 443, "TCP", "the token issuer's keys (IPv6)")]
+    flows += [("dead_letters", "rabbitmq", port, "TCP", "the dead-letter tool, as the operator user")
+              for port in (5672, 5671)]
     flows += [(pod, "kube_dns", 53, protocol, "DNS")
-              for pod in ("gateway", "order", "payment", "postgres", "postgres_join_job", "rabbitmq", "debug_pod")
+              for pod in ("gateway", "order", "payment", "postgres", "postgres_join_job", "rabbitmq", "debug_pod",
+                          "dead_letters")
               for protocol in ("UDP", "TCP")]
     flows += [("prometheus", name, p[name]["admin"], "TCP", "metrics on the admin port") for name in PROCESSES]
     flows += [("prometheus", "postgres", 9187, "TCP", "CloudNativePG's metrics"),
@@ -468,6 +585,17 @@ def forbidden_flows(docs):
               ("debug_pod", "order", p["order"]["http"], "TCP", "unlabelled pods of the namespace get nothing"),
               ("debug_pod", "postgres", 5432, "TCP", "unlabelled pods of the namespace get nothing"),
               ("debug_pod", "issuer", 443, "TCP", "unlabelled pods of the namespace get nothing"),
+              ("debug_pod", "rabbitmq", 5672, "TCP", "unlabelled pods of the namespace get nothing"),
+              ("dead_letters", "postgres", 5432, "TCP", "the dead-letter tool needs the broker only"),
+              ("dead_letters", "rabbitmq", 15672, "TCP", "the dead-letter tool has no management access"),
+              ("dead_letters", "rabbitmq", 25672, "TCP", "clustering is for the nodes"),
+              ("dead_letters", "order", p["order"]["http"], "TCP", "the dead-letter tool needs the broker only"),
+              ("dead_letters", "order", p["order"]["admin"], "TCP", "the dead-letter tool needs the broker only"),
+              ("dead_letters", "issuer", 443, "TCP", "the dead-letter tool needs the broker only"),
+              ("dead_letters", "api_server", 443, "TCP", "the dead-letter tool needs the broker only"),
+              ("dead_letters", "cloud_metadata", 80, "TCP", "no cloud metadata"),
+              ("gateway", "dead_letters", 8080, "TCP", "nothing connects to the dead-letter pods"),
+              ("other_namespace", "dead_letters", 8080, "TCP", "nothing connects to the dead-letter pods"),
               ("ingress_controller", "gateway", p["gateway"]["http"], "TCP", "only with the Ingress component"),
               ("ingress_controller", "order", p["order"]["http"], "TCP", "the controller reaches the gateway only"),
               ("postgres", "rabbitmq", 5672, "TCP", "PostgreSQL needs no broker"),
@@ -621,6 +749,7 @@ def test_the_credential_check_recognises_what_it_must_refuse():
     for bad in ("stringData:\n  username: shop\n  password: change-me-before-deploying\n",
                 "ORDER_DB_DSN: postgresql://postgres:postgres@localhost:5432/orders",
                 "RABBITMQ_URL: amqp://shop:s3cret-value@shop-rabbitmq:5672/",
+                "RABBITMQ_URL=amqp://shop-operator:0123456789abcdef@shop-rabbitmq:5672/ python -m common.dead_letters",
                 "POSTGRES_PASSWORD=supersecret", "password: guest",
                 "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n", "api_key: 0123456789abcdef"):
         assert credential_findings(bad), bad
@@ -628,7 +757,9 @@ def test_the_credential_check_recognises_what_it_must_refuse():
                  "value: postgresql://$(PG_USER):$(PG_PASSWORD)@shop-pg-rw:5432/orders",
                  "passwordSecret:\n  name: shop-order-db", "secret:\n  name: shop-order-db",
                  "secretName: shop-gateway-tls", "envs: [secrets/shop-order-db.env]", "- name: PG_PASSWORD",
-                 "automountServiceAccountToken: false"):
+                 "automountServiceAccountToken: false", "secretKeyRef: {name: shop-operator-amqp, key: password}",
+                 "value: amqp://$(AMQP_USER):$(AMQP_PASSWORD)@shop-rabbitmq:5672/?heartbeat=10",
+                 "BROKER_OPERATOR_USER: shop-operator"):
         assert not credential_findings(fine), fine
 
 
@@ -636,7 +767,7 @@ def test_every_rendered_secret_comes_from_the_uncommitted_files(policy_docs):
     overlay, docs = policy_docs
     generated = generated_secret_files(overlay)
     secrets = {d["metadata"]["name"]: secret_data(d) for d in find(docs, "Secret")}
-    assert {f"{name}.env" for name in secrets} == set(generated), "one Secret per file, no other"
+    assert {f"{name}.env" for name in secrets} == set(generated) == set(SECRET_FILES), "one Secret per file, no other"
     for name, data in secrets.items():
         assert data == generated[f"{name}.env"], name
         assert re.fullmatch(r"[0-9a-f]{64}", data["password"]), "256 random bits, URL-safe (DSNs, AMQP URLs)"
@@ -658,7 +789,9 @@ def test_the_secrets_script_writes_random_passwords_keeps_them_and_rotates_on_re
 
     assert run().returncode == 0
     first = passwords()
-    assert len(first) == 4 * len(OVERLAYS)
+    assert {(f.parent.parent.name, f.name) for f in first} == {(o, name) for o in OVERLAYS for name in SECRET_FILES}
+    assert all(re.fullmatch(rf"username={SECRET_FILES[f.name]}\npassword=[0-9a-f]{{64}}\n", text)
+               for f, text in first.items())
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in first)
     assert all((copy / "overlays" / o / "secrets").stat().st_mode & 0o777 == 0o700 for o in OVERLAYS)
     assert len({text.split("password=")[1] for text in first.values()}) == len(first)
@@ -725,7 +858,8 @@ def test_the_namespace_enforces_the_restricted_pod_security_standard(policy_docs
 def test_every_pod_the_manifests_create_passes_the_restricted_standard(policy_docs):
     _, docs = policy_docs
     templates = pod_templates(docs)
-    assert {name for name, _, _ in templates} >= {f"Deployment/{name}" for name in PROCESSES}
+    assert {name for name, _, _ in templates} >= {f"Deployment/{name}" for name in PROCESSES} | {
+        f"CronJob/{DEAD_LETTERS}"}
     assert {name: restricted_violations(spec) for name, spec, _ in templates
             if restricted_violations(spec)} == {}
     for name, spec, _ in templates:
