@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from bench import auth_cost, measure, overload, scenarios, tools, topologies
+from bench import auth_cost, blocking_reads, measure, notify_cost, overload, scenarios, tools, topologies
 from bench.progress import say
 from bench.table import Row, render
 
@@ -32,7 +32,8 @@ def git_commit():
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds per figure (CI)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,8", help="comma-separated figures to run (default all)")
+    parser.add_argument("--only", default="1,2,3,4,5,6,8,9,10",
+                        help="comma-separated figures to run (default all but 7)")
     parser.add_argument("--topologies", default="classic,quorum",
                         help="figure 7 (only with --only 7): comma-separated topologies of bench/topologies.py, "
                              "e.g. classic,quorum,rabbitmq-cluster,pg-ha (start the clusters first)")
@@ -50,7 +51,9 @@ def main(argv=None):
              (5, lambda: scenarios.big_backlog(plan, memory)),
              (6, lambda: overload.overload(plan, scenarios.bench_stack)),
              (7, lambda: topologies.topology_figures(plan, args.topologies)),
-             (8, lambda: auth_cost.auth_cost(plan))]
+             (8, lambda: auth_cost.auth_cost(plan)),
+             (9, lambda: blocking_reads.blocking_reads(blocking_reads.SMOKE if args.smoke else blocking_reads.FULL)),
+             (10, lambda: notify_cost.notify_cost(notify_cost.SMOKE if args.smoke else notify_cost.FULL))]
     for number, step in steps:
         if number not in only:
             continue

@@ -74,7 +74,10 @@ def listen(app, port: int, address: str, settings: Settings, other_files: int = 
     """An HTTP server for `app` (an `Application` or any `HTTPServerConnectionDelegate`) on `address`:`port`
     (port 0: one the kernel picks; `server.port` says which), with the client limits of `settings`
     (`common.http_server`; `other_files`: the process's files beside its clients and the usual reserve)."""
-    sockets = netutil.bind_sockets(port, address)
+    # An accept queue as long as the connections the process may serve (the kernel caps it at somaxconn): with
+    # Tornado's default of 128, a burst of new connections (a thousand clients starting to wait at once, each
+    # taking a gateway connection to the Order Service of its own) overflowed it, and the dropped SYNs timed out.
+    sockets = netutil.bind_sockets(port, address, backlog=settings.max_connections)
     server = DrainingHTTPServer(app, **server_options(settings, other_files))
     server.add_sockets(sockets)
     server.port = sockets[0].getsockname()[1]

@@ -38,9 +38,9 @@ WAITING = Gauge("shop_waiting_requests", "Requests held open for an order's outc
                 "the gateway's waiting requests forwarded and not yet answered.")
 WAITS_ENDED = Counter("shop_waits_ended", "Waits that ended, by how: final (the order's outcome came), timeout, "
                       "client_left, shutdown.", ["outcome"])
-WAKE_UPS = Counter("shop_wait_wakeups", "Waiters woken by an order's final status, by what told: notification "
-                   "(LISTEN) or reread (the orders waited for, read again after the LISTEN connection was lost).",
-                   ["by"])
+WAKE_UPS = Counter("shop_wait_wakeups", "Waiters woken by an order's final status, by what told: local (this "
+                   "process applied the result), notification (LISTEN: another replica did) or reread (the orders "
+                   "waited for, read again after notifications may have been missed).", ["by"])
 WAITS_REFUSED = Counter("shop_waits_refused", "Requests answered at once rather than held, by the cap they met: "
                         "process or user (MAX_WAITING, MAX_WAITING_PER_USER), gateway (WAIT_POOL_SIZE).", ["cap"])
 NOTIFICATIONS = Counter("shop_order_notifications", "NOTIFYs of final orders received on the LISTEN connection.")

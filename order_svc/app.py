@@ -35,7 +35,8 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
     cleanup = BgWorker("clean-up", lambda: service.clean_up(background, settings), settings.cleanup_interval)
     dispatch = SendAtOnce(background, broker.window, broker.is_connected, settings.resend_delay, outbox.kick) \
         if settings.fast_path else RelayOnly()
-    # Blocking reads: the requests held until their order is final, woken through a LISTEN connection of its own.
+    # Blocking reads: the requests held until their order is final, woken as this process applies the result, or
+    # through a LISTEN connection of its own when another replica does.
     waiters = Waiters(settings.max_waiting, settings.max_waiting_per_user)
     listener = Listener(Hosts(settings.order_db_dsn), repo.FINAL_ORDERS_CHANNEL,
                         functools.partial(service.wake_waiters, background, waiters),
@@ -45,7 +46,7 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
                   workers=dict(outbox=outbox, cleanup=cleanup, listener=listener),
                   draining=[waiters.let_go],
                   consumers=[Consumption(PAYMENT_RESULTS, PaymentResult,
-                                         functools.partial(service.apply_payment_results, background),
+                                         functools.partial(service.apply_payment_results, background, waiters),
                                          (settings.payment_svc_broker_user, settings.broker_operator_user))],
                   startup=[lambda: background.run(repo.make_unsent_due, transaction=False)])
 

@@ -111,11 +111,13 @@ _notified = (sa.select(sa.func.pg_notify(FINAL_ORDERS_CHANNEL, sa.case(
              .select_from(_finalized).having(sa.and_(sa.func.count() > 0, sa.bindparam("notify", True)))
              .cte("notified"))
 _unknown = sa.func.unnest(ids("order_ids")).table_valued("order_id").render_derived(name="given")
-# One row: the unknown ids (NULL if none) and the NOTIFYs sent (0 or 1). Both are columns of a SELECT without
-# FROM, so both subqueries run: a CTE that is not a data-modifying statement runs only where it is read.
+# One row: the unknown ids (NULL if none), the orders made final (as the payload names them, NULL if none) and
+# the NOTIFYs sent (0 or 1). All are columns of a SELECT without FROM, so every subquery runs: a CTE that is not a
+# data-modifying statement runs only where it is read.
 FINALIZE_ORDERS = Query(sa.select(
     sa.select(sa.func.array_agg(_unknown.c.order_id))
     .where(~sa.exists().where(orders.c.order_id == _unknown.c.order_id)).scalar_subquery().label("unknown"),
+    sa.select(_named).select_from(_finalized).scalar_subquery().label("finalized"),
     sa.select(sa.func.count()).select_from(_notified).scalar_subquery().label("notified"))
     .add_cte(_finalized).add_cte(_dropped).add_cte(_notified))
 
@@ -186,11 +188,16 @@ async def make_unsent_due(cur) -> None:
     await execute(cur, UNSENT_DUE_NOW)
 
 
-async def finalize_orders(cur, order_ids: list[int], statuses: list[str], notify: bool = True) -> set[int]:
+class Finalized(NamedTuple):
+    unknown: set[int]  # results about orders that do not exist
+    finals: dict[int, OrderStatus]  # the orders this statement made final, and their status
+
+
+async def finalize_orders(cur, order_ids: list[int], statuses: list[str], notify: bool = True) -> Finalized:
     """Set each still-`NEW` order to its status, drop its outbox row and NOTIFY the orders made final (unless not
-    `notify`); returns the ids of unknown orders."""
+    `notify`)."""
     row = await fetch_one(cur, FINALIZE_ORDERS, order_ids=order_ids, statuses=statuses, notify=notify)
-    return set(row["unknown"] or ())
+    return Finalized(set(row["unknown"] or ()), named_in(row["finalized"]) if row["finalized"] else {})
 
 
 async def final_statuses(cur, order_ids: list[int]) -> dict[int, OrderStatus]:

@@ -3,6 +3,7 @@ admin on every route through the gateway, the same refusals at each service's ow
 a key rotation while running, and nothing written by any refused request."""
 import json
 import secrets
+import time
 import urllib.error
 import urllib.request
 
@@ -164,3 +165,24 @@ def test_a_key_rotated_at_the_issuer_is_taken_without_a_restart_and_old_tokens_s
 
 def kid_of(token):
     return jwt.get_unverified_header(token)["kid"]
+
+
+def test_who_may_see_an_order_is_decided_before_any_waiting(stack, people):
+    url, a = stack.url, people["a"]
+    stack["payment"].stop()  # the order stays NEW: a wait would last its whole 30 s
+    try:
+        order_id = send(url, "POST", "/orders", {"user_id": a, "amount": 1}, people["token_a"])[1]["order_id"]
+        for token, expected in ((people["token_b"], 404), (None, 401), ("not-a-token", 401)):
+            started = time.monotonic()
+            assert send(url, "GET", f"/orders/{order_id}?wait=30", token=token)[0] == expected, token
+            assert time.monotonic() - started < 2, token
+        started = time.monotonic()
+        refused = send(url, "POST", "/orders", {"user_id": a, "amount": 1}, people["token_b"], {"Prefer": "wait=30"})
+        assert refused[0] == 403 and time.monotonic() - started < 2
+        status, reply, headers = send(url, "GET", f"/orders/{order_id}?wait=1", token=people["token_a"])
+        assert (status, reply["order"]["status"]) == (200, "NEW")
+    finally:
+        stack.restart("payment")
+        stack["payment"].wait_ready()
+    status, reply, headers = send(url, "GET", f"/orders/{order_id}?wait=10", token=people["admin"])
+    assert status == 200 and reply["order"]["status"] in ("FINISHED", "CANCELLED")

@@ -21,6 +21,7 @@ from harness.proxy import TcpProxy
 from order_svc import repo
 from order_svc import service as order_service
 from order_svc.app import OrderService
+from order_svc.waiters import Waiters
 from tests.conftest import eventually
 from tests.integration.conftest import running
 from tests.integration.http import request
@@ -65,7 +66,9 @@ async def place(service, user_id, headers=None):
 
 async def finalize(service, order_id, status=OrderStatus.FINISHED):
     """The order's payment result, applied as the consumer applies it (the statement that NOTIFYs)."""
-    assert await order_service.apply_payment_results(service.db.background, [PaymentResult(order_id, status)]) == {}
+    # As another replica applies it: this process's waiters learn of it by the NOTIFY.
+    results = [PaymentResult(order_id, status)]
+    assert await order_service.apply_payment_results(service.db.background, Waiters(0, 0), results) == {}
 
 
 async def new_order(service, user_id):
@@ -171,9 +174,11 @@ async def test_prefer_wait_answers_the_final_status_when_payment_settles_in_time
                                                                                  user_id):
     assert (await request(payment_service.port, "POST", "/payments", {"user_id": user_id}))[0] == 201
     assert (await request(payment_service.port, "PUT", f"/payments/{user_id}", {"amount": 10}))[0] == 200
+    local = sample("shop_wait_wakeups_total", by="local")
     code, body, headers, took = await place(order_service, user_id, {"Prefer": "respond-async, wait=10"})
     assert (code, body["order"]["status"], headers["Preference-Applied"]) == (201, "FINISHED", "wait=10")
     assert took < 5
+    assert sample("shop_wait_wakeups_total", by="local") == local + 1  # this process applied the result itself
     # The balance is spent: the next one ends CANCELLED, and a wait above 30 s is taken as 30.
     code, body, headers, _ = await place(order_service, user_id, {"Prefer": "wait=100"})
     assert (code, body["order"]["status"], headers["Preference-Applied"]) == (201, "CANCELLED", "wait=30")

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 
 import pytest
+from prometheus_client import REGISTRY
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httputil import HTTPHeaders
 from tornado.tcpclient import TCPClient
@@ -17,6 +18,7 @@ from common.config import load_settings
 from common.lifecycle import listen
 from gateway import OPENAPI_SPEC, make_admin_app, make_app, proxy_server
 from harness.stack import free_port
+from tests.conftest import eventually
 from tests.e2e.raw_backend import ANSWER, DROP, ETAG, HOLD, RawBackend
 
 
@@ -432,3 +434,82 @@ async def test_a_replica_that_never_answers_its_probe_is_unreachable_within_the_
     assert (code, json.loads(body)["backends"]) == (503, {held.url: "unreachable"})
     # The probe's 2 s, not the client's 10 s default: `/ready` must answer an orchestrator's probe in time.
     assert asyncio.get_running_loop().time() - started < 8
+
+
+# Blocking reads: a waiting request's own timeout (its wait + UPSTREAM_TIMEOUT, and only its), `Prefer` forwarded
+# and `Preference-Applied` passed back, WAIT_POOL_SIZE (beyond it a request goes on without its wait), and a
+# waiting request cancelled when its client leaves.
+
+def sample(name, **labels):
+    return REGISTRY.get_sample_value(name, labels) or 0
+
+
+async def timed(port, path, method="GET", headers=None):
+    started = time.monotonic()
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}{path}", method=method, raise_error=False,
+                                             body=b'{"user_id": 1, "amount": 1}' if method == "POST" else None,
+                                             headers={"Content-Type": "application/json", **(headers or {})},
+                                             request_timeout=30)
+    return response.code, response.headers, time.monotonic() - started
+
+
+def hold_waits(method, nth):
+    return HOLD
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_only_a_waiting_request_gets_its_wait_on_top_of_the_upstream_timeout(start_gateway):
+    backend = RawBackend(hold_waits)
+    port = start_gateway([backend.url])  # UPSTREAM_TIMEOUT=1
+    plain, waiting, posted, invalid = await asyncio.gather(
+        timed(port, "/orders/1"), timed(port, "/orders/1?wait=3"), timed(port, "/orders", "POST", {"Prefer": "wait=2"}),
+        timed(port, "/orders/1?wait=99"))  # not a wait: the backend would refuse it at once
+    assert [code for code, _, _ in (plain, waiting, posted, invalid)] == [503] * 4
+    assert 1 <= plain[2] < 2.5 and 1 <= invalid[2] < 2.5
+    assert 4 <= waiting[2] < 5.5 and 3 <= posted[2] < 4.5
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_prefer_is_forwarded_and_preference_applied_passed_back(start_gateway):
+    backend = RawBackend()
+    port = start_gateway([backend.url])
+    await timed(port, "/orders", "POST", {"Prefer": "wait=5, respond-async"})
+    assert dict(backend.requests("POST")[0].headers)["prefer"] == "wait=5, respond-async"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_beyond_wait_pool_size_a_request_goes_on_without_its_wait(start_gateway):
+    calls = iter(range(100))
+    backend = RawBackend(lambda method, nth: HOLD if next(calls) == 0 else ANSWER)  # the first request is held
+    port = start_gateway([backend.url], WAIT_POOL_SIZE="1", UPSTREAM_TIMEOUT="5")
+    refused = sample("shop_waits_refused_total", cap="gateway")
+    held = asyncio.ensure_future(timed(port, "/orders/7?wait=20"))
+    await eventually(lambda: assert_seen(backend, 1))
+    code, _, took = await timed(port, "/orders/7?wait=20&x=1")
+    posted, _, _ = await timed(port, "/orders", "POST", {"Prefer": "wait=20"})
+    assert (code, posted) == (200, 200) and took < 2
+    seen = [(s.method, s.path, dict(s.headers).get("prefer")) for s in backend.requests()]
+    assert seen == [("GET", "/orders/7?wait=20", None), ("GET", "/orders/7?x=1", None), ("POST", "/orders", None)]
+    assert sample("shop_waits_refused_total", cap="gateway") == refused + 2
+    backend.close()
+    held.cancel()
+
+
+def assert_seen(backend, count):
+    assert len(backend.requests()) == count
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_waiting_request_whose_client_leaves_is_cancelled(start_gateway):
+    backend = RawBackend(hold_waits)
+    port = start_gateway([backend.url], UPSTREAM_TIMEOUT="20")
+    waiting = sample("shop_waiting_requests")
+    stream = await TCPClient().connect("127.0.0.1", port)
+    await stream.write(b"GET /orders/1?wait=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+    await eventually(lambda: assert_seen(backend, 1))
+    assert sample("shop_waiting_requests") == waiting + 1
+    stream.close()
+
+    async def released():
+        assert sample("shop_waiting_requests") == waiting
+    await eventually(released, timeout=5)
