@@ -11,8 +11,6 @@ import jwt
 import psycopg2
 import pytest
 
-from harness.issuer import DevIssuer
-from harness.stack import Stack
 from tests.conftest import wait_for
 
 # Headers a proxy in front of an application sometimes sets to name the user: none of them is believed here.
@@ -34,19 +32,8 @@ def send(url, method, path, body=None, token=None, headers=None):
 
 
 @pytest.fixture(scope="module")
-def issuer():
-    with DevIssuer() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def stack(issuer):
-    with Stack(prefix="shop_auth", extra_env=issuer.env()) as running:
-        for name in ("order", "payment"):
-            running[name].wait_ready()  # ready once the issuer's keys are loaded
-        yield running
-        for process in running.processes.values():
-            assert "Traceback" not in process.log(), process.log()[-5000:]
+def stack(authenticated_stack):
+    return authenticated_stack
 
 
 @pytest.fixture(scope="module")

@@ -2,25 +2,12 @@
 panva's oidc-provider), as a user of Postman would run it: its pre-request script gets each run's access token."""
 import pytest
 
-from harness.issuer import DevIssuer
 from harness.newman import check_seed_walkthrough, fresh_user_id, run_collection
-from harness.stack import Stack
 
 
 @pytest.fixture(scope="module")
-def issuer():
-    with DevIssuer() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def stack(issuer):
-    with Stack(prefix="shop_e2e", extra_env=issuer.env()) as running:
-        for name in ("order", "payment"):
-            running[name].wait_ready()  # ready once the issuer's keys are loaded
-        yield running
-        for process in running.processes.values():
-            assert "Traceback" not in process.log(), process.log()[-5000:]
+def stack(authenticated_stack):
+    return authenticated_stack
 
 
 def run(stack, issuer, user_id, **options):
