@@ -23,6 +23,7 @@ from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest, Pay
 from common.queues import declare_queue
 from harness.credentials import RunCredentials
 from harness.infra import INFRA, InfraError
+from harness.invariants import query
 from order_svc import repo as order_repo
 from order_svc.app import OrderService
 from payment_svc.app import PaymentService
@@ -132,16 +133,6 @@ async def status_of(service, order_id):
 
 def result(order_id, status="FINISHED"):
     return PaymentResult(order_id, status).encode()
-
-
-def query(dsn, sql, *params):
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -434,5 +425,5 @@ async def test_provisioning_is_idempotent_and_hands_over_a_database_the_superuse
     with pytest.raises(ProbableAuthenticationError):
         await aio_pika.connect(INFRA.amqp_url(run_id, user=f"{run_id}_payment", password="pw-p1"))
     assert query(admin, "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname LIKE %s "
-                        "ORDER BY 1", f"{run_id}%") == \
+                        "ORDER BY 1", (f"{run_id}%",)) == \
         [(f"{run_id}_order", False, False, False), (f"{run_id}_payment", False, False, False)]
