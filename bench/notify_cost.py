@@ -103,7 +103,7 @@ def notify_cost(plan: Sizes):
 def cell_rows(plan, dsn, clients, batch):
     # Enough NEW orders for a run at a generous rate: each statement takes fresh ones, and all are NEW again
     # before the next run.
-    measure.run_sql(dsn, "TRUNCATE orders")
+    measure.run_sql(dsn, "TRUNCATE outbox_os, orders")
     measure.run_sql(dsn, "INSERT INTO orders (order_id, user_id, amount, description, status, created_at) "
                          "SELECT c * %s + g, 1, 1, 'bench', 'NEW', now() FROM generate_series(0, %s) c, "
                          "generate_series(1, %s) g",
