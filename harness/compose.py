@@ -26,7 +26,10 @@ from harness.stack import free_port
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SOCKET = "/run/podman/podman.sock"
+# The long-running containers, and the one-shots that provision each service's own credentials before they start
+# (python -m ops.provision; they exit 0 and stay exited).
 SERVICES = ("postgres", "rabbitmq", "issuer", "order", "payment", "gateway")
+ONE_SHOTS = ("provision-postgres", "provision-rabbitmq")
 
 
 def setup_machine():
@@ -203,6 +206,12 @@ class ComposeStack:
 
     def inspect(self, service):
         return json.loads(podman("inspect", self.container(service)))[0]
+
+    def exec(self, service, *args, env=None, check=True, timeout=60):
+        """Run `args` in a service's container (`env`: variables for the command only); the finished process."""
+        options = [f"--env={key}={value}" for key, value in (env or {}).items()]
+        return subprocess.run(["podman", "exec", *options, self.container(service), *args], check=check,
+                              capture_output=True, text=True, timeout=timeout)
 
     def health(self, service):
         return self.inspect(service)["State"]["Health"]["Status"]

@@ -3,7 +3,9 @@
 Generic over any project with the services postgres, rabbitmq, gateway, order and payment (CONTRACT.md) and the
 database names of its `.env` (ORDER_DB_NAME / PAYMENT_DB_NAME, default orders / payments). The run starts
 from empty volumes (`docker compose down -v`), so never point it at a project whose data you want to keep.
-The databases are read through `psql` inside the postgres container: only the gateway is published.
+The databases are read through `psql` inside the postgres container (only the gateway is published), as
+POSTGRES_USER, the superuser: with least privilege (docker-compose.yml) each service's role may connect to its
+own database only. A project's one-shot containers (docker-compose.yml's provisioning) run again at every `up`.
 
 With AUTH_MODE=jwt (this project's .env) the project must also have the development token issuer, service `issuer`,
 published on ISSUER_HOST_PORT (docker-compose.yml does both): every request the run sends to the gateway carries

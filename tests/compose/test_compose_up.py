@@ -1,6 +1,8 @@
-"""`docker-compose up` for real (podman underneath), with authentication on: the Postman collection passes against
-it with tokens from the published `issuer` container, a request without a token is refused, and the Order and
-Payments containers killed mid-flow come back without losing an order."""
+"""`docker-compose up` for real (podman underneath), with authentication on and least privilege: the Postman
+collection passes against it with tokens from the published `issuer` container, a request without a token is
+refused, each service's own PostgreSQL role owns its database and may not connect to the other's, the broker has
+each service's own user, the operator's and the administrator with their permissions (and the services log in as
+theirs), and the Order and Payments containers killed mid-flow come back without losing an order."""
 import json
 import os
 import signal
@@ -16,6 +18,7 @@ from harness.compose import ComposeStack
 from harness.invariants import check_invariants, pending_count, query, wait_until_settled
 from harness.newman import check_seed_walkthrough, fresh_user_id, run_collection
 from harness.stack import free_port
+from ops.provision.rabbitmq import OPERATOR, SERVICE
 from tests.conftest import wait_for
 
 HERE = os.path.dirname(__file__)
@@ -107,6 +110,80 @@ def test_a_request_without_a_token_is_refused_401_through_the_compose_gateway(co
     assert json.load(refused.value)["status"] == "Fail"
     # The same request with the user's token from the published issuer passes authentication (no account yet).
     assert call(compose_stack.url, "GET", f"/payments/{user}", headers=compose_stack.issuer.headers(user))[0] == 404
+
+
+def psql(stack, sql, user=None, password=None, database="postgres"):
+    """`psql` in the postgres container: as the superuser over its socket, or as `user` with `password` over the
+    compose network, as the services connect (password authentication: the official image trusts loopback);
+    the finished process."""
+    command = ["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql]
+    if user is None:
+        return stack.exec("postgres", *command, "-U", stack.settings["POSTGRES_USER"])
+    return stack.exec("postgres", *command, "-h", "postgres", "-U", user, env={"PGPASSWORD": password},
+                      check=False)
+
+
+def rows(done):
+    return {tuple(line.split("|")) for line in done.stdout.splitlines()}
+
+
+def test_each_service_role_owns_its_database_and_may_not_connect_to_the_other_s(compose_stack):
+    s = compose_stack.settings
+    order, payment = (s["ORDER_DB_USER"], s["ORDER_DB_PASSWORD"]), (s["PAYMENT_DB_USER"], s["PAYMENT_DB_PASSWORD"])
+    orders, payments = s["ORDER_DB_NAME"], s["PAYMENT_DB_NAME"]
+    assert (order[0], payment[0]) == ("shop-order", "shop-payment")
+    owners = psql(compose_stack, "SELECT datname, pg_get_userbyid(datdba) FROM pg_database "
+                                 f"WHERE datname IN ('{orders}', '{payments}')")
+    assert rows(owners) == {(orders, order[0]), (payments, payment[0])}
+    # LOGIN and nothing more.
+    roles = psql(compose_stack, "SELECT rolname, rolcanlogin, rolsuper OR rolcreatedb OR rolcreaterole OR "
+                                f"rolreplication OR rolbypassrls FROM pg_roles WHERE rolname IN ('{order[0]}', "
+                                f"'{payment[0]}')")
+    assert rows(roles) == {(order[0], "t", "f"), (payment[0], "t", "f")}
+    for (user, password), own, other in ((order, orders, payments), (payment, payments, orders)):
+        # The services created their tables at start-up as themselves.
+        tables = psql(compose_stack, "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'",
+                      database=own)
+        assert rows(tables) == {(user,)}, own
+        assert psql(compose_stack, "SELECT current_user", user, password, own).stdout.strip() == user
+        refused = psql(compose_stack, "SELECT 1", user, password, other)
+        assert refused.returncode != 0 and "CONNECT privilege" in refused.stderr, (user, other, refused.stderr)
+        wrong = psql(compose_stack, "SELECT 1", user, password + "-wrong", own)
+        assert wrong.returncode != 0 and "password authentication failed" in wrong.stderr, wrong.stderr
+
+
+def rabbitmqctl(stack, *args):
+    return json.loads(stack.exec("rabbitmq", "rabbitmqctl", "-q", *args, "--formatter", "json").stdout)
+
+
+def test_the_broker_has_each_service_s_user_the_operator_and_the_administrator_and_the_services_use_theirs(
+        compose_stack):
+    s = compose_stack.settings
+    order, payment, operator, admin = (s["ORDER_BROKER_USER"], s["PAYMENT_BROKER_USER"], s["OPERATOR_BROKER_USER"],
+                                       s["RABBITMQ_USER"])
+    assert (order, payment, operator) == ("shop-order", "shop-payment", "shop-operator")
+    # No tags but the administrator's (no management UI or HTTP API); no `guest`.
+    users = {user["user"]: user["tags"] for user in rabbitmqctl(compose_stack, "list_users")}
+    assert users == {order: [], payment: [], operator: [], admin: ["administrator"]}
+    # Exactly the permissions python -m ops.provision grants.
+    permissions = {p["user"]: (p["configure"], p["write"], p["read"])
+                   for p in rabbitmqctl(compose_stack, "list_permissions", "--vhost", "/")}
+    service, operator_permissions = (SERVICE.configure, SERVICE.write, SERVICE.read), (
+        OPERATOR.configure, OPERATOR.write, OPERATOR.read)
+    assert permissions == {order: service, payment: service, operator: operator_permissions,
+                           admin: (".*", ".*", ".*")}
+    # The services are connected, each as its own user.
+    connected = {c["user"] for c in rabbitmqctl(compose_stack, "list_connections", "user")}
+    assert connected == {order, payment}
+    # The dead-letter tool, run in the order container: as the operator it reads the dead letters; as the
+    # container's own user (its RABBITMQ_URL) it may not.
+    tool = ("python", "-m", "common.dead_letters", "list", "outbox_ps")
+    operator_url = f"amqp://{operator}:{s['OPERATOR_BROKER_PASSWORD']}@rabbitmq:5672/"
+    listed = compose_stack.exec("order", *tool, env={"RABBITMQ_URL": operator_url}, check=False)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    refused = compose_stack.exec("order", *tool, check=False)
+    assert refused.returncode == 1 and f"refuses user {order} to read outbox_ps.dead" in refused.stderr, \
+        refused.stdout + refused.stderr
 
 
 def test_order_and_payment_killed_mid_flow_come_back_and_lose_no_order(compose_stack):
