@@ -20,6 +20,8 @@ COPY --chown=root:root schema.sql gateway.py openapi.yaml ./
 COPY --chown=root:root common ./common
 COPY --chown=root:root order_svc ./order_svc
 COPY --chown=root:root payment_svc ./payment_svc
+# The provisioning command (python -m ops.provision), which compose's one-shot containers run.
+COPY --chown=root:root ops ./ops
 USER shop
 
 EXPOSE 8080 8081 8082

@@ -104,15 +104,13 @@ def test_services_start_only_after_their_dependencies_are_healthy_and_provisione
 def test_data_lives_in_named_volumes(resolved):
     assert set(resolved["volumes"]) == {"pgdata", "rabbitmq-data", "rabbitmq-definitions", "issuer-keys"}
     mounts = {name: service["volumes"] for name, service in resolved["services"].items() if "volumes" in service}
-    # The one-shots run ops/ from the checkout (the app image holds only what the services run); the broker's
-    # definitions go through a volume of their own, read-only for the broker.
-    code = f"{ROOT / 'ops'}:/app/ops:ro"
+    # The one-shots run ops/ from the app image (nothing of the checkout is mounted); the broker's definitions go
+    # through a volume of their own, read-only for the broker.
     assert mounts == {"postgres": ["pgdata:/var/lib/postgresql/data:rw"],
                       "rabbitmq": ["rabbitmq-data:/var/lib/rabbitmq:rw",
                                    "rabbitmq-definitions:/etc/rabbitmq/definitions:ro"],
                       "issuer": ["issuer-keys:/var/lib/shop-issuer:rw"],
-                      "provision-postgres": [code],
-                      "provision-rabbitmq": [code, "rabbitmq-definitions:/definitions:rw"]}
+                      "provision-rabbitmq": ["rabbitmq-definitions:/definitions:rw"]}
     # The issuer's signing keys in that volume: its tokens outlive a restart of its container.
     assert resolved["services"]["issuer"]["environment"]["DEV_ISSUER_KEYS"] == "/var/lib/shop-issuer/keys.json"
 
