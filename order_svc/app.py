@@ -12,7 +12,7 @@ from common.lifecycle import BackendService, Consumption, Wiring
 from common.messages import PAYMENT_RESULTS, PaymentResult
 from common.pg_hosts import Hosts
 from common.worker import BgWorker
-from order_svc import repo, service
+from order_svc import outcomes, repo, service
 from order_svc.handlers import OrderHandler, OrdersHandler
 from order_svc.listener import Listener
 from order_svc.messaging import RelayOnly, RequestDispatch, SendAtOnce
@@ -39,8 +39,8 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
     # through a LISTEN connection of its own when another replica does.
     waiters = Waiters(settings.max_waiting, settings.max_waiting_per_user)
     listener = Listener(Hosts(settings.order_db_dsn), repo.FINAL_ORDERS_CHANNEL,
-                        functools.partial(service.wake_waiters, background, waiters),
-                        functools.partial(service.read_waited_orders, background, waiters))
+                        functools.partial(outcomes.wake_waiters, background, waiters),
+                        functools.partial(outcomes.read_waited_orders, background, waiters))
     return Wiring(make_app(db, settings, auth, dispatch, waiters),
                   service_admin_application(settings, db, broker, auth, repo.backlog),
                   workers=dict(outbox=outbox, cleanup=cleanup, listener=listener),

@@ -8,7 +8,7 @@ from common.idempotency import from_request
 from common.messages import FINAL_STATUSES
 from common.validation import parse_amount, parse_description, parse_id, parse_json_object, parse_page
 from common.waiting import PREFER, PREFERENCE_APPLIED, parse_wait, preferred_wait
-from order_svc import service
+from order_svc import outcomes, service
 from order_svc.waiters import Mark
 
 
@@ -25,21 +25,25 @@ class Holding(ApiHandler):
     Its waiter stops waiting when the client goes away: Tornado calls `on_connection_close` then."""
 
     waiter = None
+    client_left = False
 
     async def hold(self, order: dict, seconds: int, since: Mark) -> tuple[dict, bool]:
-        """(the order once final or after `seconds`, True), or (`order`, False) at once beyond a cap. `since`:
-        the waiters' mark taken before `order` was read."""
+        """(the order once final or after `seconds`, True), or (`order`, False) at once beyond a cap or when the
+        client has left already. `since`: the waiters' mark taken before `order` was read."""
+        if self.client_left:  # while its order was read: nobody to hold the answer for
+            return order, False
         # The caller: the token's subject; with AUTH_MODE=off nobody is known, and the order's user stands in.
         caller = self.principal.subject or f"user {order['user_id']}"
         self.waiter = self.waiters.join(order["order_id"], caller, since)
         if self.waiter is None:
             return order, False
         try:
-            return await service.await_outcome(self.db, self.waiters, self.waiter, order, seconds), True
+            return await outcomes.await_outcome(self.db, self.waiters, self.waiter, order, seconds), True
         finally:
             self.waiter = None
 
     def on_connection_close(self):
+        self.client_left = True
         if self.waiter is not None:
             self.waiters.leave(self.waiter)
         super().on_connection_close()
@@ -72,7 +76,7 @@ class OrdersHandler(Holding):
         if final["status"] not in FINAL_STATUSES:
             return order
         # The key's replay must answer this answer: the final status goes out only once stored for the key.
-        return final if idempotent is None or await service.remember_answer(self.db, idempotent, final) else order
+        return final if idempotent is None or await outcomes.remember_answer(self.db, idempotent, final) else order
 
     async def get(self):
         user = self.get_query_argument("user", "")
