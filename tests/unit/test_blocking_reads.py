@@ -56,13 +56,28 @@ def test_a_notification_names_each_order_and_its_final_status():
             named_in(foreign)
 
 
+@pytest.fixture
+def waiters():
+    """Makes registries (room for 10 waiters unless said), emptied afterwards: their gauge is the process's."""
+    made = []
+
+    def make(max_waiting=10, max_per_caller=10):
+        made.append(Waiters(max_waiting, max_per_caller))
+        return made[-1]
+    yield make
+    for registry in made:
+        registry.let_go()
+        for waiter in [w for ws in registry._by_order.values() for w in ws]:
+            registry.remove(waiter)
+
+
 def waited(waiters, waiter, seconds=5):
     return asyncio.ensure_future(waiters.wait(waiter, seconds))
 
 
 @pytest.mark.gen_test
-async def test_a_waiter_is_woken_with_its_order_s_final_status_and_then_forgotten():
-    waiters = Waiters(10, 10)
+async def test_a_waiter_is_woken_with_its_order_s_final_status_and_then_forgotten(waiters):
+    waiters = waiters()
     first, second = (waiters.join(7, "a", waiters.mark()) for _ in range(2))
     other = waiters.join(8, "b", waiters.mark())
     waits = [waited(waiters, w) for w in (first, second, other)]
@@ -79,15 +94,15 @@ async def test_a_waiter_is_woken_with_its_order_s_final_status_and_then_forgotte
 
 
 @pytest.mark.gen_test
-async def test_a_wait_ends_without_a_status_after_its_seconds():
-    waiters = Waiters(10, 10)
+async def test_a_wait_ends_without_a_status_after_its_seconds(waiters):
+    waiters = waiters()
     waiter = waiters.join(7, "a", waiters.mark())
     assert await waiters.wait(waiter, 0.05) is None and waiter.outcome == TIMEOUT
 
 
 @pytest.mark.gen_test
-async def test_beyond_a_cap_or_while_shutting_down_nobody_joins():
-    waiters = Waiters(max_waiting=3, max_per_caller=2)
+async def test_beyond_a_cap_or_while_shutting_down_nobody_joins(waiters):
+    waiters = waiters(max_waiting=3, max_per_caller=2)
     mark = waiters.mark()
     assert waiters.join(1, "a", mark) and waiters.join(2, "a", mark)
     assert waiters.join(3, "a", mark) is None  # the caller's cap
@@ -101,8 +116,8 @@ async def test_beyond_a_cap_or_while_shutting_down_nobody_joins():
 
 
 @pytest.mark.gen_test
-async def test_a_wake_up_between_the_read_and_the_join_is_not_missed():
-    waiters = Waiters(10, 10)
+async def test_a_wake_up_between_the_read_and_the_join_is_not_missed(waiters):
+    waiters = waiters()
     mark = waiters.mark()  # taken before the order was read
     waiters.wake({7: CANCELLED}, by="notification")  # came while it was read: nobody waited yet
     waiter = waiters.join(7, "a", mark)
@@ -110,8 +125,8 @@ async def test_a_wake_up_between_the_read_and_the_join_is_not_missed():
 
 
 @pytest.mark.gen_test
-async def test_a_waiter_that_cannot_know_what_it_missed_reads_its_order_again():
-    waiters = Waiters(10, 10)
+async def test_a_waiter_that_cannot_know_what_it_missed_reads_its_order_again(waiters):
+    waiters = waiters()
     mark = waiters.mark()
     waiters.missed()  # e.g. the LISTEN connection came back: notifications may have been lost meanwhile
     assert waiters.join(7, "a", mark).unsure
