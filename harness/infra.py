@@ -77,14 +77,15 @@ class Infra:
         return f"postgresql://{user}{password}@{params.get('host', '127.0.0.1')}:{self.pg_port}/{dbname}"
 
     def drop_database(self, name):
-        self._admin_sql(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        self.admin_sql(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     def drop_role(self, name):
         """Drop role `name` (its databases dropped first: a role that owns one cannot be dropped)."""
-        self._admin_sql(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        self.admin_sql(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
-    def _admin_sql(self, statement):
-        conn = psycopg2.connect(self.pg_admin_dsn)
+    def admin_sql(self, statement, dsn=None):
+        """Run `statement` as the admin, outside a transaction, on `dsn` (default: the admin DSN's database)."""
+        conn = psycopg2.connect(dsn or self.pg_admin_dsn)
         conn.autocommit = True
         try:
             with conn.cursor() as cur:

@@ -344,16 +344,6 @@ def provision_cli(env, *args):
                           capture_output=True, text=True, timeout=120)
 
 
-def as_admin(dsn, statement):
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def migration():
     """Names for a deployment from before least privilege, dropped afterwards: (run id, its inputs)."""
@@ -392,12 +382,12 @@ def owners(dsn):
 async def test_provisioning_is_idempotent_and_hands_over_a_database_the_superuser_created(migration):
     run_id = migration
     orders = f"{run_id}_orders"
-    as_admin(INFRA.pg_admin_dsn, f'CREATE DATABASE "{orders}"')
+    INFRA.admin_sql(f'CREATE DATABASE "{orders}"')
     admin = INFRA.dsn(orders)
     # The service's tables as the superuser made them, and more.
-    as_admin(admin, schema_section("shared") + schema_section("order_svc") +
-             "CREATE TYPE legacy_mood AS ENUM ('ok'); CREATE SEQUENCE legacy_seq; "
-             "CREATE FUNCTION legacy_fn() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    INFRA.admin_sql(schema_section("shared") + schema_section("order_svc") +
+                    "CREATE TYPE legacy_mood AS ENUM ('ok'); CREATE SEQUENCE legacy_seq; "
+                    "CREATE FUNCTION legacy_fn() RETURNS int LANGUAGE sql AS 'SELECT 1'", dsn=admin)
     assert owners(admin) == {("postgres",)}
 
     env = provisioning_env(run_id)
