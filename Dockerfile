@@ -18,6 +18,7 @@ RUN useradd --system --uid 10001 --no-create-home --home-dir /app shop
 WORKDIR /app
 COPY --chown=root:root schema.sql gateway.py openapi.yaml ./
 COPY --chown=root:root common ./common
+COPY --chown=root:root proxy ./proxy
 COPY --chown=root:root order_svc ./order_svc
 COPY --chown=root:root payment_svc ./payment_svc
 # The provisioning command (python -m ops.provision), which compose's one-shot containers run.

@@ -15,23 +15,23 @@ from pathlib import Path
 
 from tornado import web
 
-from common import tracing
-from common.app import admin_application
-from common.envelope import CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER, BaseHandler, NotFoundHandler, label
-from common.errors import Unavailable
-from common.health import HealthHandler
-from common.http_client import FETCH_ERRORS, KeepAliveClient
-from common.lifecycle import Service, listen, run
-from common.logs import request_id
-from common.metrics import WAITING, WAITS_REFUSED, log_request
-from common.proxy_server import CLIENT_CLOSED_REQUEST, ProxyServer, Route
-from common.waiting import PREFER, PREFERENCE_APPLIED, requested_wait, without_wait
+from common.observability import tracing
+from common.observability.metrics import WAITING, WAITS_REFUSED, log_request
+from common.runtime.lifecycle import Service, listen, run
+from common.runtime.logs import request_id
+from common.web.app import admin_application
+from common.web.envelope import CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER, BaseHandler, NotFoundHandler, label
+from common.web.errors import Unavailable
+from common.web.health import HealthHandler
+from common.web.waiting import PREFER, PREFERENCE_APPLIED, requested_wait, without_wait
+from proxy.http_client import FETCH_ERRORS, KeepAliveClient
+from proxy.server import CLIENT_CLOSED_REQUEST, ProxyServer, Route
 
 logger = logging.getLogger("gateway")
 
 # If-None-Match too: the backend's Etag passes back, so the backend can answer a 304 for it. The W3C trace
 # context passes through as well, or, with tracing on, continued by the gateway's span (`Backend.forward`).
-# `Authorization` too: each service verifies the client's bearer token itself (common.auth).
+# `Authorization` too: each service verifies the client's bearer token itself (common.web.auth).
 # `Prefer` too (RFC 7240: `POST /orders` with `Prefer: wait=N`), and its `Preference-Applied` comes back.
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Authorization", "Idempotency-Key", "If-None-Match",
                              "traceparent", "tracestate", PREFER)
@@ -43,7 +43,7 @@ CONNECT_TIMEOUT = 2
 
 class Backend:
     """One service's replicas, taken round-robin, reached through `client`; a waiting request (a blocking read,
-    `common.waiting.requested_wait`) through `wait_client`, at most `max_waiting` at once."""
+    `common.web.waiting.requested_wait`) through `wait_client`, at most `max_waiting` at once."""
 
     def __init__(self, name, urls, timeout, client, wait_client=None, max_waiting=0):
         self.name = name
@@ -114,7 +114,7 @@ class Backend:
 class ProxyHandler(BaseHandler):
     """Forwards the request to `backend`; the route table decides which methods exist.
 
-    With GATEWAY_PROXY=direct (the default) `common.proxy_server` serves these routes without a handler;
+    With GATEWAY_PROXY=direct (the default) `proxy.server` serves these routes without a handler;
     this one serves them with GATEWAY_PROXY=handler, the benchmark's before."""
 
     def prepare(self):
@@ -143,7 +143,7 @@ class ProxyHandler(BaseHandler):
         body = self.request.body if self.request.method in ("POST", "PUT") else None
         forwarding = self.backend.forward(self.request.method, self.request.uri, headers, body, self.template)
         if requested_wait(self.request.method, self.request.uri, headers.get(PREFER)):
-            # As `common.proxy_server` does: a waiting request is cancelled when its client leaves.
+            # As `proxy.server` does: a waiting request is cancelled when its client leaves.
             self.forwarding = asyncio.ensure_future(forwarding)
             await asyncio.wait([self.forwarding])
             if self.forwarding.cancelled():
@@ -254,7 +254,7 @@ def proxy_server(app, settings):
 
 class Gateway(Service):
     name = "gateway"
-    uvloop_safe = True  # no database driver: see common.lifecycle.run
+    uvloop_safe = True  # no database driver: see common.runtime.lifecycle.run
 
     async def start(self):
         self.client = KeepAliveClient(self.settings.backend_pool_size)

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python3 scripts/preflight.py "$@"
 scripts/setup.sh
-setting() { .venv/bin/python -c 'import os, sys; from common.config import read_env_file
+setting() { .venv/bin/python -c 'import os, sys; from common.runtime.config import read_env_file
 print({**read_env_file(), **os.environ}.get(sys.argv[1], ""))' "$1"; }
 pids=()
 stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait; }

@@ -1,4 +1,4 @@
--- shop: all DDL, idempotent. Each service applies its own section at start-up (common/db.py).
+-- shop: all DDL, idempotent. Each service applies its own section at start-up (common/db/database.py).
 -- Money is NUMERIC(14,2): exact, two decimals, up to 999,999,999,999.99.
 
 -- [shared]

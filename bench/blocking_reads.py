@@ -21,11 +21,11 @@ import psycopg2
 from bench import measure, tools
 from bench.progress import say
 from bench.table import Row, mb, ms
-from common.http_client import KeepAliveClient
 from harness.invariants import query
 from harness.metrics import sample_total, scrape
 from harness.stack import Stack
 from order_svc import repo
+from proxy.http_client import KeepAliveClient
 
 JSON = {"Content-Type": "application/json"}
 

@@ -77,7 +77,7 @@ async def database_us(calls):
 
 
 # One payment request as the services encode it, with the trace context a traced order carries: a message holds
-# one such entry (today's format) or a JSON array of several (`common.packing`).
+# one such entry (today's format) or a JSON array of several (`common.broker.packing`).
 ENTRY = {"order_id": 123456, "user_id": 4321, "amount": "10.00",
          "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
 
@@ -87,7 +87,8 @@ def body_of(entries):
 
 
 async def aio_pika_publish(channel, queue, body, message_id):
-    """What `common.publisher.Publisher` did before packing: an `aio_pika.Message`, the robust channel's publish."""
+    """What `common.broker.publisher.Publisher` did before packing: an `aio_pika.Message`, the robust channel's
+    publish."""
     await channel.default_exchange.publish(
         aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json",
                          message_id=message_id), routing_key=queue)

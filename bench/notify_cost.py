@@ -21,7 +21,7 @@ from psycopg2.extensions import AsIs
 from bench import measure, tools
 from bench.progress import say
 from bench.table import Row, per_s
-from common.db import schema_section
+from common.db.database import schema_section
 from harness.infra import INFRA
 from harness.invariants import query
 from order_svc import repo

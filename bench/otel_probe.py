@@ -12,7 +12,7 @@ process and, with exporting on, which spans exist and how the traces hang togeth
     .venv-otel/bin/python -m bench.otel_probe otlp 300    # instrumented, exported over OTLP/HTTP
 
 A probe, not a test: it measures what an implementation of "one trace per order" starts from. The
-implementation (common/tracing.py, hand-made spans) is measured against it by bench/tracing_cost.py."""
+implementation (common/observability/tracing.py, hand-made spans) is measured against it by bench/tracing_cost.py."""
 import argparse
 import json
 import secrets

@@ -38,7 +38,7 @@ class Profiler:
 
 
 def frame_name(frame):
-    """'handle (common/db.py:45)' -> 'common/db.py:handle', paths cut to the repo or site-packages."""
+    """'handle (common/db/database.py:45)' -> 'common/db/database.py:handle', paths cut to the repo or site-packages."""
     function, _, where = frame.partition(" (")
     path = where.rsplit(":", 1)[0]
     for marker in ("site-packages/", "lib/python3", "/wt-bench/", "/work/"):

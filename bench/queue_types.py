@@ -18,8 +18,8 @@ import time
 import aio_pika
 
 from bench.table import Row, ms, per_s, render
-from common.amqp_nodes import connect_robust
-from common.queues import declare_queue
+from common.broker.amqp_nodes import connect_robust
+from common.broker.queues import declare_queue
 from harness.infra import INFRA, Infra
 from harness.stack import ROOT
 

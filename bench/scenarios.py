@@ -10,9 +10,9 @@ from bench.profile import Profiler
 from bench.progress import say, wait
 from bench.steady import steady_orders
 from bench.table import Row, mb, ms, per_s
-from common.config import load_settings
-from common.db import schema_section
-from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
+from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS
+from common.db.database import schema_section
+from common.runtime.config import load_settings
 from harness.infra import INFRA
 from harness.invariants import check_invariants, pending_count, wait_until_settled
 from harness.metrics import rows_per_message, sample_total, scrape

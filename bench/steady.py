@@ -6,7 +6,7 @@ import time
 from collections import Counter
 
 from bench.progress import say
-from common.http_client import KeepAliveClient
+from proxy.http_client import KeepAliveClient
 
 
 async def _steady(url, rate, seconds, users):

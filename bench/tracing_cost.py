@@ -4,7 +4,7 @@
 
 Modes, interleaved round by round (each round starting with the next one), so that the machine's other
 load falls on all of them alike:
-  plain      the code just before tracing came in (the parent of the commit that added common/tracing.py,
+  plain      the code just before tracing came in (the parent of the commit that added common/observability/tracing.py,
              unpacked with `git archive`): the baseline
   none       this code, OTEL_TRACES_EXPORTER=none (the default)
   otlp       this code, its hand-made spans exported over OTLP/HTTP to a receiver in this process
@@ -30,7 +30,8 @@ from harness.stack import ROOT, Stack, free_port
 
 
 def baseline_ref():
-    added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", "common/tracing.py"], cwd=ROOT,
+    added = subprocess.run(["git", "log", "--follow", "--diff-filter=A", "--format=%H", "--",
+                            "common/observability/tracing.py"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     return f"{added[-1]}^" if added else "HEAD"
 
@@ -57,7 +58,7 @@ def commands(mode, baseline_dir):
 def off_hooks_us(repeat=100_000):
     """µs of CPU that tracing's hooks take per order with tracing off: the two server spans, the outbox row's
     context, two sends (request and result); the per-batch hooks are shared by up to BATCH_SIZE orders."""
-    from common import tracing
+    from common.observability import tracing
     off, headers = tracing.Off(), {}
 
     def order():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from common.config import read_env_file
+from common.runtime.config import read_env_file
 from harness.client import call
 from harness.stack import free_port
 

@@ -180,7 +180,7 @@ class Stack:
 
     @property
     def operator_url(self):
-        """The RabbitMQ URL of the operator user (`BROKER_OPERATOR_USER`), e.g. for `python -m common.dead_letters`."""
+        """The RabbitMQ URL of the operator user (`BROKER_OPERATOR_USER`), e.g. for `python -m ops.dead_letters`."""
         return self.credentials.amqp_url(self.infra, "operator", self.vhost) if self.credentials else \
             self.base_env["RABBITMQ_URL"]
 

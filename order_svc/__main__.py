@@ -1,4 +1,4 @@
-from common.lifecycle import run
+from common.runtime.lifecycle import run
 from order_svc.app import OrderService
 
 run(OrderService)

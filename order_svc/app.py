@@ -2,16 +2,16 @@
 connection that wakes waiting requests, built from a database and a broker (`bootstrap`)."""
 import functools
 
-from common.app import service_admin_application, service_application
-from common.auth import Authenticator
-from common.broker import Broker
-from common.config import Settings
-from common.db import Database
-from common.group_commit import GroupCommit
-from common.lifecycle import BackendService, Consumption, Wiring
-from common.messages import PAYMENT_RESULTS, PaymentResult
-from common.pg_hosts import Hosts
-from common.worker import BgWorker
+from common.broker.connection import Broker
+from common.broker.messages import PAYMENT_RESULTS, PaymentResult
+from common.db.database import Database
+from common.db.group_commit import GroupCommit
+from common.db.pg_hosts import Hosts
+from common.runtime.config import Settings
+from common.runtime.lifecycle import BackendService, Consumption, Wiring
+from common.runtime.worker import BgWorker
+from common.web.app import service_admin_application, service_application
+from common.web.auth import Authenticator
 from order_svc import outcomes, repo, service
 from order_svc.handlers import OrderHandler, OrdersHandler
 from order_svc.listener import Listener

@@ -2,12 +2,12 @@
 envelope."""
 import hashlib
 
-from common import tracing
-from common.envelope import ApiHandler, envelope, to_json
-from common.idempotency import from_request
-from common.messages import FINAL_STATUSES
-from common.validation import parse_amount, parse_description, parse_id, parse_json_object, parse_page
-from common.waiting import PREFER, PREFERENCE_APPLIED, parse_wait, preferred_wait
+from common.broker.messages import FINAL_STATUSES
+from common.db.idempotency import from_request
+from common.observability import tracing
+from common.web.envelope import ApiHandler, envelope, to_json
+from common.web.validation import parse_amount, parse_description, parse_id, parse_json_object, parse_page
+from common.web.waiting import PREFER, PREFERENCE_APPLIED, parse_wait, preferred_wait
 from order_svc import outcomes, service
 from order_svc.waiters import Mark
 

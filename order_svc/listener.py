@@ -5,7 +5,7 @@ process's waiters, whichever replica applied the result.
 A lost connection is noticed within seconds, even when the server falls silent (a partition: no reset ever
 comes; a hung host whose kernel still answers): TCP keepalives and `tcp_user_timeout` on the socket, and a probe
 every `PROBE_INTERVAL` seconds that must answer within `PROBE_TIMEOUT`. Then the listener connects again, to the
-primary of the moment (`common.pg_hosts`: after a failover, the new one), LISTENs, and only then calls
+primary of the moment (`common.db.pg_hosts`: after a failover, the new one), LISTENs, and only then calls
 `on_listening`, which reads the waited-for orders again: whatever became final while nobody listened."""
 import asyncio
 import logging
@@ -14,11 +14,11 @@ from collections.abc import Awaitable, Callable
 import aiopg
 from psycopg2.extensions import make_dsn
 
-from common.errors import Unavailable
-from common.metrics import LISTEN_CONNECTS, LISTENING, NOTIFICATIONS
-from common.pg_hosts import Hosts, WrongHost, describe, read_only
-from common.retry import DB_ERRORS
-from common.servers import reason
+from common.db.pg_hosts import Hosts, WrongHost, describe, read_only
+from common.observability.metrics import LISTEN_CONNECTS, LISTENING, NOTIFICATIONS
+from common.runtime.retry import DB_ERRORS
+from common.web.errors import Unavailable
+from ops.servers import reason
 
 logger = logging.getLogger(__name__)
 

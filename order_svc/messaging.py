@@ -3,10 +3,10 @@ fast path), or only through the outbox relay's poll (`RelayOnly`, FAST_PATH=0)."
 from collections.abc import Callable, Mapping
 from typing import NamedTuple, Protocol
 
-from common.db import Database
-from common.messages import ORDER_REQUESTS, PaymentRequest
-from common.publisher import PublishWindow
-from common.tracing import Trace
+from common.broker.messages import ORDER_REQUESTS, PaymentRequest
+from common.broker.publisher import PublishWindow
+from common.db.database import Database
+from common.observability.tracing import Trace
 from order_svc import repo
 
 

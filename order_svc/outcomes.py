@@ -2,10 +2,10 @@
 ones, and the answer a waiting `POST /orders` leaves for its idempotency key (the registry: `order_svc.waiters`)."""
 import logging
 
-from common.db import Database
-from common.errors import Unavailable
-from common.idempotency import IdempotentRequest, store_result
-from common.messages import FINAL_STATUSES
+from common.broker.messages import FINAL_STATUSES
+from common.db.database import Database
+from common.db.idempotency import IdempotentRequest, store_result
+from common.web.errors import Unavailable
 from order_svc import repo
 from order_svc.waiters import CLIENT_LEFT, Waiter, Waiters
 

@@ -6,8 +6,8 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from common.db import NOW, Query, execute, fetch_all, fetch_one, ids, pending_rows, seconds_from_now, texts
-from common.messages import OrderStatus
+from common.broker.messages import OrderStatus
+from common.db.database import NOW, Query, execute, fetch_all, fetch_one, ids, pending_rows, seconds_from_now, texts
 
 metadata = sa.MetaData()
 

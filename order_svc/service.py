@@ -4,15 +4,15 @@ import logging
 from decimal import Decimal
 from typing import NamedTuple
 
-from common import tracing
-from common.auth import Principal
-from common.config import Settings
-from common.db import Database, page
-from common.errors import OrderNotFound
-from common.group_commit import GroupCommit
-from common.idempotency import IdempotentRequest, Outcome, forget_expired, run_each_once
-from common.messages import ORDER_REQUESTS, PaymentRequest, PaymentResult
-from common.publisher import Publisher
+from common.broker.messages import ORDER_REQUESTS, PaymentRequest, PaymentResult
+from common.broker.publisher import Publisher
+from common.db.database import Database, page
+from common.db.group_commit import GroupCommit
+from common.db.idempotency import IdempotentRequest, Outcome, forget_expired, run_each_once
+from common.observability import tracing
+from common.runtime.config import Settings
+from common.web.auth import Principal
+from common.web.errors import OrderNotFound
 from order_svc import repo
 from order_svc.messaging import RequestDispatch
 from order_svc.waiters import Waiters
@@ -26,7 +26,7 @@ class OrderRequest(NamedTuple):
     placement: repo.Placement
 
 
-# The orders of concurrent requests, written together (`common.group_commit`).
+# The orders of concurrent requests, written together (`common.db.group_commit`).
 PlaceOrders = GroupCommit[OrderRequest, Outcome]
 
 # `await write_orders(cur, requests)`: a batch of requests' orders and outbox rows in the transaction of `cur`,

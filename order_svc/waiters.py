@@ -11,8 +11,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from common.messages import OrderStatus
-from common.metrics import WAITING, WAITS_ENDED, WAITS_REFUSED, WAKE_UPS
+from common.broker.messages import OrderStatus
+from common.observability.metrics import WAITING, WAITS_ENDED, WAITS_REFUSED, WAKE_UPS
 
 RECENT = 10_000
 

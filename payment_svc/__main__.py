@@ -1,4 +1,4 @@
-from common.lifecycle import run
+from common.runtime.lifecycle import run
 from payment_svc.app import PaymentService
 
 run(PaymentService)

@@ -2,14 +2,14 @@
 built from a database and a broker (`bootstrap`)."""
 import functools
 
-from common.app import service_admin_application, service_application
-from common.auth import Authenticator
-from common.broker import Broker
-from common.config import Settings
-from common.db import Database
-from common.lifecycle import BackendService, Consumption, Wiring
-from common.messages import ORDER_REQUESTS, PaymentRequest
-from common.worker import BgWorker
+from common.broker.connection import Broker
+from common.broker.messages import ORDER_REQUESTS, PaymentRequest
+from common.db.database import Database
+from common.runtime.config import Settings
+from common.runtime.lifecycle import BackendService, Consumption, Wiring
+from common.runtime.worker import BgWorker
+from common.web.app import service_admin_application, service_application
+from common.web.auth import Authenticator
 from payment_svc import repo, service
 from payment_svc.handlers import AccountHandler, AccountsHandler, MovementsHandler
 from payment_svc.messaging import RelayOnly, SettleAtOnce

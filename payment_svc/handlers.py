@@ -1,9 +1,9 @@
 """HTTP handlers of the Payments Service: parse and validate, check who may act, call `service`, reply with the
 envelope."""
-from common.envelope import CLIENT_REQUEST_ID_HEADER, ApiHandler, label
-from common.idempotency import from_request
-from common.logs import request_id
-from common.validation import parse_amount, parse_id, parse_json_object, parse_page
+from common.db.idempotency import from_request
+from common.runtime.logs import request_id
+from common.web.envelope import CLIENT_REQUEST_ID_HEADER, ApiHandler, label
+from common.web.validation import parse_amount, parse_id, parse_json_object, parse_page
 from payment_svc import service
 from payment_svc.repo import CreditOrigin
 

@@ -4,9 +4,9 @@ polls (`RelayOnly`, FAST_PATH=0)."""
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from common.db import Database
-from common.messages import PAYMENT_RESULTS, PaymentResult
-from common.publisher import PublishWindow
+from common.broker.messages import PAYMENT_RESULTS, PaymentResult
+from common.broker.publisher import PublishWindow
+from common.db.database import Database
 from payment_svc import repo
 
 

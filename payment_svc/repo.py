@@ -7,7 +7,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from common.db import (
+from common.broker.messages import OrderStatus, PaymentRequest
+from common.db.database import (
     NOW,
     Query,
     delete_batch,
@@ -20,7 +21,6 @@ from common.db import (
     seconds_from_now,
     texts,
 )
-from common.messages import OrderStatus, PaymentRequest
 
 metadata = sa.MetaData()
 

@@ -4,13 +4,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from common import tracing
-from common.config import Settings
-from common.db import Database, page
-from common.errors import AccountExists, AccountNotFound, InvalidInput
-from common.idempotency import IdempotentRequest, forget_expired, run_once
-from common.messages import PAYMENT_RESULTS, OrderStatus, PaymentRequest
-from common.publisher import Publisher
+from common.broker.messages import PAYMENT_RESULTS, OrderStatus, PaymentRequest
+from common.broker.publisher import Publisher
+from common.db.database import Database, page
+from common.db.idempotency import IdempotentRequest, forget_expired, run_once
+from common.observability import tracing
+from common.runtime.config import Settings
+from common.web.errors import AccountExists, AccountNotFound, InvalidInput
 from payment_svc import repo
 from payment_svc.messaging import ResultDispatch, outgoing_results
 

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common.config import read_env_file  # standard library only, as this script must be
+from common.runtime.config import read_env_file  # standard library only, as this script must be
 
 DEFAULT_ISSUER = "http://localhost:8083"  # deploy/issuer/issuer.js's default
 USER_ID = re.compile(r"[1-9][0-9]{0,14}")  # the issuer's user-<N> clients

@@ -1,4 +1,4 @@
-"""Module and function sizes of the services' code (common/, order_svc/, payment_svc/, gateway.py), in lines:
+"""Module and function sizes of the services' code (common/, order_svc/, payment_svc/, proxy/, gateway.py), in lines:
 how big the pieces a newcomer reads are, to compare two commits (issue 11's closing note).
 
     python3 scripts/code_sizes.py [DIR]      DIR: a checkout, e.g. a `git archive` of another commit; default this one
@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent
 FILES = sorted([*ROOT.glob("common/**/*.py"), *ROOT.glob("order_svc/*.py"), *ROOT.glob("payment_svc/*.py"),
-                ROOT / "gateway.py"])
+                *ROOT.glob("proxy/*.py"), ROOT / "gateway.py"])
 LONG = 40
 
 
@@ -38,7 +38,7 @@ def main():
     for name, n in sorted(definitions, key=lambda kv: -kv[1]):
         if not name.startswith("class ") and n >= functions[int(len(functions) * 0.98)]:
             print(f"  {n:4}  {name}")
-    for name in ("class common/broker.py:Broker", "order_svc/service.py:place_order",
+    for name in ("class common/broker/connection.py:Broker", "order_svc/service.py:place_order",
                  "payment_svc/service.py:receive_requests"):
         print(f"  {dict(definitions).get(name, '-'):>4}  {name}")
 

@@ -43,7 +43,7 @@ function fail(message) {
   process.exit(1);
 }
 
-// The services' dotenv format (common/config.py read_env_file): KEY=value, comments and blank lines skipped.
+// The services' dotenv format (common/runtime/config.py read_env_file): KEY=value, comments and blank lines skipped.
 function readEnvFile(file) {
   if (!fs.existsSync(file)) return {};
   const values = {};

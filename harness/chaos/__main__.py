@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.config import read_env_file
+from common.runtime.config import read_env_file
 from harness.chaos.faults import CLUSTER_KINDS, KINDS, PG_HA_KINDS, default_kinds
 from harness.chaos.runner import Config, print_outcome, run
 from harness.infra import Infra

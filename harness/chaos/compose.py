@@ -30,7 +30,7 @@ import urllib.request
 from decimal import Decimal
 from pathlib import Path
 
-from common.config import read_env_file
+from common.runtime.config import read_env_file
 from harness.compose import IssuerClient, check_serving
 from harness.infra import InfraError, run, wait
 

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from common.messages import ORDER_REQUESTS
+from common.broker.messages import ORDER_REQUESTS
 from harness.infra import InfraError
 from harness.pg_ha import PgHa
 

@@ -17,7 +17,7 @@ The permissions (regular expressions over resource names; RabbitMQ's access-cont
 
 Both services get the same permissions: RabbitMQ checks a publish against the exchange, never the routing key,
 so write on `amq.default` lets either user route a message into any queue of the vhost. What stops a forged
-message is the consumers' `user_id` check (`common.consumer`), not these permissions."""
+message is the consumers' `user_id` check (`common.broker.consumer`), not these permissions."""
 import json
 import os
 import shlex

@@ -8,7 +8,7 @@ import dataclasses
 import sys
 from decimal import Decimal
 
-from common.lifecycle import run
+from common.runtime.lifecycle import run
 from payment_svc import messaging, repo, service
 from payment_svc.app import PaymentService
 

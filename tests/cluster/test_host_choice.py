@@ -1,4 +1,5 @@
-"""Which host `common.pg_hosts` picks, and how `common.db.Database` follows the primary, on the real pair."""
+"""Which host `common.db.pg_hosts` picks, and how `common.db.database.Database` follows the primary, on the real
+pair."""
 import asyncio
 import secrets
 
@@ -6,8 +7,8 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from common.db import Database, create_pool, ensure_database
-from common.pg_hosts import Hosts, NoPrimary, WrongHost, describe, find_primary, refuse_standby
+from common.db.database import Database, create_pool, ensure_database
+from common.db.pg_hosts import Hosts, NoPrimary, WrongHost, describe, find_primary, refuse_standby
 from harness.stack import free_port
 from tests.cluster.conftest import node_dsn
 from tests.conftest import wait_for

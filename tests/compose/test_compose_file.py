@@ -7,8 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-import common.config
-from common.config import ENV_FILE, read_env_file
+import common.runtime.config
+from common.runtime.config import ENV_FILE, read_env_file
 from harness.compose import COMPOSE_FILE, ONE_SHOTS, ROOT, SERVICES
 
 VARIABLE = re.compile(r"(?<!\$)\$\{(\w+)")  # ${VAR}, ${VAR:-x}; not the escaped $${VAR}
@@ -176,32 +176,32 @@ def test_no_administrator_credential_and_no_env_file_reaches_a_service(resolved)
 
 
 def test_consumers_take_messages_from_each_other_s_broker_user_and_the_operator(resolved, monkeypatch):
-    # common/config.py: with these empty, each service would expect its own URL's user and refuse the other's
+    # common/runtime/config.py: with these empty, each service would expect its own URL's user and refuse the other's
     # messages. Every Python process gets the same three names: the users the services and the operator log in as.
     env = read_env_file()
-    monkeypatch.setattr(common.config, "read_env_file", lambda *a, **k: {})  # the image has no .env
+    monkeypatch.setattr(common.runtime.config, "read_env_file", lambda *a, **k: {})  # the image has no .env
     services = resolved["services"]
-    order_user = common.config.broker_user(services["order"]["environment"]["RABBITMQ_URL"])
-    payment_user = common.config.broker_user(services["payment"]["environment"]["RABBITMQ_URL"])
+    order_user = common.runtime.config.broker_user(services["order"]["environment"]["RABBITMQ_URL"])
+    payment_user = common.runtime.config.broker_user(services["payment"]["environment"]["RABBITMQ_URL"])
     operator_user = urlsplit(services["provision-rabbitmq"]["environment"]["OPERATOR_RABBITMQ_URL"]).username
     assert (order_user, payment_user, operator_user) == (env["ORDER_BROKER_USER"], env["PAYMENT_BROKER_USER"],
                                                          env["OPERATOR_BROKER_USER"])
     for name in PYTHON_PROCESSES:
-        settings = common.config.load_settings(services[name]["environment"])
+        settings = common.runtime.config.load_settings(services[name]["environment"])
         assert (settings.order_svc_broker_user, settings.payment_svc_broker_user, settings.broker_operator_user) \
             == (order_user, payment_user, operator_user), name
 
 
 def test_every_knob_of_env_reaches_every_python_process_and_its_settings_load(resolved, monkeypatch):
     # Without env_file each process gets what is listed: every knob of .env's native part, none forgotten.
-    monkeypatch.setattr(common.config, "read_env_file", lambda *a, **k: {})
+    monkeypatch.setattr(common.runtime.config, "read_env_file", lambda *a, **k: {})
     keys = native_keys()
     assert {"GATEWAY_PORT", "ORDER_DB_DSN", "RABBITMQ_URL", "QUEUE_TYPE", "OTEL_TRACES_EXPORTER"} <= keys
     for name in PYTHON_PROCESSES:
         environment = resolved["services"][name]["environment"]
         missing = keys - set(environment)
         assert not missing, f"{name}: add {sorted(missing)} to x-python-environment in docker-compose.yml"
-        common.config.load_settings(environment)
+        common.runtime.config.load_settings(environment)
 
 
 def test_provisioning_runs_ops_provision_with_the_credentials_the_services_use(resolved):

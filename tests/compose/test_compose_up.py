@@ -23,7 +23,7 @@ from tests.conftest import wait_for
 
 HERE = os.path.dirname(__file__)
 # What a service answers (401) to a valid token until its first fetch of the issuer's keys has returned
-# (common.auth). The gateway sends a restarted service requests as soon as it listens, which can be a few
+# (common.web.auth). The gateway sends a restarted service requests as soon as it listens, which can be a few
 # milliseconds before that: seen once in a compose chaos run (the fetch took 15 ms, the service listened after 13).
 KEYS_NOT_LOADED = "the issuer's keys are not loaded yet"
 
@@ -177,7 +177,7 @@ def test_the_broker_has_each_service_s_user_the_operator_and_the_administrator_a
     assert connected == {order, payment}
     # The dead-letter tool, run in the order container: as the operator it reads the dead letters; as the
     # container's own user (its RABBITMQ_URL) it may not.
-    tool = ("python", "-m", "common.dead_letters", "list", "outbox_ps")
+    tool = ("python", "-m", "ops.dead_letters", "list", "outbox_ps")
     operator_url = f"amqp://{operator}:{s['OPERATOR_BROKER_PASSWORD']}@rabbitmq:5672/"
     listed = compose_stack.exec("order", *tool, env={"RABBITMQ_URL": operator_url}, check=False)
     assert listed.returncode == 0, listed.stdout + listed.stderr

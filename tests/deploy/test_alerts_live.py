@@ -12,7 +12,7 @@ import aio_pika
 import pytest
 import yaml
 
-from common.messages import ORDER_REQUESTS
+from common.broker.messages import ORDER_REQUESTS
 from harness.stack import free_port
 from tests.conftest import wait_for
 from tests.deploy.conftest import PROMETHEUS_DIR

@@ -20,16 +20,16 @@ import yaml
 from psycopg2.extensions import parse_dsn
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
-import common.app
-import common.config
-import common.queues
+import common.broker.queues
+import common.runtime.config
+import common.web.app
 import gateway
 import ops.provision.rabbitmq
-from common.broker import ORDER_REQUESTS, PAYMENT_RESULTS
-from common.dead_letters.__main__ import parse_args as dead_letters_args
-from common.dead_letters.headers import dead_letter_queue
-from common.envelope import NotFoundHandler
-from common.lifecycle import SHUTDOWN_TIMEOUT
+from common.broker.connection import ORDER_REQUESTS, PAYMENT_RESULTS
+from common.broker.dead_letter_headers import dead_letter_queue
+from common.runtime.lifecycle import SHUTDOWN_TIMEOUT
+from common.web.envelope import NotFoundHandler
+from ops.dead_letters.__main__ import parse_args as dead_letters_args
 from tests.deploy import operator_fields
 from tests.deploy.manifests import (
     KUSTOMIZE_ROOT,
@@ -128,8 +128,8 @@ def test_dev_runs_single_instances_with_classic_queues():
 
 
 def variables_load_settings_reads():
-    """Every environment variable common/config.py's load_settings reads: env["X"], env.get("X"), urls("X")."""
-    tree = ast.parse(inspect.getsource(common.config.load_settings))
+    """Every environment variable common/runtime/config.py's load_settings reads: env["X"], env.get("X"), urls("X")."""
+    tree = ast.parse(inspect.getsource(common.runtime.config.load_settings))
     names = set()
     for node in ast.walk(tree):
         if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "env"
@@ -166,21 +166,21 @@ def overlay_docs(request):
 def test_every_process_gets_every_variable_it_reads_and_its_settings_load(overlay_docs, monkeypatch):
     _, docs = overlay_docs
     # The image has no .env (Dockerfile): the pod's environment alone must do.
-    monkeypatch.setattr(common.config, "read_env_file", lambda *a, **k: {})
+    monkeypatch.setattr(common.runtime.config, "read_env_file", lambda *a, **k: {})
     for name in PROCESSES:
         env = container_env(docs, one(docs, "Deployment", name))
         assert variables_load_settings_reads() <= set(env), name
-        common.config.load_settings(env)
+        common.runtime.config.load_settings(env)
 
 
 def test_probes_and_the_scrape_use_the_admin_port_and_its_routes(overlay_docs, monkeypatch):
     _, docs = overlay_docs
-    monkeypatch.setattr(common.config, "read_env_file", lambda *a, **k: {})
+    monkeypatch.setattr(common.runtime.config, "read_env_file", lambda *a, **k: {})
     for name, port_setting in PROCESSES.items():
         deployment = one(docs, "Deployment", name)
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         env = container_env(docs, deployment)
-        settings = common.config.load_settings(env)
+        settings = common.runtime.config.load_settings(env)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["http"] == getattr(settings, port_setting), name
         admin_port = int(env[ADMIN_PORTS[name]])
@@ -212,7 +212,7 @@ def admin_application_of(command, settings):
     if command == ["python", "gateway.py"]:
         return gateway.make_admin_app(settings)
     if command in (["python", "-m", "order_svc"], ["python", "-m", "payment_svc"]):
-        return common.app.service_admin_application(settings, None, None, None, None)
+        return common.web.app.service_admin_application(settings, None, None, None, None)
     raise AssertionError(f"unknown command {command}")
 
 
@@ -261,7 +261,7 @@ def test_shutdown_fits_in_the_grace_period_and_each_part_has_its_budget_and_limi
 
 def test_each_service_logs_in_with_its_own_role_and_broker_user(overlay_docs, monkeypatch):
     overlay, docs = overlay_docs
-    monkeypatch.setattr(common.config, "read_env_file", lambda *a, **k: {})
+    monkeypatch.setattr(common.runtime.config, "read_env_file", lambda *a, **k: {})
     cluster, rabbit = one(docs, "Cluster"), one(docs, "RabbitmqCluster")
     spec, initdb = cluster["spec"], cluster["spec"]["bootstrap"]["initdb"]
     roles = {role["name"]: role for role in spec["managed"]["roles"]}
@@ -297,7 +297,7 @@ def test_each_service_logs_in_with_its_own_role_and_broker_user(overlay_docs, mo
         assert user["spec"]["rabbitmqClusterReference"] == {"name": name}
         assert not user["spec"].get("tags"), "no HTTP API, no management UI"
         # The DSN and the URLs carry exactly these credentials, to the operators' Services and pods.
-        settings = common.config.load_settings(container_env(docs, deployment))
+        settings = common.runtime.config.load_settings(container_env(docs, deployment))
         dsn = parse_dsn(getattr(settings, dsn_setting))
         assert dsn["host"] == f"{cluster['metadata']['name']}-rw"
         assert dsn["dbname"] == database
@@ -334,15 +334,15 @@ def test_each_broker_user_may_configure_read_and_write_only_what_its_service_nee
     queues = (ORDER_REQUESTS, PAYMENT_RESULTS)
     dead = tuple(dead_letter_queue(q) for q in queues)
     # Dead-lettering goes through the default exchange (queue arguments), which permission checks call amq.default.
-    assert all(common.queues.queue_arguments(q, t)["x-dead-letter-exchange"] == "" for q in queues
-               for t in common.config.QUEUE_TYPES)
+    assert all(common.broker.queues.queue_arguments(q, t)["x-dead-letter-exchange"] == "" for q in queues
+               for t in common.runtime.config.QUEUE_TYPES)
     strangers = ("other", "outbox_os2", "xoutbox_ps", "outbox_os.dead.x", "amq.topic", "amq.direct", "")
     for service, consumed in (("order", PAYMENT_RESULTS), ("payment", ORDER_REQUESTS)):
         login = CREDENTIALS[service][0]
         spec = permission_of(docs, login)
         assert spec["vhost"] == "/"
         assert spec["rabbitmqClusterReference"] == one(docs, "User", login)["spec"]["rabbitmqClusterReference"]
-        # configure: it declares all four queues at start-up (common/queues.py), nothing else.
+        # configure: it declares all four queues at start-up (common/broker/queues.py), nothing else.
         assert all(permitted(spec, "configure", q) for q in queues + dead)
         assert not any(permitted(spec, "configure", r) for r in ("amq.default", *strangers))
         # write: every publish (outbox relay, dead letters) goes to the default exchange; no queue, no exchange else.
@@ -357,7 +357,7 @@ def test_each_broker_user_may_configure_read_and_write_only_what_its_service_nee
 
 def test_the_operator_broker_user_may_only_take_dead_letters_and_replay_them(overlay_docs, monkeypatch):
     _, docs = overlay_docs
-    monkeypatch.setattr(common.config, "read_env_file", lambda *a, **k: {})
+    monkeypatch.setattr(common.runtime.config, "read_env_file", lambda *a, **k: {})
     rabbit = one(docs, "RabbitmqCluster")["metadata"]["name"]
     assert {u["metadata"]["name"] for u in find(docs, "User")} == {OPERATOR_LOGIN} | {
         login for login, *_ in CREDENTIALS.values()}
@@ -391,7 +391,7 @@ def test_the_operator_broker_user_may_only_take_dead_letters_and_replay_them(ove
     assert one(docs, "ConfigMap", "shop-config")["data"]["BROKER_OPERATOR_USER"] == OPERATOR_LOGIN
     for service in CREDENTIALS:
         deployment = one(docs, "Deployment", service)
-        settings = common.config.load_settings(container_env(docs, deployment))
+        settings = common.runtime.config.load_settings(container_env(docs, deployment))
         assert settings.broker_operator_user == OPERATOR_LOGIN, service
         assert {settings.order_svc_broker_user, settings.payment_svc_broker_user} == {"shop-order", "shop-payment"}
         assert not [ref for ref in secret_refs(deployment) if ref[0] == OPERATOR_SECRET], service
@@ -399,7 +399,7 @@ def test_the_operator_broker_user_may_only_take_dead_letters_and_replay_them(ove
 
 def test_the_dead_letter_pods_run_the_tool_as_the_operator_user(overlay_docs, monkeypatch):
     _, docs = overlay_docs
-    monkeypatch.setattr(common.config, "read_env_file", lambda *a, **k: {})
+    monkeypatch.setattr(common.runtime.config, "read_env_file", lambda *a, **k: {})
     cronjob = one(docs, "CronJob", DEAD_LETTERS)
     assert cronjob["spec"]["suspend"] is True, "a template for Jobs made by hand; it never runs by itself"
     job = cronjob["spec"]["jobTemplate"]["spec"]
@@ -407,36 +407,36 @@ def test_the_dead_letter_pods_run_the_tool_as_the_operator_user(overlay_docs, mo
     template = pod_template(cronjob)
     assert template["spec"]["restartPolicy"] == "Never"
     container = template["spec"]["containers"][0]
-    # The services' image, which carries the tool (the Dockerfile copies common/).
+    # The services' image, which carries the tool (the Dockerfile copies ops/).
     assert container["image"] == one(docs, "Deployment", "order")["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert (ROOT / "common" / "dead_letters" / "__main__.py").is_file()
-    assert re.search(r"(?m)^COPY\b.*\scommon\s+\./common$", (ROOT / "Dockerfile").read_text())
+    assert (ROOT / "ops" / "dead_letters" / "__main__.py").is_file()
+    assert re.search(r"(?m)^COPY\b.*\sops\s+\./ops$", (ROOT / "Dockerfile").read_text())
     # Only the operator's credentials: no database, no service's user, not the broker's administrator.
     assert secret_refs(cronjob) == {(OPERATOR_SECRET, "username"), (OPERATOR_SECRET, "password")}
     workloads = [d for d in docs if d["kind"] in ("Deployment", "CronJob")]
     assert not [ref for d in workloads for ref in secret_refs(d) if ref[0].endswith("-default-user")]
     # The tool's settings load from the pod's environment alone, and it logs in as the user the consumers take
     # replays from: the Secret's username is the ConfigMap's BROKER_OPERATOR_USER.
-    settings = common.config.load_settings(container_env(docs, cronjob))
+    settings = common.runtime.config.load_settings(container_env(docs, cronjob))
     rabbit = one(docs, "RabbitmqCluster")["metadata"]["name"]
     urls = [urlsplit(u) for u in settings.rabbitmq_url.split(",")]
     assert all((u.username, u.password, u.hostname, u.port) == (
         SECRET_PLACEHOLDER.format(name=OPERATOR_SECRET, key="username"),
         SECRET_PLACEHOLDER.format(name=OPERATOR_SECRET, key="password"), rabbit, 5672) for u in urls)
     assert all(u.path in ("", "/") and "heartbeat=" in u.query for u in urls)
-    assert common.config.broker_user(settings.rabbitmq_url) == SECRET_PLACEHOLDER.format(name=OPERATOR_SECRET,
+    assert common.runtime.config.broker_user(settings.rabbitmq_url) == SECRET_PLACEHOLDER.format(name=OPERATOR_SECRET,
                                                                                          key="username")
     assert secret_data(one(docs, "Secret", OPERATOR_SECRET))["username"] == settings.broker_operator_user
 
 
 def documented_dead_letter_commands():
-    """The arguments of every `python -m common.dead_letters ...` in docs/security-kubernetes.md's code blocks (up
+    """The arguments of every `python -m ops.dead_letters ...` in docs/security-kubernetes.md's code blocks (up
     to a shell comment)."""
     commands, in_code = [], False
     for line in DOCS.read_text().splitlines():
         if line.lstrip().startswith("```"):
             in_code = not in_code
-        elif in_code and (match := re.search(r"python -m common\.dead_letters\b([^#]*)", line)):
+        elif in_code and (match := re.search(r"python -m ops\.dead_letters\b([^#]*)", line)):
             commands.append(shlex.split(match.group(1)))
     return commands
 
@@ -455,9 +455,9 @@ def test_the_documented_dead_letter_commands_are_ones_the_tool_takes():
 
 def test_the_gateway_reaches_each_service_through_its_kubernetes_service(overlay_docs, monkeypatch):
     _, docs = overlay_docs
-    monkeypatch.setattr(common.config, "read_env_file", lambda *a, **k: {})
+    monkeypatch.setattr(common.runtime.config, "read_env_file", lambda *a, **k: {})
     env = container_env(docs, one(docs, "Deployment", "gateway"))
-    settings = common.config.load_settings(env)
+    settings = common.runtime.config.load_settings(env)
     for urls, name in ((settings.order_svc_urls, "order"), (settings.payment_svc_urls, "payment")):
         service = one(docs, "Service", name)["spec"]
         assert [(urlsplit(u).hostname, urlsplit(u).port) for u in urls] == [(name, service["ports"][0]["port"])]
@@ -749,7 +749,7 @@ def test_the_credential_check_recognises_what_it_must_refuse():
     for bad in ("stringData:\n  username: shop\n  password: change-me-before-deploying\n",
                 "ORDER_DB_DSN: postgresql://postgres:postgres@localhost:5432/orders",
                 "RABBITMQ_URL: amqp://shop:s3cret-value@shop-rabbitmq:5672/",
-                "RABBITMQ_URL=amqp://shop-operator:0123456789abcdef@shop-rabbitmq:5672/ python -m common.dead_letters",
+                "RABBITMQ_URL=amqp://shop-operator:0123456789abcdef@shop-rabbitmq:5672/ python -m ops.dead_letters",
                 "POSTGRES_PASSWORD=supersecret", "password: guest",
                 "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n", "api_key: 0123456789abcdef"):
         assert credential_findings(bad), bad
@@ -882,10 +882,10 @@ def test_the_restricted_check_recognises_what_it_must_refuse():
 
 def test_authentication_is_jwt_in_every_overlay_never_off(rendered, monkeypatch):
     variant, docs, path = rendered
-    monkeypatch.setattr(common.config, "read_env_file", lambda *a, **k: {})
+    monkeypatch.setattr(common.runtime.config, "read_env_file", lambda *a, **k: {})
     for name in PROCESSES:
         env = container_env(docs, one(docs, "Deployment", name))
-        auth = common.config.load_auth_settings(env)
+        auth = common.runtime.config.load_auth_settings(env)
         assert auth.mode == "jwt", (variant, name)
         assert urlsplit(auth.issuer).scheme == "https", "keys are fetched over HTTPS"
         assert auth.audience

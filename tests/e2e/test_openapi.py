@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.config import load_settings
+from common.runtime.config import load_settings
 from gateway import OPENAPI_SPEC, make_app
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"

@@ -5,10 +5,10 @@ from dataclasses import replace
 
 import pytest
 
-from common.config import load_settings
-from common.dead_letters.store import DeadLetterQueue, UnknownQueue
-from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
+from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS
+from common.runtime.config import load_settings
 from harness.infra import INFRA
+from ops.dead_letters.store import DeadLetterQueue, UnknownQueue
 from order_svc.app import OrderService
 from payment_svc.app import PaymentService
 

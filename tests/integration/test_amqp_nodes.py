@@ -1,10 +1,10 @@
-"""The multi-node connection (`common.amqp_nodes`) against the real broker: three TCP proxies in front of it
+"""The multi-node connection (`common.broker.amqp_nodes`) against the real broker: three TCP proxies in front of it
 stand for three nodes of a cluster, so a node can be lost without touching the shared RabbitMQ."""
 import aio_pika
 import pytest
 
-from common.amqp_nodes import connect_robust, split_urls
-from common.config import ConfigurationError
+from common.broker.amqp_nodes import connect_robust, split_urls
+from common.runtime.config import ConfigurationError
 from harness.infra import INFRA
 from harness.proxy import TcpProxy
 from harness.stack import free_port

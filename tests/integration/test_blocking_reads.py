@@ -14,8 +14,8 @@ from prometheus_client import REGISTRY
 from tornado.httpclient import AsyncHTTPClient
 from tornado.tcpclient import TCPClient
 
-from common.config import load_settings
-from common.messages import OrderStatus, PaymentResult
+from common.broker.messages import OrderStatus, PaymentResult
+from common.runtime.config import load_settings
 from harness.infra import INFRA
 from harness.proxy import TcpProxy
 from order_svc import repo

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from common.db import Database
+from common.db.database import Database
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -1,4 +1,4 @@
-"""Dead letters keep their reason and origin, and `python -m common.dead_letters` replays or drops them.
+"""Dead letters keep their reason and origin, and `python -m ops.dead_letters` replays or drops them.
 
 The Payments Service runs in-process on this run's vhost; the command runs as the operator runs it, in a
 process of its own, with `RABBITMQ_URL` pointing at that vhost."""
@@ -13,10 +13,10 @@ import aio_pika
 import pytest
 from prometheus_client import REGISTRY
 
-from common.broker import declare_queue
-from common.dead_letters import dead_letter_queue
-from common.dead_letters.store import DeadLetterQueue
-from common.messages import ORDER_REQUESTS, PaymentRequest
+from common.broker.connection import declare_queue
+from common.broker.dead_letter_headers import dead_letter_queue
+from common.broker.messages import ORDER_REQUESTS, PaymentRequest
+from ops.dead_letters.store import DeadLetterQueue
 from payment_svc import repo, service
 from tests.conftest import eventually
 from tests.integration.test_payment_service import balance, inbox_row
@@ -26,7 +26,7 @@ async def dead_letters_cli(run_env, *args, stdin=b"", rabbitmq_url=None):
     """Run the command in its own process; returns (exit status, stdout, stderr)."""
     env = {**os.environ, "RABBITMQ_URL": rabbitmq_url or run_env["RABBITMQ_URL"]}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "common.dead_letters", *args, env=env, stdin=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "ops.dead_letters", *args, env=env, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(process.communicate(stdin), 60)
     return process.returncode, out.decode(), err.decode()

@@ -3,8 +3,8 @@ from decimal import Decimal
 
 import pytest
 
-from common.dead_letters import dead_letter_queue
-from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest
+from common.broker.dead_letter_headers import dead_letter_queue
+from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest
 from tests.conftest import eventually
 from tests.integration.test_payment_service import inbox_row
 

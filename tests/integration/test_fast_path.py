@@ -8,12 +8,12 @@ from decimal import Decimal
 
 import pytest
 
-from common.broker import declare_queue
-from common.config import load_settings
-from common.dead_letters import dead_letter_queue
-from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest, PaymentResult
-from common.metrics import PUBLISH_FAILED
-from common.publisher import MAX_SENDING
+from common.broker.connection import declare_queue
+from common.broker.dead_letter_headers import dead_letter_queue
+from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest, PaymentResult
+from common.broker.publisher import MAX_SENDING
+from common.observability.metrics import PUBLISH_FAILED
+from common.runtime.config import load_settings
 from harness.stack import free_port
 from order_svc import repo as order_repo
 from order_svc.app import OrderService

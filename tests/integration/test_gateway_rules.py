@@ -13,9 +13,9 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.httputil import HTTPHeaders
 from tornado.tcpclient import TCPClient
 
-from common import tracing
-from common.config import load_settings
-from common.lifecycle import listen
+from common.observability import tracing
+from common.runtime.config import load_settings
+from common.runtime.lifecycle import listen
 from gateway import OPENAPI_SPEC, make_admin_app, make_app, proxy_server
 from harness.stack import free_port
 from tests.conftest import eventually
@@ -24,7 +24,7 @@ from tests.e2e.raw_backend import ANSWER, DROP, ETAG, HOLD, RawBackend
 
 @pytest.fixture(params=["direct", "handler"])
 def start_gateway(io_loop, request):
-    """Starts a gateway in either GATEWAY_PROXY mode: `direct` (the default, common.proxy_server) serves the
+    """Starts a gateway in either GATEWAY_PROXY mode: `direct` (the default, proxy.server) serves the
     routes itself, `handler` through gateway.ProxyHandler; the same rules must hold in both. Returns the public
     port; `start.admin[port]` is its admin port (the backends' admin URLs are the backends' own)."""
     servers = []

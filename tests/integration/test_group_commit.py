@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from common.idempotency import IdempotentRequest, run_each_once
+from common.db.idempotency import IdempotentRequest, run_each_once
 from order_svc import repo as order_repo
 from order_svc.messaging import OutboxEntry
 from tests.integration.http import request

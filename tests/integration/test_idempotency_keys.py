@@ -1,4 +1,4 @@
-"""`common.idempotency` against the real database: a replayed result is the first one exactly (amounts still
+"""`common.db.idempotency` against the real database: a replayed result is the first one exactly (amounts still
 `Decimal`), the work gets its arguments, and keys are forgotten exactly when they expire."""
 import secrets
 from dataclasses import replace
@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from common.errors import IdempotencyKeyReused
-from common.idempotency import IdempotentRequest, forget_expired, run_once
+from common.db.idempotency import IdempotentRequest, forget_expired, run_once
+from common.web.errors import IdempotencyKeyReused
 
 
 def key_request():

@@ -6,7 +6,7 @@ from decimal import Decimal
 import psycopg2
 import pytest
 
-from common.db import schema_section
+from common.db.database import schema_section
 from harness.infra import INFRA
 from harness.invariants import check_invariants
 from harness.ledger import TopUp

@@ -16,14 +16,14 @@ import pytest
 from aio_pika.exceptions import ProbableAuthenticationError
 from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed, InvalidFrameError
 
-from common.config import ConfigurationError, load_settings
-from common.db import Database, schema_section
-from common.dead_letters.store import DeadLetterQueue
-from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest, PaymentResult
-from common.queues import declare_queue
+from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest, PaymentResult
+from common.broker.queues import declare_queue
+from common.db.database import Database, schema_section
+from common.runtime.config import ConfigurationError, load_settings
 from harness.credentials import RunCredentials
 from harness.infra import INFRA, InfraError
 from harness.invariants import query
+from ops.dead_letters.store import DeadLetterQueue
 from order_svc import repo as order_repo
 from order_svc.app import OrderService
 from payment_svc.app import PaymentService
@@ -298,7 +298,7 @@ async def test_each_broker_user_may_use_its_queues_and_nothing_else(provisioned,
 
 async def dead_letters_cli(url, *args):
     env = {**os.environ, "RABBITMQ_URL": url}
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "common.dead_letters", *args, env=env,
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "ops.dead_letters", *args, env=env,
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(process.communicate(), 60)
     return process.returncode, out.decode(), err.decode()

@@ -4,7 +4,7 @@ from decimal import Decimal
 import psycopg2.errors
 import pytest
 
-from common.messages import ORDER_REQUESTS, PaymentRequest
+from common.broker.messages import ORDER_REQUESTS, PaymentRequest
 from tests.conftest import eventually
 from tests.integration.http import request
 

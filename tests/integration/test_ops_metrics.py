@@ -3,8 +3,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
-from common.config import load_settings
-from common.messages import ORDER_REQUESTS
+from common.broker.messages import ORDER_REQUESTS
+from common.runtime.config import load_settings
 from harness.infra import INFRA
 from harness.proxy import TcpProxy
 from harness.stack import free_port

@@ -3,7 +3,7 @@ from decimal import Decimal
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from common.messages import PAYMENT_RESULTS, PaymentResult
+from common.broker.messages import PAYMENT_RESULTS, PaymentResult
 from harness.metrics import sample_total
 from tests.conftest import eventually
 from tests.integration.http import request

@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from common.config import load_settings
-from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest, PaymentResult
-from common.packing import pack
+from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentRequest, PaymentResult
+from common.broker.packing import pack
+from common.runtime.config import load_settings
 from harness.stack import free_port
 from order_svc.app import OrderService
 from tests.conftest import eventually

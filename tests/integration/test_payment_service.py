@@ -2,8 +2,8 @@ from decimal import Decimal
 
 import pytest
 
-from common.messages import ORDER_REQUESTS, PaymentRequest
-from common.metrics import CONSUMED
+from common.broker.messages import ORDER_REQUESTS, PaymentRequest
+from common.observability.metrics import CONSUMED
 from payment_svc.service import clean_up
 from tests.conftest import eventually
 from tests.integration.http import request

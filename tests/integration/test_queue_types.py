@@ -9,9 +9,9 @@ import sys
 import aio_pika
 import pytest
 
-from common.config import ConfigurationError, load_settings
-from common.messages import ORDER_REQUESTS
-from common.queues import declare_queue
+from common.broker.messages import ORDER_REQUESTS
+from common.broker.queues import declare_queue
+from common.runtime.config import ConfigurationError, load_settings
 from harness.infra import INFRA
 from harness.stack import ROOT, free_port
 

@@ -4,7 +4,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from common.config import load_settings
+from common.runtime.config import load_settings
 from harness.proxy import TcpProxy
 from harness.stack import free_port
 from order_svc.app import OrderService
@@ -34,7 +34,7 @@ def proxied(io_loop, run_env, service_class):
     broker_proxy.down()
 
 
-# `/ready` is one handler (common/health.py) for both services: the broker case on one, the database on the other.
+# `/ready` is one handler (common/web/health.py) for both services: the broker case on one, the database on the other.
 @pytest.fixture(params=[(OrderService, "broker", "RabbitMQ unreachable."),
                         (PaymentService, "database", "Database temporarily unavailable.")],
                 ids=["order_svc without its broker", "payment_svc without its database"])

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from common.config import load_settings
-from common.messages import ORDER_REQUESTS
+from common.broker.messages import ORDER_REQUESTS
+from common.runtime.config import load_settings
 from harness.stack import free_port
 from order_svc.app import OrderService
 from tests.conftest import eventually

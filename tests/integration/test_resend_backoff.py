@@ -2,7 +2,7 @@
 twice as far out as the one before, up to RESEND_DELAY_MAX."""
 import pytest
 
-from common.config import load_settings
+from common.runtime.config import load_settings
 from harness.stack import free_port
 from order_svc.app import OrderService
 from tests.conftest import eventually

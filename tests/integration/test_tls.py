@@ -19,9 +19,9 @@ from decimal import Decimal
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from common.amqp_nodes import split_urls
-from common.config import ConfigurationError, load_settings
-from common.pg_hosts import single_host_dsns
+from common.broker.amqp_nodes import split_urls
+from common.db.pg_hosts import single_host_dsns
+from common.runtime.config import ConfigurationError, load_settings
 from harness.stack import ROOT, free_port
 from harness.tls import UNNAMED_ADDRESS, TlsServers
 from order_svc.app import OrderService

@@ -4,9 +4,9 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 
-from common.consumer import Received
-from common.errors import InvalidMessage
-from common.packing import Entry
+from common.broker.consumer import Received
+from common.broker.packing import Entry
+from common.web.errors import InvalidMessage
 
 # The broker user the fake messages come from, and the one queue consumers take them from.
 PUBLISHER = "publisher"

@@ -2,7 +2,7 @@
 cases the mutants of `BatchConsumer._ack_batch` left untested (README, "Mutation testing")."""
 import pytest
 
-from common.consumer import BatchConsumer
+from common.broker.consumer import BatchConsumer
 from tests.unit.fakes import PUBLISHERS, FakeDeadLetters, FakeMessage, Number, received
 
 

@@ -1,4 +1,4 @@
-"""Bearer-token verification (`common.auth`) against keys made here and a JWKS served in-process: every way a
+"""Bearer-token verification (`common.web.auth`) against keys made here and a JWKS served in-process: every way a
 token can lie is refused with a 401 that says why, and the key set follows the issuer (rotation, outage)."""
 import json
 import time
@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tornado import web
 from tornado.httpserver import HTTPServer
 
-from common.auth import (
+from common.runtime.config import AuthSettings, ConfigurationError, load_auth_settings
+from common.web.auth import (
     ADMIN,
     KEY_REFETCH_INTERVAL,
     LEEWAY,
@@ -20,8 +21,7 @@ from common.auth import (
     Authenticator,
     Principal,
 )
-from common.config import AuthSettings, ConfigurationError, load_auth_settings
-from common.errors import Forbidden, Unauthenticated
+from common.web.errors import Forbidden, Unauthenticated
 from harness.stack import free_port
 
 AUDIENCE = "urn:shop:api"

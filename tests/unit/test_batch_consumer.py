@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from common.consumer import BatchConsumer, Consumer
-from common.errors import InvalidMessage, Unavailable
-from common.metrics import CONSUMED, DEAD_LETTERED
+from common.broker.consumer import BatchConsumer, Consumer
+from common.observability.metrics import CONSUMED, DEAD_LETTERED
+from common.web.errors import InvalidMessage, Unavailable
 from tests.conftest import eventually
 from tests.unit.fakes import PUBLISHERS, FakeDeadLetters, FakeMessage, Number, received, unreadable
 
@@ -221,7 +221,7 @@ async def test_a_refused_entry_of_a_message_of_several_is_dead_lettered_alone_an
 
 @pytest.mark.gen_test
 async def test_a_message_of_several_whose_entry_could_not_be_dead_lettered_is_requeued_whole(monkeypatch):
-    monkeypatch.setattr("common.dead_letters.reject.REQUEUE_PAUSE", 0)
+    monkeypatch.setattr("common.broker.dead_lettering.REQUEUE_PAUSE", 0)
     handle = await returning({})
     messages = [FakeMessage(tag) for tag in (1, 2)]
     await consumer(handle, FakeDeadLetters(refuse=True)).process(

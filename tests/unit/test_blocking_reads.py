@@ -1,12 +1,12 @@
-"""Blocking reads without a server: how a request's wait is read (`common.waiting`), the registry of waiters and
+"""Blocking reads without a server: how a request's wait is read (`common.web.waiting`), the registry of waiters and
 its caps (`order_svc.waiters`), and the notification's payload (`order_svc.repo.named_in`)."""
 import asyncio
 
 import pytest
 
-from common.errors import InvalidInput
-from common.messages import OrderStatus
-from common.waiting import parse_wait, preferred_wait, requested_wait, without_wait
+from common.broker.messages import OrderStatus
+from common.web.errors import InvalidInput
+from common.web.waiting import parse_wait, preferred_wait, requested_wait, without_wait
 from order_svc.repo import EVERY_WAITER, named_in
 from order_svc.waiters import CLIENT_LEFT, FINAL, RECENT, SHUTDOWN, TIMEOUT, Waiters
 

@@ -6,7 +6,7 @@ import socket
 import pytest
 from tornado.iostream import IOStream
 
-from common.connection_pool import ConnectionPool
+from proxy.connection_pool import ConnectionPool
 
 
 async def hold_and_release(pool, held, peak, order, name):

@@ -1,6 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
-from common.dead_letters.headers import DeadLetterInfo, death_headers, replay_headers
+from common.broker.dead_letter_headers import DeadLetterInfo, death_headers, replay_headers
 
 FIRST = datetime(2026, 12, 1, 20, 0, tzinfo=UTC)
 LATER = FIRST + timedelta(hours=1)

@@ -2,10 +2,10 @@ from decimal import Decimal
 
 import pytest
 
-from common.config import load_settings, read_env_file
-from common.envelope import envelope, to_json
-from common.errors import InvalidMessage
-from common.messages import PaymentRequest, PaymentResult
+from common.broker.messages import PaymentRequest, PaymentResult
+from common.runtime.config import load_settings, read_env_file
+from common.web.envelope import envelope, to_json
+from common.web.errors import InvalidMessage
 from tests.unit.test_packing import read_one
 
 

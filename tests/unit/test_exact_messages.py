@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from common.errors import InvalidInput, InvalidMessage
-from common.idempotency import MAX_KEY_LENGTH, from_request, run_once
-from common.messages import PaymentRequest, PaymentResult
-from common.validation import (
+from common.broker.messages import PaymentRequest, PaymentResult
+from common.db.idempotency import MAX_KEY_LENGTH, from_request, run_once
+from common.web.errors import InvalidInput, InvalidMessage
+from common.web.validation import (
     DEFAULT_PAGE,
     MAX_AMOUNT,
     MAX_DESCRIPTION,

@@ -4,9 +4,9 @@ from decimal import Decimal
 
 import pytest
 
-from common.idempotency import Outcome
-from common.messages import PaymentRequest, PaymentResult
-from common.publisher import PublishWindow
+from common.broker.messages import PaymentRequest, PaymentResult
+from common.broker.publisher import PublishWindow
+from common.db.idempotency import Outcome
 from order_svc import messaging as order_messaging
 from order_svc import repo as order_repo
 from order_svc import service as order_service

@@ -5,10 +5,10 @@ import pytest
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient
 
-from common.config import load_settings
-from common.proxy_server import ProxyServer
+from common.runtime.config import load_settings
 from gateway import Gateway
 from harness.stack import free_port
+from proxy.server import ProxyServer
 from tests.e2e.raw_backend import RawBackend
 
 

@@ -3,8 +3,8 @@ import asyncio
 
 import pytest
 
-from common.errors import InvalidInput, Unavailable
-from common.group_commit import GroupCommit
+from common.db.group_commit import GroupCommit
+from common.web.errors import InvalidInput, Unavailable
 
 
 class Transactions:

@@ -7,7 +7,7 @@ from harness.stack import ROOT
 # In a child process: lowering the hard limit cannot be undone.
 PROBE = """
 import resource
-from common.http_server import RESERVED_FILES, connection_cap
+from common.web.http_server import RESERVED_FILES, connection_cap
 resource.setrlimit(resource.RLIMIT_NOFILE, (512, {hard}))
 print(connection_cap({wanted}), resource.getrlimit(resource.RLIMIT_NOFILE)[0], RESERVED_FILES)
 """

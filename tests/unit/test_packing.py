@@ -1,13 +1,13 @@
-"""Several rows in one message (`common.packing`): what a message of several entries looks like, and how any
+"""Several rows in one message (`common.broker.packing`): what a message of several entries looks like, and how any
 message is read back entry by entry, a malformed entry refused on its own."""
 import json
 from decimal import Decimal
 
 import pytest
 
-from common.errors import InvalidMessage
-from common.messages import PaymentRequest, PaymentResult
-from common.packing import pack, unpack
+from common.broker.messages import PaymentRequest, PaymentResult
+from common.broker.packing import pack, unpack
+from common.web.errors import InvalidMessage
 
 TRACE_A = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TRACE_B = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

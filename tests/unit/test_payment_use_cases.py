@@ -5,10 +5,10 @@ from decimal import Decimal
 
 import pytest
 
-from common.config import load_settings
-from common.errors import AccountExists, AccountNotFound
-from common.idempotency import IdempotentRequest, Outcome
-from common.messages import PAYMENT_RESULTS, PaymentResult
+from common.broker.messages import PAYMENT_RESULTS, PaymentResult
+from common.db.idempotency import IdempotentRequest, Outcome
+from common.runtime.config import load_settings
+from common.web.errors import AccountExists, AccountNotFound
 from payment_svc import repo
 from payment_svc import service as payment_service
 from payment_svc.repo import CreditOrigin

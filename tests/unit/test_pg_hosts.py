@@ -1,7 +1,7 @@
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from common.pg_hosts import single_host_dsns
+from common.db.pg_hosts import single_host_dsns
 
 
 def test_a_single_host_dsn_is_kept_as_it_is():

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from common.dead_letters import dead_letter_queue
-from common.messages import ORDER_REQUESTS, PAYMENT_RESULTS
+from common.broker.dead_letter_headers import dead_letter_queue
+from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS
 from ops.provision import ProvisioningError, rabbitmq
 from ops.provision.__main__ import main, parse_args
 from ops.provision.postgres import DatabaseOwner

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from common.metrics import PUBLISH_FAILED, PUBLISHED, ROWS_PUBLISHED
-from common.publisher import Publisher, PublishWindow
+from common.broker.publisher import Publisher, PublishWindow
+from common.observability.metrics import PUBLISH_FAILED, PUBLISHED, ROWS_PUBLISHED
 from tests.conftest import eventually
 from tests.unit.fakes import FakePublisher
 

@@ -6,13 +6,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from common.amqp_nodes import split_urls
-from common.config import ConfigurationError, broker_user, load_settings
-from common.consumer import BatchConsumer, WrongPublisher
-from common.dead_letters.__main__ import BadSelection, check_replayable
-from common.dead_letters.headers import REFUSED_PUBLISHER, DeadLetterInfo, death_headers, replay_headers
-from common.dead_letters.store import DeadLetter
-from common.publisher import Publisher
+from common.broker.amqp_nodes import split_urls
+from common.broker.consumer import BatchConsumer, WrongPublisher
+from common.broker.dead_letter_headers import REFUSED_PUBLISHER, DeadLetterInfo, death_headers, replay_headers
+from common.broker.publisher import Publisher
+from common.runtime.config import ConfigurationError, broker_user, load_settings
+from ops.dead_letters.__main__ import BadSelection, check_replayable
+from ops.dead_letters.store import DeadLetter
 from tests.unit.fakes import FakeDeadLetters, FakeMessage, Number
 from tests.unit.test_publish_window import Channel
 
@@ -38,7 +38,7 @@ async def test_a_message_from_another_user_is_dead_lettered_unread_with_a_reason
     handled = []
     batches = consumer(handled)
     forged = FakeMessage(1, b'{"n": 1}', message_id="forged", user_id="shop-order")
-    with caplog.at_level(logging.WARNING, logger="common.consumer"):
+    with caplog.at_level(logging.WARNING, logger="common.broker.consumer"):
         await deliver(batches, forged)
     assert handled == [] and forged.outcome == DEAD
     reason = "published by 'shop-order'; outbox_ps takes messages from 'shop-ops' or 'shop-payment' only"

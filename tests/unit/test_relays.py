@@ -3,7 +3,7 @@ from decimal import Decimal
 
 import pytest
 
-from common.config import load_settings
+from common.runtime.config import load_settings
 from order_svc import repo as order_repo
 from order_svc import service as order_service
 from payment_svc import repo as payment_repo

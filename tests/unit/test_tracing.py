@@ -1,12 +1,12 @@
-"""common.tracing's start-up decision, each in a fresh interpreter (what it imports is the point), and the trace
-id in log lines."""
+"""common.observability.tracing's start-up decision, each in a fresh interpreter (what it imports is the point),
+and the trace id in log lines."""
 import json
 import logging
 import subprocess
 import sys
 
-from common import tracing
-from common.logs import JsonFormatter, RequestIdFilter, trace_id
+from common.observability import tracing
+from common.runtime.logs import JsonFormatter, RequestIdFilter, trace_id
 from harness.stack import ROOT
 
 
@@ -15,7 +15,7 @@ def run(code):
 
 
 def test_with_the_exporter_none_opentelemetry_is_never_imported():
-    done = run("import sys\nfrom common import lifecycle, tracing\n"
+    done = run("import sys\nfrom common.runtime import lifecycle\nfrom common.observability import tracing\n"
                "tracing.start({'OTEL_TRACES_EXPORTER': 'none'}, 'x')\n"
                "assert not tracing.current.enabled\n"
                "print(sorted(name for name in sys.modules if name.startswith('opentelemetry')))")
@@ -24,13 +24,14 @@ def test_with_the_exporter_none_opentelemetry_is_never_imported():
 
 
 def test_a_console_exporter_turns_tracing_on():
-    done = run("from common import tracing\ntracing.start({'OTEL_TRACES_EXPORTER': 'none, console'}, 'x')\n"
+    done = run("from common.observability import tracing\n"
+               "tracing.start({'OTEL_TRACES_EXPORTER': 'none, console'}, 'x')\n"
                "assert tracing.current.enabled\ntracing.stop()")
     assert done.returncode == 0, done.stderr
 
 
 def test_an_unknown_exporter_is_a_configuration_error_that_names_it():
-    done = run("from common import tracing\nfrom common.config import ConfigurationError\ntry:\n"
+    done = run("from common.observability import tracing\nfrom common.runtime.config import ConfigurationError\ntry:\n"
                "    tracing.start({'OTEL_TRACES_EXPORTER': 'zipkin'}, 'x')\nexcept ConfigurationError as exc:\n"
                "    print(exc)")
     assert done.returncode == 0, done.stderr

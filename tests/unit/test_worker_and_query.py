@@ -5,8 +5,8 @@ import asyncio
 import pytest
 import sqlalchemy as sa
 
-from common.db import Query, execute
-from common.worker import BgWorker
+from common.db.database import Query, execute
+from common.runtime.worker import BgWorker
 from tests.conftest import eventually
 
 

@@ -1,0 +1,2 @@
+"""RabbitMQ: connecting (several nodes), queues, the confirmed publisher, the batching consumer, messages,
+dead-lettering."""

@@ -1,0 +1,89 @@
+"""RabbitMQ: the connections, the durable queues (with their dead-letter queues), and one connect that gives a
+`Publisher` (with its `PublishWindow`) and a `Consumer`."""
+import asyncio
+import logging
+
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustQueue
+
+from common.broker import amqp_nodes, queues
+from common.broker.consumer import Consumer
+from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS
+from common.broker.publisher import Publisher, PublishWindow
+from common.observability.metrics import RECONNECTS
+from common.runtime.config import broker_user
+from common.runtime.retry import BROKER_ERRORS, until_connected
+from ops.servers import describe_rabbitmq
+
+logger = logging.getLogger(__name__)
+
+
+
+class Broker:
+    """Two robust connections: one for a confirming publisher channel, one for a consumer channel.
+
+    Apart because RabbitMQ's flow control throttles a connection that publishes faster than the broker
+    writes: on a shared connection the consumer's acks would wait behind the publishes, its prefetch window
+    would stay full, and consuming would stall for as long as publishing is fast (seen under load: no payment
+    result applied for seconds). RabbitMQ's documentation advises the same."""
+
+    def __init__(self, connections: list[AbstractRobustConnection], publisher: Publisher,
+                 consumer: Consumer) -> None:
+        self.connections = connections
+        self.publisher = publisher
+        self.window = PublishWindow(publisher)
+        self.consumer = consumer
+
+    @classmethod
+    async def connect(cls, url: str, prefetch: int, publish_timeout: float = 5.0, queue_type: str | None = None,
+                      entries_per_message: int = 1) -> "Broker":
+        """Wait for the broker (`url`: one node, or several of one cluster, comma-separated), then declare both
+        queues (and their dead-letter queues) of `queue_type` (None: QUEUE_TYPE of the environment). The
+        publisher sends up to `entries_per_message` outbox rows in one message.
+
+        Messages are published as the URL's user (their `user_id`, which RabbitMQ checks).
+
+        Raises `QueueMismatch` if one exists with the other type, `amqp_nodes.TlsRefused` at once (no waiting) if
+        TLS to the nodes fails in a way only a change of settings mends (`amqps://...?cafile=` naming the wrong
+        CA, a certificate for another host name, a port without TLS), `ConfigurationError` for TLS parameters
+        that cannot work (`amqp_nodes.check_tls`)."""
+        connections = [await connect_robust(url) for _ in range(2)]
+        publishing = await connections[0].channel(publisher_confirms=True, on_return_raises=True)
+        consuming = await connections[1].channel()
+        await consuming.set_qos(prefetch_count=prefetch)
+        try:
+            for name in (ORDER_REQUESTS, PAYMENT_RESULTS):
+                await declare_queue(publishing, name, queue_type)
+        except queues.QueueMismatch:
+            # The service exits: close cleanly, so that no half-done channel task is left to die noisily.
+            await asyncio.gather(*(connection.close() for connection in connections), return_exceptions=True)
+            raise
+        user = broker_user(url)
+        logger.info("connected to RabbitMQ as %s", user)
+        return cls(connections, Publisher(publishing, publish_timeout, entries_per_message, user_id=user),
+                   Consumer(consuming, dead_letters_via=publishing, publish_as=user))
+
+    def is_connected(self) -> bool:
+        # `connection.is_closed` stays False during an outage; the `connected` event does not.
+        return all(connection.connected.is_set() for connection in self.connections)
+
+    async def close(self) -> None:
+        """Stop consuming, wait for the publishes under way, then close both connections (each step bounded)."""
+        await self.consumer.stop()
+        await self.window.drain()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(connection.close() for connection in self.connections)), 5)
+        except TimeoutError:
+            logger.warning("the broker did not acknowledge closing the connections within 5 s")
+
+
+async def connect_robust(url: str) -> AbstractRobustConnection:
+    async for attempt in until_connected(BROKER_ERRORS, describe_rabbitmq(url)):
+        with attempt:
+            connection = await amqp_nodes.connect_robust(amqp_nodes.split_urls(url))
+    connection.reconnect_callbacks.add(lambda *_: RECONNECTS.inc())
+    return connection
+
+
+async def declare_queue(channel: AbstractRobustChannel, name: str,
+                        queue_type: str | None = None) -> AbstractRobustQueue:
+    return await queues.declare_queue(channel, name, queue_type)

@@ -1,0 +1,175 @@
+"""The publishing side of the broker: confirmed publishes of outbox rows, several to a message
+(`ENTRIES_PER_MESSAGE`, `common.broker.packing`), and the bounded window of publishes sent in the background right
+after a commit (the fast path), which also packs the rows that several commits hand it in one event-loop tick."""
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+
+import aio_pika
+from aio_pika.abc import AbstractRobustChannel
+
+from common.broker.packing import pack
+from common.observability import tracing
+from common.observability.metrics import PUBLISH_FAILED, PUBLISHED, ROWS_PUBLISHED
+from common.observability.tracing import HEADER, Trace
+
+logger = logging.getLogger(__name__)
+
+# Rows a `PublishWindow` may hold unconfirmed at once: this bounds the memory they take, and beyond it their
+# producers wait (back-pressure: no more orders are taken in, no more requests settled, than can be sent on).
+# At least a consumer's batch; small enough that a wait for room tracks the broker's pace.
+MAX_SENDING = 256
+
+# (row id, entry, the trace it continues or None): what a relay or a fast path hands over to be published.
+Outgoing = tuple[Hashable, Mapping, Trace]
+# Called once a background send is over, with the row ids the broker confirmed and those it did not.
+FollowUp = Callable[[list, list], Awaitable[None]]
+
+
+def message_id_of(ids: Sequence[Hashable]) -> str:
+    """A message's id: its row's id, or for several rows the first one's and how many more ("1201+19")."""
+    return str(ids[0]) if len(ids) == 1 else f"{ids[0]}+{len(ids) - 1}"
+
+
+class Publisher:
+    """Persistent messages on a channel with publisher confirms: a publish returns once the broker holds it.
+    Rows go out up to `entries_per_message` to a message (1: one message per row, the format from before).
+
+    Every message carries `user_id`, the user the channel's connection logged in as: RabbitMQ refuses a publish
+    whose `user_id` is another user's, so a consumer can tell who published a message (`common.broker.consumer`)."""
+
+    def __init__(self, channel: AbstractRobustChannel, timeout: float, entries_per_message: int = 1,
+                 user_id: str | None = None) -> None:
+        self.channel = channel
+        self.timeout = timeout
+        self.entries_per_message = entries_per_message
+        self.user_id = user_id
+
+    async def publish(self, queue: str, body: bytes, message_id: Hashable, headers: dict | None = None) -> None:
+        """Publish one message to `queue` and wait for the broker's confirm.
+
+        Raises one of `common.runtime.retry.BROKER_ERRORS` or `aio_pika.exceptions.DeliveryError` if not confirmed."""
+        message = aio_pika.Message(body, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                   content_type="application/json", message_id=str(message_id), user_id=self.user_id)
+        # aio-pika's timeout covers only the confirm: on a connection that is being recovered (or was
+        # closed) the publish first waits for a channel without end, and would hold its relay step with it.
+        async with asyncio.timeout(self.timeout):
+            await self.channel.default_exchange.publish(message, routing_key=queue, timeout=self.timeout)
+
+    async def publish_entries(self, queue: str, rows: Sequence[Outgoing]) -> None:
+        """Publish one message of these rows' entries; with tracing on, in a span of each row's trace, which
+        the message carries on (the `traceparent` header of a message of one entry, a field of each of several).
+
+        Raises like `publish`."""
+        message_id = message_id_of([row_id for row_id, *_ in rows])
+        with tracing.current.send(queue, message_id, [trace for *_, trace in rows]) as traces:
+            if len(rows) == 1:
+                body, headers = json.dumps(rows[0][1]).encode(), {HEADER: traces[0]} if traces[0] else None
+            else:
+                body, headers = pack([entry for _, entry, _ in rows], traces), None
+            await self.publish(queue, body, message_id, headers)
+
+    async def publish_all(self, queue: str, rows: Sequence[Outgoing]) -> list:
+        """Publish the rows, `entries_per_message` to a message, the messages concurrently; return the ids of
+        the rows whose message the broker confirmed (a message not confirmed leaves all its rows unsent)."""
+        size = self.entries_per_message
+        messages = [rows[start:start + size] for start in range(0, len(rows), size)]
+        results = await asyncio.gather(*(self.publish_entries(queue, message) for message in messages),
+                                       return_exceptions=True)
+        confirmed = []
+        for message, result in zip(messages, results):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, BaseException):
+                PUBLISH_FAILED.labels(queue).inc()
+                logger.warning("publish of %s to %s not confirmed: %r",
+                               message_id_of([row_id for row_id, *_ in message]), queue, result)
+            else:
+                PUBLISHED.labels(queue).inc()
+                ROWS_PUBLISHED.labels(queue).inc(len(message))
+                confirmed.extend(row_id for row_id, *_ in message)
+        return confirmed
+
+    async def waiting_count(self, queue: str) -> int:
+        """Messages in `queue` not yet delivered to any consumer: one passive declare, one round trip.
+
+        (aio-pika's robust channel answers a passive `declare_queue` from its cache, hence the raw channel.)"""
+        channel = await self.channel.get_underlay_channel()
+        return (await channel.queue_declare(queue, passive=True)).message_count
+
+
+class PublishWindow:
+    """Publishes sent in the background, for rows already committed: the caller goes on at once, and if a send
+    never completes (a crash) the outbox still holds the rows.
+
+    Rows handed over in one event-loop tick (orders whose transactions committed together) go out in one
+    `publish_all`, so they share messages; the send starts in the next tick. At most `limit` rows are
+    unconfirmed at once; producers keep to `has_room` / `room` (a soft limit: a few requests may pass it at
+    the same moment)."""
+
+    def __init__(self, publisher: Publisher, limit: int = MAX_SENDING) -> None:
+        self.publisher = publisher
+        self.limit = limit
+        self._tasks: set[asyncio.Task] = set()
+        self._count = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._gathering: dict[tuple[str, FollowUp], list] = {}  # this tick's rows, by queue and follow-up
+
+    @property
+    def timeout(self) -> float:
+        return self.publisher.timeout
+
+    def send(self, queue: str, rows: Sequence[Outgoing], then: FollowUp) -> None:
+        """Publish `rows` in the background, then `await then(confirmed ids, unconfirmed ids)`: once for all
+        the rows handed over with the same queue and follow-up in this tick."""
+        self._count += len(rows)
+        if not self.has_room():
+            self._room.clear()
+        if not self._gathering:
+            asyncio.get_running_loop().call_soon(self._start_sends)
+        self._gathering.setdefault((queue, then), []).extend(rows)
+
+    def has_room(self) -> bool:
+        return self._count < self.limit
+
+    async def room(self, timeout: float | None = None) -> bool:
+        """Return True once there is room (False if there is none after `timeout` seconds)."""
+        if self._room.is_set():
+            return True  # the usual case, without the task and timer of `wait_for`
+        try:
+            await asyncio.wait_for(self._room.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def drain(self) -> None:
+        """Wait for the sends under way (each ends within the publish timeout; the relay re-sends what is cut off)."""
+        self._start_sends()
+        if self._tasks:
+            _, running = await asyncio.wait(self._tasks, timeout=self.timeout)
+            if running:
+                logger.warning("%d immediate publishes unfinished at close", len(running))
+
+    def _start_sends(self) -> None:
+        gathered, self._gathering = self._gathering, {}
+        for (queue, then), rows in gathered.items():
+            task = asyncio.create_task(self._send(queue, rows, then))
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._sent, len(rows)))
+
+    def _sent(self, count: int, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._count -= count
+        if self.has_room():
+            self._room.set()
+
+    async def _send(self, queue: str, rows: Sequence[Outgoing], then: FollowUp) -> None:
+        try:
+            confirmed = set(await self.publisher.publish_all(queue, rows))
+            await then([row_id for row_id, *_ in rows if row_id in confirmed],
+                       [row_id for row_id, *_ in rows if row_id not in confirmed])
+        except Exception as exc:  # noqa: BLE001 - the outbox relay sends whatever this left undone
+            logger.warning("immediate publish to %s: follow-up failed (the relay takes over): %r", queue, exc)

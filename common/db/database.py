@@ -1,0 +1,381 @@
+"""PostgreSQL access: database creation, pool, schema, and transactions that survive server restarts.
+
+SQLAlchemy Core builds the statements (in each service's repo.py); aiopg runs them. `aiopg.sa` is not used:
+it pins SQLAlchemy 1.4."""
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import aiopg
+import psycopg2
+import psycopg2.errors
+import sqlalchemy as sa
+from psycopg2.extensions import make_dsn, parse_dsn
+from sqlalchemy.dialects import postgresql
+
+from common.db.pg_hosts import Hosts, WrongHost, describe, refuse_on_tls_failure, refuse_standby
+from common.runtime.config import ConfigurationError
+from common.runtime.retry import DB_ERRORS, briefly, until_connected
+from common.web.errors import Unavailable
+from ops.servers import describe_postgres
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schema.sql"
+DIALECT = postgresql.psycopg2.dialect()
+
+
+def schema_section(name, path=SCHEMA_FILE):
+    """The DDL between `-- [name]` and the next `-- [...]` marker of schema.sql."""
+    sections, current = {}, None
+    for line in path.read_text().splitlines():
+        if line.startswith("-- [") and line.rstrip().endswith("]"):
+            current = line.strip()[4:-1]
+            sections[current] = []
+        elif current:
+            sections[current].append(line)
+    return "\n".join(sections[name])
+
+
+class Query:
+    """A SQLAlchemy Core statement compiled once, when the repo module is imported, for psycopg2.
+
+    Compiling costs about a millisecond of CPU, more than most of our statements take to run, so no
+    statement is compiled per call: values are bound by name (`sa.bindparam`) when it runs, and batches
+    travel as arrays (`= ANY(...)`, `unnest(...)`) so the SQL text is the same whatever their size."""
+
+    def __init__(self, stmt):
+        compiled = stmt.compile(dialect=DIALECT)
+        self.sql, self.defaults = str(compiled), compiled.params
+
+
+def ids(name):
+    """A bind parameter for a list of ids, sent as one BIGINT[] array."""
+    return sa.bindparam(name, type_=postgresql.ARRAY(sa.BigInteger))
+
+
+def texts(name):
+    """A bind parameter for a list of strings (or NULLs), sent as one TEXT[] array."""
+    return sa.cast(sa.bindparam(name), postgresql.ARRAY(sa.Text))
+
+
+async def execute(cur, query: "Query | sa.Executable", **values) -> None:
+    """Run a `Query` with `values` bound by name over its defaults, or a statement built on the spot (for cold
+    paths such as clean-up and metrics, where compiling per call costs nothing that matters; lists in it are
+    inlined). Raises `TypeError` for a value the `Query` has no parameter for (a typo would go unnoticed)."""
+    if isinstance(query, Query):
+        unknown = values.keys() - query.defaults.keys()
+        if unknown:
+            raise TypeError(f"unknown bind parameters {sorted(unknown)} for {query.sql!r}")
+        await cur.execute(query.sql, {**query.defaults, **values})
+    else:
+        compiled = query.compile(dialect=DIALECT, compile_kwargs={"render_postcompile": True})
+        await cur.execute(str(compiled), compiled.params)
+
+
+async def fetch_all(cur, query: "Query | sa.Executable", **values) -> list[dict]:
+    """Rows of `query` as dicts."""
+    await execute(cur, query, **values)
+    columns = [c.name for c in cur.description]
+    return [dict(zip(columns, row)) for row in await cur.fetchall()]
+
+
+async def fetch_one(cur, query: "Query | sa.Executable", **values) -> dict | None:
+    """The first row of `query` as a dict, or None."""
+    rows = await fetch_all(cur, query, **values)
+    return rows[0] if rows else None
+
+
+def page(rows: list[dict], limit: int, key: str) -> tuple[list[dict], int | None]:
+    """(the first `limit` of `rows`, the cursor of the next page or None): `rows` is a query's `limit + 1` rows
+    in `key` order, the one beyond the page telling whether there is another."""
+    shown = rows[:limit]
+    return shown, (shown[-1][key] if len(rows) > limit else None)
+
+
+async def pending_rows(cur, created_at, *where):
+    """(count, age in seconds of the oldest) of the rows of `created_at`'s table matching `where`."""
+    age = sa.func.extract("epoch", sa.func.clock_timestamp() - sa.func.min(created_at))
+    row = await fetch_one(cur, sa.select(sa.func.count(), age).where(*where))
+    return tuple(row.values())
+
+
+NOW = sa.func.clock_timestamp()
+
+
+def seconds_from_now(seconds):
+    """The SQL time `seconds` (a number or a bound parameter; negative for the past) from now."""
+    return NOW + sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+def older_than(column, seconds):
+    return column < seconds_from_now(-seconds)
+
+
+async def delete_batch(cur, key, limit, *where):
+    """Delete up to `limit` rows matching `where` (skipping rows locked by others); True if it hit the limit.
+    `key` is the primary key's column, or a tuple of its columns.
+
+    Small batches keep clean-up from holding many row locks at once."""
+    columns = key if isinstance(key, tuple) else (key,)
+    chosen = sa.select(*columns).where(*where).limit(limit).with_for_update(skip_locked=True)
+    await execute(cur, sa.delete(columns[0].table).where(sa.tuple_(*columns).in_(chosen)))
+    return cur.rowcount >= limit
+
+
+async def ensure_database(dsn):
+    """Create the DSN's database if it does not exist (several replicas may race: that is fine).
+
+    The database itself is tried first: a least-privilege role (`ops.provision`) owns its database, which then
+    exists, and may have no business in any other. Raises the first connection's error if the database exists
+    but cannot be reached (e.g. no CONNECT privilege; retried by the caller, which logs why), and
+    `ConfigurationError` if it is missing and the role may not create it."""
+    params = parse_dsn(dsn)
+    name = params["dbname"]
+    try:
+        async with aiopg.connect(dsn, enable_hstore=False):
+            return
+    except psycopg2.OperationalError as exc:
+        unreachable = exc
+    async with aiopg.connect(make_dsn(**{**params, "dbname": "postgres"}), enable_hstore=False) as conn:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if await cur.fetchone():
+                raise unreachable
+            try:
+                await cur.execute(f'CREATE DATABASE "{name}"')
+                logger.info("created database %s", name)
+            except (psycopg2.errors.DuplicateDatabase, psycopg2.errors.UniqueViolation):
+                pass
+            except psycopg2.errors.InsufficientPrivilege:
+                raise ConfigurationError(f"database {name} does not exist and role {params.get('user')} may not "
+                                         "create it: provision it first (python -m ops.provision, "
+                                         "docs/security-credentials.md)") from None
+
+
+def being_cancelled():
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class CommitOutcomeUnknown(Exception):
+    """The connection broke while COMMIT was under way: the transaction may or may not have been applied."""
+
+
+def unavailable(exc):
+    logger.warning("database unavailable: %r", exc)
+    return Unavailable("Database temporarily unavailable.")
+
+
+class BeginWithFirst:
+    """A cursor whose first statement carries the BEGIN ("BEGIN; ..." in one round trip): aiopg's `begin()`
+    sends it alone, a round trip more per transaction. COMMIT still goes alone, so that a connection lost while
+    it is under way can be told apart (`CommitOutcomeUnknown`)."""
+
+    def __init__(self, cur) -> None:
+        self.cur, self.sent = cur, False
+
+    async def execute(self, sql: str, params=None) -> None:
+        if not self.sent:
+            sql, self.sent = "BEGIN; " + sql, True
+        await self.cur.execute(sql, params)
+
+    def __getattr__(self, name):
+        return getattr(self.cur, name)
+
+
+# Connections kept apart for the consumers and workers (`Database.background`).
+BACKGROUND_POOL_SIZE = 4
+
+
+# Seconds a former primary's pool may keep connections still in use before they are closed regardless.
+RETIRE_GRACE = 5.0
+
+
+async def create_pool(dsn, size, on_connect=None):
+    return await aiopg.create_pool(dsn, minsize=1, maxsize=size, enable_hstore=False, timeout=30,
+                                   on_connect=on_connect)
+
+
+class Database:
+    """A connection pool with transactions retried as a whole when the server goes away.
+
+    `background` is a second one, for consumers and workers: under load the HTTP requests would otherwise
+    take every connection, and the work that brings orders to their final status would queue behind new
+    orders, so the backlog would grow for as long as the load lasts."""
+
+    def __init__(self, pool: aiopg.Pool, background: "Database | None" = None, retry_seconds: float = 2.0,
+                 hosts: Hosts | None = None, dsn: str | None = None) -> None:
+        self.pool = pool
+        self.background = background
+        self.retry_seconds = retry_seconds
+        # A DSN with several hosts (`common.db.pg_hosts`): `pool` is on `dsn`, the host that was the primary
+        # when it was made, and moves when a lost connection or a write refused by a standby says it changed.
+        self.hosts, self.dsn = hosts, dsn
+        self._lookup = None
+        self._retiring = set()
+
+    @classmethod
+    async def connect(cls, dsn: str, section: str, pool_size: int) -> "Database":
+        """Wait for the server, create the database and apply its schema section, then pool connections.
+
+        Raises `TlsRefused` (a `ConfigurationError`) at once, not waiting, when TLS to the server fails in a
+        way only a change of settings mends (`common.db.pg_hosts.tls_refusal`): a wrong `sslrootcert`, a
+        certificate for another host name, a server without TLS where `sslmode` requires it. The DSN's TLS
+        parameters reach libpq unchanged, on every host of a multi-host DSN."""
+        hosts = Hosts(dsn)
+        server = describe_postgres(dsn)
+        async for attempt in until_connected(DB_ERRORS, server):
+            with attempt:
+                try:
+                    db = await cls._on_primary(hosts, pool_size)
+                    await db.apply_schema(section)
+                except DB_ERRORS as exc:
+                    refuse_on_tls_failure(exc, dsn, server)
+                    raise
+        logger.info("connected to PostgreSQL database %s", parse_dsn(dsn)["dbname"])
+        return db
+
+    @classmethod
+    async def _on_primary(cls, hosts: Hosts, pool_size: int) -> "Database":
+        dsn = await hosts.primary()
+        await ensure_database(dsn)
+        if not hosts.several:
+            return cls(await create_pool(dsn, pool_size), cls(await create_pool(dsn, BACKGROUND_POOL_SIZE)))
+        background = cls(await create_pool(dsn, BACKGROUND_POOL_SIZE, refuse_standby), hosts=hosts, dsn=dsn)
+        return cls(await create_pool(dsn, pool_size, refuse_standby), background, hosts=hosts, dsn=dsn)
+
+    async def apply_schema(self, section: str) -> None:
+        ddl = schema_section("shared") + "\n" + schema_section(section)
+        async with self.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
+            # Replicas starting together would otherwise race on CREATE ... IF NOT EXISTS.
+            await cur.execute("SELECT pg_advisory_xact_lock(hashtext('shop-schema'))")
+            await cur.execute(ddl)
+
+    @asynccontextmanager
+    async def _cursor(self, transaction: bool):
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            if not transaction:
+                yield cur
+                return
+            begun = BeginWithFirst(cur)
+            try:
+                yield begun
+            except BaseException:
+                if begun.sent:
+                    await cur.execute("ROLLBACK")
+                raise
+            if begun.sent:
+                await cur.execute("COMMIT")
+
+    async def run(self, work: Callable[..., Awaitable[T]], *args, retry_seconds: float | None = None,
+                  transaction: bool = True) -> T:
+        """Run `await work(cur, *args)` in one transaction and return its result.
+
+        `transaction=False` leaves out BEGIN/COMMIT, for a single statement that is safe to run twice (a read,
+        or an idempotent write): the two round trips saved are most of its cost. Other writes keep BEGIN/COMMIT
+        so that a connection lost during COMMIT can be recognised.
+        Connection failures and deadlocks retry the whole transaction for `retry_seconds`;
+        after that raises `Unavailable`. So does a connection lost during COMMIT, at once: the transaction may
+        have been applied, and running it again could create a second order or credit a top-up twice.
+        Other exceptions roll back and propagate."""
+        retry_seconds = self.retry_seconds if retry_seconds is None else retry_seconds
+        try:
+            # The first attempt runs outside tenacity: setting up its retry loop costs ~14 µs of CPU, half
+            # as much again as a short query, on every call of every request and worker step.
+            async with self._attempt(transaction) as cur:
+                return await work(cur, *args)
+        except CommitOutcomeUnknown as exc:
+            raise unavailable(exc) from exc
+        except DB_ERRORS as exc:
+            if retry_seconds <= 0:
+                self._look_for_primary()  # for the next call: a readiness probe must not fail forever
+                raise unavailable(exc) from exc
+        try:
+            async for attempt in briefly(DB_ERRORS, retry_seconds):
+                with attempt:
+                    await self._follow_primary()
+                    async with self._attempt(transaction) as cur:
+                        return await work(cur, *args)
+        except (*DB_ERRORS, CommitOutcomeUnknown) as exc:
+            raise unavailable(exc) from exc
+
+    @asynccontextmanager
+    async def _attempt(self, transaction: bool):
+        """One try of `run`: the cursor its work runs on, and what the work's errors mean (the work is called by
+        `run` itself, so that its arguments and result pass through no other frame).
+
+        A cancellation of the calling task always ends it with `CancelledError`: a consumer or worker that went
+        on after being cancelled would keep the process from stopping (seen: one SIGTERM in eight under load
+        hung until the 20 s bound). Two ways aiopg loses a cancellation:
+        every query waits in `asyncio.wait_for`, which in Python 3.11 returns the result when the
+        cancellation comes just as the query finishes; and it closes the connection of a cancelled query,
+        so the ROLLBACK that follows raises a connection error in place of the cancellation."""
+        committing = False
+        try:
+            async with self._cursor(transaction) as cur:
+                yield cur
+                committing = transaction
+        except psycopg2.errors.ReadOnlySqlTransaction as exc:
+            if self.hosts is None:
+                raise
+            # Raised by the write itself, never by COMMIT: nothing was applied, so it is safe to run again.
+            raise WrongHost(repr(exc)) from exc
+        except DB_ERRORS as exc:
+            if being_cancelled():
+                raise asyncio.CancelledError() from exc
+            if committing:
+                raise CommitOutcomeUnknown(repr(exc)) from exc
+            raise
+        if being_cancelled():
+            raise asyncio.CancelledError()
+
+    def _look_for_primary(self) -> "asyncio.Future | None":
+        """Start a look for the primary unless one is under way; the callers failing together share it."""
+        if self.hosts is not None and (self._lookup is None or self._lookup.done()):
+            self._lookup = asyncio.ensure_future(self._move_to_primary())
+            self._lookup.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return self._lookup
+
+    async def _follow_primary(self) -> None:
+        """Before a retry: make sure the pool is on the current primary. Raises `NoPrimary` (retried like a
+        lost connection) while there is none, e.g. during a failover."""
+        if self.hosts is not None:
+            # Shielded: a cancelled caller must not cancel the look the others are waiting for.
+            await asyncio.shield(self._look_for_primary())
+
+    async def _move_to_primary(self) -> None:
+        dsn = await self.hosts.primary()
+        if dsn == self.dsn:
+            return
+        logger.warning("database primary moved from %s to %s: new connection pool", describe(self.dsn),
+                       describe(dsn))
+        old, self.pool, self.dsn = self.pool, await create_pool(dsn, self.pool.maxsize, refuse_standby), dsn
+        closing = asyncio.ensure_future(close_pool(old, RETIRE_GRACE))
+        self._retiring.add(closing)
+        closing.add_done_callback(self._retiring.discard)
+
+    async def ping(self) -> None:
+        async def select_one(cur):
+            await cur.execute("SELECT 1")
+        await self.run(select_one, retry_seconds=0)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Close the pools (both at once) once their connections are back; after `grace` seconds close them
+        regardless (a connection never released, e.g. by a task cancelled mid-query, must not stop the process)."""
+        await asyncio.gather(*(close_pool(db.pool, grace) for db in (self, self.background) if db),
+                             *(task for db in (self, self.background) if db for task in list(db._retiring)))
+
+
+async def close_pool(pool, grace):
+    pool.close()
+    try:
+        await asyncio.wait_for(pool.wait_closed(), grace)
+    except TimeoutError:
+        logger.warning("%d database connections still in use after %ss; closing them", pool.size - pool.freesize,
+                       grace)
+        pool.terminate()

@@ -1,0 +1,190 @@
+"""Multi-host DSNs for aiopg: find which of the servers is the primary, and hand aiopg that one alone.
+
+`ORDER_DB_DSN` / `PAYMENT_DB_DSN` may name several hosts in libpq's form
+(`postgresql://u@h1:5432,h2:5432/orders?target_session_attrs=read-write`, or `host=h1,h2 port=5432,5432`).
+psycopg2 opens such a DSN, aiopg 1.4 does not (its asynchronous connect watches the first host's socket only),
+so the hosts are tried here one after the other and the first that is not in recovery (nor read-only) is kept.
+The services write on every path, so the primary is chosen whatever `target_session_attrs` says.
+
+TLS settings (`sslmode=verify-full&sslrootcert=/ca.crt`, or any other libpq connection parameter) stay in every
+single-host DSN made here, the probe of the `postgres` database's included, so each host is verified as libpq
+would verify it in a multi-host connection: against the same CA, under its own host name.
+
+Errors: `NoPrimary` (a `psycopg2.OperationalError`, so the retry policies for a lost server cover it) when no
+host answers as a primary; `WrongHost` (also one) when a connection turns out to be on a standby. `tls_refusal`
+tells a failed TLS set-up (a wrong CA, a certificate for another name, a server without TLS where the DSN
+requires it), which no retry can mend, from a server that is away."""
+import logging
+import os
+
+import aiopg
+import psycopg2
+from psycopg2.extensions import make_dsn, parse_dsn
+
+from common.runtime.config import ConfigurationError
+from common.runtime.retry import DB_ERRORS
+
+logger = logging.getLogger(__name__)
+
+# Seconds to wait for one host's answer before trying the next: a host that is down on a real network can
+# leave a connection attempt hanging instead of refusing it.
+PROBE_TIMEOUT = 3.0
+
+
+class NoPrimary(psycopg2.OperationalError):
+    """None of the DSN's hosts is a writable primary right now (all down, or all standbys during a failover).
+    `tls` lists the hosts whose TLS set-up failed, as `host:port: libpq's reason`."""
+
+    def __init__(self, message, tls=()):
+        super().__init__(message)
+        self.tls = list(tls)
+
+
+class TlsRefused(ConfigurationError):
+    """TLS to PostgreSQL cannot work with this DSN (a wrong CA, a certificate for another host name, a missing
+    root certificate file, a server without TLS where `sslmode` requires it): a setting must change, so the
+    service says so and does not start, rather than wait for ever."""
+
+
+# libpq's words (libpq 17, psycopg2-binary 2.9.13) for a TLS failure that only a change of configuration mends.
+# "SSL SYSCALL error" and "unexpected eof" are not among them: a server going away mid-handshake says those.
+TLS_FAILURES = (
+    "certificate verify failed",                        # sslrootcert is not the CA that signed the server's
+    "does not match host name",                         # verify-full: the certificate names other hosts
+    "root certificate file",                            # sslrootcert missing or unreadable
+    "does not support SSL, but SSL was required",       # sslmode require/verify-*: the server has ssl = off
+    "certificate file", "private key file",             # a client certificate (sslcert/sslkey) unreadable
+    "sslmode",                                          # an invalid or weak sslmode (e.g. require with system roots)
+)
+
+
+def tls_refusal(exc):
+    """libpq's reason if `exc` (a connection error) is a TLS failure of the `TLS_FAILURES` kinds, else None."""
+    if isinstance(exc, NoPrimary):
+        return "; ".join(exc.tls) or None
+    if not isinstance(exc, psycopg2.OperationalError):
+        return None
+    text = str(exc).strip()
+    if not any(failure in text for failure in TLS_FAILURES):
+        return None
+    # 'connection to server at "localhost" (127.0.0.1), port 5432 failed: SSL error: certificate verify failed'
+    return " ".join(text.split(" failed: ", 1)[-1].split())
+
+
+def tls_settings(dsn):
+    """`sslmode=..., sslrootcert=...` of a DSN as libpq reads them (the environment's PGSSLMODE too), for messages."""
+    params = parse_dsn(dsn)
+    shown = []
+    for key, variable in (("sslmode", "PGSSLMODE"), ("sslrootcert", "PGSSLROOTCERT")):
+        value = params.get(key) or os.environ.get(variable)
+        if value:
+            shown.append(f"{key}={value}")
+    return ", ".join(shown) or "sslmode=prefer (libpq's default)"
+
+
+def refuse_on_tls_failure(exc, dsn, server):
+    """Raise `TlsRefused` (naming `server`, what failed and the DSN's TLS settings) if `exc` is a TLS failure."""
+    why = tls_refusal(exc)
+    if why is not None:
+        raise TlsRefused(f"{server}: TLS failed: {why} ({tls_settings(dsn)}); not retrying, the TLS settings "
+                         "or the server's certificate must change") from exc
+
+
+class WrongHost(psycopg2.OperationalError):
+    """A connection reached a standby: the primary has moved."""
+
+
+def single_host_dsns(dsn):
+    """The DSN once per host it names, in its order, each for that host alone; `[dsn]` unchanged for one host.
+
+    Raises `ValueError` when the host and port lists cannot be paired (libpq's rule: one port for all hosts,
+    or one per host) and `psycopg2.ProgrammingError` for a DSN libpq cannot parse."""
+    params = parse_dsn(dsn)
+    hosts = params.get("host", "").split(",")
+    if len(hosts) < 2:
+        return [dsn]
+    if params.get("hostaddr"):
+        raise ValueError("a DSN with several hosts must name them with host=, not hostaddr=")
+    ports = params.pop("port", "").split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    if len(ports) != len(hosts):
+        raise ValueError(f"the DSN names {len(hosts)} hosts but {len(ports)} ports")
+    params.pop("target_session_attrs", None)
+    return [make_dsn(**{**params, "host": host, **({"port": port} if port else {})})
+            for host, port in zip(hosts, ports)]
+
+
+def describe(dsn):
+    """`host:port` of a single-host DSN, for log lines (never the password)."""
+    params = parse_dsn(dsn)
+    return f"{params.get('host', 'localhost')}:{params.get('port', '5432')}"
+
+
+async def read_only(conn):
+    """Whether the server refuses writes: a standby (in recovery), or a server set read-only. pg_auto_failover
+    sets `default_transaction_read_only` on the standby it is about to promote and clears it a few seconds after
+    the promotion (seen in chaos runs: out of recovery, yet refusing every write for ~6 s). libpq's
+    `target_session_attrs=read-write` asks the same `transaction_read_only`."""
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool")
+        return (await cur.fetchone())[0]
+
+
+async def is_primary(dsn, timeout=PROBE_TIMEOUT):
+    """Whether the server of single-host `dsn` accepts writes (`read_only`). Asks its `postgres` database, which exists
+    before the services have created theirs. Raises the connection error if the server cannot be reached."""
+    probe = make_dsn(dsn, dbname="postgres")
+    async with aiopg.connect(probe, timeout=timeout, enable_hstore=False) as conn:
+        return not await read_only(conn)
+
+
+async def find_primary(dsns, timeout=PROBE_TIMEOUT):
+    """The first of the single-host `dsns` whose server is a primary. Raises `NoPrimary` saying what each
+    host answered."""
+    answers, tls = [], []
+    for dsn in dsns:
+        try:
+            if await is_primary(dsn, timeout):
+                if tls:
+                    logger.warning("database host TLS failed, another host used: %s", "; ".join(tls))
+                return dsn
+            answers.append(f"{describe(dsn)} is a standby")
+        except DB_ERRORS as exc:
+            why = tls_refusal(exc)
+            if why is not None:
+                tls.append(f"{describe(dsn)}: {why}")
+            answers.append(f"{describe(dsn)} " + (f"TLS failed ({why})" if why is not None else
+                                                  f"unreachable ({str(exc).strip() or type(exc).__name__})"))
+    raise NoPrimary("no primary among the database hosts: " + "; ".join(answers), tls)
+
+
+class Hosts:
+    """The servers of one DSN, and which of them to use now.
+
+    With one host, `primary()` is the DSN itself without a round trip: a single server behaves exactly as it
+    did before multi-host DSNs existed (the pool reconnects to it by itself after a restart)."""
+
+    def __init__(self, dsn):
+        self.candidates = single_host_dsns(dsn)
+
+    @property
+    def several(self):
+        return len(self.candidates) > 1
+
+    async def primary(self):
+        """A single-host DSN for the current primary. Raises `NoPrimary`."""
+        if not self.several:
+            return self.candidates[0]
+        dsn = await find_primary(self.candidates)
+        logger.debug("database primary is %s", describe(dsn))
+        return dsn
+
+
+async def refuse_standby(conn):
+    """aiopg `on_connect` hook for a pool on one host of several: a new connection that lands on a standby
+    (the primary it was opened for was demoted and came back as a standby) raises `WrongHost` rather than
+    serve stale reads and fail writes. Closes that connection itself: aiopg would leak it."""
+    if await read_only(conn):
+        await conn.close()
+        raise WrongHost("the database host is now a standby")

@@ -1,0 +1,170 @@
+"""Tracing on: `On`, the OpenTelemetry SDK behind `common.observability.tracing`'s hooks. Imported only when
+OTEL_TRACES_EXPORTER names an exporter (`common.observability.tracing.start`).
+
+Every standard variable the SDK reads applies (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER,
+OTEL_BSP_*, OTEL_EXPORTER_OTLP_*). Spans are started with an explicit parent and never made "current": the
+relays and consumers handle many orders, each of its own trace, in one task."""
+import os
+import time
+from contextlib import contextmanager
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from common.observability.tracing import HEADER
+from common.runtime.config import ConfigurationError
+from common.runtime.logs import trace_id
+from common.web.errors import ShopError
+
+PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def console_exporter():
+    # One compact JSON object per span and line, beside the log lines on stdout: easy to grep and to ship.
+    return ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
+
+
+def otlp_exporter():
+    # Imported here: it pulls in requests and protobuf, which a console-only run does without.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    return OTLPSpanExporter()
+
+
+EXPORTERS = {"console": console_exporter, "otlp": otlp_exporter}
+
+
+def parent(trace_header):
+    """The context of a traceparent string (an invalid or missing one gives the empty context: a new trace)."""
+    return PROPAGATOR.extract({HEADER: trace_header}) if trace_header else None
+
+
+def context_of(span):
+    """The W3C traceparent of `span`."""
+    carrier = {}
+    PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
+    return carrier.get(HEADER)
+
+
+class ServerSpan:
+    def __init__(self, span):
+        self.span = span
+
+    def set_status_code(self, code):
+        self.span.set_attribute("http.response.status_code", code)
+        if code >= 500:  # a 4xx is the client's error, not the server's (semantic conventions)
+            self.span.set_status(Status(StatusCode.ERROR))
+
+    def set_attribute(self, key, value):
+        self.span.set_attribute(key, value)
+
+
+class On:
+    """`common.observability.tracing.Off`'s hooks, making spans (see there for what each does)."""
+    enabled = True
+
+    def __init__(self, otel_environ, service, exporter_names):
+        unknown = [name for name in exporter_names if name not in EXPORTERS]
+        if unknown:
+            raise ConfigurationError(f"OTEL_TRACES_EXPORTER: unknown exporter {', '.join(unknown)} "
+                                     f"(known: none, {', '.join(EXPORTERS)})")
+        for key, value in otel_environ.items():
+            os.environ.setdefault(key, value)  # .env's OTEL_* defaults, for the SDK, which reads os.environ
+        named = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service}
+        self.provider = TracerProvider(resource=Resource.create(named))
+        for name in exporter_names:
+            self.provider.add_span_processor(BatchSpanProcessor(EXPORTERS[name]()))
+        self.tracer = self.provider.get_tracer("shop")
+
+    def shutdown(self):
+        self.provider.shutdown()
+
+    @contextmanager
+    def server(self, method, route, headers):
+        span = self.tracer.start_span(f"{method} {route}", parent(headers.get(HEADER)), SpanKind.SERVER,
+                                      {"http.request.method": method, "http.route": route})
+        headers[HEADER] = context_of(span)
+        trace_id.set(format(span.get_span_context().trace_id, "032x"))
+        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+            try:
+                yield ServerSpan(span)
+            except ShopError as exc:  # answered with its status code
+                ServerSpan(span).set_status_code(exc.status_code)
+                raise
+            except Exception as exc:
+                span.record_exception(exc)
+                ServerSpan(span).set_status_code(500)
+                raise
+
+    def traceparent(self):
+        span = trace.get_current_span()
+        return context_of(span) if span.get_span_context().is_valid else None
+
+    def _child(self, name, trace_header, kind, attributes, start_time=None):
+        """A span continuing `trace_header`, or None without one: tracing continues the traces that requests
+        start, and starts none in the middle of an order (a row or message from before tracing was on)."""
+        if not trace_header:
+            return None
+        return self.tracer.start_span(name, parent(trace_header), kind, attributes, start_time=start_time)
+
+    @contextmanager
+    def send(self, queue, message_id, traces):
+        spans = [self._child(f"send {queue}", trace_header, SpanKind.PRODUCER, messaging(queue, "send", message_id))
+                 for trace_header in traces]
+        try:
+            yield [context_of(span) if span else None for span in spans]
+        except BaseException as exc:
+            failed(spans, exc)
+            raise
+        finally:
+            end(spans)
+
+    @contextmanager
+    def process(self, queue, entries):
+        started = time.time_ns()
+        spans = [self._child(f"process {queue}", trace_header, SpanKind.CONSUMER,
+                             {**messaging(queue, "process", message_id), **order_of(order_id),
+                              "messaging.batch.message_count": len(entries)}, started)
+                 for message_id, trace_header, order_id in entries]
+        try:
+            yield [context_of(span) if span else None for span in spans]
+        except BaseException as exc:
+            failed(spans, exc)
+            raise
+        finally:
+            end(spans)
+
+    @contextmanager
+    def steps(self, name, orders):
+        started = time.time_ns()
+        spans = [self._child(name, trace_header, SpanKind.INTERNAL, order_of(order_id), started)
+                 for order_id, trace_header in orders]
+        try:
+            yield [context_of(span) if span else None for span in spans]
+        finally:
+            end(spans)
+
+
+def failed(spans, exc):
+    for span in filter(None, spans):
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, repr(exc)))
+
+
+def end(spans):
+    for span in spans:
+        if span is not None:
+            span.end()
+
+
+def order_of(order_id):
+    """The `shop.order_id` attribute of a span about order `order_id` (none for None)."""
+    return {} if order_id is None else {"shop.order_id": order_id}
+
+
+def messaging(queue, operation, message_id):
+    return {"messaging.system": "rabbitmq", "messaging.destination.name": queue,
+            "messaging.operation.type": operation, "messaging.message.id": str(message_id)}

@@ -1,0 +1,1 @@
+"""A service's process: configuration, start-up and shutdown, background workers, retries, logs."""

@@ -1,0 +1,1 @@
+"""HTTP: the Tornado application, request/response envelope, errors, validation, authentication, blocking reads."""

@@ -1,0 +1,115 @@
+"""The JSON envelope every response wears, and the base handler that guarantees it."""
+import json
+import logging
+from datetime import datetime
+from decimal import Decimal
+
+from tornado import web
+
+from common.runtime.config import DEFAULT_MAX_BODY_BYTES
+from common.runtime.logs import request_id
+from common.web.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, RouteNotFound, ShopError
+
+REQUEST_ID_HEADER = "X-Request-ID"  # the gateway names every request it forwards
+CLIENT_REQUEST_ID_HEADER = "X-Client-Request-ID"  # the X-Request-ID a client sent, kept beside the gateway's
+
+logger = logging.getLogger(__name__)
+
+JSON_TYPES = ("application/json",)
+
+
+def to_json(value):
+    """JSON text of `value`; `Decimal`s become exact JSON numbers (never floats), datetimes ISO 8601 strings."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime):
+        return f'"{value.isoformat()}"'
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {to_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(to_json(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def label(value: str | None) -> str | None:
+    """A client-chosen id, if it is safe to log and store (printable ASCII, at most 200 characters), else None."""
+    return value if value and value.isascii() and value.isprintable() and len(value) <= 200 else None
+
+
+def envelope(success, message, **data):
+    return {"status": "Success" if success else "Fail", "message": message, **data}
+
+
+class BaseHandler(web.RequestHandler):
+    """Answers every request, failed or not, with the JSON envelope; never a stack trace.
+
+    Dependencies arrive through `initialize` as keyword arguments (the route's dict) and become attributes."""
+
+    max_body_bytes = DEFAULT_MAX_BODY_BYTES  # each application passes the configured one
+
+    def initialize(self, **dependencies):
+        for name, value in dependencies.items():
+            setattr(self, name, value)
+
+    def prepare(self):
+        rid = label(self.request.headers.get(REQUEST_ID_HEADER))
+        if rid:
+            self.set_header(REQUEST_ID_HEADER, rid)
+        request_id.set(rid or "-")
+        if len(self.request.body) > self.max_body_bytes:
+            raise BodyTooLarge(f"Request body must be at most {self.max_body_bytes} bytes.")
+        if self.request.body and self.request.method in ("POST", "PUT", "PATCH"):
+            content_type = self.request.headers.get("Content-Type", "application/json")
+            if content_type.split(";")[0].strip().lower() not in JSON_TYPES:
+                raise InvalidInput("Content-Type must be application/json.")
+
+    def reply(self, status_code, message, **data):
+        self.set_status(status_code)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(to_json(envelope(status_code < 400, message, **data)))
+
+    def allowed_methods(self):
+        """The methods this handler implements (what a 405's `Allow` header lists)."""
+        return [m for m in self.SUPPORTED_METHODS
+                if getattr(type(self), m.lower()) is not getattr(web.RequestHandler, m.lower())]
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, ShopError):
+            status_code, message = exc.status_code, exc.message
+            if getattr(exc, "challenge", None):
+                self.set_header("WWW-Authenticate", exc.challenge)
+        elif isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code == 405:
+            message = MethodNotAllowed(f"Method {self.request.method} not allowed on {self.request.path}.").message
+        elif status_code < 500:
+            message = self._reason
+        else:
+            message = "Internal server error."
+        if status_code == 405:  # RFC 9110: a 405 lists the methods that would work
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+        self.reply(status_code, message)
+
+    def log_exception(self, typ, value, tb):
+        if isinstance(value, ShopError):
+            if value.status_code >= 500:
+                logger.warning("%s %s: %s", self.request.method, self.request.path, value.message)
+            return
+        super().log_exception(typ, value, tb)
+
+
+class ApiHandler(BaseHandler):
+    """A route of the API: `self.principal` (`common.web.auth.Principal`) is known before the method runs, or the
+    request was answered 401 (`auth`, an `Authenticator`, is a dependency)."""
+
+    async def prepare(self):
+        super().prepare()
+        self.principal = await self.auth.authenticate(self.request.headers.get("Authorization"))
+
+
+class NotFoundHandler(BaseHandler):
+    """The application's default handler: any unknown path is a JSON 404."""
+
+    def prepare(self):
+        raise RouteNotFound(self.request.path)

@@ -1,0 +1,166 @@
+"""`KeepAliveClient`: HTTP/1.1 requests over pooled keep-alive connections, on Tornado's `IOStream`.
+
+The gateway forwards every request, so the client is most of its cost. Tornado's simple client opens a TCP
+connection per request; its curl client keeps connections alive but sets up a libcurl handle per request (some
+forty options, a Python callback per header line) and drives it through timers and socket callbacks. This
+client writes the request as one buffer and parses the response head with Tornado's own parsers, on a pooled
+`IOStream` (README, Performance: the gateway's CPU per order before and after). It does without Tornado's
+`HTTP1Connection` on this side: an object, futures, callbacks and a `setsockopt` per request. The pool is
+bounded (`proxy.connection_pool`): requests beyond it wait for a connection instead of opening more."""
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from tornado import httputil
+from tornado.http1connection import parse_int
+from tornado.iostream import StreamClosedError
+from tornado.tcpclient import TCPClient
+
+from proxy.connection_pool import ConnectionPool
+
+MAX_HEADER_BYTES = 65536  # as Tornado's own HTTP1Connection
+
+# Methods that may be sent again when a kept-alive connection turns out dead before answering: the backend may
+# have run the request before dying, and a second POST would create a second order, a second PUT credit twice.
+SAFE_TO_RESEND = frozenset(("GET", "HEAD", "OPTIONS"))
+
+
+class ConnectionLost(Exception):
+    """The connection closed before the whole response arrived: the backend may or may not have acted on it."""
+
+
+# Everything `KeepAliveClient.fetch` raises when it gets no response.
+FETCH_ERRORS = (OSError, ConnectionLost, asyncio.TimeoutError)
+
+
+@dataclass
+class Response:
+    code: int
+    headers: httputil.HTTPHeaders
+    body: bytes
+
+
+def _format_request(method, target, headers, body_length):
+    """The request line and header block, as bytes; `body_length` None for a request without a body."""
+    lines = [f"{method} {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers.items())]
+    if body_length is not None:
+        lines.append(f"Content-Length: {body_length}")
+    text = "\r\n".join(lines)
+    if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+        raise ValueError(f"a CR or LF inside a request header: {headers!r}")  # it would smuggle a header in
+    return (text + "\r\n\r\n").encode("latin1")
+
+
+def _request_line(request):
+    return request.split(b"\r\n", 1)[0].decode("latin1")
+
+
+def _parse_head(data):
+    """(ResponseStartLine, HTTPHeaders) of a response's head, as Tornado's own HTTP1Connection parses it."""
+    text = data.decode("latin1").lstrip("\r\n")
+    end_of_line = text.find("\n")
+    return httputil.parse_response_start_line(text[:end_of_line].rstrip("\r")), \
+        httputil.HTTPHeaders.parse(text[end_of_line:])
+
+
+class KeepAliveClient:
+    """Requests to a few backends over a `ConnectionPool` of at most `pool_size` connections per address."""
+
+    def __init__(self, pool_size=64, max_body_size=10 * 1024 * 1024):
+        self._pools = defaultdict(lambda: ConnectionPool(pool_size))
+        self._tcp = TCPClient()
+        self._max_body_size = max_body_size
+
+    async def fetch(self, url, method="GET", headers=None, body=None, timeout=10.0, connect_timeout=2.0):
+        """Send one request and return its `Response`; `timeout` bounds it all, the wait for a free
+        connection included.
+
+        Raises `ConnectionRefusedError` (or another `OSError`) if no connection could be made: the request
+        surely never reached the backend. Raises `ConnectionLost` if the connection broke before the response
+        was complete, and `asyncio.TimeoutError` after `timeout` seconds: the request may have had its effect."""
+        parts = urlsplit(url)
+        address = (parts.hostname, parts.port or 80)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        request = _format_request(method, target, {"Host": parts.netloc, **(headers or {})},
+                                  None if body is None else len(body))
+        if body:
+            request += body  # headers and body in one write: as two, Nagle could hold the body for a delayed ACK
+        pool = self._pools[address]
+        async with asyncio.timeout(timeout):
+            pooled = await pool.acquire()
+            try:
+                try:
+                    response, stream = await self._exchange(pooled or await self._connect(address, connect_timeout),
+                                                            request)
+                except ConnectionLost:
+                    # A pooled connection the backend closed meanwhile: a request safe to resend tries a new one.
+                    if pooled is None or method not in SAFE_TO_RESEND:
+                        raise
+                    response, stream = await self._exchange(await self._connect(address, connect_timeout), request)
+            except BaseException:
+                pool.release()  # `_exchange` closed the stream
+                raise
+            pool.release(stream)
+            return response
+
+    async def _connect(self, address, timeout):
+        try:
+            stream = await self._tcp.connect(*address, timeout=timeout)
+        except StreamClosedError as exc:
+            raise exc.real_error or ConnectionError(f"could not connect to {address[0]}:{address[1]}") from None
+        stream.set_nodelay(True)  # each request is one write and waits for its answer: nothing to gather
+        return stream
+
+    async def _exchange(self, stream, request):
+        """Write the request, read the response: (response, the stream if it may carry the next request)."""
+        try:
+            stream.write(request)
+            head = await stream.read_until_regex(b"\r?\n\r?\n", max_bytes=MAX_HEADER_BYTES)
+            start_line, response_headers = _parse_head(head)
+            content, open_after = await self._read_body(stream, start_line.code, response_headers)
+        except StreamClosedError:
+            stream.close()
+            raise ConnectionLost(f"{_request_line(request)}: connection closed before the whole response") from None
+        except (httputil.HTTPInputError, ValueError) as exc:
+            stream.close()
+            raise ConnectionLost(f"{_request_line(request)}: malformed response: {exc}") from None
+        except BaseException:
+            stream.close()  # a timeout or error mid-response leaves the stream unusable
+            raise
+        keep = open_after and start_line.version == "HTTP/1.1" \
+            and response_headers.get("Connection", "").lower() != "close"
+        if not keep:
+            stream.close()
+        return Response(start_line.code, response_headers, content), stream if keep else None
+
+    async def _read_body(self, stream, code, headers):
+        """(body, whether the connection may stay open) for a response with these status and headers."""
+        if code in (204, 304) or 100 <= code < 200:
+            return b"", True
+        if headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return await self._read_chunks(stream), True
+        if "Content-Length" in headers:
+            length = parse_int(headers["Content-Length"])
+            if length > self._max_body_size:
+                raise httputil.HTTPInputError(f"body of {length} bytes is over the limit")
+            return (await stream.read_bytes(length) if length else b""), True
+        return await stream.read_until_close(), False  # the body ends with the connection
+
+    async def _read_chunks(self, stream):
+        chunks, size = [], 0
+        while True:
+            line = await stream.read_until(b"\r\n", max_bytes=64)
+            length = int(line.split(b";", 1)[0].strip(), 16)
+            if length == 0:
+                while await stream.read_until(b"\n", max_bytes=MAX_HEADER_BYTES) not in (b"\r\n", b"\n"):
+                    pass  # a trailer field: nothing the gateway passes on
+                return b"".join(chunks)
+            size += length
+            if size > self._max_body_size:
+                raise httputil.HTTPInputError(f"chunked body over {self._max_body_size} bytes")
+            chunks.append((await stream.read_bytes(length + 2))[:-2])
+
+    def close(self):
+        for pool in self._pools.values():
+            pool.close()

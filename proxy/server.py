@@ -1,0 +1,209 @@
+"""`ProxyServer`: the gateway's proxied routes served on Tornado's HTTP/1.1 layer, without a `RequestHandler`.
+
+A `RequestHandler` per request builds an `HTTPServerRequest`, parses arguments, runs `prepare`, `_execute`,
+`flush`, `finish` and an Etag over the body, and creates several tasks: most of the gateway's CPU per proxied
+request (issue 14). Here a request's headers and body go straight from Tornado's `HTTP1Connection` to
+`Route.forward` and the answer straight back, with the same checks and answers as `common.web.envelope.BaseHandler`:
+the request ids, the body limit (413), the JSON content type (400), 405 with `Allow`, the 503 envelope, metrics
+and the access log. Every other path goes to the Tornado `Application` as before (404s, /health, /metrics)."""
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from re import Pattern
+
+import tornado
+from tornado import httputil
+from tornado.iostream import StreamClosedError
+from tornado.log import access_log
+from tornado.web import RequestHandler
+
+from common.observability.metrics import REQUESTS, method_label
+from common.runtime.logs import request_id
+from common.web.envelope import CLIENT_REQUEST_ID_HEADER, JSON_TYPES, REQUEST_ID_HEADER, envelope, label, to_json
+from common.web.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, ShopError
+from common.web.waiting import PREFER, requested_wait
+
+logger = logging.getLogger("common.web.envelope")  # the logger BaseHandler reports a 503 with
+
+SERVER = f"TornadoServer/{tornado.version}"
+JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
+HANDLER_LABEL = "ProxyHandler"  # the metrics label of proxied requests, as when a RequestHandler served them
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left before its answer (never sent)
+
+
+_ID_PREFIX, _ID_COUNTER = secrets.token_hex(8), itertools.count()
+
+
+def new_request_id():
+    """32 hex digits, unique: this process's random prefix and a counter (a uuid4 costs a system call)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """A path the gateway forwards: `forward(method, uri, headers, body)` returns the backend's response
+    (`code`, `headers`, `body`) or raises `ShopError` (503 `Unavailable`). Of the request's headers only
+    `forwarded_headers` go to the backend, of the response's only `passed_back_headers` come back."""
+    path: Pattern
+    methods: tuple
+    forward: Callable[..., Awaitable]
+    forwarded_headers: tuple
+    passed_back_headers: tuple
+
+
+class ProxyServer(httputil.HTTPServerConnectionDelegate):
+    """Serves `routes` itself and passes every other request to `app`."""
+
+    def __init__(self, app, routes, max_body_bytes):
+        self.app, self.routes, self.max_body_bytes = app, routes, max_body_bytes
+        self._date = (0, "")
+
+    def start_request(self, server_conn, request_conn):
+        return ProxiedRequest(self, server_conn, request_conn)
+
+    def on_close(self, server_conn):
+        self.app.on_close(server_conn)
+
+    def route(self, path):
+        for route in self.routes:
+            if route.path.fullmatch(path):
+                return route
+        return None
+
+    def date(self):
+        """The `Date` header, formatted once a second rather than per request."""
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, httputil.format_timestamp(now))
+        return self._date[1]
+
+
+class ProxiedRequest(httputil.HTTPMessageDelegate):
+    """One request on a connection: read it, forward it if its path is a route, else hand it to the app."""
+
+    def __init__(self, server, server_conn, connection):
+        self.server, self.server_conn, self.connection = server, server_conn, connection
+        self.app_request = None  # the Application's delegate, for a path that is not a route
+        self.chunks, self.size = [], 0
+
+    def headers_received(self, start_line, headers):
+        self.start_line, self.headers = start_line, headers
+        self.path = start_line.path.partition("?")[0]
+        self.route = self.server.route(self.path)
+        if self.route is None:
+            self.app_request = self.server.app.start_request(self.server_conn, self.connection)
+            return self.app_request.headers_received(start_line, headers)
+        self.started = time.perf_counter()
+        # Read now: behind a trusted proxy Tornado puts the forwarded address here only while the request is read.
+        self.remote_ip = self.connection.context.remote_ip
+        # The gateway is where a request enters: it names it for every log line and the ledger. A client's own
+        # id is kept beside, never taken for the gateway's.
+        self.request_id = new_request_id()
+        self.client_request_id = label(headers.get(REQUEST_ID_HEADER))
+        return None
+
+    def data_received(self, chunk):
+        if self.app_request is not None:
+            return self.app_request.data_received(chunk)
+        self.size += len(chunk)
+        if self.size <= self.server.max_body_bytes:
+            self.chunks.append(chunk)  # past the limit only the size counts: the answer is a 413
+        return None
+
+    def finish(self):
+        if self.app_request is not None:
+            return self.app_request.finish()
+        request_id.set(self.request_id)
+        # Tornado's server loop, which holds this delegate, waits for the `connection.finish()` in `respond`.
+        self.responding = asyncio.ensure_future(self.respond())
+        if requested_wait(self.start_line.method, self.start_line.path, self.headers.get(PREFER)):
+            # A request the backend may hold for its wait: when the client leaves, the backend request is
+            # cancelled (its connection closed), and the backend stops holding it. Other requests are answered in
+            # milliseconds: their connections are kept rather than closed for nothing.
+            self.connection.set_close_callback(self.responding.cancel)
+        return None
+
+    def on_connection_close(self):
+        if self.app_request is not None:
+            return self.app_request.on_connection_close()
+        return None
+
+    async def respond(self):
+        method = self.start_line.method
+        try:
+            self.check(method)
+            headers = {k: v for k in self.route.forwarded_headers if (v := self.headers.get(k)) is not None}
+            headers[REQUEST_ID_HEADER] = self.request_id
+            if self.client_request_id:
+                headers[CLIENT_REQUEST_ID_HEADER] = self.client_request_id
+            body = b"".join(self.chunks) if method in ("POST", "PUT") else None
+            response = await self.route.forward(method, self.start_line.path, headers, body)
+        except asyncio.CancelledError:
+            self.log(CLIENT_CLOSED_REQUEST)  # the client left while waiting: nobody to answer
+            raise
+        except ShopError as exc:
+            self.fail(exc)
+        except Exception:  # a bug still gets the envelope (logged), and the connection is not left hanging
+            logger.exception("%s %s failed", method, self.path)
+            self.reply(500, to_json(envelope(False, "Internal server error.")).encode(),
+                       {"Content-Type": JSON_CONTENT_TYPE})
+        else:
+            self.reply(response.code, response.body, {name: value for name in self.route.passed_back_headers
+                                                      if (value := response.headers.get(name))})
+
+    def fail(self, exc):
+        if exc.status_code >= 500:
+            logger.warning("%s %s: %s", self.start_line.method, self.path, exc.message)
+        headers = {"Content-Type": JSON_CONTENT_TYPE}
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(self.route.methods)  # RFC 9110: a 405 lists the methods that would work
+        self.reply(exc.status_code, to_json(envelope(False, exc.message)).encode(), headers)
+
+    def check(self, method):
+        """The checks `BaseHandler.prepare` and Tornado make before a handler runs, in the same order."""
+        if method in RequestHandler.SUPPORTED_METHODS:
+            if self.size > self.server.max_body_bytes:
+                raise BodyTooLarge(f"Request body must be at most {self.server.max_body_bytes} bytes.")
+            if self.size and method in ("POST", "PUT", "PATCH"):
+                content_type = self.headers.get("Content-Type", "application/json")
+                if content_type.split(";")[0].strip().lower() not in JSON_TYPES:
+                    raise InvalidInput("Content-Type must be application/json.")
+        if method not in self.route.methods:
+            raise MethodNotAllowed(f"Method {method} not allowed on {self.path}.")
+
+    def reply(self, code, body, headers):
+        """Answer `code` with `body` and `headers`, as a `RequestHandler` would: with `Server`, `Date`, the
+        request id and the body's length, a HEAD without the body, a 304 without any."""
+        headers = httputil.HTTPHeaders({"Server": SERVER, "Date": self.server.date(),
+                                        REQUEST_ID_HEADER: self.request_id, **headers})
+        if self.client_request_id:
+            headers[CLIENT_REQUEST_ID_HEADER] = self.client_request_id
+        if code == 304:
+            # RFC 9110 15.4.5: no content, and no Content-Type a cache would take over for the 200 it stored
+            headers.pop("Content-Type", None)
+            body = b""
+        else:
+            headers.setdefault("Content-Type", "text/html; charset=UTF-8")
+            headers["Content-Length"] = str(len(body))
+        if self.start_line.method == "HEAD":
+            body = b""  # the GET's headers, its Content-Length too (RFC 9110 9.3.2)
+        start_line = httputil.ResponseStartLine("", code, httputil.responses.get(code, "Unknown"))
+        # The connection counts as busy (`common.runtime.lifecycle.DrainingHTTPServer`) until this is written.
+        try:
+            self.connection.write_headers(start_line, headers, body)
+            self.connection.finish()
+        except StreamClosedError:
+            pass  # the client left: the answer has nobody to go to
+        self.log(code)
+
+    def log(self, code):
+        seconds = time.perf_counter() - self.started
+        REQUESTS.labels(HANDLER_LABEL, method_label(self.start_line.method), code).observe(seconds)
+        level = logging.INFO if code < 400 else logging.WARNING if code < 500 else logging.ERROR
+        if access_log.isEnabledFor(level):
+            access_log.log(level, "%d %s %s (%s) %.2fms", code, self.start_line.method, self.start_line.path,
+                           self.remote_ip, 1000 * seconds)
