@@ -192,7 +192,7 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
         if self.start_line.method == "HEAD":
             body = b""  # the GET's headers, its Content-Length too (RFC 9110 9.3.2)
         start_line = httputil.ResponseStartLine("", code, httputil.responses.get(code, "Unknown"))
-        # The connection counts as busy (`common.runtime.lifecycle.DrainingHTTPServer`) until this is written.
+        # The connection counts as busy (`common.web.http_server.DrainingHTTPServer`) until this is written.
         try:
             self.connection.write_headers(start_line, headers, body)
             self.connection.finish()

@@ -2,13 +2,11 @@
 import asyncio
 import logging
 import signal
-import socket
 import sys
-import weakref
 from dataclasses import dataclass, field
 
 import uvloop
-from tornado import httputil, netutil, web
+from tornado import web
 
 from common.broker.connection import Broker
 from common.broker.consumer import HandleBatch
@@ -18,7 +16,7 @@ from common.observability import tracing
 from common.runtime.config import ConfigurationError, Settings, load_settings
 from common.runtime.logs import setup_logging
 from common.web.auth import Authenticator
-from common.web.http_server import BoundedHTTPServer, server_options
+from common.web.http_server import listen, stop_server
 
 logger = logging.getLogger(__name__)
 
@@ -33,98 +31,6 @@ async def wait_for_shutdown():
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-
-
-class DrainingHTTPServer(BoundedHTTPServer):
-    """An `HTTPServer` that knows which connections have a request in flight, so that a graceful shutdown
-    closes only idle ones (`stop_server`).
-
-    A connection is busy from a request's headers until its answer is written: Tornado's connection loop asks
-    for the next request (`start_request`) only once the previous answer is out."""
-
-    def initialize(self, *args, **kwargs) -> None:
-        super().initialize(*args, **kwargs)
-        self.busy: weakref.WeakSet = weakref.WeakSet()
-
-    def start_request(self, server_conn, request_conn) -> httputil.HTTPMessageDelegate:
-        self.busy.discard(server_conn)
-        return _MarkBusy(self.busy, server_conn, super().start_request(server_conn, request_conn))
-
-    def on_close(self, server_conn) -> None:
-        self.busy.discard(server_conn)
-        super().on_close(server_conn)
-
-
-class _MarkBusy(httputil.HTTPMessageDelegate):
-    """`delegate`, with its connection marked busy once a request's headers arrive. The other calls go to
-    `delegate`'s own methods directly: a body passes through no frame of this wrapper."""
-
-    def __init__(self, busy: weakref.WeakSet, connection, delegate: httputil.HTTPMessageDelegate) -> None:
-        self.busy, self.connection, self.delegate = busy, connection, delegate
-        self.data_received = delegate.data_received
-        self.finish = delegate.finish
-        self.on_connection_close = delegate.on_connection_close
-
-    def headers_received(self, start_line, headers):
-        self.busy.add(self.connection)
-        return self.delegate.headers_received(start_line, headers)
-
-
-def listen(app, port: int, address: str, settings: Settings, other_files: int = 0) -> DrainingHTTPServer:
-    """An HTTP server for `app` (an `Application` or any `HTTPServerConnectionDelegate`) on `address`:`port`
-    (port 0: one the kernel picks; `server.port` says which), with the client limits of `settings`
-    (`common.web.http_server`; `other_files`: the process's files beside its clients and the usual reserve)."""
-    # An accept queue as long as the connections the process may serve (the kernel caps it at somaxconn). Tornado's
-    # 128 overflows in a burst of new connections, e.g. 1,000 clients starting to wait at once, each also taking a
-    # gateway connection to the Order Service of its own: dropped SYNs are sent again a second later, and all
-    # were waiting after 1.8-2.4 s instead of 1.3-1.5 s (3 bursts each, bench.blocking_reads' client).
-    sockets = netutil.bind_sockets(port, address, backlog=settings.max_connections)
-    server = DrainingHTTPServer(app, **server_options(settings, other_files))
-    server.add_sockets(sockets)
-    server.port = sockets[0].getsockname()[1]
-    return server
-
-
-def received(stream) -> bool:
-    """Whether bytes have come in on `stream` that no request has taken yet (in Tornado's read buffer, whose
-    size it keeps in `_read_buffer_size`, or still in the socket)."""
-    if stream.closed():
-        return False
-    if stream._read_buffer_size:
-        return True
-    try:
-        return bool(stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except OSError:  # BlockingIOError: nothing there
-        return False
-
-
-async def stop_server(server: DrainingHTTPServer, grace: float = 8.0) -> None:
-    """Stop accepting; close each connection once it is idle, for up to `grace` seconds; then close the rest.
-
-    Tornado's `close_all_connections` alone would cut requests off mid-way: an order committed whose answer
-    never leaves, so the client cannot know it exists. A connection is closed only between requests."""
-    server.stop()
-    # A request read from now on is answered with `Connection: close`, and the connection then closes itself.
-    server.conn_params.no_keep_alive = True
-    deadline = asyncio.get_running_loop().time() + grace
-    quiet = set()
-    # `_connections` is Tornado's own set of open HTTP connections; it offers no public way to list them.
-    while server._connections and asyncio.get_running_loop().time() < deadline:
-        # Closed only if idle with nothing received at two scans in a row: a request whose bytes have arrived
-        # but whose headers Tornado has not handed on yet (the read completed, the coroutine not yet resumed)
-        # is on its way to being served, and cutting it would hide its commit behind a reset.
-        idle = {connection for connection in server._connections
-                if connection not in server.busy and not received(connection.stream)}
-        for connection in idle & quiet:
-            connection.stream.close()
-        quiet = idle
-        await asyncio.sleep(0.01)
-    if server._connections:
-        logger.warning("%d connections still busy after %ss; closing them", len(server._connections), grace)
-    try:
-        await asyncio.wait_for(server.close_all_connections(), 3)
-    except TimeoutError:
-        logger.warning("connections did not close within 3 s")
 
 
 class Service:
