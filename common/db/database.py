@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from psycopg2.extensions import make_dsn, parse_dsn
 from sqlalchemy.dialects import postgresql
 
-from common.db.pg_hosts import Hosts, WrongHost, describe, refuse_on_tls_failure, refuse_standby
-from common.runtime.config import ConfigurationError
+from common.db.pg_hosts import Hosts, WrongHost, describe, refuse_on_tls_failure, refuse_standby, with_timeouts
+from common.runtime.config import ConfigurationError, DbTimeouts
 from common.runtime.retry import DB_ERRORS, briefly, until_connected
 from common.web.errors import Unavailable
 from ops.servers import describe_postgres
@@ -127,7 +127,7 @@ async def delete_batch(cur, key, limit, *where):
     return cur.rowcount >= limit
 
 
-async def ensure_database(dsn):
+async def ensure_database(dsn, timeout=DbTimeouts.statement):
     """Create the DSN's database if it does not exist (several replicas may race: that is fine).
 
     The database itself is tried first: a least-privilege role (`ops.provision`) owns its database, which then
@@ -137,11 +137,12 @@ async def ensure_database(dsn):
     params = parse_dsn(dsn)
     name = params["dbname"]
     try:
-        async with aiopg.connect(dsn, enable_hstore=False):
+        async with aiopg.connect(dsn, timeout=timeout, enable_hstore=False):
             return
     except psycopg2.OperationalError as exc:
         unreachable = exc
-    async with aiopg.connect(make_dsn(**{**params, "dbname": "postgres"}), enable_hstore=False) as conn:
+    async with aiopg.connect(make_dsn(**{**params, "dbname": "postgres"}), timeout=timeout,
+                             enable_hstore=False) as conn:
         async with conn.cursor() as cur:
             await cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             if await cur.fetchone():
@@ -196,8 +197,10 @@ BACKGROUND_POOL_SIZE = 4
 RETIRE_GRACE = 5.0
 
 
-async def create_pool(dsn, size, on_connect=None):
-    return await aiopg.create_pool(dsn, minsize=1, maxsize=size, enable_hstore=False, timeout=30,
+async def create_pool(dsn, size, on_connect=None, timeouts: DbTimeouts = DbTimeouts()):
+    """A pool whose connects and statements are bounded by `timeouts.statement` (aiopg's default is 60 s: a hung
+    server would hold every caller that long). `Database` gives COMMIT its own, longer bound."""
+    return await aiopg.create_pool(dsn, minsize=1, maxsize=size, enable_hstore=False, timeout=timeouts.statement,
                                    on_connect=on_connect)
 
 
@@ -209,8 +212,9 @@ class Database:
     orders, so the backlog would grow for as long as the load lasts."""
 
     def __init__(self, pool: aiopg.Pool, background: "Database | None" = None, retry_seconds: float = 2.0,
-                 hosts: Hosts | None = None, dsn: str | None = None) -> None:
+                 hosts: Hosts | None = None, dsn: str | None = None, timeouts: DbTimeouts = DbTimeouts()) -> None:
         self.pool = pool
+        self.timeouts = timeouts
         self.background = background
         self.retry_seconds = retry_seconds
         # A DSN with several hosts (`common.db.pg_hosts`): `pool` is on `dsn`, the host that was the primary
@@ -220,19 +224,23 @@ class Database:
         self._retiring = set()
 
     @classmethod
-    async def connect(cls, dsn: str, section: str, pool_size: int) -> "Database":
+    async def connect(cls, dsn: str, section: str, pool_size: int,
+                      timeouts: DbTimeouts = DbTimeouts()) -> "Database":
         """Wait for the server, create the database and apply its schema section, then pool connections.
+
+        `timeouts` (`Settings.db_timeouts`) go into every connection (`common.db.pg_hosts.with_timeouts`: the
+        DSN's own values win) and bound every statement, so that a silent server is noticed in seconds.
 
         Raises `TlsRefused` (a `ConfigurationError`) at once, not waiting, when TLS to the server fails in a
         way only a change of settings mends (`common.db.pg_hosts.tls_refusal`): a wrong `sslrootcert`, a
         certificate for another host name, a server without TLS where `sslmode` requires it. The DSN's TLS
         parameters reach libpq unchanged, on every host of a multi-host DSN."""
-        hosts = Hosts(dsn)
+        hosts = Hosts(with_timeouts(dsn, timeouts))
         server = describe_postgres(dsn)
         async for attempt in until_connected(DB_ERRORS, server):
             with attempt:
                 try:
-                    db = await cls._on_primary(hosts, pool_size)
+                    db = await cls._on_primary(hosts, pool_size, timeouts)
                     await db.apply_schema(section)
                 except DB_ERRORS as exc:
                     refuse_on_tls_failure(exc, dsn, server)
@@ -241,13 +249,17 @@ class Database:
         return db
 
     @classmethod
-    async def _on_primary(cls, hosts: Hosts, pool_size: int) -> "Database":
+    async def _on_primary(cls, hosts: Hosts, pool_size: int, timeouts: DbTimeouts) -> "Database":
         dsn = await hosts.primary()
-        await ensure_database(dsn)
+        await ensure_database(dsn, timeouts.statement)
         if not hosts.several:
-            return cls(await create_pool(dsn, pool_size), cls(await create_pool(dsn, BACKGROUND_POOL_SIZE)))
-        background = cls(await create_pool(dsn, BACKGROUND_POOL_SIZE, refuse_standby), hosts=hosts, dsn=dsn)
-        return cls(await create_pool(dsn, pool_size, refuse_standby), background, hosts=hosts, dsn=dsn)
+            return cls(await create_pool(dsn, pool_size, timeouts=timeouts),
+                       cls(await create_pool(dsn, BACKGROUND_POOL_SIZE, timeouts=timeouts), timeouts=timeouts),
+                       timeouts=timeouts)
+        background = cls(await create_pool(dsn, BACKGROUND_POOL_SIZE, refuse_standby, timeouts), hosts=hosts,
+                         dsn=dsn, timeouts=timeouts)
+        return cls(await create_pool(dsn, pool_size, refuse_standby, timeouts), background, hosts=hosts, dsn=dsn,
+                   timeouts=timeouts)
 
     async def apply_schema(self, section: str) -> None:
         ddl = schema_section("shared") + "\n" + schema_section(section)
@@ -270,7 +282,8 @@ class Database:
                     await cur.execute("ROLLBACK")
                 raise
             if begun.sent:
-                await cur.execute("COMMIT")
+                # Its own bound: one that closes the connection, never a cancel (DB_COMMIT_TIMEOUT in .env).
+                await cur.execute("COMMIT", timeout=self.timeouts.commit)
 
     async def run(self, work: Callable[..., Awaitable[T]], *args, retry_seconds: float | None = None,
                   transaction: bool = True) -> T:
@@ -354,7 +367,8 @@ class Database:
             return
         logger.warning("database primary moved from %s to %s: new connection pool", describe(self.dsn),
                        describe(dsn))
-        old, self.pool, self.dsn = self.pool, await create_pool(dsn, self.pool.maxsize, refuse_standby), dsn
+        new = await create_pool(dsn, self.pool.maxsize, refuse_standby, self.timeouts)
+        old, self.pool, self.dsn = self.pool, new, dsn
         closing = asyncio.ensure_future(close_pool(old, RETIRE_GRACE))
         self._retiring.add(closing)
         closing.add_done_callback(self._retiring.discard)

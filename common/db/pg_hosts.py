@@ -16,12 +16,13 @@ tells a failed TLS set-up (a wrong CA, a certificate for another name, a server 
 requires it), which no retry can mend, from a server that is away."""
 import logging
 import os
+import re
 
 import aiopg
 import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from common.runtime.config import ConfigurationError
+from common.runtime.config import ConfigurationError, DbTimeouts
 from common.runtime.retry import DB_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,34 @@ def refuse_on_tls_failure(exc, dsn, server):
     if why is not None:
         raise TlsRefused(f"{server}: TLS failed: {why} ({tls_settings(dsn)}); not retrying, the TLS settings "
                          "or the server's certificate must change") from exc
+
+
+# libpq parameters an operator may also set through the environment (libpq's own variables), which then win.
+LIBPQ_ENVIRONMENT = {"connect_timeout": "PGCONNECT_TIMEOUT", "options": "PGOPTIONS"}
+
+
+def with_timeouts(dsn: str, timeouts: DbTimeouts) -> str:
+    """`dsn` (either libpq form, one host or several) with each of `timeouts`' libpq parameters it does not set
+    (keepalives, tcp_user_timeout, connect_timeout), and its server settings (idle_in_transaction_session_timeout,
+    lock_timeout) added to libpq's `options` unless that already sets them: every session then carries them
+    from its start, at no round trip. What the DSN (or libpq's environment variable) says is kept.
+
+    Raises `psycopg2.ProgrammingError` for a DSN libpq cannot parse."""
+    params = parse_dsn(dsn)
+    given = {key: params.get(key) or os.environ.get(LIBPQ_ENVIRONMENT.get(key, ""), "") for key in
+             (*timeouts.libpq(), "options")}
+    added = {key: value for key, value in timeouts.libpq().items() if not given[key]}
+    options = given["options"]
+    missing = [f"-c {name}={value}" for name, value in timeouts.server().items() if not sets_option(options, name)]
+    if missing:
+        added["options"] = " ".join([options, *missing]).strip()
+    return make_dsn(dsn, **added) if added else dsn
+
+
+def sets_option(options: str, name: str) -> bool:
+    """Whether libpq `options` (`-c name=value`, `-cname=value` or `--name=value`) set server setting `name`."""
+    spelled = "[-_]".join(re.escape(word) for word in name.split("_"))  # the server reads - as _
+    return re.search(rf"(?:-c\s*|--){spelled}\s*=", options) is not None
 
 
 class WrongHost(psycopg2.OperationalError):

@@ -55,6 +55,80 @@ def load_auth_settings(env: Mapping[str, str]) -> AuthSettings:
 
 
 @dataclass(frozen=True)
+class DbTimeouts:
+    """How long a service waits on PostgreSQL before it calls a server silent (.env's DB_* settings, each with its
+    reason; docs/partitions.md). A machine that loses power or is cut off sends no reset: only these notice it.
+    Seconds, but `tcp_user_timeout` in milliseconds as libpq takes it."""
+    connect: int = 3                     # libpq connect_timeout, per host
+    keepalives_idle: int = 5             # libpq keepalives_idle ...
+    keepalives_interval: int = 2         # ... keepalives_interval ...
+    keepalives_count: int = 3            # ... keepalives_count: an idle connection to a silent host ends after 11 s
+    tcp_user_timeout: int = 10_000       # libpq tcp_user_timeout: data unacknowledged this long ends the connection
+    statement: float = 5.0               # aiopg's bound on every statement but COMMIT (and on a connect)
+    commit: float = 15.0                 # aiopg's bound on a COMMIT, which is closed, never cancelled, past it
+    idle_in_transaction: float = 10.0    # the server's idle_in_transaction_session_timeout
+    lock: float = 3.0                    # the server's lock_timeout
+
+    def libpq(self) -> dict:
+        """The libpq connection parameters, as a DSN writes them."""
+        return {"keepalives": "1", "keepalives_idle": str(self.keepalives_idle),
+                "keepalives_interval": str(self.keepalives_interval), "keepalives_count": str(self.keepalives_count),
+                "tcp_user_timeout": str(self.tcp_user_timeout), "connect_timeout": str(self.connect)}
+
+    def server(self) -> dict:
+        """The server settings each session gets, in milliseconds."""
+        return {"idle_in_transaction_session_timeout": round(self.idle_in_transaction * 1000),
+                "lock_timeout": round(self.lock * 1000)}
+
+
+# .env key -> (DbTimeouts field, type, smallest value allowed).
+DB_TIMEOUT_SETTINGS = {
+    "DB_CONNECT_TIMEOUT": ("connect", int, 2),  # libpq takes a smaller value as 2
+    "DB_KEEPALIVES_IDLE": ("keepalives_idle", int, 1),
+    "DB_KEEPALIVES_INTERVAL": ("keepalives_interval", int, 1),
+    "DB_KEEPALIVES_COUNT": ("keepalives_count", int, 1),
+    "DB_TCP_USER_TIMEOUT_MS": ("tcp_user_timeout", int, 1),
+    "DB_STATEMENT_TIMEOUT": ("statement", float, 0.1),
+    "DB_COMMIT_TIMEOUT": ("commit", float, 0.1),
+    "DB_IDLE_IN_TRANSACTION_TIMEOUT": ("idle_in_transaction", float, 0.001),
+    "DB_LOCK_TIMEOUT": ("lock", float, 0.001),
+}
+
+
+def load_db_timeouts(env: Mapping[str, str]) -> DbTimeouts:
+    """`DbTimeouts` from `env`'s DB_* settings (absent ones keep the defaults). Raises `ConfigurationError` naming a
+    value that is not a number, or is too small, and a lock timeout not below the statement timeout (the server's
+    clear error must come before aiopg closes the connection)."""
+    values = {}
+    for key, (field, kind, least) in DB_TIMEOUT_SETTINGS.items():
+        if env.get(key, "") == "":
+            continue
+        try:
+            value = kind(env[key])
+        except ValueError:
+            raise ConfigurationError(f"{key} must be {'a whole' if kind is int else 'a'} number, not {env[key]!r}") \
+                from None
+        if not value >= least:  # also refuses NaN
+            raise ConfigurationError(f"{key} must be at least {least}, not {env[key]!r}")
+        values[field] = value
+    timeouts = DbTimeouts(**values)
+    if timeouts.lock >= timeouts.statement:
+        raise ConfigurationError(f"DB_LOCK_TIMEOUT ({timeouts.lock}) must be below DB_STATEMENT_TIMEOUT "
+                                 f"({timeouts.statement}): a lock wait would end with a closed connection, not "
+                                 "PostgreSQL's lock timeout error")
+    return timeouts
+
+
+def rabbitmq_heartbeat(env: Mapping[str, str]) -> int:
+    """RABBITMQ_HEARTBEAT (seconds, at least 1). Raises `ConfigurationError`."""
+    value = env.get("RABBITMQ_HEARTBEAT", "3")
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigurationError(f"RABBITMQ_HEARTBEAT must be a whole number of seconds of at least 1, not {value!r}"
+                                 " (0 would turn heartbeats off: a silent node would go unnoticed for minutes)")
+    return int(value)
+
+
+@dataclass(frozen=True)
 class Settings:
     gateway_port: int
     order_svc_port: int
@@ -72,6 +146,8 @@ class Settings:
     order_db_dsn: str
     payment_db_dsn: str
     rabbitmq_url: str
+    rabbitmq_heartbeat: int  # seconds, for a node URL that names none (common.broker.urls.with_heartbeat)
+    db_timeouts: DbTimeouts  # for every DSN (common.db.pg_hosts.with_timeouts) and every statement
     # The RabbitMQ users whose messages the consumers take (their `user_id`, which the broker vouches for):
     # payment requests from `order_svc_broker_user`, results from `payment_svc_broker_user`, and either from
     # `broker_operator_user` ("" = none), the user operators replay dead letters as.
@@ -144,6 +220,8 @@ def load_settings(environ=None):
         order_svc_broker_user=env.get("ORDER_SVC_BROKER_USER") or broker_user(env["RABBITMQ_URL"]),
         payment_svc_broker_user=env.get("PAYMENT_SVC_BROKER_USER") or broker_user(env["RABBITMQ_URL"]),
         broker_operator_user=env.get("BROKER_OPERATOR_USER", ""),
+        rabbitmq_heartbeat=rabbitmq_heartbeat(env),
+        db_timeouts=load_db_timeouts(env),
         queue_type=queue_type(env.get("QUEUE_TYPE", "quorum")),
         poll_interval=float(env.get("POLL_INTERVAL", "1.0")),
         fast_path=env.get("FAST_PATH", "1") not in ("0", "false", "no", ""),
