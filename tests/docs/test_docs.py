@@ -1,0 +1,56 @@
+"""The documentation site builds with `mkdocs build --strict`: a broken link or anchor, or a page missing from the
+navigation, fails the build (mkdocs.yml's `validation` turns each into a warning, strict mode into an error)."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MKDOCS = [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file"]
+
+
+def build(config: Path, site: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*MKDOCS, str(config), "--site-dir", str(site)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def copy_of_the_docs(tmp_path: Path) -> Path:
+    """mkdocs.yml and docs/ copied, to be broken one way without touching the checkout."""
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    return tmp_path / "mkdocs.yml"
+
+
+def test_the_site_builds_strictly_with_every_page_in_the_navigation(tmp_path):
+    done = build(ROOT / "mkdocs.yml", tmp_path / "site")
+    assert done.returncode == 0, done.stderr
+    assert "WARNING" not in done.stderr, done.stderr
+    pages = {path.stem for path in (ROOT / "docs").glob("*.md")}
+    built = {path.parent.name for path in (tmp_path / "site").glob("*/index.html")}
+    assert pages - {"index"} <= built, f"pages not built: {pages - {'index'} - built}"
+
+
+def test_a_broken_link_fails_the_build(tmp_path):
+    config = copy_of_the_docs(tmp_path)
+    page = tmp_path / "docs" / "glossary.md"
+    page.write_text(page.read_text() + "\nSee [the missing page](no-such-page.md).\n")
+    done = build(config, tmp_path / "site")
+    assert done.returncode != 0
+    assert "no-such-page.md" in done.stderr
+
+
+def test_a_broken_anchor_fails_the_build(tmp_path):
+    config = copy_of_the_docs(tmp_path)
+    page = tmp_path / "docs" / "glossary.md"
+    page.write_text(page.read_text() + "\nSee [the flow](architecture.md#no-such-section).\n")
+    done = build(config, tmp_path / "site")
+    assert done.returncode != 0
+    assert "no-such-section" in done.stderr
+
+
+def test_a_page_missing_from_the_navigation_fails_the_build(tmp_path):
+    config = copy_of_the_docs(tmp_path)
+    (tmp_path / "docs" / "orphan.md").write_text("# Not in the navigation\n")
+    done = build(config, tmp_path / "site")
+    assert done.returncode != 0
+    assert "orphan.md" in done.stderr
