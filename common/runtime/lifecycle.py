@@ -11,6 +11,7 @@ from tornado import web
 from common.broker.connection import Broker
 from common.broker.consumer import HandleBatch
 from common.broker.packing import EntryType
+from common.broker.urls import with_heartbeat
 from common.db.database import Database
 from common.observability import tracing
 from common.runtime.config import ConfigurationError, Settings, load_settings
@@ -97,8 +98,10 @@ class BackendService(Service):
     async def start(self) -> None:
         settings = self.settings
         self.port = getattr(settings, self.port_setting)
-        self.db = await Database.connect(getattr(settings, self.dsn_setting), self.name, settings.db_pool_size)
-        self.broker = await Broker.connect(settings.rabbitmq_url, settings.prefetch, queue_type=settings.queue_type,
+        self.db = await Database.connect(getattr(settings, self.dsn_setting), self.name, settings.db_pool_size,
+                                         settings.db_timeouts)
+        self.broker = await Broker.connect(with_heartbeat(settings.rabbitmq_url, settings.rabbitmq_heartbeat),
+                                           settings.prefetch, queue_type=settings.queue_type,
                                            entries_per_message=settings.entries_per_message)
         self.auth = Authenticator(settings.auth)
         self.auth.start()
