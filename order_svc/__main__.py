@@ -1,4 +1,4 @@
 from common.runtime.lifecycle import run
-from order_svc.app import OrderService
+from order_svc.bootstrap import OrderService
 
 run(OrderService)

@@ -38,7 +38,7 @@ class Holding(ApiHandler):
         if self.waiter is None:
             return order, False
         try:
-            return await outcomes.await_outcome(self.db, self.waiters, self.waiter, order, seconds), True
+            return await outcomes.await_outcome(self.db, self.repo, self.waiters, self.waiter, order, seconds), True
         finally:
             self.waiter = None
 
@@ -76,7 +76,9 @@ class OrdersHandler(Holding):
         if final["status"] not in FINAL_STATUSES:
             return order
         # The key's replay must answer this answer: the final status goes out only once stored for the key.
-        return final if idempotent is None or await outcomes.remember_answer(self.db, idempotent, final) else order
+        if idempotent is None or await outcomes.remember_answer(self.db, self.repo, idempotent, final):
+            return final
+        return order
 
     async def get(self):
         user = self.get_query_argument("user", "")
@@ -86,7 +88,7 @@ class OrdersHandler(Holding):
         else:
             user_id = self.principal.own_user()  # a user's own orders; everyone's only for an admin
         cursor, limit = parse_page(self.get_query_argument("cursor", ""), self.get_query_argument("limit", ""))
-        orders, next_cursor = await service.list_orders(self.db, user_id, cursor, limit)
+        orders, next_cursor = await service.list_orders(self.db, self.repo, user_id, cursor, limit)
         self.reply(200, f"{len(orders)} orders.", orders=[order_view(o) for o in orders], next_cursor=next_cursor)
 
 
@@ -96,7 +98,7 @@ class OrderHandler(Holding):
         seconds = parse_wait(self.get_query_arguments("wait"))
         since = self.waiters.mark()
         # Who may see it is decided here, before any waiting: another user's order is a 404 at once.
-        order = await service.get_order(self.db, order_id, self.principal)
+        order = await service.get_order(self.db, self.repo, order_id, self.principal)
         if seconds and order["status"] not in FINAL_STATUSES and self.holds(order):
             order, _ = await self.hold(order, seconds, since)
         self.reply(200, order_message(order), order=order_view(order))

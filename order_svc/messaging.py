@@ -1,30 +1,20 @@
 """How a placed order's payment request leaves the Order Service: at once after its commit (`SendAtOnce`, the
-fast path), or only through the outbox relay's poll (`RelayOnly`, FAST_PATH=0)."""
+fast path), or only through the outbox relay's poll (`SendByRelay`, FAST_PATH=0)."""
 from collections.abc import Callable, Mapping
-from typing import NamedTuple, Protocol
+from typing import Any, Protocol
 
 from common.broker.messages import ORDER_REQUESTS, PaymentRequest
 from common.broker.publisher import PublishWindow
 from common.db.database import Database
 from common.observability.tracing import Trace
-from order_svc import repo
-
-
-class OutboxEntry(NamedTuple):
-    """How a new order's outbox row is written: seconds until the relay takes it. `attempts` counts the sends the
-    broker confirmed, so a row written 0 and never confirmed is a first send for the relay (never held back, no
-    backoff), whether or not an immediate publish was tried: a process killed right after its COMMIT, or a
-    COMMIT whose reply was lost, published nothing, and its order must not wait behind a resend's backoff."""
-    attempts: int
-    due_in: float
-
-
-FOR_THE_RELAY = OutboxEntry(attempts=0, due_in=0)
+from order_svc.repo import FOR_THE_RELAY, OrderRepository, OutboxSchedule
 
 
 class RequestDispatch(Protocol):
-    async def entry(self) -> OutboxEntry: ...
-    def placed(self, order: Mapping, entry: OutboxEntry, trace: Trace) -> None: ...
+    async def schedule(self) -> OutboxSchedule:
+        """When the outbox row of the order about to be placed is due for the relay."""
+    def placed(self, order: Mapping[str, Any], schedule: OutboxSchedule, trace: Trace) -> None:
+        """`order` was committed with its outbox row due as `schedule` says."""
 
 
 class SendAtOnce:
@@ -37,39 +27,39 @@ class SendAtOnce:
     are then taken in only as fast as they are sent on, and a backlog cannot build up inside the service.
     With the broker away, or still no room after the publish timeout, the order is placed for the relay."""
 
-    def __init__(self, db: Database, window: PublishWindow, is_connected: Callable[[], bool], resend_delay: float,
-                 kick_relay: Callable[[], None]) -> None:
-        self.db, self.window, self.is_connected = db, window, is_connected
+    def __init__(self, db: Database, repo: OrderRepository, window: PublishWindow, is_connected: Callable[[], bool],
+                 resend_delay: float, kick_relay: Callable[[], None]) -> None:
+        self.db, self.repo, self.window, self.is_connected = db, repo, window, is_connected
         self.resend_delay, self.kick_relay = resend_delay, kick_relay
 
-    async def entry(self) -> OutboxEntry:
+    async def schedule(self) -> OutboxSchedule:
         if self.is_connected() and await self.window.room(self.window.timeout):
-            return OutboxEntry(attempts=0, due_in=self.resend_delay)
+            return OutboxSchedule(attempts=0, due_in=self.resend_delay)
         return FOR_THE_RELAY
 
-    def placed(self, order: Mapping, entry: OutboxEntry, trace: Trace) -> None:
+    def placed(self, order: Mapping[str, Any], schedule: OutboxSchedule, trace: Trace) -> None:
         """After the commit: publish the order written due later (in the trace `trace`), or leave it to the relay."""
-        if not entry.due_in:
+        if not schedule.due_in:
             self.kick_relay()
             return
         # Orders placed in the same event-loop tick (committed together) share messages: see `PublishWindow`.
         self.window.send(ORDER_REQUESTS, [(order["order_id"], PaymentRequest.entry_of(order), trace)],
                          self._count_sends)
 
-    async def _count_sends(self, confirmed: list, unconfirmed: list) -> None:
+    async def _count_sends(self, confirmed: list[int], unconfirmed: list[int]) -> None:
         if confirmed:
-            await self.db.run(repo.sent_outbox, confirmed, transaction=False)
+            await self.db.run(self.repo.sent_outbox, confirmed, transaction=False)
         if unconfirmed:
             # Not sent after all: make the row due for the relay now, not after the delay.
-            await self.db.run(repo.unsent_outbox, unconfirmed)
+            await self.db.run(self.repo.unsent_outbox, unconfirmed)
             self.kick_relay()
 
 
-class RelayOnly:
+class SendByRelay:
     """FAST_PATH=0, the seed's behaviour: the outbox relay sends every order at its next poll."""
 
-    async def entry(self) -> OutboxEntry:
+    async def schedule(self) -> OutboxSchedule:
         return FOR_THE_RELAY
 
-    def placed(self, order: Mapping, entry: OutboxEntry, trace: Trace) -> None:
+    def placed(self, order: Mapping[str, Any], schedule: OutboxSchedule, trace: Trace) -> None:
         pass

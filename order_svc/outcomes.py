@@ -4,21 +4,22 @@ import logging
 
 from common.broker.messages import FINAL_STATUSES
 from common.db.database import Database
-from common.db.idempotency import IdempotentRequest, store_result
+from common.db.idempotency import IdempotentRequest
 from common.web.errors import Unavailable
-from order_svc import repo
+from order_svc.repo import FINAL_ORDERS_CHANNEL, OrderRepository, Row, named_in
 from order_svc.waiters import CLIENT_LEFT, Waiter, Waiters
 
 logger = logging.getLogger(__name__)
 
 
-async def await_outcome(db: Database, waiters: Waiters, waiter: Waiter, order: dict, seconds: int) -> dict:
+async def await_outcome(db: Database, repo: OrderRepository, waiters: Waiters, waiter: Waiter, order: Row,
+                        seconds: int) -> Row:
     """`order` once it is final (woken by the notification of its result), else as it is after `seconds`.
 
     A waiter that could have missed its wake-up (`Waiter.unsure`) reads the order once more before waiting."""
     try:
         if waiter.unsure:
-            order = await current(db, order)
+            order = await current(db, repo, order)
             if order["status"] in FINAL_STATUSES:
                 waiters.wake({order["order_id"]: order["status"]}, by="reread")
         status = await waiters.wait(waiter, seconds)
@@ -26,10 +27,10 @@ async def await_outcome(db: Database, waiters: Waiters, waiter: Waiter, order: d
         waiters.remove(waiter)
     if status is not None:
         return {**order, "status": status}
-    return order if waiter.outcome == CLIENT_LEFT else await current(db, order)
+    return order if waiter.outcome == CLIENT_LEFT else await current(db, repo, order)
 
 
-async def current(db: Database, order: dict) -> dict:
+async def current(db: Database, repo: OrderRepository, order: Row) -> Row:
     """`order` read again; as it was if the database cannot say now (the answer after a wait is not a 503)."""
     try:
         return await db.run(repo.get_order, order["order_id"], transaction=False) or order
@@ -37,21 +38,21 @@ async def current(db: Database, order: dict) -> dict:
         return order
 
 
-async def wake_waiters(db: Database, waiters: Waiters, payload: str) -> None:
+async def wake_waiters(db: Database, repo: OrderRepository, waiters: Waiters, payload: str) -> None:
     """Wake the waiters of the orders a notification names; one that names none (too many for a notification,
     or one this service did not send) makes them read their orders again."""
     try:
-        finals = repo.named_in(payload)
+        finals = named_in(payload)
     except (ValueError, KeyError, IndexError):
-        logger.warning("a notification on %s this service did not send: %r", repo.FINAL_ORDERS_CHANNEL, payload[:200])
+        logger.warning("a notification on %s this service did not send: %r", FINAL_ORDERS_CHANNEL, payload[:200])
         finals = None
     if finals is None:
-        await read_waited_orders(db, waiters)
+        await read_waited_orders(db, repo, waiters)
     else:
         waiters.wake(finals, by="notification")
 
 
-async def read_waited_orders(db: Database, waiters: Waiters) -> None:
+async def read_waited_orders(db: Database, repo: OrderRepository, waiters: Waiters) -> None:
     """Wake the waiters whose orders became final while their notifications may have been missed (the LISTEN
     connection was down). Raises `Unavailable`."""
     waiters.missed()
@@ -60,11 +61,11 @@ async def read_waited_orders(db: Database, waiters: Waiters) -> None:
         waiters.wake(await db.run(repo.final_statuses, held, transaction=False), by="reread")
 
 
-async def remember_answer(db: Database, idempotent: IdempotentRequest, order: dict) -> bool:
+async def remember_answer(db: Database, repo: OrderRepository, idempotent: IdempotentRequest, order: Row) -> bool:
     """Store `order` (final after a wait) as the answer to `idempotent`'s key, so that a replay answers as this
     request does; False if the database could not take it (the answer must then be the one stored before)."""
     try:
-        await db.run(store_result, idempotent, order, transaction=False)
+        await db.run(repo.store_answer, idempotent, order, transaction=False)
         return True
     except Unavailable:
         logger.warning("order_id=%s: final status not stored for its idempotency key; answered NEW",

@@ -1,13 +1,15 @@
 """The Order Service's tables and every SQL statement it runs (SQLAlchemy Core)."""
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from common.broker.messages import OrderStatus
 from common.db.database import NOW, Query, execute, fetch_all, fetch_one, ids, pending_rows, seconds_from_now, texts
+from common.db.idempotency import IdempotentRequest, Outcome, forget_expired, run_each_once, store_result
+from common.web.errors import IdempotencyKeyReused
 
 metadata = sa.MetaData()
 
@@ -137,55 +139,32 @@ def named_in(payload: str) -> dict[int, OrderStatus] | None:
     return {int(entry[:-1]): _INITIALS[entry[-1]] for entry in payload.split(",")}
 
 
+class OutboxSchedule(NamedTuple):
+    """When a new order's outbox row is due for the relay. `attempts` counts the sends the broker confirmed, so a
+    row written 0 and never confirmed is a first send for the relay (never held back, no backoff), whether or
+    not an immediate publish was tried: a process killed right after its COMMIT, or a COMMIT whose reply was lost,
+    published nothing, and its order must not wait behind a resend's backoff."""
+    attempts: int
+    due_in: float  # seconds
+
+
+FOR_THE_RELAY = OutboxSchedule(attempts=0, due_in=0)
+
+
 class Placement(NamedTuple):
-    """One request's order, and how its outbox row is written (`entry`, an `OutboxEntry`: sends already counted,
-    seconds until due) in the trace context `trace`."""
+    """One request's order, and when its outbox row is due (`schedule`: sends already counted, seconds until due)
+    in the trace context `trace`."""
     user_id: int
     amount: Decimal
     description: str
-    entry: Any
+    schedule: OutboxSchedule
     trace: str | None
 
 
-async def insert_orders(cur, placements: Sequence[Placement]) -> list[dict]:
-    """Insert the orders and their outbox rows in one statement (atomic on its own); returns the orders in the
-    order of `placements`."""
-    return await fetch_all(cur, INSERT_ORDERS, user_ids=[p.user_id for p in placements],
-                           amounts=[p.amount for p in placements], descriptions=[p.description for p in placements],
-                           attempts=[p.entry.attempts for p in placements],
-                           due_ins=[p.entry.due_in for p in placements], traceparents=[p.trace for p in placements])
-
-
-async def get_order(cur, order_id: int) -> dict | None:
-    return await fetch_one(cur, GET_ORDER, order_id=order_id)
-
-
-async def list_orders(cur, user_id: int | None, after: int, limit: int) -> list[dict]:
-    if user_id is None:
-        return await fetch_all(cur, LIST_ORDERS, after=after, limit=limit)
-    return await fetch_all(cur, LIST_USER_ORDERS, user_id=user_id, after=after, limit=limit)
-
-
-async def lock_due_outbox(cur, limit: int) -> list[dict]:
-    """Outbox rows due for (re)sending, locked so no other instance sends them meanwhile."""
-    return await fetch_all(cur, LOCK_DUE_OUTBOX, limit=limit)
-
-
-async def postpone_outbox(cur, order_ids: list[int], first_delay: float, max_delay: float) -> None:
-    """Schedule the next resend of each row: `first_delay` seconds, doubling per attempt, capped."""
-    await execute(cur, POSTPONE_OUTBOX, order_ids=order_ids, first_delay=first_delay, max_delay=max_delay)
-
-
-async def sent_outbox(cur, order_ids: list[int]) -> None:
-    await execute(cur, SENT_OUTBOX, order_ids=order_ids)
-
-
-async def unsent_outbox(cur, order_ids: list[int]) -> None:
-    await execute(cur, UNSENT_OUTBOX, order_ids=order_ids)
-
-
-async def make_unsent_due(cur) -> None:
-    await execute(cur, UNSENT_DUE_NOW)
+class OrderRequest(NamedTuple):
+    """What one `POST /orders` asks the group commit to write: the (request, item) pair of `run_each_once`."""
+    idempotent: IdempotentRequest | None
+    placement: Placement
 
 
 class Finalized(NamedTuple):
@@ -193,19 +172,96 @@ class Finalized(NamedTuple):
     finals: dict[int, OrderStatus]  # the orders this statement made final, and their status
 
 
-async def finalize_orders(cur, order_ids: list[int], statuses: list[str], notify: bool = True) -> Finalized:
-    """Set each still-`NEW` order to its status, drop its outbox row and NOTIFY the orders made final (unless not
-    `notify`)."""
-    row = await fetch_one(cur, FINALIZE_ORDERS, order_ids=order_ids, statuses=statuses, notify=notify)
-    return Finalized(set(row["unknown"] or ()), named_in(row["finalized"]) if row["finalized"] else {})
+Row = dict[str, Any]
 
 
-async def final_statuses(cur, order_ids: list[int]) -> dict[int, OrderStatus]:
-    """{order id: status} of those of the orders that are final."""
-    return {row["order_id"]: OrderStatus(row["status"])
-            for row in await fetch_all(cur, FINAL_STATUSES, order_ids=order_ids)}
+class OrderRepository(Protocol):
+    """The Order Service's storage, the port its use cases are written against: each method does its part in the
+    transaction of `cur` (`Database.run`). `PostgresOrders` is the product's; the unit tests' fake keeps rows in
+    memory."""
+
+    async def place_orders(self, cur: Any, requests: Sequence[OrderRequest]) -> list[Outcome | IdempotencyKeyReused]:
+        """Each request's order and outbox row, once per idempotency key: its `Outcome`, or the refusal."""
+    async def store_answer(self, cur: Any, idempotent: IdempotentRequest, order: Row) -> None:
+        """`order` is the answer a replay of `idempotent`'s key gets from now on."""
+    async def forget_expired_keys(self, cur: Any, hours: float, limit: int) -> bool:
+        """Delete up to `limit` idempotency keys older than `hours`; True if more may be left."""
+    async def get_order(self, cur: Any, order_id: int) -> Row | None: ...
+    async def list_orders(self, cur: Any, user_id: int | None, after: int, limit: int) -> list[Row]: ...
+    async def lock_due_outbox(self, cur: Any, limit: int) -> list[Row]:
+        """Outbox rows due for (re)sending, locked so no other instance sends them meanwhile."""
+    async def postpone_outbox(self, cur: Any, order_ids: list[int], first_delay: float, max_delay: float) -> None:
+        """Schedule the next resend of each row: `first_delay` seconds, doubling per attempt, capped."""
+    async def sent_outbox(self, cur: Any, order_ids: list[int]) -> None:
+        """The broker confirmed these rows' immediate publish: the relay's next send of one is a resend."""
+    async def unsent_outbox(self, cur: Any, order_ids: list[int]) -> None:
+        """These rows' immediate publish was not confirmed: due at once, as first sends."""
+    async def make_unsent_due(self, cur: Any) -> None:
+        """Rows never confirmed sent are due at once (start-up)."""
+    async def finalize_orders(self, cur: Any, order_ids: list[int], statuses: list[str],
+                              notify: bool = True) -> Finalized:
+        """Set each still-`NEW` order to its status, drop its outbox row and NOTIFY the orders made final (unless
+        not `notify`)."""
+    async def final_statuses(self, cur: Any, order_ids: list[int]) -> dict[int, OrderStatus]:
+        """{order id: status} of those of the orders that are final."""
+    async def backlog(self, cur: Any) -> dict[str, tuple[int, float]]:
+        """{"outbox_os": (rows waiting for a payment result, age of the oldest in seconds)}."""
 
 
-async def backlog(cur) -> dict:
-    """{"outbox_os": (rows waiting for a payment result, age of the oldest in seconds)}."""
-    return {"outbox_os": await pending_rows(cur, outbox_os.c.created_at)}
+class PostgresOrders:
+    """`OrderRepository` on PostgreSQL: the statements above."""
+
+    async def place_orders(self, cur: Any, requests: Sequence[OrderRequest]) -> list[Outcome | IdempotencyKeyReused]:
+        # One statement for all the new orders, whatever their idempotency keys replay or refuse.
+        return await run_each_once(cur, requests, self.insert_orders)
+
+    async def insert_orders(self, cur: Any, placements: Sequence[Placement]) -> list[Row]:
+        """Insert the orders and their outbox rows in one statement (atomic on its own); returns the orders in the
+        order of `placements`."""
+        return await fetch_all(cur, INSERT_ORDERS, user_ids=[p.user_id for p in placements],
+                               amounts=[p.amount for p in placements],
+                               descriptions=[p.description for p in placements],
+                               attempts=[p.schedule.attempts for p in placements],
+                               due_ins=[p.schedule.due_in for p in placements],
+                               traceparents=[p.trace for p in placements])
+
+    async def store_answer(self, cur: Any, idempotent: IdempotentRequest, order: Row) -> None:
+        await store_result(cur, idempotent, order)
+
+    async def forget_expired_keys(self, cur: Any, hours: float, limit: int) -> bool:
+        return await forget_expired(cur, hours, limit)
+
+    async def get_order(self, cur: Any, order_id: int) -> Row | None:
+        return await fetch_one(cur, GET_ORDER, order_id=order_id)
+
+    async def list_orders(self, cur: Any, user_id: int | None, after: int, limit: int) -> list[Row]:
+        if user_id is None:
+            return await fetch_all(cur, LIST_ORDERS, after=after, limit=limit)
+        return await fetch_all(cur, LIST_USER_ORDERS, user_id=user_id, after=after, limit=limit)
+
+    async def lock_due_outbox(self, cur: Any, limit: int) -> list[Row]:
+        return await fetch_all(cur, LOCK_DUE_OUTBOX, limit=limit)
+
+    async def postpone_outbox(self, cur: Any, order_ids: list[int], first_delay: float, max_delay: float) -> None:
+        await execute(cur, POSTPONE_OUTBOX, order_ids=order_ids, first_delay=first_delay, max_delay=max_delay)
+
+    async def sent_outbox(self, cur: Any, order_ids: list[int]) -> None:
+        await execute(cur, SENT_OUTBOX, order_ids=order_ids)
+
+    async def unsent_outbox(self, cur: Any, order_ids: list[int]) -> None:
+        await execute(cur, UNSENT_OUTBOX, order_ids=order_ids)
+
+    async def make_unsent_due(self, cur: Any) -> None:
+        await execute(cur, UNSENT_DUE_NOW)
+
+    async def finalize_orders(self, cur: Any, order_ids: list[int], statuses: list[str],
+                              notify: bool = True) -> Finalized:
+        row = await fetch_one(cur, FINALIZE_ORDERS, order_ids=order_ids, statuses=statuses, notify=notify)
+        return Finalized(set(row["unknown"] or ()), named_in(row["finalized"]) if row["finalized"] else {})
+
+    async def final_statuses(self, cur: Any, order_ids: list[int]) -> dict[int, OrderStatus]:
+        return {row["order_id"]: OrderStatus(row["status"])
+                for row in await fetch_all(cur, FINAL_STATUSES, order_ids=order_ids)}
+
+    async def backlog(self, cur: Any) -> dict[str, tuple[int, float]]:
+        return {"outbox_os": await pending_rows(cur, outbox_os.c.created_at)}

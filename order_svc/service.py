@@ -1,37 +1,28 @@
-"""Order Service use cases: plain async functions over a `Database` and the broker's `Publisher`."""
-import functools
+"""Order Service use cases: plain async functions over a `Database`, the service's `OrderRepository` and the
+broker's `Publisher`."""
 import logging
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Any
 
 from common.broker.messages import ORDER_REQUESTS, PaymentRequest, PaymentResult
 from common.broker.publisher import Publisher
 from common.db.database import Database, page
 from common.db.group_commit import GroupCommit
-from common.db.idempotency import IdempotentRequest, Outcome, forget_expired, run_each_once
+from common.db.idempotency import IdempotentRequest, Outcome
 from common.observability import tracing
 from common.runtime.config import Settings
 from common.web.auth import Principal
 from common.web.errors import OrderNotFound
-from order_svc import repo
 from order_svc.messaging import RequestDispatch
+from order_svc.repo import OrderRepository, OrderRequest, Placement, Row
 from order_svc.waiters import Waiters
 
 logger = logging.getLogger(__name__)
 
 
-class OrderRequest(NamedTuple):
-    """What one `POST /orders` asks the group commit to write: the (request, item) pair of `run_each_once`."""
-    idempotent: IdempotentRequest | None
-    placement: repo.Placement
-
-
-# The orders of concurrent requests, written together (`common.db.group_commit`).
+# The orders of concurrent requests, written together (`common.db.group_commit`, writing with
+# `OrderRepository.place_orders`).
 PlaceOrders = GroupCommit[OrderRequest, Outcome]
-
-# `await write_orders(cur, requests)`: a batch of requests' orders and outbox rows in the transaction of `cur`,
-# one statement for all the new ones, whatever their idempotency keys replay or refuse (each request's own answer).
-write_orders = functools.partial(run_each_once, work=repo.insert_orders)
 
 
 async def place_order(place_orders: PlaceOrders, dispatch: RequestDispatch, user_id: int, amount: Decimal,
@@ -43,19 +34,19 @@ async def place_order(place_orders: PlaceOrders, dispatch: RequestDispatch, user
     Always inside BEGIN/COMMIT, even though the insert is one statement: only then can a connection lost
     at the end be told apart (lost during COMMIT: the outcome is unknown, never retry) from one lost
     before it (safe to retry)."""
-    entry = await dispatch.entry()
+    schedule = await dispatch.schedule()
     trace = tracing.current.traceparent()  # None unless tracing is on: the outbox row's column stays NULL
-    placement = repo.Placement(user_id, amount, description, entry, trace)
+    placement = Placement(user_id, amount, description, schedule, trace)
     placed = await place_orders(OrderRequest(idempotent, placement))
     if not placed.replayed:  # a replay was placed (and sent) the first time
         order = placed.result
         logger.info("order_id=%s placed for user %s, amount %s", order["order_id"], user_id, amount,
                     extra={"order_id": order["order_id"]})
-        dispatch.placed(order, entry, trace)
+        dispatch.placed(order, schedule, trace)
     return placed
 
 
-async def get_order(db: Database, order_id: int, viewer: Principal) -> dict:
+async def get_order(db: Database, repo: OrderRepository, order_id: int, viewer: Principal) -> Row:
     """The order, if `viewer` may see it; another user's order is as unknown as one that does not exist, so
     order ids reveal nothing."""
     order = await db.run(repo.get_order, order_id, transaction=False)
@@ -64,12 +55,13 @@ async def get_order(db: Database, order_id: int, viewer: Principal) -> dict:
     return order
 
 
-async def list_orders(db: Database, user_id: int | None, cursor: int, limit: int) -> tuple[list, int | None]:
+async def list_orders(db: Database, repo: OrderRepository, user_id: int | None, cursor: int,
+                      limit: int) -> tuple[list[Row], int | None]:
     """A page of orders (of one user, or all) after `cursor`; returns (orders, next cursor or None)."""
     return page(await db.run(repo.list_orders, user_id, cursor, limit + 1), limit, "order_id")
 
 
-async def relay_outbox(db: Database, publisher: Publisher, settings: Settings) -> bool:
+async def relay_outbox(db: Database, repo: OrderRepository, publisher: Publisher, settings: Settings) -> bool:
     """Publish one batch of due outbox rows; returns True if the batch was full (more may be due).
 
     The rows stay locked while publishing, so another instance cannot send them at the same time;
@@ -78,7 +70,7 @@ async def relay_outbox(db: Database, publisher: Publisher, settings: Settings) -
     no consumer has taken: the earlier copy is then still waiting there, and during a Payments outage
     resending would only multiply the backlog it has to work through when it returns."""
 
-    async def relay(cur):
+    async def relay(cur: Any) -> int:
         rows = await repo.lock_due_outbox(cur, settings.batch_size)
         if not rows:
             return 0
@@ -102,7 +94,8 @@ async def relay_outbox(db: Database, publisher: Publisher, settings: Settings) -
     return await db.run(relay) >= settings.batch_size
 
 
-async def apply_payment_results(db: Database, waiters: Waiters, results: list[PaymentResult]) -> dict:
+async def apply_payment_results(db: Database, repo: OrderRepository, waiters: Waiters,
+                                results: list[PaymentResult]) -> dict[int, str]:
     """Record a batch of payment results; returns {index: reason} for results about unknown orders. This process's
     waiters for the orders made final are woken at once (committed: the statement ran alone); the others', and
     every replica's, by the statement's NOTIFY.
@@ -122,6 +115,6 @@ async def apply_payment_results(db: Database, waiters: Waiters, results: list[Pa
     return invalid
 
 
-async def clean_up(db: Database, settings: Settings) -> bool:
+async def clean_up(db: Database, repo: OrderRepository, settings: Settings) -> bool:
     """Forget one batch of expired idempotency keys; True if more are left."""
-    return await db.run(forget_expired, settings.idempotency_key_hours, settings.batch_size)
+    return await db.run(repo.forget_expired_keys, settings.idempotency_key_hours, settings.batch_size)

@@ -1,4 +1,4 @@
 from common.runtime.lifecycle import run
-from payment_svc.app import PaymentService
+from payment_svc.bootstrap import PaymentService
 
 run(PaymentService)

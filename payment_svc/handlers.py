@@ -17,7 +17,8 @@ class AccountsHandler(ApiHandler):
         body = parse_json_object(self.request.body, required=("user_id",))
         user_id = parse_id(body["user_id"], "user_id")
         self.principal.act_for(user_id)
-        account = await service.create_account(self.db, user_id, from_request(self.request, self.principal.subject))
+        idempotent = from_request(self.request, self.principal.subject)
+        account = await service.create_account(self.db, self.repo, user_id, idempotent)
         self.reply(201, "Account created.", account=account_view(account))
 
 
@@ -25,7 +26,7 @@ class AccountHandler(ApiHandler):
     async def get(self, user_id):
         user_id = parse_id(user_id, "user_id")
         self.principal.act_for(user_id)
-        account = await service.get_account(self.db, user_id)
+        account = await service.get_account(self.db, self.repo, user_id)
         self.reply(200, f"Balance of user {account['user_id']}.", account=account_view(account))
 
     async def put(self, user_id):
@@ -35,7 +36,7 @@ class AccountHandler(ApiHandler):
         idempotent = from_request(self.request, self.principal.subject)
         origin = CreditOrigin(idempotent.key if idempotent else (None if request_id.get() == "-" else request_id.get()),
                               label(self.request.headers.get(CLIENT_REQUEST_ID_HEADER)), self.principal.subject)
-        account = await service.top_up(self.db, user_id, parse_amount(body["amount"]), idempotent, origin)
+        account = await service.top_up(self.db, self.repo, user_id, parse_amount(body["amount"]), idempotent, origin)
         self.reply(200, "Account topped up.", account=account_view(account))
 
 
@@ -48,6 +49,6 @@ class MovementsHandler(ApiHandler):
         user_id = parse_id(user_id, "user_id")
         self.principal.act_for(user_id)
         cursor, limit = parse_page(self.get_query_argument("cursor", ""), self.get_query_argument("limit", ""))
-        movements, next_cursor = await service.list_movements(self.db, user_id, cursor, limit)
+        movements, next_cursor = await service.list_movements(self.db, self.repo, user_id, cursor, limit)
         self.reply(200, f"{len(movements)} movements of user {user_id}.",
                    movements=[movement_view(m) for m in movements], next_cursor=next_cursor)

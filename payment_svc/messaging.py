@@ -1,17 +1,17 @@
 """How settled payments leave the Payments Service: settled by the consumer and published at once after its
 commit (`SettleAtOnce`, the fast path), or settled by the inbox worker and sent by the outbox relay at their
-polls (`RelayOnly`, FAST_PATH=0)."""
+polls (`StoreOnly`, FAST_PATH=0)."""
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from common.broker.messages import PAYMENT_RESULTS, PaymentResult
-from common.broker.publisher import PublishWindow
+from common.broker.publisher import Outgoing, PublishWindow
 from common.db.database import Database
-from payment_svc import repo
+from payment_svc.repo import PaymentRepository
 
 
-def outgoing_results(rows: Sequence[Mapping]) -> list:
-    """`outbox_ps` rows as the publisher takes them: (row id, entry, trace)."""
+def outgoing_results(rows: Sequence[Mapping[str, Any]]) -> list[Outgoing]:
+    """`outbox_ps` rows as the publisher takes them: (row id, the message's entry, trace)."""
     return [(row["id"], PaymentResult(row["order_id"], row["status"]).entry(), row["traceparent"]) for row in rows]
 
 
@@ -20,7 +20,7 @@ class ResultDispatch(Protocol):
     due_in: float             # seconds until a result the consumer queued is due for the relay
 
     async def wait_for_room(self) -> None: ...
-    def send(self, rows: Sequence[Mapping]) -> None: ...
+    def send(self, rows: Sequence[Mapping[str, Any]]) -> None: ...
     def left_to_inbox_worker(self) -> None: ...
     def queued_for_relay(self) -> None: ...
 
@@ -32,15 +32,15 @@ class SettleAtOnce:
     window is full, the consumer waits before it takes the next batch."""
     settles_on_receipt = True
 
-    def __init__(self, db: Database, window: PublishWindow, resend_delay: float,
+    def __init__(self, db: Database, repo: PaymentRepository, window: PublishWindow, resend_delay: float,
                  kick_relay: Callable[[], None], kick_inbox: Callable[[], None]) -> None:
-        self.db, self.window, self.due_in = db, window, resend_delay
+        self.db, self.repo, self.window, self.due_in = db, repo, window, resend_delay
         self.kick_relay, self.kick_inbox = kick_relay, kick_inbox
 
     async def wait_for_room(self) -> None:
         await self.window.room()
 
-    def send(self, rows: Sequence[Mapping]) -> None:
+    def send(self, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
             self.window.send(PAYMENT_RESULTS, outgoing_results(rows), self._delete_confirmed)
 
@@ -52,15 +52,15 @@ class SettleAtOnce:
         """The inbox worker queued results due at once: the relay sends them now, not at its poll."""
         self.kick_relay()
 
-    async def _delete_confirmed(self, confirmed: list, unconfirmed: list) -> None:
+    async def _delete_confirmed(self, confirmed: list[int], unconfirmed: list[int]) -> None:
         if confirmed:
-            await self.db.run(repo.delete_outbox, confirmed, transaction=False)
+            await self.db.run(self.repo.delete_outbox, confirmed, transaction=False)
         if unconfirmed:
-            await self.db.run(repo.make_due, unconfirmed, transaction=False)
+            await self.db.run(self.repo.make_due, unconfirmed, transaction=False)
             self.kick_relay()
 
 
-class RelayOnly:
+class StoreOnly:
     """FAST_PATH=0, the seed's behaviour: the consumer only stores requests; the inbox worker settles them and
     the outbox relay sends the results, each at its poll."""
     settles_on_receipt = False
@@ -69,7 +69,7 @@ class RelayOnly:
     async def wait_for_room(self) -> None:
         pass
 
-    def send(self, rows: Sequence[Mapping]) -> None:
+    def send(self, rows: Sequence[Mapping[str, Any]]) -> None:
         pass
 
     def left_to_inbox_worker(self) -> None:

@@ -1,7 +1,8 @@
 """The Payments Service's tables and every SQL statement it runs (SQLAlchemy Core)."""
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -21,6 +22,7 @@ from common.db.database import (
     seconds_from_now,
     texts,
 )
+from common.db.idempotency import IdempotentRequest, Outcome, forget_expired, run_once
 
 metadata = sa.MetaData()
 
@@ -122,7 +124,7 @@ LOCK_ACCOUNTS = Query(sa.select(*ACCOUNT_FIELDS).where(accounts.c.user_id == sa.
                       .with_for_update())
 _balances = sa.func.unnest(ids("user_ids"), sa.bindparam("balances", type_=ARRAY(sa.Numeric))) \
     .table_valued("user_id", "balance").render_derived(name="funded")
-SET_BALANCES = Query(sa.update(accounts).where(accounts.c.user_id == _balances.c.user_id)
+DEBIT_ACCOUNTS = Query(sa.update(accounts).where(accounts.c.user_id == _balances.c.user_id)
                      .values(balance=_balances.c.balance, updated_at=NOW))
 
 # Settled rows marked acked with their status, and each status queued for the Order Service, in one statement.
@@ -148,13 +150,7 @@ DELETE_OUTBOX = Query(sa.delete(outbox_ps).where(_outbox_ids))
 DUE_NOW = Query(sa.update(outbox_ps).where(_outbox_ids).values(next_attempt_at=NOW))
 
 
-async def create_account(cur, user_id: int) -> dict | None:
-    """The new account, or None if the user already has one."""
-    return await fetch_one(cur, CREATE_ACCOUNT, user_id=user_id)
-
-
-async def get_account(cur, user_id: int, lock: bool = False) -> dict | None:
-    return await fetch_one(cur, LOCK_ACCOUNT if lock else GET_ACCOUNT, user_id=user_id)
+Row = dict[str, Any]
 
 
 class CreditOrigin(NamedTuple):
@@ -164,81 +160,132 @@ class CreditOrigin(NamedTuple):
     principal: str | None = None  # who topped up: the token's subject
 
 
-async def credit(cur, user_id: int, amount: Decimal, balance: Decimal, origin: CreditOrigin) -> dict:
-    """Set the account's new `balance` after a credit of `amount` and write its ledger row, naming its origin."""
-    return await fetch_one(cur, CREDIT, user_id=user_id, amount=amount, balance=balance,
-                           request_key=origin.request_key, client_request_id=origin.client_request_id,
-                           principal=origin.principal)
+@dataclass(frozen=True)
+class Debit:
+    """One debit: `order_id` took `amount` from `user_id`, leaving `balance`."""
+    user_id: int
+    order_id: int
+    amount: Decimal
+    balance: Decimal
 
 
-async def record_debits(cur, debits: Sequence) -> None:
-    """Write the ledger row of each `Debit`."""
-    await execute(cur, RECORD_DEBITS, user_ids=[d.user_id for d in debits], order_ids=[d.order_id for d in debits],
-                  amounts=[d.amount for d in debits], balances=[d.balance for d in debits])
+class PaymentRepository(Protocol):
+    """The Payments Service's storage, the port its use cases are written against: each method does its part in
+    the transaction of `cur` (`Database.run`). `PostgresPayments` is the product's; the unit tests' fake keeps rows
+    in memory."""
+
+    async def run_once(self, cur: Any, idempotent: IdempotentRequest | None,
+                       work: Callable[..., Awaitable[Any]], *args: Any) -> Outcome:
+        """`await work(cur, *args)` once per idempotency key: a replay is the first call's result. Raises
+        `IdempotencyKeyReused` if the key came with another request."""
+    async def forget_expired_keys(self, cur: Any, hours: float, limit: int) -> bool:
+        """Delete up to `limit` idempotency keys older than `hours`; True if more may be left."""
+    async def create_account(self, cur: Any, user_id: int) -> Row | None:
+        """The new account, or None if the user already has one."""
+    async def get_account(self, cur: Any, user_id: int, lock: bool = False) -> Row | None: ...
+    async def credit(self, cur: Any, user_id: int, amount: Decimal, balance: Decimal, origin: CreditOrigin) -> Row:
+        """Set the account's new `balance` after a credit of `amount` and write its ledger row, naming its
+        origin."""
+    async def debit(self, cur: Any, debits: Sequence[Debit]) -> None:
+        """Take each debit from its account (in order: a user's last debit leaves its balance) and write its
+        ledger row."""
+    async def list_movements(self, cur: Any, user_id: int, after: int, limit: int) -> list[Row]: ...
+    async def store_requests(self, cur: Any, requests: Sequence[PaymentRequest]) -> None:
+        """Insert new payment requests as `NEW`; a request seen before is marked unacked again."""
+    async def users_with_unacked(self, cur: Any, limit: int) -> list[int]: ...
+    async def claim_users(self, cur: Any, user_ids: list[int]) -> list[int]:
+        """Of `user_ids`, those this transaction now exclusively settles (others are busy in another worker)."""
+    async def lock_unacked(self, cur: Any, user_ids: list[int]) -> list[Row]:
+        """The claimed users' unacked inbox rows, in the order they must be settled."""
+    async def lock_accounts(self, cur: Any, user_ids: list[int]) -> dict[int, Decimal]: ...
+    async def settle_inbox(self, cur: Any, statuses: Mapping[int, str], traces: list[str | None],
+                           due_in: float) -> list[Row]:
+        """Mark rows acked with their final {order_id: status}, and queue each status for the Order Service, due
+        for the relay in `due_in` seconds, with its trace context (`traces`, in the order of `statuses`); returns
+        the queued rows."""
+    async def lock_outbox(self, cur: Any, limit: int) -> list[Row]: ...
+    async def delete_outbox(self, cur: Any, ids: list[int]) -> None: ...
+    async def make_due(self, cur: Any, ids: list[int]) -> None: ...
+    async def backlog(self, cur: Any) -> dict[str, tuple[int, float]]:
+        """{table: (rows waiting, age of the oldest in seconds)} for the unacked inbox and the outbox."""
+    async def forget_processed(self, cur: Any, days: float, limit: int) -> bool:
+        """Delete up to `limit` settled inbox rows processed more than `days` ago; True if more may be left."""
 
 
-async def list_movements(cur, user_id: int, after: int, limit: int) -> list[dict]:
-    return await fetch_all(cur, LIST_MOVEMENTS, user_id=user_id, after=after, limit=limit)
+class PostgresPayments:
+    """`PaymentRepository` on PostgreSQL: the statements above."""
 
+    async def run_once(self, cur: Any, idempotent: IdempotentRequest | None,
+                       work: Callable[..., Awaitable[Any]], *args: Any) -> Outcome:
+        return await run_once(cur, idempotent, work, *args)
 
-async def store_requests(cur, requests: Sequence[PaymentRequest]) -> None:
-    """Insert new payment requests as `NEW`; a request seen before is marked unacked again."""
-    # One row per order, in order_id order (a consistent lock order between concurrent batches).
-    unique = {r.order_id: r for r in requests}
-    rows = [unique[order_id] for order_id in sorted(unique)]
-    await execute(cur, STORE_REQUESTS, order_ids=[r.order_id for r in rows], user_ids=[r.user_id for r in rows],
-                  amounts=[r.amount for r in rows], traceparents=[r.trace for r in rows])
+    async def forget_expired_keys(self, cur: Any, hours: float, limit: int) -> bool:
+        return await forget_expired(cur, hours, limit)
 
+    async def create_account(self, cur: Any, user_id: int) -> Row | None:
+        return await fetch_one(cur, CREATE_ACCOUNT, user_id=user_id)
 
-async def users_with_unacked(cur, limit: int) -> list[int]:
-    return [row["user_id"] for row in await fetch_all(cur, USERS_WITH_UNACKED, limit=limit)]
+    async def get_account(self, cur: Any, user_id: int, lock: bool = False) -> Row | None:
+        return await fetch_one(cur, LOCK_ACCOUNT if lock else GET_ACCOUNT, user_id=user_id)
 
+    async def credit(self, cur: Any, user_id: int, amount: Decimal, balance: Decimal, origin: CreditOrigin) -> Row:
+        credited = await fetch_one(cur, CREDIT, user_id=user_id, amount=amount, balance=balance,
+                                   request_key=origin.request_key, client_request_id=origin.client_request_id,
+                                   principal=origin.principal)
+        assert credited is not None  # the caller holds the account's row lock: it exists
+        return credited
 
-async def claim_users(cur, user_ids: list[int]) -> list[int]:
-    """Of `user_ids`, those this transaction now exclusively settles (others are busy in another worker)."""
-    return [row["user_id"] for row in await fetch_all(cur, CLAIM_USERS, user_ids=user_ids)]
+    async def debit(self, cur: Any, debits: Sequence[Debit]) -> None:
+        balances = {debit.user_id: debit.balance for debit in debits}
+        await execute(cur, DEBIT_ACCOUNTS, user_ids=list(balances), balances=list(balances.values()))
+        await self.record_debits(cur, debits)
 
+    async def record_debits(self, cur: Any, debits: Sequence[Debit]) -> None:
+        """Write the ledger row of each debit."""
+        await execute(cur, RECORD_DEBITS, user_ids=[d.user_id for d in debits],
+                      order_ids=[d.order_id for d in debits], amounts=[d.amount for d in debits],
+                      balances=[d.balance for d in debits])
 
-async def lock_unacked(cur, user_ids: list[int]) -> list[dict]:
-    """The claimed users' unacked inbox rows, in the order they must be settled."""
-    return await fetch_all(cur, LOCK_UNACKED, user_ids=user_ids)
+    async def list_movements(self, cur: Any, user_id: int, after: int, limit: int) -> list[Row]:
+        return await fetch_all(cur, LIST_MOVEMENTS, user_id=user_id, after=after, limit=limit)
 
+    async def store_requests(self, cur: Any, requests: Sequence[PaymentRequest]) -> None:
+        # One row per order, in order_id order (a consistent lock order between concurrent batches).
+        unique = {r.order_id: r for r in requests}
+        rows = [unique[order_id] for order_id in sorted(unique)]
+        await execute(cur, STORE_REQUESTS, order_ids=[r.order_id for r in rows], user_ids=[r.user_id for r in rows],
+                      amounts=[r.amount for r in rows], traceparents=[r.trace for r in rows])
 
-async def lock_accounts(cur, user_ids: list[int]) -> dict[int, Decimal]:
-    return {row["user_id"]: row["balance"] for row in await fetch_all(cur, LOCK_ACCOUNTS, user_ids=user_ids)}
+    async def users_with_unacked(self, cur: Any, limit: int) -> list[int]:
+        return [row["user_id"] for row in await fetch_all(cur, USERS_WITH_UNACKED, limit=limit)]
 
+    async def claim_users(self, cur: Any, user_ids: list[int]) -> list[int]:
+        return [row["user_id"] for row in await fetch_all(cur, CLAIM_USERS, user_ids=user_ids)]
 
-async def set_balances(cur, balances: Mapping[int, Decimal]) -> None:
-    await execute(cur, SET_BALANCES, user_ids=list(balances), balances=list(balances.values()))
+    async def lock_unacked(self, cur: Any, user_ids: list[int]) -> list[Row]:
+        return await fetch_all(cur, LOCK_UNACKED, user_ids=user_ids)
 
+    async def lock_accounts(self, cur: Any, user_ids: list[int]) -> dict[int, Decimal]:
+        return {row["user_id"]: row["balance"] for row in await fetch_all(cur, LOCK_ACCOUNTS, user_ids=user_ids)}
 
-async def settle_inbox(cur, statuses: Mapping[int, str], traces: list[str | None], due_in: float) -> list[dict]:
-    """Mark rows acked with their final {order_id: status}, and queue each status for the Order Service, due
-    for the relay in `due_in` seconds, with its trace context (`traces`, in the order of `statuses`); returns
-    the queued rows."""
-    return await fetch_all(cur, SETTLE_AND_QUEUE, order_ids=list(statuses), statuses=list(statuses.values()),
-                           traceparents=traces, due_in=due_in)
+    async def settle_inbox(self, cur: Any, statuses: Mapping[int, str], traces: list[str | None],
+                           due_in: float) -> list[Row]:
+        return await fetch_all(cur, SETTLE_AND_QUEUE, order_ids=list(statuses), statuses=list(statuses.values()),
+                               traceparents=traces, due_in=due_in)
 
+    async def lock_outbox(self, cur: Any, limit: int) -> list[Row]:
+        return await fetch_all(cur, LOCK_OUTBOX, limit=limit)
 
-async def lock_outbox(cur, limit: int) -> list[dict]:
-    return await fetch_all(cur, LOCK_OUTBOX, limit=limit)
+    async def delete_outbox(self, cur: Any, ids: list[int]) -> None:
+        await execute(cur, DELETE_OUTBOX, ids=ids)
 
+    async def make_due(self, cur: Any, ids: list[int]) -> None:
+        await execute(cur, DUE_NOW, ids=ids)
 
-async def delete_outbox(cur, ids: list[int]) -> None:
-    await execute(cur, DELETE_OUTBOX, ids=ids)
+    async def backlog(self, cur: Any) -> dict[str, tuple[int, float]]:
+        return {"inbox": await pending_rows(cur, inbox.c.created_at, inbox.c.acked.is_(False)),
+                "outbox_ps": await pending_rows(cur, outbox_ps.c.created_at)}
 
-
-async def make_due(cur, ids: list[int]) -> None:
-    await execute(cur, DUE_NOW, ids=ids)
-
-
-async def backlog(cur) -> dict:
-    """{table: (rows waiting, age of the oldest in seconds)} for the unacked inbox and the outbox."""
-    return {"inbox": await pending_rows(cur, inbox.c.created_at, inbox.c.acked.is_(False)),
-            "outbox_ps": await pending_rows(cur, outbox_ps.c.created_at)}
-
-
-async def forget_processed(cur, days: float, limit: int) -> bool:
-    """Delete up to `limit` settled inbox rows processed more than `days` ago; True if more may be left."""
-    return await delete_batch(cur, inbox.c.order_id, limit, inbox.c.acked, inbox.c.status != OrderStatus.NEW,
-                              older_than(inbox.c.processed_at, days * 86400))
+    async def forget_processed(self, cur: Any, days: float, limit: int) -> bool:
+        return await delete_batch(cur, inbox.c.order_id, limit, inbox.c.acked, inbox.c.status != OrderStatus.NEW,
+                                  older_than(inbox.c.processed_at, days * 86400))

@@ -3,49 +3,51 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from common.broker.messages import PAYMENT_RESULTS, OrderStatus, PaymentRequest
 from common.broker.publisher import Publisher
 from common.db.database import Database, page
-from common.db.idempotency import IdempotentRequest, forget_expired, run_once
+from common.db.idempotency import IdempotentRequest
 from common.observability import tracing
 from common.runtime.config import Settings
 from common.web.errors import AccountExists, AccountNotFound, InvalidInput
-from payment_svc import repo
 from payment_svc.messaging import ResultDispatch, outgoing_results
+from payment_svc.repo import CreditOrigin, Debit, PaymentRepository, Row
 
 logger = logging.getLogger(__name__)
 
 MAX_BALANCE = Decimal("999999999999.99")  # NUMERIC(14, 2)
 
 
-async def create_account(db: Database, user_id: int, idempotent: IdempotentRequest | None = None) -> dict:
+async def create_account(db: Database, repo: PaymentRepository, user_id: int,
+                         idempotent: IdempotentRequest | None = None) -> Row:
     """A new account with balance 0; never a second one for the same user."""
 
-    async def create(cur):
+    async def create(cur: Any) -> Row:
         account = await repo.create_account(cur, user_id)
         if account is None:
             raise AccountExists(user_id)
         return account
 
-    account, _ = await db.run(run_once, idempotent, create)
+    account, _ = await db.run(repo.run_once, idempotent, create)
     logger.info("account created for user %s", user_id)
     return account
 
 
-async def get_account(db: Database, user_id: int) -> dict:
+async def get_account(db: Database, repo: PaymentRepository, user_id: int) -> Row:
     account = await db.run(repo.get_account, user_id, transaction=False)
     if account is None:
         raise AccountNotFound(user_id)
     return account
 
 
-async def top_up(db: Database, user_id: int, amount: Decimal, idempotent: IdempotentRequest | None = None,
-                 origin: repo.CreditOrigin = repo.CreditOrigin()) -> dict:
+async def top_up(db: Database, repo: PaymentRepository, user_id: int, amount: Decimal,
+                 idempotent: IdempotentRequest | None = None, origin: CreditOrigin = CreditOrigin()) -> Row:
     """Credit `amount` under a row lock, so it cannot interleave with a debit (once per idempotency key), and
     write its ledger row, which carries its `origin` (request key, the client's request id, who topped up)."""
 
-    async def credit(cur):
+    async def credit(cur: Any) -> Row:
         account = await repo.get_account(cur, user_id, lock=True)
         if account is None:
             raise AccountNotFound(user_id)
@@ -54,13 +56,14 @@ async def top_up(db: Database, user_id: int, amount: Decimal, idempotent: Idempo
             raise InvalidInput(f"Balance would exceed {MAX_BALANCE}.")
         return await repo.credit(cur, user_id, amount, balance, origin)
 
-    account, _ = await db.run(run_once, idempotent, credit)
+    account, _ = await db.run(repo.run_once, idempotent, credit)
     logger.info("user %s topped up by %s (by %s), balance %s", user_id, amount, origin.principal or "-",
                 account["balance"])
     return account
 
 
-async def list_movements(db: Database, user_id: int, cursor: int, limit: int) -> tuple[list, int | None]:
+async def list_movements(db: Database, repo: PaymentRepository, user_id: int, cursor: int,
+                         limit: int) -> tuple[list[Row], int | None]:
     """A page of the account's ledger after `cursor`; returns (movements, next cursor or None).
 
     Raises `AccountNotFound` if the user has no account."""
@@ -70,7 +73,8 @@ async def list_movements(db: Database, user_id: int, cursor: int, limit: int) ->
     return page(rows, limit, "id")
 
 
-async def receive_requests(db: Database, requests: list[PaymentRequest], dispatch: ResultDispatch) -> dict:
+async def receive_requests(db: Database, repo: PaymentRepository, dispatch: ResultDispatch,
+                           requests: list[PaymentRequest]) -> dict[int, str]:
     """Store a batch of payment requests in the inbox (the consumer acks only after this commits); returns
     {index: reason} of requests to dead-letter (none: every well-formed request is stored).
 
@@ -79,42 +83,28 @@ async def receive_requests(db: Database, requests: list[PaymentRequest], dispatc
     transaction is settling at that moment is left to the inbox worker."""
     await dispatch.wait_for_room()
     users = sorted({r.user_id for r in requests})
-    claimed, queued = await db.run(store_and_settle, requests, users, dispatch)
+    claimed, queued = await db.run(store_and_settle, repo, requests, users, dispatch)
     dispatch.send(queued)
     if claimed < len(users):
         dispatch.left_to_inbox_worker()
     return {}
 
 
-async def store_and_settle(cur, requests: list[PaymentRequest], users: list[int],
-                           dispatch: ResultDispatch) -> tuple[int, list]:
+async def store_and_settle(cur: Any, repo: PaymentRepository, requests: list[PaymentRequest], users: list[int],
+                           dispatch: ResultDispatch) -> tuple[int, list[Row]]:
     await repo.store_requests(cur, requests)
     if not dispatch.settles_on_receipt:
         return len(users), []
-    return await settle_users(cur, users, dispatch.due_in)
-
-
-@dataclass(frozen=True)
-class Debit:
-    """One ledger row to write: `order_id` took `amount` from `user_id`, leaving `balance`."""
-    user_id: int
-    order_id: int
-    amount: Decimal
-    balance: Decimal
+    return await settle_users(cur, repo, users, dispatch.due_in)
 
 
 @dataclass
 class Settlement:
-    statuses: dict = field(default_factory=dict)   # {order_id: final status} of every row decided
-    debits: list = field(default_factory=list)     # a `Debit` per order paid, in order
-
-    @property
-    def balances(self) -> dict:
-        """{user_id: new balance} of the accounts debited: what each one's last debit left."""
-        return {debit.user_id: debit.balance for debit in self.debits}
+    statuses: dict[int, OrderStatus] = field(default_factory=dict)  # {order_id: final status} of every row decided
+    debits: list[Debit] = field(default_factory=list)  # one per order paid, in order
 
 
-def settle(rows: list[Mapping], balances: Mapping[int, Decimal]) -> Settlement:
+def settle(rows: list[Row], balances: Mapping[int, Decimal]) -> Settlement:
     """Decide every unacked inbox row, in order, against `balances` ({user_id: balance}).
 
     A `NEW` row is debited if the balance covers it (`FINISHED`), else `CANCELLED` (also with no account).
@@ -138,7 +128,8 @@ def settle(rows: list[Mapping], balances: Mapping[int, Decimal]) -> Settlement:
     return settlement
 
 
-async def settle_users(cur, user_ids: list[int], due_in: float = 0) -> tuple[int, list]:
+async def settle_users(cur: Any, repo: PaymentRepository, user_ids: list[int],
+                       due_in: float = 0) -> tuple[int, list[Row]]:
     """Settle the unacked requests of those of `user_ids` this transaction can claim; returns how many it claimed
     and the `outbox_ps` rows it queued (due for the relay in `due_in` seconds).
 
@@ -154,33 +145,32 @@ async def settle_users(cur, user_ids: list[int], due_in: float = 0) -> tuple[int
     with tracing.current.steps("settle payment", [(row["order_id"], row["traceparent"]) for row in rows]) as traces:
         settlement = settle(rows, await repo.lock_accounts(cur, claimed))
         if settlement.debits:
-            await repo.set_balances(cur, settlement.balances)
-            await repo.record_debits(cur, settlement.debits)
+            await repo.debit(cur, settlement.debits)
         return len(claimed), await repo.settle_inbox(cur, settlement.statuses, traces, due_in)
 
 
-async def process_inbox(db: Database, dispatch: ResultDispatch, batch_size: int) -> bool:
+async def process_inbox(db: Database, repo: PaymentRepository, dispatch: ResultDispatch, batch_size: int) -> bool:
     """Settle the unacked requests of a batch of users in one transaction; True if more may wait."""
-    taken, queued = await db.run(settle_waiting_users, batch_size)
+    taken, queued = await db.run(settle_waiting_users, repo, batch_size)
     if queued:
         dispatch.queued_for_relay()
     return taken >= batch_size
 
 
-async def settle_waiting_users(cur, batch_size: int) -> tuple[int, list]:
+async def settle_waiting_users(cur: Any, repo: PaymentRepository, batch_size: int) -> tuple[int, list[Row]]:
     """(users taken, results queued) of one inbox step."""
     candidates = await repo.users_with_unacked(cur, batch_size)
     if not candidates:
         return 0, []
-    claimed, queued = await settle_users(cur, candidates)
+    claimed, queued = await settle_users(cur, repo, candidates)
     # None claimed: all are busy in other transactions, which settle them; do not spin on them.
     return (len(candidates) if claimed else 0), queued
 
 
-async def relay_outbox(db: Database, publisher: Publisher, batch_size: int) -> bool:
+async def relay_outbox(db: Database, repo: PaymentRepository, publisher: Publisher, batch_size: int) -> bool:
     """Publish one batch of payment results; delete each row the broker confirmed. True if the batch was full."""
 
-    async def relay(cur):
+    async def relay(cur: Any) -> int:
         rows = await repo.lock_outbox(cur, batch_size)
         if not rows:
             return 0
@@ -192,8 +182,8 @@ async def relay_outbox(db: Database, publisher: Publisher, batch_size: int) -> b
     return await db.run(relay) >= batch_size
 
 
-async def clean_up(db: Database, settings: Settings) -> bool:
+async def clean_up(db: Database, repo: PaymentRepository, settings: Settings) -> bool:
     """Forget one batch of expired idempotency keys and of inbox rows past retention; True if more are left."""
-    keys_left = await db.run(forget_expired, settings.idempotency_key_hours, settings.batch_size)
+    keys_left = await db.run(repo.forget_expired_keys, settings.idempotency_key_hours, settings.batch_size)
     rows_left = await db.run(repo.forget_processed, settings.inbox_retention_days, settings.batch_size)
     return keys_left or rows_left

@@ -15,7 +15,7 @@ from typing import NamedTuple
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
 
-from common.broker.dead_lettering import dead_letter, dead_letter_entries
+from common.broker.dead_lettering import REQUEUE_PAUSE, dead_letter, dead_letter_entries
 from common.broker.packing import Entry, EntryType, unpack
 from common.observability import tracing
 from common.observability.metrics import CONSUMED, DEAD_LETTERED, ENTRIES_CONSUMED
@@ -53,8 +53,9 @@ class BatchConsumer:
 
     def __init__(self, queue: str, kind: EntryType, handle_batch: HandleBatch, batch_size: int,
                  dead_letters_via: AbstractRobustChannel, publishers: Collection[str],
-                 publish_as: str | None = None) -> None:
+                 publish_as: str | None = None, requeue_pause: float = REQUEUE_PAUSE) -> None:
         self.queue = queue
+        self.requeue_pause = requeue_pause  # before a message whose dead letter was not stored is requeued
         # Dead letters go out on the publishing connection: RabbitMQ blocks a connection that publishes
         # during a memory alarm, and the consumer's own acks must not wait behind that. They are published as
         # `publish_as`, that connection's user.
@@ -193,7 +194,7 @@ class BatchConsumer:
         else:
             logger.error("dead-lettering message %s from %s: %s", message.message_id, self.queue, reason)
         if await dead_letter(message, self.queue, str(reason), self.dead_letters_via, self.publish_as,
-                             refused_publisher):
+                             refused_publisher, self.requeue_pause):
             DEAD_LETTERED.labels(self.queue).inc()
 
     async def _reject_entries(self, message: AbstractIncomingMessage, entries: list[Entry], refused: dict) -> bool:
@@ -202,7 +203,7 @@ class BatchConsumer:
                          reason)
         if await dead_letter_entries(message, self.queue, [(index, entries[index].text, reason)
                                                            for index, reason in refused.items()],
-                                     self.dead_letters_via, self.publish_as):
+                                     self.dead_letters_via, self.publish_as, self.requeue_pause):
             DEAD_LETTERED.labels(self.queue).inc(len(refused))
             return True
         return False

@@ -46,18 +46,20 @@ def entry_id(message_id, index):
     return f"{message_id}#{index}"
 
 
-async def dead_letter(message, queue, reason, channel, user_id=None, refused_publisher=None):
+async def dead_letter(message, queue, reason, channel, user_id=None, refused_publisher=None,
+                      requeue_pause=REQUEUE_PAUSE):
     """Move `message`, consumed from `queue`, to `<queue>.dead` with `reason`: a copy published on `channel`
     (confirms on, `on_return_raises`) as `user_id`, then the ack of the original. `refused_publisher`: the
-    `user_id` the message came with ("" for none) when that is why it is refused.
+    `user_id` the message came with ("" for none) when that is why it is refused. `requeue_pause`: seconds
+    before the original is requeued when its copy was not stored.
 
     Returns True if it was moved; False if the copy was not confirmed and the original was requeued instead.
     Never raises for a broker failure: a message left unsettled comes back when its channel is replaced."""
     copy = dead_letter_copy(message, queue, reason, utc_now(), user_id=user_id, refused_publisher=refused_publisher)
-    return await _store(message, queue, [copy], channel, ack=True)
+    return await _store(message, queue, [copy], channel, True, requeue_pause)
 
 
-async def dead_letter_entries(message, queue, refused, channel, user_id=None):
+async def dead_letter_entries(message, queue, refused, channel, user_id=None, requeue_pause=REQUEUE_PAUSE):
     """Send each refused entry of `message` (a message of several entries, consumed from `queue`) to
     `<queue>.dead` on its own: `refused` lists (entry index, its JSON text, reason), and each dead letter
     carries that text alone as its body, under the id `entry_id(...)`, with the message's properties and
@@ -69,10 +71,10 @@ async def dead_letter_entries(message, queue, refused, channel, user_id=None):
     now = utc_now()
     copies = [dead_letter_copy(message, queue, reason, now, text.encode(), entry_id(message.message_id, index),
                                user_id) for index, text, reason in refused]
-    return await _store(message, queue, copies, channel, ack=False)
+    return await _store(message, queue, copies, channel, False, requeue_pause)
 
 
-async def _store(message, queue, copies, channel, ack):
+async def _store(message, queue, copies, channel, ack, requeue_pause):
     try:
         for copy in copies:
             # Raises unless the broker confirmed it: a nack, an unroutable return (no such queue), or a timeout.
@@ -83,7 +85,7 @@ async def _store(message, queue, copies, channel, ack):
         return True
     except Exception as exc:  # noqa: BLE001 - whatever failed, the original must stay in the broker
         logger.warning("message %s from %s not dead-lettered (%r); requeued", message.message_id, queue, exc)
-        await asyncio.sleep(REQUEUE_PAUSE)
+        await asyncio.sleep(requeue_pause)
         try:
             await message.nack(requeue=True)
         except Exception as nack_exc:  # noqa: BLE001 - a dead channel redelivers the message by itself

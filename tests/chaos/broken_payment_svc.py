@@ -3,31 +3,33 @@ when its invariant breaks (tests/chaos/test_checker_variants.py).
 
 `python -m tests.chaos.broken_payment_svc VARIANT` runs the real service with one patch from `VARIANTS` (the
 default, `double-debit`, is the first one the checker was proven against). Production code is untouched; the
-patches live only here, applied to the module attributes the service looks up at call time."""
+patches live only here, applied to what the service looks up at call time: the methods of its repository
+(`PostgresPayments`) and the module attributes of `service` and `messaging`."""
 import dataclasses
 import sys
 from decimal import Decimal
 
 from common.runtime.lifecycle import run
-from payment_svc import messaging, repo, service
-from payment_svc.app import PaymentService
+from payment_svc import messaging, service
+from payment_svc.bootstrap import PaymentService
+from payment_svc.repo import PostgresPayments
 
 
 def double_debit():
     """The inbox worker treats every request as new, i.e. debits before checking the inbox status, so a
     repeated request (a redelivery, or the Order Service's resend) is charged again. Its ledger keeps one debit
     per order (as code that swallowed the unique index's refusal would): the repeat's row is never written."""
-    real_settle, real_record = service.settle, repo.record_debits
+    real_settle, real_record = service.settle, PostgresPayments.record_debits
 
     def settle_ignoring_status(rows, balances):
         return real_settle([{**row, "status": "NEW"} for row in rows], balances)
 
-    async def record_first_debits(cur, debits):
+    async def record_first_debits(repo, cur, debits):
         await cur.execute("SELECT order_id FROM account_movements WHERE kind = 'debit' AND order_id = ANY(%s)",
                           ([d.order_id for d in debits],))
         recorded = {order_id for (order_id,) in await cur.fetchall()}
-        await real_record(cur, [d for d in debits if d.order_id not in recorded])
-    service.settle, repo.record_debits = settle_ignoring_status, record_first_debits
+        await real_record(repo, cur, [d for d in debits if d.order_id not in recorded])
+    service.settle, PostgresPayments.record_debits = settle_ignoring_status, record_first_debits
 
 
 def status_swapped():
@@ -41,57 +43,56 @@ def status_swapped():
 
 def amount_truncated():
     """Requests are stored with their amount cut to whole units: the inbox no longer matches the orders."""
-    real_store = repo.store_requests
+    real_store = PostgresPayments.store_requests
 
-    async def store_truncated(cur, requests):
-        await real_store(cur, [dataclasses.replace(r, amount=max(Decimal(1), r.amount // 1)) for r in requests])
-    repo.store_requests = store_truncated
+    async def store_truncated(repo, cur, requests):
+        await real_store(repo, cur, [dataclasses.replace(r, amount=max(Decimal(1), r.amount // 1)) for r in requests])
+    PostgresPayments.store_requests = store_truncated
 
 
 def results_lost():
     """Results of odd-numbered orders are dropped as they are queued: those orders never become final."""
-    real_settle_inbox = repo.settle_inbox
+    real_settle_inbox = PostgresPayments.settle_inbox
 
-    async def settle_inbox_losing(cur, statuses, traces, due_in):
-        queued = await real_settle_inbox(cur, statuses, traces, due_in)
+    async def settle_inbox_losing(repo, cur, statuses, traces, due_in):
+        queued = await real_settle_inbox(repo, cur, statuses, traces, due_in)
         lost = [row["id"] for row in queued if row["order_id"] % 2]
         if lost:
-            await real_delete(cur, lost)
+            await repo.delete_outbox(cur, lost)
         return [row for row in queued if not row["order_id"] % 2]
-    real_delete = repo.delete_outbox
-    repo.settle_inbox = settle_inbox_losing
+    PostgresPayments.settle_inbox = settle_inbox_losing
 
 
 def outbox_kept():
     """Results confirmed by the broker are never deleted from `outbox_ps` (and are sent again and again)."""
-    async def keep(cur, ids):
+    async def keep(repo, cur, ids):
         return None
-    repo.delete_outbox = keep
+    PostgresPayments.delete_outbox = keep
 
 
 def debits_unrecorded():
     """Debits change the balance but write no ledger row."""
-    async def record_nothing(cur, debits):
+    async def record_nothing(repo, cur, debits):
         return None
-    repo.record_debits = record_nothing
+    PostgresPayments.record_debits = record_nothing
 
 
 def debit_balance_before():
     """Each debit's ledger row carries the balance before it instead of after it."""
-    real_record = repo.record_debits
+    real_record = PostgresPayments.record_debits
 
-    async def record_before(cur, debits):
-        await real_record(cur, [dataclasses.replace(d, balance=d.balance + d.amount) for d in debits])
-    repo.record_debits = record_before
+    async def record_before(repo, cur, debits):
+        await real_record(repo, cur, [dataclasses.replace(d, balance=d.balance + d.amount) for d in debits])
+    PostgresPayments.record_debits = record_before
 
 
 def credit_key_lost():
     """Top-ups are credited without their request key."""
-    real_credit = repo.credit
+    real_credit = PostgresPayments.credit
 
-    async def credit_anonymously(cur, user_id, amount, balance, request_key):
-        return await real_credit(cur, user_id, amount, balance, None)
-    repo.credit = credit_anonymously
+    async def credit_anonymously(repo, cur, user_id, amount, balance, origin):
+        return await real_credit(repo, cur, user_id, amount, balance, origin._replace(request_key=None))
+    PostgresPayments.credit = credit_anonymously
 
 
 def ghost_finished():

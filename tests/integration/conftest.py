@@ -9,8 +9,8 @@ from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS
 from common.runtime.config import load_settings
 from harness.infra import INFRA
 from ops.dead_letters.store import DeadLetterQueue, UnknownQueue
-from order_svc.app import OrderService
-from payment_svc.app import PaymentService
+from order_svc.bootstrap import OrderService
+from payment_svc.bootstrap import PaymentService
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from harness.infra import INFRA
 from harness.proxy import TcpProxy
 from order_svc import repo
 from order_svc import service as order_service
-from order_svc.app import OrderService
+from order_svc.bootstrap import OrderService
 from order_svc.waiters import Waiters
 from tests.conftest import eventually
 from tests.integration.conftest import running
@@ -68,7 +68,8 @@ async def finalize(service, order_id, status=OrderStatus.FINISHED):
     """The order's payment result, applied as the consumer applies it (the statement that NOTIFYs)."""
     # As another replica applies it: this process's waiters learn of it by the NOTIFY.
     results = [PaymentResult(order_id, status)]
-    assert await order_service.apply_payment_results(service.db.background, Waiters(0, 0), results) == {}
+    assert await order_service.apply_payment_results(service.db.background, repo.PostgresOrders(), Waiters(0, 0),
+                                                     results) == {}
 
 
 async def new_order(service, user_id):

@@ -53,8 +53,8 @@ async def dead_lettered(run_env, message_id, deaths=1):
 
 
 async def account_with(service_, user_id, amount):
-    await service.create_account(service_.db, user_id)
-    await service.top_up(service_.db, user_id, Decimal(amount))
+    await service.create_account(service_.db, repo.PostgresPayments(), user_id)
+    await service.top_up(service_.db, repo.PostgresPayments(), user_id, Decimal(amount))
 
 
 def consumed(queue=ORDER_REQUESTS):
@@ -66,10 +66,10 @@ def simulate_bug(monkeypatch):
     Returns the order ids of each attempt, a list per batch."""
     attempts = []
 
-    async def crash(_cur, requests):
+    async def crash(_repo, _cur, requests):
         attempts.append([request.order_id for request in requests])
         raise RuntimeError("simulated bug")
-    monkeypatch.setattr(repo, "store_requests", crash)
+    monkeypatch.setattr(repo.PostgresPayments, "store_requests", crash)
     return attempts
 
 

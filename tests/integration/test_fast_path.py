@@ -16,9 +16,9 @@ from common.observability.metrics import PUBLISH_FAILED
 from common.runtime.config import load_settings
 from harness.stack import free_port
 from order_svc import repo as order_repo
-from order_svc.app import OrderService
+from order_svc.bootstrap import OrderService
 from order_svc.messaging import SendAtOnce
-from payment_svc.app import PaymentService
+from payment_svc.bootstrap import PaymentService
 from tests.conftest import eventually
 from tests.integration.conftest import running
 from tests.integration.http import request
@@ -307,10 +307,11 @@ def crashed_after_commit(service, user_id):
     """Place an order as the fast path writes it, then publish nothing: a process killed right after COMMIT."""
     async def place_unpublished():
         window, settings = service.broker.window, service.settings
-        entry = await SendAtOnce(service.db, window, service.broker.is_connected, settings.resend_delay,
-                                 lambda: None).entry()
-        [order] = await service.db.run(order_repo.insert_orders, [order_repo.Placement(user_id, Decimal(1), "", entry,
-                                                                                      None)])
+        repo = order_repo.PostgresOrders()
+        schedule = await SendAtOnce(service.db, repo, window, service.broker.is_connected, settings.resend_delay,
+                                    lambda: None).schedule()
+        [order] = await service.db.run(repo.insert_orders, [order_repo.Placement(user_id, Decimal(1), "", schedule,
+                                                                                None)])
         return order["order_id"]
     return place_unpublished()
 

@@ -6,9 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from common.db.idempotency import IdempotentRequest, run_each_once
-from order_svc import repo as order_repo
-from order_svc.messaging import OutboxEntry
+from common.db.idempotency import IdempotentRequest
+from order_svc.repo import OrderRequest, OutboxSchedule, Placement, PostgresOrders
 from tests.integration.http import request
 
 
@@ -57,11 +56,11 @@ async def test_one_key_twice_in_a_batch_is_one_order_and_a_reused_key_is_refused
 @pytest.mark.gen_test(timeout=30)
 async def test_a_batch_replays_earlier_keys_and_writes_each_outbox_row_as_asked(order_service, user_id):
     earlier = IdempotentRequest("", f"g-{secrets.token_hex(6)}", "fp")
-    one, two, three = (order_repo.Placement(user_id, Decimal(n), f"d{n}", OutboxEntry(0, due_in), f"tp{n}")
+    one, two, three = (Placement(user_id, Decimal(n), f"d{n}", OutboxSchedule(0, due_in), f"tp{n}")
                        for n, due_in in ((1, 0), (2, 60), (3, 0)))
 
     async def batch(cur, requests, placements):
-        return await run_each_once(cur, list(zip(requests, placements)), order_repo.insert_orders)
+        return await PostgresOrders().place_orders(cur, [OrderRequest(*pair) for pair in zip(requests, placements)])
 
     [first] = await order_service.db.run(batch, [earlier], [one])
     outcomes = await order_service.db.run(batch, [None, earlier, IdempotentRequest("", earlier.key, "other"), None],

@@ -25,8 +25,8 @@ from harness.infra import INFRA, InfraError
 from harness.invariants import query
 from ops.dead_letters.store import DeadLetterQueue
 from order_svc import repo as order_repo
-from order_svc.app import OrderService
-from payment_svc.app import PaymentService
+from order_svc.bootstrap import OrderService
+from payment_svc.bootstrap import PaymentService
 from tests.conftest import eventually
 from tests.integration.conftest import running
 from tests.integration.http import request

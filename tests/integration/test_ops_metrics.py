@@ -8,7 +8,7 @@ from common.runtime.config import load_settings
 from harness.infra import INFRA
 from harness.proxy import TcpProxy
 from harness.stack import free_port
-from payment_svc.app import PaymentService
+from payment_svc.bootstrap import PaymentService
 from tests.conftest import eventually
 from tests.integration.test_dead_letter_replay import dead_lettered
 

@@ -10,7 +10,7 @@ from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS, PaymentReque
 from common.broker.packing import pack
 from common.runtime.config import load_settings
 from harness.stack import free_port
-from order_svc.app import OrderService
+from order_svc.bootstrap import OrderService
 from tests.conftest import eventually
 from tests.integration.conftest import running
 from tests.integration.test_dead_letter_replay import account_with, dead_letters_cli, dead_letters_of

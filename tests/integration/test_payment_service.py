@@ -4,6 +4,7 @@ import pytest
 
 from common.broker.messages import ORDER_REQUESTS, PaymentRequest
 from common.observability.metrics import CONSUMED
+from payment_svc.repo import PostgresPayments
 from payment_svc.service import clean_up
 from tests.conftest import eventually
 from tests.integration.http import request
@@ -128,7 +129,7 @@ async def test_clean_up_forgets_only_settled_rows_and_keys_past_their_retention(
                           "(%s, 'f', '{}', now() - interval '25 hours'), (%s, 'f', '{}', now())",
                           (f"old-{user_id}", f"new-{user_id}"))
     await payment_service.db.run(seed)
-    while await clean_up(payment_service.db, payment_service.settings):
+    while await clean_up(payment_service.db, PostgresPayments(), payment_service.settings):
         pass
 
     async def remaining(cur):

@@ -7,8 +7,8 @@ import pytest
 from common.runtime.config import load_settings
 from harness.proxy import TcpProxy
 from harness.stack import free_port
-from order_svc.app import OrderService
-from payment_svc.app import PaymentService
+from order_svc.bootstrap import OrderService
+from payment_svc.bootstrap import PaymentService
 from tests.conftest import eventually
 from tests.integration.conftest import running
 from tests.integration.http import request

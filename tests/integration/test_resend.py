@@ -6,7 +6,7 @@ import pytest
 from common.broker.messages import ORDER_REQUESTS
 from common.runtime.config import load_settings
 from harness.stack import free_port
-from order_svc.app import OrderService
+from order_svc.bootstrap import OrderService
 from tests.conftest import eventually
 from tests.integration.conftest import running
 from tests.integration.test_fast_path import crashed_after_commit

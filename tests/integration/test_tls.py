@@ -24,8 +24,8 @@ from common.db.pg_hosts import single_host_dsns
 from common.runtime.config import ConfigurationError, load_settings
 from harness.stack import ROOT, free_port
 from harness.tls import UNNAMED_ADDRESS, TlsServers
-from order_svc.app import OrderService
-from payment_svc.app import PaymentService
+from order_svc.bootstrap import OrderService
+from payment_svc.bootstrap import PaymentService
 from tests.conftest import eventually
 from tests.integration.conftest import running
 from tests.integration.http import request

@@ -15,7 +15,7 @@ DEAD = [("ack", False)]  # a dead letter's original, acked once its copy is conf
 
 def consumer(handle_batch, dead_letters=None):
     return BatchConsumer("q", Number, handle_batch=handle_batch, batch_size=10,
-                         dead_letters_via=dead_letters or FakeDeadLetters(), publishers=PUBLISHERS)
+                         dead_letters_via=dead_letters or FakeDeadLetters(), publishers=PUBLISHERS, requeue_pause=0)
 
 
 async def returning(invalid):
@@ -220,8 +220,7 @@ async def test_a_refused_entry_of_a_message_of_several_is_dead_lettered_alone_an
 
 
 @pytest.mark.gen_test
-async def test_a_message_of_several_whose_entry_could_not_be_dead_lettered_is_requeued_whole(monkeypatch):
-    monkeypatch.setattr("common.broker.dead_lettering.REQUEUE_PAUSE", 0)
+async def test_a_message_of_several_whose_entry_could_not_be_dead_lettered_is_requeued_whole():
     handle = await returning({})
     messages = [FakeMessage(tag) for tag in (1, 2)]
     await consumer(handle, FakeDeadLetters(refuse=True)).process(

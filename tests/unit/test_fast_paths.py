@@ -1,4 +1,4 @@
-"""Both fast paths and their "off" objects, on fake publishers and databases."""
+"""Both fast paths and their "off" objects, on fake publishers and in-memory repositories."""
 import asyncio
 from decimal import Decimal
 
@@ -8,77 +8,70 @@ from common.broker.messages import PaymentRequest, PaymentResult
 from common.broker.publisher import PublishWindow
 from common.db.idempotency import Outcome
 from order_svc import messaging as order_messaging
-from order_svc import repo as order_repo
 from order_svc import service as order_service
+from order_svc.repo import FOR_THE_RELAY, OutboxSchedule, Placement
 from payment_svc import messaging as payment_messaging
 from payment_svc import service as payment_service
-from tests.unit.fakes import FakeDatabase, FakePublisher, Kicks
+from tests.unit.fakes import FakeDatabase, FakePublisher, InMemoryOrders, InMemoryPayments, Kicks
 
 ORDER = {"order_id": 7, "user_id": 3, "amount": Decimal("2.50"), "description": "", "status": "NEW"}
 
 
 def send_at_once(publisher, connected=True):
-    kicks = Kicks()
-    db = FakeDatabase()
-    dispatch = order_messaging.SendAtOnce(db, PublishWindow(publisher), lambda: connected, 5.0, kicks)
-    return dispatch, db, kicks
+    """A `SendAtOnce` over an outbox holding order 7's row, written due later as the fast path writes it."""
+    kicks, db = Kicks(), FakeDatabase()
+    repo = InMemoryOrders({7: 0})
+    repo.outbox[7]["due"] = False
+    dispatch = order_messaging.SendAtOnce(db, repo, PublishWindow(publisher), lambda: connected, 5.0, kicks)
+    return dispatch, repo, db, kicks
 
 
 @pytest.mark.gen_test
-async def test_an_order_is_published_right_after_its_commit_and_counted_sent_once_confirmed(monkeypatch):
-    sent = []
-
-    async def sent_outbox(cur, ids):
-        sent.extend(ids)
-    monkeypatch.setattr(order_repo, "sent_outbox", sent_outbox)
+async def test_an_order_is_published_right_after_its_commit_and_counted_sent_once_confirmed():
     publisher = FakePublisher()
-    dispatch, db, kicks = send_at_once(publisher)
-    entry = await dispatch.entry()
-    assert entry == (0, 5.0)  # not yet sent: a crash before the confirm leaves it a first send for the relay
-    dispatch.placed(ORDER, entry, None)
+    dispatch, repo, db, kicks = send_at_once(publisher)
+    schedule = await dispatch.schedule()
+    assert schedule == (0, 5.0)  # not yet sent: a crash before the confirm leaves it a first send for the relay
+    dispatch.placed(ORDER, schedule, None)
     await dispatch.window.drain()
     assert publisher.published == [("outbox_os", 7, PaymentRequest(7, 3, Decimal("2.50")).entry())]
-    assert sent == [7] and [name for name, _ in db.calls] == ["sent_outbox"] and kicks.count == 0
+    assert repo.outbox[7]["attempts"] == 1 and not repo.outbox[7]["due"]
+    assert [name for name, _ in db.calls] == ["sent_outbox"] and kicks.count == 0
 
 
 @pytest.mark.gen_test
-async def test_an_unconfirmed_order_is_handed_to_the_relay_as_never_sent(monkeypatch):
-    unsent = []
-
-    async def unsent_outbox(cur, ids):
-        unsent.extend(ids)
-    monkeypatch.setattr(order_repo, "unsent_outbox", unsent_outbox)
-    dispatch, _, kicks = send_at_once(FakePublisher(refused={7}))
-    dispatch.placed(ORDER, await dispatch.entry(), None)
+async def test_an_unconfirmed_order_is_handed_to_the_relay_as_never_sent():
+    dispatch, repo, _, kicks = send_at_once(FakePublisher(refused={7}))
+    dispatch.placed(ORDER, await dispatch.schedule(), None)
     await dispatch.window.drain()
-    assert unsent == [7] and kicks.count == 1
+    assert repo.outbox[7]["attempts"] == 0 and repo.outbox[7]["due"] and kicks.count == 1
 
 
 @pytest.mark.gen_test
 async def test_with_the_broker_away_an_order_is_written_for_the_relay():
-    dispatch, _, kicks = send_at_once(FakePublisher(), connected=False)
-    entry = await dispatch.entry()
-    assert entry == order_messaging.FOR_THE_RELAY
-    dispatch.placed(ORDER, entry, None)
+    dispatch, _, _, kicks = send_at_once(FakePublisher(), connected=False)
+    schedule = await dispatch.schedule()
+    assert schedule == FOR_THE_RELAY
+    dispatch.placed(ORDER, schedule, None)
     assert kicks.count == 1 and dispatch.window.has_room()
 
 
 @pytest.mark.gen_test
-async def test_relay_only_writes_every_order_for_the_relay_and_publishes_nothing():
-    dispatch = order_messaging.RelayOnly()
-    assert await dispatch.entry() == order_messaging.FOR_THE_RELAY
-    dispatch.placed(ORDER, order_messaging.FOR_THE_RELAY, None)  # nothing to do: the relay's poll sends it
+async def test_send_by_relay_writes_every_order_for_the_relay_and_publishes_nothing():
+    dispatch = order_messaging.SendByRelay()
+    assert await dispatch.schedule() == FOR_THE_RELAY
+    dispatch.placed(ORDER, FOR_THE_RELAY, None)  # nothing to do: the relay's poll sends it
 
 
 class RecordingDispatch:
     def __init__(self):
         self.placed_orders = []
 
-    async def entry(self):
-        return order_messaging.OutboxEntry(1, 5.0)
+    async def schedule(self):
+        return OutboxSchedule(1, 5.0)
 
-    def placed(self, order, entry, trace):
-        self.placed_orders.append((order["order_id"], entry))
+    def placed(self, order, schedule, trace):
+        self.placed_orders.append((order["order_id"], schedule))
 
 
 @pytest.mark.gen_test
@@ -91,79 +84,59 @@ async def test_a_new_order_is_dispatched_once_and_a_replayed_one_not_at_all():
     dispatch = RecordingDispatch()
     order, replayed = await order_service.place_order(place_orders, dispatch, 3, Decimal("2.50"), "")
     assert order["order_id"] == 7 and not replayed and dispatch.placed_orders == [(7, (1, 5.0))]
-    assert written == [order_repo.Placement(3, Decimal("2.50"), "", (1, 5.0), None)]
+    assert written == [Placement(3, Decimal("2.50"), "", (1, 5.0), None)]
     assert await order_service.place_order(place_orders, dispatch, 3, Decimal("2.50"), "") == (ORDER, True)
     assert len(dispatch.placed_orders) == 1
 
 
-def settle_at_once(publisher):
+def settle_at_once(publisher, repo=None):
     relay, inbox, db = Kicks(), Kicks(), FakeDatabase()
-    return payment_messaging.SettleAtOnce(db, PublishWindow(publisher), 5.0, relay, inbox), db, relay, inbox
+    repo = repo or InMemoryPayments()
+    return payment_messaging.SettleAtOnce(db, repo, PublishWindow(publisher), 5.0, relay, inbox), repo, relay, inbox
 
 
 @pytest.mark.gen_test
-async def test_settled_results_are_published_then_deleted_or_made_due(monkeypatch):
-    done = {"delete_outbox": [], "make_due": []}
-    for name in done:
-        async def record(cur, ids, name=name):
-            done[name].extend(ids)
-        monkeypatch.setattr(payment_messaging.repo, name, record)
+async def test_settled_results_are_published_then_deleted_or_made_due():
     publisher = FakePublisher(refused={11})
-    dispatch, _, relay, _ = settle_at_once(publisher)
+    dispatch, repo, relay, _ = settle_at_once(publisher)
     dispatch.send([{"id": 10, "order_id": 1, "status": "FINISHED", "traceparent": None},
                    {"id": 11, "order_id": 2, "status": "CANCELLED", "traceparent": None}])
     await dispatch.window.drain()
     assert [(queue, entry) for queue, _, entry in publisher.published] == \
         [("outbox_ps", PaymentResult(1, "FINISHED").entry()), ("outbox_ps", PaymentResult(2, "CANCELLED").entry())]
-    assert done == {"delete_outbox": [10], "make_due": [11]} and relay.count == 1
+    assert (repo.deleted, repo.made_due, relay.count) == ([10], [11], 1)
+
+
+def requests_of(*user_ids):
+    return [PaymentRequest(order_id, user_id, Decimal(1)) for order_id, user_id in enumerate(user_ids, start=1)]
 
 
 @pytest.mark.gen_test
-async def test_the_consumer_settles_what_it_stores_and_leaves_busy_users_to_the_inbox_worker(monkeypatch):
-    stored, settled = [], []
-
-    async def store_requests(cur, requests):
-        assert cur is not None
-        stored.extend(requests)
-
-    async def settle_users(cur, users, due_in):
-        assert cur is not None
-        settled.append((users, due_in))
-        return (1 if len(settled) == 1 else len(users)), [{"id": 5, "order_id": 1, "status": "FINISHED",
-                                                           "traceparent": None}]
-    monkeypatch.setattr(payment_service.repo, "store_requests", store_requests)
-    monkeypatch.setattr(payment_service, "settle_users", settle_users)
-    deleted = []  # the follow-up of each confirmed result (on the fake's stand-in cursor it would fail, unseen)
-
-    async def delete_outbox(cur, ids):
-        deleted.extend(ids)
-    monkeypatch.setattr(payment_messaging.repo, "delete_outbox", delete_outbox)
+async def test_the_consumer_settles_what_it_stores_and_leaves_busy_users_to_the_inbox_worker():
+    repo = InMemoryPayments({1: Decimal(5), 2: Decimal(5)}, busy={2})  # user 2 is being settled elsewhere
     publisher = FakePublisher()
-    dispatch, _, _, inbox = settle_at_once(publisher)
-    requests = [PaymentRequest(1, 1, Decimal(1)), PaymentRequest(2, 2, Decimal(1)), PaymentRequest(3, 1, Decimal(1))]
-    assert await payment_service.receive_requests(FakeDatabase(), requests, dispatch) == {}
+    dispatch, _, _, inbox = settle_at_once(publisher, repo)
+    requests = requests_of(1, 2, 1)
+    assert await payment_service.receive_requests(FakeDatabase(), repo, dispatch, requests) == {}
     await dispatch.window.drain()
-    assert stored == requests and settled == [([1, 2], 5.0)]  # user 2 was busy elsewhere
-    assert [mid for _, mid, _ in publisher.published] == [5] and inbox.count == 1
-    await payment_service.receive_requests(FakeDatabase(), requests, dispatch)  # both claimed this time
+    assert sorted(repo.inbox) == [1, 2, 3] and not repo.inbox[2]["acked"]  # all stored, user 2's left unsettled
+    assert [(row["order_id"], row["due_in"]) for row in repo.outbox] == [(1, 5.0), (3, 5.0)]
+    assert [mid for _, mid, _ in publisher.published] == [1, 2] and inbox.count == 1
+    assert repo.deleted == [1, 2]  # the follow-up of each confirmed result
+    repo.busy.clear()
+    await payment_service.receive_requests(FakeDatabase(), repo, dispatch, requests)  # all claimed this time
     await dispatch.window.drain()  # a send never started would be dropped with the test's loop, unawaited
-    assert inbox.count == 1 and len(publisher.published) == 2 and deleted == [5, 5]
+    # The repeats of 1 and 3 only send their statuses again; each order was debited once.
+    assert inbox.count == 1 and [row["order_id"] for row in repo.outbox[2:]] == [1, 3, 2]
+    assert repo.accounts == {1: Decimal(3), 2: Decimal(4)}
 
 
 @pytest.mark.gen_test
-async def test_relay_only_consumer_just_stores_the_requests(monkeypatch):
-    stored = []
-
-    async def store_requests(cur, requests):
-        stored.extend(requests)
-
-    async def settle_users(cur, users, due_in):
-        raise AssertionError("settled in the consumer with the fast path off")
-    monkeypatch.setattr(payment_service.repo, "store_requests", store_requests)
-    monkeypatch.setattr(payment_service, "settle_users", settle_users)
-    requests = [PaymentRequest(1, 1, Decimal(1))]
-    assert await payment_service.receive_requests(FakeDatabase(), requests, payment_messaging.RelayOnly()) == {}
-    assert stored == requests
+async def test_a_consumer_that_only_stores_leaves_the_requests_to_the_inbox_worker():
+    repo = InMemoryPayments({1: Decimal(5)})
+    requests = requests_of(1)
+    assert await payment_service.receive_requests(FakeDatabase(), repo, payment_messaging.StoreOnly(), requests) == {}
+    assert list(repo.inbox) == [1] and not repo.inbox[1]["acked"] and repo.outbox == []
 
 
 async def still_waiting(task):
@@ -188,36 +161,31 @@ def full_window(publisher, timeout=5.0):
 @pytest.mark.gen_test
 async def test_a_new_order_waits_for_room_in_a_full_window_then_takes_the_fast_path():
     publisher = FakePublisher()
-    dispatch = order_messaging.SendAtOnce(FakeDatabase(), full_window(publisher), lambda: True, 5.0, Kicks())
-    entry = asyncio.ensure_future(dispatch.entry())
-    assert await still_waiting(entry)
+    dispatch = order_messaging.SendAtOnce(FakeDatabase(), InMemoryOrders(), full_window(publisher), lambda: True,
+                                          5.0, Kicks())
+    schedule = asyncio.ensure_future(dispatch.schedule())
+    assert await still_waiting(schedule)
     publisher.gate.set()
-    assert await asyncio.wait_for(entry, 10) == (0, 5.0)
+    assert await asyncio.wait_for(schedule, 10) == (0, 5.0)
 
 
 @pytest.mark.gen_test
 async def test_a_new_order_still_without_room_after_the_publish_timeout_is_left_to_the_relay():
-    dispatch = order_messaging.SendAtOnce(FakeDatabase(), full_window(FakePublisher(), timeout=0.05),
+    publisher = FakePublisher()
+    dispatch = order_messaging.SendAtOnce(FakeDatabase(), InMemoryOrders(), full_window(publisher, timeout=0.05),
                                           lambda: True, 5.0, Kicks())
-    assert await asyncio.wait_for(dispatch.entry(), 10) == order_messaging.FOR_THE_RELAY
+    assert await asyncio.wait_for(dispatch.schedule(), 10) == FOR_THE_RELAY
+    publisher.gate.set()
+    await dispatch.window.drain()  # the held publish ends with the test, not with its loop
 
 
 @pytest.mark.gen_test
-async def test_the_payments_consumer_stores_nothing_while_the_window_is_full_and_goes_on_once_it_has_room(
-        monkeypatch):
-    stored = []
-
-    async def store_requests(cur, requests):
-        stored.extend(requests)
-
-    async def settle_users(cur, users, due_in):
-        return len(users), []
-    monkeypatch.setattr(payment_service.repo, "store_requests", store_requests)
-    monkeypatch.setattr(payment_service, "settle_users", settle_users)
+async def test_the_payments_consumer_stores_nothing_while_the_window_is_full_and_goes_on_once_it_has_room():
+    repo = InMemoryPayments()
     publisher = FakePublisher()
-    dispatch = payment_messaging.SettleAtOnce(FakeDatabase(), full_window(publisher), 5.0, Kicks(), Kicks())
-    requests = [PaymentRequest(1, 1, Decimal(1))]
-    received = asyncio.ensure_future(payment_service.receive_requests(FakeDatabase(), requests, dispatch))
-    assert await still_waiting(received) and stored == []
+    dispatch = payment_messaging.SettleAtOnce(FakeDatabase(), repo, full_window(publisher), 5.0, Kicks(), Kicks())
+    requests = requests_of(1)
+    received = asyncio.ensure_future(payment_service.receive_requests(FakeDatabase(), repo, dispatch, requests))
+    assert await still_waiting(received) and repo.inbox == {}
     publisher.gate.set()
-    assert await asyncio.wait_for(received, 10) == {} and stored == requests
+    assert await asyncio.wait_for(received, 10) == {} and list(repo.inbox) == [1]
