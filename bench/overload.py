@@ -1,4 +1,4 @@
-"""(6) Overload, as issue 14 attacked it: slow connections opened and closed, then wrk with 1,000 connections on
+"""(6) Overload: slow connections opened and closed, then wrk with 1,000 connections on
 `GET /orders/{id}` for 10 s; the 503s and the answers slower than 2 s counted, for the gateway and for nginx in
 front of the same Order Service (same run, taking turns)."""
 import socket

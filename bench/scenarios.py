@@ -1,4 +1,4 @@
-"""The five measurements of issue 5. Each starts the real stack on fresh databases and a fresh vhost
+"""The benchmark's measurements. Each starts the real stack on fresh databases and a fresh vhost
 (`harness.stack.Stack`) and returns table rows; memory peaks are collected along the way."""
 import statistics
 import time
@@ -205,7 +205,7 @@ def backlog(plan, memory):
 
 def gateway_overhead(plan):
     """(4) GET /orders/{id} throughput: direct, through the gateway (on uvloop and on asyncio's own loop; and
-    with a RequestHandler per request, GATEWAY_PROXY=handler, the code before issue 14), through nginx; and
+    with a RequestHandler per request, GATEWAY_PROXY=handler), through nginx; and
     the CPU each gateway spends per proxied request. The targets take turns, `wrk_rounds` times, and each figure
     is the median of its rounds: on a shared machine the load from elsewhere changes by the minute."""
     with bench_stack(plan) as (stack, _):

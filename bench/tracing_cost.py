@@ -1,4 +1,4 @@
-"""CPU per order of each process with tracing off and on, as ratios to the code before tracing, from one run.
+"""CPU per order of each process with tracing off and on, as ratios to the code without tracing, from one run.
 
     .venv/bin/python -m bench.tracing_cost [orders] [--rounds N]
 

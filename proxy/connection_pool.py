@@ -2,7 +2,7 @@
 
 Without a bound, a burst of 1,000 client requests opened 1,000 backend connections at once: the backend's
 accept queue (128 by default) overflowed, connects timed out and the gateway answered 503 while the backend was
-up (issue 14). With it, a request beyond `size` waits in line for a connection to come free, and overload costs
+up. With it, a request beyond `size` waits in line for a connection to come free, and overload costs
 latency, not errors. The caller bounds that wait with its own timeout."""
 import asyncio
 import socket

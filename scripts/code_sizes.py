@@ -1,5 +1,5 @@
 """Module and function sizes of the services' code (common/, order_svc/, payment_svc/, proxy/, gateway.py), in lines:
-how big the pieces a newcomer reads are, to compare two commits (issue 11's closing note).
+how big the pieces a newcomer reads are, to compare two commits.
 
     python3 scripts/code_sizes.py [DIR]      DIR: a checkout, e.g. a `git archive` of another commit; default this one
 

@@ -1,4 +1,4 @@
-"""Overload, slow and hostile clients (issue 14). 1,000 concurrent requests through a gateway with a small
+"""Overload, slow and hostile clients. 1,000 concurrent requests through a gateway with a small
 backend pool wait for a connection instead of getting a 503; every process drops a connection that does not
 finish its headers or body, or idles, within the configured bound, while normal requests go on being served;
 the gateway caps its connections and takes a client's address from the connection, not from X-Forwarded-For."""

@@ -1,10 +1,9 @@
-"""The walk of an order's amount (`python -m harness.walk`, README "The walk of an amount"): the real processes
-show every hop of it, from the gateway to the debit and back, and it stays no longer than the README says."""
+"""The walk of an order's amount (`python -m harness.walk`, docs/architecture.md "The walk of an amount"): the real
+processes show every hop of it, from the gateway to the debit and back, and it stays no longer than the docs say."""
 from harness.walk import walk
 
-# README "The walk of an amount": 52 hops before issue 11 (`a69c403`), 49 now (the commits between are in its
-# table). A change that lengthens the walk shows up here: shorten it again, or update the README's walk and this
-# figure with the reason.
+# docs/architecture.md "The walk of an amount": 49 hops on the default path. A change that lengthens the walk shows
+# up here: shorten it again, or update the docs' walk and this figure with the reason.
 MOST_HOPS = 49
 
 # Where the amount must be seen, in this order: read at the gateway, parsed, written with its order, published,
@@ -14,7 +13,7 @@ MILESTONES = [("gateway", "ProxiedRequest.data_received"), ("order", "parse_amou
               ("payment", "record_debits")]
 
 
-def test_the_amount_walks_from_the_request_to_the_debit_in_no_more_hops_than_the_readme_says():
+def test_the_amount_walks_from_the_request_to_the_debit_in_no_more_hops_than_the_docs_say():
     hops, status = walk({})
     assert status == "FINISHED"
     steps = [(service, function) for _, service, function, _, _ in hops]
