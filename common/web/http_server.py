@@ -1,7 +1,7 @@
 """The HTTP server of every process, with bounds a slow or hostile client cannot outstay.
 
 Tornado's defaults keep a connection that sent half a request for an hour and accept connections until the
-process runs out of file descriptors (issue 14: 3,000 such connections were all still open 5 s later). Here:
+process runs out of file descriptors (3,000 such connections were all still open 5 s later). Here:
 - `CLIENT_IDLE_TIMEOUT`: Tornado 6.6 has one timer for the headers (`HTTP1ConnectionParameters.header_timeout`,
   set by `idle_connection_timeout`): it runs from the connection's opening, or the end of the previous answer,
   to the end of the next request's headers. So it bounds both the idle keep-alive time and a request whose
