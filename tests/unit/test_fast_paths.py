@@ -12,7 +12,7 @@ from order_svc import service as order_service
 from order_svc.repo import FOR_THE_RELAY, OutboxSchedule, Placement
 from payment_svc import messaging as payment_messaging
 from payment_svc import service as payment_service
-from tests.unit.fakes import FakeDatabase, FakePublisher, InMemoryOrders, InMemoryPayments, Kicks
+from tests.unit.fakes import FakeDatabase, FakePublisher, InMemoryOrders, InMemoryPayments, Kicks, let_run
 
 ORDER = {"order_id": 7, "user_id": 3, "amount": Decimal("2.50"), "description": "", "status": "NEW"}
 
@@ -141,8 +141,7 @@ async def test_a_consumer_that_only_stores_leaves_the_requests_to_the_inbox_work
 
 async def still_waiting(task):
     """True if `task` is suspended, not finished: a coroutine that does not wait ends within these few steps."""
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await let_run()
     return not task.done()
 
 

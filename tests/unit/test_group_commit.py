@@ -5,18 +5,21 @@ import pytest
 
 from common.db.group_commit import GroupCommit
 from common.web.errors import InvalidInput, Unavailable
+from tests.unit.fakes import let_run
 
 
 class Transactions:
-    """A database whose `run(write, items)` records each batch; `hold` keeps the running one open."""
+    """A database whose `run(write, items)` records each batch; `hold` keeps the running one open, `began` is set
+    once a transaction is under way."""
 
     def __init__(self, fail=lambda items: None):
         self.batches, self.fail = [], fail
-        self.hold = asyncio.Event()
+        self.hold, self.began = asyncio.Event(), asyncio.Event()
         self.hold.set()
 
     async def run(self, write, items):
         self.batches.append(list(items))
+        self.began.set()
         await self.hold.wait()
         self.fail(items)
         return await write(None, items)
@@ -32,7 +35,7 @@ async def writing_one(max_batch):
     commit = GroupCommit(db, doubled, max_batch=max_batch)
     db.hold.clear()
     first = asyncio.ensure_future(commit(1))
-    await asyncio.sleep(0.01)
+    await db.began.wait()
     return db, commit, first
 
 
@@ -47,7 +50,7 @@ async def test_a_lone_request_is_written_at_once_and_alone():
 async def test_requests_that_come_during_a_transaction_share_the_next_one_up_to_the_batch_limit():
     db, commit, first = await writing_one(max_batch=3)
     later = [asyncio.ensure_future(commit(n)) for n in range(2, 7)]
-    await asyncio.sleep(0.01)
+    await let_run()  # each request joins the queue; none may start a transaction beside the open one
     assert db.batches == [[1]] and not any(f.done() for f in [first, *later])
     db.hold.set()
     assert await asyncio.gather(first, *later) == [2, 4, 6, 8, 10, 12]

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from common.db.database import Query, execute
 from common.runtime.worker import BgWorker
 from tests.conftest import eventually
+from tests.unit.fakes import let_run
 
 
 @pytest.mark.gen_test
@@ -24,8 +25,8 @@ async def test_a_worker_runs_its_step_again_while_it_reports_more_work():
     async def three_steps():
         assert len(calls) == 3
     await eventually(three_steps)
-    await asyncio.sleep(0.05)
-    assert len(calls) == 3  # then it waits for a kick (or the hourly poll)
+    await let_run()  # a fourth step, if it came without a kick, would run now: no timer comes before the poll
+    assert len(calls) == 3  # it waits for a kick (or the hourly poll)
     worker.kick()
     await eventually(lambda: assert_count(calls, 4))
     await worker.stop()
@@ -51,7 +52,7 @@ async def test_kicks_during_a_step_coalesce_into_one_more_run_and_steps_never_ov
         worker.kick()
     release.set()
     await eventually(lambda: assert_count(calls, 2))
-    await asyncio.sleep(0.05)
+    await let_run()  # a third run, if the kicks had not coalesced, would start now
     assert len(calls) == 2 and not any(overlaps)
     await worker.stop()
 
