@@ -3,13 +3,16 @@
 Backend status and body pass through unchanged, and so do the backend's `Etag` and its 304 to an
 `If-None-Match`; a HEAD is answered wherever a GET is, as that GET without its body. An unreachable or
 timed-out backend is a 503 envelope. Several backend URLs per service are used in turn, skipping one that
-refuses connections."""
+refuses connections.
+
+One path serves the API: `proxy.server.ProxyServer` reads each request on Tornado's HTTP/1.1 layer and applies
+every rule of the gateway in one place (request ids, body limit, content type, 405s, access log, metrics); only
+the gateway's own paths (`/health`, `/openapi.yaml`, the 404 of any other) are Tornado `RequestHandler`s."""
 import asyncio
 import functools
 import itertools
 import logging
 import re
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,15 +20,15 @@ from tornado import web
 
 from common.observability import tracing
 from common.observability.metrics import WAITING, WAITS_REFUSED, log_request
-from common.runtime.lifecycle import Service, listen, run
-from common.runtime.logs import request_id
+from common.runtime.lifecycle import Service, run
 from common.web.app import admin_application
-from common.web.envelope import CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER, BaseHandler, NotFoundHandler, label
+from common.web.envelope import BaseHandler, NotFoundHandler
 from common.web.errors import Unavailable
 from common.web.health import HealthHandler
-from common.web.waiting import PREFER, PREFERENCE_APPLIED, requested_wait, without_wait
+from common.web.http_server import listen
+from common.web.waiting import PREFER, PREFERENCE_APPLIED, without_wait
 from proxy.http_client import FETCH_ERRORS, KeepAliveClient
-from proxy.server import CLIENT_CLOSED_REQUEST, ProxyServer, Route
+from proxy.server import ProxyServer, Route
 
 logger = logging.getLogger("gateway")
 
@@ -35,8 +38,8 @@ logger = logging.getLogger("gateway")
 # `Prefer` too (RFC 7240: `POST /orders` with `Prefer: wait=N`), and its `Preference-Applied` comes back.
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Authorization", "Idempotency-Key", "If-None-Match",
                              "traceparent", "tracestate", PREFER)
-# The backend's response headers a client gets (in both GATEWAY_PROXY modes): its body's type, the Etag that a
-# client's If-None-Match names, a 401's or 403's challenge (RFC 6750), and the preferences applied.
+# The backend's response headers a client gets: its body's type, the Etag that a client's If-None-Match names,
+# a 401's or 403's challenge (RFC 6750), and the preferences applied.
 PASSED_BACK_HEADERS = ("Content-Type", "Etag", "WWW-Authenticate", PREFERENCE_APPLIED)
 CONNECT_TIMEOUT = 2
 
@@ -59,16 +62,17 @@ class Backend:
         start = next(self._next)
         return self.urls[start:] + self.urls[:start]
 
-    async def forward(self, method, uri, headers, body, template):
-        """The first replica's response to the request of route `template`, in a SERVER span when tracing is
-        on (its trace context goes on in `headers`); raises `Unavailable` (the 503) if none answers.
+    async def forward(self, method, uri, headers, body, wait, template):
+        """The first replica's response to the request of route `template`, which asks to be held `wait` seconds
+        (`common.web.waiting.requested_wait`, None: not at all), in a SERVER span when tracing is on (its trace
+        context goes on in `headers`); raises `Unavailable` (the 503) if none answers.
 
         This is the one place that maps upstream failures: only a refused connection moves on to the next
         replica."""
         # A HEAD is asked as its GET (RFC 9110: the same headers, no content; the reply drops the body): the
         # backends need no HEAD of their own, and the Content-Length and Etag are the GET's by construction.
         upstream_method = "GET" if method == "HEAD" else method
-        uri, headers, wait = self.waits(method, uri, headers)
+        uri, headers, wait = self.waits(uri, headers, wait)
         # A waiting request may take its wait and UPSTREAM_TIMEOUT more, on connections of its own; any other
         # only UPSTREAM_TIMEOUT, so that a dead backend is noticed as fast as before.
         client, timeout = (self.wait_client, self.timeout + wait) if wait else (self.client, self.timeout)
@@ -87,10 +91,9 @@ class Backend:
             logger.warning("no replica of %s reachable", self.urls)
             raise Unavailable(self.unavailable)
 
-    def waits(self, method, uri, headers):
+    def waits(self, uri, headers, wait):
         """(uri, headers, seconds the backend may hold the request or None): beyond `max_waiting` waiting requests
         in flight, the request goes on without its wait, answered at once like one beyond the service's caps."""
-        wait = requested_wait(method, uri, headers.get(PREFER))
         if not wait or self.waiting < self.max_waiting:
             return uri, headers, wait
         WAITS_REFUSED.labels("gateway").inc()
@@ -109,64 +112,6 @@ class Backend:
         finally:
             self.waiting -= 1
             WAITING.dec()
-
-
-class ProxyHandler(BaseHandler):
-    """Forwards the request to `backend`; the route table decides which methods exist.
-
-    With GATEWAY_PROXY=direct (the default) `proxy.server` serves these routes without a handler;
-    this one serves them with GATEWAY_PROXY=handler, the benchmark's before."""
-
-    def prepare(self):
-        super().prepare()
-        # The gateway is where a request enters the system: it names it for every log line downstream and the
-        # ledger; a client's own id is kept beside it.
-        self.client_request_id = label(self.request.headers.get(REQUEST_ID_HEADER))
-        if self.client_request_id:
-            self.set_header(CLIENT_REQUEST_ID_HEADER, self.client_request_id)
-        request_id.set(uuid.uuid4().hex)
-        self.set_header(REQUEST_ID_HEADER, request_id.get())
-        if self.request.method not in self.methods:
-            raise web.HTTPError(405)
-
-    def allowed_methods(self):
-        return list(self.methods)
-
-    def compute_etag(self):
-        return None  # the backend's Etag, or none: never one of the gateway's own, nor a 304 it decided itself
-
-    async def forward(self, *_):
-        headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := self.request.headers.get(k)) is not None}
-        headers[REQUEST_ID_HEADER] = request_id.get()
-        if self.client_request_id:
-            headers[CLIENT_REQUEST_ID_HEADER] = self.client_request_id
-        body = self.request.body if self.request.method in ("POST", "PUT") else None
-        forwarding = self.backend.forward(self.request.method, self.request.uri, headers, body, self.template)
-        if requested_wait(self.request.method, self.request.uri, headers.get(PREFER)):
-            # As `proxy.server` does: a waiting request is cancelled when its client leaves.
-            self.forwarding = asyncio.ensure_future(forwarding)
-            await asyncio.wait([self.forwarding])
-            if self.forwarding.cancelled():
-                self.set_status(CLIENT_CLOSED_REQUEST, "Client Closed Request")
-                return
-            response = self.forwarding.result()
-        else:
-            response = await forwarding
-        self.set_status(response.code)
-        for name in PASSED_BACK_HEADERS:
-            if value := response.headers.get(name):
-                self.set_header(name, value)
-        # Tornado drops a HEAD's body itself (keeping its Content-Length), and refuses any body with a 304.
-        self.finish(response.body or None)
-
-    get = head = post = put = forward
-
-    forwarding = None
-
-    def on_connection_close(self):
-        if self.forwarding is not None:
-            self.forwarding.cancel()
-        super().on_connection_close()
 
 
 class GatewayReadyHandler(BaseHandler):
@@ -210,9 +155,16 @@ def make_admin_app(settings, probe_client=None):
     return admin_application(settings, (GatewayReadyHandler, dict(services=services, client=probe_client)), {})
 
 
+def own_routes(settings):
+    """The gateway's own paths on its public port, served by `RequestHandler`s: (pattern, handler, dependencies)."""
+    limit = dict(max_body_bytes=settings.max_body_bytes)
+    return [(r"/health", HealthHandler, limit),
+            (r"/openapi.yaml", OpenApiHandler, dict(spec=OPENAPI_SPEC.read_bytes(), **limit))]
+
+
 def make_app(settings, client=None, wait_client=None):
-    """The public port: the API's routes (`client` forwards the requests, `wait_client` the waiting ones),
-    `/health` and `/openapi.yaml`."""
+    """The public port, a `ProxyServer`: the API's routes (`client` forwards the requests, `wait_client` the
+    waiting ones), and an `Application` of the gateway's own paths for every other request."""
     client = client or KeepAliveClient(settings.backend_pool_size)
     # Waiting requests hold their connections for up to MAX_WAIT seconds: a pool of their own, so that they never
     # take the connections every other request needs (the count per service keeps each replica's below its size).
@@ -222,47 +174,39 @@ def make_app(settings, client=None, wait_client=None):
     payments = Backend("Payments Service", settings.payment_svc_urls, settings.upstream_timeout, client, wait_client,
                        settings.wait_pool_size)
 
-    limit = dict(max_body_bytes=settings.max_body_bytes)
-
     def route(template, backend, *methods):
         """The route of `template` ("/orders/{order_id}": the name of its spans), any value in the braces;
         HEAD is allowed wherever GET is."""
         if "GET" in methods:
             methods = ("GET", "HEAD", *(method for method in methods if method != "GET"))
-        return re.sub(r"\{\w+\}", "[^/]+", template), ProxyHandler, dict(
-            backend=backend, methods=methods, template=template, **limit)
+        return Route(re.compile(re.sub(r"\{\w+\}", "[^/]+", template)), methods,
+                     functools.partial(backend.forward, template=template),
+                     FORWARDED_REQUEST_HEADERS, PASSED_BACK_HEADERS)
 
-    return web.Application([
+    limit = dict(max_body_bytes=settings.max_body_bytes)
+    own = web.Application(own_routes(settings), default_handler_class=NotFoundHandler, default_handler_args=limit,
+                          log_function=log_request)
+    return ProxyServer(own, [
         route("/orders", orders, "GET", "POST"),
         route("/orders/{order_id}", orders, "GET"),
         route("/payments", payments, "POST"),
         route("/payments/{user_id}", payments, "GET", "PUT"),
         route("/payments/{user_id}/movements", payments, "GET"),
-        (r"/health", HealthHandler, limit),
-        (r"/openapi.yaml", OpenApiHandler, dict(spec=OPENAPI_SPEC.read_bytes(), **limit)),
-    ], default_handler_class=NotFoundHandler, default_handler_args=limit, log_function=log_request)
-
-
-def proxy_server(app, settings):
-    """`app` behind `ProxyServer`, which serves its `ProxyHandler` routes without a handler per request."""
-    routes = [Route(rule.matcher.regex, rule.target_kwargs["methods"],
-                    functools.partial(rule.target_kwargs["backend"].forward, template=rule.target_kwargs["template"]),
-                    FORWARDED_REQUEST_HEADERS, PASSED_BACK_HEADERS)
-              for rule in app.wildcard_router.rules if rule.target is ProxyHandler]
-    return ProxyServer(app, routes, settings.max_body_bytes)
+    ], settings.max_body_bytes)
 
 
 class Gateway(Service):
     name = "gateway"
     uvloop_safe = True  # no database driver: see common.runtime.lifecycle.run
+    # What forwards requests and probes (`KeepAliveClient`'s `fetch`, `close` and errors): the benchmark
+    # measures Tornado's own client in its place (bench/tornado_client_gateway.py).
+    client_class = KeepAliveClient
 
     async def start(self):
-        self.client = KeepAliveClient(self.settings.backend_pool_size)
-        self.wait_client = KeepAliveClient(self.settings.wait_pool_size)
-        self.probe_client = KeepAliveClient(pool_size=2)
+        self.client = self.client_class(self.settings.backend_pool_size)
+        self.wait_client = self.client_class(self.settings.wait_pool_size)
+        self.probe_client = self.client_class(2)
         app = make_app(self.settings, self.client, self.wait_client)
-        if self.settings.gateway_proxy == "direct":
-            app = proxy_server(app, self.settings)
         settings = self.settings
         self.admin_server = listen(make_admin_app(settings, self.probe_client), settings.gateway_admin_port,
                                    settings.admin_listen_address, settings)

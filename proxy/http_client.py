@@ -3,23 +3,21 @@
 The gateway forwards every request, so the client is most of its cost. Tornado's simple client opens a TCP
 connection per request; its curl client keeps connections alive but sets up a libcurl handle per request (some
 forty options, a Python callback per header line) and drives it through timers and socket callbacks. This
-client writes the request as one buffer and parses the response head with Tornado's own parsers, on a pooled
-`IOStream` (README, Performance: the gateway's CPU per order before and after). It does without Tornado's
-`HTTP1Connection` on this side: an object, futures, callbacks and a `setsockopt` per request. The pool is
-bounded (`proxy.connection_pool`): requests beyond it wait for a connection instead of opening more."""
+client writes the request as one buffer and parses the response (`proxy.response`) from whatever each read of a
+pooled `IOStream` gives: usually the whole response in one read (README, Performance: the gateway against nginx
+and against Tornado's simple client, `python -m bench.gateway_cpu`). The pool is bounded
+(`proxy.connection_pool`): requests beyond it wait for a connection instead of opening more."""
 import asyncio
 from collections import defaultdict
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from tornado import httputil
-from tornado.http1connection import parse_int
 from tornado.iostream import StreamClosedError
 from tornado.tcpclient import TCPClient
 
 from proxy.connection_pool import ConnectionPool
+from proxy.response import MalformedResponse, ResponseParser
 
-MAX_HEADER_BYTES = 65536  # as Tornado's own HTTP1Connection
+READ_SIZE = 65536  # at most this much per read: the stream gives what has arrived, up to it
 
 # Methods that may be sent again when a kept-alive connection turns out dead before answering: the backend may
 # have run the request before dying, and a second POST would create a second order, a second PUT credit twice.
@@ -27,18 +25,12 @@ SAFE_TO_RESEND = frozenset(("GET", "HEAD", "OPTIONS"))
 
 
 class ConnectionLost(Exception):
-    """The connection closed before the whole response arrived: the backend may or may not have acted on it."""
+    """The connection closed before the whole response arrived, or what arrived was not an HTTP/1.1 response:
+    the backend may or may not have acted on the request."""
 
 
 # Everything `KeepAliveClient.fetch` raises when it gets no response.
 FETCH_ERRORS = (OSError, ConnectionLost, asyncio.TimeoutError)
-
-
-@dataclass
-class Response:
-    code: int
-    headers: httputil.HTTPHeaders
-    body: bytes
 
 
 def _format_request(method, target, headers, body_length):
@@ -54,14 +46,6 @@ def _format_request(method, target, headers, body_length):
 
 def _request_line(request):
     return request.split(b"\r\n", 1)[0].decode("latin1")
-
-
-def _parse_head(data):
-    """(ResponseStartLine, HTTPHeaders) of a response's head, as Tornado's own HTTP1Connection parses it."""
-    text = data.decode("latin1").lstrip("\r\n")
-    end_of_line = text.find("\n")
-    return httputil.parse_response_start_line(text[:end_of_line].rstrip("\r")), \
-        httputil.HTTPHeaders.parse(text[end_of_line:])
 
 
 class KeepAliveClient:
@@ -92,12 +76,13 @@ class KeepAliveClient:
             try:
                 try:
                     response, stream = await self._exchange(pooled or await self._connect(address, connect_timeout),
-                                                            request)
+                                                            request, method)
                 except ConnectionLost:
                     # A pooled connection the backend closed meanwhile: a request safe to resend tries a new one.
                     if pooled is None or method not in SAFE_TO_RESEND:
                         raise
-                    response, stream = await self._exchange(await self._connect(address, connect_timeout), request)
+                    response, stream = await self._exchange(await self._connect(address, connect_timeout), request,
+                                                            method)
             except BaseException:
                 pool.release()  # `_exchange` closed the stream
                 raise
@@ -112,54 +97,33 @@ class KeepAliveClient:
         stream.set_nodelay(True)  # each request is one write and waits for its answer: nothing to gather
         return stream
 
-    async def _exchange(self, stream, request):
+    async def _exchange(self, stream, request, method):
         """Write the request, read the response: (response, the stream if it may carry the next request)."""
+        parser = ResponseParser(self._max_body_size, no_body=method == "HEAD")
         try:
             stream.write(request)
-            head = await stream.read_until_regex(b"\r?\n\r?\n", max_bytes=MAX_HEADER_BYTES)
-            start_line, response_headers = _parse_head(head)
-            content, open_after = await self._read_body(stream, start_line.code, response_headers)
+            response = None
+            while response is None:
+                try:
+                    data = await stream.read_bytes(READ_SIZE, partial=True)
+                except StreamClosedError:
+                    if not parser.ends_at_close:
+                        raise
+                    response = parser.feed_eof()
+                else:
+                    response = parser.feed(data)
         except StreamClosedError:
             stream.close()
             raise ConnectionLost(f"{_request_line(request)}: connection closed before the whole response") from None
-        except (httputil.HTTPInputError, ValueError) as exc:
+        except MalformedResponse as exc:
             stream.close()
             raise ConnectionLost(f"{_request_line(request)}: malformed response: {exc}") from None
         except BaseException:
             stream.close()  # a timeout or error mid-response leaves the stream unusable
             raise
-        keep = open_after and start_line.version == "HTTP/1.1" \
-            and response_headers.get("Connection", "").lower() != "close"
-        if not keep:
+        if not parser.reusable:
             stream.close()
-        return Response(start_line.code, response_headers, content), stream if keep else None
-
-    async def _read_body(self, stream, code, headers):
-        """(body, whether the connection may stay open) for a response with these status and headers."""
-        if code in (204, 304) or 100 <= code < 200:
-            return b"", True
-        if headers.get("Transfer-Encoding", "").lower() == "chunked":
-            return await self._read_chunks(stream), True
-        if "Content-Length" in headers:
-            length = parse_int(headers["Content-Length"])
-            if length > self._max_body_size:
-                raise httputil.HTTPInputError(f"body of {length} bytes is over the limit")
-            return (await stream.read_bytes(length) if length else b""), True
-        return await stream.read_until_close(), False  # the body ends with the connection
-
-    async def _read_chunks(self, stream):
-        chunks, size = [], 0
-        while True:
-            line = await stream.read_until(b"\r\n", max_bytes=64)
-            length = int(line.split(b";", 1)[0].strip(), 16)
-            if length == 0:
-                while await stream.read_until(b"\n", max_bytes=MAX_HEADER_BYTES) not in (b"\r\n", b"\n"):
-                    pass  # a trailer field: nothing the gateway passes on
-                return b"".join(chunks)
-            size += length
-            if size > self._max_body_size:
-                raise httputil.HTTPInputError(f"chunked body over {self._max_body_size} bytes")
-            chunks.append((await stream.read_bytes(length + 2))[:-2])
+        return response, stream if parser.reusable else None
 
     def close(self):
         for pool in self._pools.values():

@@ -1,11 +1,13 @@
 """`ProxyServer`: the gateway's proxied routes served on Tornado's HTTP/1.1 layer, without a `RequestHandler`.
 
-A `RequestHandler` per request builds an `HTTPServerRequest`, parses arguments, runs `prepare`, `_execute`,
+A `RequestHandler` per request builds an `HTTPServerRequest`, parses arguments, runs `prepare`, the method,
 `flush`, `finish` and an Etag over the body, and creates several tasks: most of the gateway's CPU per proxied
-request (issue 14). Here a request's headers and body go straight from Tornado's `HTTP1Connection` to
-`Route.forward` and the answer straight back, with the same checks and answers as `common.web.envelope.BaseHandler`:
-the request ids, the body limit (413), the JSON content type (400), 405 with `Allow`, the 503 envelope, metrics
-and the access log. Every other path goes to the Tornado `Application` as before (404s, /health, /metrics)."""
+request. Here a request's headers and body go straight from Tornado's `HTTP1Connection` (through the public
+`HTTPServerConnectionDelegate` / `HTTPMessageDelegate` interfaces) to `Route.forward` and the answer straight
+back, with the same checks and answers as `common.web.envelope.BaseHandler`: the request ids, the body limit (413),
+the JSON content type (400), 405 with `Allow`, the 503 envelope, metrics and the access log; a blocking read's
+wait is read once here and handed to the route. Every other path goes to the Tornado `Application` of the
+gateway's own paths (404s, /health, /openapi.yaml)."""
 import asyncio
 import itertools
 import logging
@@ -31,7 +33,9 @@ logger = logging.getLogger("common.web.envelope")  # the logger BaseHandler repo
 
 SERVER = f"TornadoServer/{tornado.version}"
 JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
-HANDLER_LABEL = "ProxyHandler"  # the metrics label of proxied requests, as when a RequestHandler served them
+# The metrics label of proxied requests (the `handler` label of other requests names their RequestHandler class):
+# dashboards and alerts select on it.
+HANDLER_LABEL = "ProxyHandler"
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left before its answer (never sent)
 
 
@@ -45,9 +49,10 @@ def new_request_id():
 
 @dataclass(frozen=True)
 class Route:
-    """A path the gateway forwards: `forward(method, uri, headers, body)` returns the backend's response
-    (`code`, `headers`, `body`) or raises `ShopError` (503 `Unavailable`). Of the request's headers only
-    `forwarded_headers` go to the backend, of the response's only `passed_back_headers` come back."""
+    """A path the gateway forwards: `forward(method, uri, headers, body, wait)` (`wait`: the seconds a blocking
+    read asks to be held, or None) returns the backend's response (`code`, `headers`, `body`) or raises
+    `ShopError` (503 `Unavailable`). Of the request's headers only `forwarded_headers` go to the backend, of the
+    response's only `passed_back_headers` come back."""
     path: Pattern
     methods: tuple
     forward: Callable[..., Awaitable]
@@ -119,8 +124,9 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
             return self.app_request.finish()
         request_id.set(self.request_id)
         # Tornado's server loop, which holds this delegate, waits for the `connection.finish()` in `respond`.
+        self.wait = requested_wait(self.start_line.method, self.start_line.path, self.headers.get(PREFER))
         self.responding = asyncio.ensure_future(self.respond())
-        if requested_wait(self.start_line.method, self.start_line.path, self.headers.get(PREFER)):
+        if self.wait:
             # A request the backend may hold for its wait: when the client leaves, the backend request is
             # cancelled (its connection closed), and the backend stops holding it. Other requests are answered in
             # milliseconds: their connections are kept rather than closed for nothing.
@@ -141,7 +147,7 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
             if self.client_request_id:
                 headers[CLIENT_REQUEST_ID_HEADER] = self.client_request_id
             body = b"".join(self.chunks) if method in ("POST", "PUT") else None
-            response = await self.route.forward(method, self.start_line.path, headers, body)
+            response = await self.route.forward(method, self.start_line.path, headers, body, self.wait)
         except asyncio.CancelledError:
             self.log(CLIENT_CLOSED_REQUEST)  # the client left while waiting: nobody to answer
             raise

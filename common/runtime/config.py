@@ -171,7 +171,6 @@ class Settings:
     client_body_timeout: float
     max_connections: int
     trusted_proxy: bool
-    gateway_proxy: str
     db_pool_size: int
     max_body_bytes: int
     inbox_retention_days: float
@@ -187,6 +186,10 @@ class Settings:
 def load_settings(environ=None):
     """Build `Settings` from `environ` (default `os.environ`) over the `.env` defaults."""
     env = {**read_env_file(), **(os.environ if environ is None else environ)}
+    if "GATEWAY_PROXY" in env:
+        # A deployment that still sets it expects a choice the gateway does not offer: say so, rather than ignore it.
+        raise ConfigurationError("GATEWAY_PROXY is not a setting: the gateway has a single proxy path "
+                                 "(proxy/server.py); remove GATEWAY_PROXY from the environment and .env")
 
     def urls(key, default=None):
         listed = tuple(u.strip().rstrip("/") for u in env.get(key, default or "").split(",") if u.strip())
@@ -239,7 +242,6 @@ def load_settings(environ=None):
         client_body_timeout=float(env.get("CLIENT_BODY_TIMEOUT", "10")),
         max_connections=int(env.get("MAX_CONNECTIONS", "4000")),
         trusted_proxy=env.get("TRUSTED_PROXY", "0") not in ("0", "false", "no", ""),
-        gateway_proxy=env.get("GATEWAY_PROXY", "direct"),
         db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
         max_body_bytes=int(env.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
         inbox_retention_days=float(env.get("INBOX_RETENTION_DAYS", "7")),

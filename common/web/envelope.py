@@ -4,7 +4,7 @@ import logging
 from datetime import datetime
 from decimal import Decimal
 
-from tornado import web
+from tornado import httputil, web
 
 from common.runtime.config import DEFAULT_MAX_BODY_BYTES
 from common.runtime.logs import request_id
@@ -84,7 +84,9 @@ class BaseHandler(web.RequestHandler):
         elif status_code == 405:
             message = MethodNotAllowed(f"Method {self.request.method} not allowed on {self.request.path}.").message
         elif status_code < 500:
-            message = self._reason
+            # The reason phrase Tornado's `send_error` gave the status: the error's own, else the standard one.
+            reason = exc.reason if isinstance(exc, web.HTTPError) else None
+            message = reason or kwargs.get("reason") or httputil.responses.get(status_code, "Unknown")
         else:
             message = "Internal server error."
         if status_code == 405:  # RFC 9110: a 405 lists the methods that would work

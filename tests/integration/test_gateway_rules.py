@@ -15,18 +15,17 @@ from tornado.tcpclient import TCPClient
 
 from common.observability import tracing
 from common.runtime.config import load_settings
-from common.runtime.lifecycle import listen
-from gateway import OPENAPI_SPEC, make_admin_app, make_app, proxy_server
+from common.web.http_server import listen
+from gateway import OPENAPI_SPEC, make_admin_app, make_app
 from harness.stack import free_port
 from tests.conftest import eventually
 from tests.e2e.raw_backend import ANSWER, DROP, ETAG, HOLD, RawBackend
 
 
-@pytest.fixture(params=["direct", "handler"])
-def start_gateway(io_loop, request):
-    """Starts a gateway in either GATEWAY_PROXY mode: `direct` (the default, proxy.server) serves the
-    routes itself, `handler` through gateway.ProxyHandler; the same rules must hold in both. Returns the public
-    port; `start.admin[port]` is its admin port (the backends' admin URLs are the backends' own)."""
+@pytest.fixture
+def start_gateway(io_loop):
+    """Starts a gateway (its public port's `ProxyServer` and its admin port) on the given backends. Returns the
+    public port; `start.admin[port]` is its admin port (the backends' admin URLs are the backends' own)."""
     servers = []
 
     def start(order_urls, payment_urls=("http://127.0.0.1:9",), client=None, **env):
@@ -34,11 +33,8 @@ def start_gateway(io_loop, request):
         settings = load_settings({"GATEWAY_PORT": str(port), "ORDER_SVC_URL": ",".join(order_urls),
                                   "PAYMENT_SVC_URL": ",".join(payment_urls), "UPSTREAM_TIMEOUT": "1",
                                   "ORDER_SVC_ADMIN_URL": ",".join(order_urls),
-                                  "PAYMENT_SVC_ADMIN_URL": ",".join(payment_urls),
-                                  "GATEWAY_PROXY": request.param, **env})
-        app = make_app(settings, client)
-        servers.append(listen(proxy_server(app, settings) if request.param == "direct" else app, port,
-                              "127.0.0.1", settings))
+                                  "PAYMENT_SVC_ADMIN_URL": ",".join(payment_urls), **env})
+        servers.append(listen(make_app(settings, client), port, "127.0.0.1", settings))
         servers.append(listen(make_admin_app(settings), 0, "127.0.0.1", settings))
         start.admin[port] = servers[-1].port
         return port
@@ -400,7 +396,7 @@ async def test_invented_methods_count_as_other_and_add_no_series(start_gateway):
         lines = (await fetch(start_gateway.admin[port], "GET", "/metrics")).body.decode().splitlines()
         return {line.split("{")[1].split("}")[0] for line in lines
                 if line.startswith("shop_http_request_duration_seconds_count{")}
-    for n in range(5):  # on a proxied path (direct proxy) and on one of the application's (a RequestHandler)
+    for n in range(5):  # on a proxied path (the ProxyServer) and on one of the gateway's own (a RequestHandler)
         for path in ("/orders/1", "/health"):
             assert (await exchange(port, f"BREW{n} {path} HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n"
                                    .encode()))[0] in (400, 405)
