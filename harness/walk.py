@@ -7,7 +7,7 @@ order of 73.19, waits until its status is final (read from the database: a `GET`
 and prints every hop of that amount through the project's code, in time order, then the count per service.
 What counts as a hop: `harness/walk_hook/sitecustomize.py`.
 
-Options: `--env KEY=VALUE` sets a service setting (e.g. `FAST_PATH=0`, `GATEWAY_PROXY=buffered`); `--log FILE`
+Options: `--env KEY=VALUE` sets a service setting (e.g. `FAST_PATH=0`, `EVENT_LOOP=asyncio`); `--log FILE`
 keeps the raw hops."""
 import argparse
 import json
