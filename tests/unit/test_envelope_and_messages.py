@@ -1,10 +1,15 @@
+import json
 from decimal import Decimal
 
 import pytest
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
 
 from common.broker.messages import PaymentRequest, PaymentResult
 from common.runtime.config import load_settings, read_env_file
-from common.web.envelope import envelope, to_json
+from common.web.envelope import BaseHandler, envelope, to_json
 from common.web.errors import InvalidMessage
 from tests.unit.test_packing import read_one
 
@@ -45,3 +50,30 @@ def test_environment_overrides_env_file_defaults():
     assert settings.gateway_port == 9999
     assert settings.order_svc_urls == ("http://a:1", "http://b:2")
     assert settings.payment_svc_port == 8082
+
+
+class Refusing(BaseHandler):
+    """Raises the `web.HTTPError` its route names: what Tornado or a library may raise inside a handler."""
+
+    def get(self):
+        raise self.error
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("error, code, message", [
+    (web.HTTPError(418), 418, "I'm a Teapot"),  # no message of its own: the standard reason phrase
+    (web.HTTPError(400, reason="Bad cursor"), 400, "Bad cursor"),  # its own reason phrase
+    (web.HTTPError(499), 499, "Unknown"),
+    (web.HTTPError(400, "cursor %s is not a number", "x"), 400, "cursor x is not a number"),
+    (web.HTTPError(503), 503, "Internal server error."),  # a 5xx names nothing of the server's inside
+])
+async def test_an_http_error_in_a_handler_is_an_envelope_with_its_reason(error, code, message):
+    app = web.Application([(r"/", Refusing, dict(error=error))], log_function=lambda handler: None)
+    server = HTTPServer(app)
+    sock, port = bind_unused_port()
+    server.add_sockets([sock])
+    try:
+        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/", raise_error=False)
+    finally:
+        server.stop()
+    assert (response.code, json.loads(response.body)) == (code, {"status": "Fail", "message": message})
