@@ -18,7 +18,7 @@ import weakref
 
 from tornado import httputil, netutil
 from tornado.httpserver import HTTPServer
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
 
 from common.runtime.config import Settings
 from common.web.envelope import envelope, to_json
@@ -36,23 +36,33 @@ BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application
 
 
 class BoundedHTTPServer(HTTPServer):
-    """`HTTPServer` that serves at most `max_connections` connections at once."""
+    """`HTTPServer` that serves at most `max_connections` connections at once.
+
+    It keeps its own set of the streams it serves (`streams`), from `handle_stream` to `on_close`, Tornado's public
+    hooks: Tornado's own set of connections is private, and could change or vanish in any release."""
 
     def initialize(self, request_callback, max_connections, **kwargs):
         super().initialize(request_callback, **kwargs)
         self.max_connections = max_connections
         self.refused = 0
+        self.streams: set[IOStream] = set()
 
     def handle_stream(self, stream, address):
-        # `_connections` is Tornado's own set of the connections it serves (`stop_server` reads it too).
-        if len(self._connections) >= self.max_connections:
+        if len(self.streams) >= self.max_connections:
             self.refused += 1
             if self.refused % 1000 == 1:
                 logger.warning("%d connections open, the most allowed (MAX_CONNECTIONS): refusing new ones "
-                               "(%d so far)", len(self._connections), self.refused)
+                               "(%d so far)", len(self.streams), self.refused)
             refuse(stream)
             return
         super().handle_stream(stream, address)
+        # Added once serving has started, so that a stream whose start failed holds no place under the cap; its
+        # serving loop, which ends in `on_close`, runs from the next turn of the event loop on.
+        self.streams.add(stream)
+
+    def on_close(self, server_conn) -> None:
+        self.streams.discard(server_conn.stream)
+        super().on_close(server_conn)
 
 
 def refuse(stream):
@@ -97,30 +107,53 @@ class DrainingHTTPServer(BoundedHTTPServer):
 
     def initialize(self, *args, **kwargs) -> None:
         super().initialize(*args, **kwargs)
-        self.busy: weakref.WeakSet = weakref.WeakSet()
+        self.busy: weakref.WeakSet[IOStream] = weakref.WeakSet()
+        self.cut: weakref.WeakSet[IOStream] = weakref.WeakSet()  # closed by `close_idle`
 
     def start_request(self, server_conn, request_conn) -> httputil.HTTPMessageDelegate:
-        self.busy.discard(server_conn)
-        return _MarkBusy(self.busy, server_conn, super().start_request(server_conn, request_conn))
+        self.busy.discard(server_conn.stream)
+        return _MarkBusy(self, server_conn.stream, super().start_request(server_conn, request_conn))
 
     def on_close(self, server_conn) -> None:
-        self.busy.discard(server_conn)
+        self.busy.discard(server_conn.stream)
         super().on_close(server_conn)
+
+    def idle(self) -> set[IOStream]:
+        """The open streams with no request in flight and no bytes waiting in their socket."""
+        return {stream for stream in self.streams if stream not in self.busy and not received(stream)}
+
+    def close_idle(self, stream: IOStream) -> None:
+        """Close `stream`, which was idle; a request whose headers were already read from it is dropped unserved."""
+        self.cut.add(stream)
+        stream.close()
 
 
 class _MarkBusy(httputil.HTTPMessageDelegate):
     """`delegate`, with its connection marked busy once a request's headers arrive. The other calls go to
-    `delegate`'s own methods directly: a body passes through no frame of this wrapper."""
+    `delegate`'s own methods directly: a body passes through no frame of this wrapper.
 
-    def __init__(self, busy: weakref.WeakSet, connection, delegate: httputil.HTTPMessageDelegate) -> None:
-        self.busy, self.connection, self.delegate = busy, connection, delegate
+    Headers that reach it on a stream `close_idle` has cut are not handed on: Tornado may have read them (and the
+    body with them) just before the cut, and still serves a request whose bytes it buffered. Served, it would
+    commit what no answer can tell; dropped, its client sees a connection closed before any answer, as when a
+    request comes a moment too late."""
+
+    def __init__(self, server: DrainingHTTPServer, stream: IOStream, delegate: httputil.HTTPMessageDelegate) -> None:
+        self.server, self.stream, self.delegate = server, stream, delegate
         self.data_received = delegate.data_received
         self.finish = delegate.finish
         self.on_connection_close = delegate.on_connection_close
 
     def headers_received(self, start_line, headers):
-        self.busy.add(self.connection)
+        if self.stream in self.server.cut:
+            logger.debug("a request read just before its idle connection was closed is dropped: %s", start_line)
+            self.data_received = self.finish = self.on_connection_close = _ignore
+            return None
+        self.server.busy.add(self.stream)
         return self.delegate.headers_received(start_line, headers)
+
+
+def _ignore(*args) -> None:
+    return None
 
 
 def listen(app, port: int, address: str, settings: Settings, other_files: int = 0) -> DrainingHTTPServer:
@@ -138,13 +171,11 @@ def listen(app, port: int, address: str, settings: Settings, other_files: int = 
     return server
 
 
-def received(stream) -> bool:
-    """Whether bytes have come in on `stream` that no request has taken yet (in Tornado's read buffer, whose
-    size it keeps in `_read_buffer_size`, or still in the socket)."""
+def received(stream: IOStream) -> bool:
+    """Whether bytes of a next request wait in `stream`'s socket (bytes Tornado already took into its own buffer
+    are not seen: how many there are is private to it)."""
     if stream.closed():
         return False
-    if stream._read_buffer_size:
-        return True
     try:
         return bool(stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
     except OSError:  # BlockingIOError: nothing there
@@ -160,20 +191,18 @@ async def stop_server(server: DrainingHTTPServer, grace: float = 8.0) -> None:
     # A request read from now on is answered with `Connection: close`, and the connection then closes itself.
     server.conn_params.no_keep_alive = True
     deadline = asyncio.get_running_loop().time() + grace
-    quiet = set()
-    # `_connections` is Tornado's own set of open HTTP connections; it offers no public way to list them.
-    while server._connections and asyncio.get_running_loop().time() < deadline:
+    quiet: set[IOStream] = set()
+    while server.streams and asyncio.get_running_loop().time() < deadline:
         # Closed only if idle with nothing received at two scans in a row: a request whose bytes have arrived
-        # but whose headers Tornado has not handed on yet (the read completed, the coroutine not yet resumed)
-        # is on its way to being served, and cutting it would hide its commit behind a reset.
-        idle = {connection for connection in server._connections
-                if connection not in server.busy and not received(connection.stream)}
-        for connection in idle & quiet:
-            connection.stream.close()
+        # is on its way to being served, and is better answered than cut (a cut one is dropped unserved, and its
+        # client must try again).
+        idle = server.idle()
+        for stream in idle & quiet:
+            server.close_idle(stream)
         quiet = idle
         await asyncio.sleep(0.01)
-    if server._connections:
-        logger.warning("%d connections still busy after %ss; closing them", len(server._connections), grace)
+    if server.streams:
+        logger.warning("%d connections still busy after %ss; closing them", len(server.streams), grace)
     try:
         await asyncio.wait_for(server.close_all_connections(), 3)
     except TimeoutError:
