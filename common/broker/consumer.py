@@ -123,7 +123,7 @@ class BatchConsumer:
             acked, processed = [], 0
             for m, received in enumerate(batch):
                 unprocessed = isinstance(received.entries, InvalidMessage) or refused[m] or m in failed
-                if unprocessed and not await self._settle(received, refused[m], m in failed):
+                if unprocessed and not await self._dispose(received, refused[m], m in failed):
                     continue
                 acked.append(received.message)
                 processed += len(received.entries) - len(refused[m])
@@ -146,7 +146,7 @@ class BatchConsumer:
             raise ValueError(f"the handler refused items {unknown} of a batch of {len(items)}")
         return invalid
 
-    async def _settle(self, received: Received, refused: dict, failed: bool) -> bool:
+    async def _dispose(self, received: Received, refused: dict, failed: bool) -> bool:
         """What a message not processed whole needs besides the batch's ack; True if the batch's ack is still
         to take it.
 

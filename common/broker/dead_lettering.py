@@ -54,7 +54,7 @@ async def dead_letter(message, queue, reason, channel, user_id=None, refused_pub
     before the original is requeued when its copy was not stored.
 
     Returns True if it was moved; False if the copy was not confirmed and the original was requeued instead.
-    Never raises for a broker failure: a message left unsettled comes back when its channel is replaced."""
+    Never raises for a broker failure: a message left unacknowledged comes back when its channel is replaced."""
     copy = dead_letter_copy(message, queue, reason, utc_now(), user_id=user_id, refused_publisher=refused_publisher)
     return await _store(message, queue, [copy], channel, True, requeue_pause)
 
