@@ -11,7 +11,7 @@ class Row:
 
 
 def render(rows):
-    """A Markdown table (so it can be pasted into the README as it is)."""
+    """A Markdown table (so it can be pasted into docs/performance.md as it is)."""
     header = Row("figure", "result", "baseline (same run)", "target")
     cells = [[r.figure, r.result, r.baseline, r.target] for r in [header, *rows]]
     widths = [max(len(c[i]) for c in cells) for i in range(4)]

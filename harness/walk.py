@@ -1,5 +1,5 @@
 """The walk of one order's `amount`: from the `POST /orders` body to the debit and back to the order's final
-status and the client's answer, as the running code takes it (README "The walk of an amount").
+status and the client's answer, as the running code takes it (docs/architecture.md "The walk of an amount").
 
 `python -m harness.walk` starts the three services as real processes on fresh databases and a fresh vhost
 (`harness.stack`), each with the hook in `harness/walk_hook` loaded, opens an account with 500.00, places one

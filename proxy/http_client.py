@@ -4,7 +4,7 @@ The gateway forwards every request, so the client is most of its cost. Tornado's
 connection per request; its curl client keeps connections alive but sets up a libcurl handle per request (some
 forty options, a Python callback per header line) and drives it through timers and socket callbacks. This
 client writes the request as one buffer and parses the response (`proxy.response`) from whatever each read of a
-pooled `IOStream` gives: usually the whole response in one read (README, Performance: the gateway against nginx
+pooled `IOStream` gives: usually the whole response in one read (docs/performance.md: the gateway against nginx
 and against Tornado's simple client, `python -m bench.gateway_cpu`). The pool is bounded
 (`proxy.connection_pool`): requests beyond it wait for a connection instead of opening more."""
 import asyncio

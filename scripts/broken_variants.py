@@ -1,4 +1,4 @@
-"""Tests seen failing on broken code (README, "Tests that can fail"): each variant breaks one behaviour by one
+"""Tests seen failing on broken code (docs/testing.md, "Tests that can fail"): each variant breaks one behaviour by one
 small text change, runs the tests named after that behaviour, and puts the file back. Every variant must fail.
 
     .venv/bin/python scripts/broken_variants.py            all variants; exit status 1 if one was not caught

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mutation testing of the core (README, "Mutation testing"): mutmut changes one thing at a time in the modules
+# Mutation testing of the core (docs/testing.md, "Mutation testing"): mutmut changes one thing at a time in the modules
 # setup.cfg's [mutmut] section lists (only_mutate) and runs the unit and integration tests that reach it; a
 # mutant no test notices "survived". Slow (tens of minutes on 2 cores): outside CI.
 #

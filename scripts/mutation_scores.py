@@ -1,4 +1,4 @@
-"""The mutation score per module from mutmut's results: a Markdown table for the README."""
+"""The mutation score per module from mutmut's results: a Markdown table for docs/testing.md."""
 import subprocess
 from collections import Counter, defaultdict
 

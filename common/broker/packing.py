@@ -1,4 +1,4 @@
-"""Several outbox rows in one message, and a message read back as its entries (README "How an order flows").
+"""Several outbox rows in one message, and a message read back as its entries (docs/architecture.md, the order flow).
 
 A body is either one entry, a JSON object (the format from before packing, which older consumers read), or a
 JSON array of entries. A message of one entry carries its trace context in the `traceparent` header, as

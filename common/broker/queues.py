@@ -21,7 +21,7 @@ MIGRATION = ("The type of an existing queue cannot be changed. To migrate: stop 
              "services, save anything wanted from the .dead queues, delete the queues "
              "(rabbitmqctl delete_queue -p VHOST outbox_os; likewise outbox_ps, outbox_os.dead, outbox_ps.dead), "
              "then start the services with the QUEUE_TYPE wanted. Requests and results that were still queued "
-             "are sent again by the outbox relays (see README, \"Running on several machines - RabbitMQ\").")
+             "are sent again by the outbox relays (see docs/high-availability.md, \"RabbitMQ\").")
 
 
 class QueueMismatch(ConfigurationError):

@@ -1,4 +1,4 @@
-"""One trace per order across the gateway, both services and both outbox hops (README "Tracing").
+"""One trace per order across the gateway, both services and both outbox hops (docs/operations.md "Tracing").
 
 Decided once at start-up by the standard OpenTelemetry variables (`start`): with OTEL_TRACES_EXPORTER=none,
 the default, OpenTelemetry is not even imported and `current` stays `Off`, whose every call does nothing:

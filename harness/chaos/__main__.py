@@ -1,4 +1,4 @@
-"""Chaos runner: `python -m harness.chaos --orders 500 --faults 12 --seed 1` (see README, "Chaos runs").
+"""Chaos runner: `python -m harness.chaos --orders 500 --faults 12 --seed 1` (see docs/testing.md, "Chaos runs").
 
 Exit status 0 if every invariant held, 1 if one failed."""
 import argparse

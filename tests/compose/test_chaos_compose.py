@@ -4,8 +4,8 @@ issuer: authentication is on), every fault kind of compose mode on the container
 RabbitMQ stop_app and stop/start, PostgreSQL restart and SIGQUIT crash), then every check of the runner.
 
 It takes about 2.5 minutes on a quiet machine of this project's kind (10-15 on one shared with other test runs,
-README "Chaos runs", compose mode): it runs with SHOP_COMPOSE_CHAOS=1, as CI sets it; SHOP_COMPOSE_CHAOS_ORDERS /
-_FAULTS / _SEED choose the run (default: 150 orders and one fault of each kind)."""
+docs/testing.md "Chaos runs", compose mode): it runs with SHOP_COMPOSE_CHAOS=1, as CI sets it;
+SHOP_COMPOSE_CHAOS_ORDERS / _FAULTS / _SEED choose the run (default: 150 orders and one fault of each kind)."""
 import os
 import secrets
 import subprocess
@@ -23,7 +23,7 @@ SEED = int(os.environ.get("SHOP_COMPOSE_CHAOS_SEED", "3"))
 
 
 pytestmark = pytest.mark.skipif(os.environ.get("SHOP_COMPOSE_CHAOS") != "1",
-                                reason="2.5-15 minutes: set SHOP_COMPOSE_CHAOS=1, as CI does (README, compose mode)")
+                                reason="2.5-15 minutes: set SHOP_COMPOSE_CHAOS=1, as CI does (docs/testing.md)")
 
 
 @pytest.fixture

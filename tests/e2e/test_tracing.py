@@ -1,5 +1,5 @@
-"""One trace per order (README "Tracing"): the three processes with OTEL_TRACES_EXPORTER=console, whose spans
-(one JSON object per line on stdout, in each process's log) are read back and followed by their parent ids."""
+"""One trace per order (docs/operations.md "Tracing"): the three processes with OTEL_TRACES_EXPORTER=console, whose
+spans (one JSON object per line on stdout, in each process's log) are read back and followed by their parent ids."""
 import json
 import secrets
 

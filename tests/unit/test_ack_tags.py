@@ -1,5 +1,5 @@
 """The `multiple` ack is taken only when every delivery tag of the batch is strictly above the one before: the
-cases the mutants of `BatchConsumer._ack_batch` left untested (README, "Mutation testing")."""
+cases the mutants of `BatchConsumer._ack_batch` left untested (docs/testing.md, "Mutation testing")."""
 import pytest
 
 from common.broker.consumer import BatchConsumer

@@ -1,5 +1,5 @@
 """Exact error messages and boundaries of input parsing, message decoding and idempotency keys: the mutants that
-the looser tests (a word of the message, values far from a bound) let survive (README, "Mutation testing")."""
+the looser tests (a word of the message, values far from a bound) let survive (docs/testing.md, "Mutation testing")."""
 from decimal import Decimal
 from types import SimpleNamespace
 
