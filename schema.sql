@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS outbox_os (
 );
 CREATE INDEX IF NOT EXISTS outbox_os_due ON outbox_os (next_attempt_at);
 -- The W3C trace context of the request that placed the order, sent with every (re)send; NULL with tracing off
--- (README "Tracing"). Databases created before it existed get it here.
+-- (docs/operations.md "Tracing"). Databases created before it existed get it here.
 ALTER TABLE outbox_os ADD COLUMN IF NOT EXISTS traceparent TEXT;
 
 -- [payment_svc]

@@ -1,5 +1,6 @@
 """The documentation site builds with `mkdocs build --strict`: a broken link or anchor, or a page missing from the
 navigation, fails the build (mkdocs.yml's `validation` turns each into a warning, strict mode into an error)."""
+import re
 import shutil
 import subprocess
 import sys
@@ -54,3 +55,15 @@ def test_a_page_missing_from_the_navigation_fails_the_build(tmp_path):
     done = build(config, tmp_path / "site")
     assert done.returncode != 0
     assert "orphan.md" in done.stderr
+
+
+README_SECTION = re.compile(r'(?<!its )README,? "([^"]+)"')
+
+
+def test_every_readme_section_the_tree_names_is_a_heading_of_the_readme():
+    headings = {line.lstrip("#").strip() for line in (ROOT / "README.md").read_text().splitlines()
+                if line.startswith("#")}
+    named = subprocess.run(["git", "grep", "-n", "-I", "-E", r'README,? "', "--", ".", ":!*node_modules*"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.splitlines()
+    missing = [line for line in named for section in README_SECTION.findall(line) if section not in headings]
+    assert not missing, "README sections that are not there:\n" + "\n".join(missing)
