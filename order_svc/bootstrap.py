@@ -9,7 +9,8 @@ from common.db.database import Database
 from common.db.group_commit import GroupCommit
 from common.db.pg_hosts import Hosts
 from common.runtime.config import Settings
-from common.runtime.lifecycle import BackendService, Consumption, Wiring
+from common.runtime.lifecycle import BackendService
+from common.runtime.wiring import Consumption, Wiring
 from common.runtime.worker import BgWorker
 from common.web.app import service_admin_application
 from common.web.auth import Authenticator

@@ -7,7 +7,8 @@ from common.broker.connection import Broker
 from common.broker.messages import ORDER_REQUESTS, PaymentRequest
 from common.db.database import Database
 from common.runtime.config import Settings
-from common.runtime.lifecycle import BackendService, Consumption, Wiring
+from common.runtime.lifecycle import BackendService
+from common.runtime.wiring import Consumption, Wiring
 from common.runtime.worker import BgWorker
 from common.web.app import service_admin_application
 from common.web.auth import Authenticator

@@ -1,21 +1,19 @@
-"""Process start-up and graceful shutdown shared by the three services."""
+"""The process of each of the three services: its entry point (`run`), start-up (for the two backends: connect,
+`bootstrap` the parts, serve, run the workers, consume) and graceful shutdown."""
 import asyncio
 import logging
 import signal
 import sys
-from dataclasses import dataclass, field
 
 import uvloop
-from tornado import web
 
 from common.broker.connection import Broker
-from common.broker.consumer import HandleBatch
-from common.broker.packing import EntryType
 from common.broker.urls import with_heartbeat
 from common.db.database import Database
 from common.observability import tracing
 from common.runtime.config import ConfigurationError, Settings, load_settings
 from common.runtime.logs import setup_logging
+from common.runtime.wiring import Wiring
 from common.web.auth import Authenticator
 from common.web.http_server import listen, stop_server
 
@@ -58,29 +56,6 @@ class Service:
         if self.admin_server:
             self.admin_server.stop()
             await self.admin_server.close_all_connections()
-
-
-@dataclass
-class Consumption:
-    """A queue a service consumes, what it does with each batch (see `common.broker.consumer.BatchConsumer`), and the
-    broker users it takes messages from (a message's `user_id`; empty names are left out)."""
-    queue: str
-    kind: EntryType  # what the entries of its messages are
-    handle_batch: HandleBatch
-    publishers: tuple[str, ...]
-
-
-@dataclass
-class Wiring:
-    """What a service is made of once built from a database and a broker (its `bootstrap`)."""
-    app: web.Application
-    admin_app: web.Application  # /health, /ready, /metrics, on the admin port
-    workers: dict = field(default_factory=dict)  # {role: a BgWorker, or anything with start() and async stop()}
-    consumers: list[Consumption] = field(default_factory=list)
-    startup: list = field(default_factory=list)  # coroutine functions, awaited before the workers start
-    # Called when shutdown begins, before the server drains: what holds requests open (waits) lets them go, so that
-    # they are answered within the drain's grace.
-    draining: list = field(default_factory=list)
 
 
 class BackendService(Service):
