@@ -5,19 +5,19 @@ Standard library only: `scripts/preflight.py` uses it before the virtualenv exis
 import os
 import re
 import ssl
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 PG_DEFAULT_PORT = 5432
 AMQP_DEFAULT_PORT = 5672
 AMQPS_DEFAULT_PORT = 5671
 
 
-def amqp_port(parts):
+def amqp_port(parts: SplitResult) -> int:
     """The port of a split AMQP URL: its own, else the scheme's (amqps: 5671, as aiormq)."""
     return parts.port or (AMQPS_DEFAULT_PORT if parts.scheme == "amqps" else AMQP_DEFAULT_PORT)
 
 
-def postgres_hosts(dsn):
+def postgres_hosts(dsn: str) -> tuple[list[tuple[str, int]], str]:
     """[(host, port)] of a libpq DSN, and its database name: ([('127.0.0.1', 5432)], 'orders')."""
     if "://" in dsn:
         netloc, _, rest = dsn.split("://", 1)[1].partition("/")
@@ -35,9 +35,9 @@ def postgres_hosts(dsn):
     return hosts, dbname
 
 
-def amqp_hosts(urls):
+def amqp_hosts(urls: str) -> list[tuple[str, int]]:
     """[(host, port)] of RABBITMQ_URL: one URL or several, comma-separated."""
-    hosts = []
+    hosts: list[tuple[str, int]] = []
     for url in (u.strip() for u in urls.split(",")):
         if url:
             parts = urlsplit(url)
@@ -45,31 +45,31 @@ def amqp_hosts(urls):
     return hosts
 
 
-def split_host_port(text, default_port):
+def split_host_port(text: str, default_port: int) -> tuple[str, int]:
     host, _, port = text.rpartition(":") if not text.endswith("]") and ":" in text else (text, "", "")
     return (host.strip("[]") or "localhost", int(port) if port else default_port)
 
 
-def describe_postgres(dsn):
+def describe_postgres(dsn: str) -> str:
     """`PostgreSQL at 127.0.0.1:5432 (orders)`."""
     hosts, dbname = postgres_hosts(dsn)
     return f"PostgreSQL at {', '.join(f'{h}:{p}' for h, p in hosts)}" + (f" ({dbname})" if dbname else "")
 
 
-def describe_rabbitmq(url):
+def describe_rabbitmq(url: str) -> str:
     """`RabbitMQ at 127.0.0.1:5672` (the credentials stay out of logs)."""
     return f"RabbitMQ at {', '.join(f'{h}:{p}' for h, p in amqp_hosts(url))}"
 
 
-def reason(exc):
+def reason(exc: BaseException | None) -> str:
     """Why a connection failed, short: `connection refused`, `timed out`, `password authentication failed ...`."""
-    cause = exc
+    cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, ssl.SSLError):  # an OSError whose errno (1) is not what went wrong
             return f"TLS: {getattr(cause, 'reason', None) or cause}"
         # An OSError, or aiormq's AMQPConnectionError(errno, message) made from one. The errno's own words:
         # asyncio puts "Connect call failed ('127.0.0.1', 5672)" where strerror usually is.
-        args = getattr(cause, "args", ())
+        args = cause.args
         if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], str):
             return (os.strerror(args[0]) if args[0] > 0 else args[1]).lower()
         cause = cause.__cause__ or cause.__context__

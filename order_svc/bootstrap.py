@@ -19,6 +19,7 @@ from order_svc.app import make_app
 from order_svc.listener import Listener
 from order_svc.messaging import RequestDispatch, SendAtOnce, SendByRelay
 from order_svc.repo import FINAL_ORDERS_CHANNEL, OrderRepository, PostgresOrders
+from order_svc.service import PlaceOrders
 from order_svc.waiters import Waiters
 
 
@@ -26,7 +27,7 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
               repo: OrderRepository | None = None) -> Wiring:
     """The service's parts over `db` and `broker`, storing through `repo` (by default PostgreSQL's)."""
     repo = repo or PostgresOrders()
-    background = db.background
+    background = db.background or db
     outbox = BgWorker("outbox_os relay", lambda: service.relay_outbox(background, repo, broker.publisher, settings),
                       settings.poll_interval)
     cleanup = BgWorker("clean-up", lambda: service.clean_up(background, repo, settings), settings.cleanup_interval)
@@ -38,7 +39,7 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
     listener = Listener(Hosts(settings.order_db_dsn), FINAL_ORDERS_CHANNEL,
                         functools.partial(outcomes.wake_waiters, background, repo, waiters),
                         functools.partial(outcomes.read_waited_orders, background, repo, waiters))
-    place_orders = GroupCommit(db, repo.place_orders, settings.batch_size)
+    place_orders: PlaceOrders = GroupCommit(db, repo.place_orders, settings.batch_size)
     return Wiring(make_app(db, repo, settings, auth, place_orders, dispatch, waiters),
                   service_admin_application(settings, db, broker, auth, repo.backlog),
                   workers=dict(outbox=outbox, cleanup=cleanup, listener=listener),

@@ -1,22 +1,27 @@
 """HTTP handlers of the Order Service: parse and validate, check who may act, call `service`, reply with the
 envelope."""
 import hashlib
+from typing import Any
 
 from common.broker.messages import FINAL_STATUSES
-from common.db.idempotency import from_request
+from common.db.database import Database
+from common.db.idempotency import IdempotentRequest, from_request
 from common.observability import tracing
 from common.web.envelope import ApiHandler, envelope, to_json
 from common.web.validation import parse_amount, parse_description, parse_id, parse_json_object, parse_page
 from common.web.waiting import PREFER, PREFERENCE_APPLIED, parse_wait, preferred_wait
 from order_svc import outcomes, service
-from order_svc.waiters import Mark
+from order_svc.messaging import RequestDispatch
+from order_svc.repo import OrderRepository, Row
+from order_svc.service import PlaceOrders
+from order_svc.waiters import Mark, Waiter, Waiters
 
 
-def order_view(order):
+def order_view(order: Row) -> dict[str, Any]:
     return {key: order[key] for key in ("order_id", "user_id", "amount", "description", "status")}
 
 
-def order_message(order):
+def order_message(order: Row) -> str:
     return f"Order {order['order_id']} is {order['status']}."
 
 
@@ -24,10 +29,17 @@ class Holding(ApiHandler):
     """A handler that may hold its request until an order is final (`waiters`, an `order_svc.waiters.Waiters`).
     Its waiter stops waiting when the client goes away: Tornado calls `on_connection_close` then."""
 
-    waiter = None
+    # Given by `initialize` (`order_svc.app.make_app`).
+    db: Database
+    repo: OrderRepository
+    dispatch: RequestDispatch
+    place_orders: PlaceOrders
+    waiters: Waiters
+
+    waiter: Waiter | None = None
     client_left = False
 
-    async def hold(self, order: dict, seconds: int, since: Mark) -> tuple[dict, bool]:
+    async def hold(self, order: Row, seconds: int, since: Mark) -> tuple[Row, bool]:
         """(the order once final or after `seconds`, True), or (`order`, False) at once beyond a cap or when the
         client has left already. `since`: the waiters' mark taken before `order` was read."""
         if self.client_left:  # while its order was read: nobody to hold the answer for
@@ -42,7 +54,7 @@ class Holding(ApiHandler):
         finally:
             self.waiter = None
 
-    def on_connection_close(self):
+    def on_connection_close(self) -> None:
         self.client_left = True
         if self.waiter is not None:
             self.waiters.leave(self.waiter)
@@ -50,7 +62,7 @@ class Holding(ApiHandler):
 
 
 class OrdersHandler(Holding):
-    async def post(self):
+    async def post(self) -> None:
         # The span whose context the order's outbox row keeps: the payment request continues its trace.
         with tracing.current.server("POST", "/orders", self.request.headers) as span:
             body = parse_json_object(self.request.body, required=("user_id", "amount"), optional=("description",))
@@ -68,7 +80,8 @@ class OrdersHandler(Holding):
             order = await self.wait_for_outcome(order, seconds, since, idempotent)
         self.reply(201, "Order created.", order_id=order["order_id"], order=order_view(order))
 
-    async def wait_for_outcome(self, order, seconds, since, idempotent):
+    async def wait_for_outcome(self, order: Row, seconds: int, since: Mark,
+                               idempotent: IdempotentRequest | None) -> Row:
         """RFC 7240 `Prefer: wait`: the order final if its payment settles within `seconds`, else as placed."""
         final, waited = await self.hold(order, seconds, since)
         if waited:
@@ -80,7 +93,7 @@ class OrdersHandler(Holding):
             return final
         return order
 
-    async def get(self):
+    async def get(self) -> None:
         user = self.get_query_argument("user", "")
         if user:
             user_id = parse_id(user, "user")
@@ -93,8 +106,8 @@ class OrdersHandler(Holding):
 
 
 class OrderHandler(Holding):
-    async def get(self, order_id):
-        order_id = parse_id(order_id, "order_id")
+    async def get(self, path_id: str) -> None:
+        order_id = parse_id(path_id, "order_id")
         seconds = parse_wait(self.get_query_arguments("wait"))
         since = self.waiters.mark()
         # Who may see it is decided here, before any waiting: another user's order is a 404 at once.
@@ -103,7 +116,7 @@ class OrderHandler(Holding):
             order, _ = await self.hold(order, seconds, since)
         self.reply(200, order_message(order), order=order_view(order))
 
-    def holds(self, order) -> bool:
+    def holds(self, order: Row) -> bool:
         """Whether the client holds this representation of `order`, or asks for none in particular (no
         If-None-Match): then a wait is for another. With an If-None-Match naming another Etag the client lacks
         this one: it is the answer, at once. The Etag is the one Tornado gives the reply (`compute_etag`)."""

@@ -37,7 +37,7 @@ class Listener:
                  on_listening: Callable[[], Awaitable[None]]) -> None:
         self.hosts, self.channel = hosts, channel
         self.on_notify, self.on_listening = on_notify, on_listening
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"LISTEN {self.channel}")

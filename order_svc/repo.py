@@ -256,8 +256,10 @@ class PostgresOrders:
 
     async def finalize_orders(self, cur: Any, order_ids: list[int], statuses: list[str],
                               notify: bool = True) -> Finalized:
-        row = await fetch_one(cur, FINALIZE_ORDERS, order_ids=order_ids, statuses=statuses, notify=notify)
-        return Finalized(set(row["unknown"] or ()), named_in(row["finalized"]) if row["finalized"] else {})
+        [row] = await fetch_all(cur, FINALIZE_ORDERS, order_ids=order_ids, statuses=statuses, notify=notify)
+        # `finalized` names the orders themselves (never `EVERY_WAITER`), or is NULL when none was made final.
+        finals = named_in(row["finalized"]) if row["finalized"] else {}
+        return Finalized(set(row["unknown"] or ()), finals or {})
 
     async def final_statuses(self, cur: Any, order_ids: list[int]) -> dict[int, OrderStatus]:
         return {row["order_id"]: OrderStatus(row["status"])

@@ -29,9 +29,10 @@ class Waiter:
     (`outcome` says why)."""
     __slots__ = ("order_id", "caller", "future", "outcome", "unsure")
 
-    def __init__(self, order_id: int, caller: str, future: asyncio.Future) -> None:
+    def __init__(self, order_id: int, caller: str, future: asyncio.Future[OrderStatus | None]) -> None:
         self.order_id, self.caller, self.future = order_id, caller, future
-        self.outcome, self.unsure = None, False
+        self.outcome: str | None = None
+        self.unsure = False
 
     def end(self, status: OrderStatus | None, outcome: str) -> bool:
         if self.future.done():

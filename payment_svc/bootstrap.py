@@ -22,7 +22,7 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
               repo: PaymentRepository | None = None) -> Wiring:
     """The service's parts over `db` and `broker`, storing through `repo` (by default PostgreSQL's)."""
     repo = repo or PostgresPayments()
-    background = db.background
+    background = db.background or db
     outbox = BgWorker("outbox_ps relay",
                       lambda: service.relay_outbox(background, repo, broker.publisher, settings.batch_size),
                       settings.poll_interval)

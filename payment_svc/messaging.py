@@ -64,7 +64,7 @@ class StoreOnly:
     """FAST_PATH=0, the seed's behaviour: the consumer only stores requests; the inbox worker settles them and
     the outbox relay sends the results, each at its poll."""
     settles_on_receipt = False
-    due_in = 0
+    due_in = 0.0
 
     async def wait_for_room(self) -> None:
         pass

@@ -30,7 +30,7 @@ async def create_account(db: Database, repo: PaymentRepository, user_id: int,
             raise AccountExists(user_id)
         return account
 
-    account, _ = await db.run(repo.run_once, idempotent, create)
+    account: Row = (await db.run(repo.run_once, idempotent, create)).result
     logger.info("account created for user %s", user_id)
     return account
 
@@ -56,7 +56,7 @@ async def top_up(db: Database, repo: PaymentRepository, user_id: int, amount: De
             raise InvalidInput(f"Balance would exceed {MAX_BALANCE}.")
         return await repo.credit(cur, user_id, amount, balance, origin)
 
-    account, _ = await db.run(repo.run_once, idempotent, credit)
+    account: Row = (await db.run(repo.run_once, idempotent, credit)).result
     logger.info("user %s topped up by %s (by %s), balance %s", user_id, amount, origin.principal or "-",
                 account["balance"])
     return account

@@ -50,7 +50,7 @@ class Traced:
 
 @dataclass(frozen=True)
 class PaymentRequest(Traced):
-    FIELDS: ClassVar = ("order_id", "user_id", "amount")
+    FIELDS: ClassVar[tuple[str, ...]] = ("order_id", "user_id", "amount")
     order_id: int
     user_id: int
     amount: Decimal
@@ -75,7 +75,7 @@ class PaymentRequest(Traced):
 
 @dataclass(frozen=True)
 class PaymentResult(Traced):
-    FIELDS: ClassVar = ("order_id", "status")
+    FIELDS: ClassVar[tuple[str, ...]] = ("order_id", "status")
     order_id: int
     status: OrderStatus
     trace: str | None = dataclasses.field(default=None, compare=False)

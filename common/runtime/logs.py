@@ -3,15 +3,18 @@ import contextvars
 import json
 import logging
 import sys
+from typing import Any
+
+from common.runtime.config import Settings
 
 # The X-Request-ID of the HTTP request being handled, so every log line about it can carry it.
-request_id = contextvars.ContextVar("request_id", default="-")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 # The OpenTelemetry trace id (32 hex digits) of the request being handled; set only while tracing is on.
-trace_id = contextvars.ContextVar("trace_id", default="-")
+trace_id: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="-")
 
 
 class RequestIdFilter(logging.Filter):
-    def filter(self, record):
+    def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
         if not hasattr(record, "trace_id"):  # a line about one order of a batch may name that order's trace
             record.trace_id = trace_id.get()
@@ -19,19 +22,20 @@ class RequestIdFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    def format(self, record):
-        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                 "request_id": record.request_id, "message": record.getMessage()}
-        if record.trace_id != "-":
-            entry["trace_id"] = record.trace_id
+    def format(self, record: logging.LogRecord) -> str:
+        # `request_id` and `trace_id` are set by `RequestIdFilter`, which the handler applies first.
+        line: dict[str, Any] = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                                "request_id": getattr(record, "request_id", "-"), "message": record.getMessage()}
+        if (trace := getattr(record, "trace_id", "-")) != "-":
+            line["trace_id"] = trace
         if order_id := getattr(record, "order_id", None):
-            entry["order_id"] = order_id
+            line["order_id"] = order_id
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
 
 
-def setup_logging(settings, service, traced=False):
+def setup_logging(settings: Settings, service: str, traced: bool = False) -> None:
     """Log to stderr; with `traced` (tracing on) each text line names its trace id beside the request id."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())

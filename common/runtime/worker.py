@@ -1,6 +1,7 @@
 """`BgWorker`: a background loop that runs one step of work when kicked, and at least every poll interval."""
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from tornado.ioloop import PeriodicCallback
 
@@ -14,23 +15,23 @@ class BgWorker:
     kicks it every `interval` seconds as the safety net. Kicks during a run coalesce into one more run,
     so steps never overlap within a process."""
 
-    def __init__(self, name, step, interval):
+    def __init__(self, name: str, step: Callable[[], Awaitable[bool]], interval: float) -> None:
         self.name = name
         self._step = step
         self._wake = asyncio.Event()
         self._poll = PeriodicCallback(self.kick, interval * 1000, jitter=0.1)
-        self._task = None
+        self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
-    def kick(self):
+    def kick(self) -> None:
         self._wake.set()
 
-    def start(self):
+    def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=self.name)
         self._poll.start()
         self.kick()
 
-    async def stop(self):
+    async def stop(self) -> None:
         """Stop polling and wait for the current step to finish."""
         self._poll.stop()
         self._stopping = True
@@ -42,7 +43,7 @@ class BgWorker:
             except TimeoutError:
                 logger.warning("%s: step still running after 5 s; cancelled", self.name)
 
-    async def _loop(self):
+    async def _loop(self) -> None:
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()

@@ -18,7 +18,7 @@
 class ShopError(Exception):
     status_code = 500
 
-    def __init__(self, message):
+    def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
@@ -35,7 +35,7 @@ class Unauthenticated(ShopError):
     """`challenge` is the `WWW-Authenticate` header of the 401 (RFC 6750 3): `error` only when a token came."""
     status_code = 401
 
-    def __init__(self, message, error=None):
+    def __init__(self, message: str, error: str | None = None) -> None:
         super().__init__(message)
         self.challenge = f'Bearer error="{error}"' if error else "Bearer"
 
@@ -44,7 +44,7 @@ class Forbidden(ShopError):
     """With `scope`, the 403 names the missing scope in its challenge (RFC 6750 3.1 `insufficient_scope`)."""
     status_code = 403
 
-    def __init__(self, message, scope=None):
+    def __init__(self, message: str, scope: str | None = None) -> None:
         super().__init__(message)
         self.challenge = f'Bearer error="insufficient_scope", scope="{scope}"' if scope else None
 
@@ -54,17 +54,17 @@ class NotFound(ShopError):
 
 
 class OrderNotFound(NotFound):
-    def __init__(self, order_id):
+    def __init__(self, order_id: int) -> None:
         super().__init__(f"Order {order_id} not found.")
 
 
 class AccountNotFound(NotFound):
-    def __init__(self, user_id):
+    def __init__(self, user_id: int) -> None:
         super().__init__(f"Account for user {user_id} not found.")
 
 
 class RouteNotFound(NotFound):
-    def __init__(self, path):
+    def __init__(self, path: str) -> None:
         super().__init__(f"No route for {path}.")
 
 
@@ -77,7 +77,7 @@ class Conflict(ShopError):
 
 
 class AccountExists(Conflict):
-    def __init__(self, user_id):
+    def __init__(self, user_id: int) -> None:
         super().__init__(f"Account for user {user_id} already exists.")
 
 

@@ -1,7 +1,9 @@
 """Parsing of untrusted input: ids, money amounts, JSON bodies. Every failure raises `InvalidInput`
 (or `BodyTooLarge`) with a message naming the field."""
 import json
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
+from typing import Any, NoReturn
 
 from common.web.errors import InvalidInput
 
@@ -13,7 +15,7 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
 
-def parse_id(value, field):
+def parse_id(value: object, field: str) -> int:
     """A positive BIGINT from a JSON integer or a string of digits."""
     # JSON has one number type: 7.0 is the integer 7, as JSON Schema's `integer` says (a huge exponent is
     # left to be rejected below, never expanded).
@@ -30,16 +32,16 @@ def parse_id(value, field):
     return value
 
 
-def parse_page(cursor, limit):
+def parse_page(cursor: str, limit: str) -> tuple[int, int]:
     """(cursor, limit) of a paginated list from the query arguments `cursor` and `limit` ("" when absent):
     the cursor is the last id of the previous page (0 for the first), the limit at most `MAX_PAGE`."""
-    limit = parse_id(limit, "limit") if limit else DEFAULT_PAGE
-    if limit > MAX_PAGE:
+    size = parse_id(limit, "limit") if limit else DEFAULT_PAGE
+    if size > MAX_PAGE:
         raise InvalidInput(f"'limit' must be at most {MAX_PAGE}.")
-    return (parse_id(cursor, "cursor") if cursor else 0), limit
+    return (parse_id(cursor, "cursor") if cursor else 0), size
 
 
-def parse_amount(value, field="amount"):
+def parse_amount(value: object, field: str = "amount") -> Decimal:
     """A positive `Decimal` with at most 2 decimal places, from a JSON number or a numeric string."""
     if isinstance(value, bool) or not isinstance(value, (int, str, Decimal)):
         raise InvalidInput(f"'{field}' must be a number.")
@@ -58,7 +60,7 @@ def parse_amount(value, field="amount"):
     return amount.quantize(CENT)
 
 
-def parse_description(value):
+def parse_description(value: object) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -74,8 +76,8 @@ def parse_description(value):
     return value
 
 
-def _reject_duplicate_keys(pairs):
-    obj = {}
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
             raise InvalidInput(f"Duplicate field '{key}'.")
@@ -83,11 +85,11 @@ def _reject_duplicate_keys(pairs):
     return obj
 
 
-def _reject_constant(name):
+def _reject_constant(name: str) -> NoReturn:
     raise InvalidInput(f"{name} is not a valid JSON number.")
 
 
-def parse_json_object(body, required, optional=()):
+def parse_json_object(body: bytes, required: Sequence[str], optional: Sequence[str] = ()) -> dict[str, Any]:
     """Decode a request body that must be a JSON object with exactly the given fields.
 
     Numbers are decoded as `Decimal` (never float), so amounts stay exact."""
