@@ -13,6 +13,7 @@ import functools
 import itertools
 import logging
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tornado import web
 
 from common.observability import tracing
 from common.observability.metrics import WAITING, WAITS_REFUSED, log_request
+from common.runtime.config import Settings
 from common.runtime.lifecycle import Service, run
 from common.web.app import admin_application
 from common.web.envelope import BaseHandler, NotFoundHandler
@@ -28,6 +30,7 @@ from common.web.health import HealthHandler
 from common.web.http_server import listen
 from common.web.waiting import PREFER, PREFERENCE_APPLIED, without_wait
 from proxy.http_client import FETCH_ERRORS, KeepAliveClient
+from proxy.response import Response
 from proxy.server import ProxyServer, Route
 
 logger = logging.getLogger("gateway")
@@ -48,7 +51,8 @@ class Backend:
     """One service's replicas, taken round-robin, reached through `client`; a waiting request (a blocking read,
     `common.web.waiting.requested_wait`) through `wait_client`, at most `max_waiting` at once."""
 
-    def __init__(self, name, urls, timeout, client, wait_client=None, max_waiting=0):
+    def __init__(self, name: str, urls: tuple[str, ...], timeout: float, client: KeepAliveClient,
+                 wait_client: KeepAliveClient, max_waiting: int) -> None:
         self.name = name
         self.unavailable = f"{name} temporarily unavailable."
         self.urls = urls
@@ -58,11 +62,12 @@ class Backend:
         self.waiting = 0
         self._next = itertools.cycle(range(len(urls)))
 
-    def candidates(self):
+    def candidates(self) -> tuple[str, ...]:
         start = next(self._next)
         return self.urls[start:] + self.urls[:start]
 
-    async def forward(self, method, uri, headers, body, wait, template):
+    async def forward(self, method: str, uri: str, headers: dict[str, str], body: bytes | None, wait: int | None,
+                      template: str) -> Response:
         """The first replica's response to the request of route `template`, which asks to be held `wait` seconds
         (`common.web.waiting.requested_wait`, None: not at all), in a SERVER span when tracing is on (its trace
         context goes on in `headers`); raises `Unavailable` (the 503) if none answers.
@@ -74,7 +79,7 @@ class Backend:
         upstream_method = "GET" if method == "HEAD" else method
         uri, headers, wait = self.waits(uri, headers, wait)
         # A waiting request may take its wait and UPSTREAM_TIMEOUT more, on connections of its own; any other
-        # only UPSTREAM_TIMEOUT, so that a dead backend is noticed as fast as before.
+        # only UPSTREAM_TIMEOUT, so that a dead backend is still noticed within it.
         client, timeout = (self.wait_client, self.timeout + wait) if wait else (self.client, self.timeout)
         with tracing.current.server(method, template, headers) as span, self.holding(wait):
             for url in self.candidates():
@@ -91,7 +96,7 @@ class Backend:
             logger.warning("no replica of %s reachable", self.urls)
             raise Unavailable(self.unavailable)
 
-    def waits(self, uri, headers, wait):
+    def waits(self, uri: str, headers: dict[str, str], wait: int | None) -> tuple[str, dict[str, str], int | None]:
         """(uri, headers, seconds the backend may hold the request or None): beyond `max_waiting` waiting requests
         in flight, the request goes on without its wait, answered at once like one beyond the service's caps."""
         if not wait or self.waiting < self.max_waiting:
@@ -100,7 +105,7 @@ class Backend:
         return without_wait(uri), {name: value for name, value in headers.items() if name != PREFER}, None
 
     @contextmanager
-    def holding(self, wait):
+    def holding(self, wait: int | None) -> Iterator[None]:
         """Counts a waiting request in flight while the block runs."""
         if not wait:
             yield
@@ -117,15 +122,17 @@ class Backend:
 class GatewayReadyHandler(BaseHandler):
     """Ready when every service has at least one replica whose own `/ready` (on its admin port) says so;
     `services` is ((name, admin URLs), ...). Served on the gateway's admin port only: it names internal URLs."""
+    services: tuple[tuple[str, tuple[str, ...]], ...]
+    client: KeepAliveClient
 
-    async def probe(self, url):
+    async def probe(self, url: str) -> str:
         try:
             response = await self.client.fetch(url + "/ready", timeout=2, connect_timeout=1)
             return "ready" if response.code == 200 else "not ready"
         except FETCH_ERRORS:
             return "unreachable"
 
-    async def get(self):
+    async def get(self) -> None:
         urls = [url for _, admin_urls in self.services for url in admin_urls]
         states = dict(zip(urls, await asyncio.gather(*(self.probe(url) for url in urls))))
         down = [name for name, admin_urls in self.services if all(states[url] != "ready" for url in admin_urls)]
@@ -140,13 +147,14 @@ OPENAPI_SPEC = Path(__file__).resolve().parent / "openapi.yaml"
 
 class OpenApiHandler(BaseHandler):
     """The API's OpenAPI document, as the gateway was started with it."""
+    spec: bytes
 
-    def get(self):
+    def get(self) -> None:
         self.set_header("Content-Type", "application/yaml; charset=UTF-8")
         self.finish(self.spec)
 
 
-def make_admin_app(settings, probe_client=None):
+def make_admin_app(settings: Settings, probe_client: KeepAliveClient | None = None) -> web.Application:
     """The admin port: `/health`, `/ready` and `/metrics`. `probe_client`, with pools of its own, asks the
     replicas' `/ready`: readiness must say whether the backends are up, not wait in line behind a burst of
     requests."""
@@ -155,14 +163,15 @@ def make_admin_app(settings, probe_client=None):
     return admin_application(settings, (GatewayReadyHandler, dict(services=services, client=probe_client)), {})
 
 
-def own_routes(settings):
+def own_routes(settings: Settings) -> list[tuple[str, type[BaseHandler], dict[str, object]]]:
     """The gateway's own paths on its public port, served by `RequestHandler`s: (pattern, handler, dependencies)."""
-    limit = dict(max_body_bytes=settings.max_body_bytes)
+    limit: dict[str, object] = dict(max_body_bytes=settings.max_body_bytes)
     return [(r"/health", HealthHandler, limit),
             (r"/openapi.yaml", OpenApiHandler, dict(spec=OPENAPI_SPEC.read_bytes(), **limit))]
 
 
-def make_app(settings, client=None, wait_client=None):
+def make_app(settings: Settings, client: KeepAliveClient | None = None,
+             wait_client: KeepAliveClient | None = None) -> ProxyServer:
     """The public port, a `ProxyServer`: the API's routes (`client` forwards the requests, `wait_client` the
     waiting ones), and an `Application` of the gateway's own paths for every other request."""
     client = client or KeepAliveClient(settings.backend_pool_size)
@@ -174,7 +183,7 @@ def make_app(settings, client=None, wait_client=None):
     payments = Backend("Payments Service", settings.payment_svc_urls, settings.upstream_timeout, client, wait_client,
                        settings.wait_pool_size)
 
-    def route(template, backend, *methods):
+    def route(template: str, backend: Backend, *methods: str) -> Route:
         """The route of `template` ("/orders/{order_id}": the name of its spans), any value in the braces;
         HEAD is allowed wherever GET is."""
         if "GET" in methods:
@@ -202,7 +211,7 @@ class Gateway(Service):
     # measures Tornado's own client in its place (bench/tornado_client_gateway.py).
     client_class = KeepAliveClient
 
-    async def start(self):
+    async def start(self) -> None:
         self.client = self.client_class(self.settings.backend_pool_size)
         self.wait_client = self.client_class(self.settings.wait_pool_size)
         self.probe_client = self.client_class(2)
@@ -216,7 +225,7 @@ class Gateway(Service):
         logger.info("gateway listening on %s:%s, admin on %s:%s", settings.gateway_listen_address, self.server.port,
                     settings.admin_listen_address, self.admin_server.port)
 
-    async def stop(self):
+    async def stop(self) -> None:
         await super().stop()
         self.client.close()
         self.wait_client.close()

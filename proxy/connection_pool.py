@@ -8,8 +8,10 @@ import asyncio
 import socket
 from collections import deque
 
+from tornado.iostream import IOStream
 
-def peer_closed(stream):
+
+def peer_closed(stream: IOStream) -> bool:
     """True if an idle kept-alive connection can no longer be used: the backend closed it (graceful shutdown,
     restart, crash, its idle timeout) or sent something unasked. One non-blocking peek, no waiting."""
     if stream.closed():
@@ -27,15 +29,15 @@ class ConnectionPool:
     """Slots for `size` connections. `acquire` grants one, with an idle stream or `None` (open a new
     connection in it); `release` gives the slot back, with the stream if it may be used again."""
 
-    def __init__(self, size):
+    def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError(f"pool size must be at least 1, not {size}")
         self.size = size
         self.granted = 0  # slots held by requests or by idle streams
-        self.idle = []
-        self.waiting = deque()  # futures of requests in line for a slot, oldest first
+        self.idle: list[IOStream] = []
+        self.waiting: deque[asyncio.Future[IOStream | None]] = deque()  # requests in line for a slot, oldest first
 
-    async def acquire(self):
+    async def acquire(self) -> IOStream | None:
         """An idle stream, or `None` to open a new connection; waits (first come, first served) when every
         slot is taken. Cancelling the wait (a timeout) gives up the place in line, or the slot if one came."""
         while self.idle:
@@ -47,7 +49,7 @@ class ConnectionPool:
         if self.granted < self.size and not self.waiting:
             self.granted += 1
             return None
-        turn = asyncio.get_running_loop().create_future()
+        turn: asyncio.Future[IOStream | None] = asyncio.get_running_loop().create_future()
         self.waiting.append(turn)
         try:
             return await turn
@@ -58,7 +60,7 @@ class ConnectionPool:
                 self.waiting.remove(turn)  # else a later request would queue behind a wait nobody holds
             raise
 
-    def release(self, stream=None):
+    def release(self, stream: IOStream | None = None) -> None:
         """Give a slot back: with `stream` (open, idle, reusable) or without (its connection closed or never
         made). The first request in line gets it as it is."""
         while self.waiting:
@@ -72,10 +74,10 @@ class ConnectionPool:
             self.granted -= 1
 
     @staticmethod
-    def _checked(stream):
+    def _checked(stream: IOStream | None) -> IOStream | None:
         return None if stream is None or stream.closed() else stream
 
-    def close(self):
+    def close(self) -> None:
         for stream in self.idle:
             stream.close()
         self.granted -= len(self.idle)

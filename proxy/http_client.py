@@ -9,13 +9,14 @@ and against Tornado's simple client, `python -m bench.gateway_cpu`). The pool is
 (`proxy.connection_pool`): requests beyond it wait for a connection instead of opening more."""
 import asyncio
 from collections import defaultdict
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
 from proxy.connection_pool import ConnectionPool
-from proxy.response import MalformedResponse, ResponseParser
+from proxy.response import MalformedResponse, Response, ResponseParser
 
 READ_SIZE = 65536  # at most this much per read: the stream gives what has arrived, up to it
 
@@ -33,7 +34,7 @@ class ConnectionLost(Exception):
 FETCH_ERRORS = (OSError, ConnectionLost, asyncio.TimeoutError)
 
 
-def _format_request(method, target, headers, body_length):
+def _format_request(method: str, target: str, headers: Mapping[str, str], body_length: int | None) -> bytes:
     """The request line and header block, as bytes; `body_length` None for a request without a body."""
     lines = [f"{method} {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers.items())]
     if body_length is not None:
@@ -44,19 +45,20 @@ def _format_request(method, target, headers, body_length):
     return (text + "\r\n\r\n").encode("latin1")
 
 
-def _request_line(request):
+def _request_line(request: bytes) -> str:
     return request.split(b"\r\n", 1)[0].decode("latin1")
 
 
 class KeepAliveClient:
     """Requests to a few backends over a `ConnectionPool` of at most `pool_size` connections per address."""
 
-    def __init__(self, pool_size=64, max_body_size=10 * 1024 * 1024):
-        self._pools = defaultdict(lambda: ConnectionPool(pool_size))
+    def __init__(self, pool_size: int = 64, max_body_size: int = 10 * 1024 * 1024) -> None:
+        self._pools: defaultdict[tuple[str, int], ConnectionPool] = defaultdict(lambda: ConnectionPool(pool_size))
         self._tcp = TCPClient()
         self._max_body_size = max_body_size
 
-    async def fetch(self, url, method="GET", headers=None, body=None, timeout=10.0, connect_timeout=2.0):
+    async def fetch(self, url: str, method: str = "GET", headers: Mapping[str, str] | None = None,
+                    body: bytes | None = None, timeout: float = 10.0, connect_timeout: float = 2.0) -> Response:
         """Send one request and return its `Response`; `timeout` bounds it all, the wait for a free
         connection included.
 
@@ -64,6 +66,8 @@ class KeepAliveClient:
         surely never reached the backend. Raises `ConnectionLost` if the connection broke before the response
         was complete, and `asyncio.TimeoutError` after `timeout` seconds: the request may have had its effect."""
         parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"not an http:// URL with a host: {url!r}")
         address = (parts.hostname, parts.port or 80)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         request = _format_request(method, target, {"Host": parts.netloc, **(headers or {})},
@@ -89,7 +93,7 @@ class KeepAliveClient:
             pool.release(stream)
             return response
 
-    async def _connect(self, address, timeout):
+    async def _connect(self, address: tuple[str, int], timeout: float) -> IOStream:
         try:
             stream = await self._tcp.connect(*address, timeout=timeout)
         except StreamClosedError as exc:
@@ -97,7 +101,7 @@ class KeepAliveClient:
         stream.set_nodelay(True)  # each request is one write and waits for its answer: nothing to gather
         return stream
 
-    async def _exchange(self, stream, request, method):
+    async def _exchange(self, stream: IOStream, request: bytes, method: str) -> tuple[Response, IOStream | None]:
         """Write the request, read the response: (response, the stream if it may carry the next request)."""
         parser = ResponseParser(self._max_body_size, no_body=method == "HEAD")
         try:
@@ -125,6 +129,6 @@ class KeepAliveClient:
             stream.close()
         return response, stream if parser.reusable else None
 
-    def close(self):
+    def close(self) -> None:
         for pool in self._pools.values():
             pool.close()

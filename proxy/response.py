@@ -6,6 +6,7 @@ the reads split them, and the tests can split them at every byte. The framing is
 sizes of hex digits only, each chunk closed by CRLF, `Transfer-Encoding` only `chunked` and never beside a
 Content-Length. Anything else raises `MalformedResponse`, and the connection is not used again."""
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tornado import httputil
@@ -28,7 +29,7 @@ class Response:
     body: bytes
 
 
-def parse_length(value):
+def parse_length(value: str) -> int:
     """A Content-Length's value (RFC 9110 8.6): digits only; a list of the same value twice (a header sent twice
     is joined by commas) is that value."""
     values = {piece.strip() for piece in value.split(",")}
@@ -40,7 +41,7 @@ def parse_length(value):
     return int(digits)
 
 
-def parse_chunk_size(line):
+def parse_chunk_size(line: bytes) -> int:
     """The size of the chunk whose size line (without its CRLF) is `line`; extensions after `;` are ignored."""
     size = line.split(b";", 1)[0].rstrip(b" \t")
     if not HEX_DIGITS.fullmatch(size):
@@ -55,16 +56,18 @@ class ResponseParser:
     the body. Once complete, `reusable` says whether the connection may carry another request: HTTP/1.1, no
     `Connection: close`, the body not ended by the connection's close, and no byte beyond the response."""
 
-    def __init__(self, max_body_size, no_body=False):
+    def __init__(self, max_body_size: int, no_body: bool = False) -> None:
         self.max_body_size, self.no_body = max_body_size, no_body
         self.buffer = b""
-        self.response = None
+        self.response: Response | None = None
         self.reusable = False
-        self.step = self._head  # what the next bytes are: each step takes from `buffer`, False when it needs more
-        self.code, self.headers, self.version = None, None, None
-        self.chunks, self.size, self.remaining = [], 0, 0
+        # What the next bytes are: each step takes from `buffer`, and says False when it needs more.
+        self.step: Callable[[], bool] = self._head
+        self.code, self.headers, self.version = 0, httputil.HTTPHeaders(), ""  # the head's, once read
+        self.chunks: list[bytes] = []
+        self.size, self.remaining = 0, 0
 
-    def feed(self, data):
+    def feed(self, data: bytes) -> Response | None:
         """Take `data`, the next bytes of the connection; returns the `Response` once it is complete, else None."""
         if self.response is not None:
             if data:
@@ -76,11 +79,11 @@ class ResponseParser:
         return self.response
 
     @property
-    def ends_at_close(self):
+    def ends_at_close(self) -> bool:
         """Whether the body is the rest of the connection (no length given): its close completes the response."""
         return self.step == self._until_close
 
-    def feed_eof(self):
+    def feed_eof(self) -> Response:
         """The connection ended: the `Response` if its body was the rest of the connection, else
         `MalformedResponse` (it ended early)."""
         if self.response is None and self.ends_at_close:
@@ -89,7 +92,7 @@ class ResponseParser:
             raise MalformedResponse("the connection closed before the whole response")
         return self.response
 
-    def _head(self):
+    def _head(self) -> bool:
         end = HEAD_END.search(self.buffer.lstrip(b"\r\n"))
         if end is None:
             if len(self.buffer) > MAX_HEADER_BYTES:
@@ -110,7 +113,7 @@ class ResponseParser:
         self.step = self._framing()
         return True
 
-    def _framing(self):
+    def _framing(self) -> Callable[[], bool]:
         """The step that reads the body, as the head says it is framed (RFC 9112 6.3)."""
         transfer_encoding = self.headers.get("Transfer-Encoding")
         if transfer_encoding is not None and "Content-Length" in self.headers:
@@ -129,22 +132,22 @@ class ResponseParser:
         self.remaining = length
         return self._sized
 
-    def _empty(self):
+    def _empty(self) -> bool:
         self._finish(b"")
         return True
 
-    def _sized(self):
+    def _sized(self) -> bool:
         if len(self.buffer) < self.remaining:
             return False
         self._finish(self.buffer[:self.remaining])
         return True
 
-    def _until_close(self):
+    def _until_close(self) -> bool:
         if len(self.buffer) > self.max_body_size:
             raise MalformedResponse(f"body over the limit of {self.max_body_size} bytes")
         return False  # only `feed_eof` ends it
 
-    def _chunk_size(self):
+    def _chunk_size(self) -> bool:
         end = self.buffer.find(b"\r\n")
         if end < 0:
             if len(self.buffer) > MAX_CHUNK_LINE:
@@ -160,7 +163,7 @@ class ResponseParser:
         self.step = self._chunk_data if self.remaining else self._trailer
         return True
 
-    def _chunk_data(self):
+    def _chunk_data(self) -> bool:
         if len(self.buffer) < self.remaining + 2:
             return False
         if self.buffer[self.remaining:self.remaining + 2] != b"\r\n":
@@ -170,7 +173,7 @@ class ResponseParser:
         self.step = self._chunk_size
         return True
 
-    def _trailer(self):
+    def _trailer(self) -> bool:
         """Trailer fields up to an empty line: read and dropped, nothing the gateway passes on."""
         end = self.buffer.find(b"\r\n")
         if end < 0:
@@ -183,7 +186,7 @@ class ResponseParser:
             self._finish(b"".join(self.chunks), consumed=0)
         return True
 
-    def _finish(self, body, reusable=True, consumed=None):
+    def _finish(self, body: bytes, reusable: bool = True, consumed: int | None = None) -> None:
         """The response is `body` with the head read; `consumed` bytes of `buffer` were its body (default all
         of `body`), and whatever follows them is a byte nobody asked for."""
         leftover = self.buffer[len(body) if consumed is None else consumed:]

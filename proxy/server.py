@@ -13,21 +13,25 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from http.client import responses
 from re import Pattern
+from typing import cast
 
 import tornado
 from tornado import httputil
+from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 from tornado.log import access_log
-from tornado.web import RequestHandler
+from tornado.web import Application, RequestHandler
 
 from common.observability.metrics import REQUESTS, method_label
 from common.runtime.logs import request_id
 from common.web.envelope import CLIENT_REQUEST_ID_HEADER, JSON_TYPES, REQUEST_ID_HEADER, envelope, label, to_json
 from common.web.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, ShopError
 from common.web.waiting import PREFER, requested_wait
+from proxy.response import Response
 
 logger = logging.getLogger("common.web.envelope")  # the logger BaseHandler reports a 503 with
 
@@ -42,7 +46,7 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left be
 _ID_PREFIX, _ID_COUNTER = secrets.token_hex(8), itertools.count()
 
 
-def new_request_id():
+def new_request_id() -> str:
     """32 hex digits, unique: this process's random prefix and a counter (a uuid4 costs a system call)."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
@@ -53,33 +57,42 @@ class Route:
     read asks to be held, or None) returns the backend's response (`code`, `headers`, `body`) or raises
     `ShopError` (503 `Unavailable`). Of the request's headers only `forwarded_headers` go to the backend, of the
     response's only `passed_back_headers` come back."""
-    path: Pattern
-    methods: tuple
-    forward: Callable[..., Awaitable]
-    forwarded_headers: tuple
-    passed_back_headers: tuple
+    path: Pattern[str]
+    methods: tuple[str, ...]
+    forward: Callable[[str, str, dict[str, str], bytes | None, int | None], Awaitable[Response]]
+    forwarded_headers: tuple[str, ...]
+    passed_back_headers: tuple[str, ...]
+
+
+def remote_ip(connection: HTTP1Connection) -> str | None:
+    """The client's address as Tornado's `HTTPServer` gives it to each request (behind a trusted proxy, the
+    forwarded one): read from the connection's documented `context` as Tornado's own `HTTPServerRequest` reads it,
+    without building one per request."""
+    return getattr(connection.context, "remote_ip", None)
 
 
 class ProxyServer(httputil.HTTPServerConnectionDelegate):
     """Serves `routes` itself and passes every other request to `app`."""
 
-    def __init__(self, app, routes, max_body_bytes):
+    def __init__(self, app: Application, routes: list[Route], max_body_bytes: int) -> None:
         self.app, self.routes, self.max_body_bytes = app, routes, max_body_bytes
         self._date = (0, "")
 
-    def start_request(self, server_conn, request_conn):
-        return ProxiedRequest(self, server_conn, request_conn)
+    def start_request(self, server_conn: object,
+                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        # Tornado's HTTPServer speaks HTTP/1.1 only: each request's connection is an HTTP1Connection.
+        return ProxiedRequest(self, server_conn, cast(HTTP1Connection, request_conn))
 
-    def on_close(self, server_conn):
+    def on_close(self, server_conn: object) -> None:
         self.app.on_close(server_conn)
 
-    def route(self, path):
+    def route(self, path: str) -> Route | None:
         for route in self.routes:
             if route.path.fullmatch(path):
                 return route
         return None
 
-    def date(self):
+    def date(self) -> str:
         """The `Date` header, formatted once a second rather than per request."""
         now = int(time.time())
         if self._date[0] != now:
@@ -90,28 +103,33 @@ class ProxyServer(httputil.HTTPServerConnectionDelegate):
 class ProxiedRequest(httputil.HTTPMessageDelegate):
     """One request on a connection: read it, forward it if its path is a route, else hand it to the app."""
 
-    def __init__(self, server, server_conn, connection):
+    def __init__(self, server: ProxyServer, server_conn: object, connection: HTTP1Connection) -> None:
         self.server, self.server_conn, self.connection = server, server_conn, connection
-        self.app_request = None  # the Application's delegate, for a path that is not a route
-        self.chunks, self.size = [], 0
+        # The Application's delegate, for a path that is not a route.
+        self.app_request: httputil.HTTPMessageDelegate | None = None
+        self.chunks: list[bytes] = []
+        self.size = 0
 
-    def headers_received(self, start_line, headers):
-        self.start_line, self.headers = start_line, headers
-        self.path = start_line.path.partition("?")[0]
-        self.route = self.server.route(self.path)
-        if self.route is None:
+    def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+                         headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
+        self.start_line = cast(httputil.RequestStartLine, start_line)  # a server reads requests
+        self.headers = headers
+        self.path = self.start_line.path.partition("?")[0]
+        route = self.server.route(self.path)
+        if route is None:
             self.app_request = self.server.app.start_request(self.server_conn, self.connection)
             return self.app_request.headers_received(start_line, headers)
+        self.route = route
         self.started = time.perf_counter()
         # Read now: behind a trusted proxy Tornado puts the forwarded address here only while the request is read.
-        self.remote_ip = self.connection.context.remote_ip
+        self.remote_ip = remote_ip(self.connection)
         # The gateway is where a request enters: it names it for every log line and the ledger. A client's own
         # id is kept beside, never taken for the gateway's.
         self.request_id = new_request_id()
         self.client_request_id = label(headers.get(REQUEST_ID_HEADER))
         return None
 
-    def data_received(self, chunk):
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         if self.app_request is not None:
             return self.app_request.data_received(chunk)
         self.size += len(chunk)
@@ -119,7 +137,7 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
             self.chunks.append(chunk)  # past the limit only the size counts: the answer is a 413
         return None
 
-    def finish(self):
+    def finish(self) -> None:
         if self.app_request is not None:
             return self.app_request.finish()
         request_id.set(self.request_id)
@@ -130,15 +148,18 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
             # A request the backend may hold for its wait: when the client leaves, the backend request is
             # cancelled (its connection closed), and the backend stops holding it. Other requests are answered in
             # milliseconds: their connections are kept rather than closed for nothing.
-            self.connection.set_close_callback(self.responding.cancel)
+            self.connection.set_close_callback(self.client_left)
         return None
 
-    def on_connection_close(self):
+    def client_left(self) -> None:
+        self.responding.cancel()
+
+    def on_connection_close(self) -> None:
         if self.app_request is not None:
             return self.app_request.on_connection_close()
         return None
 
-    async def respond(self):
+    async def respond(self) -> None:
         method = self.start_line.method
         try:
             self.check(method)
@@ -161,7 +182,7 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
             self.reply(response.code, response.body, {name: value for name in self.route.passed_back_headers
                                                       if (value := response.headers.get(name))})
 
-    def fail(self, exc):
+    def fail(self, exc: ShopError) -> None:
         if exc.status_code >= 500:
             logger.warning("%s %s: %s", self.start_line.method, self.path, exc.message)
         headers = {"Content-Type": JSON_CONTENT_TYPE}
@@ -169,7 +190,7 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
             headers["Allow"] = ", ".join(self.route.methods)  # RFC 9110: a 405 lists the methods that would work
         self.reply(exc.status_code, to_json(envelope(False, exc.message)).encode(), headers)
 
-    def check(self, method):
+    def check(self, method: str) -> None:
         """The checks `BaseHandler.prepare` and Tornado make before a handler runs, in the same order."""
         if method in RequestHandler.SUPPORTED_METHODS:
             if self.size > self.server.max_body_bytes:
@@ -181,11 +202,11 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
         if method not in self.route.methods:
             raise MethodNotAllowed(f"Method {method} not allowed on {self.path}.")
 
-    def reply(self, code, body, headers):
-        """Answer `code` with `body` and `headers`, as a `RequestHandler` would: with `Server`, `Date`, the
+    def reply(self, code: int, body: bytes, fields: Mapping[str, str]) -> None:
+        """Answer `code` with `body` and header `fields`, as a `RequestHandler` would: with `Server`, `Date`, the
         request id and the body's length, a HEAD without the body, a 304 without any."""
         headers = httputil.HTTPHeaders({"Server": SERVER, "Date": self.server.date(),
-                                        REQUEST_ID_HEADER: self.request_id, **headers})
+                                        REQUEST_ID_HEADER: self.request_id, **fields})
         if self.client_request_id:
             headers[CLIENT_REQUEST_ID_HEADER] = self.client_request_id
         if code == 304:
@@ -197,7 +218,7 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
             headers["Content-Length"] = str(len(body))
         if self.start_line.method == "HEAD":
             body = b""  # the GET's headers, its Content-Length too (RFC 9110 9.3.2)
-        start_line = httputil.ResponseStartLine("", code, httputil.responses.get(code, "Unknown"))
+        start_line = httputil.ResponseStartLine("", code, responses.get(code, "Unknown"))
         # The connection counts as busy (`common.web.http_server.DrainingHTTPServer`) until this is written.
         try:
             self.connection.write_headers(start_line, headers, body)
@@ -206,7 +227,7 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
             pass  # the client left: the answer has nobody to go to
         self.log(code)
 
-    def log(self, code):
+    def log(self, code: int) -> None:
         seconds = time.perf_counter() - self.started
         REQUESTS.labels(HANDLER_LABEL, method_label(self.start_line.method), code).observe(seconds)
         level = logging.INFO if code < 400 else logging.WARNING if code < 500 else logging.ERROR

@@ -135,8 +135,8 @@ VARIANTS = {
     "a replica answering non-200 counted ready": ("gateway.py", 'return "ready" if response.code == 200 else '
                                                   '"not ready"', 'return "ready"', [READY]),
     "unknown codes called OK (direct proxy)": ("proxy/server.py",
-                                                          'httputil.responses.get(code, "Unknown")',
-                                                          'httputil.responses.get(code, "OK")', [REASON]),
+                                                          'responses.get(code, "Unknown")',
+                                                          'responses.get(code, "OK")', [REASON]),
     "body counted per chunk (direct proxy)": ("proxy/server.py", "self.size += len(chunk)",
                                               "self.size = len(chunk)", [CHUNKED]),
     "gateway span without its route (direct proxy)": ("gateway.py", "backend.forward, template=template)",

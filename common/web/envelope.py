@@ -1,13 +1,18 @@
 """The JSON envelope every response wears, and the base handler that guarantees it."""
 import json
 import logging
+from collections.abc import Awaitable
 from datetime import datetime
 from decimal import Decimal
+from http.client import responses
+from types import TracebackType
+from typing import Any
 
-from tornado import httputil, web
+from tornado import web
 
 from common.runtime.config import DEFAULT_MAX_BODY_BYTES
 from common.runtime.logs import request_id
+from common.web.auth import Authenticator, Principal
 from common.web.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, RouteNotFound, ShopError
 
 REQUEST_ID_HEADER = "X-Request-ID"  # the gateway names every request it forwards
@@ -18,7 +23,7 @@ logger = logging.getLogger(__name__)
 JSON_TYPES = ("application/json",)
 
 
-def to_json(value):
+def to_json(value: object) -> str:
     """JSON text of `value`; `Decimal`s become exact JSON numbers (never floats), datetimes ISO 8601 strings."""
     if isinstance(value, Decimal):
         return format(value, "f")
@@ -36,7 +41,7 @@ def label(value: str | None) -> str | None:
     return value if value and value.isascii() and value.isprintable() and len(value) <= 200 else None
 
 
-def envelope(success, message, **data):
+def envelope(success: bool, message: str, **data: object) -> dict[str, object]:
     return {"status": "Success" if success else "Fail", "message": message, **data}
 
 
@@ -47,11 +52,11 @@ class BaseHandler(web.RequestHandler):
 
     max_body_bytes = DEFAULT_MAX_BODY_BYTES  # each application passes the configured one
 
-    def initialize(self, **dependencies):
+    def initialize(self, **dependencies: object) -> None:
         for name, value in dependencies.items():
             setattr(self, name, value)
 
-    def prepare(self):
+    def prepare(self) -> Awaitable[None] | None:
         rid = label(self.request.headers.get(REQUEST_ID_HEADER))
         if rid:
             self.set_header(REQUEST_ID_HEADER, rid)
@@ -62,23 +67,25 @@ class BaseHandler(web.RequestHandler):
             content_type = self.request.headers.get("Content-Type", "application/json")
             if content_type.split(";")[0].strip().lower() not in JSON_TYPES:
                 raise InvalidInput("Content-Type must be application/json.")
+        return None
 
-    def reply(self, status_code, message, **data):
+    def reply(self, status_code: int, message: str, **data: object) -> None:
         self.set_status(status_code)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(to_json(envelope(status_code < 400, message, **data)))
 
-    def allowed_methods(self):
+    def allowed_methods(self) -> list[str]:
         """The methods this handler implements (what a 405's `Allow` header lists)."""
         return [m for m in self.SUPPORTED_METHODS
                 if getattr(type(self), m.lower()) is not getattr(web.RequestHandler, m.lower())]
 
-    def write_error(self, status_code, **kwargs):
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None))[1]
         if isinstance(exc, ShopError):
             status_code, message = exc.status_code, exc.message
-            if getattr(exc, "challenge", None):
-                self.set_header("WWW-Authenticate", exc.challenge)
+            challenge = getattr(exc, "challenge", None)  # a 401's (`common.web.errors.Unauthenticated`)
+            if challenge:
+                self.set_header("WWW-Authenticate", challenge)
         elif isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         elif status_code == 405:
@@ -86,14 +93,15 @@ class BaseHandler(web.RequestHandler):
         elif status_code < 500:
             # The reason phrase Tornado's `send_error` gave the status: the error's own, else the standard one.
             reason = exc.reason if isinstance(exc, web.HTTPError) else None
-            message = reason or kwargs.get("reason") or httputil.responses.get(status_code, "Unknown")
+            message = reason or kwargs.get("reason") or responses.get(status_code, "Unknown")
         else:
             message = "Internal server error."
         if status_code == 405:  # RFC 9110: a 405 lists the methods that would work
             self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.reply(status_code, message)
 
-    def log_exception(self, typ, value, tb):
+    def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
+                      tb: TracebackType | None) -> None:
         if isinstance(value, ShopError):
             if value.status_code >= 500:
                 logger.warning("%s %s: %s", self.request.method, self.request.path, value.message)
@@ -104,8 +112,10 @@ class BaseHandler(web.RequestHandler):
 class ApiHandler(BaseHandler):
     """A route of the API: `self.principal` (`common.web.auth.Principal`) is known before the method runs, or the
     request was answered 401 (`auth`, an `Authenticator`, is a dependency)."""
+    auth: Authenticator
+    principal: Principal
 
-    async def prepare(self):
+    async def prepare(self) -> None:
         super().prepare()
         self.principal = await self.auth.authenticate(self.request.headers.get("Authorization"))
 
@@ -113,5 +123,5 @@ class ApiHandler(BaseHandler):
 class NotFoundHandler(BaseHandler):
     """The application's default handler: any unknown path is a JSON 404."""
 
-    def prepare(self):
+    def prepare(self) -> None:
         raise RouteNotFound(self.request.path)
