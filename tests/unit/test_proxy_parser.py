@@ -263,3 +263,11 @@ async def test_the_client_reads_a_response_sent_a_byte_at_a_time_and_keeps_the_c
         for serving in connections:
             serving.cancel()
         await asyncio.gather(*connections, return_exceptions=True)
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("url", ["https://127.0.0.1/orders", "http:///orders", "127.0.0.1:8081/orders"])
+async def test_a_url_the_client_cannot_reach_in_plain_http_is_refused_by_name(url):
+    client = KeepAliveClient()
+    with pytest.raises(ValueError, match="not an http:// URL with a host"):
+        await client.fetch(url)
