@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar, Self
 
 from common.web.errors import InvalidInput, InvalidMessage
 from common.web.validation import parse_amount, parse_id
@@ -36,11 +36,11 @@ FINAL_STATUSES = (OrderStatus.FINISHED, OrderStatus.CANCELLED)
 class Traced:
     """A message type with a `trace` field."""
 
-    def traced(self, trace: str | None):
+    def traced(self, trace: str | None) -> Self:
         """This message, as handled in the trace `trace`."""
-        return dataclasses.replace(self, trace=trace)
+        return dataclasses.replace(self, trace=trace)  # type: ignore[type-var]  # each subclass is a dataclass
 
-    def entry(self) -> dict:
+    def entry(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def encode(self) -> bytes:
@@ -57,15 +57,15 @@ class PaymentRequest(Traced):
     trace: str | None = dataclasses.field(default=None, compare=False)
 
     @staticmethod
-    def entry_of(row: Mapping) -> dict:
+    def entry_of(row: Mapping[str, Any]) -> dict[str, Any]:
         """The entry of the request of an order or outbox row (`order_id`, `user_id`, `amount`)."""
         return {"order_id": row["order_id"], "user_id": row["user_id"], "amount": str(row["amount"])}
 
-    def entry(self) -> dict:
+    def entry(self) -> dict[str, Any]:
         return self.entry_of(vars(self))
 
     @classmethod
-    def from_entry(cls, data: Mapping) -> "PaymentRequest":
+    def from_entry(cls, data: Mapping[str, Any]) -> "PaymentRequest":
         try:
             return cls(parse_id(data["order_id"], "order_id"), parse_id(data["user_id"], "user_id"),
                        parse_amount(data["amount"]))
@@ -80,11 +80,11 @@ class PaymentResult(Traced):
     status: OrderStatus
     trace: str | None = dataclasses.field(default=None, compare=False)
 
-    def entry(self) -> dict:
+    def entry(self) -> dict[str, Any]:
         return {"order_id": self.order_id, "status": self.status}
 
     @classmethod
-    def from_entry(cls, data: Mapping) -> "PaymentResult":
+    def from_entry(cls, data: Mapping[str, Any]) -> "PaymentResult":
         if data["status"] not in FINAL_STATUSES:
             raise InvalidMessage(f"'status' must be one of {tuple(map(str, FINAL_STATUSES))}")
         try:

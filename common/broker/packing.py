@@ -9,7 +9,7 @@ Reading is strict per entry: a malformed entry is refused on its own (its `Entry
 all, or neither an object nor a non-empty array, refuses the whole message."""
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
 
@@ -29,7 +29,7 @@ class EntryType(Protocol):
     FIELDS: tuple[str, ...]
 
     @classmethod
-    def from_entry(cls, data: Mapping) -> Any:
+    def from_entry(cls, data: Mapping[str, Any]) -> Any:
         """The item of an entry with exactly `FIELDS`; raises `InvalidMessage`."""
 
 
@@ -42,7 +42,7 @@ class Entry(NamedTuple):
     text: str
 
 
-def pack(entries: Sequence[Mapping], traces: Sequence[Trace]) -> bytes:
+def pack(entries: Sequence[Mapping[str, Any]], traces: Sequence[Trace]) -> bytes:
     """The body of a message of several entries, each with the trace context it continues (if any)."""
     return json.dumps([{**entry, TRACE_FIELD: trace} if trace else entry
                        for entry, trace in zip(entries, traces)]).encode()
@@ -54,7 +54,7 @@ def unpack(body: bytes, trace: Trace, kind: EntryType) -> list[Entry]:
     Raises `InvalidMessage` if the body is not JSON, or neither an object nor a non-empty array."""
     try:
         text = body.decode()
-        start = _SPACE.match(text).end()
+        start = _after_space(text, 0)
         if text[start:start + 1] != "[":
             return [read_entry(kind, _DECODER.decode(text), text, trace, "body")]
         elements = list(_elements(text, start))
@@ -83,24 +83,30 @@ def read_entry(kind: EntryType, value: Any, text: str, trace: Trace, where: str)
         return Entry(exc if where == "body" else InvalidMessage(f"{where}: {exc}"), trace, text)
 
 
-def _elements(text: str, start: int):
+def _after_space(text: str, at: int) -> int:
+    """The index of the first character at or after `at` that is not JSON whitespace."""
+    space = _SPACE.match(text, at)
+    return space.end() if space else at  # a match of `*` is never None: this is for the type checker
+
+
+def _elements(text: str, start: int) -> Iterator[tuple[Any, str]]:
     """(value, its text) of each element of the JSON array at `text[start]`; raises ValueError if it is none."""
-    end = _SPACE.match(text, start + 1).end()
+    end = _after_space(text, start + 1)
     if text[end:end + 1] == "]":
         _at_end(text, end + 1)
         return
     while True:
         value, after = _DECODER.raw_decode(text, end)
         yield value, text[end:after]
-        end = _SPACE.match(text, after).end()
+        end = _after_space(text, after)
         if text[end:end + 1] == "]":
             _at_end(text, end + 1)
             return
         if text[end:end + 1] != ",":
             raise ValueError("expected ',' or ']'")
-        end = _SPACE.match(text, end + 1).end()
+        end = _after_space(text, end + 1)
 
 
 def _at_end(text: str, end: int) -> None:
-    if _SPACE.match(text, end).end() != len(text):
+    if _after_space(text, end) != len(text):
         raise ValueError("extra data after the array")

@@ -1,9 +1,12 @@
 """Prometheus metrics of a process, served at `GET /metrics`."""
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from aio_pika.exceptions import AMQPError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from tornado import web
 from tornado.log import access_log
 
 from common.broker.dead_letter_headers import dead_letter_queue
@@ -11,6 +14,10 @@ from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS
 from common.runtime.retry import BROKER_ERRORS
 from common.web.envelope import BaseHandler
 from common.web.errors import Unavailable
+
+if TYPE_CHECKING:  # at run time each imports this module (its counters): only the checker needs them here
+    from common.broker.connection import Broker
+    from common.db.database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -54,18 +61,21 @@ TASKS = Gauge("shop_event_loop_tasks", "asyncio tasks alive in the process (a le
 KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 
 
-def method_label(method):
+def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "OTHER"
 
 
-def set_ready(ready):
-    if not getattr(READY, "exported", False):
+_exported: set[str] = set()  # the names of the metrics registered on first use
+
+
+def set_ready(ready: bool) -> None:
+    if "ready" not in _exported:
         REGISTRY.register(READY)
-        READY.exported = True
+        _exported.add("ready")
     READY.set(1 if ready else 0)
 
 
-def log_request(handler):
+def log_request(handler: web.RequestHandler) -> None:
     """Tornado `log_function`: count and time the request, and write Tornado's usual access log line."""
     status, request = handler.get_status(), handler.request
     REQUESTS.labels(type(handler).__name__, method_label(request.method), status).observe(request.request_time())
@@ -78,9 +88,12 @@ class MetricsHandler(BaseHandler):
     """Metrics in Prometheus text format; `backlog(cur)` returns {table: (pending rows, oldest age in s)}.
     A service's scrape also refreshes its readiness and the dead-letter queues' depths (the gateway has none)."""
 
-    db = backlog = broker = None  # the gateway has none of them
+    # The gateway has none of them.
+    db: "Database | None" = None
+    backlog: Callable[[Any], Awaitable[dict[str, tuple[int, float]]]] | None = None
+    broker: "Broker | None" = None
 
-    async def get(self):
+    async def get(self) -> None:
         if self.backlog:
             database_up = await self._refresh_backlog()
             broker_up = await self._refresh_dead_letters()
@@ -89,7 +102,8 @@ class MetricsHandler(BaseHandler):
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest())
 
-    async def _refresh_backlog(self):
+    async def _refresh_backlog(self) -> bool:
+        assert self.db is not None and self.backlog is not None  # a service's handler: it has a backlog
         try:
             for table, (count, age) in (await self.db.run(self.backlog, retry_seconds=0)).items():
                 PENDING.labels(table).set(count)
@@ -99,8 +113,8 @@ class MetricsHandler(BaseHandler):
             logger.warning("backlog gauges not refreshed: database unavailable")
             return False
 
-    async def _refresh_dead_letters(self):
-        if not self.broker.is_connected():
+    async def _refresh_dead_letters(self) -> bool:
+        if self.broker is None or not self.broker.is_connected():
             return False
         try:
             for queue in (ORDER_REQUESTS, PAYMENT_RESULTS):

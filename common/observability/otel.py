@@ -6,16 +6,19 @@ OTEL_BSP_*, OTEL_EXPORTER_OTLP_*). Spans are started with an explicit parent and
 relays and consumers handle many orders, each of its own trace, in one task."""
 import os
 import time
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 
-from common.observability.tracing import HEADER
+from common.observability.tracing import HEADER, Consumed, Trace
 from common.runtime.config import ConfigurationError
 from common.runtime.logs import trace_id
 from common.web.errors import ShopError
@@ -23,42 +26,47 @@ from common.web.errors import ShopError
 PROPAGATOR = TraceContextTextMapPropagator()
 
 
-def console_exporter():
+def console_exporter() -> SpanExporter:
     # One compact JSON object per span and line, beside the log lines on stdout: easy to grep and to ship.
-    return ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
+    return ConsoleSpanExporter(formatter=one_line)
 
 
-def otlp_exporter():
+def one_line(span: ReadableSpan) -> str:
+    line: str = span.to_json(indent=None)
+    return line + "\n"
+
+
+def otlp_exporter() -> SpanExporter:
     # Imported here: it pulls in requests and protobuf, which a console-only run does without.
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     return OTLPSpanExporter()
 
 
-EXPORTERS = {"console": console_exporter, "otlp": otlp_exporter}
+EXPORTERS: dict[str, Callable[[], SpanExporter]] = {"console": console_exporter, "otlp": otlp_exporter}
 
 
-def parent(trace_header):
+def parent(trace_header: Trace) -> Context | None:
     """The context of a traceparent string (an invalid or missing one gives the empty context: a new trace)."""
     return PROPAGATOR.extract({HEADER: trace_header}) if trace_header else None
 
 
-def context_of(span):
+def context_of(span: Span) -> Trace:
     """The W3C traceparent of `span`."""
-    carrier = {}
+    carrier: dict[str, str] = {}
     PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
     return carrier.get(HEADER)
 
 
 class ServerSpan:
-    def __init__(self, span):
+    def __init__(self, span: Span) -> None:
         self.span = span
 
-    def set_status_code(self, code):
+    def set_status_code(self, code: int) -> None:
         self.span.set_attribute("http.response.status_code", code)
         if code >= 500:  # a 4xx is the client's error, not the server's (semantic conventions)
             self.span.set_status(Status(StatusCode.ERROR))
 
-    def set_attribute(self, key, value):
+    def set_attribute(self, key: str, value: str | int) -> None:
         self.span.set_attribute(key, value)
 
 
@@ -66,7 +74,7 @@ class On:
     """`common.observability.tracing.Off`'s hooks, making spans (see there for what each does)."""
     enabled = True
 
-    def __init__(self, otel_environ, service, exporter_names):
+    def __init__(self, otel_environ: Mapping[str, str], service: str, exporter_names: Sequence[str]) -> None:
         unknown = [name for name in exporter_names if name not in EXPORTERS]
         if unknown:
             raise ConfigurationError(f"OTEL_TRACES_EXPORTER: unknown exporter {', '.join(unknown)} "
@@ -79,14 +87,14 @@ class On:
             self.provider.add_span_processor(BatchSpanProcessor(EXPORTERS[name]()))
         self.tracer = self.provider.get_tracer("shop")
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         self.provider.shutdown()
 
     @contextmanager
-    def server(self, method, route, headers):
+    def server(self, method: str, route: str, headers: MutableMapping[str, str]) -> Iterator[ServerSpan]:
         span = self.tracer.start_span(f"{method} {route}", parent(headers.get(HEADER)), SpanKind.SERVER,
                                       {"http.request.method": method, "http.route": route})
-        headers[HEADER] = context_of(span)
+        headers[HEADER] = context_of(span) or ""
         trace_id.set(format(span.get_span_context().trace_id, "032x"))
         with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
             try:
@@ -99,11 +107,12 @@ class On:
                 ServerSpan(span).set_status_code(500)
                 raise
 
-    def traceparent(self):
+    def traceparent(self) -> Trace:
         span = trace.get_current_span()
         return context_of(span) if span.get_span_context().is_valid else None
 
-    def _child(self, name, trace_header, kind, attributes, start_time=None):
+    def _child(self, name: str, trace_header: Trace, kind: SpanKind, attributes: Attributes,
+               start_time: int | None = None) -> Span | None:
         """A span continuing `trace_header`, or None without one: tracing continues the traces that requests
         start, and starts none in the middle of an order (a row or message from before tracing was on)."""
         if not trace_header:
@@ -111,7 +120,7 @@ class On:
         return self.tracer.start_span(name, parent(trace_header), kind, attributes, start_time=start_time)
 
     @contextmanager
-    def send(self, queue, message_id, traces):
+    def send(self, queue: str, message_id: str, traces: Sequence[Trace]) -> Iterator[list[Trace]]:
         spans = [self._child(f"send {queue}", trace_header, SpanKind.PRODUCER, messaging(queue, "send", message_id))
                  for trace_header in traces]
         try:
@@ -123,7 +132,7 @@ class On:
             end(spans)
 
     @contextmanager
-    def process(self, queue, entries):
+    def process(self, queue: str, entries: Sequence[Consumed]) -> Iterator[list[Trace]]:
         started = time.time_ns()
         spans = [self._child(f"process {queue}", trace_header, SpanKind.CONSUMER,
                              {**messaging(queue, "process", message_id), **order_of(order_id),
@@ -138,7 +147,7 @@ class On:
             end(spans)
 
     @contextmanager
-    def steps(self, name, orders):
+    def steps(self, name: str, orders: Sequence[tuple[int, Trace]]) -> Iterator[list[Trace]]:
         started = time.time_ns()
         spans = [self._child(name, trace_header, SpanKind.INTERNAL, order_of(order_id), started)
                  for order_id, trace_header in orders]
@@ -148,23 +157,23 @@ class On:
             end(spans)
 
 
-def failed(spans, exc):
+def failed(spans: Sequence[Span | None], exc: BaseException) -> None:
     for span in filter(None, spans):
         span.record_exception(exc)
         span.set_status(Status(StatusCode.ERROR, repr(exc)))
 
 
-def end(spans):
+def end(spans: Sequence[Span | None]) -> None:
     for span in spans:
         if span is not None:
             span.end()
 
 
-def order_of(order_id):
+def order_of(order_id: int | None) -> dict[str, int]:
     """The `shop.order_id` attribute of a span about order `order_id` (none for None)."""
     return {} if order_id is None else {"shop.order_id": order_id}
 
 
-def messaging(queue, operation, message_id):
+def messaging(queue: str, operation: str, message_id: str) -> dict[str, str]:
     return {"messaging.system": "rabbitmq", "messaging.destination.name": queue,
             "messaging.operation.type": operation, "messaging.message.id": str(message_id)}

@@ -9,13 +9,38 @@ and only `common.observability.otel` (loaded when tracing is on) knows OpenTelem
 A trace context travels as a W3C `traceparent` string: in the HTTP request, in the outbox and inbox rows, and
 with every message sent (first sends and resends alike): the AMQP `traceparent` header of a message of one
 entry, a field of each entry in a message of several (`common.broker.packing`)."""
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from typing import Protocol
 
 HEADER = "traceparent"  # the AMQP header (and W3C HTTP header) a trace context travels in
 
 # A W3C traceparent ("00-<trace id>-<span id>-<flags>"), or None where there is no trace to continue.
 Trace = str | None
+
+
+class Span(Protocol):
+    """What `Tracer.server` yields."""
+
+    def set_status_code(self, code: int) -> None: ...
+    def set_attribute(self, key: str, value: str | int) -> None: ...
+
+
+# (message id, the trace it came with, order id or None): one consumed entry, as `Tracer.process` takes it.
+Consumed = tuple[str, Trace, int | None]
+
+
+class Tracer(Protocol):
+    """The hooks the services call (`current`): `Off`, or `common.observability.otel.On` with tracing on."""
+    enabled: bool
+
+    def server(self, method: str, route: str,
+               headers: MutableMapping[str, str]) -> AbstractContextManager[Span]: ...
+    def traceparent(self) -> Trace: ...
+    def send(self, queue: str, message_id: str, traces: Sequence[Trace]) -> AbstractContextManager[list[Trace]]: ...
+    def process(self, queue: str, entries: Sequence[Consumed]) -> AbstractContextManager[list[Trace]]: ...
+    def steps(self, name: str, orders: Sequence[tuple[int, Trace]]) -> AbstractContextManager[list[Trace]]: ...
+    def shutdown(self) -> None: ...
 
 
 class NoSpan:
@@ -24,7 +49,7 @@ class NoSpan:
     def set_status_code(self, code: int) -> None:
         pass
 
-    def set_attribute(self, key: str, value) -> None:
+    def set_attribute(self, key: str, value: str | int) -> None:
         pass
 
 
@@ -36,7 +61,7 @@ class Off:
     ones."""
     enabled = False
 
-    def server(self, method: str, route: str, headers: dict) -> AbstractContextManager:
+    def server(self, method: str, route: str, headers: MutableMapping[str, str]) -> AbstractContextManager[Span]:
         """A SERVER span continuing the request's `traceparent` header; its own context replaces it in
         `headers` (for the request forwarded on). Yields an object with `set_status_code(code)` and
         `set_attribute(key, value)`; a `ShopError` raised inside sets the status code it answers with."""
@@ -46,25 +71,28 @@ class Off:
         """The current span's context (to store with an outbox row), or None."""
         return None
 
-    def send(self, queue: str, message_id: str, traces: Sequence[Trace]) -> AbstractContextManager:
+    def send(self, queue: str, message_id: str, traces: Sequence[Trace]) -> AbstractContextManager[list[Trace]]:
         """A PRODUCER span per entry of one message (child of the entry's trace in `traces`), around its publish;
         yields their contexts, in order, for the message to carry (each None where that trace is None, and
         all None when off)."""
         return nullcontext([None] * len(traces))
 
-    def process(self, queue: str, entries: Sequence[tuple]) -> AbstractContextManager:
+    def process(self, queue: str, entries: Sequence[Consumed]) -> AbstractContextManager[list[Trace]]:
         """A CONSUMER span per (message id, trace, order id or None) of a consumer's batch (child of the trace
         the entry came with), around the batch's handling; yields their contexts, in order (all None when off).
         Spans, like the other hooks, are given only what they name: never an entry's amount."""
         return nullcontext([None] * len(entries))
 
-    def steps(self, name: str, orders: Sequence[tuple]) -> AbstractContextManager:
+    def steps(self, name: str, orders: Sequence[tuple[int, Trace]]) -> AbstractContextManager[list[Trace]]:
         """An INTERNAL span per (order id, the trace it continues); yields their contexts, in order (all None
         when off)."""
         return nullcontext([None] * len(orders))
 
+    def shutdown(self) -> None:
+        pass
 
-current: Off = Off()
+
+current: Tracer = Off()
 
 
 def trace_id_of(trace: Trace) -> str:
@@ -93,5 +121,4 @@ def start(otel_environ: Mapping[str, str], service: str) -> None:
 
 def stop() -> None:
     """Export the spans still buffered (at process exit)."""
-    if current.enabled:
-        current.shutdown()
+    current.shutdown()
