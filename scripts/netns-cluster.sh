@@ -10,6 +10,7 @@
 #   scripts/netns-cluster.sh start    create the namespaces, check them, start every node; print the topology
 #   scripts/netns-cluster.sh status   each node: its address and whether it runs; the formation; the cluster
 #   scripts/netns-cluster.sh stop     stop every process, delete the namespaces and every file under NETNS_BASE
+#   scripts/netns-cluster.sh run-node NODE   start a node's processes again (after harness.netns power_loss)
 #
 # Safety: the addresses (NETNS_SUBNET.0/24, private) exist only inside these namespaces, none of which has a
 # default route (checked before anything starts: the script refuses otherwise), and the root namespace gets no
@@ -411,9 +412,24 @@ status() {
     ip netns exec "$BRIDGE_NS" nft list table bridge "$PREFIX"
 }
 
+# A node's processes started again in its namespace (after a power loss): a keeper, a RabbitMQ node, a service.
+run_node() {
+    local node=$1
+    [ -n "${HOST[$node]:-}" ] || die "no node '$node' (${NODES[*]})"
+    case $node in
+        r1|r2|r3) in_ns "$node" env RABBITMQ_CONF_ENV_FILE="$(rabbit_env "$node")" setsid rabbitmq-server -detached
+                  wait_rabbit "$node" ;;
+        monitor|pg1|pg2) run_keeper "$node"; wait_pg "$node" 60 ;;
+        order) (cd "$ROOT" && start_service order order_svc) ;;
+        payment) (cd "$ROOT" && start_service payment payment_svc) ;;
+        gateway) die "the gateway's namespace also holds the tests' way in: stop and start the topology" ;;
+    esac
+}
+
 case ${1:-} in
     start) start ;;
+    run-node) run_node "${2:?run-node needs a node name}" ;;
     stop) stop ;;
     status) status ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|status|run-node NODE" >&2; exit 2 ;;
 esac

@@ -1,0 +1,251 @@
+"""Faults on the namespaced topology of scripts/netns-cluster.sh: partitions, hung nodes and power loss that stay
+silent, as they do between real machines (no reset, no refusal: packets vanish, or a peer stops answering).
+
+    topology = Topology.load()          # the file `scripts/netns-cluster.sh start` wrote
+    topology.check_isolated()           # before any traffic
+    topology.cut("pg1", "others")       # drop both ways between two groups; one_way=True: a -> b only
+    topology.heal()                     # every cut gone (the nft chain flushed)
+    topology.freeze("r1"); topology.thaw("r1")   # SIGSTOP / SIGCONT every process of a node: sockets stay open
+    topology.power_loss("pg1")          # cut from everyone and killed at once: no FIN or RST ever leaves it
+
+A side is a node name (`r1`, `pg1`, `order`, ...), a group (`rabbit`, `postgres`, `services`), `others` (every
+node not on the other side), or a list of these. Cuts are nft rules in the bridge's own namespace (bridge
+family, by IPv4 address); ARP still passes, so a cut is a silent drop of every packet, like a firewall or a dead
+link behind a switch, never "no route to host". This kernel has no netem: no latency is emulated here.
+
+Errors: `NotIsolated` when a namespace could send traffic out of the machine, `TopologyError` for a name the
+topology does not have or a missing topology file, `subprocess.CalledProcessError` when `ip` or `nft` fails."""
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "netns-cluster.sh"
+# What `common.db.pg_hosts.read_only` asks: a standby, or a server pg_auto_failover set read-only.
+READ_ONLY = "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool"
+DEFAULT_BASE = Path(os.environ.get("NETNS_BASE", "/var/tmp/shop-netns"))
+
+
+class TopologyError(Exception):
+    """A node or group the topology does not have, or no topology file (the cluster is not started)."""
+
+
+class NotIsolated(Exception):
+    """A namespace of the topology has a default route, or the root namespace an address of its subnet: traffic
+    to a test address could leave the machine."""
+
+
+def run(*command: str, input: str | None = None) -> str:
+    return subprocess.run(command, check=True, capture_output=True, text=True, input=input, timeout=60).stdout
+
+
+@dataclass
+class Topology:
+    nodes: dict            # node -> its address
+    namespaces: dict       # node -> its network namespace
+    groups: dict           # group -> [node, ...]
+    bridge_namespace: str
+    table: str
+    subnet: str
+    gateway_url: str
+    order_db: str          # libpq DSNs over the Unix sockets (from the root namespace, never cut)
+    payment_db: str
+    pg_ports: dict
+    rabbit_env_files: dict
+    base: str
+    timings: dict
+
+    @classmethod
+    def load(cls, base: Path = DEFAULT_BASE) -> "Topology":
+        path = Path(base) / "topology.json"
+        if not path.exists():
+            raise TopologyError(f"no {path}: start the topology with {SCRIPT} start")
+        data = json.loads(path.read_text())
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__})
+
+    # --- safety ------------------------------------------------------------------------------------------------
+
+    def check_isolated(self) -> None:
+        """Raise `NotIsolated` unless every namespace of the topology has no default route (IPv4 or IPv6) and the
+        root namespace has no address in the topology's subnet."""
+        for namespace in [self.bridge_namespace, *self.namespaces.values()]:
+            routes = run("ip", "-n", namespace, "route", "show", "default") + \
+                run("ip", "-n", namespace, "-6", "route", "show", "default")
+            if routes.strip():
+                raise NotIsolated(f"namespace {namespace} has a default route: {routes.strip()}")
+        prefix = self.subnet.rsplit(".", 1)[0] + "."
+        if f" {prefix}" in run("ip", "-o", "addr", "show"):
+            raise NotIsolated(f"the root namespace has an address in {self.subnet}")
+
+    # --- faults ------------------------------------------------------------------------------------------------
+
+    def members(self, side, other=()) -> list:
+        """The nodes of a side (see the module's docstring); `others` is every node not in `other`."""
+        if isinstance(side, (list, tuple, set)):
+            return sorted({node for part in side for node in self.members(part, other)})
+        if side == "others":
+            return sorted(set(self.nodes) - set(other))
+        if side in self.groups:
+            return list(self.groups[side])
+        if side in self.nodes:
+            return [side]
+        raise TopologyError(f"no node or group {side!r} (nodes: {', '.join(self.nodes)}; groups: "
+                            f"{', '.join(self.groups)}, others)")
+
+    def cut(self, a, b, one_way: bool = False) -> None:
+        """Drop every packet from side `a` to side `b`, and from `b` to `a` unless `one_way`."""
+        first = self.members(a) if a != "others" else None
+        second = self.members(b, first or ())
+        first = first or self.members(a, second)
+        self._drop(first, second)
+        if not one_way:
+            self._drop(second, first)
+
+    def _drop(self, sources, destinations) -> None:
+        def addresses(nodes):
+            return "{ " + ", ".join(self.nodes[node] for node in nodes) + " }"
+        self._nft("add", "rule", "bridge", self.table, "forward", "ip", "saddr", addresses(sources),
+                  "ip", "daddr", addresses(destinations), "drop")
+
+    def heal(self) -> None:
+        """Remove every cut."""
+        self._nft("flush", "chain", "bridge", self.table, "forward")
+
+    def cuts(self) -> str:
+        """The rules in force, as nft lists them."""
+        return self._nft("list", "chain", "bridge", self.table, "forward")
+
+    def _nft(self, *args: str) -> str:
+        return run("ip", "netns", "exec", self.bridge_namespace, "nft", *args)
+
+    def pids(self, node: str) -> list:
+        """Every process of a node: all of them run in its namespace."""
+        self.members(node)
+        return [int(pid) for pid in run("ip", "netns", "pids", self.namespaces[node]).split()]
+
+    def _signal(self, node: str, signum: int) -> list:
+        pids = self.pids(node)
+        for pid in pids:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        return pids
+
+    def freeze(self, node: str) -> list:
+        """SIGSTOP every process of `node` (its kernel still ACKs: only application timeouts notice); its pids."""
+        return self._signal(node, signal.SIGSTOP)
+
+    def thaw(self, node: str) -> list:
+        return self._signal(node, signal.SIGCONT)
+
+    def power_loss(self, node: str) -> None:
+        """Cut `node` from everyone, then kill its processes: nothing it would send at its end reaches anyone.
+        `heal()` then brings it back as a machine that rebooted without its processes (`restart` starts them)."""
+        self.cut(node, "others")
+        self._signal(node, signal.SIGCONT)
+        self._signal(node, signal.SIGKILL)
+
+    def restart(self, node: str) -> None:
+        """Start a node's processes again (after `power_loss`)."""
+        run(str(SCRIPT), "run-node", node)
+
+    # --- who holds what ----------------------------------------------------------------------------------------
+
+    def monitor_states(self) -> dict:
+        """{data node: (reported state, goal state)} as the pg_auto_failover monitor sees them."""
+        rows = self._sql(self.pg_ports["monitor"], "pg_auto_failover",
+                         "SELECT nodename, reportedstate, goalstate FROM pgautofailover.node")
+        return {name: (reported, goal) for name, reported, goal in rows}
+
+    def primaries(self) -> list:
+        """The data nodes that accept writes right now, each asked over its Unix socket (never cut)."""
+        found = []
+        for node in self.groups["postgres"]:
+            if node == "monitor":
+                continue
+            try:
+                (read_only,), = self._sql(self.pg_ports[node], "postgres", READ_ONLY)
+            except psycopg2.OperationalError:
+                continue
+            if not read_only:
+                found.append(node)
+        return found
+
+    def _sql(self, port: int, dbname: str, sql: str) -> list:
+        conn = psycopg2.connect(host="/var/run/postgresql", port=port, dbname=dbname, user="postgres",
+                                connect_timeout=3)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+    def wait_formation(self, timeout: float = 90) -> float:
+        """Wait until one data node is primary and the other secondary, both as assigned; the seconds it took.
+        Raises `TimeoutError` with the states seen."""
+        started, states = time.monotonic(), {}
+        while time.monotonic() - started < timeout:
+            try:
+                states = self.monitor_states()
+            except psycopg2.OperationalError:
+                states = {}
+            if sorted(states.values()) == [("primary", "primary"), ("secondary", "secondary")]:
+                return time.monotonic() - started
+            time.sleep(0.5)
+        raise TimeoutError(f"the PostgreSQL formation did not settle within {timeout} s: {states}")
+
+    def rabbitmqctl(self, node: str, *args: str, timeout: float = 30) -> str:
+        env = {**os.environ, "RABBITMQ_CONF_ENV_FILE": self.rabbit_env_files[node]}
+        return subprocess.run(["ip", "netns", "exec", self.namespaces[node], "rabbitmqctl", *args], env=env,
+                              check=True, capture_output=True, text=True, timeout=timeout).stdout
+
+    def broker_nodes_of(self, service: str) -> list:
+        """The RabbitMQ nodes `service` (a node name: order, payment) has connections to, as the first node that
+        answers lists the cluster's connections (its `host`: the node's address each connection reached)."""
+        by_address = {self.nodes[node]: node for node in self.groups["rabbit"]}
+        for node in self.groups["rabbit"]:
+            try:
+                listed = self.rabbitmqctl(node, "-q", "list_connections", "host", "peer_host", "--no-table-headers",
+                                          timeout=10)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                continue
+            pairs = [line.split() for line in listed.splitlines() if line.strip()]
+            return sorted({by_address[host] for host, peer in pairs if peer == self.nodes[service]})
+        return []
+
+    def wait_rabbit_cluster(self, timeout: float = 90) -> float:
+        """Wait until every RabbitMQ node sees all three running; the seconds it took. Raises `TimeoutError`."""
+        started, seen = time.monotonic(), {}
+        want = len(self.groups["rabbit"])
+        while time.monotonic() - started < timeout:
+            for node in self.groups["rabbit"]:
+                try:
+                    status = json.loads(self.rabbitmqctl(node, "-q", "cluster_status", "--formatter", "json",
+                                                         timeout=10))
+                    seen[node] = len(status["running_nodes"])
+                except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError, KeyError):
+                    seen[node] = 0
+            if all(count == want for count in seen.values()):
+                return time.monotonic() - started
+            time.sleep(1)
+        raise TimeoutError(f"the RabbitMQ cluster did not come together within {timeout} s: running seen {seen}")
+
+
+def start(base: Path = DEFAULT_BASE) -> Topology:
+    """Start the topology (scripts/netns-cluster.sh start) and return it, checked isolated."""
+    subprocess.run([str(SCRIPT), "start"], check=True, timeout=600, env={**os.environ, "NETNS_BASE": str(base)})
+    topology = Topology.load(base)
+    topology.check_isolated()
+    return topology
+
+
+def stop(base: Path = DEFAULT_BASE) -> None:
+    """Tear everything down (scripts/netns-cluster.sh stop): processes, namespaces, files."""
+    subprocess.run([str(SCRIPT), "stop"], check=True, timeout=300, env={**os.environ, "NETNS_BASE": str(base)})
