@@ -6,8 +6,8 @@ flush) however many requests it carries: the batch grows with the load, and no t
 Each request is still answered only after the commit of its own rows."""
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from common.db.database import Database
 from common.web.errors import Unavailable
@@ -18,27 +18,27 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 # `await write(cur, items)` writes a batch in the transaction of `cur`; returns, for each item in order, its
 # result or the exception to raise for that item alone (a refusal that does not spoil the batch).
-WriteBatch = Callable[..., Awaitable[list]]
+WriteBatch = Callable[[Any, list[Item]], Awaitable[Sequence[Result | BaseException]]]
 
 
 class GroupCommit(Generic[Item, Result]):
     """`await commit(item)` writes `item` in a transaction shared with the items that came meanwhile (at most
     `max_batch` of them), one such transaction at a time."""
 
-    def __init__(self, db: Database, write: WriteBatch, max_batch: int) -> None:
+    def __init__(self, db: Database, write: WriteBatch[Item, Result], max_batch: int) -> None:
         self.db, self.write, self.max_batch = db, write, max_batch
-        self._waiting: list[tuple[Item, asyncio.Future]] = []
-        self._writer: asyncio.Task | None = None
+        self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def __call__(self, item: Item) -> Result:
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_all(), name="group commit")
         return await future
 
     async def _write_all(self) -> None:
-        batch = []
+        batch: list[tuple[Item, asyncio.Future[Result]]] = []
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
@@ -62,13 +62,13 @@ class GroupCommit(Generic[Item, Result]):
         finally:
             self._writer = None
 
-    async def _after_failure(self, items: list, exc: Exception) -> list:
+    async def _after_failure(self, items: list[Item], exc: Exception) -> Sequence[Result | BaseException]:
         """Each item's outcome when the write of their batch raised `exc`."""
         if isinstance(exc, Unavailable) or len(items) == 1:
             # The database is away, or the COMMIT's outcome is unknown: each request alone would have got this.
             return [exc] * len(items)
         logger.warning("a batch of %d writes failed (%r): writing each alone", len(items), exc)
-        outcomes = []
+        outcomes: list[Result | BaseException] = []
         for item in items:
             try:
                 outcomes.extend(await self.db.run(self.write, [item]))

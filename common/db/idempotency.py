@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from tornado.httputil import HTTPServerRequest
 
 from common.db.database import Query, delete_batch, execute, fetch_all, older_than, texts
 from common.web.envelope import to_json
@@ -67,7 +68,7 @@ class Outcome(NamedTuple):
     replayed: bool  # True: the key was used before, `result` is that first call's, and nothing ran now
 
 
-def from_request(request, principal: str) -> IdempotentRequest | None:
+def from_request(request: HTTPServerRequest, principal: str) -> IdempotentRequest | None:
     """The request's idempotency key of `principal` and its fingerprint (method, path, body), or None without the
     header."""
     key = request.headers.get(HEADER)
@@ -79,11 +80,12 @@ def from_request(request, principal: str) -> IdempotentRequest | None:
     return IdempotentRequest(principal, key, digest)
 
 
-async def run_once(cur, request: IdempotentRequest | None, work: Callable[..., Awaitable[Any]], *args) -> Outcome:
+async def run_once(cur: Any, request: IdempotentRequest | None, work: Callable[..., Awaitable[Any]],
+                   *args: Any) -> Outcome:
     """`await work(cur, *args)`, or, if `request`'s key was used before, that first call's result (replayed).
 
     Raises `IdempotencyKeyReused` if the key came with a different request."""
-    async def work_once(cur, _items):
+    async def work_once(cur: Any, _items: list[None]) -> list[Any]:
         return [await work(cur, *args)]
 
     [outcome] = await run_each_once(cur, [(request, None)], work_once)
@@ -92,21 +94,22 @@ async def run_once(cur, request: IdempotentRequest | None, work: Callable[..., A
     return outcome
 
 
-async def run_each_once(cur, keyed: Sequence[tuple[IdempotentRequest | None, Any]],
-                        work: Callable[[Any, list], Awaitable[list]]) -> list[Outcome | IdempotencyKeyReused]:
+async def run_each_once(cur: Any, keyed: Sequence[tuple[IdempotentRequest | None, Any]],
+                        work: Callable[[Any, list[Any]], Awaitable[list[Any]]]) -> list[Outcome | IdempotencyKeyReused]:
     """`run_once` for a batch in one transaction: `keyed` is (request, item) pairs, and `await work(cur, items)`
     does the work of the items whose request has no key or is its key's first use, returning their results in
     order. Returns each pair's `Outcome`, or the `IdempotencyKeyReused` to raise for it alone.
 
     A key used twice in the batch is what a client retrying at once sends: the later use is answered as a
     replay of the earlier, exactly as if it had come after the earlier's commit."""
-    first_use = {}
+    first_use: dict[tuple[str, str], int] = {}
+    fingerprint: dict[tuple[str, str], str] = {}  # of each key's first use
     for index, (request, _) in enumerate(keyed):
-        if request is not None:
-            first_use.setdefault(request.scoped_key, index)
+        if request is not None and request.scoped_key not in first_use:
+            first_use[request.scoped_key], fingerprint[request.scoped_key] = index, request.fingerprint
     # Sorted, so that two transactions claiming the same keys take their index locks in the same order.
     keys = sorted(first_use)
-    fingerprints = [keyed[first_use[key]][0].fingerprint for key in keys]
+    fingerprints = [fingerprint[key] for key in keys]
     claimed = {(row["principal"], row["key"]) for row in await fetch_all(
         cur, CLAIM_KEYS, principals=[p for p, _ in keys], keys=[k for _, k in keys], fingerprints=fingerprints)} \
         if keys else set()
@@ -116,15 +119,14 @@ async def run_each_once(cur, keyed: Sequence[tuple[IdempotentRequest | None, Any
     chosen = [i for i, (request, _) in enumerate(keyed)
               if request is None or (request.scoped_key in claimed and first_use[request.scoped_key] == i)]
     results = dict(zip(chosen, await work(cur, [keyed[i][1] for i in chosen]))) if chosen else {}
-    stored = {keyed[i][0].scoped_key: to_json(results[i]) for i in chosen if keyed[i][0] is not None}
+    stored = {request.scoped_key: to_json(results[i]) for i in chosen if (request := keyed[i][0]) is not None}
     if stored:
         await execute(cur, STORE_RESULTS, principals=[p for p, _ in stored], keys=[k for _, k in stored],
                       results=list(stored.values()))
-        earlier.update((key, {"fingerprint": keyed[first_use[key]][0].fingerprint, "result": result})
-                       for key, result in stored.items())
-    outcomes = []
+        earlier.update((key, {"fingerprint": fingerprint[key], "result": result}) for key, result in stored.items())
+    outcomes: list[Outcome | IdempotencyKeyReused] = []
     for index, (request, _) in enumerate(keyed):
-        if index in results:
+        if request is None or index in results:  # (a request without a key is always among the results)
             outcomes.append(Outcome(results[index], replayed=False))
         elif earlier[request.scoped_key]["fingerprint"] != request.fingerprint:
             outcomes.append(IdempotencyKeyReused(f"'{HEADER}' {request.key!r} was already used with a different "
@@ -135,13 +137,13 @@ async def run_each_once(cur, keyed: Sequence[tuple[IdempotentRequest | None, Any
     return outcomes
 
 
-async def store_result(cur, request: IdempotentRequest, result: Any) -> None:
+async def store_result(cur: Any, request: IdempotentRequest, result: Any) -> None:
     """Make `result` the answer replayed for `request`'s key from now on (e.g. the first answer, given later
     than the commit that stored a result)."""
     await execute(cur, STORE_RESULTS, principals=[request.principal], keys=[request.key], results=[to_json(result)])
 
 
-async def forget_expired(cur, hours: float, limit: int) -> bool:
+async def forget_expired(cur: Any, hours: float, limit: int) -> bool:
     """Delete up to `limit` keys older than `hours`; True if more may be left."""
     return await delete_batch(cur, (idempotency_keys.c.principal, idempotency_keys.c.key), limit,
                               older_than(idempotency_keys.c.created_at, hours * 3600))
