@@ -67,3 +67,16 @@ def test_every_readme_section_the_tree_names_is_a_heading_of_the_readme():
                            capture_output=True, text=True).stdout.splitlines()
     missing = [line for line in named for section in README_SECTION.findall(line) if section not in headings]
     assert not missing, "README sections that are not there:\n" + "\n".join(missing)
+
+
+# A path of this repository in backticks; "the operator's `docs/...`" names another project's file.
+REPOSITORY_PATH = re.compile(r"(?<!'s )`((?:common|order_svc|payment_svc|proxy|ops|bench|harness|scripts|deploy|tests"
+                             r"|docs)/[\w./-]*\w)(?:::\w+)?`")
+
+
+def test_every_file_the_readme_and_docs_name_exists():
+    named = {(page.relative_to(ROOT), path) for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+             for path in REPOSITORY_PATH.findall(page.read_text())}
+    assert len(named) > 50
+    missing = sorted(f"{page}: {path}" for page, path in named if not (ROOT / path).exists())
+    assert not missing, "named but not in the repository:\n" + "\n".join(missing)
