@@ -18,7 +18,7 @@ import time
 import aio_pika
 
 from bench.table import Row, ms, per_s, render
-from common.broker.amqp_nodes import connect_robust
+from common.broker.amqp_nodes import connect_nodes
 from common.broker.queues import declare_queue
 from harness.infra import INFRA, Infra
 from harness.stack import ROOT
@@ -42,7 +42,7 @@ def cluster_infra():
 
 async def measure(urls, queue_type, messages):
     """(publishes/s with 200 in flight, median ms of one publish at a time, consumed/s)."""
-    connection = await connect_robust(urls)
+    connection = await connect_nodes(urls)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         queue_name = f"bench_{secrets.token_hex(3)}"

@@ -1,10 +1,13 @@
-"""A robust AMQP connection to one node of a RabbitMQ cluster at a time, moving to the next node when it loses it.
+"""An AMQP connection to one node of a RabbitMQ cluster at a time, moving to the next node when it loses it or is
+told to leave it (`NodeConnection.move_on`: a publisher whose node stops confirming).
 
 aio-pika 10's robust connection reconnects to the single URL it was made with (multi-host support exists only
-in its repository, not in a release). `connect_robust` takes a `connection_class`, its documented hook: the
-subclass here keeps aio-pika's reconnect loop, channel and consumer restoration, and only chooses which node
-each attempt goes to. Publishes left unconfirmed by a node that died fail in the caller (`DeliveryError`,
-`ChannelInvalidStateError`, a timeout); the outbox relay sends them again, as after any broker outage.
+in its repository, not in a release), and offers no public way to choose the node of each attempt. So the
+reconnect loop is this module's own, over `aio_pika.connect` to one node per attempt; its channels
+(`NodeChannel`) are opened again on each new connection with their QoS, queue declarations and consumers, as
+aio-pika's robust channels would be. Publishes left unconfirmed by a node that died fail in the caller
+(`DeliveryError`, `ChannelInvalidStateError`, a timeout); the outbox relay sends them again, as after any
+broker outage.
 
 TLS: an `amqps://` URL (port 5671 when it names none) with aiormq's own query parameters, which it turns into
 an `ssl.SSLContext` itself (`ssl.create_default_context` with them: the server's certificate and host name
@@ -16,13 +19,16 @@ verification off (warned about). Without a CA parameter the system's CAs verify.
 for another host name, a node that does not speak TLS on that port) raises `TlsRefused` rather than being
 retried for ever.
 """
-import functools
+import asyncio
 import logging
 import os
 import ssl
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import aio_pika
-from aio_pika import RobustConnection
+import aiormq.abc
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from yarl import URL
 
 from common.runtime.config import ConfigurationError
@@ -34,6 +40,8 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5
 # Seconds between two connection attempts (each to the next node). Short: recovery within a second or two.
 RECONNECT_INTERVAL = 1
+# Seconds before a channel the broker closed alone (a channel error) is opened again: not in a tight loop.
+CHANNEL_REOPEN_PAUSE = 1
 
 
 # aiormq 7.2.4's TLS query parameters (aiormq.connection.Connection.__init__), and those naming files.
@@ -109,71 +117,278 @@ def tls_refusal(exc):
     return None
 
 
-class MultiNodeConnection(RobustConnection):
-    """A `RobustConnection` over `nodes` (URLs of one cluster's nodes, tried in that order, from `first`).
+class NodeConnection:
+    """A connection to one node of a RabbitMQ cluster at a time (`nodes`: their URLs), kept up by its own loop.
 
-    Each connection attempt after the first goes to the node after the previous attempt's: after losing its
-    node the connection tries the next one, and a node that refuses costs one `reconnect_interval` before
-    the next is tried, so with one node of three down a reconnect takes at most two attempts."""
+    It connects with `aio_pika.connect` to one node; when that connection is lost, or `move_on` leaves it, the
+    next node in the list is tried at once, then the one after it every `RECONNECT_INTERVAL` seconds, round the
+    list, until one answers: with one node of three down a reconnect takes at most two attempts. Its channels
+    (`NodeChannel`) are opened again on each new connection, with their QoS, queues and consumers. `connected`
+    is set while a connection with all its channels is up."""
 
-    def __init__(self, url, *, nodes, first=0, **kwargs):
+    def __init__(self, nodes: Sequence[str], first: int = 0) -> None:
         self.nodes = [URL(node) for node in nodes]
         self.node_index = first
-        self._attempts = None  # not counting yet: Connection.__init__ clears `transport` too
-        super().__init__(self.nodes[first], **kwargs)
-        self._attempts = 0
+        self.connection: AbstractConnection | None = None
+        self.connected = asyncio.Event()
+        self.reconnect_callbacks: list[Callable[[], object]] = []  # called after each reconnect
+        self.channels: list[NodeChannel] = []
+        self._lost = asyncio.Event()
+        self._closing = False
+        self._keeper: asyncio.Task | None = None
+        self._closes: set[asyncio.Task] = set()
 
     @property
-    def node(self):
-        """The URL of the node this connection uses (or is trying)."""
+    def node(self) -> URL:
+        """The URL of the node this connection uses (or used last)."""
         return self.nodes[self.node_index]
 
-    # aio-pika's reconnect loop (RobustConnection.__connect_transport) clears `transport` right before each
-    # connection attempt, which then connects to `self.url`: the one per-attempt step it exposes, so the node
-    # is chosen here. Connection.__init__ and close() clear it too; neither is followed by an attempt.
-    @property
-    def transport(self):
-        return self._transport
+    def __str__(self) -> str:
+        return str(self.node.with_password("******") if self.node.password else self.node)
 
-    @transport.setter
-    def transport(self, value):
-        if value is None and self._attempts is not None and not self._close_called:
-            if self._attempts:
-                self.node_index = (self.node_index + 1) % len(self.nodes)
-                self.url = self.node
-            self._attempts += 1
-        self._transport = value
+    async def connect(self) -> None:
+        """Connect to the first node that answers, trying each once from the current one; then keep connected.
 
-    async def _on_connected(self):
-        # `connection_attempt` counts the connections made before this one: a reconnect is worth seeing.
-        reconnect = self.connection_attempt > 0
-        await super()._on_connected()
-        logger.log(logging.WARNING if reconnect else logging.INFO, "%s to RabbitMQ node %s",
-                   "reconnected" if reconnect else "connected", self)
+        Raises `TlsRefused` if none answers and TLS failed on one of them (`tls_refusal`), else the last node's
+        connection error (e.g. `AMQPConnectionError`)."""
+        error, tls = None, []
+        for offset in range(len(self.nodes)):
+            index = (self.node_index + offset) % len(self.nodes)
+            try:
+                await self._open(index)
+                break
+            except Exception as exc:  # noqa: BLE001 - the next node may answer; the last error is raised below
+                node = self.nodes[index].with_password("******")
+                logger.warning("RabbitMQ node %s: %r", node, exc)
+                error = exc
+                why = tls_refusal(exc)
+                if why is not None:
+                    tls.append(f"{node.host}:{node.port}: {why}")
+        else:
+            if tls:
+                ca = self.node.query.get("cafile") or "the system's CAs"
+                raise TlsRefused(f"RabbitMQ: TLS failed: {'; '.join(tls)} (CA: {ca}); not retrying, the TLS "
+                                 "settings or the node's certificate must change") from error
+            raise error
+        logger.info("connected to RabbitMQ node %s", self)
+        self._keeper = asyncio.create_task(self._keep_connected(), name=f"RabbitMQ connection to {self}")
 
+    async def channel(self, publisher_confirms: bool = True, on_return_raises: bool = False) -> "NodeChannel":
+        """A channel that outlives the node: opened now, and again on every new connection."""
+        channel = NodeChannel(self, publisher_confirms=publisher_confirms, on_return_raises=on_return_raises)
+        self.channels.append(channel)
+        if self.connection is not None:
+            await channel.open(self.connection)
+        return channel
 
-async def connect_robust(urls, first=0):
-    """Connect to the first reachable node of `urls`, trying them in turn from `urls[first]`; the connection
-    then moves between them by itself (`MultiNodeConnection`).
+    def move_on(self, reason: str) -> bool:
+        """Leave the current node for the next one, e.g. a node that stops confirming publishes while its
+        connection looks alive (a partition can leave it so until the heartbeat gives up). False if there is no
+        connection to leave (one is being made)."""
+        if not self.connected.is_set() or self._closing:
+            return False
+        logger.warning("leaving RabbitMQ node %s: %s", self, reason)
+        self._left()
+        return True
 
-    Raises the last node's connection error (e.g. `AMQPConnectionError`) if none of them answers, or `TlsRefused`
-    if none answers and TLS failed on one of them (`tls_refusal`)."""
-    error, tls = None, []
-    for offset in range(len(urls)):
-        index = (first + offset) % len(urls)
-        factory = functools.partial(MultiNodeConnection, nodes=urls, first=index)
-        node = URL(urls[index]).with_password("******")
+    async def close(self) -> None:
+        self._closing = True
+        self.connected.clear()
+        for channel in self.channels:
+            channel.stop()
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            await connection.close()
+        if self._closes:
+            await asyncio.wait(self._closes, timeout=CONNECT_TIMEOUT)
+
+    async def __aenter__(self) -> "NodeConnection":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _open(self, index: int) -> None:
+        connection = await aio_pika.connect(self.nodes[index], timeout=CONNECT_TIMEOUT)
         try:
-            return await aio_pika.connect_robust(urls[index], connection_class=factory, timeout=CONNECT_TIMEOUT,
-                                                 reconnect_interval=RECONNECT_INTERVAL)
-        except Exception as exc:  # noqa: BLE001 - the next node may answer; the last error is raised below
-            logger.warning("RabbitMQ node %s: %r", node, exc)
-            error = exc
-            why = tls_refusal(exc)
-            if why is not None:
-                tls.append(f"{node.host}:{node.port}: {why}")
-    if tls:
-        ca = URL(urls[first]).query.get("cafile") or "the system's CAs"
-        raise TlsRefused(f"RabbitMQ: TLS failed: {'; '.join(tls)} (CA: {ca}); not retrying, the TLS settings or "
-                         "the node's certificate must change") from error
-    raise error
+            for channel in self.channels:
+                await channel.open(connection)
+        except BaseException:
+            await asyncio.gather(connection.close(), return_exceptions=True)
+            raise
+        self.node_index, self.connection = index, connection
+        connection.close_callbacks.add(self._on_close)
+        self.connected.set()
+
+    def _on_close(self, connection: AbstractConnection, exc: BaseException | None = None) -> None:
+        if connection is self.connection and not self._closing:
+            logger.warning("lost RabbitMQ node %s: %r", self, exc)
+            self._left()
+
+    def _left(self) -> None:
+        self.connected.clear()
+        for channel in self.channels:
+            channel.opened.clear()
+        self._lost.set()
+
+    async def _keep_connected(self) -> None:
+        while True:
+            await self._lost.wait()
+            self._lost.clear()
+            left, self.connection = self.connection, None
+            if left is not None:
+                # In the background: closing a connection whose peer went silent waits for the heartbeat's grace.
+                closing = asyncio.create_task(asyncio.wait_for(left.close(), CONNECT_TIMEOUT))
+                self._closes.add(closing)
+                closing.add_done_callback(self._closed)
+            index = self.node_index
+            while True:
+                index = (index + 1) % len(self.nodes)
+                try:
+                    await self._open(index)
+                    break
+                except Exception as exc:  # noqa: BLE001 - any failure of an attempt: the next node's turn
+                    logger.warning("RabbitMQ node %s: %r; trying the next in %ss",
+                                   self.nodes[index].with_password("******"), exc, RECONNECT_INTERVAL)
+                    await asyncio.sleep(RECONNECT_INTERVAL)
+            logger.warning("reconnected to RabbitMQ node %s", self)
+            for callback in self.reconnect_callbacks:
+                callback()
+
+    def _closed(self, closing: asyncio.Task) -> None:
+        self._closes.discard(closing)
+        if not closing.cancelled() and closing.exception() is not None:
+            logger.info("closing the connection left behind: %r", closing.exception())
+
+
+class NodeChannel:
+    """A channel of a `NodeConnection`, opened again (with its QoS, the queues declared through it and its
+    consumers) on each new connection, and after the broker closed it alone (a channel error), once
+    `CHANNEL_REOPEN_PAUSE` has passed. Publishing waits until it is open: callers bound that wait."""
+
+    def __init__(self, connection: NodeConnection, **options: bool) -> None:
+        self.connection = connection
+        self.options = options
+        self.channel: AbstractChannel | None = None
+        self.opened = asyncio.Event()
+        self.prefetch: int | None = None
+        self.declared: dict[str, dict] = {}  # queue name: the declare's keyword arguments
+        self.consumers: list[tuple[str, Callable, dict]] = []
+        self._reopening: asyncio.Task | None = None
+
+    async def open(self, connection: AbstractConnection) -> None:
+        channel = await connection.channel(**self.options)
+        if self.prefetch is not None:
+            await channel.set_qos(prefetch_count=self.prefetch)
+        for name, arguments in self.declared.items():
+            await channel.declare_queue(name, **arguments)
+        for name, callback, arguments in self.consumers:
+            await (await channel.get_queue(name)).consume(callback, **arguments)
+        channel.close_callbacks.add(self._on_close)
+        self.channel = channel
+        self.opened.set()
+
+    async def ready(self) -> AbstractChannel:
+        """The channel, once open."""
+        while True:
+            await self.opened.wait()
+            if self.channel is not None and not self.channel.is_closed:
+                return self.channel
+            # Closed a moment ago: its close callback, on its way, has it opened again.
+            self.opened.clear()
+
+    @property
+    def default_exchange(self) -> "_DefaultExchange":
+        return _DefaultExchange(self)
+
+    async def set_qos(self, prefetch_count: int) -> None:
+        self.prefetch = prefetch_count
+        await (await self.ready()).set_qos(prefetch_count=prefetch_count)
+
+    async def declare_queue(self, name: str, **arguments: object) -> AbstractQueue:
+        """Declare a queue now, and again on every channel opened after this one (a passive declare only now)."""
+        queue = await (await self.ready()).declare_queue(name, **arguments)
+        if not arguments.get("passive"):
+            self.declared[name] = arguments
+        return queue
+
+    async def get_queue(self, name: str, ensure: bool = True) -> "_NodeQueue":
+        """The queue `name` (with `ensure`, checked to exist: a passive declare, as aio-pika's)."""
+        if ensure:
+            await (await self.ready()).get_queue(name)
+        return _NodeQueue(self, name)
+
+    async def queue_delete(self, name: str, **arguments: Any) -> object:
+        """Delete a queue (as aio-pika's `Channel.queue_delete`); it is declared again on no later channel."""
+        self.declared.pop(name, None)
+        return await (await self.ready()).queue_delete(name, **arguments)
+
+    async def get_underlay_channel(self) -> aiormq.abc.AbstractChannel:
+        return await (await self.ready()).get_underlay_channel()
+
+    def stop(self) -> None:
+        """Open no more: its connection is closing."""
+        if self._reopening is not None:
+            self._reopening.cancel()
+
+    def _on_close(self, channel: AbstractChannel, exc: BaseException | None = None) -> None:
+        if channel is not self.channel:
+            return
+        self.opened.clear()
+        if self.connection.connected.is_set() and self._reopening is None:
+            logger.warning("RabbitMQ closed a channel on %s: %r; reopening it", self.connection, exc)
+            self._reopening = asyncio.create_task(self._reopen(channel))
+
+    async def _reopen(self, closed: AbstractChannel) -> None:
+        try:
+            await asyncio.sleep(CHANNEL_REOPEN_PAUSE)
+            connection = self.connection.connection
+            # Not if a new connection has opened it meanwhile, or the connection is gone (its reconnect will).
+            if self.channel is closed and connection is not None and self.connection.connected.is_set():
+                await self.open(connection)
+        except Exception as exc:  # noqa: BLE001 - a node that cannot give a channel is no node to stay on
+            self.connection.move_on(f"a channel could not be reopened: {exc!r}")
+        finally:
+            self._reopening = None
+
+
+class _DefaultExchange:
+    """The default exchange of whichever channel a `NodeChannel` has open when a publish is made."""
+
+    def __init__(self, channel: NodeChannel) -> None:
+        self.channel = channel
+
+    async def publish(self, message: aio_pika.abc.AbstractMessage, routing_key: str,
+                      **arguments: object) -> object:
+        channel = await self.channel.ready()
+        return await channel.default_exchange.publish(message, routing_key=routing_key, **arguments)
+
+
+class _NodeQueue:
+    """A queue by name on a `NodeChannel`, used on whichever channel it has open: what it consumes is consumed
+    again on every channel opened later."""
+
+    def __init__(self, channel: NodeChannel, name: str) -> None:
+        self.channel, self.name = channel, name
+
+    async def consume(self, callback: Callable, **arguments: object) -> str:
+        self.channel.consumers.append((self.name, callback, arguments))
+        return await (await self._queue()).consume(callback, **arguments)
+
+    async def get(self, **arguments: Any) -> aio_pika.abc.AbstractIncomingMessage | None:
+        """One message, as aio-pika's `Queue.get` (`no_ack`, `fail`, `timeout`)."""
+        return await (await self._queue()).get(**arguments)
+
+    async def _queue(self) -> AbstractQueue:
+        return await (await self.channel.ready()).get_queue(self.name, ensure=False)
+
+
+async def connect_nodes(urls: Sequence[str], first: int = 0) -> NodeConnection:
+    """A `NodeConnection` over `urls`, connected to the first of them that answers from `urls[first]` on
+    (raises as `NodeConnection.connect`)."""
+    connection = NodeConnection(urls, first)
+    await connection.connect()
+    return connection

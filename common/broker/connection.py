@@ -3,7 +3,7 @@
 import asyncio
 import logging
 
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustQueue
+from aio_pika.abc import AbstractQueue
 
 from common.broker import amqp_nodes, queues
 from common.broker.consumer import Consumer
@@ -19,14 +19,15 @@ logger = logging.getLogger(__name__)
 
 
 class Broker:
-    """Two robust connections: one for a confirming publisher channel, one for a consumer channel.
+    """Two connections (`amqp_nodes.NodeConnection`): one for a confirming publisher channel, one for a consumer
+    channel.
 
     Apart because RabbitMQ's flow control throttles a connection that publishes faster than the broker
     writes: on a shared connection the consumer's acks would wait behind the publishes, its prefetch window
     would stay full, and consuming would stall for as long as publishing is fast (seen under load: no payment
     result applied for seconds). RabbitMQ's documentation advises the same."""
 
-    def __init__(self, connections: list[AbstractRobustConnection], publisher: Publisher,
+    def __init__(self, connections: list[amqp_nodes.NodeConnection], publisher: Publisher,
                  consumer: Consumer) -> None:
         self.connections = connections
         self.publisher = publisher
@@ -46,7 +47,7 @@ class Broker:
         TLS to the nodes fails in a way only a change of settings mends (`amqps://...?cafile=` naming the wrong
         CA, a certificate for another host name, a port without TLS), `ConfigurationError` for TLS parameters
         that cannot work (`amqp_nodes.check_tls`)."""
-        connections = [await connect_robust(url) for _ in range(2)]
+        connections = [await connect(url) for _ in range(2)]
         publishing = await connections[0].channel(publisher_confirms=True, on_return_raises=True)
         consuming = await connections[1].channel()
         await consuming.set_qos(prefetch_count=prefetch)
@@ -59,11 +60,14 @@ class Broker:
             raise
         user = broker_user(url)
         logger.info("connected to RabbitMQ as %s", user)
-        return cls(connections, Publisher(publishing, publish_timeout, entries_per_message, user_id=user),
+        # A node that stops confirming is left for the next one: the consumer's own connection notices such a
+        # node by its heartbeat, but publishes would only time out until then.
+        publisher = Publisher(publishing, publish_timeout, entries_per_message, user_id=user,
+                              leave_node=connections[0].move_on)
+        return cls(connections, publisher,
                    Consumer(consuming, dead_letters_via=publishing, publish_as=user))
 
     def is_connected(self) -> bool:
-        # `connection.is_closed` stays False during an outage; the `connected` event does not.
         return all(connection.connected.is_set() for connection in self.connections)
 
     async def close(self) -> None:
@@ -76,14 +80,13 @@ class Broker:
             logger.warning("the broker did not acknowledge closing the connections within 5 s")
 
 
-async def connect_robust(url: str) -> AbstractRobustConnection:
+async def connect(url: str) -> amqp_nodes.NodeConnection:
     async for attempt in until_connected(BROKER_ERRORS, describe_rabbitmq(url)):
         with attempt:
-            connection = await amqp_nodes.connect_robust(amqp_nodes.split_urls(url))
-    connection.reconnect_callbacks.add(lambda *_: RECONNECTS.inc())
+            connection = await amqp_nodes.connect_nodes(amqp_nodes.split_urls(url))
+    connection.reconnect_callbacks.append(RECONNECTS.inc)
     return connection
 
 
-async def declare_queue(channel: AbstractRobustChannel, name: str,
-                        queue_type: str | None = None) -> AbstractRobustQueue:
+async def declare_queue(channel: amqp_nodes.NodeChannel, name: str, queue_type: str | None = None) -> AbstractQueue:
     return await queues.declare_queue(channel, name, queue_type)

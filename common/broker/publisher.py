@@ -8,8 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 
 import aio_pika
-from aio_pika.abc import AbstractRobustChannel
 
+from common.broker.amqp_nodes import NodeChannel
 from common.broker.packing import pack
 from common.observability import tracing
 from common.observability.metrics import PUBLISH_FAILED, PUBLISHED, ROWS_PUBLISHED
@@ -21,6 +21,13 @@ logger = logging.getLogger(__name__)
 # producers wait (back-pressure: no more orders are taken in, no more requests settled, than can be sent on).
 # At least a consumer's batch; small enough that a wait for room tracks the broker's pace.
 MAX_SENDING = 256
+
+# Publishes in a row not confirmed within the publish timeout (and started since the last move) after which a
+# `Publisher` leaves its node for the next (`leave_node`): a node cut off from the cluster's majority, or hung,
+# keeps its connection open while a quorum queue cannot confirm, until its heartbeat gives up (up to 3 times
+# the heartbeat, 3 minutes by default). Three: one slow confirm is no reason to move, a node silent for three
+# timeouts (15 s at the default 5 s) is; concurrent publishes of one silent spell each count.
+LEAVE_AFTER_TIMEOUTS = 3
 
 # (row id, entry, the trace it continues or None): what a relay or a fast path hands over to be published.
 Outgoing = tuple[Hashable, Mapping, Trace]
@@ -38,14 +45,20 @@ class Publisher:
     Rows go out up to `entries_per_message` to a message (1: one message per row, the format from before).
 
     Every message carries `user_id`, the user the channel's connection logged in as: RabbitMQ refuses a publish
-    whose `user_id` is another user's, so a consumer can tell who published a message (`common.broker.consumer`)."""
+    whose `user_id` is another user's, so a consumer can tell who published a message (`common.broker.consumer`).
 
-    def __init__(self, channel: AbstractRobustChannel, timeout: float, entries_per_message: int = 1,
-                 user_id: str | None = None) -> None:
+    `leave_node(reason)`, if given, is called after `LEAVE_AFTER_TIMEOUTS` publishes in a row time out
+    (`amqp_nodes.NodeConnection.move_on`; it returns whether it left)."""
+
+    def __init__(self, channel: NodeChannel, timeout: float, entries_per_message: int = 1,
+                 user_id: str | None = None, leave_node: Callable[[str], bool] | None = None) -> None:
         self.channel = channel
         self.timeout = timeout
         self.entries_per_message = entries_per_message
         self.user_id = user_id
+        self.leave_node = leave_node
+        self.timeouts = 0  # publishes timed out in a row, among those started since `moved_at`
+        self.moved_at = float("-inf")
 
     async def publish(self, queue: str, body: bytes, message_id: Hashable, headers: dict | None = None) -> None:
         """Publish one message to `queue` and wait for the broker's confirm.
@@ -53,10 +66,25 @@ class Publisher:
         Raises one of `common.runtime.retry.BROKER_ERRORS` or `aio_pika.exceptions.DeliveryError` if not confirmed."""
         message = aio_pika.Message(body, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                                    content_type="application/json", message_id=str(message_id), user_id=self.user_id)
-        # aio-pika's timeout covers only the confirm: on a connection that is being recovered (or was
-        # closed) the publish first waits for a channel without end, and would hold its relay step with it.
-        async with asyncio.timeout(self.timeout):
-            await self.channel.default_exchange.publish(message, routing_key=queue, timeout=self.timeout)
+        started = asyncio.get_running_loop().time()
+        try:
+            # aio-pika's timeout covers only the confirm: on a connection that is being made again (or was
+            # closed) the publish first waits for a channel without end, and would hold its relay step with it.
+            async with asyncio.timeout(self.timeout):
+                await self.channel.default_exchange.publish(message, routing_key=queue, timeout=self.timeout)
+        except TimeoutError:
+            self._timed_out(started)
+            raise
+        self.timeouts = 0
+
+    def _timed_out(self, started: float) -> None:
+        if started < self.moved_at:
+            return  # sent to the node left behind
+        self.timeouts += 1
+        if self.leave_node is not None and self.timeouts >= LEAVE_AFTER_TIMEOUTS:
+            reason = f"{self.timeouts} publishes in a row not confirmed within {self.timeout} s"
+            if self.leave_node(reason):
+                self.timeouts, self.moved_at = 0, asyncio.get_running_loop().time()
 
     async def publish_entries(self, queue: str, rows: Sequence[Outgoing]) -> None:
         """Publish one message of these rows' entries; with tracing on, in a span of each row's trace, which
@@ -95,7 +123,7 @@ class Publisher:
     async def waiting_count(self, queue: str) -> int:
         """Messages in `queue` not yet delivered to any consumer: one passive declare, one round trip.
 
-        (aio-pika's robust channel answers a passive `declare_queue` from its cache, hence the raw channel.)"""
+        (On the underlying channel: a queue object would be kept for re-declaring, a count needs none.)"""
         channel = await self.channel.get_underlay_channel()
         return (await channel.queue_declare(queue, passive=True)).message_count
 

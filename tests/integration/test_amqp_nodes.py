@@ -1,9 +1,13 @@
 """The multi-node connection (`common.broker.amqp_nodes`) against the real broker: three TCP proxies in front of it
-stand for three nodes of a cluster, so a node can be lost without touching the shared RabbitMQ."""
+stand for three nodes of a cluster, so a node can be lost, or fall silent, without touching the shared RabbitMQ."""
+import asyncio
+
 import aio_pika
 import pytest
 
-from common.broker.amqp_nodes import connect_robust, split_urls
+from common.broker import publisher as publishing
+from common.broker.amqp_nodes import connect_nodes, split_urls
+from common.broker.publisher import Publisher
 from common.runtime.config import ConfigurationError
 from harness.infra import INFRA
 from harness.proxy import TcpProxy
@@ -19,11 +23,11 @@ def proxies():
         proxy.down()
 
 
-def node_urls(run_env, ports):
+def node_urls(run_env, ports, heartbeat=2):
     vhost = run_env["RABBITMQ_URL"].rsplit("/", 1)[1]
     # A short heartbeat, as the chaos runs use: aiormq's close after a reset waits for a drain of the dead
     # socket bounded by the heartbeat's grace (seen once in a few runs here: minutes with the default 60 s).
-    return [f"amqp://guest:guest@127.0.0.1:{port}/{vhost}?heartbeat=2" for port in ports]
+    return [f"amqp://guest:guest@127.0.0.1:{port}/{vhost}?heartbeat={heartbeat}" for port in ports]
 
 
 async def round_trip(channel, queue_name):
@@ -52,7 +56,7 @@ def test_rabbitmq_url_lists_are_split_and_bad_entries_named():
 async def test_connection_skips_nodes_that_refuse(run_env, proxies):
     dead = free_port()  # nothing listens there
     urls = node_urls(run_env, [dead, proxies[1].port, proxies[2].port])
-    connection = await connect_robust(urls)
+    connection = await connect_nodes(urls)
     try:
         assert connection.node.port == proxies[1].port
         await round_trip(await connection.channel(), "amqp_nodes_skip")
@@ -63,7 +67,7 @@ async def test_connection_skips_nodes_that_refuse(run_env, proxies):
 @pytest.mark.gen_test(timeout=60)
 async def test_connection_moves_to_the_next_node_each_time_it_loses_one(run_env, proxies):
     urls = node_urls(run_env, [proxy.port for proxy in proxies])
-    connection = await connect_robust(urls)
+    connection = await connect_nodes(urls)
     try:
         assert connection.node.port == proxies[0].port
         channel = await connection.channel()
@@ -80,3 +84,73 @@ async def test_connection_moves_to_the_next_node_each_time_it_loses_one(run_env,
             await round_trip(channel, f"amqp_nodes_move_{expected}")
     finally:
         await connection.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_move_on_leaves_the_node_for_the_next_and_the_consumer_follows(run_env, proxies):
+    """`move_on` while the node is fine: the next node, the channel's QoS and consumer set up again there, and
+    messages published after the move still reach the consumer of before."""
+    urls = node_urls(run_env, [proxy.port for proxy in proxies])
+    connection = await connect_nodes(urls)
+    reconnects = []
+    connection.reconnect_callbacks.append(lambda: reconnects.append(connection.node.port))
+    try:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=7)
+        queue_name = "amqp_nodes_move_on"
+        await channel.declare_queue(queue_name, auto_delete=True)
+        received = asyncio.Queue()
+
+        async def on_message(message):
+            await message.ack()
+            received.put_nowait(message.body)
+        await (await channel.get_queue(queue_name)).consume(on_message)
+        assert connection.move_on("a test") is True
+        assert connection.move_on("a second caller") is False  # one move, not two
+        await eventually(lambda: assert_on(connection, proxies[1].port), timeout=20)
+        assert reconnects == [proxies[1].port]
+        await channel.default_exchange.publish(aio_pika.Message(b"after"), routing_key=queue_name)
+        assert await asyncio.wait_for(received.get(), 10) == b"after"
+        assert (await channel.get_underlay_channel()).number is not None
+    finally:
+        await connection.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_channel_the_broker_closes_is_opened_again_on_the_same_node(run_env, proxies):
+    connection = await connect_nodes(node_urls(run_env, [proxy.port for proxy in proxies]))
+    try:
+        channel = await connection.channel()
+        with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+            await channel.get_queue("amqp_nodes_no_such_queue")  # a passive declare: the broker closes the channel
+        await round_trip(channel, "amqp_nodes_reopened")
+        assert connection.node.port == proxies[0].port
+    finally:
+        await connection.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_publisher_whose_node_falls_silent_moves_to_the_next_node(run_env, proxies):
+    """A node that neither confirms nor resets (a partition): its heartbeat (60 s here) would notice only after
+    minutes; the publisher's timeouts in a row make the connection leave it."""
+    connection = await connect_nodes(node_urls(run_env, [proxy.port for proxy in proxies], heartbeat=60))
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        await channel.declare_queue("amqp_nodes_silent", auto_delete=True)
+        publisher = Publisher(channel, timeout=0.5, leave_node=connection.move_on)
+        await publisher.publish("amqp_nodes_silent", b"{}", 1)
+        proxies[0].pause()
+        for attempt in range(publishing.LEAVE_AFTER_TIMEOUTS):
+            assert connection.node.port == proxies[0].port
+            with pytest.raises(TimeoutError):
+                await publisher.publish("amqp_nodes_silent", b"{}", 2 + attempt)
+        await eventually(lambda: assert_on(connection, proxies[1].port), timeout=20)
+        await publisher.publish("amqp_nodes_silent", b"{}", 9)  # confirmed by the next node
+        assert publisher.timeouts == 0
+    finally:
+        proxies[0].resume()
+        await connection.close()
+
+
+def assert_on(connection, port):
+    assert connection.connected.is_set() and connection.node.port == port

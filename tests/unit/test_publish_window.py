@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from common.broker.publisher import Publisher, PublishWindow
+from common.broker.publisher import LEAVE_AFTER_TIMEOUTS, Publisher, PublishWindow
 from common.observability.metrics import PUBLISH_FAILED, PUBLISHED, ROWS_PUBLISHED
 from tests.conftest import eventually
 from tests.unit.fakes import FakePublisher
@@ -142,3 +142,50 @@ async def test_rows_handed_to_the_window_in_one_tick_go_out_in_one_send_with_one
     assert publisher.calls == [[1, 2, 3], [4]]
     assert followed == [([1, 3], [2]), ([4], [])]
     assert window.has_room()
+
+
+class SilentChannel:
+    """A channel whose node confirms nothing once `silent` is set."""
+
+    def __init__(self):
+        self.silent = False
+        self.default_exchange = self
+
+    async def publish(self, message, routing_key, timeout):
+        if self.silent:
+            await asyncio.Event().wait()
+
+
+@pytest.mark.gen_test
+async def test_a_publisher_leaves_its_node_after_timeouts_in_a_row_and_counts_afresh_on_the_next():
+    channel, reasons = SilentChannel(), []
+
+    def leave_node(reason):
+        reasons.append(reason)
+        return True
+    publisher = Publisher(channel, timeout=0.05, leave_node=leave_node)
+    channel.silent = True
+    for _ in range(LEAVE_AFTER_TIMEOUTS - 1):
+        with pytest.raises(TimeoutError):
+            await publisher.publish("q", b"{}", 1)
+    channel.silent = False
+    await publisher.publish("q", b"{}", 2)  # a confirm between: the count starts again
+    channel.silent = True
+    for _ in range(LEAVE_AFTER_TIMEOUTS):
+        with pytest.raises(TimeoutError):
+            await publisher.publish("q", b"{}", 3)
+    assert reasons == [f"{LEAVE_AFTER_TIMEOUTS} publishes in a row not confirmed within 0.05 s"]
+
+
+@pytest.mark.gen_test
+async def test_publishes_sent_to_the_node_left_behind_do_not_count_against_the_next():
+    channel, moves = SilentChannel(), []
+    publisher = Publisher(channel, timeout=0.1, leave_node=lambda reason: moves.append(reason) or True)
+    channel.silent = True
+    sent = LEAVE_AFTER_TIMEOUTS + 4  # concurrent, all to the silent node: the first timeouts move, the rest are late
+    results = await asyncio.gather(*(publisher.publish("q", b"{}", n) for n in range(sent)), return_exceptions=True)
+    assert all(isinstance(result, TimeoutError) for result in results)
+    assert len(moves) == 1 and publisher.timeouts == 0
+    with pytest.raises(TimeoutError):
+        await publisher.publish("q", b"{}", 99)  # the next node silent too: counted afresh
+    assert len(moves) == 1 and publisher.timeouts == 1
