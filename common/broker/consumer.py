@@ -10,7 +10,7 @@ unread (`WrongPublisher`) and changes nothing (docs/security-credentials.md)."""
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 # `await handle_batch(items)` processes the items (the entries of a batch's messages) in one transaction and
 # returns {index: reason} of those to dead-letter (indexes into `items`). Raising `Unavailable` means "try the
 # batch again"; any other exception, or an index `items` does not have, is a bug.
-HandleBatch = Callable[[list], Awaitable[dict]]
+HandleBatch = Callable[[list[Any]], Awaitable[dict[int, str]]]
 
 
 class WrongPublisher(InvalidMessage):
@@ -67,7 +67,7 @@ class BatchConsumer:
         self.kind = kind
         self.handle_batch = handle_batch
         self.batch_size = batch_size
-        self.pending: asyncio.Queue = asyncio.Queue()
+        self.pending: asyncio.Queue[Received] = asyncio.Queue()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         # Refused messages are acknowledged by `process` like the rest, so that messages are acknowledged in
@@ -75,8 +75,10 @@ class BatchConsumer:
         if message.user_id not in self.publishers:
             self.pending.put_nowait(Received(message, WrongPublisher(message.user_id, self.queue, self.publishers)))
             return
+        header = (message.headers or {}).get(tracing.HEADER)
         try:
-            entries = unpack(message.body, (message.headers or {}).get(tracing.HEADER), self.kind)
+            entries: list[Entry] | InvalidMessage = unpack(message.body, header if isinstance(header, str) else None,
+                                                           self.kind)
         except InvalidMessage as exc:
             entries = exc
         self.pending.put_nowait(Received(message, entries))
@@ -101,8 +103,9 @@ class BatchConsumer:
                     if not isinstance(received.entries, InvalidMessage) for e, entry in enumerate(received.entries)]
         spans = [(batch[m].message.message_id, entry.trace, getattr(entry.item, "order_id", None))
                  for m, _, entry in readable]
-        refused = [{} for _ in batch]  # per message: {entry index: reason}
-        valid, places = [], []         # the items to handle, and (message index, entry index) of each
+        refused: list[dict[int, str]] = [{} for _ in batch]  # per message: {entry index: reason}
+        valid: list[Any] = []                  # the items to handle
+        places: list[tuple[int, int]] = []     # (message index, entry index) of each
         with tracing.current.process(self.queue, spans) as traces:
             for (m, e, entry), trace in zip(readable, traces):
                 if isinstance(entry.item, InvalidMessage):
@@ -110,7 +113,7 @@ class BatchConsumer:
                 else:
                     valid.append(entry.item.traced(trace) if trace else entry.item)
                     places.append((m, e))
-            failed = set()
+            failed: set[int] = set()
             try:
                 invalid = await self._handle(valid) if valid else {}
             except Exception:
@@ -120,17 +123,18 @@ class BatchConsumer:
             for index, reason in invalid.items():
                 m, e = places[index]
                 refused[m][e] = reason
-            acked, processed = [], 0
+            acked: list[AbstractIncomingMessage] = []
+            processed = 0
             for m, received in enumerate(batch):
                 unprocessed = isinstance(received.entries, InvalidMessage) or refused[m] or m in failed
                 if unprocessed and not await self._dispose(received, refused[m], m in failed):
                     continue
                 acked.append(received.message)
-                processed += len(received.entries) - len(refused[m])
+                processed += received.size - len(refused[m])
             await self._ack_batch([received.message for received in batch], acked)
         ENTRIES_CONSUMED.labels(self.queue).inc(processed)
 
-    async def _handle(self, items: list) -> dict:
+    async def _handle(self, items: list[Any]) -> dict[int, str]:
         """{index: reason} of the items to dead-letter, as `handle_batch` returned it; raises `ValueError` if
         that names an index the batch does not have.
 
@@ -146,7 +150,7 @@ class BatchConsumer:
             raise ValueError(f"the handler refused items {unknown} of a batch of {len(items)}")
         return invalid
 
-    async def _dispose(self, received: Received, refused: dict, failed: bool) -> bool:
+    async def _dispose(self, received: Received, refused: dict[int, str], failed: bool) -> bool:
         """What a message not processed whole needs besides the batch's ack; True if the batch's ack is still
         to take it.
 
@@ -166,7 +170,7 @@ class BatchConsumer:
             return await self._reject_entries(message, received.entries, refused)
         return False
 
-    async def _ack_batch(self, messages: list, acked: list) -> None:
+    async def _ack_batch(self, messages: list[AbstractIncomingMessage], acked: list[AbstractIncomingMessage]) -> None:
         """Ack the `acked` messages of a batch with one `multiple` ack of the last of them: one frame instead
         of one per message. The others of the batch were dead-lettered or requeued before.
 
@@ -174,7 +178,7 @@ class BatchConsumer:
         yet: deliveries arrive in order, are batched in order, and each batch is acknowledged before the next."""
         if not acked:
             return
-        tags = [message.delivery_tag for message in messages]
+        tags = [message.delivery_tag or 0 for message in messages]  # (a consumed message always has one)
         if all(earlier < later for earlier, later in zip(tags, tags[1:])):
             await acknowledge(acked[-1].ack(multiple=True))
         else:
@@ -197,7 +201,8 @@ class BatchConsumer:
                              refused_publisher, self.requeue_pause):
             DEAD_LETTERED.labels(self.queue).inc()
 
-    async def _reject_entries(self, message: AbstractIncomingMessage, entries: list[Entry], refused: dict) -> bool:
+    async def _reject_entries(self, message: AbstractIncomingMessage, entries: list[Entry],
+                              refused: dict[int, str]) -> bool:
         for index, reason in refused.items():
             logger.error("dead-lettering entry %d of message %s from %s: %s", index, message.message_id, self.queue,
                          reason)
@@ -209,7 +214,7 @@ class BatchConsumer:
         return False
 
 
-async def acknowledge(ack_or_reject: Awaitable) -> None:
+async def acknowledge(ack_or_reject: Awaitable[object]) -> None:
     """Ack/nack/reject; if the channel died meanwhile the broker redelivers, which the handlers tolerate."""
     try:
         await ack_or_reject
@@ -226,7 +231,7 @@ class Consumer:
         self.channel = channel
         self.dead_letters_via = dead_letters_via
         self.publish_as = publish_as
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def consume(self, queue: str, kind: EntryType, handle_batch: HandleBatch, batch_size: int,
                       publishers: Collection[str]) -> None:

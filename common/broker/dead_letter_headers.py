@@ -13,8 +13,13 @@ A service that gives up on a message publishes it to `<queue>.dead` itself, with
 
 A message RabbitMQ dead-lettered itself (the queues keep their `x-dead-letter-*` arguments as a safety net)
 has only the broker's `x-death` / `x-first-death-*` headers; `DeadLetterInfo` reads those too."""
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
+
+# A message's headers as aio-pika gives them (AMQP field values) and takes them.
+Headers = Mapping[str, Any]
 
 REASON = "x-shop-reason"
 ORIGINAL_QUEUE = "x-shop-original-queue"
@@ -31,29 +36,30 @@ _CURRENT_DEATH = (REASON, ORIGINAL_QUEUE, REJECTED_AT, REFUSED_PUBLISHER, "x-dea
                   "x-last-death-exchange")
 
 
-def dead_letter_queue(name):
+def dead_letter_queue(name: str) -> str:
     return f"{name}.dead"
 
 
-def utc_now():
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def death_headers(headers, queue, reason, now, refused_publisher=None):
+def death_headers(headers: Headers | None, queue: str, reason: str, now: datetime,
+                  refused_publisher: str | None = None) -> dict[str, Any]:
     """The headers of a message consumed from `queue` once it is dead-lettered for `reason` at `now`;
     `refused_publisher` is the `user_id` it came with ("" for none) if that is the reason."""
-    headers = {key: value for key, value in (headers or {}).items() if key != REFUSED_PUBLISHER}
+    kept = {key: value for key, value in (headers or {}).items() if key != REFUSED_PUBLISHER}
     at = now.isoformat(timespec="milliseconds")
     refused = {} if refused_publisher is None else {REFUSED_PUBLISHER: refused_publisher}
-    return {**headers, REASON: reason, ORIGINAL_QUEUE: queue, REJECTED_AT: at,
-            FIRST_REASON: headers.get(FIRST_REASON, reason), FIRST_REJECTED_AT: headers.get(FIRST_REJECTED_AT, at),
-            DEATHS: int(headers.get(DEATHS, 0)) + 1, **refused}
+    return {**kept, REASON: reason, ORIGINAL_QUEUE: queue, REJECTED_AT: at,
+            FIRST_REASON: kept.get(FIRST_REASON, reason), FIRST_REJECTED_AT: kept.get(FIRST_REJECTED_AT, at),
+            DEATHS: int(kept.get(DEATHS, 0)) + 1, **refused}
 
 
-def replay_headers(headers, now):
+def replay_headers(headers: Headers | None, now: datetime) -> dict[str, Any]:
     """The headers a replayed message travels with: the application's own and its history (first death, deaths),
     without those describing the death it is replayed from."""
-    info = DeadLetterInfo.from_headers(headers, None)
+    info = DeadLetterInfo.from_headers(headers, "")  # its queue is not among what is kept
     kept = {key: value for key, value in (headers or {}).items() if key not in _CURRENT_DEATH}
     return {**kept, FIRST_REASON: info.first_reason, FIRST_REJECTED_AT: info.first_rejected_at.isoformat()
             if info.first_rejected_at else "", DEATHS: info.deaths, REPLAYED_AT: now.isoformat(timespec="milliseconds")}
@@ -70,9 +76,9 @@ class DeadLetterInfo:
     refused_publisher: str | None = None  # the user_id it came with, if it was refused for it
 
     @classmethod
-    def from_headers(cls, headers, default_queue):
+    def from_headers(cls, given: Headers | None, default_queue: str) -> "DeadLetterInfo":
         """Read ours, else RabbitMQ's `x-death` (most recent death first), else say "unknown"."""
-        headers = headers or {}
+        headers = given or {}
         if REASON in headers:
             refused = headers.get(REFUSED_PUBLISHER)
             return cls(str(headers[REASON]), str(headers.get(ORIGINAL_QUEUE, default_queue)),
@@ -91,11 +97,11 @@ class DeadLetterInfo:
                    _parse_time(headers.get(FIRST_REJECTED_AT)), int(headers.get(DEATHS, 0)))
 
 
-def _text(value):
+def _text(value: object) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _parse_time(value):
+def _parse_time(value: object) -> datetime | None:
     """An ISO 8601 string (ours) or a datetime (an AMQP timestamp, RabbitMQ's) as an aware datetime, else None."""
     if isinstance(value, bytes):
         value = value.decode(errors="replace")

@@ -15,8 +15,11 @@ connection that publishes during a memory or disk alarm, and on the consumer's o
 its acks (the reason the two connections are apart, see `common.broker.connection.Broker`)."""
 import asyncio
 import logging
+from collections.abc import Sequence
+from datetime import datetime
 
 import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from common.broker.dead_letter_headers import dead_letter_queue, death_headers, utc_now
 
@@ -28,7 +31,9 @@ CONFIRM_TIMEOUT = 5.0  # seconds; like the services' publish timeout
 REQUEUE_PAUSE = 1.0
 
 
-def dead_letter_copy(message, queue, reason, now, body=None, message_id=None, user_id=None, refused_publisher=None):
+def dead_letter_copy(message: AbstractIncomingMessage, queue: str, reason: str, now: datetime,
+                     body: bytes | None = None, message_id: str | None = None, user_id: str | None = None,
+                     refused_publisher: str | None = None) -> aio_pika.Message:
     """A persistent copy of `message` (same body, message id and properties, unless `body` / `message_id` say
     otherwise) with the death headers, published as `user_id` (the dead-lettering service's own user: RabbitMQ
     refuses any other; the original's is in the reason where it matters, and in `refused_publisher`)."""
@@ -41,13 +46,14 @@ def dead_letter_copy(message, queue, reason, now, body=None, message_id=None, us
         type=message.type, app_id=message.app_id, user_id=user_id)
 
 
-def entry_id(message_id, index):
+def entry_id(message_id: str | None, index: int) -> str:
     """The message id of the dead letter of entry `index` of the message `message_id` ("1201+19#3")."""
     return f"{message_id}#{index}"
 
 
-async def dead_letter(message, queue, reason, channel, user_id=None, refused_publisher=None,
-                      requeue_pause=REQUEUE_PAUSE):
+async def dead_letter(message: AbstractIncomingMessage, queue: str, reason: str, channel: AbstractChannel,
+                      user_id: str | None = None, refused_publisher: str | None = None,
+                      requeue_pause: float = REQUEUE_PAUSE) -> bool:
     """Move `message`, consumed from `queue`, to `<queue>.dead` with `reason`: a copy published on `channel`
     (confirms on, `on_return_raises`) as `user_id`, then the ack of the original. `refused_publisher`: the
     `user_id` the message came with ("" for none) when that is why it is refused. `requeue_pause`: seconds
@@ -59,7 +65,9 @@ async def dead_letter(message, queue, reason, channel, user_id=None, refused_pub
     return await _store(message, queue, [copy], channel, True, requeue_pause)
 
 
-async def dead_letter_entries(message, queue, refused, channel, user_id=None, requeue_pause=REQUEUE_PAUSE):
+async def dead_letter_entries(message: AbstractIncomingMessage, queue: str, refused: Sequence[tuple[int, str, str]],
+                              channel: AbstractChannel, user_id: str | None = None,
+                              requeue_pause: float = REQUEUE_PAUSE) -> bool:
     """Send each refused entry of `message` (a message of several entries, consumed from `queue`) to
     `<queue>.dead` on its own: `refused` lists (entry index, its JSON text, reason), and each dead letter
     carries that text alone as its body, under the id `entry_id(...)`, with the message's properties and
@@ -74,7 +82,8 @@ async def dead_letter_entries(message, queue, refused, channel, user_id=None, re
     return await _store(message, queue, copies, channel, False, requeue_pause)
 
 
-async def _store(message, queue, copies, channel, ack, requeue_pause):
+async def _store(message: AbstractIncomingMessage, queue: str, copies: Sequence[aio_pika.Message],
+                 channel: AbstractChannel, ack: bool, requeue_pause: float) -> bool:
     try:
         for copy in copies:
             # Raises unless the broker confirmed it: a nack, an unroutable return (no such queue), or a timeout.

@@ -6,6 +6,9 @@ once a majority holds it, so losing one node of three loses no confirmed message
 deliveries, which classic queues cannot: a message that keeps coming back (a consumer that crashes on it) is
 dead-lettered after `DELIVERY_LIMIT` deliveries instead of going round forever.
 """
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractQueue
 from aiormq.exceptions import ChannelPreconditionFailed
 
 from common.broker.dead_letter_headers import dead_letter_queue
@@ -28,9 +31,9 @@ class QueueMismatch(ConfigurationError):
     """A queue exists with another type or other arguments than this configuration declares."""
 
 
-def queue_arguments(name, queue_type):
+def queue_arguments(name: str, queue_type: str) -> dict[str, Any]:
     """The declare arguments of queue `name` (which dead-letters to `name.dead`) of `queue_type`."""
-    arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter_queue(name)}
+    arguments: dict[str, Any] = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter_queue(name)}
     if queue_type == "quorum":
         arguments.update({
             "x-queue-type": "quorum",
@@ -45,11 +48,11 @@ def queue_arguments(name, queue_type):
     return arguments
 
 
-def dead_letter_arguments(queue_type):
+def dead_letter_arguments(queue_type: str) -> dict[str, Any] | None:
     return {"x-queue-type": "quorum"} if queue_type == "quorum" else None
 
 
-async def declare_queue(channel, name, queue_type=None):
+async def declare_queue(channel: AbstractChannel, name: str, queue_type: str | None = None) -> AbstractQueue:
     """Declare `name`, then `name.dead`, both durable, of `queue_type` (None: QUEUE_TYPE of the environment /
     `.env`, for callers without settings such as tests); return the queue `name`.
 
@@ -71,7 +74,7 @@ async def declare_queue(channel, name, queue_type=None):
     return queue
 
 
-def mismatch(name, queue_type, exc):
+def mismatch(name: str, queue_type: str, exc: ChannelPreconditionFailed) -> QueueMismatch:
     return QueueMismatch(f"queue {name} already exists with another type or other arguments than "
                          f"QUEUE_TYPE={queue_type} declares; the broker says: {exc.args[0] if exc.args else exc}. "
                          f"{MIGRATION}")

@@ -174,6 +174,6 @@ def order_of(order_id: int | None) -> dict[str, int]:
     return {} if order_id is None else {"shop.order_id": order_id}
 
 
-def messaging(queue: str, operation: str, message_id: str) -> dict[str, str]:
+def messaging(queue: str, operation: str, message_id: str | None) -> dict[str, str]:
     return {"messaging.system": "rabbitmq", "messaging.destination.name": queue,
             "messaging.operation.type": operation, "messaging.message.id": str(message_id)}

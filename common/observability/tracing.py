@@ -27,7 +27,7 @@ class Span(Protocol):
 
 
 # (message id, the trace it came with, order id or None): one consumed entry, as `Tracer.process` takes it.
-Consumed = tuple[str, Trace, int | None]
+Consumed = tuple[str | None, Trace, int | None]
 
 
 class Tracer(Protocol):
