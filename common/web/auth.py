@@ -16,7 +16,9 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
@@ -89,8 +91,8 @@ class KeyStore:
         self.keys: dict[str, jwt.PyJWK] = {}
         self.loaded = False  # a process whose keys never loaded is not ready, and refuses every token
         self._last_fetch = float("-inf")
-        self._fetching: asyncio.Task | None = None
-        self._refresher: asyncio.Task | None = None
+        self._fetching: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Load the keys in the background: at once, every `KEY_RETRY_INTERVAL` s until they arrive, then every
@@ -143,15 +145,16 @@ class KeyStore:
         self.keys, self.loaded = keys, True
 
     async def _discover(self) -> str:
-        issuer = self.settings.issuer
+        issuer = self.settings.issuer or ""  # AUTH_MODE=jwt: set, or the settings were refused
         document = await self._get_json(issuer.rstrip("/") + "/.well-known/openid-configuration")
         if document.get("issuer") != issuer:  # OpenID Connect Discovery 1.0, 4.3
             raise ValueError(f"the discovery document names issuer {document.get('issuer')!r}, not {issuer!r}")
-        if not isinstance(document.get("jwks_uri"), str):
+        jwks_uri = document.get("jwks_uri")
+        if not isinstance(jwks_uri, str):
             raise ValueError("the discovery document has no jwks_uri")
-        return document["jwks_uri"]
+        return jwks_uri
 
-    async def _get_json(self, url: str) -> dict:
+    async def _get_json(self, url: str) -> dict[str, Any]:
         response = await self.client.fetch(url, request_timeout=FETCH_TIMEOUT, connect_timeout=FETCH_TIMEOUT)
         document = json.loads(response.body)
         if not isinstance(document, dict):
@@ -159,7 +162,7 @@ class KeyStore:
         return document
 
 
-def signing_keys(jwks: dict) -> dict[str, jwt.PyJWK]:
+def signing_keys(jwks: dict[str, Any]) -> dict[str, jwt.PyJWK]:
     """The keys of a JWKS that can verify a signature with an allowed algorithm, by `kid`. Raises `ValueError`
     when none can."""
     keys = {}
@@ -220,7 +223,7 @@ class TokenVerifier:
             raise invalid_token(str(exc).rstrip(".").lower()) from None
         return self._principal(claims), float(claims["exp"])
 
-    def _principal(self, claims: dict) -> Principal:
+    def _principal(self, claims: dict[str, Any]) -> Principal:
         user = claims.get(self.settings.user_claim)
         if user is not None:
             user = user_id_of(user)
@@ -245,7 +248,7 @@ def user_id_of(value: object) -> int | None:
     return value if isinstance(value, int) and 0 < value < 2**63 else None
 
 
-def scopes_of(claims: dict) -> frozenset[str]:
+def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
     """The token's scopes: `scope` (space-separated, RFC 8693/9068), else an `scp` array (or string)."""
     scope = claims.get("scope", claims.get("scp", ""))
     if isinstance(scope, str):
