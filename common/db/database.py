@@ -221,7 +221,7 @@ class Database:
         # when it was made, and moves when a lost connection or a write refused by a standby says it changed.
         self.hosts, self.dsn = hosts, dsn
         self._lookup = None
-        self._retiring = set()
+        self.retiring: set[asyncio.Future] = set()  # closes of pools left behind, awaited by `close`
 
     @classmethod
     async def connect(cls, dsn: str, section: str, pool_size: int,
@@ -370,8 +370,8 @@ class Database:
         new = await create_pool(dsn, self.pool.maxsize, refuse_standby, self.timeouts)
         old, self.pool, self.dsn = self.pool, new, dsn
         closing = asyncio.ensure_future(close_pool(old, RETIRE_GRACE))
-        self._retiring.add(closing)
-        closing.add_done_callback(self._retiring.discard)
+        self.retiring.add(closing)
+        closing.add_done_callback(self.retiring.discard)
 
     async def ping(self) -> None:
         async def select_one(cur):
@@ -382,7 +382,7 @@ class Database:
         """Close the pools (both at once) once their connections are back; after `grace` seconds close them
         regardless (a connection never released, e.g. by a task cancelled mid-query, must not stop the process)."""
         await asyncio.gather(*(close_pool(db.pool, grace) for db in (self, self.background) if db),
-                             *(task for db in (self, self.background) if db for task in list(db._retiring)))
+                             *(task for db in (self, self.background) if db for task in list(db.retiring)))
 
 
 async def close_pool(pool, grace):
