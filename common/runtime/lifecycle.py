@@ -4,6 +4,7 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import ClassVar
 
 import uvloop
 
@@ -13,9 +14,9 @@ from common.db.database import Database
 from common.observability import tracing
 from common.runtime.config import ConfigurationError, Settings, load_settings
 from common.runtime.logs import setup_logging
-from common.runtime.wiring import Wiring
+from common.runtime.wiring import Wiring, Worker
 from common.web.auth import Authenticator
-from common.web.http_server import listen, stop_server
+from common.web.http_server import DrainingHTTPServer, listen, stop_server
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 SHUTDOWN_TIMEOUT = 20
 
 
-async def wait_for_shutdown():
+async def wait_for_shutdown() -> None:
     """Return when SIGTERM or SIGINT arrives."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -35,15 +36,24 @@ async def wait_for_shutdown():
 class Service:
     """A process `run` starts and stops: its HTTP server and, for the two services, their database pool,
     broker connection and background workers, stopped in that order (each stage bounded on its own)."""
-    name: str = None
-    uvloop_safe = False
+    name: ClassVar[str]
+    uvloop_safe: ClassVar[bool] = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.server, self.admin_server, self.workers, self.broker, self.db, self.auth = None, None, [], None, None, None
+        self.server: DrainingHTTPServer | None = None
+        self.admin_server: DrainingHTTPServer | None = None
+        self.workers: list[Worker] = []
+        self.broker: Broker | None = None
+        self.db: Database | None = None
+        self.auth: Authenticator | None = None
+
+    async def start(self) -> None:
+        raise NotImplementedError
 
     async def stop(self) -> None:
-        await stop_server(self.server)
+        if self.server:
+            await stop_server(self.server)
         for worker in self.workers:
             await worker.stop()
         if self.broker:
@@ -61,10 +71,11 @@ class Service:
 class BackendService(Service):
     """The Order or Payments Service: connect to its database and the broker, `bootstrap` the parts from
     them, then serve, run the workers and consume."""
-    dsn_setting: str = None
-    port_setting: str = None
-    admin_port_setting: str = None
-    wiring: Wiring = None
+    dsn_setting: ClassVar[str]
+    port_setting: ClassVar[str]
+    admin_port_setting: ClassVar[str]
+    wiring: Wiring | None = None
+    port: int
 
     @staticmethod
     def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authenticator) -> Wiring:
@@ -73,25 +84,25 @@ class BackendService(Service):
     async def start(self) -> None:
         settings = self.settings
         self.port = getattr(settings, self.port_setting)
-        self.db = await Database.connect(getattr(settings, self.dsn_setting), self.name, settings.db_pool_size,
-                                         settings.db_timeouts)
-        self.broker = await Broker.connect(with_heartbeat(settings.rabbitmq_url, settings.rabbitmq_heartbeat),
+        db = self.db = await Database.connect(getattr(settings, self.dsn_setting), self.name, settings.db_pool_size,
+                                              settings.db_timeouts)
+        broker = self.broker = await Broker.connect(with_heartbeat(settings.rabbitmq_url, settings.rabbitmq_heartbeat),
                                            settings.prefetch, queue_type=settings.queue_type,
                                            entries_per_message=settings.entries_per_message)
-        self.auth = Authenticator(settings.auth)
-        self.auth.start()
-        self.wiring = self.bootstrap(settings, self.db, self.broker, self.auth)
-        for step in self.wiring.startup:
+        auth = self.auth = Authenticator(settings.auth)
+        auth.start()
+        wiring = self.wiring = self.bootstrap(settings, db, broker, auth)
+        for step in wiring.startup:
             await step()
-        self.admin_server = listen(self.wiring.admin_app, getattr(settings, self.admin_port_setting),
+        self.admin_server = listen(wiring.admin_app, getattr(settings, self.admin_port_setting),
                                    settings.admin_listen_address, settings)
-        self.server = listen(self.wiring.app, self.port, settings.listen_address, settings)
+        self.server = listen(wiring.app, self.port, settings.listen_address, settings)
         self.port = self.server.port
-        self.workers = list(self.wiring.workers.values())
+        self.workers = list(wiring.workers.values())
         for worker in self.workers:
             worker.start()
-        for consumption in self.wiring.consumers:
-            await self.broker.consumer.consume(consumption.queue, consumption.kind, consumption.handle_batch,
+        for consumption in wiring.consumers:
+            await broker.consumer.consume(consumption.queue, consumption.kind, consumption.handle_batch,
                                                settings.batch_size, consumption.publishers)
         logger.info("%s listening on %s:%s, admin on %s:%s", self.name, settings.listen_address, self.port,
                     settings.admin_listen_address, self.admin_server.port)
@@ -102,7 +113,7 @@ class BackendService(Service):
         await super().stop()
 
 
-def run(service_class):
+def run(service_class: type[Service]) -> None:
     """Entry point of a service process: start, serve until SIGTERM/SIGINT, stop gracefully."""
     try:
         settings = load_settings()
@@ -115,7 +126,7 @@ def run(service_class):
         logger.warning("AUTH_MODE=off: no authentication; anyone who reaches this system may act for any user and "
                        "create money")
 
-    async def main():
+    async def main() -> None:
         service = service_class(settings)
         try:
             await service.start()
