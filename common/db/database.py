@@ -4,10 +4,10 @@ SQLAlchemy Core builds the statements (in each service's repo.py); aiopg runs th
 it pins SQLAlchemy 1.4."""
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiopg
 import psycopg2
@@ -25,13 +25,17 @@ from ops.servers import describe_postgres
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# An aiopg cursor (aiopg has no type information), or `BeginWithFirst` around one.
+Cursor = Any
+Row = dict[str, Any]
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schema.sql"
-DIALECT = postgresql.psycopg2.dialect()
+DIALECT = postgresql.psycopg2.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves it unannotated
 
 
-def schema_section(name, path=SCHEMA_FILE):
+def schema_section(name: str, path: Path = SCHEMA_FILE) -> str:
     """The DDL between `-- [name]` and the next `-- [...]` marker of schema.sql."""
-    sections, current = {}, None
+    sections: dict[str, list[str]] = {}
+    current = None
     for line in path.read_text().splitlines():
         if line.startswith("-- [") and line.rstrip().endswith("]"):
             current = line.strip()[4:-1]
@@ -48,22 +52,22 @@ class Query:
     statement is compiled per call: values are bound by name (`sa.bindparam`) when it runs, and batches
     travel as arrays (`= ANY(...)`, `unnest(...)`) so the SQL text is the same whatever their size."""
 
-    def __init__(self, stmt):
+    def __init__(self, stmt: sa.ClauseElement) -> None:
         compiled = stmt.compile(dialect=DIALECT)
         self.sql, self.defaults = str(compiled), compiled.params
 
 
-def ids(name):
+def ids(name: str) -> sa.BindParameter[Any]:
     """A bind parameter for a list of ids, sent as one BIGINT[] array."""
     return sa.bindparam(name, type_=postgresql.ARRAY(sa.BigInteger))
 
 
-def texts(name):
+def texts(name: str) -> sa.Cast[Any]:
     """A bind parameter for a list of strings (or NULLs), sent as one TEXT[] array."""
     return sa.cast(sa.bindparam(name), postgresql.ARRAY(sa.Text))
 
 
-async def execute(cur, query: "Query | sa.Executable", **values) -> None:
+async def execute(cur: Cursor, query: "Query | sa.ClauseElement", **values: Any) -> None:
     """Run a `Query` with `values` bound by name over its defaults, or a statement built on the spot (for cold
     paths such as clean-up and metrics, where compiling per call costs nothing that matters; lists in it are
     inlined). Raises `TypeError` for a value the `Query` has no parameter for (a typo would go unnoticed)."""
@@ -77,46 +81,48 @@ async def execute(cur, query: "Query | sa.Executable", **values) -> None:
         await cur.execute(str(compiled), compiled.params)
 
 
-async def fetch_all(cur, query: "Query | sa.Executable", **values) -> list[dict]:
+async def fetch_all(cur: Cursor, query: "Query | sa.ClauseElement", **values: Any) -> list[Row]:
     """Rows of `query` as dicts."""
     await execute(cur, query, **values)
     columns = [c.name for c in cur.description]
     return [dict(zip(columns, row)) for row in await cur.fetchall()]
 
 
-async def fetch_one(cur, query: "Query | sa.Executable", **values) -> dict | None:
+async def fetch_one(cur: Cursor, query: "Query | sa.ClauseElement", **values: Any) -> Row | None:
     """The first row of `query` as a dict, or None."""
     rows = await fetch_all(cur, query, **values)
     return rows[0] if rows else None
 
 
-def page(rows: list[dict], limit: int, key: str) -> tuple[list[dict], int | None]:
+def page(rows: list[Row], limit: int, key: str) -> tuple[list[Row], int | None]:
     """(the first `limit` of `rows`, the cursor of the next page or None): `rows` is a query's `limit + 1` rows
     in `key` order, the one beyond the page telling whether there is another."""
     shown = rows[:limit]
     return shown, (shown[-1][key] if len(rows) > limit else None)
 
 
-async def pending_rows(cur, created_at, *where):
+async def pending_rows(cur: Cursor, created_at: sa.Column[Any], *where: sa.ColumnElement[bool]) -> tuple[int, float]:
     """(count, age in seconds of the oldest) of the rows of `created_at`'s table matching `where`."""
     age = sa.func.extract("epoch", sa.func.clock_timestamp() - sa.func.min(created_at))
-    row = await fetch_one(cur, sa.select(sa.func.count(), age).where(*where))
-    return tuple(row.values())
+    [(count, oldest)] = [tuple(row.values()) for row in await fetch_all(cur, sa.select(sa.func.count(), age)
+                                                                         .where(*where))]
+    return count, oldest
 
 
 NOW = sa.func.clock_timestamp()
 
 
-def seconds_from_now(seconds):
+def seconds_from_now(seconds: Any) -> sa.ColumnElement[Any]:
     """The SQL time `seconds` (a number or a bound parameter; negative for the past) from now."""
     return NOW + sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
-def older_than(column, seconds):
+def older_than(column: sa.Column[Any], seconds: float) -> sa.ColumnElement[bool]:
     return column < seconds_from_now(-seconds)
 
 
-async def delete_batch(cur, key, limit, *where):
+async def delete_batch(cur: Cursor, key: sa.Column[Any] | tuple[sa.Column[Any], ...], limit: int,
+                       *where: sa.ColumnElement[bool]) -> bool:
     """Delete up to `limit` rows matching `where` (skipping rows locked by others); True if it hit the limit.
     `key` is the primary key's column, or a tuple of its columns.
 
@@ -124,10 +130,11 @@ async def delete_batch(cur, key, limit, *where):
     columns = key if isinstance(key, tuple) else (key,)
     chosen = sa.select(*columns).where(*where).limit(limit).with_for_update(skip_locked=True)
     await execute(cur, sa.delete(columns[0].table).where(sa.tuple_(*columns).in_(chosen)))
-    return cur.rowcount >= limit
+    deleted: int = cur.rowcount
+    return deleted >= limit
 
 
-async def ensure_database(dsn, timeout=DbTimeouts.statement):
+async def ensure_database(dsn: str, timeout: float = DbTimeouts.statement) -> None:
     """Create the DSN's database if it does not exist (several replicas may race: that is fine).
 
     The database itself is tried first: a least-privilege role (`ops.provision`) owns its database, which then
@@ -158,7 +165,7 @@ async def ensure_database(dsn, timeout=DbTimeouts.statement):
                                          "docs/security-credentials.md)") from None
 
 
-def being_cancelled():
+def being_cancelled() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
 
@@ -167,7 +174,7 @@ class CommitOutcomeUnknown(Exception):
     """The connection broke while COMMIT was under way: the transaction may or may not have been applied."""
 
 
-def unavailable(exc):
+def unavailable(exc: BaseException) -> Unavailable:
     logger.warning("database unavailable: %r", exc)
     return Unavailable("Database temporarily unavailable.")
 
@@ -177,15 +184,15 @@ class BeginWithFirst:
     sends it alone, a round trip more per transaction. COMMIT still goes alone, so that a connection lost while
     it is under way can be told apart (`CommitOutcomeUnknown`)."""
 
-    def __init__(self, cur) -> None:
+    def __init__(self, cur: Cursor) -> None:
         self.cur, self.sent = cur, False
 
-    async def execute(self, sql: str, params=None) -> None:
+    async def execute(self, sql: str, params: Any = None) -> None:
         if not self.sent:
             sql, self.sent = "BEGIN; " + sql, True
         await self.cur.execute(sql, params)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.cur, name)
 
 
@@ -197,7 +204,8 @@ BACKGROUND_POOL_SIZE = 4
 RETIRE_GRACE = 5.0
 
 
-async def create_pool(dsn, size, on_connect=None, timeouts: DbTimeouts = DbTimeouts()):
+async def create_pool(dsn: str, size: int, on_connect: Callable[[Any], Awaitable[None]] | None = None,
+                      timeouts: DbTimeouts = DbTimeouts()) -> aiopg.Pool:
     """A pool whose connects and statements are bounded by `timeouts.statement` (aiopg's default is 60 s: a hung
     server would hold every caller that long). `Database` gives COMMIT its own, longer bound."""
     return await aiopg.create_pool(dsn, minsize=1, maxsize=size, enable_hstore=False, timeout=timeouts.statement,
@@ -220,8 +228,8 @@ class Database:
         # A DSN with several hosts (`common.db.pg_hosts`): `pool` is on `dsn`, the host that was the primary
         # when it was made, and moves when a lost connection or a write refused by a standby says it changed.
         self.hosts, self.dsn = hosts, dsn
-        self._lookup = None
-        self.retiring: set[asyncio.Future] = set()  # closes of pools left behind, awaited by `close`
+        self._lookup: asyncio.Future[None] | None = None
+        self.retiring: set[asyncio.Future[None]] = set()  # closes of pools left behind, awaited by `close`
 
     @classmethod
     async def connect(cls, dsn: str, section: str, pool_size: int,
@@ -269,7 +277,7 @@ class Database:
             await cur.execute(ddl)
 
     @asynccontextmanager
-    async def _cursor(self, transaction: bool):
+    async def _cursor(self, transaction: bool) -> AsyncIterator[Cursor]:
         async with self.pool.acquire() as conn, conn.cursor() as cur:
             if not transaction:
                 yield cur
@@ -285,7 +293,7 @@ class Database:
                 # Its own bound: one that closes the connection, never a cancel (DB_COMMIT_TIMEOUT in .env).
                 await cur.execute("COMMIT", timeout=self.timeouts.commit)
 
-    async def run(self, work: Callable[..., Awaitable[T]], *args, retry_seconds: float | None = None,
+    async def run(self, work: Callable[..., Awaitable[T]], *args: Any, retry_seconds: float | None = None,
                   transaction: bool = True) -> T:
         """Run `await work(cur, *args)` in one transaction and return its result.
 
@@ -316,9 +324,10 @@ class Database:
                         return await work(cur, *args)
         except (*DB_ERRORS, CommitOutcomeUnknown) as exc:
             raise unavailable(exc) from exc
+        raise AssertionError("tenacity's attempts end by returning or raising")
 
     @asynccontextmanager
-    async def _attempt(self, transaction: bool):
+    async def _attempt(self, transaction: bool) -> AsyncIterator[Cursor]:
         """One try of `run`: the cursor its work runs on, and what the work's errors mean (the work is called by
         `run` itself, so that its arguments and result pass through no other frame).
 
@@ -347,34 +356,35 @@ class Database:
         if being_cancelled():
             raise asyncio.CancelledError()
 
-    def _look_for_primary(self) -> "asyncio.Future | None":
+    def _look_for_primary(self) -> "asyncio.Future[None] | None":
         """Start a look for the primary unless one is under way; the callers failing together share it."""
         if self.hosts is not None and (self._lookup is None or self._lookup.done()):
-            self._lookup = asyncio.ensure_future(self._move_to_primary())
-            self._lookup.add_done_callback(lambda done: done.cancelled() or done.exception())
+            lookup = self._lookup = asyncio.ensure_future(self._move_to_primary(self.hosts))
+            lookup.add_done_callback(lambda done: done.cancelled() or done.exception())
         return self._lookup
 
     async def _follow_primary(self) -> None:
         """Before a retry: make sure the pool is on the current primary. Raises `NoPrimary` (retried like a
         lost connection) while there is none, e.g. during a failover."""
-        if self.hosts is not None:
+        lookup = self._look_for_primary()
+        if lookup is not None:
             # Shielded: a cancelled caller must not cancel the look the others are waiting for.
-            await asyncio.shield(self._look_for_primary())
+            await asyncio.shield(lookup)
 
-    async def _move_to_primary(self) -> None:
-        dsn = await self.hosts.primary()
+    async def _move_to_primary(self, hosts: Hosts) -> None:
+        dsn = await hosts.primary()
         if dsn == self.dsn:
             return
         logger.warning("database primary moved from %s to %s: new connection pool", describe(self.dsn),
                        describe(dsn))
-        new = await create_pool(dsn, self.pool.maxsize, refuse_standby, self.timeouts)
+        new = await create_pool(dsn, self.pool.maxsize or 1, refuse_standby, self.timeouts)  # (never None here)
         old, self.pool, self.dsn = self.pool, new, dsn
         closing = asyncio.ensure_future(close_pool(old, RETIRE_GRACE))
         self.retiring.add(closing)
         closing.add_done_callback(self.retiring.discard)
 
     async def ping(self) -> None:
-        async def select_one(cur):
+        async def select_one(cur: Cursor) -> None:
             await cur.execute("SELECT 1")
         await self.run(select_one, retry_seconds=0)
 
@@ -385,7 +395,7 @@ class Database:
                              *(task for db in (self, self.background) if db for task in list(db.retiring)))
 
 
-async def close_pool(pool, grace):
+async def close_pool(pool: aiopg.Pool, grace: float) -> None:
     pool.close()
     try:
         await asyncio.wait_for(pool.wait_closed(), grace)
