@@ -17,6 +17,7 @@ requires it), which no retry can mend, from a server that is away."""
 import logging
 import os
 import re
+from collections.abc import Iterable
 
 import aiopg
 import psycopg2
@@ -36,7 +37,7 @@ class NoPrimary(psycopg2.OperationalError):
     """None of the DSN's hosts is a writable primary right now (all down, or all standbys during a failover).
     `tls` lists the hosts whose TLS set-up failed, as `host:port: libpq's reason`."""
 
-    def __init__(self, message, tls=()):
+    def __init__(self, message: str, tls: Iterable[str] = ()) -> None:
         super().__init__(message)
         self.tls = list(tls)
 
@@ -59,7 +60,7 @@ TLS_FAILURES = (
 )
 
 
-def tls_refusal(exc):
+def tls_refusal(exc: BaseException) -> str | None:
     """libpq's reason if `exc` (a connection error) is a TLS failure of the `TLS_FAILURES` kinds, else None."""
     if isinstance(exc, NoPrimary):
         return "; ".join(exc.tls) or None
@@ -72,7 +73,7 @@ def tls_refusal(exc):
     return " ".join(text.split(" failed: ", 1)[-1].split())
 
 
-def tls_settings(dsn):
+def tls_settings(dsn: str) -> str:
     """`sslmode=..., sslrootcert=...` of a DSN as libpq reads them (the environment's PGSSLMODE too), for messages."""
     params = parse_dsn(dsn)
     shown = []
@@ -83,7 +84,7 @@ def tls_settings(dsn):
     return ", ".join(shown) or "sslmode=prefer (libpq's default)"
 
 
-def refuse_on_tls_failure(exc, dsn, server):
+def refuse_on_tls_failure(exc: BaseException, dsn: str, server: str) -> None:
     """Raise `TlsRefused` (naming `server`, what failed and the DSN's TLS settings) if `exc` is a TLS failure."""
     why = tls_refusal(exc)
     if why is not None:
@@ -123,7 +124,7 @@ class WrongHost(psycopg2.OperationalError):
     """A connection reached a standby: the primary has moved."""
 
 
-def single_host_dsns(dsn):
+def single_host_dsns(dsn: str) -> list[str]:
     """The DSN once per host it names, in its order, each for that host alone; `[dsn]` unchanged for one host.
 
     Raises `ValueError` when the host and port lists cannot be paired (libpq's rule: one port for all hosts,
@@ -144,23 +145,24 @@ def single_host_dsns(dsn):
             for host, port in zip(hosts, ports)]
 
 
-def describe(dsn):
+def describe(dsn: str | None) -> str:
     """`host:port` of a single-host DSN, for log lines (never the password)."""
-    params = parse_dsn(dsn)
+    params = parse_dsn(dsn or "")
     return f"{params.get('host', 'localhost')}:{params.get('port', '5432')}"
 
 
-async def read_only(conn):
+async def read_only(conn: aiopg.Connection) -> bool:
     """Whether the server refuses writes: a standby (in recovery), or a server set read-only. pg_auto_failover
     sets `default_transaction_read_only` on the standby it is about to promote and clears it a few seconds after
     the promotion (seen in chaos runs: out of recovery, yet refusing every write for ~6 s). libpq's
     `target_session_attrs=read-write` asks the same `transaction_read_only`."""
     async with conn.cursor() as cur:
         await cur.execute("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool")
-        return (await cur.fetchone())[0]
+        row = await cur.fetchone()
+        return bool(row[0])
 
 
-async def is_primary(dsn, timeout=PROBE_TIMEOUT):
+async def is_primary(dsn: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """Whether the server of single-host `dsn` accepts writes (`read_only`). Asks its `postgres` database, which exists
     before the services have created theirs. Raises the connection error if the server cannot be reached."""
     probe = make_dsn(dsn, dbname="postgres")
@@ -168,10 +170,11 @@ async def is_primary(dsn, timeout=PROBE_TIMEOUT):
         return not await read_only(conn)
 
 
-async def find_primary(dsns, timeout=PROBE_TIMEOUT):
+async def find_primary(dsns: Iterable[str], timeout: float = PROBE_TIMEOUT) -> str:
     """The first of the single-host `dsns` whose server is a primary. Raises `NoPrimary` saying what each
     host answered."""
-    answers, tls = [], []
+    answers: list[str] = []
+    tls: list[str] = []
     for dsn in dsns:
         try:
             if await is_primary(dsn, timeout):
@@ -194,14 +197,14 @@ class Hosts:
     With one host, `primary()` is the DSN itself without a round trip: a single server behaves exactly as it
     did before multi-host DSNs existed (the pool reconnects to it by itself after a restart)."""
 
-    def __init__(self, dsn):
+    def __init__(self, dsn: str) -> None:
         self.candidates = single_host_dsns(dsn)
 
     @property
-    def several(self):
+    def several(self) -> bool:
         return len(self.candidates) > 1
 
-    async def primary(self):
+    async def primary(self) -> str:
         """A single-host DSN for the current primary. Raises `NoPrimary`."""
         if not self.several:
             return self.candidates[0]
@@ -210,7 +213,7 @@ class Hosts:
         return dsn
 
 
-async def refuse_standby(conn):
+async def refuse_standby(conn: aiopg.Connection) -> None:
     """aiopg `on_connect` hook for a pool on one host of several: a new connection that lands on a standby
     (the primary it was opened for was demoted and came back as a standby) raises `WrongHost` rather than
     serve stale reads and fail writes. Closes that connection itself: aiopg would leak it."""
