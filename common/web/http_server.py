@@ -15,8 +15,11 @@ import logging
 import resource
 import socket
 import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from tornado import httputil, netutil
+from tornado.http1connection import HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream, StreamClosedError
 
@@ -41,13 +44,15 @@ class BoundedHTTPServer(HTTPServer):
     It keeps its own set of the streams it serves (`streams`), from `handle_stream` to `on_close`, Tornado's public
     hooks: Tornado's own set of connections is private, and could change or vanish in any release."""
 
-    def initialize(self, request_callback, max_connections, **kwargs):
+    # Tornado's `Configurable` hands the constructor's arguments to `initialize`: one more of its own here.
+    def initialize(self, request_callback: httputil.HTTPServerConnectionDelegate,  # type: ignore[override]
+                   max_connections: int, **kwargs: Any) -> None:
         super().initialize(request_callback, **kwargs)
         self.max_connections = max_connections
         self.refused = 0
         self.streams: set[IOStream] = set()
 
-    def handle_stream(self, stream, address):
+    def handle_stream(self, stream: IOStream, address: tuple[str, int]) -> None:
         if len(self.streams) >= self.max_connections:
             self.refused += 1
             if self.refused % 1000 == 1:
@@ -60,14 +65,19 @@ class BoundedHTTPServer(HTTPServer):
         # serving loop, which ends in `on_close`, runs from the next turn of the event loop on.
         self.streams.add(stream)
 
-    def on_close(self, server_conn) -> None:
-        self.streams.discard(server_conn.stream)
+    def on_close(self, server_conn: object) -> None:
+        self.streams.discard(stream_of(server_conn))
         super().on_close(server_conn)
 
 
-def refuse(stream):
+def stream_of(server_conn: object) -> IOStream:
+    """The stream of a connection as Tornado's `HTTPServer` hooks name it (typed there as any object)."""
+    return cast(HTTP1ServerConnection, server_conn).stream
+
+
+def refuse(stream: IOStream) -> None:
     """Answer a connection over the cap with the 503 envelope, then close it."""
-    def close(written):
+    def close(written: asyncio.Future[None]) -> None:
         written.exception()  # a client already gone is no news
         stream.close()
     try:
@@ -76,7 +86,7 @@ def refuse(stream):
         pass
 
 
-def connection_cap(wanted, other_files=0):
+def connection_cap(wanted: int, other_files: int = 0) -> int:
     """`wanted`, or fewer if the process may not open that many files beside `RESERVED_FILES` and `other_files`
     (the gateway's connections for waiting requests): the soft limit is raised towards the hard one first
     (containers often start with a soft limit of 1,024)."""
@@ -91,7 +101,7 @@ def connection_cap(wanted, other_files=0):
     return cap
 
 
-def server_options(settings, other_files=0):
+def server_options(settings: Settings, other_files: int = 0) -> dict[str, Any]:
     """Keyword arguments of Tornado's `HTTPServer` (or `BoundedHTTPServer`) for the bounds in `settings`."""
     return dict(max_connections=connection_cap(settings.max_connections, other_files), max_body_size=SERVER_MAX_BODY,
                 xheaders=settings.trusted_proxy, idle_connection_timeout=settings.client_idle_timeout,
@@ -104,18 +114,21 @@ class DrainingHTTPServer(BoundedHTTPServer):
 
     A connection is busy from a request's headers until its answer is written: Tornado's connection loop asks
     for the next request (`start_request`) only once the previous answer is out."""
+    port: int  # where it listens (`listen`)
 
-    def initialize(self, *args, **kwargs) -> None:
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.busy: weakref.WeakSet[IOStream] = weakref.WeakSet()
         self.cut: weakref.WeakSet[IOStream] = weakref.WeakSet()  # closed by `close_idle`
 
-    def start_request(self, server_conn, request_conn) -> httputil.HTTPMessageDelegate:
-        self.busy.discard(server_conn.stream)
-        return _MarkBusy(self, server_conn.stream, super().start_request(server_conn, request_conn))
+    def start_request(self, server_conn: object,
+                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        stream = stream_of(server_conn)
+        self.busy.discard(stream)
+        return _MarkBusy(self, stream, super().start_request(server_conn, request_conn))
 
-    def on_close(self, server_conn) -> None:
-        self.busy.discard(server_conn.stream)
+    def on_close(self, server_conn: object) -> None:
+        self.busy.discard(stream_of(server_conn))
         super().on_close(server_conn)
 
     def idle(self) -> set[IOStream]:
@@ -136,6 +149,10 @@ class _MarkBusy(httputil.HTTPMessageDelegate):
     body with them) just before the cut, and still serves a request whose bytes it buffered. Served, it would
     commit what no answer can tell; dropped, its client sees a connection closed before any answer, as when a
     request comes a moment too late."""
+    # `delegate`'s own bound methods, set per instance.
+    data_received: Callable[[bytes], Awaitable[None] | None]  # type: ignore[assignment]
+    finish: Callable[[], None]
+    on_connection_close: Callable[[], None]
 
     def __init__(self, server: DrainingHTTPServer, stream: IOStream, delegate: httputil.HTTPMessageDelegate) -> None:
         self.server, self.stream, self.delegate = server, stream, delegate
@@ -143,7 +160,8 @@ class _MarkBusy(httputil.HTTPMessageDelegate):
         self.finish = delegate.finish
         self.on_connection_close = delegate.on_connection_close
 
-    def headers_received(self, start_line, headers):
+    def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+                         headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
         if self.stream in self.server.cut:
             logger.debug("a request read just before its idle connection was closed is dropped: %s", start_line)
             self.data_received = self.finish = self.on_connection_close = _ignore
@@ -152,11 +170,12 @@ class _MarkBusy(httputil.HTTPMessageDelegate):
         return self.delegate.headers_received(start_line, headers)
 
 
-def _ignore(*args) -> None:
+def _ignore(*args: object) -> None:
     return None
 
 
-def listen(app, port: int, address: str, settings: Settings, other_files: int = 0) -> DrainingHTTPServer:
+def listen(app: httputil.HTTPServerConnectionDelegate, port: int, address: str, settings: Settings,
+           other_files: int = 0) -> DrainingHTTPServer:
     """An HTTP server for `app` (an `Application` or any `HTTPServerConnectionDelegate`) on `address`:`port`
     (port 0: one the kernel picks; `server.port` says which), with the client limits of `settings`
     (see above; `other_files`: the process's files beside its clients and the usual reserve)."""
