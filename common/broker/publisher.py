@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import aio_pika
 
@@ -30,9 +31,10 @@ MAX_SENDING = 256
 LEAVE_AFTER_TIMEOUTS = 3
 
 # (row id, entry, the trace it continues or None): what a relay or a fast path hands over to be published.
-Outgoing = tuple[Hashable, Mapping, Trace]
-# Called once a background send is over, with the row ids the broker confirmed and those it did not.
-FollowUp = Callable[[list, list], Awaitable[None]]
+Outgoing = tuple[Hashable, Mapping[str, Any], Trace]
+# Called once a background send is over, with the row ids the broker confirmed and those it did not (each
+# caller's own kind of id: `Any` here).
+FollowUp = Callable[[list[Any], list[Any]], Awaitable[None]]
 
 
 def message_id_of(ids: Sequence[Hashable]) -> str:
@@ -60,7 +62,8 @@ class Publisher:
         self.timeouts = 0  # publishes timed out in a row, among those started since `moved_at`
         self.moved_at = float("-inf")
 
-    async def publish(self, queue: str, body: bytes, message_id: Hashable, headers: dict | None = None) -> None:
+    async def publish(self, queue: str, body: bytes, message_id: Hashable,
+                      headers: dict[str, Any] | None = None) -> None:
         """Publish one message to `queue` and wait for the broker's confirm.
 
         Raises one of `common.runtime.retry.BROKER_ERRORS` or `aio_pika.exceptions.DeliveryError` if not confirmed."""
@@ -99,14 +102,14 @@ class Publisher:
                 body, headers = pack([entry for _, entry, _ in rows], traces), None
             await self.publish(queue, body, message_id, headers)
 
-    async def publish_all(self, queue: str, rows: Sequence[Outgoing]) -> list:
+    async def publish_all(self, queue: str, rows: Sequence[Outgoing]) -> list[Any]:
         """Publish the rows, `entries_per_message` to a message, the messages concurrently; return the ids of
         the rows whose message the broker confirmed (a message not confirmed leaves all its rows unsent)."""
         size = self.entries_per_message
         messages = [rows[start:start + size] for start in range(0, len(rows), size)]
         results = await asyncio.gather(*(self.publish_entries(queue, message) for message in messages),
                                        return_exceptions=True)
-        confirmed = []
+        confirmed: list[Any] = []
         for message, result in zip(messages, results):
             if isinstance(result, asyncio.CancelledError):
                 raise result
@@ -125,7 +128,7 @@ class Publisher:
 
         (On the underlying channel: a queue object would be kept for re-declaring, a count needs none.)"""
         channel = await self.channel.get_underlay_channel()
-        return (await channel.queue_declare(queue, passive=True)).message_count
+        return (await channel.queue_declare(queue, passive=True)).message_count or 0
 
 
 class PublishWindow:
@@ -140,11 +143,11 @@ class PublishWindow:
     def __init__(self, publisher: Publisher, limit: int = MAX_SENDING) -> None:
         self.publisher = publisher
         self.limit = limit
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._count = 0
         self._room = asyncio.Event()
         self._room.set()
-        self._gathering: dict[tuple[str, FollowUp], list] = {}  # this tick's rows, by queue and follow-up
+        self._gathering: dict[tuple[str, FollowUp], list[Outgoing]] = {}  # this tick's rows, by queue and follow-up
 
     @property
     def timeout(self) -> float:
@@ -188,7 +191,7 @@ class PublishWindow:
             self._tasks.add(task)
             task.add_done_callback(functools.partial(self._sent, len(rows)))
 
-    def _sent(self, count: int, task: asyncio.Task) -> None:
+    def _sent(self, count: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._count -= count
         if self.has_room():
