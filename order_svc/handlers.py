@@ -95,6 +95,7 @@ class OrdersHandler(Holding):
 
     async def get(self) -> None:
         user = self.get_query_argument("user", "")
+        user_id: int | None  # None: every user's
         if user:
             user_id = parse_id(user, "user")
             self.principal.act_for(user_id)
