@@ -181,6 +181,13 @@ class NodeConnection:
             await channel.open(self.connection)
         return channel
 
+    async def ready(self) -> AbstractConnection:
+        """The connection to the current node, once there is one."""
+        while True:
+            await self.connected.wait()
+            if self.connection is not None:
+                return self.connection
+
     def move_on(self, reason: str) -> bool:
         """Leave the current node for the next one, e.g. a node that stops confirming publishes while its
         connection looks alive (a partition can leave it so until the heartbeat gives up). False if there is no
@@ -267,7 +274,8 @@ class NodeConnection:
 class NodeChannel:
     """A channel of a `NodeConnection`, opened again (with its QoS, the queues declared through it and its
     consumers) on each new connection, and after the broker closed it alone (a channel error), once
-    `CHANNEL_REOPEN_PAUSE` has passed. Publishing waits until it is open: callers bound that wait."""
+    `CHANNEL_REOPEN_PAUSE` has passed; a consumer the broker cancels consumes again once its queue is back.
+    Publishing waits until it is open: callers bound that wait."""
 
     def __init__(self, connection: NodeConnection, **options: bool) -> None:
         self.connection = connection
@@ -277,7 +285,9 @@ class NodeChannel:
         self.prefetch: int | None = None
         self.declared: dict[str, dict] = {}  # queue name: the declare's keyword arguments
         self.consumers: list[tuple[str, Callable, dict]] = []
+        self.consumer_tags: dict[str, int] = {}  # of the open channel: consumer tag -> index in `consumers`
         self._reopening: asyncio.Task | None = None
+        self._resuming: set[asyncio.Task] = set()
 
     async def open(self, connection: AbstractConnection) -> None:
         channel = await connection.channel(**self.options)
@@ -285,11 +295,20 @@ class NodeChannel:
             await channel.set_qos(prefetch_count=self.prefetch)
         for name, arguments in self.declared.items():
             await channel.declare_queue(name, **arguments)
-        for name, callback, arguments in self.consumers:
-            await (await channel.get_queue(name)).consume(callback, **arguments)
+        tags = {}
+        for index, (name, callback, arguments) in enumerate(self.consumers):
+            tags[await (await channel.get_queue(name)).consume(callback, **arguments)] = index
+        (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(self._on_consumer_cancel)
         channel.close_callbacks.add(self._on_close)
-        self.channel = channel
+        self.channel, self.consumer_tags = channel, tags
         self.opened.set()
+
+    async def consume(self, name: str, callback: Callable, arguments: dict) -> str:
+        """Consume queue `name` on the open channel, and on every channel opened later."""
+        self.consumers.append((name, callback, arguments))
+        tag = await (await (await self.ready()).get_queue(name, ensure=False)).consume(callback, **arguments)
+        self.consumer_tags[tag] = len(self.consumers) - 1
+        return tag
 
     async def ready(self) -> AbstractChannel:
         """The channel, once open."""
@@ -331,8 +350,35 @@ class NodeChannel:
 
     def stop(self) -> None:
         """Open no more: its connection is closing."""
-        if self._reopening is not None:
-            self._reopening.cancel()
+        for task in [self._reopening, *self._resuming]:
+            if task is not None:
+                task.cancel()
+
+    def _on_consumer_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        # The broker cancelled one of its consumers (its queue was deleted, or its node lost the queue): consume
+        # again once the queue is back, as aio-pika's robust channel would.
+        index = self.consumer_tags.pop(frame.consumer_tag, None)
+        if index is not None and self.channel is not None:
+            task = asyncio.create_task(self._resume(self.channel, index))
+            self._resuming.add(task)
+            task.add_done_callback(self._resuming.discard)
+
+    async def _resume(self, channel: AbstractChannel, index: int) -> None:
+        name, callback, arguments = self.consumers[index]
+        while self.channel is channel and not channel.is_closed:
+            await asyncio.sleep(CHANNEL_REOPEN_PAUSE)
+            try:
+                # Through a channel of its own: a passive declare of a missing queue closes the channel it is on.
+                async with (await self.connection.ready()).channel() as probe:
+                    await probe.get_queue(name)
+            except Exception as exc:  # noqa: BLE001 - not back yet (or the connection went: it consumes anew)
+                logger.info("queue %s not to be consumed again yet: %r", name, exc)
+                continue
+            if self.channel is channel and not channel.is_closed:
+                tag = await (await channel.get_queue(name, ensure=False)).consume(callback, **arguments)
+                self.consumer_tags[tag] = index
+                logger.warning("consuming %s again after the broker cancelled its consumer", name)
+            return
 
     def _on_close(self, channel: AbstractChannel, exc: BaseException | None = None) -> None:
         if channel is not self.channel:
@@ -375,8 +421,7 @@ class _NodeQueue:
         self.channel, self.name = channel, name
 
     async def consume(self, callback: Callable, **arguments: object) -> str:
-        self.channel.consumers.append((self.name, callback, arguments))
-        return await (await self._queue()).consume(callback, **arguments)
+        return await self.channel.consume(self.name, callback, arguments)
 
     async def get(self, **arguments: Any) -> aio_pika.abc.AbstractIncomingMessage | None:
         """One message, as aio-pika's `Queue.get` (`no_ack`, `fail`, `timeout`)."""

@@ -154,3 +154,26 @@ async def test_a_publisher_whose_node_falls_silent_moves_to_the_next_node(run_en
 
 def assert_on(connection, port):
     assert connection.connected.is_set() and connection.node.port == port
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_consumer_the_broker_cancels_consumes_again_once_its_queue_is_back(run_env, proxies):
+    connection = await connect_nodes(node_urls(run_env, [proxies[0].port]))
+    try:
+        channel, other = await connection.channel(), await connection.channel()
+        queue_name = "amqp_nodes_cancelled"
+        await other.declare_queue(queue_name)
+        received = asyncio.Queue()
+
+        async def on_message(message):
+            await message.ack()
+            received.put_nowait(message.body)
+        await (await channel.get_queue(queue_name)).consume(on_message)
+        await other.queue_delete(queue_name)  # the broker cancels the consumer
+        await asyncio.sleep(1.5)  # a try or two while the queue is missing
+        await other.declare_queue(queue_name)
+        await other.default_exchange.publish(aio_pika.Message(b"back"), routing_key=queue_name)
+        assert await asyncio.wait_for(received.get(), 15) == b"back"
+        await other.queue_delete(queue_name)
+    finally:
+        await connection.close()
