@@ -23,12 +23,14 @@ import asyncio
 import logging
 import os
 import ssl
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import NamedTuple
 
 import aio_pika
 import aiormq.abc
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue, TimeoutType
+from aiormq.abc import DeliveredMessage
+from pamqp.common import FieldTable
 from yarl import URL
 
 from common.runtime.config import ConfigurationError
@@ -47,7 +49,7 @@ CHANNEL_REOPEN_PAUSE = 1
 # aiormq 7.2.4's TLS query parameters (aiormq.connection.Connection.__init__), and those naming files.
 TLS_PARAMETERS = ("cafile", "capath", "cadata", "certfile", "keyfile", "no_verify_ssl")
 TLS_FILES = ("cafile", "certfile", "keyfile")
-_warned_unverified = set()
+_warned_unverified: set[str] = set()
 
 
 class TlsRefused(ConfigurationError):
@@ -55,7 +57,7 @@ class TlsRefused(ConfigurationError):
     host name, a node that does not speak TLS on that port): a setting must change, retrying cannot help."""
 
 
-def split_urls(value):
+def split_urls(value: str) -> list[str]:
     """The node URLs of a `RABBITMQ_URL` setting: one URL, or several comma-separated full URLs.
 
     Raises `ConfigurationError` if there is none, if one is not an amqp(s):// URL with a host, if its TLS
@@ -77,7 +79,7 @@ def split_urls(value):
     return urls
 
 
-def check_tls(url):
+def check_tls(url: URL) -> None:
     """Refuse TLS parameters that would be ignored or fail at every attempt: any on an `amqp://` URL (plaintext),
     `ca_certs` (aio-pika's docstring; aiormq reads `cafile`), a file that cannot be read (aiormq's error would
     be a bare `FileNotFoundError` naming no file). Warns once per node when `no_verify_ssl` turns verification off."""
@@ -100,7 +102,7 @@ def check_tls(url):
                        "pose as it", shown)
 
 
-def tls_refusal(exc):
+def tls_refusal(exc: BaseException | None) -> str | None:
     """Why TLS failed if `exc` (a connection error; aiormq wraps the `ssl` error in `AMQPConnectionError`) is a
     failure no retry mends, else None. A TLS connection cut mid-handshake (`SSLEOFError`, `SSLZeroReturnError`,
     `SSLSyscallError`) is a node going away, not one of them."""
@@ -135,8 +137,8 @@ class NodeConnection:
         self.channels: list[NodeChannel] = []
         self._lost = asyncio.Event()
         self._closing = False
-        self._keeper: asyncio.Task | None = None
-        self._closes: set[asyncio.Task] = set()
+        self._keeper: asyncio.Task[None] | None = None
+        self._closes: set[asyncio.Task[None]] = set()
 
     @property
     def node(self) -> URL:
@@ -151,7 +153,8 @@ class NodeConnection:
 
         Raises `TlsRefused` if none answers and TLS failed on one of them (`tls_refusal`), else the last node's
         connection error (e.g. `AMQPConnectionError`)."""
-        error, tls = None, []
+        error: Exception | None = None
+        tls = []
         for offset in range(len(self.nodes)):
             index = (self.node_index + offset) % len(self.nodes)
             try:
@@ -169,6 +172,7 @@ class NodeConnection:
                 ca = self.node.query.get("cafile") or "the system's CAs"
                 raise TlsRefused(f"RabbitMQ: TLS failed: {'; '.join(tls)} (CA: {ca}); not retrying, the TLS "
                                  "settings or the node's certificate must change") from error
+            assert error is not None  # there is a node: `split_urls` refuses an empty list
             raise error
         logger.info("connected to RabbitMQ node %s", self)
         self._keeper = asyncio.create_task(self._keep_connected(), name=f"RabbitMQ connection to {self}")
@@ -230,7 +234,7 @@ class NodeConnection:
         connection.close_callbacks.add(self._on_close)
         self.connected.set()
 
-    def _on_close(self, connection: AbstractConnection, exc: BaseException | None = None) -> None:
+    def _on_close(self, connection: AbstractConnection | None, exc: BaseException | None = None) -> None:
         if connection is self.connection and not self._closing:
             logger.warning("lost RabbitMQ node %s: %r", self, exc)
             self._left()
@@ -265,10 +269,28 @@ class NodeConnection:
             for callback in self.reconnect_callbacks:
                 callback()
 
-    def _closed(self, closing: asyncio.Task) -> None:
+    def _closed(self, closing: asyncio.Task[None]) -> None:
         self._closes.discard(closing)
         if not closing.cancelled() and closing.exception() is not None:
             logger.info("closing the connection left behind: %r", closing.exception())
+
+
+OnMessage = Callable[[AbstractIncomingMessage], Awaitable[object]]
+
+
+class Declare(NamedTuple):
+    """A queue declaration, as it is made again on a new channel."""
+    durable: bool
+    exclusive: bool
+    auto_delete: bool
+    arguments: FieldTable | None
+
+
+class Consume(NamedTuple):
+    """A consumer, as it is registered again on a new channel."""
+    queue: str
+    callback: OnMessage
+    no_ack: bool
 
 
 class NodeChannel:
@@ -283,30 +305,31 @@ class NodeChannel:
         self.channel: AbstractChannel | None = None
         self.opened = asyncio.Event()
         self.prefetch: int | None = None
-        self.declared: dict[str, dict] = {}  # queue name: the declare's keyword arguments
-        self.consumers: list[tuple[str, Callable, dict]] = []
+        self.declared: dict[str, Declare] = {}  # the queues declared through it, by name
+        self.consumers: list[Consume] = []
         self.consumer_tags: dict[str, int] = {}  # of the open channel: consumer tag -> index in `consumers`
-        self._reopening: asyncio.Task | None = None
-        self._resuming: set[asyncio.Task] = set()
+        self._reopening: asyncio.Task[None] | None = None
+        self._resuming: set[asyncio.Task[None]] = set()
 
     async def open(self, connection: AbstractConnection) -> None:
         channel = await connection.channel(**self.options)
         if self.prefetch is not None:
             await channel.set_qos(prefetch_count=self.prefetch)
-        for name, arguments in self.declared.items():
-            await channel.declare_queue(name, **arguments)
+        for name, declare in self.declared.items():
+            await channel.declare_queue(name, **declare._asdict())
         tags = {}
-        for index, (name, callback, arguments) in enumerate(self.consumers):
-            tags[await (await channel.get_queue(name)).consume(callback, **arguments)] = index
+        for index, consume in enumerate(self.consumers):
+            queue = await channel.get_queue(consume.queue)
+            tags[await queue.consume(consume.callback, no_ack=consume.no_ack)] = index
         (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(self._on_consumer_cancel)
         channel.close_callbacks.add(self._on_close)
         self.channel, self.consumer_tags = channel, tags
         self.opened.set()
 
-    async def consume(self, name: str, callback: Callable, arguments: dict) -> str:
+    async def consume(self, name: str, callback: OnMessage, no_ack: bool = False) -> str:
         """Consume queue `name` on the open channel, and on every channel opened later."""
-        self.consumers.append((name, callback, arguments))
-        tag = await (await (await self.ready()).get_queue(name, ensure=False)).consume(callback, **arguments)
+        self.consumers.append(Consume(name, callback, no_ack))
+        tag = await (await (await self.ready()).get_queue(name, ensure=False)).consume(callback, no_ack=no_ack)
         self.consumer_tags[tag] = len(self.consumers) - 1
         return tag
 
@@ -327,11 +350,14 @@ class NodeChannel:
         self.prefetch = prefetch_count
         await (await self.ready()).set_qos(prefetch_count=prefetch_count)
 
-    async def declare_queue(self, name: str, **arguments: object) -> AbstractQueue:
+    async def declare_queue(self, name: str, *, durable: bool = False, exclusive: bool = False,
+                            auto_delete: bool = False, arguments: FieldTable | None = None,
+                            passive: bool = False) -> AbstractQueue:
         """Declare a queue now, and again on every channel opened after this one (a passive declare only now)."""
-        queue = await (await self.ready()).declare_queue(name, **arguments)
-        if not arguments.get("passive"):
-            self.declared[name] = arguments
+        declare = Declare(durable, exclusive, auto_delete, arguments)
+        queue = await (await self.ready()).declare_queue(name, passive=passive, **declare._asdict())
+        if not passive:
+            self.declared[name] = declare
         return queue
 
     async def get_queue(self, name: str, ensure: bool = True) -> "_NodeQueue":
@@ -340,10 +366,10 @@ class NodeChannel:
             await (await self.ready()).get_queue(name)
         return _NodeQueue(self, name)
 
-    async def queue_delete(self, name: str, **arguments: Any) -> object:
+    async def queue_delete(self, name: str) -> aiormq.spec.Queue.DeleteOk:
         """Delete a queue (as aio-pika's `Channel.queue_delete`); it is declared again on no later channel."""
         self.declared.pop(name, None)
-        return await (await self.ready()).queue_delete(name, **arguments)
+        return await (await self.ready()).queue_delete(name)
 
     async def get_underlay_channel(self) -> aiormq.abc.AbstractChannel:
         return await (await self.ready()).get_underlay_channel()
@@ -357,14 +383,14 @@ class NodeChannel:
     def _on_consumer_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
         # The broker cancelled one of its consumers (its queue was deleted, or its node lost the queue): consume
         # again once the queue is back, as aio-pika's robust channel would.
-        index = self.consumer_tags.pop(frame.consumer_tag, None)
+        index = self.consumer_tags.pop(frame.consumer_tag or "", None)
         if index is not None and self.channel is not None:
             task = asyncio.create_task(self._resume(self.channel, index))
             self._resuming.add(task)
             task.add_done_callback(self._resuming.discard)
 
     async def _resume(self, channel: AbstractChannel, index: int) -> None:
-        name, callback, arguments = self.consumers[index]
+        name, callback, no_ack = self.consumers[index]
         while self.channel is channel and not channel.is_closed:
             await asyncio.sleep(CHANNEL_REOPEN_PAUSE)
             try:
@@ -375,13 +401,13 @@ class NodeChannel:
                 logger.info("queue %s not to be consumed again yet: %r", name, exc)
                 continue
             if self.channel is channel and not channel.is_closed:
-                tag = await (await channel.get_queue(name, ensure=False)).consume(callback, **arguments)
+                tag = await (await channel.get_queue(name, ensure=False)).consume(callback, no_ack=no_ack)
                 self.consumer_tags[tag] = index
                 logger.warning("consuming %s again after the broker cancelled its consumer", name)
             return
 
-    def _on_close(self, channel: AbstractChannel, exc: BaseException | None = None) -> None:
-        if channel is not self.channel:
+    def _on_close(self, channel: AbstractChannel | None, exc: BaseException | None = None) -> None:
+        if channel is None or channel is not self.channel:
             return
         self.opened.clear()
         if self.connection.connected.is_set() and self._reopening is None:
@@ -407,10 +433,11 @@ class _DefaultExchange:
     def __init__(self, channel: NodeChannel) -> None:
         self.channel = channel
 
-    async def publish(self, message: aio_pika.abc.AbstractMessage, routing_key: str,
-                      **arguments: object) -> object:
+    async def publish(self, message: aio_pika.abc.AbstractMessage, routing_key: str, *, mandatory: bool = True,
+                      timeout: TimeoutType = None) -> aiormq.abc.ConfirmationFrameType | DeliveredMessage | None:
         channel = await self.channel.ready()
-        return await channel.default_exchange.publish(message, routing_key=routing_key, **arguments)
+        return await channel.default_exchange.publish(message, routing_key=routing_key, mandatory=mandatory,
+                                                      timeout=timeout)
 
 
 class _NodeQueue:
@@ -420,12 +447,15 @@ class _NodeQueue:
     def __init__(self, channel: NodeChannel, name: str) -> None:
         self.channel, self.name = channel, name
 
-    async def consume(self, callback: Callable, **arguments: object) -> str:
-        return await self.channel.consume(self.name, callback, arguments)
+    async def consume(self, callback: OnMessage, no_ack: bool = False) -> str:
+        return await self.channel.consume(self.name, callback, no_ack)
 
-    async def get(self, **arguments: Any) -> aio_pika.abc.AbstractIncomingMessage | None:
-        """One message, as aio-pika's `Queue.get` (`no_ack`, `fail`, `timeout`)."""
-        return await (await self._queue()).get(**arguments)
+    async def get(self, *, no_ack: bool = False, fail: bool = True,
+                  timeout: TimeoutType = 5) -> AbstractIncomingMessage | None:
+        """One message, as aio-pika's `Queue.get` (None, rather than an error with `fail`, if there is none)."""
+        queue = await self._queue()
+        return await (queue.get(no_ack=no_ack, timeout=timeout) if fail else
+                      queue.get(no_ack=no_ack, fail=False, timeout=timeout))
 
     async def _queue(self) -> AbstractQueue:
         return await (await self.channel.ready()).get_queue(self.name, ensure=False)

@@ -12,9 +12,10 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, NamedTuple
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
+from aio_pika.abc import AbstractIncomingMessage
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
 
+from common.broker.amqp_nodes import NodeChannel
 from common.broker.dead_lettering import REQUEUE_PAUSE, dead_letter, dead_letter_entries
 from common.broker.packing import Entry, EntryType, unpack
 from common.observability import tracing
@@ -52,7 +53,7 @@ class BatchConsumer:
     """One queue's messages, in delivery order: each batch is handled and acknowledged before the next."""
 
     def __init__(self, queue: str, kind: EntryType, handle_batch: HandleBatch, batch_size: int,
-                 dead_letters_via: AbstractRobustChannel, publishers: Collection[str],
+                 dead_letters_via: NodeChannel, publishers: Collection[str],
                  publish_as: str | None = None, requeue_pause: float = REQUEUE_PAUSE) -> None:
         self.queue = queue
         self.requeue_pause = requeue_pause  # before a message whose dead letter was not stored is requeued
@@ -226,7 +227,7 @@ class Consumer:
     """The consuming channel, and a `BatchConsumer` task for each queue it consumes; dead letters go out on
     `dead_letters_via` as `publish_as` (its connection's user)."""
 
-    def __init__(self, channel: AbstractRobustChannel, dead_letters_via: AbstractRobustChannel,
+    def __init__(self, channel: NodeChannel, dead_letters_via: NodeChannel,
                  publish_as: str | None = None) -> None:
         self.channel = channel
         self.dead_letters_via = dead_letters_via

@@ -21,6 +21,7 @@ from datetime import datetime
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from common.broker.amqp_nodes import NodeChannel
 from common.broker.dead_letter_headers import dead_letter_queue, death_headers, utc_now
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def entry_id(message_id: str | None, index: int) -> str:
     return f"{message_id}#{index}"
 
 
-async def dead_letter(message: AbstractIncomingMessage, queue: str, reason: str, channel: AbstractChannel,
+async def dead_letter(message: AbstractIncomingMessage, queue: str, reason: str, channel: AbstractChannel | NodeChannel,
                       user_id: str | None = None, refused_publisher: str | None = None,
                       requeue_pause: float = REQUEUE_PAUSE) -> bool:
     """Move `message`, consumed from `queue`, to `<queue>.dead` with `reason`: a copy published on `channel`
@@ -66,7 +67,7 @@ async def dead_letter(message: AbstractIncomingMessage, queue: str, reason: str,
 
 
 async def dead_letter_entries(message: AbstractIncomingMessage, queue: str, refused: Sequence[tuple[int, str, str]],
-                              channel: AbstractChannel, user_id: str | None = None,
+                              channel: AbstractChannel | NodeChannel, user_id: str | None = None,
                               requeue_pause: float = REQUEUE_PAUSE) -> bool:
     """Send each refused entry of `message` (a message of several entries, consumed from `queue`) to
     `<queue>.dead` on its own: `refused` lists (entry index, its JSON text, reason), and each dead letter
@@ -83,7 +84,7 @@ async def dead_letter_entries(message: AbstractIncomingMessage, queue: str, refu
 
 
 async def _store(message: AbstractIncomingMessage, queue: str, copies: Sequence[aio_pika.Message],
-                 channel: AbstractChannel, ack: bool, requeue_pause: float) -> bool:
+                 channel: AbstractChannel | NodeChannel, ack: bool, requeue_pause: float) -> bool:
     try:
         for copy in copies:
             # Raises unless the broker confirmed it: a nack, an unroutable return (no such queue), or a timeout.

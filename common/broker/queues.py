@@ -11,6 +11,7 @@ from typing import Any
 from aio_pika.abc import AbstractChannel, AbstractQueue
 from aiormq.exceptions import ChannelPreconditionFailed
 
+from common.broker.amqp_nodes import NodeChannel
 from common.broker.dead_letter_headers import dead_letter_queue
 from common.runtime.config import QUEUE_TYPES, ConfigurationError, load_settings
 
@@ -52,7 +53,8 @@ def dead_letter_arguments(queue_type: str) -> dict[str, Any] | None:
     return {"x-queue-type": "quorum"} if queue_type == "quorum" else None
 
 
-async def declare_queue(channel: AbstractChannel, name: str, queue_type: str | None = None) -> AbstractQueue:
+async def declare_queue(channel: AbstractChannel | NodeChannel, name: str,
+                        queue_type: str | None = None) -> AbstractQueue:
     """Declare `name`, then `name.dead`, both durable, of `queue_type` (None: QUEUE_TYPE of the environment /
     `.env`, for callers without settings such as tests); return the queue `name`.
 
