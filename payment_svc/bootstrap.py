@@ -24,7 +24,8 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
     repo = repo or PostgresPayments()
     background = db.background or db
     outbox = BgWorker("outbox_ps relay",
-                      lambda: service.relay_outbox(background, repo, broker.publisher, settings.batch_size),
+                      lambda: service.relay_outbox(background, repo, broker.publisher, settings.batch_size,
+                                                 dispatch),
                       settings.poll_interval)
     inbox = BgWorker("inbox processor", lambda: service.process_inbox(background, repo, dispatch, settings.batch_size),
                      settings.poll_interval)

@@ -20,6 +20,10 @@ class ResultDispatch(Protocol):
     due_in: float             # seconds until a result the consumer queued is due for the relay
 
     async def wait_for_room(self) -> None: ...
+    def confirmed(self) -> list[int]:
+        """The `outbox_ps` rows whose publish the broker confirmed, still to be deleted."""
+    def deleted(self, ids: list[int]) -> None:
+        """`ids` (of `confirmed`) were deleted by a statement that committed."""
     def send(self, rows: Sequence[Mapping[str, Any]]) -> None: ...
     def left_to_inbox_worker(self) -> None: ...
     def queued_for_relay(self) -> None: ...
@@ -27,18 +31,28 @@ class ResultDispatch(Protocol):
 
 class SettleAtOnce:
     """The fast path: the consumer publishes the results it settled as soon as its transaction commits, without
-    waiting for the outbox relay, and deletes the rows the broker confirmed. The rows are written due for the
-    relay only `resend_delay` seconds later; a result not confirmed is made due at once. While the publish
-    window is full, the consumer waits before it takes the next batch."""
+    waiting for the outbox relay. The rows are written due for the relay only `resend_delay` seconds later; a
+    result not confirmed is made due at once. The rows the broker confirmed are deleted by the next statement
+    that settles (the consumer's or the inbox worker's) or by the relay's next step, whichever comes first: a
+    confirm costs no write of its own. While the publish window is full, the consumer waits before it takes the
+    next batch."""
     settles_on_receipt = True
 
     def __init__(self, db: Database, repo: PaymentRepository, window: PublishWindow, resend_delay: float,
                  kick_relay: Callable[[], None], kick_inbox: Callable[[], None]) -> None:
         self.db, self.repo, self.window, self.due_in = db, repo, window, resend_delay
         self.kick_relay, self.kick_inbox = kick_relay, kick_inbox
+        self._confirmed: dict[int, None] = {}  # ids in the order they were confirmed
 
     async def wait_for_room(self) -> None:
         await self.window.room()
+
+    def confirmed(self) -> list[int]:
+        return list(self._confirmed)
+
+    def deleted(self, ids: list[int]) -> None:
+        for row_id in ids:
+            self._confirmed.pop(row_id, None)
 
     def send(self, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
@@ -53,8 +67,7 @@ class SettleAtOnce:
         self.kick_relay()
 
     async def _delete_confirmed(self, confirmed: list[int], unconfirmed: list[int]) -> None:
-        if confirmed:
-            await self.db.run(self.repo.delete_outbox, confirmed, transaction=False)
+        self._confirmed.update(dict.fromkeys(confirmed))
         if unconfirmed:
             await self.db.run(self.repo.make_due, unconfirmed, transaction=False)
             self.kick_relay()
@@ -67,6 +80,12 @@ class StoreOnly:
     due_in = 0.0
 
     async def wait_for_room(self) -> None:
+        pass
+
+    def confirmed(self) -> list[int]:
+        return []
+
+    def deleted(self, ids: list[int]) -> None:
         pass
 
     def send(self, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -1,11 +1,10 @@
 """The Payments Service's tables and every SQL statement it runs (SQLAlchemy Core)."""
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from common.broker.messages import OrderStatus, PaymentRequest
@@ -86,14 +85,6 @@ CREDIT = Query(sa.insert(account_movements)
                                       sa.bindparam("client_request_id"), sa.bindparam("principal")))
                .add_cte(_credited).returning(account_movements.c.user_id, account_movements.c.balance))
 
-_debits = sa.func.unnest(ids("user_ids"), ids("order_ids"), sa.bindparam("amounts", type_=ARRAY(sa.Numeric)),
-                         sa.bindparam("balances", type_=ARRAY(sa.Numeric))) \
-    .table_valued("user_id", "order_id", "amount", "balance").render_derived(name="debit")
-RECORD_DEBITS = Query(sa.insert(account_movements)
-                      .from_select(["user_id", "kind", "order_id", "amount", "balance"],
-                                   sa.select(_debits.c.user_id, sa.literal("debit"), _debits.c.order_id,
-                                             _debits.c.amount, _debits.c.balance)))
-
 MOVEMENT_FIELDS = (account_movements.c.id, account_movements.c.kind, account_movements.c.amount,
                    account_movements.c.balance, account_movements.c.order_id, account_movements.c.created_at)
 LIST_MOVEMENTS = Query(sa.select(*MOVEMENT_FIELDS)
@@ -112,35 +103,145 @@ STORE_REQUESTS = Query(_stored.on_conflict_do_update(
     index_elements=[inbox.c.order_id],
     set_={"acked": False, "traceparent": sa.func.coalesce(_stored.excluded.traceparent, inbox.c.traceparent)}))
 
-USERS_WITH_UNACKED = Query(sa.select(inbox.c.user_id).where(inbox.c.acked.is_(False))
-                           .group_by(inbox.c.user_id).order_by(sa.func.min(inbox.c.order_id))
-                           .limit(sa.bindparam("limit")))
-_candidates = sa.func.unnest(ids("user_ids")).table_valued("user_id").render_derived(name="candidate")
-CLAIM_USERS = Query(sa.select(_candidates.c.user_id).where(sa.func.pg_try_advisory_xact_lock(_candidates.c.user_id)))
-LOCK_UNACKED = Query(sa.select(inbox.c.order_id, inbox.c.user_id, inbox.c.amount, inbox.c.status, inbox.c.traceparent)
-                     .where(inbox.c.user_id == sa.any_(ids("user_ids")), inbox.c.acked.is_(False))
-                     .order_by(inbox.c.user_id, inbox.c.order_id).with_for_update())
-LOCK_ACCOUNTS = Query(sa.select(*ACCOUNT_FIELDS).where(accounts.c.user_id == sa.any_(ids("user_ids")))
-                      .with_for_update())
-_balances = sa.func.unnest(ids("user_ids"), sa.bindparam("balances", type_=ARRAY(sa.Numeric))) \
-    .table_valued("user_id", "balance").render_derived(name="funded")
-DEBIT_ACCOUNTS = Query(sa.update(accounts).where(accounts.c.user_id == _balances.c.user_id)
-                     .values(balance=_balances.c.balance, updated_at=NOW))
+# Settling, in one round trip: BEGIN, `CLAIM` and `SETTLE`, sent as one query; COMMIT goes alone (see
+# `common.db.database.BeginWithFirst`). `CLAIM` takes the advisory lock of each user it can (of the users asked
+# for, and with `pick` > 0 of those with the oldest unacked requests), so that one transaction of any instance
+# settles a user's requests, and leaves the users it got in a transaction-local setting. `SETTLE` reads them
+# from there: it is a statement of its own because a statement sees the database as it was when it began, and
+# a user's settling committed by another transaction between that moment and the taking of the lock would be
+# invisible to it.
+SETTLING_USERS, CANDIDATES = "'shop.settling_users'", "'shop.settle_candidates'"
+_asked = sa.func.unnest(ids("user_ids")).table_valued("user_id").render_derived(name="asked")
+_oldest_waiting = (sa.select(inbox.c.user_id).where(inbox.c.acked.is_(False)).group_by(inbox.c.user_id)
+                   .order_by(sa.func.min(inbox.c.order_id)).limit(sa.bindparam("pick")))
+_candidates = sa.union(sa.select(_asked.c.user_id), _oldest_waiting).subquery("candidate")
+_got = sa.func.array_agg(_candidates.c.user_id).filter(sa.func.pg_try_advisory_xact_lock(_candidates.c.user_id))
+CLAIM = Query(sa.select(
+    sa.func.set_config(sa.literal_column(SETTLING_USERS),
+                       sa.cast(sa.func.coalesce(_got, sa.literal_column("'{}'::BIGINT[]")), sa.Text), sa.true())
+    .label("claimed"),
+    sa.func.set_config(sa.literal_column(CANDIDATES), sa.cast(sa.func.count(), sa.Text), sa.true())
+    .label("candidates")).select_from(_candidates))
 
-# Settled rows marked acked with their status, and each status queued for the Order Service, in one statement.
-_statuses = sa.func.unnest(ids("order_ids"), sa.bindparam("statuses", type_=ARRAY(sa.Text))) \
-    .table_valued("order_id", "status").render_derived(name="decided")
-_settled = (sa.update(inbox).where(inbox.c.order_id == _statuses.c.order_id)
-            .values(status=_statuses.c.status, acked=True, processed_at=sa.func.coalesce(inbox.c.processed_at, NOW))
-            .returning(inbox.c.order_id).cte("settled"))
-_due = seconds_from_now(sa.bindparam("due_in"))
-_results = sa.func.unnest(ids("order_ids"), sa.bindparam("statuses", type_=ARRAY(sa.Text)), texts("traceparents")) \
-    .table_valued("order_id", "status", "traceparent").render_derived(name="result")
-SETTLE_AND_QUEUE = Query(sa.insert(outbox_ps)
-                         .from_select(["order_id", "status", "next_attempt_at", "traceparent"],
-                                      sa.select(_results.c.order_id, _results.c.status, _due, _results.c.traceparent))
-                         .add_cte(_settled)
-                         .returning(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status, outbox_ps.c.traceparent))
+# The batch of requests received (none for the inbox worker), one row per order, in `order_id` order.
+_batch = sa.func.unnest(ids("order_ids"), ids("request_user_ids"),
+                           sa.bindparam("amounts", type_=ARRAY(sa.Numeric)), texts("traceparents")) \
+    .table_valued("order_id", "user_id", "amount", "traceparent").render_derived(name="request")
+_given = sa.select(_batch).cte("given")
+_claimed = sa.select(sa.func.unnest(sa.cast(sa.func.current_setting(sa.literal_column(SETTLING_USERS)),
+                                            ARRAY(sa.BigInteger))).label("user_id")).cte("claimed")
+
+
+def _is_claimed(user_id: Any) -> Any:
+    return user_id.in_(sa.select(_claimed.c.user_id))
+
+
+# The inbox rows this settles or stores again, locked in `order_id` order (the lock order of every writer of the
+# inbox): the claimed users' unacked rows, and the batch's rows stored before.
+_locked = (sa.select(inbox.c.order_id, inbox.c.user_id, inbox.c.amount, inbox.c.status, inbox.c.acked,
+                     inbox.c.traceparent)
+           .where(sa.or_(sa.and_(_is_claimed(inbox.c.user_id), inbox.c.acked.is_(False)),
+                         inbox.c.order_id == sa.any_(ids("order_ids"))))
+           .order_by(inbox.c.order_id).with_for_update().cte("locked").prefix_with("MATERIALIZED"))
+# What the claimed users have pending: the batch's requests (as stored before, if they were: a settled one keeps
+# its status and only sends it again) and their other unacked requests; numbered per user in `order_id` order.
+_owner = sa.func.coalesce(_locked.c.user_id, _given.c.user_id)
+_in_batch = sa.select(_given.c.order_id, _owner.label("user_id"),
+                      sa.func.coalesce(_locked.c.amount, _given.c.amount).label("amount"),
+                      sa.func.coalesce(_locked.c.status, OrderStatus.NEW.value).label("status"),
+                      sa.func.coalesce(_given.c.traceparent, _locked.c.traceparent).label("traceparent")) \
+    .select_from(_given.outerjoin(_locked, _locked.c.order_id == _given.c.order_id)).where(_is_claimed(_owner))
+_left_waiting = sa.select(_locked.c.order_id, _locked.c.user_id, _locked.c.amount, _locked.c.status,
+                          _locked.c.traceparent) \
+    .where(_locked.c.acked.is_(False), _is_claimed(_locked.c.user_id),
+           _locked.c.order_id.not_in(sa.select(_given.c.order_id)))
+_pending = sa.union_all(_in_batch, _left_waiting).subquery("pending")
+_numbered = sa.select(_pending, sa.func.row_number().over(partition_by=_pending.c.user_id,
+                                                          order_by=_pending.c.order_id).label("n")).cte("numbered")
+# The claimed users' accounts, locked against a concurrent top-up (whose balance this then reads).
+_funds = (sa.select(accounts.c.user_id, accounts.c.balance).where(_is_claimed(accounts.c.user_id))
+          .with_for_update().cte("funds"))
+
+
+def _null(type_: Any) -> Any:
+    return sa.cast(sa.null(), type_)
+
+
+# The rule, request after request per user (a recursive walk: step n decides the user's n-th request against
+# the balance step n - 1 left): a `NEW` request is `FINISHED` and debited if the balance covers it, else
+# `CANCELLED` (also with no account, a NULL balance); a request decided before keeps its status. Plain NUMERIC
+# throughout: a recursive query's columns keep the type of its first term.
+_walk = sa.select(_claimed.c.user_id, sa.cast(0, sa.BigInteger).label("n"), _null(sa.BigInteger).label("order_id"),
+                  _null(sa.Numeric).label("amount"), _null(sa.Text).label("status"),
+                  sa.cast(_funds.c.balance, sa.Numeric).label("balance"), sa.false().label("debited"),
+                  _null(sa.Text).label("traceparent")) \
+    .select_from(_claimed.outerjoin(_funds, _funds.c.user_id == _claimed.c.user_id)).cte("walk", recursive=True)
+_step, _before = _numbered.alias("step"), _walk.alias("before")
+_covered = sa.and_(_step.c.status == OrderStatus.NEW.value,
+                   sa.func.coalesce(_before.c.balance >= _step.c.amount, sa.false()))
+_walk = _walk.union_all(
+    sa.select(_before.c.user_id, _step.c.n, _step.c.order_id, sa.cast(_step.c.amount, sa.Numeric),
+              sa.case((_step.c.status != OrderStatus.NEW.value, _step.c.status),
+                      (_covered, sa.literal(OrderStatus.FINISHED.value)),
+                      else_=sa.literal(OrderStatus.CANCELLED.value)),
+              sa.case((_covered, _before.c.balance - _step.c.amount), else_=_before.c.balance), _covered,
+              _step.c.traceparent)
+    .select_from(_before.join(_step, sa.and_(_step.c.user_id == _before.c.user_id, _step.c.n == _before.c.n + 1))))
+_decided = sa.select(_walk).where(_walk.c.n > 0).cte("decided")
+# Each debited account's new balance (its last debit left the least) and each debit's ledger row.
+_left = sa.select(_decided.c.user_id, sa.func.min(_decided.c.balance).label("balance")) \
+    .where(_decided.c.debited).group_by(_decided.c.user_id).subquery("debited_balance")
+_debited = sa.update(accounts).where(accounts.c.user_id == _left.c.user_id) \
+    .values(balance=_left.c.balance, updated_at=NOW).cte("debited")
+_ledger = sa.insert(account_movements).from_select(
+    ["user_id", "kind", "order_id", "amount", "balance"],
+    sa.select(_decided.c.user_id, sa.literal("debit"), _decided.c.order_id, _decided.c.amount, _decided.c.balance)
+    .where(_decided.c.debited).order_by(_decided.c.order_id)).cte("ledger")
+# The batch stored: a new request as decided (or `NEW` and unacked, its user busy elsewhere); a request seen
+# again is unacked again unless decided here, keeps a status it had, and carries on in the trace of its latest
+# message (if it has one).
+_decided_now = _decided.c.order_id.is_not(None)
+_store = pg_insert(inbox).from_select(
+    ["order_id", "user_id", "amount", "traceparent", "status", "acked", "processed_at"],
+    sa.select(_given.c.order_id, _given.c.user_id, _given.c.amount, _given.c.traceparent,
+              sa.func.coalesce(_decided.c.status, OrderStatus.NEW.value), _decided_now, sa.case((_decided_now, NOW)))
+    .select_from(_given.outerjoin(_decided, _decided.c.order_id == _given.c.order_id)).order_by(_given.c.order_id))
+_stored_batch = _store.on_conflict_do_update(index_elements=[inbox.c.order_id], set_={
+    "acked": _store.excluded.acked,
+    "status": sa.case((_store.excluded.acked, _store.excluded.status), else_=inbox.c.status),
+    "processed_at": sa.case((_store.excluded.acked, sa.func.coalesce(inbox.c.processed_at, NOW)),
+                            else_=inbox.c.processed_at),
+    "traceparent": sa.func.coalesce(_store.excluded.traceparent, inbox.c.traceparent)}).cte("stored")
+# The claimed users' other rows marked acked with their status (a row is written by one part of a statement only).
+_settled = sa.update(inbox).where(inbox.c.order_id == _decided.c.order_id,
+                                  _decided.c.order_id != sa.all_(ids("order_ids"))) \
+    .values(status=_decided.c.status, acked=True, processed_at=sa.func.coalesce(inbox.c.processed_at, NOW)) \
+    .cte("settled")
+# Every decided status queued for the Order Service, a user's together and in order, due for the relay in
+# `due_in` seconds; and the results whose publish the broker confirmed since the last statement deleted.
+_queued = sa.insert(outbox_ps).from_select(
+    ["order_id", "status", "next_attempt_at", "traceparent"],
+    sa.select(_decided.c.order_id, _decided.c.status, seconds_from_now(sa.bindparam("due_in")),
+              _decided.c.traceparent).order_by(_decided.c.user_id, _decided.c.order_id)) \
+    .returning(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status, outbox_ps.c.traceparent).cte("queued")
+_done = sa.delete(outbox_ps).where(outbox_ps.c.id == sa.any_(ids("done_ids"))).cte("done")
+
+
+_results = sa.select(_queued, _decided.c.user_id, _decided.c.amount) \
+    .join_from(_queued, _decided, _decided.c.order_id == _queued.c.order_id).subquery("result")
+QUEUED_FIELDS = ("id", "order_id", "status", "traceparent", "user_id", "amount")
+# One row: how many users were candidates and claimed, and the queued `outbox_ps` rows (with the user and amount
+# of each) as arrays, in the order they were queued. (A statement runs each data-modifying CTE, and each other
+# CTE only where it is read.)
+SETTLE = Query(sa.select(
+    sa.cast(sa.func.current_setting(sa.literal_column(CANDIDATES)), sa.Integer).label("candidates"),
+    sa.select(sa.func.count()).select_from(_claimed).scalar_subquery().label("claimed"),
+    *(sa.func.array_agg(aggregate_order_by(_results.c[name], _results.c.id)).label(name) for name in QUEUED_FIELDS))
+    .add_cte(_debited).add_cte(_ledger).add_cte(_stored_batch).add_cte(_settled).add_cte(_done))
+# Both in one query (psycopg2 sends them at once and returns the last one's rows).
+SETTLE.sql = f"{CLAIM.sql};\n{SETTLE.sql}"
+assert not CLAIM.defaults.keys() & SETTLE.defaults.keys(), "CLAIM's and SETTLE's parameters must not share names"
+SETTLE.defaults = {**CLAIM.defaults, **SETTLE.defaults}
 
 _outbox_ids = outbox_ps.c.id == sa.any_(ids("ids"))
 LOCK_OUTBOX = Query(sa.select(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status, outbox_ps.c.traceparent)
@@ -160,13 +261,19 @@ class CreditOrigin(NamedTuple):
     principal: str | None = None  # who topped up: the token's subject
 
 
-@dataclass(frozen=True)
-class Debit:
-    """One debit: `order_id` took `amount` from `user_id`, leaving `balance`."""
-    user_id: int
-    order_id: int
-    amount: Decimal
-    balance: Decimal
+class Settled(NamedTuple):
+    """What one `settle` did."""
+    candidates: int  # users it tried to claim
+    claimed: int  # users it claimed and settled (the others are being settled by another transaction)
+    queued: list[Row]  # the `outbox_ps` rows it queued (`id`, `order_id`, `status`, `traceparent`, and the
+    #                    request's `user_id` and `amount`), a user's together and in order
+
+
+def in_lock_order(requests: Sequence[PaymentRequest]) -> list[PaymentRequest]:
+    """One request per order, in `order_id` order: the order in which every writer locks inbox rows, so that
+    concurrent batches cannot deadlock."""
+    unique = {r.order_id: r for r in requests}
+    return [unique[order_id] for order_id in sorted(unique)]
 
 
 class PaymentRepository(Protocol):
@@ -186,23 +293,17 @@ class PaymentRepository(Protocol):
     async def credit(self, cur: Any, user_id: int, amount: Decimal, balance: Decimal, origin: CreditOrigin) -> Row:
         """Set the account's new `balance` after a credit of `amount` and write its ledger row, naming its
         origin."""
-    async def debit(self, cur: Any, debits: Sequence[Debit]) -> None:
-        """Take each debit from its account (in order: a user's last debit leaves its balance) and write its
-        ledger row."""
     async def list_movements(self, cur: Any, user_id: int, after: int, limit: int) -> list[Row]: ...
     async def store_requests(self, cur: Any, requests: Sequence[PaymentRequest]) -> None:
         """Insert new payment requests as `NEW`; a request seen before is marked unacked again."""
-    async def users_with_unacked(self, cur: Any, limit: int) -> list[int]: ...
-    async def claim_users(self, cur: Any, user_ids: list[int]) -> list[int]:
-        """Of `user_ids`, those this transaction now exclusively settles (others are busy in another worker)."""
-    async def lock_unacked(self, cur: Any, user_ids: list[int]) -> list[Row]:
-        """The claimed users' unacked inbox rows, in the order they must be settled."""
-    async def lock_accounts(self, cur: Any, user_ids: list[int]) -> dict[int, Decimal]: ...
-    async def settle_inbox(self, cur: Any, statuses: Mapping[int, str], traces: list[str | None],
-                           due_in: float) -> list[Row]:
-        """Mark rows acked with their final {order_id: status}, and queue each status for the Order Service, due
-        for the relay in `due_in` seconds, with its trace context (`traces`, in the order of `statuses`); returns
-        the queued rows."""
+    async def settle(self, cur: Any, requests: Sequence[PaymentRequest], user_ids: Sequence[int], pick: int,
+                     due_in: float, done_ids: Sequence[int] = ()) -> "Settled":
+        """Store `requests` like `store_requests` and settle the pending requests of those users it can claim
+        (of `user_ids`, and of up to `pick` more: those with the oldest unacked requests), by the rule: a
+        user's requests in `order_id` order, a `NEW` one `FINISHED` and debited (with its ledger row) if the
+        balance covers it, else `CANCELLED` (also with no account); one decided before keeps its status. Each
+        settled request is acked and its status queued for the Order Service, due for the relay in `due_in`
+        seconds. The `outbox_ps` rows `done_ids` (sends the broker confirmed) are deleted on the way."""
     async def lock_outbox(self, cur: Any, limit: int) -> list[Row]: ...
     async def delete_outbox(self, cur: Any, ids: list[int]) -> None: ...
     async def make_due(self, cur: Any, ids: list[int]) -> None: ...
@@ -235,43 +336,22 @@ class PostgresPayments:
         assert credited is not None  # the caller holds the account's row lock: it exists
         return credited
 
-    async def debit(self, cur: Any, debits: Sequence[Debit]) -> None:
-        balances = {debit.user_id: debit.balance for debit in debits}
-        await execute(cur, DEBIT_ACCOUNTS, user_ids=list(balances), balances=list(balances.values()))
-        await self.record_debits(cur, debits)
-
-    async def record_debits(self, cur: Any, debits: Sequence[Debit]) -> None:
-        """Write the ledger row of each debit."""
-        await execute(cur, RECORD_DEBITS, user_ids=[d.user_id for d in debits],
-                      order_ids=[d.order_id for d in debits], amounts=[d.amount for d in debits],
-                      balances=[d.balance for d in debits])
-
     async def list_movements(self, cur: Any, user_id: int, after: int, limit: int) -> list[Row]:
         return await fetch_all(cur, LIST_MOVEMENTS, user_id=user_id, after=after, limit=limit)
 
     async def store_requests(self, cur: Any, requests: Sequence[PaymentRequest]) -> None:
-        # One row per order, in order_id order (a consistent lock order between concurrent batches).
-        unique = {r.order_id: r for r in requests}
-        rows = [unique[order_id] for order_id in sorted(unique)]
+        rows = in_lock_order(requests)
         await execute(cur, STORE_REQUESTS, order_ids=[r.order_id for r in rows], user_ids=[r.user_id for r in rows],
                       amounts=[r.amount for r in rows], traceparents=[r.trace for r in rows])
 
-    async def users_with_unacked(self, cur: Any, limit: int) -> list[int]:
-        return [row["user_id"] for row in await fetch_all(cur, USERS_WITH_UNACKED, limit=limit)]
-
-    async def claim_users(self, cur: Any, user_ids: list[int]) -> list[int]:
-        return [row["user_id"] for row in await fetch_all(cur, CLAIM_USERS, user_ids=user_ids)]
-
-    async def lock_unacked(self, cur: Any, user_ids: list[int]) -> list[Row]:
-        return await fetch_all(cur, LOCK_UNACKED, user_ids=user_ids)
-
-    async def lock_accounts(self, cur: Any, user_ids: list[int]) -> dict[int, Decimal]:
-        return {row["user_id"]: row["balance"] for row in await fetch_all(cur, LOCK_ACCOUNTS, user_ids=user_ids)}
-
-    async def settle_inbox(self, cur: Any, statuses: Mapping[int, str], traces: list[str | None],
-                           due_in: float) -> list[Row]:
-        return await fetch_all(cur, SETTLE_AND_QUEUE, order_ids=list(statuses), statuses=list(statuses.values()),
-                               traceparents=traces, due_in=due_in)
+    async def settle(self, cur: Any, requests: Sequence[PaymentRequest], user_ids: Sequence[int], pick: int,
+                     due_in: float, done_ids: Sequence[int] = ()) -> "Settled":
+        rows = in_lock_order(requests)
+        [row] = await fetch_all(cur, SETTLE, user_ids=list(user_ids), pick=pick, order_ids=[r.order_id for r in rows],
+                                request_user_ids=[r.user_id for r in rows], amounts=[r.amount for r in rows],
+                                traceparents=[r.trace for r in rows], due_in=due_in, done_ids=list(done_ids))
+        queued = [dict(zip(QUEUED_FIELDS, values)) for values in zip(*(row[name] or () for name in QUEUED_FIELDS))]
+        return Settled(row["candidates"], row["claimed"], queued)
 
     async def lock_outbox(self, cur: Any, limit: int) -> list[Row]:
         return await fetch_all(cur, LOCK_OUTBOX, limit=limit)

@@ -1,11 +1,10 @@
 """Payments Service use cases: accounts, the inbox (exactly-once debits) and the result outbox."""
+import dataclasses
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from common.broker.messages import PAYMENT_RESULTS, OrderStatus, PaymentRequest
+from common.broker.messages import PAYMENT_RESULTS, PaymentRequest
 from common.broker.publisher import Publisher
 from common.db.database import Database, page
 from common.db.idempotency import IdempotentRequest
@@ -13,7 +12,7 @@ from common.observability import tracing
 from common.runtime.config import Settings
 from common.web.errors import AccountExists, AccountNotFound, InvalidInput
 from payment_svc.messaging import ResultDispatch, outgoing_results
-from payment_svc.repo import CreditOrigin, Debit, PaymentRepository, Row
+from payment_svc.repo import CreditOrigin, PaymentRepository, Row
 
 logger = logging.getLogger(__name__)
 
@@ -78,99 +77,59 @@ async def receive_requests(db: Database, repo: PaymentRepository, dispatch: Resu
     """Store a batch of payment requests in the inbox (the consumer acks only after this commits); returns
     {index: reason} of requests to dead-letter (none: every well-formed request is stored).
 
-    With `SettleAtOnce` the same transaction also settles the batch's users, saving the inbox worker's
-    transaction and the hop to it, and their results are published after the commit. A user another
-    transaction is settling at that moment is left to the inbox worker."""
+    With `SettleAtOnce` the same statement also settles the batch's users (`PaymentRepository.settle`), saving
+    the inbox worker's transaction and the hop to it, and their results are published after the commit. A user
+    another transaction is settling at that moment is left to the inbox worker."""
     await dispatch.wait_for_room()
+    if not dispatch.settles_on_receipt:
+        await db.run(repo.store_requests, requests)
+        return {}
     users = sorted({r.user_id for r in requests})
-    claimed, queued = await db.run(store_and_settle, repo, requests, users, dispatch)
-    dispatch.send(queued)
-    if claimed < len(users):
+    done = dispatch.confirmed()
+    # With tracing on, a span per request, in the trace its message came with; its result continues it.
+    with tracing.current.steps("settle payment", [(r.order_id, r.trace) for r in requests]) as traces:
+        traced = [dataclasses.replace(r, trace=trace or r.trace) for r, trace in zip(requests, traces)]
+        settled = await db.run(repo.settle, traced, users, 0, dispatch.due_in, done)
+    dispatch.deleted(done)
+    log_results(settled.queued)
+    dispatch.send(settled.queued)
+    if settled.claimed < len(users):
         dispatch.left_to_inbox_worker()
     return {}
 
 
-async def store_and_settle(cur: Any, repo: PaymentRepository, requests: list[PaymentRequest], users: list[int],
-                           dispatch: ResultDispatch) -> tuple[int, list[Row]]:
-    await repo.store_requests(cur, requests)
-    if not dispatch.settles_on_receipt:
-        return len(users), []
-    return await settle_users(cur, repo, users, dispatch.due_in)
-
-
-@dataclass
-class Settlement:
-    statuses: dict[int, OrderStatus] = field(default_factory=dict)  # {order_id: final status} of every row decided
-    debits: list[Debit] = field(default_factory=list)  # one per order paid, in order
-
-
-def settle(rows: list[Row], balances: Mapping[int, Decimal]) -> Settlement:
-    """Decide every unacked inbox row, in order, against `balances` ({user_id: balance}).
-
-    A `NEW` row is debited if the balance covers it (`FINISHED`), else `CANCELLED` (also with no account).
-    A row already decided keeps its status: a repeated request only re-sends it."""
-    settlement, left = Settlement(), dict(balances)
-    for row in rows:
-        status = row["status"]
-        if status == OrderStatus.NEW:
-            user_id, amount = row["user_id"], row["amount"]
-            balance = left.get(user_id)
-            if balance is not None and balance >= amount:
-                left[user_id] = balance - amount
-                settlement.debits.append(Debit(user_id, row["order_id"], amount, left[user_id]))
-                status = OrderStatus.FINISHED
-            else:
-                status = OrderStatus.CANCELLED
-            # DEBUG like the Order Service's per-step lines (see order_svc.service.apply_payment_results).
-            logger.debug("order_id=%s user %s amount %s: %s", row["order_id"], row["user_id"], row["amount"], status,
-                         extra={"order_id": row["order_id"]})
-        settlement.statuses[row["order_id"]] = status
-    return settlement
-
-
-async def settle_users(cur: Any, repo: PaymentRepository, user_ids: list[int],
-                       due_in: float = 0) -> tuple[int, list[Row]]:
-    """Settle the unacked requests of those of `user_ids` this transaction can claim; returns how many it claimed
-    and the `outbox_ps` rows it queued (due for the relay in `due_in` seconds).
-
-    Each user is claimed with an advisory lock so that one transaction (of any instance) settles a user's
-    requests, in `order_id` order; the account rows are locked `FOR UPDATE` against concurrent top-ups."""
-    claimed = await repo.claim_users(cur, user_ids)
-    if not claimed:
-        return 0, []
-    rows = await repo.lock_unacked(cur, claimed)
-    if not rows:
-        return len(claimed), []
-    # With tracing on, a span per request, in the trace its message came with; its result continues it.
-    with tracing.current.steps("settle payment", [(row["order_id"], row["traceparent"]) for row in rows]) as traces:
-        settlement = settle(rows, await repo.lock_accounts(cur, claimed))
-        if settlement.debits:
-            await repo.debit(cur, settlement.debits)
-        return len(claimed), await repo.settle_inbox(cur, settlement.statuses, traces, due_in)
+def log_results(queued: list[Row]) -> None:
+    # DEBUG like the Order Service's per-step lines (see order_svc.service.apply_payment_results).
+    if logger.isEnabledFor(logging.DEBUG):
+        for row in queued:
+            logger.debug("order_id=%s user %s amount %s: %s", row["order_id"], row["user_id"], row["amount"],
+                         row["status"], extra={"order_id": row["order_id"]})
 
 
 async def process_inbox(db: Database, repo: PaymentRepository, dispatch: ResultDispatch, batch_size: int) -> bool:
-    """Settle the unacked requests of a batch of users in one transaction; True if more may wait."""
-    taken, queued = await db.run(settle_waiting_users, repo, batch_size)
-    if queued:
+    """Settle the unacked requests of a batch of users (those waiting longest) in one statement; True if more may
+    wait. Users all busy in other transactions, which settle them, count as none: the worker does not spin on
+    them."""
+    done = dispatch.confirmed()
+    settled = await db.run(repo.settle, [], [], batch_size, 0, done)
+    dispatch.deleted(done)
+    log_results(settled.queued)
+    if settled.queued:
         dispatch.queued_for_relay()
-    return taken >= batch_size
+    return settled.claimed > 0 and settled.candidates >= batch_size
 
 
-async def settle_waiting_users(cur: Any, repo: PaymentRepository, batch_size: int) -> tuple[int, list[Row]]:
-    """(users taken, results queued) of one inbox step."""
-    candidates = await repo.users_with_unacked(cur, batch_size)
-    if not candidates:
-        return 0, []
-    claimed, queued = await settle_users(cur, repo, candidates)
-    # None claimed: all are busy in other transactions, which settle them; do not spin on them.
-    return (len(candidates) if claimed else 0), queued
+async def relay_outbox(db: Database, repo: PaymentRepository, publisher: Publisher, batch_size: int,
+                       dispatch: ResultDispatch | None = None) -> bool:
+    """Publish one batch of payment results; delete each row the broker confirmed. True if the batch was full.
 
-
-async def relay_outbox(db: Database, repo: PaymentRepository, publisher: Publisher, batch_size: int) -> bool:
-    """Publish one batch of payment results; delete each row the broker confirmed. True if the batch was full."""
+    The step also deletes the results `dispatch` published and the broker confirmed since the last statement
+    that did (one statement per poll when no request comes to carry them)."""
+    done = dispatch.confirmed() if dispatch else []
 
     async def relay(cur: Any) -> int:
+        if done:
+            await repo.delete_outbox(cur, done)
         rows = await repo.lock_outbox(cur, batch_size)
         if not rows:
             return 0
@@ -179,7 +138,10 @@ async def relay_outbox(db: Database, repo: PaymentRepository, publisher: Publish
             await repo.delete_outbox(cur, confirmed)
         return len(rows)
 
-    return await db.run(relay) >= batch_size
+    full = await db.run(relay) >= batch_size
+    if dispatch:
+        dispatch.deleted(done)
+    return full
 
 
 async def clean_up(db: Database, repo: PaymentRepository, settings: Settings) -> bool:

@@ -46,6 +46,8 @@ UNTYPED = GATEWAY + ("::test_a_body_without_a_type_is_taken_for_json_no_body_nee
 PROBE = GATEWAY + "::test_a_replica_that_never_answers_its_probe_is_unreachable_within_the_probe_timeout"
 REASON = GATEWAY + "::test_a_backend_s_status_code_passes_through_with_the_standard_reason_phrase_or_unknown"
 PACKED = "tests/integration/test_packed_messages.py"
+SETTLE_STATEMENT = "tests/integration/test_settle_statement.py"
+SETTLED_STATUS = "sa.func.coalesce(_locked.c.status, OrderStatus.NEW.value)"
 PACKED_DEAD = PACKED + "::test_a_message_with_one_malformed_entry_settles_the_others_and_dead_letters_that_entry_alone"
 PACKING_UNIT = "tests/unit/test_packing.py"
 CONSUMER_UNIT = "tests/unit/test_batch_consumer.py"
@@ -175,9 +177,13 @@ VARIANTS = {
                                                           [CONSUMER_UNIT]),
     "only the first entry of a message is read": ("common/broker/packing.py", "in enumerate(elements)]",
                                                   "in enumerate(elements[:1])]", [PACKING_UNIT, PACKED]),
-    "a settled request is debited again": ("payment_svc/service.py", "        if status == OrderStatus.NEW:\n",
-                                           "        if status in (OrderStatus.NEW, OrderStatus.FINISHED):\n",
-                                           [PACKED + "::test_an_order_in_two_messages_of_several_entries_debits_once"]),
+    "a settled request is debited again": ("payment_svc/repo.py", SETTLED_STATUS, 'sa.literal(OrderStatus.NEW.value)',
+                                           [PACKED + "::test_an_order_in_two_messages_of_several_entries_debits_once",
+                                            SETTLE_STATEMENT]),
+    "a user's requests settled newest first": ("payment_svc/repo.py", "order_by=_pending.c.order_id)",
+                                               "order_by=_pending.c.order_id.desc())", [SETTLE_STATEMENT]),
+    "a cancelled request stops the later ones": ("payment_svc/repo.py", "else_=_before.c.balance)",
+                                                 "else_=_null(sa.Numeric))", [SETTLE_STATEMENT]),
     "answered rows stay in the outbox": ("order_svc/repo.py", ".add_cte(_finalized).add_cte(_dropped))",
                                          ".add_cte(_finalized))",
                                          [PACKED + "::test_a_resend_carries_only_the_rows_still_unanswered"]),

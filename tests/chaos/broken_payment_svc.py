@@ -4,32 +4,31 @@ when its invariant breaks (tests/chaos/test_checker_variants.py).
 `python -m tests.chaos.broken_payment_svc VARIANT` runs the real service with one patch from `VARIANTS` (the
 default, `double-debit`, is the first one the checker was proven against). Production code is untouched; the
 patches live only here, applied to what the service looks up at call time: the methods of its repository
-(`PostgresPayments`) and the module attributes of `service` and `messaging`."""
+(`PostgresPayments`), the text of its settling statement (`repo.SETTLE`, `patch_settling`) and the module
+attributes of `service` and `messaging`."""
 import dataclasses
 import sys
 from decimal import Decimal
 
 from common.runtime.lifecycle import run
-from payment_svc import messaging, service
+from payment_svc import messaging, repo, service
 from payment_svc.bootstrap import PaymentService
 from payment_svc.repo import PostgresPayments
 
 
+def patch_settling(text, replacement):
+    """Change one piece of the settling statement's SQL (compiled once, at import: see `payment_svc.repo`)."""
+    assert repo.SETTLE.sql.count(text) == 1, f"not once in the settling statement: {text!r}"
+    repo.SETTLE.sql = repo.SETTLE.sql.replace(text, replacement)
+
+
 def double_debit():
-    """The inbox worker treats every request as new, i.e. debits before checking the inbox status, so a
-    repeated request (a redelivery, or the Order Service's resend) is charged again. Its ledger keeps one debit
-    per order (as code that swallowed the unique index's refusal would): the repeat's row is never written."""
-    real_settle, real_record = service.settle, PostgresPayments.record_debits
-
-    def settle_ignoring_status(rows, balances):
-        return real_settle([{**row, "status": "NEW"} for row in rows], balances)
-
-    async def record_first_debits(repo, cur, debits):
-        await cur.execute("SELECT order_id FROM account_movements WHERE kind = 'debit' AND order_id = ANY(%s)",
-                          ([d.order_id for d in debits],))
-        recorded = {order_id for (order_id,) in await cur.fetchall()}
-        await real_record(repo, cur, [d for d in debits if d.order_id not in recorded])
-    service.settle, PostgresPayments.record_debits = settle_ignoring_status, record_first_debits
+    """Settling treats every request as new, i.e. debits before checking the inbox status, so a repeated
+    request (a redelivery, or the Order Service's resend) is charged again. Its ledger keeps one debit per order
+    (as code that swallowed the unique index's refusal would): the repeat's row is never written."""
+    patch_settling("coalesce(locked.status, %(coalesce_1)s)", "%(coalesce_1)s")
+    patch_settling("WHERE decided.debited ORDER BY decided.order_id)",
+                   "WHERE decided.debited ORDER BY decided.order_id ON CONFLICT DO NOTHING)")
 
 
 def status_swapped():
@@ -43,47 +42,53 @@ def status_swapped():
 
 def amount_truncated():
     """Requests are stored with their amount cut to whole units: the inbox no longer matches the orders."""
-    real_store = PostgresPayments.store_requests
+    real_store, real_settle = PostgresPayments.store_requests, PostgresPayments.settle
+
+    def truncated(requests):
+        return [dataclasses.replace(r, amount=max(Decimal(1), r.amount // 1)) for r in requests]
 
     async def store_truncated(repo, cur, requests):
-        await real_store(repo, cur, [dataclasses.replace(r, amount=max(Decimal(1), r.amount // 1)) for r in requests])
-    PostgresPayments.store_requests = store_truncated
+        await real_store(repo, cur, truncated(requests))
+
+    async def settle_truncated(repo, cur, requests, *args):
+        return await real_settle(repo, cur, truncated(requests), *args)
+    PostgresPayments.store_requests, PostgresPayments.settle = store_truncated, settle_truncated
 
 
 def results_lost():
     """Results of odd-numbered orders are dropped as they are queued: those orders never become final."""
-    real_settle_inbox = PostgresPayments.settle_inbox
+    real_settle = PostgresPayments.settle
 
-    async def settle_inbox_losing(repo, cur, statuses, traces, due_in):
-        queued = await real_settle_inbox(repo, cur, statuses, traces, due_in)
-        lost = [row["id"] for row in queued if row["order_id"] % 2]
+    async def settle_losing(repo, cur, *args):
+        settled = await real_settle(repo, cur, *args)
+        lost = [row["id"] for row in settled.queued if row["order_id"] % 2]
         if lost:
             await repo.delete_outbox(cur, lost)
-        return [row for row in queued if not row["order_id"] % 2]
-    PostgresPayments.settle_inbox = settle_inbox_losing
+        return settled._replace(queued=[row for row in settled.queued if not row["order_id"] % 2])
+    PostgresPayments.settle = settle_losing
 
 
 def outbox_kept():
     """Results confirmed by the broker are never deleted from `outbox_ps` (and are sent again and again)."""
+    real_settle = PostgresPayments.settle
+
     async def keep(repo, cur, ids):
         return None
-    PostgresPayments.delete_outbox = keep
+
+    async def settle_keeping(repo, cur, requests, user_ids, pick, due_in, done_ids=()):
+        return await real_settle(repo, cur, requests, user_ids, pick, due_in)
+    PostgresPayments.delete_outbox, PostgresPayments.settle = keep, settle_keeping
 
 
 def debits_unrecorded():
     """Debits change the balance but write no ledger row."""
-    async def record_nothing(repo, cur, debits):
-        return None
-    PostgresPayments.record_debits = record_nothing
+    patch_settling("INSERT INTO account_movements (user_id, kind, order_id, amount, balance) SELECT", "SELECT")
 
 
 def debit_balance_before():
     """Each debit's ledger row carries the balance before it instead of after it."""
-    real_record = PostgresPayments.record_debits
-
-    async def record_before(repo, cur, debits):
-        await real_record(repo, cur, [dataclasses.replace(d, balance=d.balance + d.amount) for d in debits])
-    PostgresPayments.record_debits = record_before
+    patch_settling("decided.balance AS balance \nFROM decided \nWHERE decided.debited ORDER BY",
+                   "decided.balance + decided.amount AS balance \nFROM decided \nWHERE decided.debited ORDER BY")
 
 
 def credit_key_lost():
@@ -97,15 +102,8 @@ def credit_key_lost():
 
 def ghost_finished():
     """A request of a user without an account is FINISHED (debited from nothing) instead of CANCELLED."""
-    real_settle = service.settle
-
-    def settle_ghosts(rows, balances):
-        settlement = real_settle(rows, balances)
-        for row in rows:
-            if row["status"] == "NEW" and row["user_id"] not in balances:
-                settlement.statuses[row["order_id"]] = "FINISHED"
-        return settlement
-    service.settle = settle_ghosts
+    patch_settling("ELSE %(param_3)s END AS anon_1",
+                   "WHEN (before.balance IS NULL) THEN %(param_2)s ELSE %(param_3)s END AS anon_1")
 
 
 VARIANTS = {f.__name__.replace("_", "-"): f for f in (

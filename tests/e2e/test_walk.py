@@ -8,15 +8,13 @@ from collections import Counter
 from harness.walk import walk
 
 # Where the amount must be seen, in this order: read at the gateway, parsed, written with its order, published,
-# read from the message, decided, debited and written to the ledger.
+# read from the message, then decided, debited and written to the ledger (one statement: PostgresPayments.settle).
 MILESTONES = [("gateway", "ProxiedRequest.data_received"), ("order", "parse_amount"),
               ("order", "PostgresOrders.insert_orders"), ("order", "Publisher.publish"),
-              ("payment", "PaymentRequest.from_entry"), ("payment", "settle"), ("payment", "PostgresPayments.debit"),
-              ("payment", "PostgresPayments.record_debits")]
-# Steps a walk takes once, however the code between them is arranged: the order is written once, the account is
-# debited once, and its ledger row written once.
-ONCE = [("order", "PostgresOrders.insert_orders"), ("payment", "PostgresPayments.debit"),
-        ("payment", "PostgresPayments.record_debits")]
+              ("payment", "PaymentRequest.from_entry"), ("payment", "PostgresPayments.settle")]
+# Steps a walk takes once, however the code between them is arranged: the order is written once, and the
+# account debited with its ledger row once.
+ONCE = [("order", "PostgresOrders.insert_orders"), ("payment", "PostgresPayments.settle")]
 
 
 def test_the_amount_walks_from_the_request_to_a_single_debit_and_back_to_the_client(record_property):

@@ -15,10 +15,41 @@ from common.broker.publisher import PublishWindow
 from common.db.idempotency import Outcome
 from common.web.errors import IdempotencyKeyReused, InvalidMessage
 from order_svc.repo import Finalized
+from payment_svc.repo import Settled
 
 # The broker user the fake messages come from, and the one queue consumers take them from.
 PUBLISHER = "publisher"
 PUBLISHERS = (PUBLISHER,)
+
+
+@dataclass(frozen=True)
+class Debit:
+    """One debit: `order_id` took `amount` from `user_id`, leaving `balance`."""
+    user_id: int
+    order_id: int
+    amount: Decimal
+    balance: Decimal
+
+
+def decide(rows, balances):
+    """The settling rule (`payment_svc.repo.SETTLE`'s walk), in Python: decide `rows` (pending inbox rows, a
+    user's in `order_id` order) against `balances` ({user_id: balance}); returns ({order_id: status}, the
+    debits in order). A `NEW` row is debited if the balance covers it (`FINISHED`), else `CANCELLED` (also with
+    no account); a row already decided keeps its status."""
+    statuses, debits, left = {}, [], dict(balances)
+    for row in rows:
+        status = row["status"]
+        if status == OrderStatus.NEW:
+            user_id, amount = row["user_id"], row["amount"]
+            balance = left.get(user_id)
+            if balance is not None and balance >= amount:
+                left[user_id] = balance - amount
+                debits.append(Debit(user_id, row["order_id"], amount, left[user_id]))
+                status = OrderStatus.FINISHED
+            else:
+                status = OrderStatus.CANCELLED
+        statuses[row["order_id"]] = status
+    return statuses, debits
 
 
 class FakeDeadLetters:
@@ -289,12 +320,6 @@ class InMemoryPayments(InMemoryKeys):
         self.credits.append((user_id, amount, balance, origin))
         return {"user_id": user_id, "balance": balance}
 
-    async def debit(self, cur, debits):
-        in_transaction(cur)
-        for debit in debits:
-            self.accounts[debit.user_id] = debit.balance
-        self.debits.extend(debits)
-
     async def list_movements(self, cur, user_id, after, limit):
         in_transaction(cur)
         self.limits.append(limit)
@@ -305,35 +330,38 @@ class InMemoryPayments(InMemoryKeys):
         for request in requests:
             row = self.inbox.setdefault(request.order_id, {
                 "order_id": request.order_id, "user_id": request.user_id, "amount": request.amount,
-                "status": OrderStatus.NEW, "traceparent": request.trace})
+                "status": OrderStatus.NEW, "traceparent": None})
             row["acked"] = False
+            row["traceparent"] = request.trace or row["traceparent"]
 
-    async def users_with_unacked(self, cur, limit):
+    async def settle(self, cur, requests, user_ids, pick, due_in, done_ids=()):
+        """`PostgresPayments.settle` in memory: the same rule (`decide`), which tests/integration/
+        test_settle_statement.py holds against the real statement with the cases of tests/unit/test_settle.py."""
         in_transaction(cur)
-        return sorted({r["user_id"] for r in self.inbox.values() if not r["acked"]})[:limit]
-
-    async def claim_users(self, cur, user_ids):
-        in_transaction(cur)
-        return [u for u in user_ids if u not in self.busy]
-
-    async def lock_unacked(self, cur, user_ids):
-        in_transaction(cur)
-        return sorted((dict(r) for r in self.inbox.values() if r["user_id"] in user_ids and not r["acked"]),
-                      key=lambda r: (r["user_id"], r["order_id"]))
-
-    async def lock_accounts(self, cur, user_ids):
-        in_transaction(cur)
-        return {u: self.accounts[u] for u in user_ids if u in self.accounts}
-
-    async def settle_inbox(self, cur, statuses, traces, due_in):
-        in_transaction(cur)
+        self.deleted.extend(done_ids)
+        waiting = sorted({r["user_id"] for r in self.inbox.values() if not r["acked"]},
+                         key=lambda u: min(r["order_id"] for r in self.inbox.values()
+                                           if r["user_id"] == u and not r["acked"]))
+        candidates = set(user_ids) | set(waiting[:pick])
+        claimed = {u for u in candidates if u not in self.busy}
+        batch = {r.order_id: r for r in requests}
+        await self.store_requests(cur, [batch[order_id] for order_id in sorted(batch)])
+        pending = sorted((r for r in self.inbox.values() if r["user_id"] in claimed
+                          and (not r["acked"] or r["order_id"] in batch)), key=lambda r: (r["user_id"], r["order_id"]))
+        statuses, debits = decide(pending, {u: self.accounts[u] for u in claimed if u in self.accounts})
+        for debit in sorted(debits, key=lambda d: d.order_id):  # the ledger's order, as the statement writes it
+            self.accounts[debit.user_id] = debit.balance
+            self.movements.append({"id": len(self.movements) + 1, "user_id": debit.user_id, "kind": "debit",
+                                   "amount": debit.amount, "balance": debit.balance, "order_id": debit.order_id})
+        self.debits.extend(sorted(debits, key=lambda d: d.order_id))
         queued = []
-        for (order_id, status), trace in zip(statuses.items(), traces):
-            self.inbox[order_id].update(status=status, acked=True)
-            queued.append({"id": len(self.outbox) + 1, "order_id": order_id, "status": status, "due_in": due_in,
-                           "traceparent": trace})
+        for row in pending:
+            row.update(status=statuses[row["order_id"]], acked=True)
+            queued.append({"id": len(self.outbox) + 1, "order_id": row["order_id"], "status": row["status"],
+                           "due_in": due_in, "traceparent": row["traceparent"], "user_id": row["user_id"],
+                           "amount": row["amount"]})
             self.outbox.append(queued[-1])
-        return queued
+        return Settled(len(candidates), len(claimed), queued)
 
     async def lock_outbox(self, cur, limit):
         in_transaction(cur)

@@ -10,8 +10,8 @@ from common.db.idempotency import IdempotentRequest
 from common.runtime.config import load_settings
 from common.web.errors import AccountExists, AccountNotFound, IdempotencyKeyReused
 from payment_svc import service as payment_service
-from payment_svc.repo import CreditOrigin, Debit
-from tests.unit.fakes import FakeCursor, FakeDatabase, FakePublisher, InMemoryPayments, Kicks
+from payment_svc.repo import CreditOrigin
+from tests.unit.fakes import FakeDatabase, FakePublisher, InMemoryPayments, Kicks
 
 
 def new(order_id, user_id, amount):
@@ -19,43 +19,30 @@ def new(order_id, user_id, amount):
 
 
 @pytest.mark.gen_test
-async def test_settling_users_debits_what_their_balances_cover_and_queues_every_result():
-    repo = InMemoryPayments({1: Decimal(10), 2: Decimal(1)}, [new(5, 1, "4"), new(6, 2, "3"), new(7, 1, "6")])
-    claimed, queued = await payment_service.settle_users(FakeCursor(), repo, [1, 2], due_in=30)
-    assert claimed == 2
-    assert [(r["order_id"], r["status"], r["due_in"]) for r in queued] == \
-        [(5, "FINISHED", 30), (7, "FINISHED", 30), (6, "CANCELLED", 30)]  # a user's requests together, in order
-    assert repo.accounts == {1: Decimal(0), 2: Decimal(1)}
-    assert repo.debits == [Debit(1, 5, Decimal(4), Decimal(6)), Debit(1, 7, Decimal(6), Decimal(0))]
-
-
-@pytest.mark.gen_test
-async def test_settling_users_that_are_all_busy_claims_none_and_touches_nothing():
-    repo = InMemoryPayments({1: Decimal(10)}, [new(5, 1, "4")], busy={1})
-    assert await payment_service.settle_users(FakeCursor(), repo, [1]) == (0, [])
-    assert repo.inbox[5]["acked"] is False and repo.accounts == {1: Decimal(10)}
-
-
-@pytest.mark.gen_test
-async def test_settling_a_claimed_user_with_nothing_unacked_queues_nothing():
-    repo = InMemoryPayments({1: Decimal(10)})
-    assert await payment_service.settle_users(FakeCursor(), repo, [1, 3]) == (2, [])
-
-
-@pytest.mark.gen_test
 async def test_an_inbox_step_reports_the_users_it_took_and_none_when_all_were_busy():
     repo = InMemoryPayments({}, [new(5, 1, "4"), new(6, 2, "4")], busy={2})
-    taken, queued = await payment_service.settle_waiting_users(FakeCursor(), repo, 10)
-    assert taken == 2 and [(r["order_id"], r["status"]) for r in queued] == [(5, "CANCELLED")]
-    assert await payment_service.settle_waiting_users(FakeCursor(), repo, 10) == (0, [])  # only busy user 2 is left
+    dispatch = Dispatch()
+    assert await payment_service.process_inbox(FakeDatabase(), repo, dispatch, batch_size=2) is True
+    assert [(r["order_id"], r["status"]) for r in repo.outbox] == [(5, "CANCELLED")]
+    # Only busy user 2 is left: a step that claims none says no more waits, so the worker does not spin on it.
+    assert await payment_service.process_inbox(FakeDatabase(), repo, dispatch, batch_size=2) is False
     repo.busy.clear()
-    assert (await payment_service.settle_waiting_users(FakeCursor(), repo, 10))[0] == 1
-    assert await payment_service.settle_waiting_users(FakeCursor(), repo, 10) == (0, [])  # nothing left at all
+    assert await payment_service.process_inbox(FakeDatabase(), repo, dispatch, batch_size=1) is True
+    assert await payment_service.process_inbox(FakeDatabase(), repo, dispatch, batch_size=1) is False
+    assert [r["order_id"] for r in repo.outbox] == [5, 6] and dispatch.queued_for_relay.count == 2
 
 
 class Dispatch:
-    def __init__(self):
+    def __init__(self, confirmed=()):
         self.queued_for_relay = Kicks()
+        self.done, self.gone = list(confirmed), []
+
+    def confirmed(self):
+        return list(self.done)
+
+    def deleted(self, ids):
+        self.gone.extend(ids)
+        self.done = [i for i in self.done if i not in ids]
 
 
 @pytest.mark.gen_test
@@ -128,8 +115,20 @@ async def test_an_account_is_created_once_per_idempotency_key_and_a_key_reused_o
     assert repo.accounts == {4: Decimal(0)}
 
 
-def test_each_settled_request_is_logged_with_its_order_user_amount_and_status(caplog):
+@pytest.mark.gen_test
+async def test_each_settled_request_is_logged_with_its_order_user_amount_and_status(caplog):
     caplog.set_level(logging.DEBUG, logger="payment_svc.service")
-    payment_service.settle([new(5, 1, "4")], {1: Decimal(4)})
+    repo = InMemoryPayments({1: Decimal(4)}, [new(5, 1, "4")])
+    await payment_service.process_inbox(FakeDatabase(), repo, Dispatch(), batch_size=10)
     (record,) = [r for r in caplog.records if r.name == "payment_svc.service"]
     assert (record.getMessage(), record.order_id) == ("order_id=5 user 1 amount 4: FINISHED", 5)
+
+
+@pytest.mark.gen_test
+async def test_confirmed_results_are_deleted_by_the_next_inbox_step_or_relay_step_and_then_forgotten():
+    repo, dispatch = InMemoryPayments(), Dispatch(confirmed=[7, 8])
+    await payment_service.process_inbox(FakeDatabase(), repo, dispatch, batch_size=10)
+    assert repo.deleted == [7, 8] and dispatch.gone == [7, 8] and dispatch.confirmed() == []
+    dispatch.done = [9]
+    await payment_service.relay_outbox(FakeDatabase(), repo, FakePublisher(), 10, dispatch)
+    assert repo.deleted == [7, 8, 9] and dispatch.confirmed() == []

@@ -1,0 +1,105 @@
+"""PostgreSQL's settling statement (`PostgresPayments.settle`) against the cases the in-memory repository passes
+(tests/unit/test_settle.py), so the fake the unit tests trust settles exactly as the product does; and what only
+a real database shows: a user busy in another transaction, confirmed results deleted on the way, and the round
+trips a settling takes."""
+import secrets
+from decimal import Decimal
+
+import aiopg
+import pytest
+
+from common.db.database import Database
+from harness.infra import INFRA
+from payment_svc.repo import PostgresPayments
+from tests.unit.test_settle import CASES, expected, requests_of, users_of
+
+
+@pytest.fixture(scope="module")
+def dsn():
+    name = f"shop_settle_{secrets.token_hex(4)}"
+    yield INFRA.dsn(name)
+    INFRA.drop_database(name)
+
+
+@pytest.fixture
+def db(io_loop, dsn):
+    database = io_loop.run_sync(lambda: Database.connect(dsn, "payment_svc", 2), timeout=30)
+    yield database
+    io_loop.run_sync(database.close, timeout=30)
+
+
+def ids():
+    """Offsets that keep each test's users and orders apart from every other test's in the database."""
+    return secrets.randbelow(2**40) * 100, secrets.randbelow(2**40) * 100
+
+
+async def prepare(db, case, user, order):
+    async def write(cur):
+        if case.pick:  # the worker's step picks among every waiting user of the database: this case's only
+            await cur.execute("UPDATE inbox SET acked = true WHERE NOT acked")
+        for u, balance in case.accounts.items():
+            await cur.execute("INSERT INTO accounts (user_id, balance) VALUES (%s, %s)", (u + user, balance))
+        for o, u, amount, status, acked in case.inbox:
+            await cur.execute("INSERT INTO inbox (order_id, user_id, amount, status, acked) VALUES (%s, %s, %s, %s, "
+                              "%s)", (o + order, u + user, amount, status, acked))
+    await db.run(write)
+
+
+async def outcome(db, case, user, order, settled):
+    async def read(cur):
+        await cur.execute("SELECT order_id, status, acked FROM inbox WHERE order_id = ANY(%s)",
+                          ([o + order for o in case.inbox_after],))
+        inbox = {o - order: (status, acked) for o, status, acked in await cur.fetchall()}
+        users = [u + user for u in case.balances]
+        await cur.execute("SELECT user_id, balance FROM accounts WHERE user_id = ANY(%s)", (users,))
+        balances = {u - user: b for u, b in await cur.fetchall()}
+        await cur.execute("SELECT user_id, order_id, amount, balance FROM account_movements WHERE kind = 'debit' "
+                          "AND order_id - %s BETWEEN 0 AND 99 ORDER BY id", (order,))
+        ledger = [(u - user, o - order, a, b) for u, o, a, b in await cur.fetchall()]
+        return inbox, balances, ledger
+    inbox, balances, ledger = await db.run(read)
+    return (inbox, balances, ledger, [(r["order_id"] - order, r["status"]) for r in settled.queued],
+            settled.claimed)
+
+
+async def holding_locks(dsn, user_ids):
+    """A connection in a transaction holding the advisory locks of `user_ids`: those users are busy."""
+    conn = await aiopg.connect(dsn)
+    cur = await conn.cursor()
+    await cur.execute("BEGIN")
+    for user_id in user_ids:
+        await cur.execute("SELECT pg_advisory_xact_lock(%s)", (user_id,))
+    return conn
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("name", list(CASES))
+async def test_the_statement_settles_by_the_rule_the_fake_follows(db, dsn, name):
+    case = CASES[name]
+    user, order = ids()
+    await prepare(db, case, user, order)
+    busy = await holding_locks(dsn, [u + user for u in case.busy])
+    try:
+        settled = await db.run(PostgresPayments().settle, requests_of(case, order, user), users_of(case, user),
+                               case.pick, 5.0)
+    finally:
+        busy.close()
+    assert await outcome(db, case, user, order, settled) == expected(case)
+    stored = {o: (u, Decimal(a)) for o, u, a, *_ in case.requests} | {o: (u, Decimal(a)) for o, u, a, *_ in case.inbox}
+    assert [(r["order_id"] - order, r["user_id"] - user, r["amount"]) for r in settled.queued] == \
+        [(o, *stored[o]) for o, _ in case.queued]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_results_whose_publish_was_confirmed_are_deleted_by_the_next_settling(db):
+    user, order = ids()
+    case = CASES["an order of a user without an account is cancelled"]
+    first = await db.run(PostgresPayments().settle, requests_of(case, order, user), users_of(case, user), 0, 5.0)
+    (row,) = first.queued
+    second = await db.run(PostgresPayments().settle, [], [], 0, 0, [row["id"]])
+    assert second.queued == []
+
+    async def left(cur):
+        await cur.execute("SELECT count(*) FROM outbox_ps WHERE id = %s", (row["id"],))
+        return (await cur.fetchone())[0]
+    assert await db.run(left) == 0
