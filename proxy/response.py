@@ -93,12 +93,12 @@ class ResponseParser:
         return self.response
 
     def _head(self) -> bool:
-        end = HEAD_END.search(self.buffer.lstrip(b"\r\n"))
+        head = self.buffer.lstrip(b"\r\n")  # empty lines before a response are ignored (RFC 9112 2.2)
+        end = HEAD_END.search(head)
         if end is None:
             if len(self.buffer) > MAX_HEADER_BYTES:
                 raise MalformedResponse(f"response head over {MAX_HEADER_BYTES} bytes")
             return False
-        head = self.buffer.lstrip(b"\r\n")
         if end.end() > MAX_HEADER_BYTES:
             raise MalformedResponse(f"response head over {MAX_HEADER_BYTES} bytes")
         self.buffer = head[end.end():]
