@@ -28,8 +28,8 @@ from tornado.web import Application, RequestHandler
 
 from common.observability.metrics import REQUESTS, method_label
 from common.runtime.logs import request_id
-from common.web.envelope import CLIENT_REQUEST_ID_HEADER, JSON_TYPES, REQUEST_ID_HEADER, envelope, label, to_json
-from common.web.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, ShopError
+from common.web.envelope import CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER, check_body, envelope, label, to_json
+from common.web.errors import MethodNotAllowed, ShopError
 from common.web.waiting import PREFER, requested_wait
 from proxy.response import Response
 
@@ -193,12 +193,7 @@ class ProxiedRequest(httputil.HTTPMessageDelegate):
     def check(self, method: str) -> None:
         """The checks `BaseHandler.prepare` and Tornado make before a handler runs, in the same order."""
         if method in RequestHandler.SUPPORTED_METHODS:
-            if self.size > self.server.max_body_bytes:
-                raise BodyTooLarge(f"Request body must be at most {self.server.max_body_bytes} bytes.")
-            if self.size and method in ("POST", "PUT", "PATCH"):
-                content_type = self.headers.get("Content-Type", "application/json")
-                if content_type.split(";")[0].strip().lower() not in JSON_TYPES:
-                    raise InvalidInput("Content-Type must be application/json.")
+            check_body(method, self.size, self.headers.get("Content-Type"), self.server.max_body_bytes)
         if method not in self.route.methods:
             raise MethodNotAllowed(f"Method {method} not allowed on {self.path}.")
 

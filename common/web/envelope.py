@@ -45,6 +45,18 @@ def envelope(success: bool, message: str, **data: object) -> dict[str, object]:
     return {"status": "Success" if success else "Fail", "message": message, **data}
 
 
+def check_body(method: str, size: int, content_type: str | None, max_body_bytes: int) -> None:
+    """The checks of a request's body of `size` bytes before anything reads it, for every handler and the gateway's
+    proxy alike: at most `max_body_bytes` (`BodyTooLarge`, 413); a POST's, PUT's or PATCH's JSON, a body without a
+    Content-Type taken for JSON (`InvalidInput`, 400)."""
+    if size > max_body_bytes:
+        raise BodyTooLarge(f"Request body must be at most {max_body_bytes} bytes.")
+    if size and method in ("POST", "PUT", "PATCH"):
+        media_type = "application/json" if content_type is None else content_type.split(";")[0].strip().lower()
+        if media_type not in JSON_TYPES:
+            raise InvalidInput("Content-Type must be application/json.")
+
+
 class BaseHandler(web.RequestHandler):
     """Answers every request, failed or not, with the JSON envelope; never a stack trace.
 
@@ -61,12 +73,8 @@ class BaseHandler(web.RequestHandler):
         if rid:
             self.set_header(REQUEST_ID_HEADER, rid)
         request_id.set(rid or "-")
-        if len(self.request.body) > self.max_body_bytes:
-            raise BodyTooLarge(f"Request body must be at most {self.max_body_bytes} bytes.")
-        if self.request.body and self.request.method in ("POST", "PUT", "PATCH"):
-            content_type = self.request.headers.get("Content-Type", "application/json")
-            if content_type.split(";")[0].strip().lower() not in JSON_TYPES:
-                raise InvalidInput("Content-Type must be application/json.")
+        check_body(self.request.method or "", len(self.request.body), self.request.headers.get("Content-Type"),
+                   self.max_body_bytes)
         return None
 
     def reply(self, status_code: int, message: str, **data: object) -> None:
