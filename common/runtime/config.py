@@ -16,9 +16,9 @@ class ConfigurationError(Exception):
     says so and exits instead of starting."""
 
 
-def read_env_file(path=ENV_FILE):
+def read_env_file(path: Path = ENV_FILE) -> dict[str, str]:
     """Parse `KEY=value` lines of a dotenv file; comments and blank lines are skipped."""
-    values = {}
+    values: dict[str, str] = {}
     if not path.exists():
         return values
     for line in path.read_text().splitlines():
@@ -69,13 +69,13 @@ class DbTimeouts:
     idle_in_transaction: float = 10.0    # the server's idle_in_transaction_session_timeout
     lock: float = 3.0                    # the server's lock_timeout
 
-    def libpq(self) -> dict:
+    def libpq(self) -> dict[str, str]:
         """The libpq connection parameters, as a DSN writes them."""
         return {"keepalives": "1", "keepalives_idle": str(self.keepalives_idle),
                 "keepalives_interval": str(self.keepalives_interval), "keepalives_count": str(self.keepalives_count),
                 "tcp_user_timeout": str(self.tcp_user_timeout), "connect_timeout": str(self.connect)}
 
-    def server(self) -> dict:
+    def server(self) -> dict[str, int]:
         """The server settings each session gets, in milliseconds."""
         return {"idle_in_transaction_session_timeout": round(self.idle_in_transaction * 1000),
                 "lock_timeout": round(self.lock * 1000)}
@@ -139,10 +139,10 @@ class Settings:
     gateway_admin_port: int
     order_svc_admin_port: int
     payment_svc_admin_port: int
-    order_svc_urls: tuple
-    payment_svc_urls: tuple
-    order_svc_admin_urls: tuple  # where the gateway asks the services' /ready
-    payment_svc_admin_urls: tuple
+    order_svc_urls: tuple[str, ...]
+    payment_svc_urls: tuple[str, ...]
+    order_svc_admin_urls: tuple[str, ...]  # where the gateway asks the services' /ready
+    payment_svc_admin_urls: tuple[str, ...]
     order_db_dsn: str
     payment_db_dsn: str
     rabbitmq_url: str
@@ -180,10 +180,11 @@ class Settings:
     log_level: str
     event_loop: str
     auth: AuthSettings
-    otel: tuple  # ((name, value), ...) of the OTEL_* variables, for OpenTelemetry's SDK (common.observability.tracing)
+    # ((name, value), ...) of the OTEL_* variables, for OpenTelemetry's SDK (common.observability.tracing)
+    otel: tuple[tuple[str, str], ...]
 
 
-def load_settings(environ=None):
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build `Settings` from `environ` (default `os.environ`) over the `.env` defaults."""
     env = {**read_env_file(), **(os.environ if environ is None else environ)}
     if "GATEWAY_PROXY" in env:
@@ -191,7 +192,7 @@ def load_settings(environ=None):
         raise ConfigurationError("GATEWAY_PROXY is not a setting: the gateway has a single proxy path "
                                  "(proxy/server.py); remove GATEWAY_PROXY from the environment and .env")
 
-    def urls(key, default=None):
+    def urls(key: str, default: str | None = None) -> tuple[str, ...]:
         listed = tuple(u.strip().rstrip("/") for u in env.get(key, default or "").split(",") if u.strip())
         if not listed:
             raise ConfigurationError(f"{key} names no URL")
@@ -261,14 +262,14 @@ def broker_user(rabbitmq_url: str) -> str:
     return unquote(urlsplit(rabbitmq_url.split(",")[0].strip()).username or "") or "guest"
 
 
-def positive(env, key, default):
+def positive(env: Mapping[str, str], key: str, default: str) -> int:
     value = env.get(key, default)
     if not value.isdigit() or int(value) < 1:
         raise ConfigurationError(f"{key} must be a positive integer, not {value!r}")
     return int(value)
 
 
-def queue_type(value):
+def queue_type(value: str) -> str:
     if value not in QUEUE_TYPES:
         raise ConfigurationError(f"QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}, not {value!r}")
     return value
