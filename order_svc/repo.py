@@ -136,7 +136,7 @@ def named_in(payload: str) -> dict[int, OrderStatus] | None:
     `ValueError` for a payload it did not write."""
     if payload == EVERY_WAITER:
         return None
-    return {int(entry[:-1]): _INITIALS[entry[-1]] for entry in payload.split(",")}
+    return {int(named[:-1]): _INITIALS[named[-1]] for named in payload.split(",")}
 
 
 class OutboxSchedule(NamedTuple):
