@@ -166,15 +166,15 @@ def signing_keys(jwks: dict[str, Any]) -> dict[str, jwt.PyJWK]:
     """The keys of a JWKS that can verify a signature with an allowed algorithm, by `kid`. Raises `ValueError`
     when none can."""
     keys = {}
-    for entry in jwks.get("keys", []) if isinstance(jwks.get("keys"), list) else []:
-        if not isinstance(entry, dict) or not entry.get("kid") or entry.get("use", "sig") != "sig":
+    for jwk in jwks.get("keys", []) if isinstance(jwks.get("keys"), list) else []:
+        if not isinstance(jwk, dict) or not jwk.get("kid") or jwk.get("use", "sig") != "sig":
             continue
-        if entry.get("kty") not in ("RSA", "EC") or entry.get("alg", "RS256") not in ALGORITHMS:
+        if jwk.get("kty") not in ("RSA", "EC") or jwk.get("alg", "RS256") not in ALGORITHMS:
             continue
         try:
-            keys[entry["kid"]] = jwt.PyJWK(entry)
+            keys[jwk["kid"]] = jwt.PyJWK(jwk)
         except jwt.PyJWTError as exc:
-            logger.warning("key %s of the JWKS is not usable: %s", entry["kid"], exc)
+            logger.warning("key %s of the JWKS is not usable: %s", jwk["kid"], exc)
     if not keys:
         raise ValueError("the JWKS holds no usable signing key")
     return keys
