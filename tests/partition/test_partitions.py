@@ -1,0 +1,195 @@
+"""A short run of silent faults on the namespaced topology, with orders placed through the gateway throughout: the
+PostgreSQL primary cut from everyone, the services' RabbitMQ node cut from the other two, a service cut from its
+broker node, and that broker node hung (SIGSTOP). After each heal the invariants hold (no acknowledged order lost,
+no double debit, money conserved), and the time the system took to move on during the fault and to come back
+after the heal is measured (docs/partitions.md)."""
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import pytest
+
+from harness.client import call
+from harness.invariants import check_invariants, query, wait_until_settled
+from tests.partition.conftest import requires_partitions_opt_in
+
+pytestmark = requires_partitions_opt_in
+
+USERS = range(1, 7)
+TOP_UP = Decimal("100000")
+# The contract: a fault that leaves a majority of each cluster reachable costs at most 25 s of progress; after
+# any fault heals, nothing is pending 10 s later.
+MOVE_ON_BOUND = 25.0
+SETTLE_BOUND = 10.0
+
+
+@dataclass
+class Answer:
+    sent_at: float
+    answered_at: float
+    order_id: int | None  # acknowledged (201)
+    final: bool           # the 201 carried FINISHED or CANCELLED: the order went all the way through
+
+
+@dataclass
+class Load:
+    """Clients placing orders through the gateway, each with `Prefer: wait` so that an answer tells whether the
+    order went all the way through; requests that got no 201 are remembered by their description, since they may
+    still have created an order (a 503 for a COMMIT whose outcome is unknown, a timeout)."""
+    url: str
+    clients: int = 3
+    answers: list = field(default_factory=list)
+    unanswered: set = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def start(self):
+        self.stopping.clear()
+        self.threads = [threading.Thread(target=self._client, args=(n,), daemon=True) for n in range(self.clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    def _client(self, n):
+        count = 0
+        while not self.stopping.is_set():
+            count += 1
+            description = f"partition-{uuid.uuid4().hex[:12]}"
+            body = {"user_id": USERS[(n + count) % len(USERS)], "amount": "1.00", "description": description}
+            sent_at = time.monotonic()
+            try:
+                status, reply = call(self.url, "POST", "/orders", body, timeout=30, headers={"Prefer": "wait=3"})
+            except OSError:
+                status, reply = None, None
+            answered_at = time.monotonic()
+            with self.lock:
+                if status == 201:
+                    final = reply["order"]["status"] in ("FINISHED", "CANCELLED")
+                    self.answers.append(Answer(sent_at, answered_at, reply["order_id"], final))
+                else:
+                    self.unanswered.add(description)
+                    self.answers.append(Answer(sent_at, answered_at, None, False))
+                    time.sleep(0.2)  # a client backs off a little after a failure
+
+    def acknowledged(self):
+        with self.lock:
+            return {a.order_id for a in self.answers if a.order_id is not None}
+
+    def longest_stall(self, since, until):
+        """The longest time between `since` and `until` in which no order came back final (progress lost)."""
+        with self.lock:
+            times = sorted(a.answered_at for a in self.answers if a.final and since <= a.answered_at <= until)
+        marks = [since, *times, until]
+        return max(later - earlier for earlier, later in zip(marks, marks[1:]))
+
+    def first_through(self, since):
+        """Seconds from `since` until an order sent at or after it came back final, or None."""
+        with self.lock:
+            done = [a.answered_at - since for a in self.answers if a.sent_at >= since and a.final]
+        return min(done, default=None)
+
+
+@pytest.fixture(scope="module")
+def load(topology):
+    for user in USERS:
+        status, _ = call(topology.gateway_url, "POST", "/payments", {"user_id": user})
+        assert status in (201, 409)
+        status, _ = call(topology.gateway_url, "PUT", f"/payments/{user}", {"amount": str(TOP_UP)})
+        assert status == 200
+    return Load(topology.gateway_url)
+
+
+def postgres_primary_cut_from_everyone(topology):
+    primary, = topology.primaries()
+    topology.cut(primary, "others")
+    return f"{primary} cut from everyone", topology.heal
+
+
+def services_broker_node(topology):
+    """The RabbitMQ node holding most of the services' connections (after a fault they may be spread out)."""
+    held = topology.broker_nodes_of("order") + topology.broker_nodes_of("payment")
+    assert held, "the services hold no broker connection"
+    return max(sorted(set(held)), key=held.count)
+
+
+def services_broker_node_cut_from_the_other_two(topology):
+    node = services_broker_node(topology)
+    topology.cut(node, [other for other in topology.groups["rabbit"] if other != node])
+    return f"{node} (the services' RabbitMQ node) cut from the other two", topology.heal
+
+
+def order_service_cut_from_its_broker_node(topology):
+    nodes = topology.broker_nodes_of("order")
+    assert nodes, "the Order Service holds no broker connection"
+    topology.cut("order", nodes)
+    return f"order cut from {', '.join(nodes)}", topology.heal
+
+
+def services_broker_node_hung(topology):
+    node = services_broker_node(topology)
+    topology.freeze(node)
+    return f"{node} (the services' RabbitMQ node) hung", lambda: topology.thaw(node)
+
+
+# (fault, seconds it lasts). The primary's cut outlasts wal_sender_timeout + network_partition_timeout and the
+# monitor's promotion delay (scripts/netns-cluster.sh), so that a failover happens under load.
+FAULTS = [
+    (postgres_primary_cut_from_everyone, 25),
+    (services_broker_node_cut_from_the_other_two, 20),
+    (order_service_cut_from_its_broker_node, 20),
+    (services_broker_node_hung, 20),
+]
+
+
+@pytest.mark.parametrize("fault, seconds", FAULTS, ids=[fault.__name__ for fault, _ in FAULTS])
+def test_a_silent_fault_loses_nothing_and_the_system_comes_back(topology, load, fault, seconds):
+    topology.check_isolated()  # before any traffic
+    topology.wait_formation()
+    topology.wait_rabbit_cluster()
+    load.start()
+    try:
+        time.sleep(3)  # calm weather first: the load runs end to end
+        assert load.first_through(time.monotonic() - 3) is not None, "no order went through before the fault"
+        fault_at = time.monotonic()
+        what, heal = fault(topology)
+        time.sleep(seconds)
+        heal()
+        healed_at = time.monotonic()
+        for _ in range(60):
+            if load.first_through(healed_at) is not None:
+                break
+            time.sleep(0.5)
+    finally:
+        load.stop()
+    back = load.first_through(healed_at)
+    stall = load.longest_stall(fault_at, healed_at + (back if back is not None else 30))
+    settled = wait_until_settled(topology.order_db, 60, topology.payment_db)
+    settled_after_heal = None if settled is None else time.monotonic() - healed_at
+    print(f"\n{what} for {seconds} s: longest time without an order through {fmt(stall)}, back {fmt(back)} after "
+          f"the heal, nothing pending {fmt(settled_after_heal)} after it ({len(load.acknowledged())} orders "
+          f"acknowledged so far, {len(load.unanswered)} requests unanswered)")
+    report = check_invariants(topology.order_db, topology.payment_db, {user: TOP_UP for user in USERS},
+                              created_order_ids=load.acknowledged(),
+                              unacknowledged_ok=lambda order_id, description: description in load.unanswered)
+    assert report.ok, report.table() + "\n" + still_in_outbox(topology)
+    assert back is not None, f"{what}: no order went through within 30 s of the heal"
+    assert settled_after_heal is not None, f"{what}: orders still pending 60 s after the heal"
+    assert stall <= MOVE_ON_BOUND, f"{what}: no order went through for {fmt(stall)}"
+    assert settled_after_heal <= SETTLE_BOUND, f"{what}: orders pending {fmt(settled_after_heal)} after the heal"
+
+
+def still_in_outbox(topology):
+    """The Order Service's outbox rows still there, for the reader of a failure: sent how often, due when."""
+    rows = query(topology.order_db, "SELECT order_id, attempts, round(extract(epoch FROM next_attempt_at - "
+                                    "clock_timestamp())::numeric, 1) FROM outbox_os ORDER BY order_id LIMIT 20")
+    return "outbox_os (order_id, attempts, due in s): " + ", ".join(map(str, rows))
+
+
+def fmt(seconds):
+    return "never" if seconds is None else f"{seconds:.1f} s"
