@@ -149,7 +149,8 @@ class _MarkBusy(httputil.HTTPMessageDelegate):
     body with them) just before the cut, and still serves a request whose bytes it buffered. Served, it would
     commit what no answer can tell; dropped, its client sees a connection closed before any answer, as when a
     request comes a moment too late."""
-    # `delegate`'s own bound methods, set per instance.
+    # `delegate`'s own bound methods, set per instance. (mypy compares the first with the base's method as if it
+    # lacked `self`; it is called the same way.)
     data_received: Callable[[bytes], Awaitable[None] | None]  # type: ignore[assignment]
     finish: Callable[[], None]
     on_connection_close: Callable[[], None]
