@@ -28,7 +28,8 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
     """The service's parts over `db` and `broker`, storing through `repo` (by default PostgreSQL's)."""
     repo = repo or PostgresOrders()
     background = db.background or db
-    outbox = BgWorker("outbox_os relay", lambda: service.relay_outbox(background, repo, broker.publisher, settings),
+    outbox = BgWorker("outbox_os relay",
+                      lambda: service.relay_outbox(background, repo, broker.publisher, settings, dispatch),
                       settings.poll_interval)
     cleanup = BgWorker("clean-up", lambda: service.clean_up(background, repo, settings), settings.cleanup_interval)
     dispatch: RequestDispatch = SendAtOnce(background, repo, broker.window, broker.is_connected,
@@ -39,7 +40,8 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
     listener = Listener(Hosts(settings.order_db_dsn), FINAL_ORDERS_CHANNEL,
                         functools.partial(outcomes.wake_waiters, background, repo, waiters),
                         functools.partial(outcomes.read_waited_orders, background, repo, waiters))
-    place_orders: PlaceOrders = GroupCommit(db, repo.place_orders, settings.batch_size)
+    place_orders: PlaceOrders = GroupCommit(db, repo.place_orders, settings.batch_size,
+                                            functools.partial(service.orders_committed, dispatch))
     return Wiring(make_app(db, repo, settings, auth, place_orders, dispatch, waiters),
                   service_admin_application(settings, db, broker, auth, repo.backlog),
                   workers=dict(outbox=outbox, cleanup=cleanup, listener=listener),

@@ -15,6 +15,10 @@ class RequestDispatch(Protocol):
         """When the outbox row of the order about to be placed is due for the relay."""
     def placed(self, order: Mapping[str, Any], schedule: OutboxSchedule, trace: Trace) -> None:
         """`order` was committed with its outbox row due as `schedule` says."""
+    def sent(self) -> list[int]:
+        """Orders whose publish the broker confirmed, not yet counted in their outbox rows."""
+    def counted(self, order_ids: list[int]) -> None:
+        """`order_ids` (of `sent`) were counted by a statement that committed."""
 
 
 class SendAtOnce:
@@ -22,6 +26,8 @@ class SendAtOnce:
     waiting for the outbox relay. Its outbox row is written due only `resend_delay` seconds later, so the relay
     sends it only if no payment result came back by then. Once the broker confirmed the publish, the row counts
     it (`sent_outbox`): the relay's send is then a resend, held back during a Payments outage like any other.
+    The relay's step writes those counts, for every order confirmed since its last step, before it looks for
+    due rows (a poll comes well within the resend delay); most rows are gone by then, their result applied.
 
     While the publish window is full, a new order waits for room before it is placed: under overload orders
     are then taken in only as fast as they are sent on, and a backlog cannot build up inside the service.
@@ -31,6 +37,7 @@ class SendAtOnce:
                  resend_delay: float, kick_relay: Callable[[], None]) -> None:
         self.db, self.repo, self.window, self.is_connected = db, repo, window, is_connected
         self.resend_delay, self.kick_relay = resend_delay, kick_relay
+        self._sent: dict[int, None] = {}  # in the order they were confirmed
 
     async def schedule(self) -> OutboxSchedule:
         if self.is_connected() and await self.window.room(self.window.timeout):
@@ -46,9 +53,15 @@ class SendAtOnce:
         self.window.send(ORDER_REQUESTS, [(order["order_id"], PaymentRequest.entry_of(order), trace)],
                          self._count_sends)
 
+    def sent(self) -> list[int]:
+        return list(self._sent)
+
+    def counted(self, order_ids: list[int]) -> None:
+        for order_id in order_ids:
+            self._sent.pop(order_id, None)
+
     async def _count_sends(self, confirmed: list[int], unconfirmed: list[int]) -> None:
-        if confirmed:
-            await self.db.run(self.repo.sent_outbox, confirmed, transaction=False)
+        self._sent.update(dict.fromkeys(confirmed))
         if unconfirmed:
             # Not sent after all: make the row due for the relay now, not after the delay.
             await self.db.run(self.repo.unsent_outbox, unconfirmed)
@@ -62,4 +75,10 @@ class SendByRelay:
         return FOR_THE_RELAY
 
     def placed(self, order: Mapping[str, Any], schedule: OutboxSchedule, trace: Trace) -> None:
+        pass
+
+    def sent(self) -> list[int]:
+        return []
+
+    def counted(self, order_ids: list[int]) -> None:
         pass

@@ -1,6 +1,7 @@
 """Order Service use cases: plain async functions over a `Database`, the service's `OrderRepository` and the
 broker's `Publisher`."""
 import logging
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -28,22 +29,30 @@ PlaceOrders = GroupCommit[OrderRequest, Outcome]
 async def place_order(place_orders: PlaceOrders, dispatch: RequestDispatch, user_id: int, amount: Decimal,
                       description: str, idempotent: IdempotentRequest | None = None) -> Outcome:
     """Create an order (`NEW`) and its outbox row in one transaction (once per idempotency key), shared with the
-    requests placed meanwhile, then hand the new order to `dispatch` (`SendAtOnce` publishes its payment request
-    right after the commit). Returns the order, and whether it is a replay (the key's first answer).
+    requests placed meanwhile; the group commit's writer hands the new orders to `dispatch` right after the
+    COMMIT (`orders_committed`), so that `SendAtOnce` publishes them before any of their requests is answered.
+    Returns the order, and whether it is a replay (the key's first answer).
 
     Always inside BEGIN/COMMIT, even though the insert is one statement: only then can a connection lost
     at the end be told apart (lost during COMMIT: the outcome is unknown, never retry) from one lost
     before it (safe to retry)."""
     schedule = await dispatch.schedule()
     trace = tracing.current.traceparent()  # None unless tracing is on: the outbox row's column stays NULL
-    placement = Placement(user_id, amount, description, schedule, trace)
-    placed = await place_orders(OrderRequest(idempotent, placement))
-    if not placed.replayed:  # a replay was placed (and sent) the first time
+    placed = await place_orders(OrderRequest(idempotent, Placement(user_id, amount, description, schedule, trace)))
+    if not placed.replayed:
         order = placed.result
         logger.info("order_id=%s placed for user %s, amount %s", order["order_id"], user_id, amount,
                     extra={"order_id": order["order_id"]})
-        dispatch.placed(order, schedule, trace)
     return placed
+
+
+def orders_committed(dispatch: RequestDispatch, requests: list[OrderRequest],
+                     outcomes: Sequence[Outcome | BaseException]) -> None:
+    """The group commit's `committed`: hand each order placed (not a replay: that one was sent the first time) to
+    `dispatch`, with when its outbox row is due and its trace."""
+    for request, outcome in zip(requests, outcomes):
+        if isinstance(outcome, Outcome) and not outcome.replayed:
+            dispatch.placed(outcome.result, request.placement.schedule, request.placement.trace)
 
 
 async def get_order(db: Database, repo: OrderRepository, order_id: int, viewer: Principal) -> Row:
@@ -61,16 +70,23 @@ async def list_orders(db: Database, repo: OrderRepository, user_id: int | None, 
     return page(await db.run(repo.list_orders, user_id, cursor, limit + 1), limit, "order_id")
 
 
-async def relay_outbox(db: Database, repo: OrderRepository, publisher: Publisher, settings: Settings) -> bool:
+async def relay_outbox(db: Database, repo: OrderRepository, publisher: Publisher, settings: Settings,
+                       dispatch: RequestDispatch | None = None) -> bool:
     """Publish one batch of due outbox rows; returns True if the batch was full (more may be due).
 
     The rows stay locked while publishing, so another instance cannot send them at the same time;
     each confirmed row is postponed by its resend delay, unconfirmed rows are retried at the next run.
     A resend is held back (and postponed with the same backoff) while the queue still holds messages
     no consumer has taken: the earlier copy is then still waiting there, and during a Payments outage
-    resending would only multiply the backlog it has to work through when it returns."""
+    resending would only multiply the backlog it has to work through when it returns.
+
+    The step first counts the sends `dispatch` published and the broker confirmed since the last step
+    (`RequestDispatch.sent`): one write per poll, not one per order."""
+    sent = dispatch.sent() if dispatch else []
 
     async def relay(cur: Any) -> int:
+        if sent:
+            await repo.sent_outbox(cur, sent)
         rows = await repo.lock_due_outbox(cur, settings.batch_size)
         if not rows:
             return 0
@@ -91,7 +107,10 @@ async def relay_outbox(db: Database, repo: OrderRepository, publisher: Publisher
                             extra={"order_id": row["order_id"], "trace_id": tracing.trace_id_of(row["traceparent"])})
         return len(rows)
 
-    return await db.run(relay) >= settings.batch_size
+    full = await db.run(relay) >= settings.batch_size
+    if dispatch:
+        dispatch.counted(sent)
+    return full
 
 
 async def apply_payment_results(db: Database, repo: OrderRepository, waiters: Waiters,

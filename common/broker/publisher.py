@@ -2,7 +2,6 @@
 (`ENTRIES_PER_MESSAGE`, `common.broker.packing`), and the bounded window of publishes sent in the background right
 after a commit (the fast path), which also packs the rows that several commits hand it in one event-loop tick."""
 import asyncio
-import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
@@ -104,16 +103,19 @@ class Publisher:
 
     async def publish_all(self, queue: str, rows: Sequence[Outgoing]) -> list[Any]:
         """Publish the rows, `entries_per_message` to a message, the messages concurrently; return the ids of
-        the rows whose message the broker confirmed (a message not confirmed leaves all its rows unsent)."""
+        the rows whose message the broker confirmed (a message not confirmed leaves all its rows unsent).
+
+        A single message is published by the calling task itself: its frame is written in this event-loop tick,
+        not after a task of its own was scheduled."""
         size = self.entries_per_message
         messages = [rows[start:start + size] for start in range(0, len(rows), size)]
-        results = await asyncio.gather(*(self.publish_entries(queue, message) for message in messages),
-                                       return_exceptions=True)
+        if len(messages) == 1:
+            results = [await self._outcome(queue, messages[0])]
+        else:
+            results = await asyncio.gather(*(self._outcome(queue, message) for message in messages))
         confirmed: list[Any] = []
         for message, result in zip(messages, results):
-            if isinstance(result, asyncio.CancelledError):
-                raise result
-            if isinstance(result, BaseException):
+            if result is not None:
                 PUBLISH_FAILED.labels(queue).inc()
                 logger.warning("publish of %s to %s not confirmed: %r",
                                message_id_of([row_id for row_id, *_ in message]), queue, result)
@@ -122,6 +124,14 @@ class Publisher:
                 ROWS_PUBLISHED.labels(queue).inc(len(message))
                 confirmed.extend(row_id for row_id, *_ in message)
         return confirmed
+
+    async def _outcome(self, queue: str, rows: Sequence[Outgoing]) -> Exception | None:
+        """Publish one message of `rows`: None once confirmed, else why not."""
+        try:
+            await self.publish_entries(queue, rows)
+        except Exception as exc:  # noqa: BLE001 - the caller counts and logs it, and leaves the rows unsent
+            return exc
+        return None
 
     async def waiting_count(self, queue: str) -> int:
         """Messages in `queue` not yet delivered to any consumer: one passive declare, one round trip.
@@ -135,19 +145,21 @@ class PublishWindow:
     """Publishes sent in the background, for rows already committed: the caller goes on at once, and if a send
     never completes (a crash) the outbox still holds the rows.
 
-    Rows handed over in one event-loop tick (orders whose transactions committed together) go out in one
-    `publish_all`, so they share messages; the send starts in the next tick. At most `limit` rows are
+    Each queue and follow-up has one sender, a task that lives as long as the window: it sends what it was
+    handed as soon as it is idle, and while a send waits for its confirm, the rows handed over meanwhile gather
+    for the next one. So batches grow with the load and with the broker's confirm time, and no timer holds a
+    row back: rows handed over in one event-loop tick (orders whose transactions committed together) share a
+    send, and at low load each goes out alone in the tick after it was handed over. At most `limit` rows are
     unconfirmed at once; producers keep to `has_room` / `room` (a soft limit: a few requests may pass it at
     the same moment)."""
 
     def __init__(self, publisher: Publisher, limit: int = MAX_SENDING) -> None:
         self.publisher = publisher
         self.limit = limit
-        self._tasks: set[asyncio.Task[None]] = set()
         self._count = 0
         self._room = asyncio.Event()
         self._room.set()
-        self._gathering: dict[tuple[str, FollowUp], list[Outgoing]] = {}  # this tick's rows, by queue and follow-up
+        self._senders: dict[tuple[str, FollowUp], _Sender] = {}
 
     @property
     def timeout(self) -> float:
@@ -155,13 +167,15 @@ class PublishWindow:
 
     def send(self, queue: str, rows: Sequence[Outgoing], then: FollowUp) -> None:
         """Publish `rows` in the background, then `await then(confirmed ids, unconfirmed ids)`: once for all
-        the rows handed over with the same queue and follow-up in this tick."""
+        the rows of one send (those handed over with the same queue and follow-up while the previous send of
+        that queue and follow-up was under way, or in the same tick)."""
         self._count += len(rows)
         if not self.has_room():
             self._room.clear()
-        if not self._gathering:
-            asyncio.get_running_loop().call_soon(self._start_sends)
-        self._gathering.setdefault((queue, then), []).extend(rows)
+        sender = self._senders.get((queue, then))
+        if sender is None:
+            sender = self._senders[(queue, then)] = _Sender(self._send, queue, then)
+        sender.hand_over(rows)
 
     def has_room(self) -> bool:
         return self._count < self.limit
@@ -177,22 +191,22 @@ class PublishWindow:
         return True
 
     async def drain(self) -> None:
-        """Wait for the sends under way (each ends within the publish timeout; the relay re-sends what is cut off)."""
-        self._start_sends()
-        if self._tasks:
-            _, running = await asyncio.wait(self._tasks, timeout=self.timeout)
+        """Wait for the sends under way (each ends within the publish timeout; the relay re-sends what is cut off),
+        then end the senders that are idle (the next `send` starts its sender again)."""
+        busy = [sender for sender in self._senders.values() if not sender.idle.is_set()]
+        if busy:
+            waits = [asyncio.ensure_future(sender.idle.wait()) for sender in busy]
+            _, running = await asyncio.wait(waits, timeout=self.timeout)
+            for wait in running:
+                wait.cancel()
             if running:
                 logger.warning("%d immediate publishes unfinished at close", len(running))
+        for key, sender in list(self._senders.items()):
+            if sender.idle.is_set():
+                sender.task.cancel()
+                del self._senders[key]
 
-    def _start_sends(self) -> None:
-        gathered, self._gathering = self._gathering, {}
-        for (queue, then), rows in gathered.items():
-            task = asyncio.create_task(self._send(queue, rows, then))
-            self._tasks.add(task)
-            task.add_done_callback(functools.partial(self._sent, len(rows)))
-
-    def _sent(self, count: int, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _sent(self, count: int) -> None:
         self._count -= count
         if self.has_room():
             self._room.set()
@@ -204,3 +218,32 @@ class PublishWindow:
                        [row_id for row_id, *_ in rows if row_id not in confirmed])
         except Exception as exc:  # noqa: BLE001 - the outbox relay sends whatever this left undone
             logger.warning("immediate publish to %s: follow-up failed (the relay takes over): %r", queue, exc)
+        finally:
+            self._sent(len(rows))
+
+
+class _Sender:
+    """The rows a `PublishWindow` holds for one queue and follow-up, and the task that sends them."""
+
+    def __init__(self, send: Callable[[str, Sequence[Outgoing], FollowUp], Awaitable[None]], queue: str,
+                 then: FollowUp) -> None:
+        self.rows: list[Outgoing] = []
+        self.wake = asyncio.Event()
+        self.idle = asyncio.Event()  # set while no row waits and no send is under way
+        self.idle.set()
+        self.task = asyncio.create_task(self._run(send, queue, then), name=f"publish to {queue}")
+
+    def hand_over(self, rows: Sequence[Outgoing]) -> None:
+        self.rows.extend(rows)
+        self.idle.clear()
+        self.wake.set()
+
+    async def _run(self, send: Callable[[str, Sequence[Outgoing], FollowUp], Awaitable[None]], queue: str,
+                   then: FollowUp) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.rows:
+                batch, self.rows = self.rows, []
+                await send(queue, batch, then)
+            self.idle.set()

@@ -19,14 +19,22 @@ Result = TypeVar("Result")
 # `await write(cur, items)` writes a batch in the transaction of `cur`; returns, for each item in order, its
 # result or the exception to raise for that item alone (a refusal that does not spoil the batch).
 WriteBatch = Callable[[Any, list[Item]], Awaitable[Sequence[Result | BaseException]]]
+# `committed(items, outcomes)`: called by the writer as soon as a batch's outcomes are known (its COMMIT done),
+# before any of its requests is answered; each outcome is the item's result or its exception.
+Committed = Callable[[list[Item], Sequence[Result | BaseException]], None]
 
 
 class GroupCommit(Generic[Item, Result]):
     """`await commit(item)` writes `item` in a transaction shared with the items that came meanwhile (at most
-    `max_batch` of them), one such transaction at a time."""
+    `max_batch` of them), one such transaction at a time.
 
-    def __init__(self, db: Database, write: WriteBatch[Item, Result], max_batch: int) -> None:
-        self.db, self.write, self.max_batch = db, write, max_batch
+    `committed`, if given, is handed each batch's outcomes right after its COMMIT, and the writer then lets the
+    event loop run once before it answers the requests: what `committed` started (the publish of new orders)
+    writes its frames ahead of the replies."""
+
+    def __init__(self, db: Database, write: WriteBatch[Item, Result], max_batch: int,
+                 committed: "Committed[Item, Result] | None" = None) -> None:
+        self.db, self.write, self.max_batch, self.committed = db, write, max_batch, committed
         self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -47,6 +55,9 @@ class GroupCommit(Generic[Item, Result]):
                     outcomes = await self.db.run(self.write, items)
                 except Exception as exc:  # noqa: BLE001 - handed to the requests, none of which may fail for another's
                     outcomes = await self._after_failure(items, exc)
+                if self.committed is not None:
+                    self.committed(items, outcomes)
+                    await asyncio.sleep(0)
                 for (_, future), outcome in zip(batch, outcomes):
                     if future.done():  # its request was cancelled: its rows are written all the same
                         continue

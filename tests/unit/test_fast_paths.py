@@ -7,9 +7,11 @@ import pytest
 from common.broker.messages import PaymentRequest, PaymentResult
 from common.broker.publisher import PublishWindow
 from common.db.idempotency import Outcome
+from common.runtime.config import load_settings
+from common.web.errors import IdempotencyKeyReused
 from order_svc import messaging as order_messaging
 from order_svc import service as order_service
-from order_svc.repo import FOR_THE_RELAY, OutboxSchedule, Placement
+from order_svc.repo import FOR_THE_RELAY, OrderRequest, OutboxSchedule, Placement
 from payment_svc import messaging as payment_messaging
 from payment_svc import service as payment_service
 from tests.unit.fakes import FakeDatabase, FakePublisher, InMemoryOrders, InMemoryPayments, Kicks, let_run
@@ -35,8 +37,11 @@ async def test_an_order_is_published_right_after_its_commit_and_counted_sent_onc
     dispatch.placed(ORDER, schedule, None)
     await dispatch.window.drain()
     assert publisher.published == [("outbox_os", 7, PaymentRequest(7, 3, Decimal("2.50")).entry())]
-    assert repo.outbox[7]["attempts"] == 1 and not repo.outbox[7]["due"]
-    assert [name for name, _ in db.calls] == ["sent_outbox"] and kicks.count == 0
+    # The confirm costs no write of its own: the relay's next step counts the send.
+    assert dispatch.sent() == [7] and db.calls == [] and kicks.count == 0
+    await order_service.relay_outbox(db, repo, publisher, load_settings({}), dispatch)
+    assert repo.outbox[7]["attempts"] == 1 and not repo.outbox[7]["due"] and dispatch.sent() == []
+    assert [name for name, _ in db.calls] == ["relay"]
 
 
 @pytest.mark.gen_test
@@ -75,18 +80,24 @@ class RecordingDispatch:
 
 
 @pytest.mark.gen_test
-async def test_a_new_order_is_dispatched_once_and_a_replayed_one_not_at_all():
+async def test_an_order_is_placed_with_its_schedule_and_trace():
     written = []
 
     async def place_orders(request):
         written.append(request.placement)
-        return Outcome({**ORDER, "user_id": request.placement.user_id}, replayed=len(written) > 1)
-    dispatch = RecordingDispatch()
-    order, replayed = await order_service.place_order(place_orders, dispatch, 3, Decimal("2.50"), "")
-    assert order["order_id"] == 7 and not replayed and dispatch.placed_orders == [(7, (1, 5.0))]
+        return Outcome({**ORDER, "user_id": request.placement.user_id}, replayed=False)
+    order, replayed = await order_service.place_order(place_orders, RecordingDispatch(), 3, Decimal("2.50"), "")
+    assert order["order_id"] == 7 and not replayed
     assert written == [Placement(3, Decimal("2.50"), "", (1, 5.0), None)]
-    assert await order_service.place_order(place_orders, dispatch, 3, Decimal("2.50"), "") == (ORDER, True)
-    assert len(dispatch.placed_orders) == 1
+
+
+def test_the_writer_dispatches_each_new_order_once_and_neither_a_replay_nor_a_refusal():
+    dispatch = RecordingDispatch()
+    requests = [OrderRequest(None, Placement(3, Decimal(1), "", OutboxSchedule(0, n), None)) for n in (1, 2, 3)]
+    outcomes = [Outcome({"order_id": 7}, replayed=False), Outcome({"order_id": 6}, replayed=True),
+                IdempotencyKeyReused("reused")]
+    order_service.orders_committed(dispatch, requests, outcomes)
+    assert dispatch.placed_orders == [(7, (0, 1))]
 
 
 def settle_at_once(publisher, repo=None):
