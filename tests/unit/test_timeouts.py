@@ -1,11 +1,13 @@
 """The timeouts the services add themselves to every DSN and broker URL, so that a silent server (no reset ever
 arrives) is noticed in seconds whatever an operator wrote; an operator's own value always wins."""
+import contextlib
 import dataclasses
 
 import pytest
 from psycopg2.extensions import parse_dsn
 
 from common.broker.urls import with_heartbeat
+from common.db.database import Database
 from common.db.pg_hosts import single_host_dsns, with_timeouts
 from common.runtime.config import ConfigurationError, DbTimeouts, load_db_timeouts, rabbitmq_heartbeat, read_env_file
 
@@ -120,3 +122,38 @@ def test_a_heartbeat_that_cannot_work_is_refused(urls, seconds, says):
 def test_a_rabbitmq_heartbeat_setting_below_a_second_or_not_whole_is_refused(value):
     with pytest.raises(ConfigurationError, match="RABBITMQ_HEARTBEAT must be a whole number of seconds"):
         rabbitmq_heartbeat({"RABBITMQ_HEARTBEAT": value})
+
+
+class RecordingCursor:
+    """The statements a transaction sent, each with the bound it was given (None: the pool's statement bound)."""
+
+    def __init__(self):
+        self.sent = []
+
+    async def execute(self, sql, params=None, *, timeout=None):
+        self.sent.append((sql, timeout))
+
+
+class OneConnectionPool:
+    def __init__(self, cursor):
+        self.cursor_ = cursor
+
+    @contextlib.asynccontextmanager
+    async def acquire(self):
+        yield self
+
+    @contextlib.asynccontextmanager
+    async def cursor(self):
+        yield self.cursor_
+
+
+@pytest.mark.gen_test
+async def test_commit_gets_its_own_bound_and_every_other_statement_the_pool_s():
+    cursor = RecordingCursor()
+    db = Database(OneConnectionPool(cursor), timeouts=DbTimeouts(statement=5, commit=15))
+
+    async def write(cur):
+        await cur.execute("UPDATE accounts SET balance = balance + 1 WHERE user_id = 1")
+    await db.run(write)
+    assert cursor.sent == [("BEGIN; UPDATE accounts SET balance = balance + 1 WHERE user_id = 1", None),
+                           ("COMMIT", 15)]
