@@ -53,7 +53,7 @@ PACKING_UNIT = "tests/unit/test_packing.py"
 CONSUMER_UNIT = "tests/unit/test_batch_consumer.py"
 WINDOW_UNIT = "tests/unit/test_publish_window.py"
 TRACING = "tests/e2e/test_tracing.py"
-GATHERED = "        self._gathering.setdefault((queue, then), []).extend(rows)\n"
+GATHERED = "                batch, self.rows = self.rows, []\n"
 ENTRY_COPIES_STORED = ("            DEAD_LETTERED.labels(self.queue).inc(len(refused))\n            return True\n"
                        "        return False\n")
 ENTRY_TRACED = "{**entry, TRACE_FIELD: trace} if trace else entry"
@@ -184,8 +184,8 @@ VARIANTS = {
     "answered rows stay in the outbox": ("order_svc/repo.py", ".add_cte(_finalized).add_cte(_dropped))",
                                          ".add_cte(_finalized))",
                                          [PACKED + "::test_a_resend_carries_only_the_rows_still_unanswered"]),
-    "rows of one tick sent apart": ("common/broker/publisher.py", GATHERED, GATHERED + "        self._start_sends()\n",
-                                    [WINDOW_UNIT]),
+    "rows of one tick sent apart": ("common/broker/publisher.py", GATHERED,
+                                    GATHERED.replace("self.rows, []", "self.rows[:1], self.rows[1:]"), [WINDOW_UNIT]),
     "no packing": ("common/broker/publisher.py", "        size = self.entries_per_message\n", "        size = 1\n",
                    [WINDOW_UNIT, TRACING]),
     "entries of a message of several lose their trace": ("common/broker/packing.py", ENTRY_TRACED, "entry",

@@ -4,7 +4,7 @@ import asyncio
 import pytest
 
 from common.db.group_commit import GroupCommit
-from common.web.errors import InvalidInput, Unavailable
+from common.domain.errors import InvalidInput, Unavailable
 from tests.unit.fakes import let_run
 
 
@@ -98,3 +98,18 @@ async def test_a_cancelled_request_leaves_the_others_answered_and_the_writer_rea
     assert await first == 2 and await kept == 6
     assert db.batches == [[1], [2, 3]]  # its row is written all the same, as a lost answer would leave it
     assert await commit(5) == 10
+
+
+@pytest.mark.gen_test
+async def test_the_writer_hands_each_batch_s_outcomes_over_before_any_request_is_answered():
+    handed, answered_first = [], []
+
+    def committed(items, outcomes):
+        handed.append((list(items), list(outcomes)))
+        answered_first.append(any(f.done() for f in requests))
+    commit = GroupCommit(Transactions(), doubled, max_batch=10, committed=committed)
+    requests = [asyncio.ensure_future(commit(n)) for n in (3, -1)]
+    results = await asyncio.gather(*requests, return_exceptions=True)
+    assert results[0] == 6 and isinstance(results[1], InvalidInput)
+    assert [(items, outcomes[0]) for items, outcomes in handed] == [([3, -1], 6)]
+    assert answered_first == [False]

@@ -189,3 +189,21 @@ async def test_publishes_sent_to_the_node_left_behind_do_not_count_against_the_n
     with pytest.raises(TimeoutError):
         await publisher.publish("q", b"{}", 99)  # the next node silent too: counted afresh
     assert len(moves) == 1 and publisher.timeouts == 1
+
+
+@pytest.mark.gen_test
+async def test_rows_handed_over_while_a_send_awaits_its_confirm_go_out_together_in_the_next():
+    publisher = FakePublisher()
+    publisher.gate.clear()  # the first send waits for its confirm
+
+    async def then(*_):
+        pass
+    window = PublishWindow(publisher)
+    window.send("q", [(1, {}, None)], then)
+    await asyncio.sleep(0.01)  # the first send is under way
+    for n in (2, 3):  # handed over in different ticks, while it waits
+        window.send("q", [(n, {}, None)], then)
+        await asyncio.sleep(0)
+    publisher.gate.set()
+    await window.drain()
+    assert publisher.calls == [[1], [2, 3]] and window.has_room()
