@@ -19,13 +19,13 @@ from pathlib import Path
 
 from tornado import web
 
+from common.domain.errors import Unavailable
 from common.observability import tracing
 from common.observability.metrics import WAITING, WAITS_REFUSED, log_request
 from common.runtime.config import Settings
 from common.runtime.lifecycle import Service, run
 from common.web.app import admin_application
 from common.web.envelope import BaseHandler, NotFoundHandler
-from common.web.errors import Unavailable
 from common.web.health import HealthHandler
 from common.web.http_server import listen
 from common.web.waiting import PREFER, PREFERENCE_APPLIED, without_wait

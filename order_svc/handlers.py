@@ -6,9 +6,10 @@ from typing import Any
 from common.broker.messages import FINAL_STATUSES
 from common.db.database import Database
 from common.db.idempotency import IdempotentRequest, from_request
+from common.domain.json_text import to_json
+from common.domain.validation import parse_amount, parse_description, parse_id, parse_json_object, parse_page
 from common.observability import tracing
-from common.web.envelope import ApiHandler, envelope, to_json
-from common.web.validation import parse_amount, parse_description, parse_id, parse_json_object, parse_page
+from common.web.envelope import ApiHandler, envelope
 from common.web.waiting import PREFER, PREFERENCE_APPLIED, parse_wait, preferred_wait
 from order_svc import outcomes, service
 from order_svc.messaging import RequestDispatch

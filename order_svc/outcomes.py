@@ -5,7 +5,7 @@ import logging
 from common.broker.messages import FINAL_STATUSES
 from common.db.database import Database
 from common.db.idempotency import IdempotentRequest
-from common.web.errors import Unavailable
+from common.domain.errors import Unavailable
 from order_svc.repo import FINAL_ORDERS_CHANNEL, OrderRepository, Row, named_in
 from order_svc.waiters import CLIENT_LEFT, Waiter, Waiters
 

@@ -9,7 +9,7 @@ from sqlalchemy.dialects import postgresql
 from common.broker.messages import OrderStatus
 from common.db.database import NOW, Query, execute, fetch_all, fetch_one, ids, pending_rows, seconds_from_now, texts
 from common.db.idempotency import IdempotentRequest, Outcome, forget_expired, run_each_once, store_result
-from common.web.errors import IdempotencyKeyReused
+from common.domain.errors import IdempotencyKeyReused
 
 metadata = sa.MetaData()
 

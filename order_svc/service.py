@@ -10,10 +10,10 @@ from common.broker.publisher import Publisher
 from common.db.database import Database, page
 from common.db.group_commit import GroupCommit
 from common.db.idempotency import IdempotentRequest, Outcome
+from common.domain.errors import OrderNotFound
 from common.observability import tracing
 from common.runtime.config import Settings
 from common.web.auth import Principal
-from common.web.errors import OrderNotFound
 from order_svc.messaging import RequestDispatch
 from order_svc.repo import OrderRepository, OrderRequest, Placement, Row
 from order_svc.waiters import Waiters

@@ -4,9 +4,9 @@ from typing import Any
 
 from common.db.database import Database
 from common.db.idempotency import from_request
+from common.domain.validation import parse_amount, parse_id, parse_json_object, parse_page
 from common.runtime.logs import request_id
 from common.web.envelope import CLIENT_REQUEST_ID_HEADER, ApiHandler, label
-from common.web.validation import parse_amount, parse_id, parse_json_object, parse_page
 from payment_svc import service
 from payment_svc.repo import CreditOrigin, PaymentRepository, Row
 

@@ -8,9 +8,9 @@ from common.broker.messages import PAYMENT_RESULTS, PaymentRequest
 from common.broker.publisher import Publisher
 from common.db.database import Database, page
 from common.db.idempotency import IdempotentRequest
+from common.domain.errors import AccountExists, AccountNotFound, InvalidInput
 from common.observability import tracing
 from common.runtime.config import Settings
-from common.web.errors import AccountExists, AccountNotFound, InvalidInput
 from payment_svc.messaging import ResultDispatch, outgoing_results
 from payment_svc.repo import CreditOrigin, PaymentRepository, Row
 

@@ -26,10 +26,11 @@ from tornado.iostream import StreamClosedError
 from tornado.log import access_log
 from tornado.web import Application, RequestHandler
 
+from common.domain.errors import MethodNotAllowed, ShopError
+from common.domain.json_text import to_json
 from common.observability.metrics import REQUESTS, method_label
 from common.runtime.logs import request_id
-from common.web.envelope import CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER, check_body, envelope, label, to_json
-from common.web.errors import MethodNotAllowed, ShopError
+from common.web.envelope import CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER, check_body, envelope, label
 from common.web.waiting import PREFER, requested_wait
 from proxy.response import Response
 

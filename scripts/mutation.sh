@@ -4,7 +4,7 @@
 # mutant no test notices "survived". Slow (tens of minutes on 2 cores): outside CI.
 #
 #   scripts/mutation.sh                      every module listed, then the score per module
-#   scripts/mutation.sh 'common.web.validation*' only the mutants whose names match (mutmut's own globs)
+#   scripts/mutation.sh 'common.domain.validation*' only the mutants whose names match (mutmut's own globs)
 #   scripts/mutation.sh --fresh              forget earlier results (after tests changed) and run again
 #
 # Results stay in mutants/ (git-ignored): `.venv/bin/mutmut show NAME` prints one mutant's diff,

@@ -12,7 +12,7 @@ def main():
         name, _, status = line.strip().rpartition(": ")
         if not name:
             continue
-        # `common.web.validation.x_parse_id__mutmut_4`: the module is everything before the mangled function name.
+        # `common.domain.validation.x_parse_id__mutmut_4`: the module is everything before the mangled function name.
         module = name.split(".x")[0] if ".x" in name else name.rsplit(".", 1)[0]
         by_module[module][status] += 1
     print("| module | mutants | killed | survived | other | score |")

@@ -12,7 +12,7 @@ from common.broker.publisher import Publisher, PublishWindow
 from common.observability.metrics import RECONNECTS
 from common.runtime.config import broker_user
 from common.runtime.retry import BROKER_ERRORS, until_connected
-from ops.servers import describe_rabbitmq
+from common.runtime.servers import describe_rabbitmq
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_ex
 from common.broker.amqp_nodes import NodeChannel
 from common.broker.dead_lettering import REQUEUE_PAUSE, dead_letter, dead_letter_entries
 from common.broker.packing import Entry, EntryType, unpack
+from common.domain.errors import InvalidMessage, Unavailable
 from common.observability import tracing
 from common.observability.metrics import CONSUMED, DEAD_LETTERED, ENTRIES_CONSUMED
-from common.web.errors import InvalidMessage, Unavailable
 
 logger = logging.getLogger(__name__)
 

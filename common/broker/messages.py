@@ -16,8 +16,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, ClassVar, Self
 
-from common.web.errors import InvalidInput, InvalidMessage
-from common.web.validation import parse_amount, parse_id
+from common.domain.errors import InvalidInput, InvalidMessage
+from common.domain.validation import parse_amount, parse_id
 
 ORDER_REQUESTS = "outbox_os"
 PAYMENT_RESULTS = "outbox_ps"

@@ -13,8 +13,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
 
+from common.domain.errors import InvalidMessage
 from common.observability.tracing import Trace
-from common.web.errors import InvalidMessage
 
 TRACE_FIELD = "traceparent"
 MAX_TRACE_LENGTH = 512  # a W3C traceparent has 55 characters; later versions may add fields

@@ -17,10 +17,10 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from sqlalchemy.dialects import postgresql
 
 from common.db.pg_hosts import Hosts, WrongHost, describe, refuse_on_tls_failure, refuse_standby, with_timeouts
+from common.domain.errors import Unavailable
 from common.runtime.config import ConfigurationError, DbTimeouts
 from common.runtime.retry import DB_ERRORS, briefly, until_connected
-from common.web.errors import Unavailable
-from ops.servers import describe_postgres
+from common.runtime.servers import describe_postgres
 
 logger = logging.getLogger(__name__)
 

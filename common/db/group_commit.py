@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from common.db.database import Database
-from common.web.errors import Unavailable
+from common.domain.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from tornado.httputil import HTTPServerRequest
 
 from common.db.database import Query, delete_batch, execute, fetch_all, older_than, texts
-from common.web.envelope import to_json
-from common.web.errors import IdempotencyKeyReused, InvalidInput
+from common.domain.errors import IdempotencyKeyReused, InvalidInput
+from common.domain.json_text import to_json
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255

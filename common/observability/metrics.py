@@ -1,23 +1,13 @@
 """Prometheus metrics of a process, served at `GET /metrics`."""
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from aio_pika.exceptions import AMQPError
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from tornado import web
 from tornado.log import access_log
 
-from common.broker.dead_letter_headers import dead_letter_queue
-from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS
-from common.runtime.retry import BROKER_ERRORS
-from common.web.envelope import BaseHandler
-from common.web.errors import Unavailable
-
 if TYPE_CHECKING:  # at run time each imports this module (its counters): only the checker needs them here
-    from common.broker.connection import Broker
-    from common.db.database import Database
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -82,45 +72,3 @@ def log_request(handler: web.RequestHandler) -> None:
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri, request.remote_ip,
                    1000 * request.request_time())
-
-
-class MetricsHandler(BaseHandler):
-    """Metrics in Prometheus text format; `backlog(cur)` returns {table: (pending rows, oldest age in s)}.
-    A service's scrape also refreshes its readiness and the dead-letter queues' depths (the gateway has none)."""
-
-    # The gateway has none of them.
-    db: "Database | None" = None
-    backlog: Callable[[Any], Awaitable[dict[str, tuple[int, float]]]] | None = None
-    broker: "Broker | None" = None
-
-    async def get(self) -> None:
-        if self.backlog:
-            database_up = await self._refresh_backlog()
-            broker_up = await self._refresh_dead_letters()
-            set_ready(database_up and broker_up)
-        TASKS.set(len(asyncio.all_tasks()))
-        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(generate_latest())
-
-    async def _refresh_backlog(self) -> bool:
-        assert self.db is not None and self.backlog is not None  # a service's handler: it has a backlog
-        try:
-            for table, (count, age) in (await self.db.run(self.backlog, retry_seconds=0)).items():
-                PENDING.labels(table).set(count)
-                OLDEST_PENDING.labels(table).set(age or 0)
-            return True
-        except Unavailable:
-            logger.warning("backlog gauges not refreshed: database unavailable")
-            return False
-
-    async def _refresh_dead_letters(self) -> bool:
-        if self.broker is None or not self.broker.is_connected():
-            return False
-        try:
-            for queue in (ORDER_REQUESTS, PAYMENT_RESULTS):
-                DEAD_LETTERS.labels(queue).set(
-                    await asyncio.wait_for(self.broker.publisher.waiting_count(dead_letter_queue(queue)), 2))
-            return True
-        except (*BROKER_ERRORS, AMQPError) as exc:  # AMQPError: e.g. a dead-letter queue deleted by hand
-            logger.warning("dead-letter gauges not refreshed: %r", exc)
-            return False

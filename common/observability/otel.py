@@ -18,10 +18,10 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
+from common.domain.errors import ShopError
 from common.observability.tracing import HEADER, Consumed, Trace
 from common.runtime.config import ConfigurationError
 from common.runtime.logs import trace_id
-from common.web.errors import ShopError
 
 PROPAGATOR = TraceContextTextMapPropagator()
 

@@ -14,7 +14,7 @@ from tenacity import (
     wait_random,
 )
 
-from ops.servers import reason
+from common.runtime.servers import reason
 
 logger = logging.getLogger(__name__)
 

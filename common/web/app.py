@@ -9,11 +9,11 @@ from tornado import web
 
 from common.broker.connection import Broker
 from common.db.database import Database
-from common.observability.metrics import MetricsHandler, log_request
+from common.observability.metrics import log_request
 from common.runtime.config import Settings
 from common.web.auth import Authenticator
 from common.web.envelope import NotFoundHandler
-from common.web.health import HealthHandler, ServiceReadyHandler
+from common.web.health import HealthHandler, MetricsHandler, ServiceReadyHandler
 
 # (path pattern, handler class, the handler's dependencies)
 Route = tuple[str, type[web.RequestHandler], dict[str, Any]]

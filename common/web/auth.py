@@ -23,8 +23,8 @@ from typing import Any
 import jwt
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
+from common.domain.errors import Forbidden, Unauthenticated
 from common.runtime.config import AuthSettings
-from common.web.errors import Forbidden, Unauthenticated
 
 logger = logging.getLogger(__name__)
 

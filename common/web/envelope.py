@@ -1,19 +1,17 @@
 """The JSON envelope every response wears, and the base handler that guarantees it."""
-import json
 import logging
 from collections.abc import Awaitable
-from datetime import datetime
-from decimal import Decimal
 from http.client import responses
 from types import TracebackType
 from typing import Any
 
 from tornado import web
 
+from common.domain.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, RouteNotFound, ShopError
+from common.domain.json_text import to_json
 from common.runtime.config import DEFAULT_MAX_BODY_BYTES
 from common.runtime.logs import request_id
 from common.web.auth import Authenticator, Principal
-from common.web.errors import BodyTooLarge, InvalidInput, MethodNotAllowed, RouteNotFound, ShopError
 
 REQUEST_ID_HEADER = "X-Request-ID"  # the gateway names every request it forwards
 CLIENT_REQUEST_ID_HEADER = "X-Client-Request-ID"  # the X-Request-ID a client sent, kept beside the gateway's
@@ -21,19 +19,6 @@ CLIENT_REQUEST_ID_HEADER = "X-Client-Request-ID"  # the X-Request-ID a client se
 logger = logging.getLogger(__name__)
 
 JSON_TYPES = ("application/json",)
-
-
-def to_json(value: object) -> str:
-    """JSON text of `value`; `Decimal`s become exact JSON numbers (never floats), datetimes ISO 8601 strings."""
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, datetime):
-        return f'"{value.isoformat()}"'
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))}: {to_json(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(to_json(v) for v in value) + "]"
-    return json.dumps(value)
 
 
 def label(value: str | None) -> str | None:
@@ -91,7 +76,7 @@ class BaseHandler(web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None))[1]
         if isinstance(exc, ShopError):
             status_code, message = exc.status_code, exc.message
-            challenge = getattr(exc, "challenge", None)  # a 401's (`common.web.errors.Unauthenticated`)
+            challenge = getattr(exc, "challenge", None)  # a 401's (`common.domain.errors.Unauthenticated`)
             if challenge:
                 self.set_header("WWW-Authenticate", challenge)
         elif isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:

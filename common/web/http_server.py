@@ -23,8 +23,9 @@ from tornado.http1connection import HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream, StreamClosedError
 
+from common.domain.json_text import to_json
 from common.runtime.config import Settings
-from common.web.envelope import envelope, to_json
+from common.web.envelope import envelope
 
 logger = logging.getLogger(__name__)
 

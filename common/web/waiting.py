@@ -8,7 +8,7 @@ The Order Service holds such a request; the gateway gives it a longer upstream t
 own (`requested_wait`), and names nothing else about it."""
 from urllib.parse import parse_qsl, urlencode
 
-from common.web.errors import InvalidInput
+from common.domain.errors import InvalidInput
 
 MAX_WAIT = 30
 WAIT_PARAMETER = "wait"

@@ -17,7 +17,7 @@ from aiormq.exceptions import ChannelAccessRefused
 
 from common.broker.dead_letter_headers import DeadLetterInfo, dead_letter_queue, replay_headers, utc_now
 from common.runtime.retry import BROKER_ERRORS
-from ops.servers import amqp_port
+from common.runtime.servers import amqp_port
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from datetime import datetime
 
 import pytest
 
+from common.runtime.servers import amqp_hosts, describe_postgres, describe_rabbitmq, postgres_hosts
 from harness.infra import INFRA
 from harness.stack import free_port
-from ops.servers import amqp_hosts, describe_postgres, describe_rabbitmq, postgres_hosts
 from tests.deploy.manifests import ROOT
 
 EX_UNAVAILABLE = 69

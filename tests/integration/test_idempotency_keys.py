@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from common.db.idempotency import IdempotentRequest, forget_expired, run_once
-from common.web.errors import IdempotencyKeyReused
+from common.domain.errors import IdempotencyKeyReused
 
 
 def key_request():

@@ -12,8 +12,8 @@ import pytest
 
 from common.db.database import Database
 from common.db.pg_hosts import with_timeouts
+from common.domain.errors import Unavailable
 from common.runtime.config import DbTimeouts
-from common.web.errors import Unavailable
 
 
 async def connect(run_env, timeouts):

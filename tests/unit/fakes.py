@@ -13,7 +13,7 @@ from common.broker.messages import OrderStatus
 from common.broker.packing import Entry
 from common.broker.publisher import PublishWindow
 from common.db.idempotency import Outcome
-from common.web.errors import IdempotencyKeyReused, InvalidMessage
+from common.domain.errors import IdempotencyKeyReused, InvalidMessage
 from order_svc.repo import Finalized
 from payment_svc.repo import Settled
 

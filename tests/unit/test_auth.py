@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tornado import web
 from tornado.httpserver import HTTPServer
 
+from common.domain.errors import Forbidden, Unauthenticated
 from common.runtime.config import AuthSettings, ConfigurationError, load_auth_settings
 from common.web.auth import (
     ADMIN,
@@ -21,7 +22,6 @@ from common.web.auth import (
     Authenticator,
     Principal,
 )
-from common.web.errors import Forbidden, Unauthenticated
 from harness.stack import free_port
 
 AUDIENCE = "urn:shop:api"

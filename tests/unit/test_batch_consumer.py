@@ -5,8 +5,8 @@ import asyncio
 import pytest
 
 from common.broker.consumer import BatchConsumer, Consumer
+from common.domain.errors import InvalidMessage, Unavailable
 from common.observability.metrics import CONSUMED, DEAD_LETTERED
-from common.web.errors import InvalidMessage, Unavailable
 from tests.conftest import eventually
 from tests.unit.fakes import PUBLISHERS, FakeDeadLetters, FakeMessage, Number, received, unreadable
 

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from common.broker.messages import OrderStatus
-from common.web.errors import InvalidInput
+from common.domain.errors import InvalidInput
 from common.web.waiting import parse_wait, preferred_wait, requested_wait, without_wait
 from order_svc.repo import EVERY_WAITER, named_in
 from order_svc.waiters import CLIENT_LEFT, FINAL, RECENT, SHUTDOWN, TIMEOUT, Waiters

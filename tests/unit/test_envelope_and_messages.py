@@ -8,9 +8,10 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 from common.broker.messages import PaymentRequest, PaymentResult
+from common.domain.errors import InvalidMessage
+from common.domain.json_text import to_json
 from common.runtime.config import load_settings, read_env_file
-from common.web.envelope import BaseHandler, envelope, to_json
-from common.web.errors import InvalidMessage
+from common.web.envelope import BaseHandler, envelope
 from tests.unit.test_packing import read_one
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from common.broker.messages import PaymentRequest, PaymentResult
 from common.db.idempotency import MAX_KEY_LENGTH, from_request, run_once
-from common.web.errors import InvalidInput, InvalidMessage
-from common.web.validation import (
+from common.domain.errors import InvalidInput, InvalidMessage
+from common.domain.validation import (
     DEFAULT_PAGE,
     MAX_AMOUNT,
     MAX_DESCRIPTION,

@@ -7,8 +7,8 @@ import pytest
 from common.broker.messages import PaymentRequest, PaymentResult
 from common.broker.publisher import PublishWindow
 from common.db.idempotency import Outcome
+from common.domain.errors import IdempotencyKeyReused
 from common.runtime.config import load_settings
-from common.web.errors import IdempotencyKeyReused
 from order_svc import messaging as order_messaging
 from order_svc import service as order_service
 from order_svc.repo import FOR_THE_RELAY, OrderRequest, OutboxSchedule, Placement

@@ -7,7 +7,7 @@ import pytest
 
 from common.broker.messages import PaymentRequest, PaymentResult
 from common.broker.packing import pack, unpack
-from common.web.errors import InvalidMessage
+from common.domain.errors import InvalidMessage
 
 TRACE_A = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TRACE_B = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

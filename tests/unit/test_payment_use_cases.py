@@ -7,8 +7,8 @@ import pytest
 
 from common.broker.messages import PAYMENT_RESULTS, PaymentResult
 from common.db.idempotency import IdempotentRequest
+from common.domain.errors import AccountExists, AccountNotFound, IdempotencyKeyReused
 from common.runtime.config import load_settings
-from common.web.errors import AccountExists, AccountNotFound, IdempotencyKeyReused
 from payment_svc import service as payment_service
 from payment_svc.repo import CreditOrigin
 from tests.unit.fakes import FakeDatabase, FakePublisher, InMemoryPayments, Kicks

@@ -2,8 +2,8 @@ from decimal import Decimal
 
 import pytest
 
-from common.web.errors import InvalidInput
-from common.web.validation import parse_amount, parse_description, parse_id, parse_json_object
+from common.domain.errors import InvalidInput
+from common.domain.validation import parse_amount, parse_description, parse_id, parse_json_object
 
 
 @pytest.mark.parametrize("value, expected", [(1000, Decimal("1000.00")), ("12.5", Decimal("12.50")),

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
 
-from common.web.errors import InvalidInput
+from common.domain.errors import InvalidInput
 
 MAX_ID = 2**63 - 1  # PostgreSQL BIGINT
 MAX_AMOUNT = Decimal("1000000000.00")
