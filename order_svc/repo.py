@@ -7,7 +7,18 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from common.broker.messages import OrderStatus
-from common.db.database import NOW, Query, execute, fetch_all, fetch_one, ids, pending_rows, seconds_from_now, texts
+from common.db.database import (
+    NOW,
+    Cursor,
+    Query,
+    execute,
+    fetch_all,
+    fetch_one,
+    ids,
+    pending_rows,
+    seconds_from_now,
+    texts,
+)
 from common.db.idempotency import IdempotentRequest, Outcome, forget_expired, run_each_once, store_result
 from common.domain.errors import IdempotencyKeyReused
 
@@ -180,42 +191,42 @@ class OrderRepository(Protocol):
     transaction of `cur` (`Database.run`). `PostgresOrders` is the product's; the unit tests' fake keeps rows in
     memory."""
 
-    async def place_orders(self, cur: Any, requests: Sequence[OrderRequest]) -> list[Outcome | IdempotencyKeyReused]:
+    async def place_orders(self, cur: Cursor, requests: Sequence[OrderRequest]) -> list[Outcome | IdempotencyKeyReused]:
         """Each request's order and outbox row, once per idempotency key: its `Outcome`, or the refusal."""
-    async def store_answer(self, cur: Any, idempotent: IdempotentRequest, order: Row) -> None:
+    async def store_answer(self, cur: Cursor, idempotent: IdempotentRequest, order: Row) -> None:
         """`order` is the answer a replay of `idempotent`'s key gets from now on."""
-    async def forget_expired_keys(self, cur: Any, hours: float, limit: int) -> bool:
+    async def forget_expired_keys(self, cur: Cursor, hours: float, limit: int) -> bool:
         """Delete up to `limit` idempotency keys older than `hours`; True if more may be left."""
-    async def get_order(self, cur: Any, order_id: int) -> Row | None: ...
-    async def list_orders(self, cur: Any, user_id: int | None, after: int, limit: int) -> list[Row]: ...
-    async def lock_due_outbox(self, cur: Any, limit: int) -> list[Row]:
+    async def get_order(self, cur: Cursor, order_id: int) -> Row | None: ...
+    async def list_orders(self, cur: Cursor, user_id: int | None, after: int, limit: int) -> list[Row]: ...
+    async def lock_due_outbox(self, cur: Cursor, limit: int) -> list[Row]:
         """Outbox rows due for (re)sending, locked so no other instance sends them meanwhile."""
-    async def postpone_outbox(self, cur: Any, order_ids: list[int], first_delay: float, max_delay: float) -> None:
+    async def postpone_outbox(self, cur: Cursor, order_ids: list[int], first_delay: float, max_delay: float) -> None:
         """Schedule the next resend of each row: `first_delay` seconds, doubling per attempt, capped."""
-    async def sent_outbox(self, cur: Any, order_ids: list[int]) -> None:
+    async def sent_outbox(self, cur: Cursor, order_ids: list[int]) -> None:
         """The broker confirmed these rows' immediate publish: the relay's next send of one is a resend."""
-    async def unsent_outbox(self, cur: Any, order_ids: list[int]) -> None:
+    async def unsent_outbox(self, cur: Cursor, order_ids: list[int]) -> None:
         """These rows' immediate publish was not confirmed: due at once, as first sends."""
-    async def make_unsent_due(self, cur: Any) -> None:
+    async def make_unsent_due(self, cur: Cursor) -> None:
         """Rows never confirmed sent are due at once (start-up)."""
-    async def finalize_orders(self, cur: Any, order_ids: list[int], statuses: list[str],
+    async def finalize_orders(self, cur: Cursor, order_ids: list[int], statuses: list[str],
                               notify: bool = True) -> Finalized:
         """Set each still-`NEW` order to its status, drop its outbox row and NOTIFY the orders made final (unless
         not `notify`)."""
-    async def final_statuses(self, cur: Any, order_ids: list[int]) -> dict[int, OrderStatus]:
+    async def final_statuses(self, cur: Cursor, order_ids: list[int]) -> dict[int, OrderStatus]:
         """{order id: status} of those of the orders that are final."""
-    async def backlog(self, cur: Any) -> dict[str, tuple[int, float]]:
+    async def backlog(self, cur: Cursor) -> dict[str, tuple[int, float]]:
         """{"outbox_os": (rows waiting for a payment result, age of the oldest in seconds)}."""
 
 
 class PostgresOrders:
     """`OrderRepository` on PostgreSQL: the statements above."""
 
-    async def place_orders(self, cur: Any, requests: Sequence[OrderRequest]) -> list[Outcome | IdempotencyKeyReused]:
+    async def place_orders(self, cur: Cursor, requests: Sequence[OrderRequest]) -> list[Outcome | IdempotencyKeyReused]:
         # One statement for all the new orders, whatever their idempotency keys replay or refuse.
         return await run_each_once(cur, requests, self.insert_orders)
 
-    async def insert_orders(self, cur: Any, placements: Sequence[Placement]) -> list[Row]:
+    async def insert_orders(self, cur: Cursor, placements: Sequence[Placement]) -> list[Row]:
         """Insert the orders and their outbox rows in one statement (atomic on its own); returns the orders in the
         order of `placements`."""
         return await fetch_all(cur, INSERT_ORDERS, user_ids=[p.user_id for p in placements],
@@ -225,45 +236,45 @@ class PostgresOrders:
                                due_ins=[p.schedule.due_in for p in placements],
                                traceparents=[p.trace for p in placements])
 
-    async def store_answer(self, cur: Any, idempotent: IdempotentRequest, order: Row) -> None:
+    async def store_answer(self, cur: Cursor, idempotent: IdempotentRequest, order: Row) -> None:
         await store_result(cur, idempotent, order)
 
-    async def forget_expired_keys(self, cur: Any, hours: float, limit: int) -> bool:
+    async def forget_expired_keys(self, cur: Cursor, hours: float, limit: int) -> bool:
         return await forget_expired(cur, hours, limit)
 
-    async def get_order(self, cur: Any, order_id: int) -> Row | None:
+    async def get_order(self, cur: Cursor, order_id: int) -> Row | None:
         return await fetch_one(cur, GET_ORDER, order_id=order_id)
 
-    async def list_orders(self, cur: Any, user_id: int | None, after: int, limit: int) -> list[Row]:
+    async def list_orders(self, cur: Cursor, user_id: int | None, after: int, limit: int) -> list[Row]:
         if user_id is None:
             return await fetch_all(cur, LIST_ORDERS, after=after, limit=limit)
         return await fetch_all(cur, LIST_USER_ORDERS, user_id=user_id, after=after, limit=limit)
 
-    async def lock_due_outbox(self, cur: Any, limit: int) -> list[Row]:
+    async def lock_due_outbox(self, cur: Cursor, limit: int) -> list[Row]:
         return await fetch_all(cur, LOCK_DUE_OUTBOX, limit=limit)
 
-    async def postpone_outbox(self, cur: Any, order_ids: list[int], first_delay: float, max_delay: float) -> None:
+    async def postpone_outbox(self, cur: Cursor, order_ids: list[int], first_delay: float, max_delay: float) -> None:
         await execute(cur, POSTPONE_OUTBOX, order_ids=order_ids, first_delay=first_delay, max_delay=max_delay)
 
-    async def sent_outbox(self, cur: Any, order_ids: list[int]) -> None:
+    async def sent_outbox(self, cur: Cursor, order_ids: list[int]) -> None:
         await execute(cur, SENT_OUTBOX, order_ids=order_ids)
 
-    async def unsent_outbox(self, cur: Any, order_ids: list[int]) -> None:
+    async def unsent_outbox(self, cur: Cursor, order_ids: list[int]) -> None:
         await execute(cur, UNSENT_OUTBOX, order_ids=order_ids)
 
-    async def make_unsent_due(self, cur: Any) -> None:
+    async def make_unsent_due(self, cur: Cursor) -> None:
         await execute(cur, UNSENT_DUE_NOW)
 
-    async def finalize_orders(self, cur: Any, order_ids: list[int], statuses: list[str],
+    async def finalize_orders(self, cur: Cursor, order_ids: list[int], statuses: list[str],
                               notify: bool = True) -> Finalized:
         [row] = await fetch_all(cur, FINALIZE_ORDERS, order_ids=order_ids, statuses=statuses, notify=notify)
         # `finalized` names the orders themselves (never `EVERY_WAITER`), or is NULL when none was made final.
         finals = named_in(row["finalized"]) if row["finalized"] else {}
         return Finalized(set(row["unknown"] or ()), finals or {})
 
-    async def final_statuses(self, cur: Any, order_ids: list[int]) -> dict[int, OrderStatus]:
+    async def final_statuses(self, cur: Cursor, order_ids: list[int]) -> dict[int, OrderStatus]:
         return {row["order_id"]: OrderStatus(row["status"])
                 for row in await fetch_all(cur, FINAL_STATUSES, order_ids=order_ids)}
 
-    async def backlog(self, cur: Any) -> dict[str, tuple[int, float]]:
+    async def backlog(self, cur: Cursor) -> dict[str, tuple[int, float]]:
         return {"outbox_os": await pending_rows(cur, outbox_os.c.created_at)}

@@ -3,11 +3,10 @@ broker's `Publisher`."""
 import logging
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
 
 from common.broker.messages import ORDER_REQUESTS, PaymentRequest, PaymentResult
 from common.broker.publisher import Publisher
-from common.db.database import Database, page
+from common.db.database import Cursor, Database, page
 from common.db.group_commit import GroupCommit
 from common.db.idempotency import IdempotentRequest, Outcome
 from common.domain.errors import OrderNotFound
@@ -84,7 +83,7 @@ async def relay_outbox(db: Database, repo: OrderRepository, publisher: Publisher
     (`RequestDispatch.sent`): one write per poll, not one per order."""
     sent = dispatch.sent() if dispatch else []
 
-    async def relay(cur: Any) -> int:
+    async def relay(cur: Cursor) -> int:
         if sent:
             await repo.sent_outbox(cur, sent)
         rows = await repo.lock_due_outbox(cur, settings.batch_size)

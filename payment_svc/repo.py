@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from common.broker.messages import OrderStatus, PaymentRequest
 from common.db.database import (
     NOW,
+    Cursor,
     Query,
     delete_batch,
     execute,
@@ -281,22 +282,22 @@ class PaymentRepository(Protocol):
     the transaction of `cur` (`Database.run`). `PostgresPayments` is the product's; the unit tests' fake keeps rows
     in memory."""
 
-    async def run_once(self, cur: Any, idempotent: IdempotentRequest | None,
+    async def run_once(self, cur: Cursor, idempotent: IdempotentRequest | None,
                        work: Callable[..., Awaitable[Any]], *args: Any) -> Outcome:
         """`await work(cur, *args)` once per idempotency key: a replay is the first call's result. Raises
         `IdempotencyKeyReused` if the key came with another request."""
-    async def forget_expired_keys(self, cur: Any, hours: float, limit: int) -> bool:
+    async def forget_expired_keys(self, cur: Cursor, hours: float, limit: int) -> bool:
         """Delete up to `limit` idempotency keys older than `hours`; True if more may be left."""
-    async def create_account(self, cur: Any, user_id: int) -> Row | None:
+    async def create_account(self, cur: Cursor, user_id: int) -> Row | None:
         """The new account, or None if the user already has one."""
-    async def get_account(self, cur: Any, user_id: int, lock: bool = False) -> Row | None: ...
-    async def credit(self, cur: Any, user_id: int, amount: Decimal, balance: Decimal, origin: CreditOrigin) -> Row:
+    async def get_account(self, cur: Cursor, user_id: int, lock: bool = False) -> Row | None: ...
+    async def credit(self, cur: Cursor, user_id: int, amount: Decimal, balance: Decimal, origin: CreditOrigin) -> Row:
         """Set the account's new `balance` after a credit of `amount` and write its ledger row, naming its
         origin."""
-    async def list_movements(self, cur: Any, user_id: int, after: int, limit: int) -> list[Row]: ...
-    async def store_requests(self, cur: Any, requests: Sequence[PaymentRequest]) -> None:
+    async def list_movements(self, cur: Cursor, user_id: int, after: int, limit: int) -> list[Row]: ...
+    async def store_requests(self, cur: Cursor, requests: Sequence[PaymentRequest]) -> None:
         """Insert new payment requests as `NEW`; a request seen before is marked unacked again."""
-    async def settle(self, cur: Any, requests: Sequence[PaymentRequest], user_ids: Sequence[int], pick: int,
+    async def settle(self, cur: Cursor, requests: Sequence[PaymentRequest], user_ids: Sequence[int], pick: int,
                      due_in: float, done_ids: Sequence[int] = ()) -> "Settled":
         """Store `requests` like `store_requests` and settle the pending requests of those users it can claim
         (of `user_ids`, and of up to `pick` more: those with the oldest unacked requests), by the rule: a
@@ -304,47 +305,47 @@ class PaymentRepository(Protocol):
         balance covers it, else `CANCELLED` (also with no account); one decided before keeps its status. Each
         settled request is acked and its status queued for the Order Service, due for the relay in `due_in`
         seconds. The `outbox_ps` rows `done_ids` (sends the broker confirmed) are deleted on the way."""
-    async def lock_outbox(self, cur: Any, limit: int) -> list[Row]: ...
-    async def delete_outbox(self, cur: Any, ids: list[int]) -> None: ...
-    async def make_due(self, cur: Any, ids: list[int]) -> None: ...
-    async def backlog(self, cur: Any) -> dict[str, tuple[int, float]]:
+    async def lock_outbox(self, cur: Cursor, limit: int) -> list[Row]: ...
+    async def delete_outbox(self, cur: Cursor, ids: list[int]) -> None: ...
+    async def make_due(self, cur: Cursor, ids: list[int]) -> None: ...
+    async def backlog(self, cur: Cursor) -> dict[str, tuple[int, float]]:
         """{table: (rows waiting, age of the oldest in seconds)} for the unacked inbox and the outbox."""
-    async def forget_processed(self, cur: Any, days: float, limit: int) -> bool:
+    async def forget_processed(self, cur: Cursor, days: float, limit: int) -> bool:
         """Delete up to `limit` settled inbox rows processed more than `days` ago; True if more may be left."""
 
 
 class PostgresPayments:
     """`PaymentRepository` on PostgreSQL: the statements above."""
 
-    async def run_once(self, cur: Any, idempotent: IdempotentRequest | None,
+    async def run_once(self, cur: Cursor, idempotent: IdempotentRequest | None,
                        work: Callable[..., Awaitable[Any]], *args: Any) -> Outcome:
         return await run_once(cur, idempotent, work, *args)
 
-    async def forget_expired_keys(self, cur: Any, hours: float, limit: int) -> bool:
+    async def forget_expired_keys(self, cur: Cursor, hours: float, limit: int) -> bool:
         return await forget_expired(cur, hours, limit)
 
-    async def create_account(self, cur: Any, user_id: int) -> Row | None:
+    async def create_account(self, cur: Cursor, user_id: int) -> Row | None:
         return await fetch_one(cur, CREATE_ACCOUNT, user_id=user_id)
 
-    async def get_account(self, cur: Any, user_id: int, lock: bool = False) -> Row | None:
+    async def get_account(self, cur: Cursor, user_id: int, lock: bool = False) -> Row | None:
         return await fetch_one(cur, LOCK_ACCOUNT if lock else GET_ACCOUNT, user_id=user_id)
 
-    async def credit(self, cur: Any, user_id: int, amount: Decimal, balance: Decimal, origin: CreditOrigin) -> Row:
+    async def credit(self, cur: Cursor, user_id: int, amount: Decimal, balance: Decimal, origin: CreditOrigin) -> Row:
         credited = await fetch_one(cur, CREDIT, user_id=user_id, amount=amount, balance=balance,
                                    request_key=origin.request_key, client_request_id=origin.client_request_id,
                                    principal=origin.principal)
         assert credited is not None  # the caller holds the account's row lock: it exists
         return credited
 
-    async def list_movements(self, cur: Any, user_id: int, after: int, limit: int) -> list[Row]:
+    async def list_movements(self, cur: Cursor, user_id: int, after: int, limit: int) -> list[Row]:
         return await fetch_all(cur, LIST_MOVEMENTS, user_id=user_id, after=after, limit=limit)
 
-    async def store_requests(self, cur: Any, requests: Sequence[PaymentRequest]) -> None:
+    async def store_requests(self, cur: Cursor, requests: Sequence[PaymentRequest]) -> None:
         rows = in_lock_order(requests)
         await execute(cur, STORE_REQUESTS, order_ids=[r.order_id for r in rows], user_ids=[r.user_id for r in rows],
                       amounts=[r.amount for r in rows], traceparents=[r.trace for r in rows])
 
-    async def settle(self, cur: Any, requests: Sequence[PaymentRequest], user_ids: Sequence[int], pick: int,
+    async def settle(self, cur: Cursor, requests: Sequence[PaymentRequest], user_ids: Sequence[int], pick: int,
                      due_in: float, done_ids: Sequence[int] = ()) -> "Settled":
         rows = in_lock_order(requests)
         [row] = await fetch_all(cur, SETTLE, user_ids=list(user_ids), pick=pick, order_ids=[r.order_id for r in rows],
@@ -353,19 +354,19 @@ class PostgresPayments:
         queued = [dict(zip(QUEUED_FIELDS, values)) for values in zip(*(row[name] or () for name in QUEUED_FIELDS))]
         return Settled(row["candidates"], row["claimed"], queued)
 
-    async def lock_outbox(self, cur: Any, limit: int) -> list[Row]:
+    async def lock_outbox(self, cur: Cursor, limit: int) -> list[Row]:
         return await fetch_all(cur, LOCK_OUTBOX, limit=limit)
 
-    async def delete_outbox(self, cur: Any, ids: list[int]) -> None:
+    async def delete_outbox(self, cur: Cursor, ids: list[int]) -> None:
         await execute(cur, DELETE_OUTBOX, ids=ids)
 
-    async def make_due(self, cur: Any, ids: list[int]) -> None:
+    async def make_due(self, cur: Cursor, ids: list[int]) -> None:
         await execute(cur, DUE_NOW, ids=ids)
 
-    async def backlog(self, cur: Any) -> dict[str, tuple[int, float]]:
+    async def backlog(self, cur: Cursor) -> dict[str, tuple[int, float]]:
         return {"inbox": await pending_rows(cur, inbox.c.created_at, inbox.c.acked.is_(False)),
                 "outbox_ps": await pending_rows(cur, outbox_ps.c.created_at)}
 
-    async def forget_processed(self, cur: Any, days: float, limit: int) -> bool:
+    async def forget_processed(self, cur: Cursor, days: float, limit: int) -> bool:
         return await delete_batch(cur, inbox.c.order_id, limit, inbox.c.acked, inbox.c.status != OrderStatus.NEW,
                                   older_than(inbox.c.processed_at, days * 86400))

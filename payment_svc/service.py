@@ -2,11 +2,10 @@
 import dataclasses
 import logging
 from decimal import Decimal
-from typing import Any
 
 from common.broker.messages import PAYMENT_RESULTS, PaymentRequest
 from common.broker.publisher import Publisher
-from common.db.database import Database, page
+from common.db.database import Cursor, Database, page
 from common.db.idempotency import IdempotentRequest
 from common.domain.errors import AccountExists, AccountNotFound, InvalidInput
 from common.observability import tracing
@@ -23,7 +22,7 @@ async def create_account(db: Database, repo: PaymentRepository, user_id: int,
                          idempotent: IdempotentRequest | None = None) -> Row:
     """A new account with balance 0; never a second one for the same user."""
 
-    async def create(cur: Any) -> Row:
+    async def create(cur: Cursor) -> Row:
         account = await repo.create_account(cur, user_id)
         if account is None:
             raise AccountExists(user_id)
@@ -46,7 +45,7 @@ async def top_up(db: Database, repo: PaymentRepository, user_id: int, amount: De
     """Credit `amount` under a row lock, so it cannot interleave with a debit (once per idempotency key), and
     write its ledger row, which carries its `origin` (request key, the client's request id, who topped up)."""
 
-    async def credit(cur: Any) -> Row:
+    async def credit(cur: Cursor) -> Row:
         account = await repo.get_account(cur, user_id, lock=True)
         if account is None:
             raise AccountNotFound(user_id)
@@ -127,7 +126,7 @@ async def relay_outbox(db: Database, repo: PaymentRepository, publisher: Publish
     that did (one statement per poll when no request comes to carry them)."""
     done = dispatch.confirmed() if dispatch else []
 
-    async def relay(cur: Any) -> int:
+    async def relay(cur: Cursor) -> int:
         if done:
             await repo.delete_outbox(cur, done)
         rows = await repo.lock_outbox(cur, batch_size)

@@ -4,10 +4,10 @@ SQLAlchemy Core builds the statements (in each service's repo.py); aiopg runs th
 it pins SQLAlchemy 1.4."""
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiopg
 import psycopg2
@@ -25,8 +25,19 @@ from common.runtime.servers import describe_postgres
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# An aiopg cursor (aiopg has no type information), or `BeginWithFirst` around one.
-Cursor = Any
+
+
+class Cursor(Protocol):
+    """What the statements use of a cursor: aiopg's, or `BeginWithFirst` around one."""
+
+    @property
+    def description(self) -> Sequence[Any] | None: ...
+    @property
+    def rowcount(self) -> int: ...
+    async def execute(self, operation: str, parameters: Any = None) -> None: ...
+    async def fetchall(self) -> list[Any]: ...
+
+
 Row = dict[str, Any]
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schema.sql"
 DIALECT = postgresql.psycopg2.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves it unannotated
@@ -84,7 +95,7 @@ async def execute(cur: Cursor, query: "Query | sa.ClauseElement", **values: Any)
 async def fetch_all(cur: Cursor, query: "Query | sa.ClauseElement", **values: Any) -> list[Row]:
     """Rows of `query` as dicts."""
     await execute(cur, query, **values)
-    columns = [c.name for c in cur.description]
+    columns = [c.name for c in cur.description or ()]  # (a query that returns rows always has one)
     return [dict(zip(columns, row)) for row in await cur.fetchall()]
 
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from tornado.httputil import HTTPServerRequest
 
-from common.db.database import Query, delete_batch, execute, fetch_all, older_than, texts
+from common.db.database import Cursor, Query, delete_batch, execute, fetch_all, older_than, texts
 from common.domain.errors import IdempotencyKeyReused, InvalidInput
 from common.domain.json_text import to_json
 
@@ -80,12 +80,12 @@ def from_request(request: HTTPServerRequest, principal: str) -> IdempotentReques
     return IdempotentRequest(principal, key, digest)
 
 
-async def run_once(cur: Any, request: IdempotentRequest | None, work: Callable[..., Awaitable[Any]],
+async def run_once(cur: Cursor, request: IdempotentRequest | None, work: Callable[..., Awaitable[Any]],
                    *args: Any) -> Outcome:
     """`await work(cur, *args)`, or, if `request`'s key was used before, that first call's result (replayed).
 
     Raises `IdempotencyKeyReused` if the key came with a different request."""
-    async def work_once(cur: Any, _items: list[None]) -> list[Any]:
+    async def work_once(cur: Cursor, _items: list[None]) -> list[Any]:
         return [await work(cur, *args)]
 
     [outcome] = await run_each_once(cur, [(request, None)], work_once)
@@ -94,7 +94,7 @@ async def run_once(cur: Any, request: IdempotentRequest | None, work: Callable[.
     return outcome
 
 
-async def run_each_once(cur: Any, keyed: Sequence[tuple[IdempotentRequest | None, Any]],
+async def run_each_once(cur: Cursor, keyed: Sequence[tuple[IdempotentRequest | None, Any]],
                         work: Callable[[Any, list[Any]], Awaitable[list[Any]]]) -> list[Outcome | IdempotencyKeyReused]:
     """`run_once` for a batch in one transaction: `keyed` is (request, item) pairs, and `await work(cur, items)`
     does the work of the items whose request has no key or is its key's first use, returning their results in
@@ -137,13 +137,13 @@ async def run_each_once(cur: Any, keyed: Sequence[tuple[IdempotentRequest | None
     return outcomes
 
 
-async def store_result(cur: Any, request: IdempotentRequest, result: Any) -> None:
+async def store_result(cur: Cursor, request: IdempotentRequest, result: Any) -> None:
     """Make `result` the answer replayed for `request`'s key from now on (e.g. the first answer, given later
     than the commit that stored a result)."""
     await execute(cur, STORE_RESULTS, principals=[request.principal], keys=[request.key], results=[to_json(result)])
 
 
-async def forget_expired(cur: Any, hours: float, limit: int) -> bool:
+async def forget_expired(cur: Cursor, hours: float, limit: int) -> bool:
     """Delete up to `limit` keys older than `hours`; True if more may be left."""
     return await delete_batch(cur, (idempotency_keys.c.principal, idempotency_keys.c.key), limit,
                               older_than(idempotency_keys.c.created_at, hours * 3600))
