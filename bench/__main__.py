@@ -38,15 +38,25 @@ def main(argv=None):
                         help="figure 7 (only with --only 7): comma-separated topologies of bench/topologies.py, "
                              "e.g. classic,quorum,rabbitmq-cluster,pg-ha (start the clusters first)")
     parser.add_argument("--profile", action="store_true", help="py-spy the services during the throughput figure")
+    parser.add_argument("--before", metavar="REV",
+                        help="figures 1 and 2 also run this older commit's services (checked out by git worktree "
+                             "for the run), taking turns with this checkout's, and give each figure's ratio")
+    parser.add_argument("--load-cells", metavar="CxU,...",
+                        help="figure 2's runs as clients x funded accounts, e.g. 64x1000,16x1 (default: "
+                             + ",".join(f"{c}x{u}" for c, u in scenarios.Plan().load_cells) + ")")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so every stack still drops its databases and vhost.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     plan = replace(scenarios.SMOKE if args.smoke else scenarios.Plan(), profile=args.profile)
+    if args.load_cells:
+        plan = replace(plan, load_cells=tuple(tuple(int(n) for n in cell.split("x"))
+                                              for cell in args.load_cells.split(",")))
     only = {int(n) for n in args.only.split(",")}
     tools.ensure_installed()
     say(f"start: {load()}")
     rows, memory, profiles = [], {}, []
-    steps = [(1, lambda: scenarios.latency(plan)), (2, lambda: scenarios.throughput(plan, memory, profiles)),
+    steps = [(1, lambda: scenarios.latency(plan, args.before)),
+             (2, lambda: scenarios.throughput(plan, memory, profiles, args.before)),
              (3, lambda: scenarios.backlog(plan, memory)), (4, lambda: scenarios.gateway_overhead(plan)),
              (5, lambda: scenarios.big_backlog(plan, memory)),
              (6, lambda: overload.overload(plan, scenarios.bench_stack)),

@@ -59,15 +59,33 @@ def latency_ms(order_dsn):
 def stage_latencies_ms(order_dsn, payment_dsn):
     """p50 / p99 in ms of each stage of create→final, from both databases' timestamps (one server, one clock):
     {"order placed → in the inbox": (p50, p99), "inbox → settled": ..., "settled → order final": ...}."""
+    return stage_percentiles(stage_samples_ms(order_dsn, payment_dsn))
+
+
+STAGES = ("order placed → in the inbox", "inbox → settled", "settled → order final")
+
+
+def stage_samples_ms(order_dsn, payment_dsn):
+    """{stage: [ms of each order]} (see `stage_latencies_ms`)."""
     orders = dict((row[0], row[1:]) for row in query(
         order_dsn, "SELECT order_id, created_at, updated_at FROM orders WHERE status <> 'NEW'"))
-    stages = {"order placed → in the inbox": [], "inbox → settled": [], "settled → order final": []}
+    stages = {name: [] for name in STAGES}
     for order_id, stored, settled in query(payment_dsn, "SELECT order_id, created_at, processed_at FROM inbox"):
         if order_id in orders and settled is not None:
             placed, final = orders[order_id]
             for name, (start, end) in zip(stages, ((placed, stored), (stored, settled), (settled, final))):
                 stages[name].append((end - start).total_seconds() * 1000)
+    return stages
+
+
+def stage_percentiles(stages):
     return {name: (percentile(values, 0.5), percentile(values, 0.99)) for name, values in stages.items() if values}
+
+
+def latency_samples_ms(order_dsn):
+    """create→final (orders.created_at → updated_at) of every final order, in ms."""
+    return [row[0] * 1000 for row in query(order_dsn, "SELECT extract(epoch FROM updated_at - created_at)::float8 "
+                                                      "FROM orders WHERE status <> 'NEW'")]
 
 
 def percentile(values, share):

@@ -2,6 +2,7 @@
 (`harness.stack.Stack`) and returns table rows; memory peaks are collected along the way."""
 import statistics
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -16,7 +17,7 @@ from common.runtime.config import load_settings
 from harness.infra import INFRA
 from harness.invariants import check_invariants, pending_count, wait_until_settled
 from harness.metrics import rows_per_message, sample_total, scrape
-from harness.stack import ROOT, Stack, cpu_seconds, drop_database, free_port
+from harness.stack import COMMANDS, ROOT, Stack, cpu_seconds, drop_database, free_port
 
 SERVICES = ("gateway", "order", "payment")
 
@@ -48,6 +49,7 @@ class Plan:
     topology_rounds: int = 2
     topology_clients: int = 64
     topology_rate: int = 30  # what the 3-node cluster on this 2-core machine sustains beside others' load
+    latency_rounds: int = 2  # figure 1's runs of each checkout, taking turns with `--before`'s
     profile: bool = False
 
 
@@ -55,14 +57,36 @@ SMOKE = Plan(users=50, latency_rate=20, latency_seconds=1, load_cells=((4, 50), 
              pgbench_clients=2, pgbench_seconds=1, backlog_orders=100, outage_seconds=1, wrk_connections=4,
              wrk_seconds=1, wrk_rounds=1, big_backlog=500, big_drain_seconds=30, settle_timeout=60, overload_slow=30,
              overload_connections=20, overload_seconds=1, overload_rounds=1, topology_rounds=1, topology_clients=4,
-             topology_rate=20)
+             topology_rate=20, latency_rounds=1)
 
 
 @contextmanager
-def bench_stack(plan, infra=INFRA, **env):
-    """A fresh stack on `infra`'s servers with seeded accounts; yields (stack, {user: top-up})."""
-    with Stack(prefix="shop_bench", extra_env=env, infra=infra) as stack:
+def bench_stack(plan, infra=INFRA, checkout=None, **env):
+    """A fresh stack on `infra`'s servers with seeded accounts; yields (stack, {user: top-up}). With `checkout` (a
+    directory, e.g. an older commit's `git worktree`), its three processes run that checkout's code."""
+    with Stack(prefix="shop_bench", extra_env=env, infra=infra, commands=commands_of(checkout)) as stack:
         yield stack, measure.seed_accounts(stack.payment_dsn, plan.users)
+
+
+def commands_of(checkout):
+    """The stack's commands, run in `checkout` (None: this one's)."""
+    if checkout is None:
+        return None
+    return {kind: ["env", "-C", str(checkout), *command] for kind, command in COMMANDS.items()}
+
+
+@contextmanager
+def checkouts(before):
+    """{label: checkout directory or None for this one}: this checkout, and `before`'s (`git worktree`) if given."""
+    if not before:
+        yield {"this": None}
+        return
+    with gateway_cpu.worktree(before) as old:
+        yield {"this": None, before: old}
+
+
+def ratio(now, then):
+    return "-" if now is None or not then else f"{now / then:.2f}×"
 
 
 def settle(stack, plan, label):
@@ -76,24 +100,57 @@ def peaks(stack):
     return {name: stack[name].peak_rss_mb() for name in SERVICES}
 
 
-def latency(plan):
-    """(1) create→final latency at a steady rate, fast path vs poll only."""
-    results = {}
-    for fast in ("1", "0"):
-        say(f"[1/5] latency: {plan.latency_rate} orders/s for {plan.latency_seconds:.0f} s, FAST_PATH={fast}")
-        with bench_stack(plan, FAST_PATH=fast) as (stack, _):
-            codes, _took = steady_orders(stack.url, plan.latency_rate, plan.latency_seconds, plan.users)
-            settle(stack, plan, "latency")
-            results[fast] = measure.latency_ms(stack.order_dsn), codes
-            if fast == "1":
-                stages = measure.stage_latencies_ms(stack.order_dsn, stack.payment_dsn)
-    (fast, codes), (slow, _) = results["1"], results["0"]
-    others = {code: n for code, n in codes.items() if code != 201}
-    note = f" ({codes[201]} orders)" + (f", other: {others}" if others else "")
-    return [Row(f"1. create→final {name} at {plan.latency_rate}/s{note if i == 0 else ''}", ms(fast[i]),
-                f"{ms(slow[i])} poll only", target)
-            for i, (name, target) in enumerate((("p50", "≤ 3 ms"), ("p95", ""), ("p99", "≤ 10 ms")))] + \
-        [Row(f"1. stage: {name} (p50 / p99)", f"{ms(p50)} / {ms(p99)}", "", "") for name, (p50, p99) in stages.items()]
+def latency(plan, before=None):
+    """(1) create→final latency at a steady rate, server-side: this checkout's fast path, pooled over
+    `plan.latency_rounds` runs that take turns with those of the commit `before` (if given, checked out by
+    `git worktree`: same machine, same minutes), and this checkout with the poll only (one run)."""
+    samples, stages, codes = {}, {}, {}
+    with checkouts(before) as runs:
+        for round_ in range(1, plan.latency_rounds + 1):
+            for label, checkout in runs.items():
+                say(f"[1/5] latency ({label}, round {round_}/{plan.latency_rounds}): {plan.latency_rate} orders/s "
+                    f"for {plan.latency_seconds:.0f} s, FAST_PATH=1")
+                with bench_stack(plan, checkout=checkout, FAST_PATH="1") as (stack, _):
+                    got, _took = steady_orders(stack.url, plan.latency_rate, plan.latency_seconds, plan.users)
+                    settle(stack, plan, "latency")
+                    samples.setdefault(label, []).extend(measure.latency_samples_ms(stack.order_dsn))
+                    for name, values in measure.stage_samples_ms(stack.order_dsn, stack.payment_dsn).items():
+                        stages.setdefault(label, {}).setdefault(name, []).extend(values)
+                    codes.setdefault(label, Counter()).update(got)
+    say(f"[1/5] latency: {plan.latency_rate} orders/s for {plan.latency_seconds:.0f} s, FAST_PATH=0")
+    with bench_stack(plan, FAST_PATH="0") as (stack, _):
+        steady_orders(stack.url, plan.latency_rate, plan.latency_seconds, plan.users)
+        settle(stack, plan, "latency")
+        slow = measure.latency_samples_ms(stack.order_dsn)
+    return latency_rows(plan, before, samples, stages, codes, slow)
+
+
+SHARES = (("p50", 0.5, "≤ 3 ms", 0.5), ("p95", 0.95, "", None), ("p99", 0.99, "≤ 10 ms", 0.67))
+
+
+def latency_rows(plan, before, samples, stages, codes, slow):
+    this = codes["this"]
+    others = {code: n for code, n in this.items() if code != 201}
+    note = f" ({this[201]} orders in {plan.latency_rounds} run{'s' if plan.latency_rounds > 1 else ''})" + \
+        (f", other: {others}" if others else "")
+    rows = []
+    for i, (name, share, target, most) in enumerate(SHARES):
+        now = measure.percentile(samples["this"], share) if samples["this"] else None
+        baseline = f"{ms(measure.percentile(slow, share) if slow else None)} poll only"
+        if before:
+            then = measure.percentile(samples[before], share) if samples[before] else None
+            baseline = f"{ms(then)} at {before} ({ratio(now, then)}); {baseline}"
+        goal = target + (f", ≤ {most}× {before}" if before and most else "")
+        rows.append(Row(f"1. create→final {name} at {plan.latency_rate}/s{note if i == 0 else ''}", ms(now), baseline,
+                        goal))
+    for name in measure.STAGES:
+        p50, p99 = measure.stage_percentiles(stages["this"]).get(name, (None, None))
+        baseline = ""
+        if before:
+            old50, old99 = measure.stage_percentiles(stages[before]).get(name, (None, None))
+            baseline = f"{ms(old50)} / {ms(old99)} at {before}"
+        rows.append(Row(f"1. stage: {name} (p50 / p99)", f"{ms(p50)} / {ms(p99)}", baseline, ""))
+    return rows
 
 
 def pgbench_baseline(plan, stack):
@@ -109,38 +166,66 @@ def pgbench_baseline(plan, stack):
         drop_database(f"{stack.run_id}_pgbench")
 
 
-def throughput(plan, memory, profiles):
+def throughput(plan, memory, profiles, before=None):
     """(2) accepted/s and finalized/s under closed-loop load, for each of `plan.load_cells`, vs pgbench on the
-    same transaction (measured once, after the first)."""
+    same transaction (measured once, after the first); with `before`, each cell also runs that commit's code
+    (`git worktree`), right after this checkout's, for its rates and CPU per order."""
     rows, tps = [], None
-    for clients, users in plan.load_cells:
-        cell = f"{clients} clients, {users:,} account{'s' if users > 1 else ''}"
-        say(f"[2/5] throughput: wrk, {cell}, POST /orders for {plan.load_seconds:.0f} s")
-        with bench_stack(replace(plan, users=users)) as (stack, top_ups):
-            load = load_run(stack, plan, clients, users, profiles if not rows else None)
-            memory[f"2. throughput, {cell}"] = peaks(stack)
-            # Orders final is not yet the end: the Payments outbox deletes a row once the broker confirmed it.
-            wait_until_settled(stack.order_dsn, plan.settle_timeout, payment_db=stack.payment_dsn)
-            invariants = "PASS" if check_invariants(stack.order_dsn, stack.payment_dsn, top_ups).ok else "FAIL"
-            tps = tps or pgbench_baseline(plan, stack)
-        failed = load["result"].status_errors + load["result"].socket_errors
-        errors = f", {failed} errors" if failed else ""
-        accepted, finalized = load["result"].ok_per_second, load["finalized"]
-        rows += [
-            Row(f"2. POST /orders accepted via gateway, {cell} (client p50 {ms(load['result'].latency_p50_ms)}"
-                f"{errors})", per_s(accepted), f"{per_s(tps)} pgbench -c{plan.pgbench_clients} ({accepted / tps:.0%})",
-                "≥ 1,000/s"),
-            Row(f"2. CPU per accepted order, {cell}: gateway / order / payment",
-                " / ".join(f"{load['cpu'][name]:.2f} ms" for name in SERVICES),
-                "(what each process would need on its own core)"),
-            Row(f"2. rows per message published, {cell}: {ORDER_REQUESTS} / {PAYMENT_RESULTS}",
-                " / ".join("-" if n is None else f"{n:.1f}" for n in load["packed"]),
-                f"ENTRIES_PER_MESSAGE={load_settings().entries_per_message}"),
-            Row(f"2. orders finalized during the load, {cell} (then {load['backlog']} pending, drained in "
-                f"{load['drain']:.1f} s; invariants {invariants})", per_s(finalized),
-                f"({finalized / accepted:.0%} of accepted)", "≥ 1,000/s, the backlog not growing"),
-        ]
+    with checkouts(before) as runs:
+        for clients, users in plan.load_cells:
+            cell = f"{clients} clients, {users:,} account{'s' if users > 1 else ''}"
+            loads = {}
+            for label, checkout in runs.items():
+                say(f"[2/5] throughput ({label}): wrk, {cell}, POST /orders for {plan.load_seconds:.0f} s")
+                with bench_stack(replace(plan, users=users), checkout=checkout) as (stack, top_ups):
+                    load = loads[label] = load_run(stack, plan, clients, users,
+                                                   profiles if not rows and checkout is None else None)
+                    if checkout is None:
+                        memory[f"2. throughput, {cell}"] = peaks(stack)
+                    # Orders final is not yet the end: the Payments outbox deletes a row once the broker confirmed it.
+                    wait_until_settled(stack.order_dsn, plan.settle_timeout, payment_db=stack.payment_dsn)
+                    ok = check_invariants(stack.order_dsn, stack.payment_dsn, top_ups).ok
+                    load["invariants"] = "PASS" if ok else "FAIL"
+                    if checkout is None:
+                        tps = tps or pgbench_baseline(plan, stack)
+            rows += throughput_rows(plan, cell, loads["this"], tps)
+            if before:
+                rows += comparison_rows(cell, before, loads["this"], loads[before])
     return rows
+
+
+def throughput_rows(plan, cell, load, tps):
+    failed = load["result"].status_errors + load["result"].socket_errors
+    errors = f", {failed} errors" if failed else ""
+    accepted, finalized = load["result"].ok_per_second, load["finalized"]
+    return [
+        Row(f"2. POST /orders accepted via gateway, {cell} (client p50 {ms(load['result'].latency_p50_ms)}"
+            f"{errors})", per_s(accepted), f"{per_s(tps)} pgbench -c{plan.pgbench_clients} ({accepted / tps:.0%})",
+            "≥ 1,000/s"),
+        Row(f"2. CPU per accepted order, {cell}: gateway / order / payment",
+            " / ".join(f"{load['cpu'][name]:.2f} ms" for name in SERVICES),
+            "(what each process would need on its own core)"),
+        Row(f"2. rows per message published, {cell}: {ORDER_REQUESTS} / {PAYMENT_RESULTS}",
+            " / ".join("-" if n is None else f"{n:.1f}" for n in load["packed"]),
+            f"ENTRIES_PER_MESSAGE={load_settings().entries_per_message}"),
+        Row(f"2. orders finalized during the load, {cell} (then {load['backlog']} pending, drained in "
+            f"{load['drain']:.1f} s; invariants {load['invariants']})", per_s(finalized),
+            f"({finalized / accepted:.0%} of accepted)", "≥ 1,000/s, the backlog not growing"),
+    ]
+
+
+def comparison_rows(cell, before, now, then):
+    """This checkout's load run beside `before`'s: rates, and CPU per order of the three processes together."""
+    cpu_now, cpu_then = sum(now["cpu"].values()), sum(then["cpu"].values())
+    return [
+        Row(f"2. accepted / finalized, {cell}, this vs {before}",
+            f"{per_s(now['result'].ok_per_second)} / {per_s(now['finalized'])}",
+            f"{per_s(then['result'].ok_per_second)} / {per_s(then['finalized'])} at {before} "
+            f"({ratio(now['result'].ok_per_second, then['result'].ok_per_second)} / "
+            f"{ratio(now['finalized'], then['finalized'])}; invariants {then['invariants']})", ""),
+        Row(f"2. CPU per accepted order, gateway + order + payment, {cell}", f"{cpu_now:.2f} ms",
+            f"{cpu_then:.2f} ms at {before} ({ratio(cpu_now, cpu_then)})", f"≤ 0.75× {before}"),
+    ]
 
 
 def load_run(stack, plan, clients, users, profiles):
