@@ -13,6 +13,7 @@ import pytest
 
 from harness.client import call
 from harness.invariants import check_invariants, query, wait_until_settled
+from harness.netns import NotIsolated, run
 from tests.partition.conftest import requires_partitions_opt_in
 
 pytestmark = requires_partitions_opt_in
@@ -103,6 +104,18 @@ def load(topology):
         status, _ = call(topology.gateway_url, "PUT", f"/payments/{user}", {"amount": str(TOP_UP)})
         assert status == 200
     return Load(topology.gateway_url)
+
+
+def test_a_default_route_in_any_namespace_is_refused_before_traffic(topology):
+    namespace = topology.namespaces["order"]
+    # Through eth0 it leads to the bridge alone; the check must refuse it all the same.
+    run("ip", "-n", namespace, "route", "add", "default", "dev", "eth0")
+    try:
+        with pytest.raises(NotIsolated, match=namespace):
+            topology.check_isolated()
+    finally:
+        run("ip", "-n", namespace, "route", "del", "default")
+    topology.check_isolated()
 
 
 def postgres_primary_cut_from_everyone(topology):

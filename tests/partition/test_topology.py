@@ -1,0 +1,57 @@
+"""harness.netns's sides and rules, without a topology running (no root needed): what a cut drops."""
+import pytest
+
+from harness.netns import Topology, TopologyError
+
+NODES = {"r1": "10.0.0.11", "r2": "10.0.0.12", "r3": "10.0.0.13", "monitor": "10.0.0.20", "pg1": "10.0.0.21",
+         "pg2": "10.0.0.22", "gateway": "10.0.0.30", "order": "10.0.0.31", "payment": "10.0.0.32"}
+GROUPS = {"rabbit": ["r1", "r2", "r3"], "postgres": ["monitor", "pg1", "pg2"],
+          "services": ["gateway", "order", "payment"]}
+
+
+class RecordedRules(Topology):
+    """A topology whose nft commands are kept instead of run."""
+
+    def _nft(self, *args):
+        self.commands.append(" ".join(args))
+        return ""
+
+
+@pytest.fixture
+def topology():
+    recorded = RecordedRules(nodes=NODES, namespaces={node: f"t-{node}" for node in NODES}, groups=GROUPS,
+                             bridge_namespace="t-br", table="t", subnet="10.0.0.0/24", gateway_url="", order_db="",
+                             payment_db="", pg_ports={}, rabbit_env_files={}, base="", timings={})
+    recorded.commands = []
+    return recorded
+
+
+def test_a_side_is_a_node_a_group_the_others_or_a_list_of_them(topology):
+    assert topology.members("pg1") == ["pg1"]
+    assert topology.members("services") == ["gateway", "order", "payment"]
+    assert topology.members(["r1", "postgres"]) == ["monitor", "pg1", "pg2", "r1"]
+    assert topology.members("others", ["pg1"]) == sorted(set(NODES) - {"pg1"})
+    with pytest.raises(TopologyError, match="no node or group 'pg3'"):
+        topology.members("pg3")
+
+
+def test_a_cut_drops_both_ways_and_a_one_way_cut_one(topology):
+    topology.cut("order", ["r2", "r3"])
+    topology.cut("pg1", "pg2", one_way=True)
+    assert topology.commands == [
+        "add rule bridge t forward ip saddr { 10.0.0.31 } ip daddr { 10.0.0.12, 10.0.0.13 } drop",
+        "add rule bridge t forward ip saddr { 10.0.0.12, 10.0.0.13 } ip daddr { 10.0.0.31 } drop",
+        "add rule bridge t forward ip saddr { 10.0.0.21 } ip daddr { 10.0.0.22 } drop",
+    ]
+
+
+def test_a_node_cut_from_the_others_is_cut_from_every_other_node(topology):
+    topology.cut("others", "pg1")
+    everyone_else = ", ".join(NODES[node] for node in sorted(set(NODES) - {"pg1"}))
+    rule = "add rule bridge t forward ip saddr {{ {} }} ip daddr {{ {} }} drop"
+    assert topology.commands == [rule.format(everyone_else, "10.0.0.21"), rule.format("10.0.0.21", everyone_else)]
+
+
+def test_heal_flushes_every_cut(topology):
+    topology.heal()
+    assert topology.commands == ["flush chain bridge t forward"]
