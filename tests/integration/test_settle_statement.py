@@ -103,3 +103,36 @@ async def test_results_whose_publish_was_confirmed_are_deleted_by_the_next_settl
         await cur.execute("SELECT count(*) FROM outbox_ps WHERE id = %s", (row["id"],))
         return (await cur.fetchone())[0]
     assert await db.run(left) == 0
+
+
+class CountingCursor:
+    """The transaction's cursor, counting the queries sent on it (each one round trip)."""
+
+    def __init__(self, cur):
+        self.cur, self.sent = cur, []
+
+    async def execute(self, sql, params=None):
+        self.sent.append(sql)
+        await self.cur.execute(sql, params)
+
+    def __getattr__(self, name):
+        return getattr(self.cur, name)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_settling_is_one_query_with_its_begin_and_then_the_commit(db):
+    user, order = ids()
+    case = CASES["a cancelled order does not stop a later one the balance still covers"]
+    await prepare(db, case, user, order)
+    counted = []
+
+    async def settle(cur):
+        counting = CountingCursor(cur)
+        counted.append(counting)
+        return await PostgresPayments().settle(counting, requests_of(case, order, user), users_of(case, user), 0, 5.0)
+    settled = await db.run(settle)
+    assert len(settled.queued) == 3
+    # Claim and settle travel as one query, which carries the BEGIN (`BeginWithFirst`); COMMIT is the second and
+    # last round trip.
+    (sent,) = [counting.sent for counting in counted]
+    assert len(sent) == 1 and sent[0].startswith("SELECT set_config(") and "WITH RECURSIVE" in sent[0]
