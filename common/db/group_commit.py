@@ -56,7 +56,7 @@ class GroupCommit(Generic[Item, Result]):
                 except Exception as exc:  # noqa: BLE001 - handed to the requests, none of which may fail for another's
                     outcomes = await self._after_failure(items, exc)
                 if self.committed is not None:
-                    self.committed(items, outcomes)
+                    self._hand_over(items, outcomes)
                     await asyncio.sleep(0)
                 for (_, future), outcome in zip(batch, outcomes):
                     if future.done():  # its request was cancelled: its rows are written all the same
@@ -72,6 +72,13 @@ class GroupCommit(Generic[Item, Result]):
             raise
         finally:
             self._writer = None
+
+    def _hand_over(self, items: list[Item], outcomes: Sequence[Result | BaseException]) -> None:
+        assert self.committed is not None
+        try:
+            self.committed(items, outcomes)
+        except Exception:  # the requests are answered all the same: their rows are committed
+            logger.exception("handing over a committed batch failed")
 
     async def _after_failure(self, items: list[Item], exc: Exception) -> Sequence[Result | BaseException]:
         """Each item's outcome when the write of their batch raised `exc`."""

@@ -113,3 +113,12 @@ async def test_the_writer_hands_each_batch_s_outcomes_over_before_any_request_is
     assert results[0] == 6 and isinstance(results[1], InvalidInput)
     assert [(items, outcomes[0]) for items, outcomes in handed] == [([3, -1], 6)]
     assert answered_first == [False]
+
+
+@pytest.mark.gen_test
+async def test_a_failing_hand_over_is_logged_and_the_requests_are_answered_all_the_same(caplog):
+    def committed(items, outcomes):
+        raise RuntimeError("broken")
+    commit = GroupCommit(Transactions(), doubled, max_batch=10, committed=committed)
+    assert await commit(2) == 4
+    assert "handing over a committed batch failed" in caplog.text
