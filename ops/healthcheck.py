@@ -5,7 +5,7 @@ import sys
 import urllib.request
 
 
-def main(url):
+def main(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
             return 0 if 200 <= response.status < 300 else 1

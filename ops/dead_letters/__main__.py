@@ -17,10 +17,13 @@ import asyncio
 import base64
 import json
 import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 from common.broker.dead_letter_headers import utc_now
 from common.runtime.config import load_settings
-from ops.dead_letters.store import AccessRefused, DeadLetterQueue, UnknownQueue, Unreachable
+from ops.dead_letters.store import AccessRefused, DeadLetter, DeadLetterQueue, UnknownQueue, Unreachable
 
 BAD_INPUT, NOT_DONE = 2, 1
 
@@ -29,7 +32,7 @@ class BadSelection(Exception):
     """--id names a message that is not there, or a command that changes things got no selection."""
 
 
-def parse_args(argv):
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ops.dead_letters", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("list", "show", "replay", "purge"))
@@ -44,7 +47,7 @@ def parse_args(argv):
     return args
 
 
-def choose(letters, args):
+def choose(letters: list[DeadLetter], args: argparse.Namespace) -> list[DeadLetter]:
     """The letters the command acts on; raises `BadSelection`."""
     if args.ids:
         missing = sorted(set(args.ids) - {letter.id for letter in letters})
@@ -56,7 +59,7 @@ def choose(letters, args):
     return letters
 
 
-def check_replayable(letters, args):
+def check_replayable(letters: list[DeadLetter], args: argparse.Namespace) -> None:
     """Raises `BadSelection` if --id names a letter refused for its publisher, which `replay` never vouches for."""
     refused = [letter for letter in letters if letter.info.refused_publisher is not None]
     if refused and args.ids:
@@ -65,7 +68,7 @@ def check_replayable(letters, args):
                            "replayed; purge it")
 
 
-def age(when, now):
+def age(when: datetime | None, now: datetime) -> str:
     if when is None:
         return "?"
     seconds = max(0, int((now - when).total_seconds()))
@@ -75,7 +78,7 @@ def age(when, now):
     return f"{seconds}s"
 
 
-def print_list(letters, queue):
+def print_list(letters: list[DeadLetter], queue: str) -> None:
     now = utc_now()
     print(f"{'ID':<24} {'AGE':>6} {'DEATHS':>6}  REASON")
     for letter in letters:
@@ -86,10 +89,10 @@ def print_list(letters, queue):
     print(f"{len(letters)} dead letter(s) in {queue}.dead")
 
 
-def print_show(letters):
+def print_show(letters: list[DeadLetter]) -> None:
     for letter in letters:
         message = letter.message
-        shown = {"message_id": message.message_id, "properties": {
+        shown: dict[str, Any] = {"message_id": message.message_id, "properties": {
             "content_type": message.content_type, "delivery_mode": int(message.delivery_mode or 0),
             "correlation_id": message.correlation_id, "timestamp": message.timestamp, "type": message.type,
             "app_id": message.app_id, "user_id": message.user_id}, "headers": message.headers or {}}
@@ -100,7 +103,7 @@ def print_show(letters):
         print(json.dumps(shown, default=str, sort_keys=True))
 
 
-def confirmed_by_user(count, queue):
+def confirmed_by_user(count: int, queue: str) -> bool:
     try:
         answer = input(f"Drop {count} dead letter(s) from {queue}.dead for good? [y/N] ")
     except EOFError:
@@ -108,7 +111,7 @@ def confirmed_by_user(count, queue):
     return answer.strip().lower() in ("y", "yes")
 
 
-async def replay(dlq, letters, dry_run):
+async def replay(dlq: DeadLetterQueue, letters: list[DeadLetter], dry_run: bool) -> int:
     for letter in letters:
         if letter.info.refused_publisher is not None:
             print(f"left {letter.id}: refused for its publisher (user_id {letter.info.refused_publisher!r}), never "
@@ -126,7 +129,7 @@ async def replay(dlq, letters, dry_run):
     return 0
 
 
-async def purge(dlq, letters, args):
+async def purge(dlq: DeadLetterQueue, letters: list[DeadLetter], args: argparse.Namespace) -> int:
     if args.dry_run:
         for letter in letters:
             print(f"would drop {letter.id} from {args.queue}.dead")
@@ -140,7 +143,7 @@ async def purge(dlq, letters, args):
     return 0
 
 
-async def run(args, rabbitmq_url):
+async def run(args: argparse.Namespace, rabbitmq_url: str) -> int:
     dlq = await DeadLetterQueue.open(rabbitmq_url, args.queue)
     try:
         letters = choose(await dlq.take_all(), args)
@@ -158,7 +161,7 @@ async def run(args, rabbitmq_url):
         await dlq.close()
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return asyncio.run(run(args, load_settings().rabbitmq_url))

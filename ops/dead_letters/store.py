@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import ChannelNotFoundEntity
 from aiormq.exceptions import ChannelAccessRefused
 
 from common.broker.dead_letter_headers import DeadLetterInfo, dead_letter_queue, replay_headers, utc_now
+from common.runtime.config import broker_user
 from common.runtime.retry import BROKER_ERRORS
 from common.runtime.servers import amqp_port
 
@@ -37,19 +39,19 @@ class AccessRefused(Exception):
     """The user may not read the dead-letter queue (a service's own user: operators use BROKER_OPERATOR_USER's)."""
 
 
-def node_urls(rabbitmq_url):
+def node_urls(rabbitmq_url: str) -> list[str]:
     """The comma-separated node URLs of `RABBITMQ_URL`, in order."""
     return [url.strip() for url in rabbitmq_url.split(",") if url.strip()]
 
 
-def without_password(url):
+def without_password(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.hostname}:{amqp_port(parts)}{parts.path}"
 
 
-async def connect_first(rabbitmq_url):
+async def connect_first(rabbitmq_url: str) -> AbstractConnection:
     """A connection to the first node of the list that answers; raises `Unreachable` naming each one tried."""
-    failures = []
+    failures: list[str] = []
     for url in node_urls(rabbitmq_url):
         try:
             return await aio_pika.connect(url, timeout=CONNECT_TIMEOUT)
@@ -60,23 +62,24 @@ async def connect_first(rabbitmq_url):
 
 @dataclass
 class DeadLetter:
-    message: aio_pika.IncomingMessage
+    message: AbstractIncomingMessage
     info: DeadLetterInfo
 
     @property
-    def id(self):
+    def id(self) -> str | None:
         return self.message.message_id
 
 
 class DeadLetterQueue:
     """The dead letters of `queue`, from a connection this object owns (`close` hands back what is held)."""
 
-    def __init__(self, connection, channel, queue, dead):
+    def __init__(self, connection: AbstractConnection, channel: AbstractChannel, queue: str, dead: AbstractQueue,
+                 user: str) -> None:
         self.connection, self.channel, self.queue, self.dead = connection, channel, queue, dead
-        self.user = connection.url.user or "guest"  # as aiormq logs in
+        self.user = user  # the user it logged in as
 
     @classmethod
-    async def open(cls, rabbitmq_url, queue):
+    async def open(cls, rabbitmq_url: str, queue: str) -> "DeadLetterQueue":
         """Raises `Unreachable`, or `UnknownQueue` if `queue` or `<queue>.dead` does not exist."""
         connection = await connect_first(rabbitmq_url)
         try:
@@ -87,12 +90,12 @@ class DeadLetterQueue:
         except BaseException:
             await connection.close()
             raise
-        return cls(connection, channel, queue, dead)
+        return cls(connection, channel, queue, dead, broker_user(rabbitmq_url))  # every node's URL has one user
 
-    async def take_all(self):
+    async def take_all(self) -> list[DeadLetter]:
         """Every message in the dead-letter queue now, held unacked, oldest first. Raises `AccessRefused` if
         this user may not read it."""
-        held = []
+        held: list[DeadLetter] = []
         try:
             while (message := await self.dead.get(no_ack=False, fail=False)) is not None:
                 held.append(DeadLetter(message, DeadLetterInfo.from_headers(message.headers, self.queue)))
@@ -101,7 +104,7 @@ class DeadLetterQueue:
                                 "command with the operator user's credentials (BROKER_OPERATOR_USER)") from None
         return held
 
-    async def replay(self, letter):
+    async def replay(self, letter: DeadLetter) -> None:
         """Publish `letter` to its queue with its message id, body and properties, as this connection's user
         (`user_id`), confirmed; then ack it in the dead-letter queue. Raises (leaving it held, so it goes back)
         if the broker did not confirm."""
@@ -115,15 +118,15 @@ class DeadLetterQueue:
                                                     timeout=CONFIRM_TIMEOUT)
         await message.ack()
 
-    async def remove(self, letter):
+    async def remove(self, letter: DeadLetter) -> None:
         await letter.message.ack()
 
-    async def close(self):
+    async def close(self) -> None:
         """Hand back every message still held: the broker requeues unacked messages of a closed channel."""
         await self.connection.close()
 
 
-async def _must_exist(connection, name):
+async def _must_exist(connection: AbstractConnection, name: str) -> None:
     # A passive declare of a missing queue closes its channel, hence a channel of its own.
     channel = await connection.channel()
     try:

@@ -18,6 +18,7 @@ is an existing administrator; with --definitions FILE they are written there (mo
 import argparse
 import os
 import sys
+from collections.abc import Callable, Mapping, Sequence
 
 import psycopg2
 
@@ -29,7 +30,7 @@ RABBITMQ_INPUTS = ("ORDER_RABBITMQ_URL", "PAYMENT_RABBITMQ_URL")
 OPTIONAL_INPUTS = ("OPERATOR_RABBITMQ_URL",)
 
 
-def parse_args(argv, environ):
+def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ops.provision", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("postgres", "rabbitmq"), help="provision one of the two only")
@@ -50,7 +51,7 @@ def parse_args(argv, environ):
 class Broker:
     """The RabbitMQ half: definitions built (bad input refused) before anything is changed anywhere."""
 
-    def __init__(self, args) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         users = [(rabbitmq.BrokerUser.from_url(url), rabbitmq.SERVICE)
                  for url in (args.order_rabbitmq_url, args.payment_rabbitmq_url)]
         if args.operator_rabbitmq_url:
@@ -65,7 +66,7 @@ class Broker:
         if self.run:
             rabbitmq.check_not_administrators(self.names, self.run)
 
-    def apply(self, say) -> None:
+    def apply(self, say: Callable[[str], None]) -> None:
         if self.file:
             rabbitmq.write_definitions(self.defs, self.file)
             say(f"rabbitmq: definitions written to {self.file} (mode 600: it holds the passwords): "
@@ -75,7 +76,7 @@ class Broker:
             say(f"rabbitmq: imported with {self.command} import_definitions: {rabbitmq.summary(self.defs)}")
 
 
-def provision(args, say=print):
+def provision(args: argparse.Namespace, say: Callable[[str], None] = print) -> None:
     """Raises `ProvisioningError` (bad input, nothing changed), `CommandFailed`, `psycopg2.Error`."""
     owners = None if args.only == "rabbitmq" else [postgres.DatabaseOwner.from_dsn(dsn)
                                                    for dsn in (args.order_db_dsn, args.payment_db_dsn)]
@@ -88,7 +89,7 @@ def provision(args, say=print):
         broker.apply(say)
 
 
-def main(argv=None, environ=os.environ):
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> int:
     args = parse_args(argv, environ)
     try:
         provision(args)

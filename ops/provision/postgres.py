@@ -4,12 +4,13 @@ PostgreSQL 15 gives the `public` schema to `pg_database_owner`, so the role that
 tables there: the service then creates and migrates its own tables at start-up, as with the superuser. A database
 created earlier by the superuser is handed over: its owner, and the tables, sequences, views, types and routines
 of its `public` schema, so that the service can alter them in later migrations."""
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg2
 from psycopg2 import sql
+from psycopg2.extensions import cursor as Cursor
 from psycopg2.extensions import encrypt_password, make_dsn, parse_dsn
 
 from ops.provision import ProvisioningError
@@ -92,7 +93,7 @@ def provision(admin_dsn: str, owners: Sequence[DatabaseOwner], say: Callable[[st
 
 
 @contextmanager
-def _admin(dsn: str, autocommit: bool = True):
+def _admin(dsn: str, autocommit: bool = True) -> Iterator[Cursor]:
     """A cursor of a new connection on `dsn`; without autocommit, one transaction committed if no error."""
     conn = psycopg2.connect(dsn, connect_timeout=10)
     try:
@@ -105,7 +106,7 @@ def _admin(dsn: str, autocommit: bool = True):
         conn.close()  # an uncommitted transaction is rolled back
 
 
-def _check_role(cur, role: str) -> None:
+def _check_role(cur: Cursor, role: str) -> None:
     cur.execute("SELECT rolsuper, rolname = current_user FROM pg_roles WHERE rolname = %s", (role,))
     found = cur.fetchone()
     if found and found[0]:
@@ -115,10 +116,10 @@ def _check_role(cur, role: str) -> None:
         raise ProvisioningError(f"role {role} is the admin DSN's own: give the service a role of its own")
 
 
-def _ensure_role(cur, owner: DatabaseOwner, say) -> None:
+def _ensure_role(cur: Cursor, owner: DatabaseOwner, say: Callable[[str], None]) -> None:
     cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (owner.role,))
     exists = cur.fetchone() is not None
-    password = sql.SQL("")
+    password: sql.Composable = sql.SQL("")
     if owner.password is not None:
         verifier = encrypt_password(owner.password, owner.role, cur.connection, "scram-sha-256")
         password = sql.SQL(" PASSWORD {}").format(sql.Literal(verifier))
@@ -126,14 +127,14 @@ def _ensure_role(cur, owner: DatabaseOwner, say) -> None:
                                                   sql.Identifier(owner.role), LIMITS, password))
     cur.execute("SELECT string_agg(g.rolname, ', ') FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
                 "JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = %s", (owner.role,))
-    member_of = cur.fetchone()[0]
+    [member_of] = cur.fetchone() or (None,)  # an aggregate: always one row
     say(f"postgres: role {owner.role} {'updated' if exists else 'created'}: login"
         f"{', password set' if owner.password is not None else ' (no password given: unchanged, or none)'}; "
         "not a superuser, no CREATEDB, CREATEROLE, REPLICATION or BYPASSRLS"
         + (f"; WARNING: it is a member of {member_of} and keeps what they may do" if member_of else ""))
 
 
-def _ensure_database(cur, owner: DatabaseOwner, others: list[str], say) -> None:
+def _ensure_database(cur: Cursor, owner: DatabaseOwner, others: list[str], say: Callable[[str], None]) -> None:
     database, role = sql.Identifier(owner.database), sql.Identifier(owner.role)
     cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (owner.database,))
     found = cur.fetchone()
@@ -152,7 +153,7 @@ def _ensure_database(cur, owner: DatabaseOwner, others: list[str], say) -> None:
     say(f"postgres: database {owner.database} {done}, owned by {owner.role}; CONNECT revoked from PUBLIC")
 
 
-def _hand_over(cur, owner: DatabaseOwner, say) -> None:
+def _hand_over(cur: Cursor, owner: DatabaseOwner, say: Callable[[str], None]) -> None:
     cur.execute(NOT_OWNED, {"role": owner.role})
     objects = cur.fetchall()
     for kind, name in objects:

@@ -24,6 +24,7 @@ import shlex
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from yarl import URL
 
@@ -63,7 +64,7 @@ class BrokerUser:
 
 
 def definitions(users: Sequence[tuple[BrokerUser, Permissions]],
-                extra_permissions: Sequence[tuple[str, Permissions]] = ()) -> dict:
+                extra_permissions: Sequence[tuple[str, Permissions]] = ()) -> dict[str, Any]:
     """RabbitMQ definitions of `users` (no tags: no management UI or HTTP API) with their permissions on their
     vhost, and `extra_permissions` there for existing users (e.g. a test harness's administrator). Raises
     `ProvisioningError` if the users do not share one vhost or two share a name."""
@@ -108,13 +109,13 @@ def check_not_administrators(names: Sequence[str], rabbitmqctl: Rabbitmqctl) -> 
                                 "user of its own (provisioning would strip its tags)")
 
 
-def import_definitions(defs: dict, rabbitmqctl: Rabbitmqctl) -> None:
+def import_definitions(defs: dict[str, Any], rabbitmqctl: Rabbitmqctl) -> None:
     """Import `defs` through `rabbitmqctl import_definitions`, reading standard input (no file, no argument
     holds a password)."""
     rabbitmqctl(["import_definitions"], json.dumps(defs))
 
 
-def write_definitions(defs: dict, path: str) -> None:
+def write_definitions(defs: dict[str, Any], path: str) -> None:
     """Write `defs` to `path`, readable by its owner only (it holds the passwords in clear)."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(descriptor, 0o600)  # an existing file keeps its mode through O_CREAT
@@ -123,7 +124,7 @@ def write_definitions(defs: dict, path: str) -> None:
         out.write("\n")
 
 
-def summary(defs: dict) -> str:
+def summary(defs: dict[str, Any]) -> str:
     """What `defs` grants, without the passwords."""
     return "; ".join(f"{p['user']} on vhost {p['vhost']}: configure {p['configure']} write {p['write']} "
                      f"read {p['read']}" for p in defs["permissions"])
