@@ -66,9 +66,11 @@ def simulate_bug(monkeypatch):
     Returns the order ids of each attempt, a list per batch."""
     attempts = []
 
-    async def crash(_repo, _cur, requests):
+    async def crash(_repo, _cur, requests, *_):
         attempts.append([request.order_id for request in requests])
         raise RuntimeError("simulated bug")
+    # The consumer stores its batch with `settle` (fast path) or `store_requests` (FAST_PATH=0).
+    monkeypatch.setattr(repo.PostgresPayments, "settle", crash)
     monkeypatch.setattr(repo.PostgresPayments, "store_requests", crash)
     return attempts
 

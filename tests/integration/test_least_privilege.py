@@ -315,7 +315,7 @@ async def test_the_operator_s_replay_is_taken_and_a_dead_letter_refused_for_its_
 
     async def crash(*_args):
         raise RuntimeError("simulated bug")
-    monkeypatch.setattr(order_repo, "finalize_orders", crash)
+    monkeypatch.setattr(order_repo.PostgresOrders, "finalize_orders", crash)
     await publish(provisioned.amqp_url("payment"), PAYMENT_RESULTS, result(order_id, "CANCELLED"), legit,
                   provisioned.user("payment"))
     assert (await dead_letter(provisioned, PAYMENT_RESULTS, legit)).info.reason == "processing failed twice"
