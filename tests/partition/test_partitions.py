@@ -8,6 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -116,6 +117,35 @@ def test_a_default_route_in_any_namespace_is_refused_before_traffic(topology):
     finally:
         run("ip", "-n", namespace, "route", "del", "default")
     topology.check_isolated()
+
+
+# What a service logs when a timeout fired: in calm weather, none of it may appear.
+SIGNS_OF_TROUBLE = ("lost RabbitMQ node", "leaving RabbitMQ node", "reconnected to RabbitMQ node", "re-sent",
+                    "not confirmed", "database primary moved", "database unavailable", "was stuck")
+CALM_SECONDS = 45
+
+
+def test_calm_weather_sees_no_failover_no_reconnect_and_no_resend(topology, load):
+    """The short timeouts cost nothing without a fault: the load runs on the loaded machine and nothing fires."""
+    topology.wait_formation()
+    topology.wait_rabbit_cluster()
+    primaries = topology.primaries()
+    logs = {name: Path(topology.base) / f"{name}.log" for name in ("order", "payment", "gateway")}
+    marks = {name: log.stat().st_size for name, log in logs.items()}
+    load.start()
+    try:
+        time.sleep(CALM_SECONDS)
+    finally:
+        load.stop()
+    assert topology.primaries() == primaries
+    topology.wait_formation(timeout=1)
+    for name, log in logs.items():
+        with log.open(errors="replace") as lines:
+            lines.seek(marks[name])
+            trouble = [line.strip() for line in lines if any(sign in line for sign in SIGNS_OF_TROUBLE)]
+        assert not trouble, f"{name} in calm weather: {trouble[:5]}"
+    assert load.unanswered == set()
+    assert wait_until_settled(topology.order_db, SETTLE_BOUND, topology.payment_db) is not None
 
 
 def postgres_primary_cut_from_everyone(topology):
