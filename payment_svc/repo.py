@@ -129,8 +129,8 @@ _batch = sa.func.unnest(ids("order_ids"), ids("request_user_ids"),
                            sa.bindparam("amounts", type_=ARRAY(sa.Numeric)), texts("traceparents")) \
     .table_valued("order_id", "user_id", "amount", "traceparent").render_derived(name="request")
 _given = sa.select(_batch).cte("given")
-_claimed = sa.select(sa.func.unnest(sa.cast(sa.func.current_setting(sa.literal_column(SETTLING_USERS)),
-                                            ARRAY(sa.BigInteger))).label("user_id")).cte("claimed")
+_claimed_ids = sa.cast(sa.func.current_setting(sa.literal_column(SETTLING_USERS)), ARRAY(sa.BigInteger))
+_claimed = sa.select(sa.func.unnest(_claimed_ids).label("user_id")).cte("claimed")
 
 
 def _is_claimed(user_id: Any) -> Any:
@@ -138,10 +138,11 @@ def _is_claimed(user_id: Any) -> Any:
 
 
 # The inbox rows this settles or stores again, locked in `order_id` order (the lock order of every writer of the
-# inbox): the claimed users' unacked rows, and the batch's rows stored before.
+# inbox): the claimed users' unacked rows, and the batch's rows stored before. (Both conditions compare with
+# arrays, so each is an index scan: the unacked rows' partial index, the primary key.)
 _locked = (sa.select(inbox.c.order_id, inbox.c.user_id, inbox.c.amount, inbox.c.status, inbox.c.acked,
                      inbox.c.traceparent)
-           .where(sa.or_(sa.and_(_is_claimed(inbox.c.user_id), inbox.c.acked.is_(False)),
+           .where(sa.or_(sa.and_(inbox.c.user_id == sa.any_(_claimed_ids), sa.not_(inbox.c.acked)),
                          inbox.c.order_id == sa.any_(ids("order_ids"))))
            .order_by(inbox.c.order_id).with_for_update().cte("locked").prefix_with("MATERIALIZED"))
 # What the claimed users have pending: the batch's requests (as stored before, if they were: a settled one keeps
@@ -160,7 +161,7 @@ _pending = sa.union_all(_in_batch, _left_waiting).subquery("pending")
 _numbered = sa.select(_pending, sa.func.row_number().over(partition_by=_pending.c.user_id,
                                                           order_by=_pending.c.order_id).label("n")).cte("numbered")
 # The claimed users' accounts, locked against a concurrent top-up (whose balance this then reads).
-_funds = (sa.select(accounts.c.user_id, accounts.c.balance).where(_is_claimed(accounts.c.user_id))
+_funds = (sa.select(accounts.c.user_id, accounts.c.balance).where(accounts.c.user_id == sa.any_(_claimed_ids))
           .with_for_update().cte("funds"))
 
 
@@ -192,7 +193,8 @@ _decided = sa.select(_walk).where(_walk.c.n > 0).cte("decided")
 # Each debited account's new balance (its last debit left the least) and each debit's ledger row.
 _left = sa.select(_decided.c.user_id, sa.func.min(_decided.c.balance).label("balance")) \
     .where(_decided.c.debited).group_by(_decided.c.user_id).subquery("debited_balance")
-_debited = sa.update(accounts).where(accounts.c.user_id == _left.c.user_id) \
+_debited = sa.update(accounts) \
+    .where(accounts.c.user_id == sa.any_(_claimed_ids), accounts.c.user_id == _left.c.user_id) \
     .values(balance=_left.c.balance, updated_at=NOW).cte("debited")
 _ledger = sa.insert(account_movements).from_select(
     ["user_id", "kind", "order_id", "amount", "balance"],
