@@ -113,7 +113,7 @@ STORE_REQUESTS = Query(_stored.on_conflict_do_update(
 # invisible to it.
 SETTLING_USERS, CANDIDATES = "'shop.settling_users'", "'shop.settle_candidates'"
 _asked = sa.func.unnest(ids("user_ids")).table_valued("user_id").render_derived(name="asked")
-_oldest_waiting = (sa.select(inbox.c.user_id).where(inbox.c.acked.is_(False)).group_by(inbox.c.user_id)
+_oldest_waiting = (sa.select(inbox.c.user_id).where(sa.not_(inbox.c.acked)).group_by(inbox.c.user_id)
                    .order_by(sa.func.min(inbox.c.order_id)).limit(sa.bindparam("pick")))
 _candidates = sa.union(sa.select(_asked.c.user_id), _oldest_waiting).subquery("candidate")
 _got = sa.func.array_agg(_candidates.c.user_id).filter(sa.func.pg_try_advisory_xact_lock(_candidates.c.user_id))
