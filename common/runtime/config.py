@@ -1,8 +1,9 @@
 """Settings read once from the environment, with defaults from the repo's `.env`."""
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 ENV_FILE = Path(__file__).resolve().parents[2] / ".env"
@@ -103,14 +104,7 @@ def load_db_timeouts(env: Mapping[str, str]) -> DbTimeouts:
     for key, (field, kind, least) in DB_TIMEOUT_SETTINGS.items():
         if env.get(key, "") == "":
             continue
-        try:
-            value = kind(env[key])
-        except ValueError:
-            raise ConfigurationError(f"{key} must be {'a whole' if kind is int else 'a'} number, not {env[key]!r}") \
-                from None
-        if not value >= least:  # also refuses NaN
-            raise ConfigurationError(f"{key} must be at least {least}, not {env[key]!r}")
-        values[field] = value
+        values[field] = number(env, key, env[key], kind, least)
     timeouts = DbTimeouts(**values)
     if timeouts.lock >= timeouts.statement:
         raise ConfigurationError(f"DB_LOCK_TIMEOUT ({timeouts.lock}) must be below DB_STATEMENT_TIMEOUT "
@@ -205,15 +199,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         return listed
 
     return Settings(
-        gateway_port=int(env["GATEWAY_PORT"]),
-        order_svc_port=int(env["ORDER_SVC_PORT"]),
-        payment_svc_port=int(env["PAYMENT_SVC_PORT"]),
+        gateway_port=number(env, "GATEWAY_PORT", "", int, 0),
+        order_svc_port=number(env, "ORDER_SVC_PORT", "", int, 0),
+        payment_svc_port=number(env, "PAYMENT_SVC_PORT", "", int, 0),
         listen_address=env.get("LISTEN_ADDRESS", "127.0.0.1"),
         gateway_listen_address=env.get("GATEWAY_LISTEN_ADDRESS", "127.0.0.1"),
         admin_listen_address=env.get("ADMIN_LISTEN_ADDRESS", "127.0.0.1"),
-        gateway_admin_port=int(env.get("GATEWAY_ADMIN_PORT", "9080")),
-        order_svc_admin_port=int(env.get("ORDER_SVC_ADMIN_PORT", "9081")),
-        payment_svc_admin_port=int(env.get("PAYMENT_SVC_ADMIN_PORT", "9082")),
+        gateway_admin_port=number(env, "GATEWAY_ADMIN_PORT", "9080", int, 0),
+        order_svc_admin_port=number(env, "ORDER_SVC_ADMIN_PORT", "9081", int, 0),
+        payment_svc_admin_port=number(env, "PAYMENT_SVC_ADMIN_PORT", "9082", int, 0),
         order_svc_urls=urls("ORDER_SVC_URL"),
         payment_svc_urls=urls("PAYMENT_SVC_URL"),
         order_svc_admin_urls=urls("ORDER_SVC_ADMIN_URL", "http://localhost:9081"),
@@ -221,36 +215,36 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         order_db_dsn=env["ORDER_DB_DSN"],
         payment_db_dsn=env["PAYMENT_DB_DSN"],
         rabbitmq_url=env["RABBITMQ_URL"],
+        rabbitmq_heartbeat=rabbitmq_heartbeat(env),
+        db_timeouts=load_db_timeouts(env),
         order_svc_broker_user=env.get("ORDER_SVC_BROKER_USER") or broker_user(env["RABBITMQ_URL"]),
         payment_svc_broker_user=env.get("PAYMENT_SVC_BROKER_USER") or broker_user(env["RABBITMQ_URL"]),
         broker_operator_user=env.get("BROKER_OPERATOR_USER", ""),
-        rabbitmq_heartbeat=rabbitmq_heartbeat(env),
-        db_timeouts=load_db_timeouts(env),
-        queue_type=queue_type(env.get("QUEUE_TYPE", "quorum")),
-        poll_interval=float(env.get("POLL_INTERVAL", "1.0")),
-        fast_path=env.get("FAST_PATH", "1") not in ("0", "false", "no", ""),
-        resend_delay=float(env.get("RESEND_DELAY", "5")),
-        resend_delay_max=float(env.get("RESEND_DELAY_MAX", "60")),
-        batch_size=int(env.get("BATCH_SIZE", "200")),
-        prefetch=int(env.get("PREFETCH", "256")),
+        queue_type=choice(env, "QUEUE_TYPE", "quorum", QUEUE_TYPES),
+        poll_interval=number(env, "POLL_INTERVAL", "1.0", float, 0),
+        fast_path=flag(env, "FAST_PATH", "1"),
+        resend_delay=number(env, "RESEND_DELAY", "5", float, 0),
+        resend_delay_max=number(env, "RESEND_DELAY_MAX", "60", float, 0),
+        batch_size=number(env, "BATCH_SIZE", "200", int, 1),
+        prefetch=number(env, "PREFETCH", "256", int, 1),
         entries_per_message=positive(env, "ENTRIES_PER_MESSAGE", "20"),
-        upstream_timeout=float(env.get("UPSTREAM_TIMEOUT", "10")),
-        backend_pool_size=int(env.get("BACKEND_POOL_SIZE", "64")),
+        upstream_timeout=number(env, "UPSTREAM_TIMEOUT", "10", float, 0),
+        backend_pool_size=number(env, "BACKEND_POOL_SIZE", "64", int, 1),
         wait_pool_size=positive(env, "WAIT_POOL_SIZE", "1000"),
-        max_waiting=int(env.get("MAX_WAITING", "2000")),
-        max_waiting_per_user=int(env.get("MAX_WAITING_PER_USER", "20")),
-        client_idle_timeout=float(env.get("CLIENT_IDLE_TIMEOUT", "20")),
-        client_body_timeout=float(env.get("CLIENT_BODY_TIMEOUT", "10")),
-        max_connections=int(env.get("MAX_CONNECTIONS", "4000")),
-        trusted_proxy=env.get("TRUSTED_PROXY", "0") not in ("0", "false", "no", ""),
-        db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
-        max_body_bytes=int(env.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
-        inbox_retention_days=float(env.get("INBOX_RETENTION_DAYS", "7")),
-        idempotency_key_hours=float(env.get("IDEMPOTENCY_KEY_HOURS", "24")),
-        cleanup_interval=float(env.get("CLEANUP_INTERVAL", "3600")),
-        log_format=env.get("LOG_FORMAT", "text"),
-        log_level=env.get("LOG_LEVEL", "INFO"),
-        event_loop=env.get("EVENT_LOOP", "uvloop"),
+        max_waiting=number(env, "MAX_WAITING", "2000", int, 1),
+        max_waiting_per_user=number(env, "MAX_WAITING_PER_USER", "20", int, 1),
+        client_idle_timeout=number(env, "CLIENT_IDLE_TIMEOUT", "20", float, 0),
+        client_body_timeout=number(env, "CLIENT_BODY_TIMEOUT", "10", float, 0),
+        max_connections=number(env, "MAX_CONNECTIONS", "4000", int, 1),
+        trusted_proxy=flag(env, "TRUSTED_PROXY", "0"),
+        db_pool_size=number(env, "DB_POOL_SIZE", "10", int, 1),
+        max_body_bytes=number(env, "MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES), int, 1),
+        inbox_retention_days=number(env, "INBOX_RETENTION_DAYS", "7", float, 0),
+        idempotency_key_hours=number(env, "IDEMPOTENCY_KEY_HOURS", "24", float, 0),
+        cleanup_interval=number(env, "CLEANUP_INTERVAL", "3600", float, 0),
+        log_format=choice(env, "LOG_FORMAT", "text", LOG_FORMATS),
+        log_level=choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS, str.upper),
+        event_loop=choice(env, "EVENT_LOOP", "uvloop", EVENT_LOOPS),
         auth=load_auth_settings(env),
         otel=tuple(sorted((key, value) for key, value in env.items() if key.startswith("OTEL_"))),
     )
@@ -269,7 +263,40 @@ def positive(env: Mapping[str, str], key: str, default: str) -> int:
     return int(value)
 
 
-def queue_type(value: str) -> str:
-    if value not in QUEUE_TYPES:
-        raise ConfigurationError(f"QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}, not {value!r}")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+EVENT_LOOPS = ("uvloop", "asyncio")
+FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def number(env: Mapping[str, str], key: str, default: str, kind: type[int] | type[float], least: float) -> Any:
+    """`key`'s value (or `default`) as `kind`, at least `least`. Raises `ConfigurationError` naming the setting: a
+    typo must stop the start, not surface as a traceback or as a value the operator did not mean."""
+    value = env.get(key, default)
+    try:
+        parsed = kind(value)
+    except ValueError:
+        raise ConfigurationError(f"{key} must be {'a whole' if kind is int else 'a'} number, not {value!r}") from None
+    if not parsed >= least:  # also refuses NaN
+        raise ConfigurationError(f"{key} must be at least {least}, not {value!r}")
+    return parsed
+
+
+def choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...],
+           normalize: Callable[[str], str] = str) -> str:
+    """`key`'s value (or `default`), one of `choices`. Raises `ConfigurationError` naming the setting."""
+    value = normalize(env.get(key, default))
+    if value not in choices:
+        raise ConfigurationError(f"{key} must be one of {', '.join(choices)}, not {env.get(key, default)!r}")
     return value
+
+
+def flag(env: Mapping[str, str], key: str, default: str) -> bool:
+    """`key` as on (1, true, yes, on) or off (0, false, no, off, empty). Raises `ConfigurationError` for anything
+    else: `FAST_PATH=disabled` must not silently mean on."""
+    value = env.get(key, default).strip().lower()
+    if value == "":
+        return False
+    if value not in FLAGS:
+        raise ConfigurationError(f"{key} must be one of 1, true, yes, on or 0, false, no, off; not {env[key]!r}")
+    return FLAGS[value]

@@ -127,8 +127,12 @@ def test_dev_runs_single_instances_with_classic_queues():
     assert one(docs, "ConfigMap", "shop-config")["data"]["QUEUE_TYPE"] == "classic"
 
 
+TYPED_READS = ("number", "choice", "flag", "positive")
+
+
 def variables_load_settings_reads():
-    """Every environment variable common/runtime/config.py's load_settings reads: env["X"], env.get("X"), urls("X")."""
+    """Every environment variable common/runtime/config.py's load_settings reads: env["X"], env.get("X"), urls("X"),
+    and the checked reads number(env, "X", ...), choice(env, "X", ...), flag(env, "X", ...), positive(env, "X", ...)."""
     tree = ast.parse(inspect.getsource(common.runtime.config.load_settings))
     names = set()
     for node in ast.walk(tree):
@@ -140,6 +144,9 @@ def variables_load_settings_reads():
             if (isinstance(func, ast.Attribute) and func.attr == "get" and isinstance(func.value, ast.Name)
                     and func.value.id == "env") or (isinstance(func, ast.Name) and func.id == "urls"):
                 names.add(node.args[0].value)
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in TYPED_READS
+                and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)):
+            names.add(node.args[1].value)
     return names
 
 
