@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from common.broker.urls import node_urls  # noqa: E402
 from common.runtime.config import read_env_file  # noqa: E402
 from common.runtime.servers import amqp_hosts, postgres_hosts, reason  # noqa: E402
 
@@ -213,9 +214,7 @@ def amqp_nodes(urls):
     """[(host, port, a `Tls` or None)] of RABBITMQ_URL: amqps:// nodes (port 5671 by default) with aiormq's TLS
     query parameters (`cafile`, `capath`, `cadata` base64 DER, `certfile`, `keyfile`, `no_verify_ssl`)."""
     nodes = []
-    for url in (u.strip() for u in urls.split(",")):
-        if not url:
-            continue
+    for url in node_urls(urls):
         parts = urlsplit(url)
         if parts.scheme != "amqps":
             nodes.extend((host, port, None) for host, port in amqp_hosts(url))
@@ -253,7 +252,7 @@ def targets(env):
         t = target("RabbitMQ", host, port)
         t.variables.append("RABBITMQ_URL")
         t.connects(tls.what if tls else None, None, tls, "RABBITMQ_URL")
-        t.users.update(filter(None, (credentials(url) for url in env["RABBITMQ_URL"].split(",") if url.strip())))
+        t.users.update(filter(None, (credentials(url) for url in node_urls(env["RABBITMQ_URL"]))))
     return list(found.values())
 
 

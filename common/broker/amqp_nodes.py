@@ -33,6 +33,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp.common import FieldTable
 from yarl import URL
 
+from common.broker.urls import node_urls
 from common.runtime.config import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def split_urls(value: str) -> list[str]:
     Raises `ConfigurationError` if there is none, if one is not an amqp(s):// URL with a host, if its TLS
     parameters cannot work (`check_tls`), or if they name different users (the connection moves between the
     nodes as one user, the one its messages' `user_id` names)."""
-    urls = [part.strip() for part in value.split(",") if part.strip()]
+    urls = node_urls(value)
     if not urls:
         raise ConfigurationError("RABBITMQ_URL names no node")
     for url in urls:

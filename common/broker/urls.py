@@ -4,6 +4,12 @@ Standard library only: the settings are checked (scripts/preflight.py) before an
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 
+def node_urls(rabbitmq_url: str) -> list[str]:
+    """The node URLs of a `RABBITMQ_URL` setting, in order: one URL, or several comma-separated full URLs (the
+    one place that splits it)."""
+    return [url.strip() for url in rabbitmq_url.split(",") if url.strip()]
+
+
 def with_heartbeat(urls: str, seconds: int) -> str:
     """`urls` (one node URL, or several comma-separated) with `?heartbeat=<seconds>` on each that names none; a
     node's own `heartbeat` is kept. Without one aiormq asks for 60 s, and a node that went silent (frozen, cut
@@ -13,7 +19,7 @@ def with_heartbeat(urls: str, seconds: int) -> str:
     a whole number."""
     if seconds < 1:
         raise ValueError(f"a heartbeat of {seconds} s: at least 1 s, or a silent node goes unnoticed")
-    return ",".join(_node_with_heartbeat(url.strip(), seconds) for url in urls.split(",") if url.strip())
+    return ",".join(_node_with_heartbeat(url, seconds) for url in node_urls(urls))
 
 
 def _node_with_heartbeat(url: str, seconds: int) -> str:

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from common.broker.urls import node_urls
+
 ENV_FILE = Path(__file__).resolve().parents[2] / ".env"
 DEFAULT_MAX_BODY_BYTES = 65536
 QUEUE_TYPES = ("classic", "quorum")
@@ -253,7 +255,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 def broker_user(rabbitmq_url: str) -> str:
     """The user a `RABBITMQ_URL` logs in as (its first node's; aiormq's default, guest, when it names none)."""
     # The standard library only: scripts/preflight.py imports this module before any package is installed.
-    return unquote(urlsplit(rabbitmq_url.split(",")[0].strip()).username or "") or "guest"
+    nodes = node_urls(rabbitmq_url)
+    return (unquote(urlsplit(nodes[0]).username or "") if nodes else "") or "guest"
 
 
 def positive(env: Mapping[str, str], key: str, default: str) -> int:

@@ -7,6 +7,8 @@ import re
 import ssl
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from common.broker.urls import node_urls
+
 PG_DEFAULT_PORT = 5432
 AMQP_DEFAULT_PORT = 5672
 AMQPS_DEFAULT_PORT = 5671
@@ -38,10 +40,9 @@ def postgres_hosts(dsn: str) -> tuple[list[tuple[str, int]], str]:
 def amqp_hosts(urls: str) -> list[tuple[str, int]]:
     """[(host, port)] of RABBITMQ_URL: one URL or several, comma-separated."""
     hosts: list[tuple[str, int]] = []
-    for url in (u.strip() for u in urls.split(",")):
-        if url:
-            parts = urlsplit(url)
-            hosts.append((parts.hostname or "localhost", amqp_port(parts)))
+    for url in node_urls(urls):
+        parts = urlsplit(url)
+        hosts.append((parts.hostname or "localhost", amqp_port(parts)))
     return hosts
 
 

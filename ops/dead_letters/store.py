@@ -17,6 +17,7 @@ from aio_pika.exceptions import ChannelNotFoundEntity
 from aiormq.exceptions import ChannelAccessRefused
 
 from common.broker.dead_letter_headers import DeadLetterInfo, dead_letter_queue, replay_headers, utc_now
+from common.broker.urls import node_urls
 from common.runtime.config import broker_user
 from common.runtime.retry import BROKER_ERRORS
 from common.runtime.servers import amqp_port
@@ -37,11 +38,6 @@ class Unreachable(Exception):
 
 class AccessRefused(Exception):
     """The user may not read the dead-letter queue (a service's own user: operators use BROKER_OPERATOR_USER's)."""
-
-
-def node_urls(rabbitmq_url: str) -> list[str]:
-    """The comma-separated node URLs of `RABBITMQ_URL`, in order."""
-    return [url.strip() for url in rabbitmq_url.split(",") if url.strip()]
 
 
 def without_password(url: str) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 
 from yarl import URL
 
+from common.broker.urls import node_urls
 from ops.provision import CommandFailed, ProvisioningError
 
 
@@ -56,7 +57,7 @@ class BrokerUser:
         """The user, password and vhost of an AMQP URL (the first of a comma-separated list of a cluster's nodes;
         the vhost as aiormq reads it, "/" when the path is empty). Raises `ProvisioningError` without a user or
         a password (RabbitMQ refuses password logins for a user whose password is empty)."""
-        parsed = URL(url.split(",")[0].strip())
+        parsed = URL(node_urls(url)[0])
         if not parsed.user or not parsed.password:
             raise ProvisioningError(f"the AMQP URL of {parsed.host}{parsed.path} names no user or no password")
         vhost = "/" if parsed.path in ("", "/") else parsed.path[1:].replace("%2F", "/")
