@@ -17,8 +17,8 @@ from psycopg2.extensions import make_dsn
 from common.db.pg_hosts import Hosts, WrongHost, describe, read_only
 from common.domain.errors import Unavailable
 from common.observability.metrics import LISTEN_CONNECTS, LISTENING, NOTIFICATIONS
+from common.runtime.endpoints import reason
 from common.runtime.retry import DB_ERRORS
-from common.runtime.servers import reason
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from common.broker.urls import node_urls  # noqa: E402
 from common.runtime.config import read_env_file  # noqa: E402
-from common.runtime.servers import amqp_hosts, postgres_hosts, reason  # noqa: E402
+from common.runtime.endpoints import amqp_hosts, postgres_hosts, reason  # noqa: E402
 
 # sysexits.h EX_UNAVAILABLE: a service the program needs is not available.
 EXIT_UNAVAILABLE = 69

@@ -11,8 +11,8 @@ from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS
 from common.broker.publisher import Publisher, PublishWindow
 from common.observability.metrics import RECONNECTS
 from common.runtime.config import broker_user
+from common.runtime.endpoints import describe_rabbitmq
 from common.runtime.retry import BROKER_ERRORS, until_connected
-from common.runtime.servers import describe_rabbitmq
 
 logger = logging.getLogger(__name__)
 

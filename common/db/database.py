@@ -19,8 +19,8 @@ from sqlalchemy.dialects import postgresql
 from common.db.pg_hosts import Hosts, WrongHost, describe, refuse_on_tls_failure, refuse_standby, with_timeouts
 from common.domain.errors import Unavailable
 from common.runtime.config import ConfigurationError, DbTimeouts
+from common.runtime.endpoints import describe_postgres
 from common.runtime.retry import DB_ERRORS, briefly, until_connected
-from common.runtime.servers import describe_postgres
 
 logger = logging.getLogger(__name__)
 

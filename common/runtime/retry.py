@@ -14,7 +14,7 @@ from tenacity import (
     wait_random,
 )
 
-from common.runtime.servers import reason
+from common.runtime.endpoints import reason
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from aiormq.exceptions import ChannelAccessRefused
 from common.broker.dead_letter_headers import DeadLetterInfo, dead_letter_queue, replay_headers, utc_now
 from common.broker.urls import node_urls
 from common.runtime.config import broker_user
+from common.runtime.endpoints import amqp_port
 from common.runtime.retry import BROKER_ERRORS
-from common.runtime.servers import amqp_port
 
 logger = logging.getLogger(__name__)
 

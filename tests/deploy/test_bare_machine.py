@@ -9,7 +9,7 @@ from datetime import datetime
 
 import pytest
 
-from common.runtime.servers import amqp_hosts, describe_postgres, describe_rabbitmq, postgres_hosts
+from common.runtime.endpoints import amqp_hosts, describe_postgres, describe_rabbitmq, postgres_hosts
 from harness.infra import INFRA
 from harness.stack import free_port
 from tests.deploy.manifests import ROOT

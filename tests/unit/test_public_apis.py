@@ -229,7 +229,7 @@ def test_each_layer_imports_only_what_is_below_it():
 def test_a_planted_layer_breach_is_caught():
     planted = {
         "common.db.planted": "from common.web.envelope import BaseHandler\nimport common.db.pg_hosts\n",
-        "common.domain.planted": "from common.domain import errors\nfrom common.runtime import servers\n",
+        "common.domain.planted": "from common.domain import errors\nfrom common.runtime import endpoints\n",
         "common.runtime.planted": "from ops import provision\nfrom common.web import app\n",
         "order_svc.planted": "from payment_svc.repo import accounts\nfrom . import repo\nimport order_svc.service\n",
         "payment_svc.planted": "import proxy.server\n",
