@@ -7,7 +7,7 @@ import pytest
 from common.broker.publisher import LEAVE_AFTER_TIMEOUTS, Publisher, PublishWindow
 from common.observability.metrics import PUBLISH_FAILED, PUBLISHED, ROWS_PUBLISHED
 from tests.conftest import eventually
-from tests.unit.fakes import FakePublisher
+from tests.unit.fakes import FakePublisher, let_run
 
 
 @pytest.mark.gen_test
@@ -136,7 +136,7 @@ async def test_rows_handed_to_the_window_in_one_tick_go_out_in_one_send_with_one
     window = PublishWindow(publisher)
     for n in (1, 2, 3):  # three orders committed together, each handed over on its own
         window.send("q", [(n, {}, None)], then)
-    await asyncio.sleep(0.01)
+    await let_run()
     window.send("q", [(4, {}, None)], then)  # a later tick: a send of its own
     await window.drain()
     assert publisher.calls == [[1, 2, 3], [4]]
@@ -200,7 +200,7 @@ async def test_rows_handed_over_while_a_send_awaits_its_confirm_go_out_together_
         pass
     window = PublishWindow(publisher)
     window.send("q", [(1, {}, None)], then)
-    await asyncio.sleep(0.01)  # the first send is under way
+    await let_run()  # the first send is under way
     for n in (2, 3):  # handed over in different ticks, while it waits
         window.send("q", [(n, {}, None)], then)
         await asyncio.sleep(0)
