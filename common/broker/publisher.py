@@ -136,9 +136,19 @@ class Publisher:
     async def waiting_count(self, queue: str) -> int:
         """Messages in `queue` not yet delivered to any consumer: one passive declare, one round trip.
 
-        (On the underlying channel: a queue object would be kept for re-declaring, a count needs none.)"""
-        channel = await self.channel.get_underlay_channel()
-        return (await channel.queue_declare(queue, passive=True)).message_count or 0
+        (On the underlying channel: a queue object would be kept for re-declaring, a count needs none.)
+
+        Raises `TimeoutError` after the publish timeout, counted like a publish's: a relay step asks this while it
+        holds its outbox rows, and a node gone silent, or a channel not open again, would otherwise hold the step,
+        and every later one, until the heal."""
+        started = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(self.timeout):
+                channel = await self.channel.get_underlay_channel()
+                return (await channel.queue_declare(queue, passive=True)).message_count or 0
+        except TimeoutError:
+            self._timed_out(started)
+            raise
 
 
 class PublishWindow:

@@ -155,6 +155,14 @@ class SilentChannel:
         if self.silent:
             await asyncio.Event().wait()
 
+    async def get_underlay_channel(self):
+        if self.silent:  # e.g. a channel that is not open again
+            await asyncio.Event().wait()
+        return self
+
+    async def queue_declare(self, queue, passive):
+        return SimpleNamespace(message_count=7)
+
 
 @pytest.mark.gen_test
 async def test_a_publisher_leaves_its_node_after_timeouts_in_a_row_and_counts_afresh_on_the_next():
@@ -175,6 +183,18 @@ async def test_a_publisher_leaves_its_node_after_timeouts_in_a_row_and_counts_af
         with pytest.raises(TimeoutError):
             await publisher.publish("q", b"{}", 3)
     assert reasons == [f"{LEAVE_AFTER_TIMEOUTS} publishes in a row not confirmed within 0.05 s"]
+
+
+@pytest.mark.gen_test
+async def test_a_queue_count_is_bounded_by_the_publish_timeout_and_counts_toward_leaving_a_silent_node():
+    channel, reasons = SilentChannel(), []
+    publisher = Publisher(channel, timeout=0.05, leave_node=lambda reason: reasons.append(reason) or True)
+    assert await publisher.waiting_count("q") == 7
+    channel.silent = True
+    for _ in range(LEAVE_AFTER_TIMEOUTS):
+        with pytest.raises(TimeoutError):
+            await publisher.waiting_count("q")
+    assert len(reasons) == 1
 
 
 @pytest.mark.gen_test
