@@ -7,7 +7,7 @@ from common.broker.connection import Broker
 from common.broker.messages import PAYMENT_RESULTS, PaymentResult
 from common.db.database import Database
 from common.db.group_commit import GroupCommit
-from common.db.pg_hosts import Hosts
+from common.db.pg_hosts import Hosts, with_timeouts
 from common.runtime.config import Settings
 from common.runtime.lifecycle import BackendService
 from common.runtime.wiring import Consumption, Wiring
@@ -37,7 +37,7 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
     # Blocking reads: the requests held until their order is final, woken as this process applies the result, or
     # through a LISTEN connection of its own when another replica does.
     waiters = Waiters(settings.max_waiting, settings.max_waiting_per_user)
-    listener = Listener(Hosts(settings.order_db_dsn), FINAL_ORDERS_CHANNEL,
+    listener = Listener(Hosts(with_timeouts(settings.order_db_dsn, settings.db_timeouts)), FINAL_ORDERS_CHANNEL,
                         functools.partial(outcomes.wake_waiters, background, repo, waiters),
                         functools.partial(outcomes.read_waited_orders, background, repo, waiters))
     place_orders: PlaceOrders = GroupCommit(db, repo.place_orders, settings.batch_size,

@@ -3,7 +3,8 @@ pools), on which PostgreSQL delivers the notifications of final orders (`repo.FI
 process's waiters, whichever replica applied the result.
 
 A lost connection is noticed within seconds, even when the server falls silent (a partition: no reset ever
-comes; a hung host whose kernel still answers): TCP keepalives and `tcp_user_timeout` on the socket, and a probe
+comes; a hung host whose kernel still answers): the TCP keepalives and `tcp_user_timeout` every DSN of the service
+gets (`common.db.pg_hosts.with_timeouts`, from the hosts it is given), and a probe
 every `PROBE_INTERVAL` seconds that must answer within `PROBE_TIMEOUT`. Then the listener connects again, to the
 primary of the moment (`common.db.pg_hosts`: after a failover, the new one), LISTENs, and only then calls
 `on_listening`, which reads the waited-for orders again: whatever became final while nobody listened."""
@@ -12,7 +13,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import aiopg
-from psycopg2.extensions import make_dsn
 
 from common.db.pg_hosts import Hosts, WrongHost, describe, read_only
 from common.domain.errors import Unavailable
@@ -24,9 +24,6 @@ logger = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 2.0
 PROBE_TIMEOUT = 3.0
-# libpq's socket options: an idle connection is probed after 5 s, every 2 s, and given up after 3 lost probes;
-# data sent but unacknowledged for 10 s (ms here) closes it too.
-KEEPALIVES = dict(keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3, tcp_user_timeout=10_000)
 RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0)  # seconds before each new attempt; the last one repeats
 
 
@@ -67,7 +64,7 @@ class Listener:
 
     async def _listen(self) -> None:
         dsn = await self.hosts.primary()
-        async with aiopg.connect(make_dsn(dsn, **KEEPALIVES), timeout=PROBE_TIMEOUT, enable_hstore=False,
+        async with aiopg.connect(dsn, timeout=PROBE_TIMEOUT, enable_hstore=False,
                                  enable_json=False, enable_uuid=False) as conn:
             async with conn.cursor() as cur:
                 await cur.execute(f"LISTEN {self.channel}")
