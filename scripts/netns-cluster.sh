@@ -51,9 +51,12 @@ WAL_SENDER_TIMEOUT=4s
 NETWORK_PARTITION_TIMEOUT=4
 UNHEALTHY_TIMEOUT_MS=5000
 DEMOTE_TIMEOUT_MS=8000
-# RabbitMQ: a node that loses the majority pauses (closes its clients' connections, so they move to a node of the
-# majority) instead of going on alone and splitting the cluster's state; net_ticktime 10 s (Erlang's default 60)
-# lets the nodes see a silent peer within 10-15 s.
+# RabbitMQ: autoheal. A node hung (or cut) longer than net_ticktime finds, once it is back, that the others took it
+# for dead: a partition seen only after it ended, which pause_minority never acts on (the cluster stayed split
+# after such a thaw here), while autoheal restarts the losing side and the cluster is whole within seconds. Quorum
+# queues (Raft) keep a minority from confirming anything meanwhile, so not pausing it loses nothing; a publisher
+# on it leaves after its confirms time out. net_ticktime 10 s (Erlang's default 60) lets the nodes see a silent
+# peer within 10-15 s.
 NET_TICKTIME=10
 
 addr() { echo "$SUBNET.${HOST[$1]}"; }
@@ -134,7 +137,7 @@ write_rabbit_files() {
     mkdir -p "$dir/mnesia" "$dir/log"
     cat > "$dir/rabbitmq.conf" <<END
 listeners.tcp.local = $(addr "$node"):5672
-cluster_partition_handling = pause_minority
+cluster_partition_handling = autoheal
 # The services log in from other namespaces; guest is a loopback-only user otherwise. A test cluster only.
 loopback_users = none
 END
