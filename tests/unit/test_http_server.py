@@ -16,6 +16,7 @@ from tornado.iostream import IOStream
 from common.web.http_server import BUSY_RESPONSE, listen, stop_server
 from harness.stack import ROOT
 from tests.conftest import eventually
+from tests.unit.fakes import let_run
 
 # In a child process: lowering the hard limit cannot be undone.
 PROBE = """
@@ -133,7 +134,7 @@ async def test_a_request_read_just_before_its_idle_connection_was_cut_is_dropped
         server.close_idle(stream)
     delegate.headers_received(RequestStartLine("GET", "/fast", "HTTP/1.1"), HTTPHeaders({"Host": "x"}))
     delegate.finish()
-    await asyncio.sleep(0.05)
+    await let_run(10)
     assert served == ([] if cut else ["/fast"])
     assert (stream in server.busy) is not cut
     stream.close()
