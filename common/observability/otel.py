@@ -7,7 +7,7 @@ relays and consumers handle many orders, each of its own trace, in one task."""
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -119,32 +119,16 @@ class On:
             return None
         return self.tracer.start_span(name, parent(trace_header), kind, attributes, start_time=start_time)
 
-    @contextmanager
-    def send(self, queue: str, message_id: str, traces: Sequence[Trace]) -> Iterator[list[Trace]]:
-        spans = [self._child(f"send {queue}", trace_header, SpanKind.PRODUCER, messaging(queue, "send", message_id))
-                 for trace_header in traces]
-        try:
-            yield [context_of(span) if span else None for span in spans]
-        except BaseException as exc:
-            failed(spans, exc)
-            raise
-        finally:
-            end(spans)
+    def send(self, queue: str, message_id: str, traces: Sequence[Trace]) -> AbstractContextManager[list[Trace]]:
+        return spans_open([self._child(f"send {queue}", trace_header, SpanKind.PRODUCER,
+                                       messaging(queue, "send", message_id)) for trace_header in traces])
 
-    @contextmanager
-    def process(self, queue: str, entries: Sequence[Consumed]) -> Iterator[list[Trace]]:
+    def process(self, queue: str, entries: Sequence[Consumed]) -> AbstractContextManager[list[Trace]]:
         started = time.time_ns()
-        spans = [self._child(f"process {queue}", trace_header, SpanKind.CONSUMER,
-                             {**messaging(queue, "process", message_id), **order_of(order_id),
-                              "messaging.batch.message_count": len(entries)}, started)
-                 for message_id, trace_header, order_id in entries]
-        try:
-            yield [context_of(span) if span else None for span in spans]
-        except BaseException as exc:
-            failed(spans, exc)
-            raise
-        finally:
-            end(spans)
+        return spans_open([self._child(f"process {queue}", trace_header, SpanKind.CONSUMER,
+                                       {**messaging(queue, "process", message_id), **order_of(order_id),
+                                        "messaging.batch.message_count": len(entries)}, started)
+                           for message_id, trace_header, order_id in entries])
 
     @contextmanager
     def steps(self, name: str, orders: Sequence[tuple[int, Trace]]) -> Iterator[list[Trace]]:
@@ -155,6 +139,18 @@ class On:
             yield [context_of(span) if span else None for span in spans]
         finally:
             end(spans)
+
+
+@contextmanager
+def spans_open(spans: Sequence[Span | None]) -> Iterator[list[Trace]]:
+    """The trace contexts of `spans` while the block runs; its exception recorded on each; each ended after."""
+    try:
+        yield [context_of(span) if span else None for span in spans]
+    except BaseException as exc:
+        failed(spans, exc)
+        raise
+    finally:
+        end(spans)
 
 
 def failed(spans: Sequence[Span | None], exc: BaseException) -> None:
