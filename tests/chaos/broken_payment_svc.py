@@ -26,7 +26,9 @@ def double_debit():
     """Settling treats every request as new, i.e. debits before checking the inbox status, so a repeated
     request (a redelivery, or the Order Service's resend) is charged again. Its ledger keeps one debit per order
     (as code that swallowed the unique index's refusal would): the repeat's row is never written."""
-    patch_settling("coalesce(locked.status, %(coalesce_1)s)", "%(coalesce_1)s")
+    patch_settling("coalesce(locked.status, %(coalesce_1)s)", "%(coalesce_1)s")  # a repeat settled on receipt
+    # ... and one marked unacked again by the store (FAST_PATH=0), settled by the inbox worker
+    patch_settling("locked.amount AS amount, locked.status AS status,", "locked.amount AS amount, 'NEW' AS status,")
     patch_settling("WHERE decided.debited ORDER BY decided.order_id)",
                    "WHERE decided.debited ORDER BY decided.order_id ON CONFLICT DO NOTHING)")
 
