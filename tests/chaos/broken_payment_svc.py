@@ -94,11 +94,13 @@ def debit_balance_before():
 
 
 def credit_key_lost():
-    """Top-ups are credited without their request key."""
+    """Top-ups are credited without the keys that name their request (its Idempotency-Key or request id, and the
+    client's own request id): the checker matches each credit to the client's request by them."""
     real_credit = PostgresPayments.credit
 
     async def credit_anonymously(repo, cur, user_id, amount, balance, origin):
-        return await real_credit(repo, cur, user_id, amount, balance, origin._replace(request_key=None))
+        return await real_credit(repo, cur, user_id, amount, balance,
+                                 origin._replace(request_key=None, client_request_id=None))
     PostgresPayments.credit = credit_anonymously
 
 
