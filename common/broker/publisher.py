@@ -2,9 +2,10 @@
 (`ENTRIES_PER_MESSAGE`, `common.broker.packing`), and the bounded window of publishes sent in the background right
 after a commit (the fast path), which also packs the rows that several commits hand it in one event-loop tick."""
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -68,16 +69,22 @@ class Publisher:
         Raises one of `common.runtime.retry.BROKER_ERRORS` or `aio_pika.exceptions.DeliveryError` if not confirmed."""
         message = aio_pika.Message(body, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                                    content_type="application/json", message_id=str(message_id), user_id=self.user_id)
+        # aio-pika's timeout covers only the confirm: on a connection that is being made again (or was closed)
+        # the publish first waits for a channel without end, and would hold its relay step with it.
+        async with self._bounded():
+            await self.channel.default_exchange.publish(message, routing_key=queue, timeout=self.timeout)
+        self.timeouts = 0
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self) -> AsyncIterator[None]:
+        """The block within the publish timeout; a timeout counts toward leaving the node (`_timed_out`)."""
         started = asyncio.get_running_loop().time()
         try:
-            # aio-pika's timeout covers only the confirm: on a connection that is being made again (or was
-            # closed) the publish first waits for a channel without end, and would hold its relay step with it.
             async with asyncio.timeout(self.timeout):
-                await self.channel.default_exchange.publish(message, routing_key=queue, timeout=self.timeout)
+                yield
         except TimeoutError:
             self._timed_out(started)
             raise
-        self.timeouts = 0
 
     def _timed_out(self, started: float) -> None:
         if started < self.moved_at:
@@ -141,14 +148,9 @@ class Publisher:
         Raises `TimeoutError` after the publish timeout, counted like a publish's: a relay step asks this while it
         holds its outbox rows, and a node gone silent, or a channel not open again, would otherwise hold the step,
         and every later one, until the heal."""
-        started = asyncio.get_running_loop().time()
-        try:
-            async with asyncio.timeout(self.timeout):
-                channel = await self.channel.get_underlay_channel()
-                return (await channel.queue_declare(queue, passive=True)).message_count or 0
-        except TimeoutError:
-            self._timed_out(started)
-            raise
+        async with self._bounded():
+            channel = await self.channel.get_underlay_channel()
+            return (await channel.queue_declare(queue, passive=True)).message_count or 0
 
 
 class PublishWindow:

@@ -229,10 +229,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         resend_delay_max=number(env, "RESEND_DELAY_MAX", "60", float, 0),
         batch_size=number(env, "BATCH_SIZE", "200", int, 1),
         prefetch=number(env, "PREFETCH", "256", int, 1),
-        entries_per_message=positive(env, "ENTRIES_PER_MESSAGE", "20"),
+        entries_per_message=number(env, "ENTRIES_PER_MESSAGE", "20", int, 1),
         upstream_timeout=number(env, "UPSTREAM_TIMEOUT", "10", float, 0),
         backend_pool_size=number(env, "BACKEND_POOL_SIZE", "64", int, 1),
-        wait_pool_size=positive(env, "WAIT_POOL_SIZE", "1000"),
+        wait_pool_size=number(env, "WAIT_POOL_SIZE", "1000", int, 1),
         max_waiting=number(env, "MAX_WAITING", "2000", int, 1),
         max_waiting_per_user=number(env, "MAX_WAITING_PER_USER", "20", int, 1),
         client_idle_timeout=number(env, "CLIENT_IDLE_TIMEOUT", "20", float, 0),
@@ -259,13 +259,6 @@ def broker_user(rabbitmq_url: str) -> str:
     return (unquote(urlsplit(nodes[0]).username or "") if nodes else "") or "guest"
 
 
-def positive(env: Mapping[str, str], key: str, default: str) -> int:
-    value = env.get(key, default)
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigurationError(f"{key} must be a positive integer, not {value!r}")
-    return int(value)
-
-
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 EVENT_LOOPS = ("uvloop", "asyncio")
@@ -277,6 +270,8 @@ def number(env: Mapping[str, str], key: str, default: str, kind: type[int] | typ
     typo must stop the start, not surface as a traceback or as a value the operator did not mean."""
     value = env.get(key, default)
     try:
+        if kind is int and not value.isdigit():  # int() would also take " 5", "+5" and "1_000"
+            raise ValueError(value)
         parsed = kind(value)
     except ValueError:
         raise ConfigurationError(f"{key} must be {'a whole' if kind is int else 'a'} number, not {value!r}") from None

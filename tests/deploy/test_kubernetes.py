@@ -127,12 +127,12 @@ def test_dev_runs_single_instances_with_classic_queues():
     assert one(docs, "ConfigMap", "shop-config")["data"]["QUEUE_TYPE"] == "classic"
 
 
-TYPED_READS = ("number", "choice", "flag", "positive")
+TYPED_READS = ("number", "choice", "flag")
 
 
 def variables_load_settings_reads():
     """Every environment variable common/runtime/config.py's load_settings reads: env["X"], env.get("X"), urls("X"),
-    and the checked reads number(env, "X", ...), choice(env, "X", ...), flag(env, "X", ...), positive(env, "X", ...)."""
+    and the checked reads number(env, "X", ...), choice(env, "X", ...), flag(env, "X", ...)."""
     tree = ast.parse(inspect.getsource(common.runtime.config.load_settings))
     names = set()
     for node in ast.walk(tree):

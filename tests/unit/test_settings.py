@@ -7,6 +7,7 @@ from common.runtime.config import ConfigurationError, load_settings
 
 @pytest.mark.parametrize(("key", "value"), [
     ("GATEWAY_PORT", "80a"), ("ORDER_SVC_ADMIN_PORT", "-1"), ("BATCH_SIZE", "many"), ("BATCH_SIZE", "0"),
+    ("WAIT_POOL_SIZE", "+5"), ("ENTRIES_PER_MESSAGE", "0"), ("BATCH_SIZE", " 7"),
     ("POLL_INTERVAL", "-1"), ("POLL_INTERVAL", "nan"), ("RESEND_DELAY", "5s"), ("MAX_BODY_BYTES", "1e6"),
     ("FAST_PATH", "disabled"), ("TRUSTED_PROXY", "maybe"), ("LOG_FORMAT", "xml"), ("LOG_LEVEL", "loud"),
     ("EVENT_LOOP", "trio"), ("QUEUE_TYPE", "stream"), ("DB_STATEMENT_TIMEOUT", "soon"),
