@@ -19,6 +19,7 @@ from common.domain.errors import Unavailable
 from common.observability.metrics import LISTEN_CONNECTS, LISTENING, NOTIFICATIONS
 from common.runtime.endpoints import reason
 from common.runtime.retry import DB_ERRORS
+from common.runtime.stopping import cancel
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,7 @@ class Listener:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"LISTEN {self.channel}")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel(self._task, 5, f"LISTEN {self.channel}")
 
     async def _run(self) -> None:
         failures = 0

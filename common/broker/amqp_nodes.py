@@ -35,6 +35,7 @@ from yarl import URL
 
 from common.broker.urls import node_urls
 from common.runtime.config import ConfigurationError
+from common.runtime.stopping import cancel
 
 logger = logging.getLogger(__name__)
 
@@ -208,9 +209,7 @@ class NodeConnection:
         self.connected.clear()
         for channel in self.channels:
             channel.stop()
-        if self._keeper is not None:
-            self._keeper.cancel()
-            await asyncio.gather(self._keeper, return_exceptions=True)
+        await cancel(self._keeper, CONNECT_TIMEOUT, f"the connection keeper of {self}")
         connection, self.connection = self.connection, None
         if connection is not None:
             await connection.close()

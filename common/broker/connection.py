@@ -13,6 +13,7 @@ from common.observability.metrics import RECONNECTS
 from common.runtime.config import broker_user
 from common.runtime.endpoints import describe_rabbitmq
 from common.runtime.retry import BROKER_ERRORS, until_connected
+from common.runtime.stopping import within
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +75,8 @@ class Broker:
         """Stop consuming, wait for the publishes under way, then close both connections (each step bounded)."""
         await self.consumer.stop()
         await self.window.drain()
-        try:
-            await asyncio.wait_for(asyncio.gather(*(connection.close() for connection in self.connections)), 5)
-        except TimeoutError:
-            logger.warning("the broker did not acknowledge closing the connections within 5 s")
+        await within(5, "closing the RabbitMQ connections",
+                     asyncio.gather(*(connection.close() for connection in self.connections)))
 
 
 async def connect(url: str) -> amqp_nodes.NodeConnection:

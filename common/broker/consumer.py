@@ -21,6 +21,7 @@ from common.broker.packing import Entry, EntryType, unpack
 from common.domain.errors import InvalidMessage, Unavailable
 from common.observability import tracing
 from common.observability.metrics import CONSUMED, DEAD_LETTERED, ENTRIES_CONSUMED
+from common.runtime.stopping import cancel
 
 logger = logging.getLogger(__name__)
 
@@ -244,9 +245,4 @@ class Consumer:
         self._tasks.append(asyncio.create_task(batches.run(), name=f"consumer of {queue}"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            _, running = await asyncio.wait(self._tasks, timeout=5)
-            if running:
-                logger.warning("%d consumers still running 5 s after being cancelled", len(running))
+        await asyncio.gather(*(cancel(task, 5, task.get_name()) for task in self._tasks))

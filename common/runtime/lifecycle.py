@@ -14,6 +14,7 @@ from common.db.database import Database
 from common.observability import tracing
 from common.runtime.config import ConfigurationError, Settings, load_settings
 from common.runtime.logs import setup_logging
+from common.runtime.stopping import within
 from common.runtime.wiring import Wiring, Worker
 from common.web.auth import Authenticator
 from common.web.http_server import DrainingHTTPServer, listen, stop_server
@@ -52,20 +53,22 @@ class Service:
         raise NotImplementedError
 
     async def stop(self) -> None:
+        """Each stage bounded (`within`, a little above the bounds inside it): a stage that overruns is left
+        behind, logged with its stack, and the next one runs."""
         if self.server:
-            await stop_server(self.server)
-        for worker in self.workers:
-            await worker.stop()
+            await within(12, "draining the HTTP server", stop_server(self.server))
+        if self.workers:
+            await within(8, "stopping the workers", asyncio.gather(*(worker.stop() for worker in self.workers)))
         if self.broker:
-            await self.broker.close()
+            await within(16, "closing the broker", self.broker.close())
         if self.db:
-            await self.db.close()
+            await within(7, "closing the database pools", self.db.close())
         if self.auth:
-            await self.auth.stop()
+            await within(3, "stopping the authenticator", self.auth.stop())
         # Last: probes and scrapes see the process until it is gone.
         if self.admin_server:
             self.admin_server.stop()
-            await self.admin_server.close_all_connections()
+            await within(3, "closing the admin connections", self.admin_server.close_all_connections())
 
 
 class BackendService(Service):

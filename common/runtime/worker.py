@@ -5,7 +5,12 @@ from collections.abc import Awaitable, Callable
 
 from tornado.ioloop import PeriodicCallback
 
+from common.runtime.stopping import cancel
+
 logger = logging.getLogger(__name__)
+
+# Seconds the step under way when stopping may take to finish before it is cancelled.
+STEP_GRACE = 5
 
 
 class BgWorker:
@@ -37,11 +42,9 @@ class BgWorker:
         self._stopping = True
         self._wake.set()
         if self._task:
-            try:
-                # A step normally ends within its own timeouts; one stuck on a dead peer must not hold the exit.
-                await asyncio.wait_for(self._task, 5)
-            except TimeoutError:
-                logger.warning("%s: step still running after 5 s; cancelled", self.name)
+            # A step normally ends within its own timeouts; one stuck on a dead peer must not hold the exit.
+            await asyncio.wait([self._task], timeout=STEP_GRACE)
+            await cancel(self._task, 2, f"{self.name}'s step")
 
     async def _loop(self) -> None:
         while not self._stopping:

@@ -25,6 +25,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from common.domain.errors import Forbidden, Unauthenticated
 from common.runtime.config import AuthSettings
+from common.runtime.stopping import cancel
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +101,7 @@ class KeyStore:
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever(), name="jwks refresh")
 
     async def stop(self) -> None:
-        if self._refresher:
-            self._refresher.cancel()
-            await asyncio.gather(self._refresher, return_exceptions=True)
+        await cancel(self._refresher, 2, "the signing keys' refresher")
 
     async def _refresh_forever(self) -> None:
         while True:

@@ -25,6 +25,7 @@ from tornado.iostream import IOStream, StreamClosedError
 
 from common.domain.json_text import to_json
 from common.runtime.config import Settings
+from common.runtime.stopping import within
 from common.web.envelope import envelope
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,4 @@ async def stop_server(server: DrainingHTTPServer, grace: float = 8.0) -> None:
         await asyncio.sleep(0.01)
     if server.streams:
         logger.warning("%d connections still busy after %ss; closing them", len(server.streams), grace)
-    try:
-        await asyncio.wait_for(server.close_all_connections(), 3)
-    except TimeoutError:
-        logger.warning("connections did not close within 3 s")
+    await within(3, "closing the HTTP connections", server.close_all_connections())

@@ -1,5 +1,7 @@
 """In-process services (the exact classes `python -m ...` runs) against real PostgreSQL and RabbitMQ,
 on databases and a vhost of this test run only."""
+import asyncio
+import io
 import secrets
 from dataclasses import replace
 
@@ -44,11 +46,27 @@ def running(io_loop, service):
     return service
 
 
+def stopped(io_loop, service, timeout=30):
+    """Stop `service`; if that takes over `timeout` s, fail with the stack of every task (the stuck one among
+    them) rather than a bare timeout."""
+    async def stop():
+        stopping = asyncio.ensure_future(service.stop())
+        await asyncio.wait([stopping], timeout=timeout)
+        if not stopping.done():
+            stacks = io.StringIO()
+            for task in asyncio.all_tasks():
+                task.print_stack(file=stacks)
+            stopping.cancel()
+            pytest.fail(f"{type(service).__name__}.stop() took over {timeout} s; the tasks:\n{stacks.getvalue()}")
+        stopping.result()
+    io_loop.run_sync(stop, timeout=timeout + 5)
+
+
 @pytest.fixture
 def order_service(io_loop, settings):
     service = running(io_loop, OrderService(settings))
     yield service
-    io_loop.run_sync(service.stop, timeout=30)
+    stopped(io_loop, service)
 
 
 @pytest.fixture
@@ -57,7 +75,7 @@ def payment_service(io_loop, settings, request):
     settings = replace(settings, **getattr(request, "param", {}))
     service = running(io_loop, PaymentService(settings))
     yield service
-    io_loop.run_sync(service.stop, timeout=30)
+    stopped(io_loop, service)
 
 
 @pytest.fixture

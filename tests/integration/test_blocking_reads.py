@@ -23,7 +23,7 @@ from order_svc import service as order_service
 from order_svc.bootstrap import OrderService
 from order_svc.waiters import Waiters
 from tests.conftest import eventually
-from tests.integration.conftest import running
+from tests.integration.conftest import running, stopped
 from tests.integration.http import request
 
 
@@ -94,7 +94,7 @@ async def until_waiting(count, timeout=10):
 def capped_service(io_loop, settings):
     service = running(io_loop, OrderService(replace(settings, max_waiting=2, max_waiting_per_user=1)))
     yield service
-    io_loop.run_sync(service.stop, timeout=30)
+    stopped(io_loop, service)
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -273,7 +273,7 @@ def proxied_service(io_loop, run_env):
     env["ORDER_DB_DSN"] = env["ORDER_DB_DSN"].replace(f":{INFRA.pg_port}/", f":{proxy.port}/")
     service = running(io_loop, OrderService(load_settings(env)))
     yield service, proxy, run_env["ORDER_DB_DSN"]
-    io_loop.run_sync(service.stop, timeout=30)
+    stopped(io_loop, service)
     proxy.down()
 
 

@@ -20,7 +20,7 @@ from order_svc.bootstrap import OrderService
 from order_svc.messaging import SendAtOnce
 from payment_svc.bootstrap import PaymentService
 from tests.conftest import eventually
-from tests.integration.conftest import running
+from tests.integration.conftest import running, stopped
 from tests.integration.http import request
 from tests.integration.test_order_service import place
 
@@ -40,14 +40,14 @@ def service(io_loop, run_env, service_class):
 def order_service(io_loop, run_env):
     started = service(io_loop, run_env, OrderService)
     yield started
-    io_loop.run_sync(started.stop, timeout=30)
+    stopped(io_loop, started)
 
 
 @pytest.fixture
 def payment_service(io_loop, run_env):
     started = service(io_loop, run_env, PaymentService)
     yield started
-    io_loop.run_sync(started.stop, timeout=30)
+    stopped(io_loop, started)
 
 
 async def take(broker, queue_name):

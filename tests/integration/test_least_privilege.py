@@ -28,7 +28,7 @@ from order_svc import repo as order_repo
 from order_svc.bootstrap import OrderService
 from payment_svc.bootstrap import PaymentService
 from tests.conftest import eventually
-from tests.integration.conftest import running
+from tests.integration.conftest import running, stopped
 from tests.integration.http import request
 
 # A DSN a service is given for the other's database, which it never uses: it holds no credentials of the other's.
@@ -82,14 +82,14 @@ def provisioned():
 def order_service(io_loop, provisioned):
     service = running(io_loop, OrderService(provisioned.settings("order")))
     yield service
-    io_loop.run_sync(service.stop, timeout=30)
+    stopped(io_loop, service)
 
 
 @pytest.fixture
 def payment_service(io_loop, provisioned):
     service = running(io_loop, PaymentService(provisioned.settings("payment")))
     yield service
-    io_loop.run_sync(service.stop, timeout=30)
+    stopped(io_loop, service)
 
 
 async def publish(url, queue, body, message_id, user_id=None):

@@ -12,7 +12,7 @@ from common.runtime.config import load_settings
 from harness.stack import free_port
 from order_svc.bootstrap import OrderService
 from tests.conftest import eventually
-from tests.integration.conftest import running
+from tests.integration.conftest import running, stopped
 from tests.integration.test_dead_letter_replay import account_with, dead_letters_cli, dead_letters_of
 from tests.integration.test_order_service import outbox_row, place
 from tests.integration.test_payment_service import balance, inbox_row, ledger
@@ -98,7 +98,7 @@ def quick_resends(io_loop, run_env):
                               "RESEND_DELAY": "1", "RESEND_DELAY_MAX": "1", "ENTRIES_PER_MESSAGE": "20"})
     service = running(io_loop, OrderService(settings))
     yield service
-    io_loop.run_sync(service.stop, timeout=30)
+    stopped(io_loop, service)
 
 
 async def take_entries(service):

@@ -10,7 +10,7 @@ from harness.stack import free_port
 from order_svc.bootstrap import OrderService
 from payment_svc.bootstrap import PaymentService
 from tests.conftest import eventually
-from tests.integration.conftest import running
+from tests.integration.conftest import running, stopped
 from tests.integration.http import request
 
 
@@ -29,7 +29,7 @@ def proxied(io_loop, run_env, service_class):
                               "ORDER_SVC_PORT": str(free_port()), "PAYMENT_SVC_PORT": str(free_port())})
     service = running(io_loop, service_class(settings))
     yield service, db_proxy, broker_proxy
-    io_loop.run_sync(service.stop, timeout=60)
+    stopped(io_loop, service, timeout=60)
     db_proxy.down()
     broker_proxy.down()
 

@@ -8,7 +8,7 @@ from common.runtime.config import load_settings
 from harness.stack import free_port
 from order_svc.bootstrap import OrderService
 from tests.conftest import eventually
-from tests.integration.conftest import running
+from tests.integration.conftest import running, stopped
 from tests.integration.test_fast_path import crashed_after_commit
 from tests.integration.test_order_service import outbox_row, place
 
@@ -20,7 +20,7 @@ def quick_resends(io_loop, run_env):
                               "RESEND_DELAY": "0.1", "RESEND_DELAY_MAX": "0.2"})
     service = running(io_loop, OrderService(settings))
     yield service
-    io_loop.run_sync(service.stop, timeout=30)
+    stopped(io_loop, service)
 
 
 async def purge_requests(service):

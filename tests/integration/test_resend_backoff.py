@@ -6,7 +6,7 @@ from common.runtime.config import load_settings
 from harness.stack import free_port
 from order_svc.bootstrap import OrderService
 from tests.conftest import eventually
-from tests.integration.conftest import running
+from tests.integration.conftest import running, stopped
 from tests.integration.test_order_service import place
 
 FIRST, CAP = 0.4, 1.6
@@ -19,7 +19,7 @@ def backing_off(io_loop, run_env):
                               "RESEND_DELAY": str(FIRST), "RESEND_DELAY_MAX": str(CAP), "POLL_INTERVAL": "0.05"})
     service = running(io_loop, OrderService(settings))
     yield service
-    io_loop.run_sync(service.stop, timeout=30)
+    stopped(io_loop, service)
 
 
 async def schedule(service, order_id):

@@ -27,7 +27,7 @@ from harness.tls import UNNAMED_ADDRESS, TlsServers
 from order_svc.bootstrap import OrderService
 from payment_svc.bootstrap import PaymentService
 from tests.conftest import eventually
-from tests.integration.conftest import running
+from tests.integration.conftest import running, stopped
 from tests.integration.http import request
 
 VHOST = "shop_tls"
@@ -107,7 +107,7 @@ def services(io_loop, tls):
     started = [running(io_loop, OrderService(settings)), running(io_loop, PaymentService(settings))]
     yield started
     for service in started:
-        io_loop.run_sync(service.stop, timeout=30)
+        stopped(io_loop, service)
 
 
 async def tls_of_session(service):
