@@ -14,6 +14,7 @@ Errors: `NoPrimary` (a `psycopg2.OperationalError`, so the retry policies for a 
 host answers as a primary; `WrongHost` (also one) when a connection turns out to be on a standby. `tls_refusal`
 tells a failed TLS set-up (a wrong CA, a certificate for another name, a server without TLS where the DSN
 requires it), which no retry can mend, from a server that is away."""
+import asyncio
 import logging
 import os
 import re
@@ -162,33 +163,54 @@ async def read_only(conn: aiopg.Connection) -> bool:
         return bool(row[0])
 
 
-async def is_primary(dsn: str, timeout: float = PROBE_TIMEOUT) -> bool:
-    """Whether the server of single-host `dsn` accepts writes (`read_only`). Asks its `postgres` database, which exists
-    before the services have created theirs. Raises the connection error if the server cannot be reached."""
+async def writing_timeline(dsn: str, timeout: float = PROBE_TIMEOUT) -> int | None:
+    """The timeline the server of single-host `dsn` writes on, or None if it refuses writes (`read_only`). Asks
+    its `postgres` database, which exists before the services have created theirs. Raises the connection error if
+    the server cannot be reached."""
     probe = make_dsn(dsn, dbname="postgres")
-    async with aiopg.connect(probe, timeout=timeout, enable_hstore=False) as conn:
-        return not await read_only(conn)
+    async with aiopg.connect(probe, timeout=timeout, enable_hstore=False) as conn, conn.cursor() as cur:
+        # The name of the WAL file being written begins with its timeline, 8 hex digits (in recovery there is none).
+        await cur.execute("SELECT CASE WHEN pg_is_in_recovery() OR current_setting('transaction_read_only')::bool "
+                          "THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END")
+        row = await cur.fetchone()
+        return None if row[0] is None else int(row[0][:8], 16)
 
 
 async def find_primary(dsns: Iterable[str], timeout: float = PROBE_TIMEOUT) -> str:
-    """The first of the single-host `dsns` whose server is a primary. Raises `NoPrimary` saying what each
-    host answered."""
-    answers: list[str] = []
+    """The one of the single-host `dsns` whose server is the primary: of those that accept writes, the one on the
+    highest timeline, the first in the list among equals. All are asked at once.
+
+    Fencing: after a failover the old primary, cut off, accepts writes until it demotes itself (seconds, by the
+    rule in docs/partitions.md), on the timeline the promotion left behind; the promoted standby writes on the
+    next one. Whatever the order of the hosts, the services go to the new primary as soon as they can reach it.
+    Raises `NoPrimary` saying what each host answered."""
+    dsns = list(dsns)
+    answers = await asyncio.gather(*(writing_timeline(dsn, timeout) for dsn in dsns), return_exceptions=True)
+    said: list[str] = []
     tls: list[str] = []
-    for dsn in dsns:
-        try:
-            if await is_primary(dsn, timeout):
-                if tls:
-                    logger.warning("database host TLS failed, another host used: %s", "; ".join(tls))
-                return dsn
-            answers.append(f"{describe(dsn)} is a standby")
-        except DB_ERRORS as exc:
-            why = tls_refusal(exc)
+    writable: list[tuple[int, str]] = []
+    for dsn, answer in zip(dsns, answers):
+        if isinstance(answer, DB_ERRORS):
+            why = tls_refusal(answer)
             if why is not None:
                 tls.append(f"{describe(dsn)}: {why}")
-            answers.append(f"{describe(dsn)} " + (f"TLS failed ({why})" if why is not None else
-                                                  f"unreachable ({str(exc).strip() or type(exc).__name__})"))
-    raise NoPrimary("no primary among the database hosts: " + "; ".join(answers), tls)
+            said.append(f"{describe(dsn)} " + (f"TLS failed ({why})" if why is not None else
+                                               f"unreachable ({str(answer).strip() or type(answer).__name__})"))
+        elif isinstance(answer, BaseException):
+            raise answer
+        elif answer is None:
+            said.append(f"{describe(dsn)} is a standby")
+        else:
+            writable.append((answer, dsn))
+    if not writable:
+        raise NoPrimary("no primary among the database hosts: " + "; ".join(said), tls)
+    _, dsn = max(writable, key=lambda found: found[0])  # max keeps the first of equals
+    if len(writable) > 1:
+        logger.warning("several database hosts accept writes (%s): using %s, on the highest timeline",
+                       ", ".join(f"{describe(other)} on timeline {line}" for line, other in writable), describe(dsn))
+    if tls:
+        logger.warning("database host TLS failed, another host used: %s", "; ".join(tls))
+    return dsn
 
 
 class Hosts:
