@@ -48,7 +48,8 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
                   draining=[waiters.let_go],
                   consumers=[Consumption(PAYMENT_RESULTS, PaymentResult,
                                          functools.partial(service.apply_payment_results, background, repo, waiters),
-                                         (settings.payment_svc_broker_user, settings.broker_operator_user))],
+                                         (settings.payment_svc_broker_user, settings.broker_operator_user),
+                                         background.ping)],
                   startup=[lambda: background.run(repo.make_unsent_due, transaction=False)])
 
 

@@ -37,7 +37,8 @@ def bootstrap(settings: Settings, db: Database, broker: Broker, auth: Authentica
                   workers=dict(inbox=inbox, outbox=outbox, cleanup=cleanup),
                   consumers=[Consumption(ORDER_REQUESTS, PaymentRequest,
                                          functools.partial(service.receive_requests, background, repo, dispatch),
-                                         (settings.order_svc_broker_user, settings.broker_operator_user))])
+                                         (settings.order_svc_broker_user, settings.broker_operator_user),
+                                         background.ping)])
 
 
 class PaymentService(BackendService):

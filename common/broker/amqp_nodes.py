@@ -287,9 +287,8 @@ class Declare(NamedTuple):
 
 
 class Consume(NamedTuple):
-    """A consumer, as it is registered again on a new channel."""
+    """A consumer (besides its callback), as it is registered again on a new channel."""
     queue: str
-    callback: OnMessage
     no_ack: bool
 
 
@@ -306,8 +305,8 @@ class NodeChannel:
         self.opened = asyncio.Event()
         self.prefetch: int | None = None
         self.declared: dict[str, Declare] = {}  # the queues declared through it, by name
-        self.consumers: list[Consume] = []
-        self.consumer_tags: dict[str, int] = {}  # of the open channel: consumer tag -> index in `consumers`
+        self.consumers: dict[OnMessage, Consume] = {}  # by the callback each calls
+        self.consumer_tags: dict[str, OnMessage] = {}  # of the open channel: consumer tag -> its callback
         self._reopening: asyncio.Task[None] | None = None
         self._resuming: set[asyncio.Task[None]] = set()
 
@@ -318,9 +317,9 @@ class NodeChannel:
         for name, declare in self.declared.items():
             await channel.declare_queue(name, **declare._asdict())
         tags = {}
-        for index, consume in enumerate(self.consumers):
+        for callback, consume in self.consumers.items():
             queue = await channel.get_queue(consume.queue)
-            tags[await queue.consume(consume.callback, no_ack=consume.no_ack)] = index
+            tags[await queue.consume(callback, no_ack=consume.no_ack)] = callback
         (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(self._on_consumer_cancel)
         channel.close_callbacks.add(self._on_close)
         self.channel, self.consumer_tags = channel, tags
@@ -328,10 +327,20 @@ class NodeChannel:
 
     async def consume(self, name: str, callback: OnMessage, no_ack: bool = False) -> str:
         """Consume queue `name` on the open channel, and on every channel opened later."""
-        self.consumers.append(Consume(name, callback, no_ack))
+        self.consumers[callback] = Consume(name, no_ack)
         tag = await (await (await self.ready()).get_queue(name, ensure=False)).consume(callback, no_ack=no_ack)
-        self.consumer_tags[tag] = len(self.consumers) - 1
+        self.consumer_tags[tag] = callback
         return tag
+
+    async def cancel(self, callback: OnMessage) -> None:
+        """Stop the consumer that calls `callback`, on the open channel and on every later one. Deliveries the
+        broker sent before it confirmed the cancel may still reach `callback`."""
+        consume = self.consumers.pop(callback, None)
+        for tag in [tag for tag, consumer in self.consumer_tags.items() if consumer == callback]:
+            del self.consumer_tags[tag]
+            channel = self.channel
+            if consume is not None and channel is not None and not channel.is_closed:
+                await (await channel.get_queue(consume.queue, ensure=False)).cancel(tag)
 
     async def ready(self) -> AbstractChannel:
         """The channel, once open."""
@@ -383,15 +392,15 @@ class NodeChannel:
     def _on_consumer_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
         # The broker cancelled one of its consumers (its queue was deleted, or its node lost the queue): consume
         # again once the queue is back, as aio-pika's robust channel would.
-        index = self.consumer_tags.pop(frame.consumer_tag or "", None)
-        if index is not None and self.channel is not None:
-            task = asyncio.create_task(self._resume(self.channel, index))
+        callback = self.consumer_tags.pop(frame.consumer_tag or "", None)
+        if callback is not None and self.channel is not None:
+            task = asyncio.create_task(self._resume(self.channel, callback))
             self._resuming.add(task)
             task.add_done_callback(self._resuming.discard)
 
-    async def _resume(self, channel: AbstractChannel, index: int) -> None:
-        name, callback, no_ack = self.consumers[index]
-        while self.channel is channel and not channel.is_closed:
+    async def _resume(self, channel: AbstractChannel, callback: OnMessage) -> None:
+        while self.channel is channel and not channel.is_closed and callback in self.consumers:
+            name, no_ack = self.consumers[callback]
             await asyncio.sleep(CHANNEL_REOPEN_PAUSE)
             try:
                 # Through a channel of its own: a passive declare of a missing queue closes the channel it is on.
@@ -400,9 +409,9 @@ class NodeChannel:
             except Exception as exc:  # noqa: BLE001 - not back yet (or the connection went: it consumes anew)
                 logger.info("queue %s not to be consumed again yet: %r", name, exc)
                 continue
-            if self.channel is channel and not channel.is_closed:
+            if self.channel is channel and not channel.is_closed and callback in self.consumers:
                 tag = await (await channel.get_queue(name, ensure=False)).consume(callback, no_ack=no_ack)
-                self.consumer_tags[tag] = index
+                self.consumer_tags[tag] = callback
                 logger.warning("consuming %s again after the broker cancelled its consumer", name)
             return
 

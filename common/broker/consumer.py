@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, NamedTuple
 
 from aio_pika.abc import AbstractIncomingMessage
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, stop_never, wait_exponential
 
 from common.broker.amqp_nodes import NodeChannel
 from common.broker.dead_lettering import REQUEUE_PAUSE, dead_letter, dead_letter_entries
@@ -29,6 +29,11 @@ logger = logging.getLogger(__name__)
 # returns {index: reason} of those to dead-letter (indexes into `items`). Raising `Unavailable` means "try the
 # batch again"; any other exception, or an index `items` does not have, is a bug.
 HandleBatch = Callable[[list[Any]], Awaitable[dict[int, str]]]
+# `await probe()` raises `Unavailable` while the database `handle_batch` writes to does not answer.
+Probe = Callable[[], Awaitable[object]]
+
+# Seconds between two probes of the database while stepped aside.
+PROBE_INTERVAL = 1.0
 
 
 class WrongPublisher(InvalidMessage):
@@ -51,11 +56,19 @@ class Received(NamedTuple):
 
 
 class BatchConsumer:
-    """One queue's messages, in delivery order: each batch is handled and acknowledged before the next."""
+    """One queue's messages, in delivery order: each batch is handled and acknowledged before the next.
+
+    With a `probe` of its database, the channel it consumes on (`consuming`) and `step_aside_after` seconds (the
+    setting CONSUMER_STEP_ASIDE_AFTER), it steps aside when a batch has found the database unavailable for that
+    long: it stops consuming, gives the batch and every message prefetched behind it back to the queue (for
+    another replica, whose database answers: one cut off from its own would hold them until the heal), and
+    consumes again once the probe passes. Without them it retries the batch for as long as it takes."""
 
     def __init__(self, queue: str, kind: EntryType, handle_batch: HandleBatch, batch_size: int,
                  dead_letters_via: NodeChannel, publishers: Collection[str],
-                 publish_as: str | None = None, requeue_pause: float = REQUEUE_PAUSE) -> None:
+                 publish_as: str | None = None, requeue_pause: float = REQUEUE_PAUSE,
+                 consuming: NodeChannel | None = None, probe: Probe | None = None,
+                 step_aside_after: float = 0.0) -> None:
         self.queue = queue
         self.requeue_pause = requeue_pause  # before a message whose dead letter was not stored is requeued
         # Dead letters go out on the publishing connection: RabbitMQ blocks a connection that publishes
@@ -70,6 +83,13 @@ class BatchConsumer:
         self.handle_batch = handle_batch
         self.batch_size = batch_size
         self.pending: asyncio.Queue[Received] = asyncio.Queue()
+        self.consuming, self.step_aside_after = consuming, step_aside_after
+        self.probe = probe if consuming is not None and step_aside_after > 0 else None
+
+    async def start(self) -> None:
+        """Consume the queue on `consuming`."""
+        assert self.consuming is not None
+        await (await self.consuming.get_queue(self.queue)).consume(self.on_message)
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         # Refused messages are acknowledged by `process` like the rest, so that messages are acknowledged in
@@ -93,7 +113,33 @@ class BatchConsumer:
             while size < self.batch_size and not self.pending.empty():
                 batch.append(self.pending.get_nowait())
                 size += batch[-1].size
-            await self.process(batch)
+            try:
+                await self.process(batch)
+            except Unavailable as exc:
+                await self._step_aside(batch, exc)
+
+    async def _step_aside(self, batch: Sequence[Received], exc: Unavailable) -> None:
+        """Stop consuming, give back what is held, wait for the database to answer, consume again."""
+        assert self.consuming is not None and self.probe is not None
+        await self.consuming.cancel(self.on_message)
+        await asyncio.sleep(0)  # deliveries already handed to `on_message` reach `pending` first
+        held = [*batch]
+        while not self.pending.empty():
+            held.append(self.pending.get_nowait())
+        logger.warning("%s: the database has not answered for %ss (%s): %d messages given back to the queue for "
+                       "another replica; consuming again once it answers", self.queue, self.step_aside_after, exc,
+                       len(held))
+        for received in held:
+            await acknowledge(received.message.nack(requeue=True))
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            try:
+                await self.probe()
+                break
+            except Unavailable:
+                continue
+        await self.start()
+        logger.warning("%s: the database answers: consuming again", self.queue)
 
     async def process(self, batch: Sequence[Received]) -> None:
         """Handle the entries of a batch's messages in one call, then acknowledge every message of the batch.
@@ -118,6 +164,8 @@ class BatchConsumer:
             failed: set[int] = set()
             try:
                 invalid = await self._handle(valid) if valid else {}
+            except Unavailable:
+                raise  # for `step_aside_after` seconds: the consumer steps aside
             except Exception:
                 # A bug, not an outage: give each message one more chance, then dead-letter it.
                 logger.exception("batch of %d entries from %s failed", len(valid), self.queue)
@@ -143,8 +191,9 @@ class BatchConsumer:
         Such an answer is a bug like any exception (`process` requeues the batch once, then dead-letters it):
         acking the batch would lose the dead letter the handler meant for one of its items, and the handler's
         commit is safe to redo (the inbox and the orders' final status are idempotent)."""
-        async for attempt in AsyncRetrying(retry=retry_if_exception_type(Unavailable),
-                                           wait=wait_exponential(multiplier=0.1, max=5), stop=stop_never):
+        stop = stop_never if self.probe is None else stop_after_delay(self.step_aside_after)
+        async for attempt in AsyncRetrying(retry=retry_if_exception_type(Unavailable), reraise=True,
+                                           wait=wait_exponential(multiplier=0.1, max=5), stop=stop):
             with attempt:
                 invalid = await self.handle_batch(items)
         unknown = [index for index in invalid if index not in range(len(items))]
@@ -236,12 +285,16 @@ class Consumer:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def consume(self, queue: str, kind: EntryType, handle_batch: HandleBatch, batch_size: int,
-                      publishers: Collection[str]) -> None:
+                      publishers: Collection[str], probe: Probe | None = None,
+                      step_aside_after: float = 0.0) -> None:
         """Consume `queue`, taking messages whose `user_id` is one of `publishers` (empty names are left out;
-        raises `ValueError` if none is left) and dead-lettering the others unread."""
+        raises `ValueError` if none is left) and dead-lettering the others unread. With `probe` (of the database
+        `handle_batch` writes to) and `step_aside_after` seconds, step aside while that database is away
+        (`BatchConsumer`)."""
         batches = BatchConsumer(queue, kind, handle_batch, batch_size, self.dead_letters_via, publishers,
-                                self.publish_as)
-        await (await self.channel.get_queue(queue)).consume(batches.on_message)
+                                self.publish_as, consuming=self.channel, probe=probe,
+                                step_aside_after=step_aside_after)
+        await batches.start()
         self._tasks.append(asyncio.create_task(batches.run(), name=f"consumer of {queue}"))
 
     async def stop(self) -> None:

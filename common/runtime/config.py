@@ -143,6 +143,7 @@ class Settings:
     payment_db_dsn: str
     rabbitmq_url: str
     rabbitmq_heartbeat: int  # seconds, for a node URL that names none (common.broker.urls.with_heartbeat)
+    consumer_step_aside_after: float  # seconds without the database before a consumer steps aside (0: never)
     db_timeouts: DbTimeouts  # for every DSN (common.db.pg_hosts.with_timeouts) and every statement
     # The RabbitMQ users whose messages the consumers take (their `user_id`, which the broker vouches for):
     # payment requests from `order_svc_broker_user`, results from `payment_svc_broker_user`, and either from
@@ -218,6 +219,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         payment_db_dsn=env["PAYMENT_DB_DSN"],
         rabbitmq_url=env["RABBITMQ_URL"],
         rabbitmq_heartbeat=rabbitmq_heartbeat(env),
+        consumer_step_aside_after=number(env, "CONSUMER_STEP_ASIDE_AFTER", "30", float, 0),
         db_timeouts=load_db_timeouts(env),
         order_svc_broker_user=env.get("ORDER_SVC_BROKER_USER") or broker_user(env["RABBITMQ_URL"]),
         payment_svc_broker_user=env.get("PAYMENT_SVC_BROKER_USER") or broker_user(env["RABBITMQ_URL"]),

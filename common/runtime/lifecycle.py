@@ -106,7 +106,8 @@ class BackendService(Service):
             worker.start()
         for consumption in wiring.consumers:
             await broker.consumer.consume(consumption.queue, consumption.kind, consumption.handle_batch,
-                                               settings.batch_size, consumption.publishers)
+                                          settings.batch_size, consumption.publishers,
+                                          consumption.probe, settings.consumer_step_aside_after)
         logger.info("%s listening on %s:%s, admin on %s:%s", self.name, settings.listen_address, self.port,
                     settings.admin_listen_address, self.admin_server.port)
 

@@ -6,7 +6,7 @@ from typing import Protocol
 
 from tornado import web
 
-from common.broker.consumer import HandleBatch
+from common.broker.consumer import HandleBatch, Probe
 from common.broker.packing import EntryType
 
 
@@ -25,6 +25,7 @@ class Consumption:
     kind: EntryType  # what the entries of its messages are
     handle_batch: HandleBatch
     publishers: tuple[str, ...]
+    probe: Probe | None = None  # of the database `handle_batch` writes to: the consumer steps aside while it fails
 
 
 @dataclass

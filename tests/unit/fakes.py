@@ -139,6 +139,9 @@ class FakeDatabase:
         self.calls.append((work.__name__, args))
         return await work(FakeCursor(), *args)
 
+    async def ping(self):
+        """Always answers."""
+
 
 class FakeBroker:
     """What a service's `bootstrap` takes of a `Broker`: a publisher (a `FakePublisher`), its window, whether it

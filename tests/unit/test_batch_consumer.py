@@ -255,3 +255,73 @@ async def test_a_batch_takes_whole_messages_until_it_holds_the_batch_size_in_ent
     running.cancel()
     assert seen == [[1, 1, 1, 2, 2, 2], [3, 3, 3]]
     assert [m.outcome for m in messages] == [[], [("ack", True)], [("ack", True)]]
+
+
+class FakeConsuming:
+    """The channel a consumer consumes on: records its consumes and cancels."""
+
+    def __init__(self):
+        self.events = []
+
+    async def get_queue(self, name, ensure=True):
+        return self
+
+    async def consume(self, callback):
+        self.events.append("consume")
+        return "tag"
+
+    async def cancel(self, callback):
+        self.events.append("cancel")
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_a_consumer_whose_database_stays_away_gives_back_what_it_holds_and_comes_back():
+    database = {"up": False}
+
+    async def handle(items):
+        if not database["up"]:
+            raise Unavailable("the database does not answer")
+        handle.seen.extend(items)
+        return {}
+    handle.seen = []
+
+    async def probe():
+        if not database["up"]:
+            raise Unavailable("the database does not answer")
+    consuming = FakeConsuming()
+    batches = BatchConsumer("q", Number, handle_batch=handle, batch_size=1, dead_letters_via=FakeDeadLetters(),
+                            publishers=PUBLISHERS, consuming=consuming, probe=probe, step_aside_after=0.3)
+    await batches.start()
+    messages = [FakeMessage(tag) for tag in (1, 2, 3)]
+    for message in messages:  # one in the batch, two prefetched behind it
+        batches.pending.put_nowait(received(message, f"item{message.delivery_tag}"))
+    running = asyncio.ensure_future(batches.run())
+    try:
+        async def given_back():
+            assert consuming.events == ["consume", "cancel"]
+            assert [m.outcome for m in messages] == [[("nack", True)]] * 3
+        await eventually(given_back, timeout=5)
+        database["up"] = True
+
+        async def consuming_again():
+            assert consuming.events == ["consume", "cancel", "consume"]
+        await eventually(consuming_again, timeout=5)
+        assert handle.seen == []  # nothing held: the broker delivers them again
+    finally:
+        running.cancel()
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_without_a_probe_a_batch_waits_for_its_database_however_long():
+    attempts = []
+
+    async def handle(items):
+        attempts.append(items)
+        if len(attempts) < 4:
+            raise Unavailable("the database does not answer")
+        return {}
+    message = FakeMessage(1)
+    batches = BatchConsumer("q", Number, handle_batch=handle, batch_size=1, dead_letters_via=FakeDeadLetters(),
+                            publishers=PUBLISHERS, step_aside_after=0.01)
+    await batches.process([received(message, "item")])
+    assert len(attempts) == 4 and message.outcome == [("ack", True)]
