@@ -4,6 +4,7 @@ silent, as they do between real machines (no reset, no refusal: packets vanish, 
     topology = Topology.load()          # the file `scripts/netns-cluster.sh start` wrote
     topology.check_isolated()           # before any traffic
     topology.cut("pg1", "others")       # drop both ways between two groups; one_way=True: a -> b only
+    topology.lose("services", "rabbit", 20)      # drop 20 % of the packets both ways, at random
     topology.heal()                     # every cut gone (the nft chain flushed)
     topology.freeze("r1"); topology.thaw("r1")   # SIGSTOP / SIGCONT every process of a node: sockets stay open
     topology.power_loss("pg1")          # cut from everyone and killed at once: no FIN or RST ever leaves it
@@ -11,7 +12,8 @@ silent, as they do between real machines (no reset, no refusal: packets vanish, 
 A side is a node name (`r1`, `pg1`, `order`, ...), a group (`rabbit`, `postgres`, `services`), `others` (every
 node not on the other side), or a list of these. Cuts are nft rules in the bridge's own namespace (bridge
 family, by IPv4 address); ARP still passes, so a cut is a silent drop of every packet, like a firewall or a dead
-link behind a switch, never "no route to host". This kernel has no netem: no latency is emulated here.
+link behind a switch, never "no route to host". Random loss is such a rule too (`numgen random`). This kernel has
+no netem: no latency is emulated here.
 
 Errors: `NotIsolated` when a namespace could send traffic out of the machine, `TopologyError` for a name the
 topology does not have or a missing topology file, `subprocess.CalledProcessError` when `ip` or `nft` fails."""
@@ -99,18 +101,31 @@ class Topology:
 
     def cut(self, a, b, one_way: bool = False) -> None:
         """Drop every packet from side `a` to side `b`, and from `b` to `a` unless `one_way`."""
-        first = self.members(a) if a != "others" else None
-        second = self.members(b, first or ())
-        first = first or self.members(a, second)
+        first, second = self._sides(a, b)
         self._drop(first, second)
         if not one_way:
             self._drop(second, first)
 
-    def _drop(self, sources, destinations) -> None:
+    def lose(self, a, b, percent: int) -> None:
+        """Drop `percent` % of the packets between sides `a` and `b`, both ways, each at random (nft `numgen
+        random`): a lossy link, which TCP's retransmissions mostly hide, at a cost in latency."""
+        if not 0 < percent <= 100:
+            raise ValueError(f"a loss is a percentage from 1 to 100, not {percent}")
+        first, second = self._sides(a, b)
+        for sources, destinations in ((first, second), (second, first)):
+            self._drop(sources, destinations, "numgen", "random", "mod", "100", "<", str(percent))
+
+    def _sides(self, a, b) -> tuple:
+        """The nodes of sides `a` and `b`, either of which may be `others` (every node not on the other side)."""
+        first = self.members(a) if a != "others" else None
+        second = self.members(b, first or ())
+        return first or self.members(a, second), second
+
+    def _drop(self, sources, destinations, *condition: str) -> None:
         def addresses(nodes):
             return "{ " + ", ".join(self.nodes[node] for node in nodes) + " }"
         self._nft("add", "rule", "bridge", self.table, "forward", "ip", "saddr", addresses(sources),
-                  "ip", "daddr", addresses(destinations), "drop")
+                  "ip", "daddr", addresses(destinations), *condition, "drop")
 
     def heal(self) -> None:
         """Remove every cut."""

@@ -3,6 +3,7 @@ PostgreSQL primary cut from everyone, the services' RabbitMQ node cut from the o
 broker node, and that broker node hung (SIGSTOP). After each heal the invariants hold (no acknowledged order lost,
 no double debit, money conserved), and the time the system took to move on during the fault and to come back
 after the heal is measured (docs/partitions.md)."""
+import os
 import threading
 import time
 import uuid
@@ -197,6 +198,43 @@ def services_broker_node_power_loss(topology):
     return f"{node} (the services' RabbitMQ node) lost power", heal
 
 
+def replication_link_cut(topology):
+    """Non-transitive: the two data nodes lose each other, both still reach the monitor and the services."""
+    topology.cut("pg1", "pg2")
+    return "the replication link (pg1 - pg2) cut", topology.heal
+
+
+def monitor_alone(topology):
+    topology.cut("monitor", "others")
+    return "the pg_auto_failover monitor cut from everyone", topology.heal
+
+
+def services_lossy_link(topology):
+    topology.lose("services", "others", 20)
+    return "20 % of the services' packets lost", topology.heal
+
+
+def services_broker_link_flapping(topology):
+    """The services' link to their RabbitMQ node down 3 s, up 3 s, over and over."""
+    node = services_broker_node(topology)
+    stopping = threading.Event()
+
+    def flap():
+        while not stopping.is_set():
+            topology.cut("services", node)
+            stopping.wait(3)
+            topology.heal()
+            stopping.wait(3)
+    flapping = threading.Thread(target=flap, daemon=True)
+    flapping.start()
+
+    def heal():
+        stopping.set()
+        flapping.join(timeout=30)
+        topology.heal()
+    return f"the services' link to {node} flapping (3 s down, 3 s up)", heal
+
+
 # (fault, seconds it lasts, whether the services keep a majority of each cluster: then the fault may cost at most
 # MOVE_ON_BOUND of progress). The primary's cuts outlast wal_sender_timeout + network_partition_timeout and the
 # monitor's promotion delay (scripts/netns-cluster.sh), so that a failover happens under load. With the primary,
@@ -208,6 +246,10 @@ FAULTS = [
     (order_service_cut_from_its_broker_node, 20, True),
     (services_broker_node_hung, 20, True),
     (services_broker_node_power_loss, 20, True),
+    (replication_link_cut, 20, True),
+    (monitor_alone, 20, True),
+    (services_lossy_link, 20, True),
+    (services_broker_link_flapping, 24, True),
 ]
 
 
@@ -231,8 +273,14 @@ class PrimarySampler:
         return self.both
 
 
-@pytest.mark.parametrize("fault, seconds, majority", FAULTS, ids=[fault.__name__ for fault, *_ in FAULTS])
-def test_a_silent_fault_loses_nothing_and_the_system_comes_back(topology, load, fault, seconds, majority):
+# The long run repeats every kind: SHOP_PARTITION_ROUNDS=5 (docs/partitions.md).
+ROUNDS = int(os.environ.get("SHOP_PARTITION_ROUNDS", "1"))
+RUNS = [(round_, *kind) for round_ in range(1, ROUNDS + 1) for kind in FAULTS]
+
+
+@pytest.mark.parametrize("round_, fault, seconds, majority", RUNS,
+                         ids=[f"{fault.__name__}-{round_}" for round_, fault, *_ in RUNS])
+def test_a_silent_fault_loses_nothing_and_the_system_comes_back(topology, load, round_, fault, seconds, majority):
     topology.check_isolated()  # before any traffic
     topology.wait_formation()
     topology.wait_rabbit_cluster()

@@ -52,6 +52,16 @@ def test_a_node_cut_from_the_others_is_cut_from_every_other_node(topology):
     assert topology.commands == [rule.format(everyone_else, "10.0.0.21"), rule.format("10.0.0.21", everyone_else)]
 
 
+def test_a_loss_drops_a_share_of_the_packets_both_ways_at_random(topology):
+    topology.lose("order", "r1", 20)
+    assert topology.commands == [
+        "add rule bridge t forward ip saddr { 10.0.0.31 } ip daddr { 10.0.0.11 } numgen random mod 100 < 20 drop",
+        "add rule bridge t forward ip saddr { 10.0.0.11 } ip daddr { 10.0.0.31 } numgen random mod 100 < 20 drop",
+    ]
+    with pytest.raises(ValueError, match="not 0"):
+        topology.lose("order", "r1", 0)
+
+
 def test_heal_flushes_every_cut(topology):
     topology.heal()
     assert topology.commands == ["flush chain bridge t forward"]
