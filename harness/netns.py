@@ -235,22 +235,33 @@ class Topology:
             return sorted({by_address[host] for host, peer in pairs if peer == self.nodes[service]})
         return []
 
-    def wait_rabbit_cluster(self, timeout: float = 90) -> float:
-        """Wait until every RabbitMQ node sees all three running; the seconds it took. Raises `TimeoutError`."""
+    def wait_rabbit_cluster(self, timeout: float = 120, steady: float = 10) -> float:
+        """Wait until every RabbitMQ node has seen all three running and no partition for `steady` seconds in a row;
+        the seconds until that began. Raises `TimeoutError`.
+
+        Steady, not just whole once: `autoheal` may restart the losing side of a partition some time after the
+        nodes first see each other again (seen: a minute after a hung node's thaw), and a fault injected in the
+        middle of that meets a cluster that is not what it looks like."""
         started, seen = time.monotonic(), {}
+        whole_since = None
         want = len(self.groups["rabbit"])
         while time.monotonic() - started < timeout:
             for node in self.groups["rabbit"]:
                 try:
                     status = json.loads(self.rabbitmqctl(node, "-q", "cluster_status", "--formatter", "json",
                                                          timeout=10))
-                    seen[node] = len(status["running_nodes"])
+                    seen[node] = (len(status["running_nodes"]), bool(status.get("partitions")))
                 except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError, KeyError):
-                    seen[node] = 0
-            if all(count == want for count in seen.values()):
-                return time.monotonic() - started
+                    seen[node] = (0, False)
+            if all(running == want and not split for running, split in seen.values()):
+                whole_since = whole_since if whole_since is not None else time.monotonic()
+                if time.monotonic() - whole_since >= steady:
+                    return whole_since - started
+            else:
+                whole_since = None
             time.sleep(1)
-        raise TimeoutError(f"the RabbitMQ cluster did not come together within {timeout} s: running seen {seen}")
+        raise TimeoutError(f"the RabbitMQ cluster was not whole and steady for {steady} s within {timeout} s: "
+                           f"(running, partitioned) seen {seen}")
 
 
 def start(base: Path = DEFAULT_BASE) -> Topology:
