@@ -192,6 +192,32 @@ class Topology:
                 found.append(node)
         return found
 
+    def acknowledging(self, nodes, timeout_ms: int = 500) -> list:
+        """Those of `nodes` (data nodes) that acknowledge a commit within `timeout_ms`: a row written to a probe table
+        over the node's Unix socket, in a database of the probe's own. A primary whose synchronous standby is gone
+        claims to accept writes, but its commit waits for that standby: the wait is cancelled at the timeout, and
+        PostgreSQL's warning ("committed locally, but might not have been replicated") means no acknowledgement."""
+        found = []
+        for node in nodes:
+            try:
+                conn = psycopg2.connect(host="/var/run/postgresql", port=self.pg_ports[node], dbname="postgres",
+                                        user="postgres", connect_timeout=3,
+                                        options=f"-c statement_timeout={timeout_ms}")
+            except psycopg2.OperationalError:
+                continue
+            try:
+                conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute("CREATE TABLE IF NOT EXISTS shop_commit_probe (at timestamptz)")
+                    cur.execute("INSERT INTO shop_commit_probe VALUES (clock_timestamp())")
+                if not any("synchronous replication" in notice for notice in conn.notices):
+                    found.append(node)
+            except psycopg2.Error:
+                pass
+            finally:
+                conn.close()
+        return found
+
     def _sql(self, port: int, dbname: str, sql: str) -> list:
         conn = psycopg2.connect(host="/var/run/postgresql", port=port, dbname=dbname, user="postgres",
                                 connect_timeout=3)
