@@ -42,12 +42,15 @@ RABBITS=(r1 r2 r3)
 
 # --- pg_auto_failover timings. The rule (docs/partitions.md): a primary cut off from the monitor and its standby
 # demotes itself before the monitor promotes the standby, so two primaries never accept writes at once:
-#   wal_sender_timeout (4 s: the cut primary's standby row in pg_stat_replication is gone)
-#   + timeout.network_partition_timeout (4 s, pg_autoctl keeper: then it demotes itself) + its 1 s loop = 9 s
+#   wal_sender_timeout (6 s: the cut primary's standby row in pg_stat_replication is gone)
+#   + timeout.network_partition_timeout (4 s, pg_autoctl keeper: then it demotes itself) + its 1 s loop = 11 s
 #   < pgautofailover.node_considered_unhealthy_timeout (5 s) + pgautofailover.primary_demote_timeout (8 s) = 13 s,
 # the least time before the monitor promotes; the services find the new primary within a few seconds more, under
-# the 25 s a fault may cost.
-WAL_SENDER_TIMEOUT=4s
+# the 25 s a fault may cost. And the keeper must find the monitor gone while the standby's row is still there
+# (pg_autoctl counts itself partitioned only once it has seen its standby after losing the monitor):
+#   its 1 s loop + two monitor connection attempts of KEEPER_CONNECT_TIMEOUT (1 s) = 3 s < wal_sender_timeout.
+WAL_SENDER_TIMEOUT=6s
+KEEPER_CONNECT_TIMEOUT=1
 NETWORK_PARTITION_TIMEOUT=4
 UNHEALTHY_TIMEOUT_MS=5000
 DEMOTE_TIMEOUT_MS=8000
@@ -195,7 +198,10 @@ allow_subnet() {
         "$SUBNET" "$SUBNET" >> "$PGBASE/$1/pg_hba.conf"
 }
 
-run_keeper() { as_postgres "$1" setsid pg_autoctl run --pgdata "$PGBASE/$1" >> "$BASE/$1.log" 2>&1 < /dev/null & }
+run_keeper() {
+    as_postgres "$1" env PGCONNECT_TIMEOUT="$KEEPER_CONNECT_TIMEOUT" setsid pg_autoctl run --pgdata "$PGBASE/$1" \
+        >> "$BASE/$1.log" 2>&1 < /dev/null &
+}
 
 wait_pg() {  # NODE SECONDS
     for _ in $(seq $(( $2 * 2 ))); do pg_isready -q -h /var/run/postgresql -p "$(pg_port "$1")" && return; sleep 0.5; done
