@@ -27,9 +27,9 @@ from pathlib import Path
 
 import psycopg2
 
+from common.db.pg_hosts import REFUSES_WRITES
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "netns-cluster.sh"
-# What `common.db.pg_hosts.read_only` asks: a standby, or a server pg_auto_failover set read-only.
-READ_ONLY = "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool"
 DEFAULT_BASE = Path(os.environ.get("NETNS_BASE", "/var/tmp/shop-netns"))
 
 
@@ -185,7 +185,7 @@ class Topology:
             if node == "monitor":
                 continue
             try:
-                (read_only,), = self._sql(self.pg_ports[node], "postgres", READ_ONLY)
+                (read_only,), = self._sql(self.pg_ports[node], "postgres", f"SELECT {REFUSES_WRITES}")
             except psycopg2.OperationalError:
                 continue
             if not read_only:
@@ -200,9 +200,7 @@ class Topology:
         found = []
         for node in nodes:
             try:
-                conn = psycopg2.connect(host="/var/run/postgresql", port=self.pg_ports[node], dbname="postgres",
-                                        user="postgres", connect_timeout=3,
-                                        options=f"-c statement_timeout={timeout_ms}")
+                conn = self._connect(self.pg_ports[node], "postgres", options=f"-c statement_timeout={timeout_ms}")
             except psycopg2.OperationalError:
                 continue
             try:
@@ -218,9 +216,14 @@ class Topology:
                 conn.close()
         return found
 
+    @staticmethod
+    def _connect(port: int, dbname: str, **options: str):
+        """A connection over the node's Unix socket (from the root namespace: never cut)."""
+        return psycopg2.connect(host="/var/run/postgresql", port=port, dbname=dbname, user="postgres",
+                                connect_timeout=3, **options)
+
     def _sql(self, port: int, dbname: str, sql: str) -> list:
-        conn = psycopg2.connect(host="/var/run/postgresql", port=port, dbname=dbname, user="postgres",
-                                connect_timeout=3)
+        conn = self._connect(port, dbname)
         try:
             with conn.cursor() as cur:
                 cur.execute(sql)

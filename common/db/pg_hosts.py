@@ -152,13 +152,17 @@ def describe(dsn: str | None) -> str:
     return f"{params.get('host', 'localhost')}:{params.get('port', '5432')}"
 
 
+# Whether a server refuses writes (`read_only`), as an SQL expression.
+REFUSES_WRITES = "pg_is_in_recovery() OR current_setting('transaction_read_only')::bool"
+
+
 async def read_only(conn: aiopg.Connection) -> bool:
     """Whether the server refuses writes: a standby (in recovery), or a server set read-only. pg_auto_failover
     sets `default_transaction_read_only` on the standby it is about to promote and clears it a few seconds after
     the promotion (seen in chaos runs: out of recovery, yet refusing every write for ~6 s). libpq's
     `target_session_attrs=read-write` asks the same `transaction_read_only`."""
     async with conn.cursor() as cur:
-        await cur.execute("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool")
+        await cur.execute(f"SELECT {REFUSES_WRITES}")
         row = await cur.fetchone()
         return bool(row[0])
 
@@ -170,8 +174,7 @@ async def writing_timeline(dsn: str, timeout: float = PROBE_TIMEOUT) -> int | No
     probe = make_dsn(dsn, dbname="postgres")
     async with aiopg.connect(probe, timeout=timeout, enable_hstore=False) as conn, conn.cursor() as cur:
         # The name of the WAL file being written begins with its timeline, 8 hex digits (in recovery there is none).
-        await cur.execute("SELECT CASE WHEN pg_is_in_recovery() OR current_setting('transaction_read_only')::bool "
-                          "THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END")
+        await cur.execute(f"SELECT CASE WHEN {REFUSES_WRITES} THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END")
         row = await cur.fetchone()
         return None if row[0] is None else int(row[0][:8], 16)
 
