@@ -15,6 +15,7 @@ from common.db.database import (
     fetch_all,
     fetch_one,
     ids,
+    not_locked_elsewhere,
     pending_rows,
     seconds_from_now,
     texts,
@@ -94,9 +95,11 @@ POSTPONE_OUTBOX = Query(sa.update(outbox_os).where(_order_ids)
 # Rows whose immediate publish the broker confirmed: sent once, so the relay's next send of one is a resend,
 # held back while the queue still holds messages (a Payments outage) instead of doubling the backlog. Only
 # `attempts` changes: the row stays due `RESEND_DELAY` after it was written. Safe to run twice.
-SENT_OUTBOX = Query(sa.update(outbox_os).where(_order_ids, outbox_os.c.attempts == 0).values(attempts=1))
+# (Rows another transaction holds are skipped: `not_locked_elsewhere`.)
+_not_held = not_locked_elsewhere(outbox_os.c.order_id, "order_ids")
+SENT_OUTBOX = Query(sa.update(outbox_os).where(_not_held, outbox_os.c.attempts == 0).values(attempts=1))
 # Rows whose immediate publish was not confirmed: never sent after all, so due at once as first sends.
-UNSENT_OUTBOX = Query(sa.update(outbox_os).where(_order_ids).values(attempts=0, next_attempt_at=NOW))
+UNSENT_OUTBOX = Query(sa.update(outbox_os).where(_not_held).values(attempts=0, next_attempt_at=NOW))
 # At start-up: rows never confirmed sent may be orders whose immediate publish died with a process (this one's
 # predecessor, or a replica's: then the copy sent now is a harmless duplicate the inbox recognises).
 UNSENT_DUE_NOW = Query(sa.update(outbox_os).where(outbox_os.c.attempts == 0, outbox_os.c.next_attempt_at > NOW)

@@ -17,6 +17,7 @@ from common.db.database import (
     fetch_all,
     fetch_one,
     ids,
+    not_locked_elsewhere,
     older_than,
     pending_rows,
     seconds_from_now,
@@ -220,6 +221,8 @@ _settled = sa.update(inbox).where(inbox.c.order_id == _decided.c.order_id,
                                   _decided.c.order_id != sa.all_(ids("order_ids"))) \
     .values(status=_decided.c.status, acked=True, processed_at=sa.func.coalesce(inbox.c.processed_at, NOW)) \
     .cte("settled")
+
+
 # Every decided status queued for the Order Service, a user's together and in order, due for the relay in
 # `due_in` seconds; and the results whose publish the broker confirmed since the last statement deleted.
 _queued = sa.insert(outbox_ps).from_select(
@@ -227,7 +230,7 @@ _queued = sa.insert(outbox_ps).from_select(
     sa.select(_decided.c.order_id, _decided.c.status, seconds_from_now(sa.bindparam("due_in")),
               _decided.c.traceparent).order_by(_decided.c.user_id, _decided.c.order_id)) \
     .returning(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status, outbox_ps.c.traceparent).cte("queued")
-_done = sa.delete(outbox_ps).where(outbox_ps.c.id == sa.any_(ids("done_ids"))).cte("done")
+_done = sa.delete(outbox_ps).where(not_locked_elsewhere(outbox_ps.c.id, "done_ids")).cte("done")
 
 
 _results = sa.select(_queued, _decided.c.user_id, _decided.c.amount) \
@@ -246,12 +249,11 @@ SETTLE.sql = f"{CLAIM.sql};\n{SETTLE.sql}"
 assert not CLAIM.defaults.keys() & SETTLE.defaults.keys(), "CLAIM's and SETTLE's parameters must not share names"
 SETTLE.defaults = {**CLAIM.defaults, **SETTLE.defaults}
 
-_outbox_ids = outbox_ps.c.id == sa.any_(ids("ids"))
 LOCK_OUTBOX = Query(sa.select(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status, outbox_ps.c.traceparent)
                     .where(outbox_ps.c.next_attempt_at <= NOW)
                     .order_by(outbox_ps.c.id).limit(sa.bindparam("limit")).with_for_update(skip_locked=True))
-DELETE_OUTBOX = Query(sa.delete(outbox_ps).where(_outbox_ids))
-DUE_NOW = Query(sa.update(outbox_ps).where(_outbox_ids).values(next_attempt_at=NOW))
+DELETE_OUTBOX = Query(sa.delete(outbox_ps).where(not_locked_elsewhere(outbox_ps.c.id, "ids")))
+DUE_NOW = Query(sa.update(outbox_ps).where(not_locked_elsewhere(outbox_ps.c.id, "ids")).values(next_attempt_at=NOW))
 
 
 Row = dict[str, Any]
@@ -308,8 +310,10 @@ class PaymentRepository(Protocol):
         settled request is acked and its status queued for the Order Service, due for the relay in `due_in`
         seconds. The `outbox_ps` rows `done_ids` (sends the broker confirmed) are deleted on the way."""
     async def lock_outbox(self, cur: Cursor, limit: int) -> list[Row]: ...
-    async def delete_outbox(self, cur: Cursor, ids: list[int]) -> None: ...
-    async def make_due(self, cur: Cursor, ids: list[int]) -> None: ...
+    async def delete_outbox(self, cur: Cursor, ids: list[int]) -> None:
+        """Delete these rows, but those another transaction holds (a relay step sending them)."""
+    async def make_due(self, cur: Cursor, ids: list[int]) -> None:
+        """Make these rows due at once, but those another transaction holds."""
     async def backlog(self, cur: Cursor) -> dict[str, tuple[int, float]]:
         """{table: (rows waiting, age of the oldest in seconds)} for the unacked inbox and the outbox."""
     async def forget_processed(self, cur: Cursor, days: float, limit: int) -> bool:

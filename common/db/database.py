@@ -78,6 +78,15 @@ def texts(name: str) -> sa.Cast[Any]:
     return sa.cast(sa.bindparam(name), postgresql.ARRAY(sa.Text))
 
 
+def not_locked_elsewhere(key: sa.Column[Any], name: str) -> sa.ColumnElement[bool]:
+    """The rows whose `key` is one of the ids `name` and that no other transaction holds (`FOR UPDATE SKIP
+    LOCKED`). For an outbox's bookkeeping (a confirmed row deleted or counted, an unconfirmed one made due): it
+    must never wait for a relay step that holds the row while it sends it (up to the publish timeout against a
+    silent broker node, longer than `DB_LOCK_TIMEOUT`), nor fail the statement it rides on. A row skipped is
+    dealt with by the step that holds it, or sent again (a duplicate the receiver recognises)."""
+    return key.in_(sa.select(key).where(key == sa.any_(ids(name))).with_for_update(skip_locked=True))
+
+
 async def execute(cur: Cursor, query: "Query | sa.ClauseElement", **values: Any) -> None:
     """Run a `Query` with `values` bound by name over its defaults, or a statement built on the spot (for cold
     paths such as clean-up and metrics, where compiling per call costs nothing that matters; lists in it are

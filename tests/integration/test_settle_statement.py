@@ -105,6 +105,42 @@ async def test_results_whose_publish_was_confirmed_are_deleted_by_the_next_settl
     assert await db.run(left) == 0
 
 
+async def holding_rows(dsn, row_ids):
+    """A connection in a transaction holding `outbox_ps` rows, as a relay step does while it sends them."""
+    conn = await aiopg.connect(dsn)
+    cur = await conn.cursor()
+    await cur.execute("BEGIN")
+    await cur.execute("SELECT id FROM outbox_ps WHERE id = ANY(%s) FOR UPDATE", (row_ids,))
+    return conn
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_confirmed_results_held_by_a_relay_step_are_left_to_it_without_waiting(db, dsn):
+    """Bookkeeping never waits for a row lock: a wait would last as long as the relay's send (up to the publish
+    timeout against a silent broker node), past `DB_LOCK_TIMEOUT`, and fail the settling that carries it."""
+    user, order = ids()
+    case = CASES["a cancelled order does not stop a later one the balance still covers"]
+    await prepare(db, case, user, order)
+    settled = await db.run(PostgresPayments().settle, requests_of(case, order, user), users_of(case, user), 0, 5.0)
+    held, free, other = (row["id"] for row in settled.queued)
+    relay = await holding_rows(dsn, [held])
+    try:
+        for step in (lambda cur: PostgresPayments().settle(cur, [], [], 0, 0, [held, free]),
+                     lambda cur: PostgresPayments().make_due(cur, [held, other]),
+                     lambda cur: PostgresPayments().delete_outbox(cur, [held, other])):
+            async def with_short_lock_timeout(cur, step=step):
+                await cur.execute("SET LOCAL lock_timeout = 1000")  # a wait fails the test instead of hanging it
+                return await step(cur)
+            await db.run(with_short_lock_timeout, retry_seconds=0)
+    finally:
+        relay.close()
+
+    async def left(cur):
+        await cur.execute("SELECT id FROM outbox_ps WHERE id = ANY(%s)", ([held, free, other],))
+        return {row_id for row_id, in await cur.fetchall()}
+    assert await db.run(left) == {held}
+
+
 class CountingCursor:
     """The transaction's cursor, counting the queries sent on it (each one round trip)."""
 
