@@ -325,17 +325,21 @@ class Database:
         have been applied, and running it again could create a second order or credit a top-up twice.
         Other exceptions roll back and propagate."""
         retry_seconds = self.retry_seconds if retry_seconds is None else retry_seconds
-        try:
-            # The first attempt runs outside tenacity: setting up its retry loop costs ~14 µs of CPU, half
-            # as much again as a short query, on every call of every request and worker step.
-            async with self._attempt(transaction) as cur:
-                return await work(cur, *args)
-        except CommitOutcomeUnknown as exc:
-            raise unavailable(exc) from exc
-        except DB_ERRORS as exc:
-            if retry_seconds <= 0:
-                self._look_for_primary()  # for the next call: a readiness probe must not fail forever
+        # While the primary is not known (the last look found none, or one is under way), the pool's host is
+        # not tried first: cut off, it would cost each call its timeouts (a statement's or a connect's) before
+        # the look that finds the new primary, and a worker that polls would follow a failover seconds late.
+        if retry_seconds <= 0 or not self._primary_unknown():
+            try:
+                # The first attempt runs outside tenacity: setting up its retry loop costs ~14 µs of CPU, half
+                # as much again as a short query, on every call of every request and worker step.
+                async with self._attempt(transaction) as cur:
+                    return await work(cur, *args)
+            except CommitOutcomeUnknown as exc:
                 raise unavailable(exc) from exc
+            except DB_ERRORS as exc:
+                if retry_seconds <= 0:
+                    self._look_for_primary()  # for the next call: a readiness probe must not fail forever
+                    raise unavailable(exc) from exc
         try:
             async for attempt in briefly(DB_ERRORS, retry_seconds):
                 with attempt:
@@ -375,6 +379,11 @@ class Database:
             raise
         if being_cancelled():
             raise asyncio.CancelledError()
+
+    def _primary_unknown(self) -> bool:
+        """A look for the primary is under way, or the last one found none."""
+        lookup = self._lookup
+        return lookup is not None and (not lookup.done() or lookup.cancelled() or lookup.exception() is not None)
 
     def _look_for_primary(self) -> "asyncio.Future[None] | None":
         """Start a look for the primary unless one is under way; the callers failing together share it."""
