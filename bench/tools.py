@@ -15,7 +15,7 @@ from pathlib import Path
 from bench.progress import say
 
 HERE = Path(__file__).resolve().parent
-APT_PACKAGES = ("wrk", "nginx-light")
+APT_PACKAGES = ("wrk", "nginx-light", "tcpdump")
 
 
 class ToolMissing(Exception):
@@ -31,8 +31,8 @@ def find(name):
 
 
 def ensure_installed():
-    """Install wrk and nginx-light if missing (quietly; failure leaves the affected figures n/a)."""
-    if find("wrk") and find("nginx"):
+    """Install wrk, nginx-light and tcpdump if missing (quietly; failure leaves the affected figures n/a)."""
+    if find("wrk") and find("nginx") and find("tcpdump"):
         return
     say(f"installing {' '.join(APT_PACKAGES)} with apt-get")
     # RUNLEVEL=1 keeps Debian's package scripts from starting a system-wide nginx on port 80.
