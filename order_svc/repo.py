@@ -71,7 +71,7 @@ _queued = sa.insert(outbox_os).from_select(
     sa.select(_numbered.c.order_id, _numbered.c.user_id, _numbered.c.amount, _numbered.c.attempts,
               seconds_from_now(_numbered.c.due_in), _numbered.c.traceparent)).cte("queued")
 INSERT_ORDERS = Query(sa.select(_placed).join(_numbered, _numbered.c.order_id == _placed.c.order_id)
-                      .order_by(_numbered.c.n).add_cte(_queued))
+                      .order_by(_numbered.c.n).add_cte(_queued), prepare_as="insert_orders")
 
 GET_ORDER = Query(sa.select(*ORDER_FIELDS).where(orders.c.order_id == sa.bindparam("order_id")))
 
@@ -135,7 +135,7 @@ FINALIZE_ORDERS = Query(sa.select(
     .where(~sa.exists().where(orders.c.order_id == _unknown.c.order_id)).scalar_subquery().label("unknown"),
     sa.select(_named).select_from(_finalized).scalar_subquery().label("finalized"),
     sa.select(sa.func.count()).select_from(_notified).scalar_subquery().label("notified"))
-    .add_cte(_finalized).add_cte(_dropped).add_cte(_notified))
+    .add_cte(_finalized).add_cte(_dropped).add_cte(_notified), prepare_as="finalize_orders")
 
 # The final statuses of the given orders (those still `NEW` left out): what waiters missed while no LISTEN
 # connection was up.

@@ -105,20 +105,20 @@ STORE_REQUESTS = Query(_stored.on_conflict_do_update(
     index_elements=[inbox.c.order_id],
     set_={"acked": False, "traceparent": sa.func.coalesce(_stored.excluded.traceparent, inbox.c.traceparent)}))
 
-# Settling, in one round trip: BEGIN, `CLAIM` and `SETTLE`, sent as one query; COMMIT goes alone (see
-# `common.db.database.BeginWithFirst`). `CLAIM` takes the advisory lock of each user it can (of the users asked
-# for, and with `pick` > 0 of those with the oldest unacked requests), so that one transaction of any instance
-# settles a user's requests, and leaves the users it got in a transaction-local setting. `SETTLE` reads them
-# from there: it is a statement of its own because a statement sees the database as it was when it began, and
-# a user's settling committed by another transaction between that moment and the taking of the lock would be
-# invisible to it.
+# Settling, in one round trip: BEGIN, `_claim` and the settling statement, sent as one query (`SETTLE`); COMMIT
+# goes alone (see `common.db.database.BeginWithFirst`). `_claim` takes the advisory lock of each user it can (of
+# the users asked for, and with `pick` > 0 of those with the oldest unacked requests), so that one transaction of
+# any instance settles a user's requests, and leaves the users it got in a transaction-local setting. The settling
+# statement reads them from there: it is a statement of its own because a statement sees the database as it was
+# when it began, and a user's settling committed by another transaction between that moment and the taking of
+# the lock would be invisible to it.
 SETTLING_USERS, CANDIDATES = "'shop.settling_users'", "'shop.settle_candidates'"
 _asked = sa.func.unnest(ids("user_ids")).table_valued("user_id").render_derived(name="asked")
 _oldest_waiting = (sa.select(inbox.c.user_id).where(sa.not_(inbox.c.acked)).group_by(inbox.c.user_id)
                    .order_by(sa.func.min(inbox.c.order_id)).limit(sa.bindparam("pick")))
 _candidates = sa.union(sa.select(_asked.c.user_id), _oldest_waiting).subquery("candidate")
 _got = sa.func.array_agg(_candidates.c.user_id).filter(sa.func.pg_try_advisory_xact_lock(_candidates.c.user_id))
-CLAIM = Query(sa.select(
+_claim = (sa.select(
     sa.func.set_config(sa.literal_column(SETTLING_USERS),
                        sa.cast(sa.func.coalesce(_got, sa.literal_column("'{}'::BIGINT[]")), sa.Text), sa.true())
     .label("claimed"),
@@ -239,15 +239,12 @@ QUEUED_FIELDS = ("id", "order_id", "status", "traceparent", "user_id", "amount")
 # One row: how many users were candidates and claimed, and the queued `outbox_ps` rows (with the user and amount
 # of each) as arrays, in the order they were queued. (A statement runs each data-modifying CTE, and each other
 # CTE only where it is read.)
-SETTLE = Query(sa.select(
+# The claim and the settling in one query (prepared: the statement of every payment).
+SETTLE = Query(_claim, sa.select(
     sa.cast(sa.func.current_setting(sa.literal_column(CANDIDATES)), sa.Integer).label("candidates"),
     sa.select(sa.func.count()).select_from(_claimed).scalar_subquery().label("claimed"),
     *(sa.func.array_agg(aggregate_order_by(_results.c[name], _results.c.id)).label(name) for name in QUEUED_FIELDS))
-    .add_cte(_debited).add_cte(_ledger).add_cte(_stored_batch).add_cte(_settled).add_cte(_done))
-# Both in one query (psycopg2 sends them at once and returns the last one's rows).
-SETTLE.sql = f"{CLAIM.sql};\n{SETTLE.sql}"
-assert not CLAIM.defaults.keys() & SETTLE.defaults.keys(), "CLAIM's and SETTLE's parameters must not share names"
-SETTLE.defaults = {**CLAIM.defaults, **SETTLE.defaults}
+    .add_cte(_debited).add_cte(_ledger).add_cte(_stored_batch).add_cte(_settled).add_cte(_done), prepare_as="settle")
 
 LOCK_OUTBOX = Query(sa.select(outbox_ps.c.id, outbox_ps.c.order_id, outbox_ps.c.status, outbox_ps.c.traceparent)
                     .where(outbox_ps.c.next_attempt_at <= NOW)

@@ -4,6 +4,9 @@ SQLAlchemy Core builds the statements (in each service's repo.py); aiopg runs th
 it pins SQLAlchemy 1.4."""
 import asyncio
 import logging
+import re
+import weakref
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,6 +37,8 @@ class Cursor(Protocol):
     def description(self) -> Sequence[Any] | None: ...
     @property
     def rowcount(self) -> int: ...
+    @property
+    def raw(self) -> Any: ...  # psycopg2's cursor
     async def execute(self, operation: str, parameters: Any = None) -> None: ...
     async def fetchall(self) -> list[Any]: ...
 
@@ -57,15 +62,67 @@ def schema_section(name: str, path: Path = SCHEMA_FILE) -> str:
 
 
 class Query:
-    """A SQLAlchemy Core statement compiled once, when the repo module is imported, for psycopg2.
+    """SQLAlchemy Core statements compiled once, when the repo module is imported, for psycopg2; several run in
+    one round trip (psycopg2 sends them as one query and returns the last one's rows), and their parameters must
+    not share names.
 
     Compiling costs about a millisecond of CPU, more than most of our statements take to run, so no
     statement is compiled per call: values are bound by name (`sa.bindparam`) when it runs, and batches
-    travel as arrays (`= ANY(...)`, `unnest(...)`) so the SQL text is the same whatever their size."""
+    travel as arrays (`= ANY(...)`, `unnest(...)`) so the SQL text is the same whatever their size.
 
-    def __init__(self, stmt: sa.ClauseElement) -> None:
-        compiled = stmt.compile(dialect=DIALECT)
-        self.sql, self.defaults = str(compiled), compiled.params
+    With `prepare_as`, a name, the statements are also prepared on the server, once per connection (`PREPARE`
+    with the first call, then `EXECUTE`): PostgreSQL then neither parses nor plans them again, which for a
+    statement of several data-modifying CTEs is most of its time (settling: 1.4 ms as text, 0.5 ms prepared, on
+    this machine). For the statements of every order's path."""
+
+    def __init__(self, *statements: sa.ClauseElement, prepare_as: str | None = None) -> None:
+        compiled = [statement.compile(dialect=DIALECT) for statement in statements]
+        self.sql = ";\n".join(map(str, compiled))
+        self.defaults: dict[str, Any] = {}
+        for each in compiled:
+            shared = self.defaults.keys() & each.params.keys()
+            assert not shared, f"statements of one query share parameters {sorted(shared)}"
+            self.defaults.update(each.params)
+        self.prepare_as = prepare_as
+        self._forms: tuple[str, str, str] | None = None  # (sql, its PREPAREs, its EXECUTEs)
+
+    def text_for(self, cur: "Cursor") -> str:
+        """What to send on `cur`'s connection: the SQL, or the EXECUTEs, preceded by the PREPAREs the first time."""
+        if self.prepare_as is None:
+            return self.sql
+        if self._forms is None or self._forms[0] != self.sql:  # (a test's broken variant may rewrite `sql`)
+            self._forms = (self.sql, *prepared_forms(self.sql, f"{self.prepare_as}_{zlib.crc32(self.sql.encode())}"))
+        _, prepare, execute = self._forms
+        prepared = PREPARED.setdefault(cur.raw.connection, set())
+        if prepare in prepared:
+            return execute
+        # Counted as prepared once sent: PREPARE is not undone by a ROLLBACK, and a connection that fails while
+        # the query is under way is closed with its prepared statements.
+        prepared.add(prepare)
+        return f"{prepare};\n{execute}"
+
+
+BOUND = re.compile(r"%\((\w+)\)s")  # a parameter bound by name, as psycopg2 takes it
+
+# The prepared statements of each connection (psycopg2's), gone with it.
+PREPARED: "weakref.WeakKeyDictionary[Any, set[str]]" = weakref.WeakKeyDictionary()
+
+
+def prepared_forms(sql: str, name: str) -> tuple[str, str]:
+    """(PREPAREs, EXECUTEs) of the statements of `sql`, named `name_1`, `name_2`, ...: each `%(param)s` becomes a
+    positional parameter of its statement, and each EXECUTE passes the values by the same names."""
+    prepares, executes = [], []
+    for number, statement in enumerate(sql.split(";\n"), 1):
+        params: list[str] = []
+
+        def positional(match: "re.Match[str]", params: list[str] = params) -> str:
+            if match[1] not in params:
+                params.append(match[1])
+            return f"${params.index(match[1]) + 1}"
+        prepares.append(f"PREPARE {name}_{number} AS {BOUND.sub(positional, statement)}")
+        arguments = ", ".join(f"%({param})s" for param in params)
+        executes.append(f"EXECUTE {name}_{number}({arguments})" if params else f"EXECUTE {name}_{number}")
+    return ";\n".join(prepares), ";\n".join(executes)
 
 
 def ids(name: str) -> sa.BindParameter[Any]:
@@ -95,7 +152,7 @@ async def execute(cur: Cursor, query: "Query | sa.ClauseElement", **values: Any)
         unknown = values.keys() - query.defaults.keys()
         if unknown:
             raise TypeError(f"unknown bind parameters {sorted(unknown)} for {query.sql!r}")
-        await cur.execute(query.sql, {**query.defaults, **values})
+        await cur.execute(query.text_for(cur), {**query.defaults, **values})
     else:
         compiled = query.compile(dialect=DIALECT, compile_kwargs={"render_postcompile": True})
         await cur.execute(str(compiled), compiled.params)

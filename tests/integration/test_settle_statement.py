@@ -169,6 +169,33 @@ async def test_a_settling_is_one_query_with_its_begin_and_then_the_commit(db):
     settled = await db.run(settle)
     assert len(settled.queued) == 3
     # Claim and settle travel as one query, which carries the BEGIN (`BeginWithFirst`); COMMIT is the second and
-    # last round trip.
+    # last round trip. Both statements are prepared on the connection: the query executes them (the first time on
+    # a connection it also prepares them).
     (sent,) = [counting.sent for counting in counted]
-    assert len(sent) == 1 and sent[0].startswith("SELECT set_config(") and "WITH RECURSIVE" in sent[0]
+    assert len(sent) == 1
+    statements = sent[0].split(";\n")
+    assert [s.split("(")[0].rsplit("_", 1)[1] for s in statements if s.startswith("EXECUTE settle_")] == ["1", "2"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_settling_statements_are_prepared_once_per_connection(dsn):
+    db = await Database.connect(dsn, "payment_svc", 1)  # one connection: both calls use it
+    try:
+        sent = []
+
+        async def settle(cur):
+            counting = CountingCursor(cur)
+            await PostgresPayments().settle(counting, [], [], 0, 0)
+            sent.extend(counting.sent)
+        await db.run(settle)
+        await db.run(settle)
+
+        async def prepared(cur):
+            await cur.execute("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'settle%%'")
+            return (await cur.fetchone())[0]
+        assert await db.run(prepared) == 2
+    finally:
+        await db.close()
+    first, second = sent
+    assert first.count("PREPARE settle_") == 2 and "WITH RECURSIVE" in first
+    assert "PREPARE" not in second and second.count("EXECUTE settle_") == 2
