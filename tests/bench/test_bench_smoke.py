@@ -1,8 +1,11 @@
 """The benchmark's smoke run: every figure's code path runs against the real stack and the table prints.
 
 No timing is asserted here (the machine is shared and noisy); the numbers are for people to read."""
+import os
 import subprocess
 import sys
+
+import pytest
 
 from harness.stack import ROOT
 
@@ -38,3 +41,15 @@ def test_floors_smoke_run_measures_every_building_block():
     rows = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")][1:]
     assert [row.split(" ")[0] for row in rows] == ["Tornado", "aiopg", "aiopg"] + \
         ["aio-pika", "aiormq", "aio-pika"] * 2, done.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="tcpdump captures on loopback as root")
+def test_hops_smoke_run_names_each_step_of_an_order():
+    done = subprocess.run([sys.executable, "-m", "bench.hops", "--smoke", "--orders", "30"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [line.split("|")[2].strip() for line in done.stdout.splitlines() if line.startswith("| ")][2:]
+    assert steps[0] == "client→gateway", done.stdout
+    for step in ("gateway→order", "order→postgres", "order→rabbitmq", "rabbitmq→payment", "payment→postgres",
+                 "payment→rabbitmq", "rabbitmq→order"):
+        assert step in steps, done.stdout
