@@ -264,6 +264,20 @@ class Topology:
             return sorted({by_address[host] for host, peer in pairs if peer == self.nodes[service]})
         return []
 
+    def queue_leader(self, queue: str) -> str:
+        """The RabbitMQ node leading the quorum queue `queue`, as the first node that answers says."""
+        by_address = {self.nodes[node]: node for node in self.groups["rabbit"]}
+        for node in self.groups["rabbit"]:
+            try:
+                listed = self.rabbitmqctl(node, "-q", "list_queues", "name", "leader", "--no-table-headers",
+                                          timeout=10)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                continue
+            for name, leader in (line.split() for line in listed.splitlines() if line.strip()):
+                if name == queue:
+                    return by_address[leader.rsplit("@", 1)[1]]
+        raise TopologyError(f"no RabbitMQ node knows the leader of {queue}")
+
     def wait_rabbit_cluster(self, timeout: float = 120, steady: float = 10) -> float:
         """Wait until every RabbitMQ node has seen all three running and no partition for `steady` seconds in a row;
         the seconds until that began. Raises `TimeoutError`.

@@ -236,6 +236,40 @@ def services_broker_link_flapping(topology):
     return f"the services' link to {node} flapping (3 s down, 3 s up)", heal
 
 
+def bystander_broker_node_cut(topology):
+    """The RabbitMQ node the services hold the fewest connections to (normally none) cut from the other two."""
+    held = topology.broker_nodes_of("order") + topology.broker_nodes_of("payment")
+    node = min(topology.groups["rabbit"], key=held.count)
+    topology.cut(node, [other for other in topology.groups["rabbit"] if other != node])
+    return f"{node} (a RabbitMQ node with {held.count(node)} of the services' connections) cut from the other two", \
+        topology.heal
+
+
+def order_queue_leader_cut(topology):
+    node = topology.queue_leader("outbox_os")
+    topology.cut(node, [other for other in topology.groups["rabbit"] if other != node])
+    return f"{node} (the leader of outbox_os) cut from the other two", topology.heal
+
+
+def rabbit_link_cut(topology):
+    """Non-transitive: the services' RabbitMQ node and one other lose each other; both still reach the third."""
+    node = services_broker_node(topology)
+    other = next(other for other in topology.groups["rabbit"] if other != node)
+    topology.cut(node, other)
+    return f"the link between RabbitMQ nodes {node} and {other} cut (both reach the third)", topology.heal
+
+
+def payment_service_cut_from_primary(topology):
+    primary, = topology.primaries()
+    topology.cut("payment", primary)
+    return f"the Payments Service cut from the primary ({primary})", topology.heal
+
+
+def gateway_cut_from_order_service(topology):
+    topology.cut("gateway", "order")
+    return "the gateway cut from the Order Service", topology.heal
+
+
 # (fault, seconds it lasts, whether the services keep a majority of each cluster: then the fault may cost at most
 # MOVE_ON_BOUND of progress). The primary's cuts outlast wal_sender_timeout + network_partition_timeout and the
 # monitor's promotion delay (scripts/netns-cluster.sh), so that a failover happens under load. With the primary,
@@ -254,6 +288,11 @@ FAULTS = [
     (monitor_alone, 20, True),
     (services_lossy_link, 20, True),
     (services_broker_link_flapping, 24, True),
+    (bystander_broker_node_cut, 20, True),
+    (order_queue_leader_cut, 20, True),
+    (rabbit_link_cut, 20, True),
+    (payment_service_cut_from_primary, 20, False),
+    (gateway_cut_from_order_service, 20, False),
 ]
 
 
