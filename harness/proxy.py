@@ -23,6 +23,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._flowing = threading.Event()
         self._flowing.set()
+        self.delay = 0.0  # seconds each chunk waits before it is forwarded (`slow`)
 
     def pause(self):
         """Fall silent, as a partition does: connections stay open and new ones are accepted, but nothing passes
@@ -31,6 +32,11 @@ class TcpProxy:
 
     def resume(self):
         self._flowing.set()
+
+    def slow(self, seconds):
+        """Forward each chunk, either way, `seconds` after it came (0: at once again): a slow link, the latency no
+        netem adds on this kernel. Chunks of one direction wait in turn, so it also caps the link's throughput."""
+        self.delay = seconds
 
     def up(self):
         listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
@@ -76,6 +82,8 @@ class TcpProxy:
         try:
             while data := source.recv(65536):
                 self._flowing.wait()
+                if self.delay:
+                    time.sleep(self.delay)
                 sent = sent + data if cut_after else sent
                 cut = cut_after is not None and cut_after(sent)
                 if cut:

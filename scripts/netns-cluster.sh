@@ -20,7 +20,9 @@
 #
 #   NETNS_PREFIX (shopnet), NETNS_SUBNET (10.231.77), NETNS_BASE (/var/tmp/shop-netns),
 #   NETNS_GATEWAY_PORT (18480, on 127.0.0.1), NETNS_PG_PORTS ("5450 5451 5452": monitor pg1 pg2; distinct so that
-#   their Unix sockets in /var/run/postgresql never meet the machine's or each other's)
+#   their Unix sockets in /var/run/postgresql never meet the machine's or each other's),
+#   NETNS_SERVICE_ENV (KEY=VALUE settings, space-separated, added to the services' own: e.g. a timeout set back to
+#   what it was, to show that the fault run fails without it)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -295,6 +297,8 @@ PAYMENT_SVC_URL=http://$(addr payment):8082
 ORDER_SVC_ADMIN_URL=http://$(addr order):9081
 PAYMENT_SVC_ADMIN_URL=http://$(addr payment):9082
 END
+    local setting
+    for setting in ${NETNS_SERVICE_ENV:-}; do echo "$setting"; done
 }
 
 start_service() {  # NODE MODULE

@@ -1,5 +1,6 @@
 """`/ready` answers 503 while the broker or the database is away (cut with `harness.proxy.TcpProxy`, the real
 servers untouched), and 200 again once they are back, without a restart."""
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -64,3 +65,27 @@ async def test_ready_is_503_while_a_dependency_is_away_and_200_once_it_is_back(c
     async def ready():
         assert await readiness(service) == (200, "Ready.")
     await eventually(ready, timeout=40)
+
+
+
+@pytest.fixture(params=[OrderService, PaymentService], ids=["order_svc", "payment_svc"])
+def behind_proxies(io_loop, run_env, request):
+    yield from proxied(io_loop, run_env, request.param)
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_slow_link_is_slow_not_away(behind_proxies):
+    """0.3 s each way to the database and the broker (every round trip 0.6 s): no timeout takes that for an
+    outage, and the service stays ready (the Order Service also takes an order)."""
+    service, db_proxy, broker_proxy = behind_proxies
+    db_proxy.slow(0.3)
+    broker_proxy.slow(0.3)
+    started = time.monotonic()
+    assert await readiness(service) == (200, "Ready.")
+    assert time.monotonic() - started >= 0.6  # the probe crossed the slow link
+    if isinstance(service, OrderService):
+        code, body = await request(service.port, "POST", "/orders",
+                                   {"user_id": 1, "amount": "1.00", "description": "slow link"})
+        assert code == 201 and body["order"]["status"] == "NEW", body
+    db_proxy.slow(0)
+    broker_proxy.slow(0)
