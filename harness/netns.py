@@ -250,32 +250,31 @@ class Topology:
         return subprocess.run(["ip", "netns", "exec", self.namespaces[node], "rabbitmqctl", *args], env=env,
                               check=True, capture_output=True, text=True, timeout=timeout).stdout
 
+    def _listed(self, *args: str) -> list | None:
+        """The rows (split into fields) a `rabbitmqctl` list command gives on the first RabbitMQ node that answers,
+        None if none does."""
+        for node in self.groups["rabbit"]:
+            try:
+                listed = self.rabbitmqctl(node, "-q", *args, "--no-table-headers", timeout=10)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                continue
+            return [line.split() for line in listed.splitlines() if line.strip()]
+        return None
+
+    def _rabbit_at(self, address: str) -> str:
+        return next(node for node in self.groups["rabbit"] if self.nodes[node] == address)
+
     def broker_nodes_of(self, service: str) -> list:
         """The RabbitMQ nodes `service` (a node name: order, payment) has connections to, as the first node that
         answers lists the cluster's connections (its `host`: the node's address each connection reached)."""
-        by_address = {self.nodes[node]: node for node in self.groups["rabbit"]}
-        for node in self.groups["rabbit"]:
-            try:
-                listed = self.rabbitmqctl(node, "-q", "list_connections", "host", "peer_host", "--no-table-headers",
-                                          timeout=10)
-            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-                continue
-            pairs = [line.split() for line in listed.splitlines() if line.strip()]
-            return sorted({by_address[host] for host, peer in pairs if peer == self.nodes[service]})
-        return []
+        pairs = self._listed("list_connections", "host", "peer_host") or []
+        return sorted({self._rabbit_at(host) for host, peer in pairs if peer == self.nodes[service]})
 
     def queue_leader(self, queue: str) -> str:
         """The RabbitMQ node leading the quorum queue `queue`, as the first node that answers says."""
-        by_address = {self.nodes[node]: node for node in self.groups["rabbit"]}
-        for node in self.groups["rabbit"]:
-            try:
-                listed = self.rabbitmqctl(node, "-q", "list_queues", "name", "leader", "--no-table-headers",
-                                          timeout=10)
-            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-                continue
-            for name, leader in (line.split() for line in listed.splitlines() if line.strip()):
-                if name == queue:
-                    return by_address[leader.rsplit("@", 1)[1]]
+        for name, leader in self._listed("list_queues", "name", "leader") or []:
+            if name == queue:
+                return self._rabbit_at(leader.rsplit("@", 1)[1])
         raise TopologyError(f"no RabbitMQ node knows the leader of {queue}")
 
     def wait_rabbit_cluster(self, timeout: float = 120, steady: float = 10) -> float:
