@@ -5,6 +5,7 @@ of quorum queues, of a three-node RabbitMQ cluster and of PostgreSQL's synchrono
     quorum             the same with quorum queues (the default)
     rabbitmq-cluster   single PostgreSQL, the cluster of scripts/rabbitmq-cluster.sh, quorum queues
     pg-ha              the primary + synchronous standby of scripts/pg-ha.sh, single RabbitMQ node, quorum
+    cluster            both: the three-node RabbitMQ cluster and the synchronous pair, quorum queues
 
 The clusters must be started beforehand (their scripts' variables pick which ones). Rounds are interleaved
 so that a busy moment of a shared machine hits every topology alike; figures are medians over the rounds."""
@@ -42,6 +43,10 @@ KNOWN = {
                                          "classic"),
     "pg-ha": lambda: Topology("PostgreSQL primary + synchronous standby (quorum queues)", pg_ha_infra(), "quorum",
                               "quorum"),
+    "cluster": lambda: Topology("3-node RabbitMQ cluster + PostgreSQL synchronous pair, quorum queues",
+                                dataclasses.replace(pg_ha_infra(), **{field: getattr(cluster_infra(), field) for field
+                                                                      in ("amqp_base", "rabbitmq_env",
+                                                                          "rabbitmq_nodes")}), "quorum", "quorum"),
 }
 
 
