@@ -15,6 +15,7 @@ from common.broker.packing import pack
 from common.observability import tracing
 from common.observability.metrics import PUBLISH_FAILED, PUBLISHED, ROWS_PUBLISHED
 from common.observability.tracing import HEADER, Trace
+from common.runtime.stopping import being_cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +78,20 @@ class Publisher:
 
     @contextlib.asynccontextmanager
     async def _bounded(self) -> AsyncIterator[None]:
-        """The block within the publish timeout; a timeout counts toward leaving the node (`_timed_out`)."""
+        """The block within the publish timeout; a timeout counts toward leaving the node (`_timed_out`).
+
+        A connection that closes under the block (its heartbeat found it stuck, the node went away) rejects the
+        confirm it awaits with `CancelledError`: that is a publish not confirmed (`ConnectionError`), not a
+        cancellation of the caller, whose loop (a relay, a background sender) would otherwise end with it."""
         started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(self.timeout):
-                yield
+                try:
+                    yield
+                except asyncio.CancelledError:
+                    if being_cancelled():
+                        raise
+                    raise ConnectionError("the connection closed before the broker answered") from None
         except TimeoutError:
             self._timed_out(started)
             raise

@@ -24,6 +24,7 @@ from common.domain.errors import Unavailable
 from common.runtime.config import ConfigurationError, DbTimeouts
 from common.runtime.endpoints import describe_postgres
 from common.runtime.retry import DB_ERRORS, briefly, until_connected
+from common.runtime.stopping import being_cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -240,11 +241,6 @@ async def ensure_database(dsn: str, timeout: float = DbTimeouts.statement) -> No
                 raise ConfigurationError(f"database {name} does not exist and role {params.get('user')} may not "
                                          "create it: provision it first (python -m ops.provision, "
                                          "docs/security-credentials.md)") from None
-
-
-def being_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 class CommitOutcomeUnknown(Exception):

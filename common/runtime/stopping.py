@@ -16,6 +16,14 @@ logger = logging.getLogger(__name__)
 RECANCEL_INTERVAL = 0.2
 
 
+def being_cancelled() -> bool:
+    """Whether the running task was asked to stop (`Task.cancel`): then a `CancelledError` is its own. One that is
+    not is a library's way of saying that what the task awaited is gone (aiormq rejects the confirms a closing
+    connection leaves pending with `CancelledError`), and must not end a loop as if the task were cancelled."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def within(seconds: float, what: str, step: Awaitable[object]) -> bool:
     """Await `step` for up to `seconds`. False if it did not end by then: it is cancelled and left behind, its
     stack logged. An exception the step raised in time is raised here."""

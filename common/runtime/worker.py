@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable
 
 from tornado.ioloop import PeriodicCallback
 
-from common.runtime.stopping import cancel
+from common.runtime.stopping import being_cancelled, cancel
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ class BgWorker:
                 while not self._stopping and await self._step():
                     pass
             except asyncio.CancelledError:
-                raise
+                if being_cancelled():
+                    raise
+                # Not `stop`: a library cancelled what the step awaited (see `being_cancelled`).
+                logger.exception("%s: step cancelled from within; retrying at the next poll", self.name)
             except Exception:
                 logger.exception("%s: step failed; retrying at the next poll", self.name)

@@ -152,6 +152,28 @@ async def test_a_publisher_whose_node_falls_silent_moves_to_the_next_node(run_en
         await connection.close()
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_a_publish_whose_connection_is_found_stuck_is_not_confirmed_and_its_task_goes_on(run_env, proxies):
+    """The heartbeat finds the silent node's connection stuck while a confirm is awaited: aiormq rejects the
+    confirm with `CancelledError`. The publisher reports a publish not confirmed, so that the relay or sender
+    awaiting it stays alive (a CancelledError once ended a relay's loop for good: its rows were never sent)."""
+    connection = await connect_nodes(node_urls(run_env, [proxy.port for proxy in proxies], heartbeat=1))
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        await channel.declare_queue("amqp_nodes_stuck", auto_delete=True)
+        publisher = Publisher(channel, timeout=30)
+        await publisher.publish("amqp_nodes_stuck", b"{}", 1)
+        proxies[0].pause()
+        with pytest.raises(ConnectionError, match="closed before the broker answered"):
+            await publisher.publish("amqp_nodes_stuck", b"{}", 2)
+        assert asyncio.current_task().cancelling() == 0
+        await eventually(lambda: assert_on(connection, proxies[1].port), timeout=20)
+        assert await publisher.publish_all("amqp_nodes_stuck", [(3, {}, None)]) == [3]
+    finally:
+        proxies[0].resume()
+        await connection.close()
+
+
 def assert_on(connection, port):
     assert connection.connected.is_set() and connection.node.port == port
 

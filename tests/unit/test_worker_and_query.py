@@ -76,6 +76,28 @@ async def test_a_failing_step_is_logged_and_the_worker_carries_on(caplog):
 
 
 @pytest.mark.gen_test
+async def test_a_step_cancelled_from_within_is_a_failed_step_and_the_worker_carries_on(caplog):
+    """What a step awaited was cancelled under it (aiormq rejects a closing connection's confirms so): the worker
+    was not asked to stop, so its loop does not end there."""
+    calls = []
+
+    async def step():
+        calls.append(1)
+        if len(calls) == 1:
+            gone = asyncio.get_running_loop().create_future()
+            gone.cancel()
+            await gone
+        return False
+    worker = BgWorker("relay", step, interval=3600)
+    worker.start()
+    await eventually(lambda: assert_count(calls, 1))
+    worker.kick()
+    await eventually(lambda: assert_count(calls, 2))
+    assert "relay: step cancelled from within" in caplog.text
+    await worker.stop()
+
+
+@pytest.mark.gen_test
 async def test_the_poll_kicks_a_worker_nobody_kicks():
     calls = []
 
