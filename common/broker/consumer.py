@@ -21,7 +21,7 @@ from common.broker.packing import Entry, EntryType, unpack
 from common.domain.errors import InvalidMessage, Unavailable
 from common.observability import tracing
 from common.observability.metrics import CONSUMED, DEAD_LETTERED, ENTRIES_CONSUMED
-from common.runtime.stopping import cancel
+from common.runtime.stopping import cancel, cancelled_means_gone
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +268,8 @@ class BatchConsumer:
 async def acknowledge(ack_or_reject: Awaitable[object]) -> None:
     """Ack/nack/reject; if the channel died meanwhile the broker redelivers, which the handlers tolerate."""
     try:
-        await ack_or_reject
+        with cancelled_means_gone("the consumer's channel"):
+            await ack_or_reject
     except Exception as exc:  # noqa: BLE001 - any channel failure means "will be redelivered"
         logger.warning("could not acknowledge message: %r", exc)
 

@@ -23,6 +23,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from common.broker.amqp_nodes import NodeChannel
 from common.broker.dead_letter_headers import dead_letter_queue, death_headers, utc_now
+from common.runtime.stopping import cancelled_means_gone
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +87,20 @@ async def dead_letter_entries(message: AbstractIncomingMessage, queue: str, refu
 async def _store(message: AbstractIncomingMessage, queue: str, copies: Sequence[aio_pika.Message],
                  channel: AbstractChannel | NodeChannel, ack: bool, requeue_pause: float) -> bool:
     try:
-        for copy in copies:
-            # Raises unless the broker confirmed it: a nack, an unroutable return (no such queue), or a timeout.
-            await channel.default_exchange.publish(copy, routing_key=dead_letter_queue(queue), mandatory=True,
-                                                   timeout=CONFIRM_TIMEOUT)
-        if ack:
-            await message.ack()
+        with cancelled_means_gone("the dead letters' channel"):
+            for copy in copies:
+                # Raises unless the broker confirmed it: a nack, an unroutable return (no such queue), a timeout.
+                await channel.default_exchange.publish(copy, routing_key=dead_letter_queue(queue), mandatory=True,
+                                                       timeout=CONFIRM_TIMEOUT)
+            if ack:
+                await message.ack()
         return True
     except Exception as exc:  # noqa: BLE001 - whatever failed, the original must stay in the broker
         logger.warning("message %s from %s not dead-lettered (%r); requeued", message.message_id, queue, exc)
         await asyncio.sleep(requeue_pause)
         try:
-            await message.nack(requeue=True)
+            with cancelled_means_gone("the consumer's channel"):
+                await message.nack(requeue=True)
         except Exception as nack_exc:  # noqa: BLE001 - a dead channel redelivers the message by itself
             logger.warning("could not requeue message %s: %r", message.message_id, nack_exc)
         return False

@@ -15,7 +15,7 @@ from common.broker.packing import pack
 from common.observability import tracing
 from common.observability.metrics import PUBLISH_FAILED, PUBLISHED, ROWS_PUBLISHED
 from common.observability.tracing import HEADER, Trace
-from common.runtime.stopping import being_cancelled
+from common.runtime.stopping import cancelled_means_gone
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +86,8 @@ class Publisher:
         started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(self.timeout):
-                try:
+                with cancelled_means_gone("the channel awaiting the broker's answer"):
                     yield
-                except asyncio.CancelledError:
-                    if being_cancelled():
-                        raise
-                    raise ConnectionError("the connection closed before the broker answered") from None
         except TimeoutError:
             self._timed_out(started)
             raise

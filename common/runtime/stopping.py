@@ -6,9 +6,10 @@ it takes, until the step has ended. And one cancellation may not end a task: in 
 ends, so a loop around queries can lose it and go on (seen: a service's stop hung in one test in a few hundred,
 the LISTEN loop still running after its only cancellation)."""
 import asyncio
+import contextlib
 import io
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,18 @@ def being_cancelled() -> bool:
     connection leaves pending with `CancelledError`), and must not end a loop as if the task were cancelled."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+@contextlib.contextmanager
+def cancelled_means_gone(what: str) -> Iterator[None]:
+    """A `CancelledError` raised in the block that is not the running task's own (`being_cancelled`) becomes
+    `ConnectionError`: `what` went away under the task, which goes on as after any broker failure."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        if being_cancelled():
+            raise
+        raise ConnectionError(f"{what} was closed under the task") from None
 
 
 async def within(seconds: float, what: str, step: Awaitable[object]) -> bool:

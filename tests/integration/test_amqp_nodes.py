@@ -164,7 +164,7 @@ async def test_a_publish_whose_connection_is_found_stuck_is_not_confirmed_and_it
         publisher = Publisher(channel, timeout=30)
         await publisher.publish("amqp_nodes_stuck", b"{}", 1)
         proxies[0].pause()
-        with pytest.raises(ConnectionError, match="closed before the broker answered"):
+        with pytest.raises(ConnectionError, match="closed under the task"):
             await publisher.publish("amqp_nodes_stuck", b"{}", 2)
         assert asyncio.current_task().cancelling() == 0
         await eventually(lambda: assert_on(connection, proxies[1].port), timeout=20)

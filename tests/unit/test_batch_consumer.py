@@ -325,3 +325,30 @@ async def test_without_a_probe_a_batch_waits_for_its_database_however_long():
                             publishers=PUBLISHERS, step_aside_after=0.01)
     await batches.process([received(message, "item")])
     assert len(attempts) == 4 and message.outcome == [("ack", True)]
+
+
+class ChannelClosedUnder(FakeMessage):
+    """Its channel closes while the ack is written: aiormq cancels the write's future (not the consumer)."""
+
+    def ack(self, multiple=False):
+        gone = asyncio.get_running_loop().create_future()
+        gone.cancel()
+        return gone
+
+
+class DeadLettersClosedUnder(FakeDeadLetters):
+    async def publish(self, message, routing_key, mandatory, timeout):
+        gone = asyncio.get_running_loop().create_future()
+        gone.cancel()
+        await gone
+
+
+@pytest.mark.gen_test
+async def test_a_channel_closed_under_an_ack_or_a_dead_letter_is_a_broker_failure_not_the_consumers_end(caplog):
+    handle = await returning({})
+    await consumer(handle).process([received(ChannelClosedUnder(1), "item1")])
+    assert "could not acknowledge message" in caplog.text
+    refused = FakeMessage(2)
+    await consumer(await returning({0: "unknown order"}), DeadLettersClosedUnder()).process([received(refused, "x")])
+    assert refused.outcome == [("nack", True)]  # given back: it comes again
+    assert asyncio.current_task().cancelling() == 0
