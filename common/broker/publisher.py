@@ -231,9 +231,12 @@ class PublishWindow:
 
     async def _send(self, queue: str, rows: Sequence[Outgoing], then: FollowUp) -> None:
         try:
-            confirmed = set(await self.publisher.publish_all(queue, rows))
-            await then([row_id for row_id, *_ in rows if row_id in confirmed],
-                       [row_id for row_id, *_ in rows if row_id not in confirmed])
+            # A sender that ended would take every later row of its queue and never count it sent: the window
+            # would fill for good, and every producer wait for room.
+            with cancelled_means_gone("a send's channel or database"):
+                confirmed = set(await self.publisher.publish_all(queue, rows))
+                await then([row_id for row_id, *_ in rows if row_id in confirmed],
+                           [row_id for row_id, *_ in rows if row_id not in confirmed])
         except Exception as exc:  # noqa: BLE001 - the outbox relay sends whatever this left undone
             logger.warning("immediate publish to %s: follow-up failed (the relay takes over): %r", queue, exc)
         finally:

@@ -201,3 +201,31 @@ async def test_the_payments_consumer_stores_nothing_while_the_window_is_full_and
     assert await still_waiting(received) and repo.inbox == {}
     publisher.gate.set()
     assert await asyncio.wait_for(received, 10) == {} and list(repo.inbox) == [1]
+
+
+class CancelledUnder(FakePublisher):
+    """Its first send's channel closes under it: aiormq cancels the awaited confirm (not the sender)."""
+
+    async def publish_all(self, queue, rows):
+        if not self.calls:
+            self.calls.append(None)
+            gone = asyncio.get_running_loop().create_future()
+            gone.cancel()
+            await gone
+        return await super().publish_all(queue, rows)
+
+
+@pytest.mark.gen_test
+async def test_a_send_cancelled_under_the_window_leaves_its_rows_to_the_relay_and_the_sender_goes_on():
+    publisher = CancelledUnder()
+    window = PublishWindow(publisher, limit=2)
+    outcomes = []
+
+    async def then(confirmed, unconfirmed):
+        outcomes.append((confirmed, unconfirmed))
+    window.send("q", [(1, {}, None)], then)
+    await let_run()
+    window.send("q", [(2, {}, None), (3, {}, None)], then)
+    await window.drain()
+    assert outcomes == [([2, 3], [])]  # row 1's send failed whole: its follow-up never ran, the relay sends it
+    assert window.has_room()
