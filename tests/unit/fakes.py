@@ -68,6 +68,14 @@ class FakeDeadLetters:
         self.messages.append(message)
 
 
+
+async def cancelled_under_us():
+    """What a library does when the connection an await depends on closes: aiormq cancels the awaited future (a
+    confirm, a frame's write) though nobody cancelled the awaiting task."""
+    gone = asyncio.get_running_loop().create_future()
+    gone.cancel()
+    await gone
+
 @dataclass
 class FakeMessage:
     """An incoming message: records how it was acknowledged."""

@@ -8,7 +8,7 @@ from common.broker.consumer import BatchConsumer, Consumer
 from common.domain.errors import InvalidMessage, Unavailable
 from common.observability.metrics import CONSUMED, DEAD_LETTERED
 from tests.conftest import eventually
-from tests.unit.fakes import PUBLISHERS, FakeDeadLetters, FakeMessage, Number, received, unreadable
+from tests.unit.fakes import PUBLISHERS, FakeDeadLetters, FakeMessage, Number, cancelled_under_us, received, unreadable
 
 DEAD = [("ack", False)]  # a dead letter's original, acked once its copy is confirmed
 
@@ -331,16 +331,12 @@ class ChannelClosedUnder(FakeMessage):
     """Its channel closes while the ack is written: aiormq cancels the write's future (not the consumer)."""
 
     def ack(self, multiple=False):
-        gone = asyncio.get_running_loop().create_future()
-        gone.cancel()
-        return gone
+        return cancelled_under_us()
 
 
 class DeadLettersClosedUnder(FakeDeadLetters):
     async def publish(self, message, routing_key, mandatory, timeout):
-        gone = asyncio.get_running_loop().create_future()
-        gone.cancel()
-        await gone
+        await cancelled_under_us()
 
 
 @pytest.mark.gen_test

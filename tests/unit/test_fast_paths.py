@@ -14,7 +14,15 @@ from order_svc import service as order_service
 from order_svc.repo import FOR_THE_RELAY, OrderRequest, OutboxSchedule, Placement
 from payment_svc import messaging as payment_messaging
 from payment_svc import service as payment_service
-from tests.unit.fakes import FakeDatabase, FakePublisher, InMemoryOrders, InMemoryPayments, Kicks, let_run
+from tests.unit.fakes import (
+    FakeDatabase,
+    FakePublisher,
+    InMemoryOrders,
+    InMemoryPayments,
+    Kicks,
+    cancelled_under_us,
+    let_run,
+)
 
 ORDER = {"order_id": 7, "user_id": 3, "amount": Decimal("2.50"), "description": "", "status": "NEW"}
 
@@ -209,9 +217,7 @@ class CancelledUnder(FakePublisher):
     async def publish_all(self, queue, rows):
         if not self.calls:
             self.calls.append(None)
-            gone = asyncio.get_running_loop().create_future()
-            gone.cancel()
-            await gone
+            await cancelled_under_us()
         return await super().publish_all(queue, rows)
 
 
