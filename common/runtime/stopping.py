@@ -1,4 +1,5 @@
-"""Bounds on the steps of a shutdown, so that none can hold the process.
+"""Cancellation: bounds on the steps of a shutdown, so that none can hold the process, and telling a task's own
+cancellation from a `CancelledError` a library raises when what the task awaited went away (`being_cancelled`).
 
 `asyncio.wait_for` is not such a bound: when its time is up it cancels the step and then waits, for as long as
 it takes, until the step has ended. And one cancellation may not end a task: in Python 3.11, `asyncio.wait_for`
