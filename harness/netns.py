@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,21 +288,25 @@ class Topology:
         started, seen = time.monotonic(), {}
         whole_since = None
         want = len(self.groups["rabbit"])
-        while time.monotonic() - started < timeout:
-            for node in self.groups["rabbit"]:
-                try:
-                    status = json.loads(self.rabbitmqctl(node, "-q", "cluster_status", "--formatter", "json",
-                                                         timeout=10))
-                    seen[node] = (len(status["running_nodes"]), bool(status.get("partitions")))
-                except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError, KeyError):
-                    seen[node] = (0, False)
-            if all(running == want and not split for running, split in seen.values()):
-                whole_since = whole_since if whole_since is not None else time.monotonic()
-                if time.monotonic() - whole_since >= steady:
-                    return whole_since - started
-            else:
-                whole_since = None
-            time.sleep(1)
+
+        def status_of(node: str) -> tuple[int, bool]:
+            try:
+                status = json.loads(self.rabbitmqctl(node, "-q", "cluster_status", "--formatter", "json", timeout=10))
+                return len(status["running_nodes"]), bool(status.get("partitions"))
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError, KeyError):
+                return 0, False
+        # The nodes asked at once: each rabbitmqctl boots an Erlang VM (about a second), so asked in turn a look at
+        # the cluster took three, and the steady wait three looks.
+        with ThreadPoolExecutor(len(self.groups["rabbit"])) as asking:
+            while time.monotonic() - started < timeout:
+                seen = dict(zip(self.groups["rabbit"], asking.map(status_of, self.groups["rabbit"])))
+                if all(running == want and not split for running, split in seen.values()):
+                    whole_since = whole_since if whole_since is not None else time.monotonic()
+                    if time.monotonic() - whole_since >= steady:
+                        return whole_since - started
+                else:
+                    whole_since = None
+                time.sleep(1)
         raise TimeoutError(f"the RabbitMQ cluster was not whole and steady for {steady} s within {timeout} s: "
                            f"(running, partitioned) seen {seen}")
 
