@@ -156,7 +156,7 @@ async def test_a_publisher_whose_node_falls_silent_moves_to_the_next_node(run_en
 async def test_a_publish_whose_connection_is_found_stuck_is_not_confirmed_and_its_task_goes_on(run_env, proxies):
     """The heartbeat finds the silent node's connection stuck while a confirm is awaited: aiormq rejects the
     confirm with `CancelledError`. The publisher reports a publish not confirmed, so that the relay or sender
-    awaiting it stays alive (a CancelledError once ended a relay's loop for good: its rows were never sent)."""
+    awaiting it stays alive (taken for a stop, the CancelledError would end its loop, its rows never sent)."""
     connection = await connect_nodes(node_urls(run_env, [proxy.port for proxy in proxies], heartbeat=1))
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
