@@ -310,6 +310,24 @@ class Topology:
         raise TimeoutError(f"the RabbitMQ cluster was not whole and steady for {steady} s within {timeout} s: "
                            f"(running, partitioned) seen {seen}")
 
+    def restart_nodes_listing_partitions(self) -> list:
+        """The operator's step for RabbitMQ 3.10's autoheal in a loop (docs/partitions.md, "Autoheal in a loop"):
+        a node whose list of partitions still names a node that runs again asks for autoheal each time that one
+        comes up, and the winner, finding it booting, aborts and has it restart a minute later, over and over.
+        Restarting the RabbitMQ application of each node that lists a partition (`stop_app`, `start_app`) starts
+        it with an empty list; the nodes restarted, as the first node that answers lists them."""
+        for node in self.groups["rabbit"]:
+            try:
+                status = json.loads(self.rabbitmqctl(node, "-q", "cluster_status", "--formatter", "json", timeout=10))
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError):
+                continue
+            listing = sorted(self._rabbit_at(name.rsplit("@", 1)[1]) for name in status.get("partitions") or {})
+            for stale in listing:
+                self.rabbitmqctl(stale, "stop_app", timeout=120)
+                self.rabbitmqctl(stale, "start_app", timeout=300)
+            return listing
+        raise TopologyError("no RabbitMQ node answers")
+
 
 def start(base: Path = DEFAULT_BASE) -> Topology:
     """Start the topology (scripts/netns-cluster.sh start) and return it, checked isolated."""

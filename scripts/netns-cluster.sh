@@ -22,7 +22,9 @@
 #   NETNS_GATEWAY_PORT (18480, on 127.0.0.1), NETNS_PG_PORTS ("5450 5451 5452": monitor pg1 pg2; distinct so that
 #   their Unix sockets in /var/run/postgresql never meet the machine's or each other's),
 #   NETNS_SERVICE_ENV (KEY=VALUE settings, space-separated, added to the services' own: e.g. a timeout set back to
-#   what it was, to show that the fault run fails without it)
+#   what it was, to show that the fault run fails without it); likewise NETNS_WAL_SENDER_TIMEOUT,
+#   NETNS_KEEPER_CONNECT_TIMEOUT, NETNS_NETWORK_PARTITION_TIMEOUT, NETNS_UNHEALTHY_TIMEOUT_MS, NETNS_DEMOTE_TIMEOUT_MS
+#   and NETNS_NET_TICKTIME for the cluster timings below
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,18 +53,18 @@ RABBITS=(r1 r2 r3)
 # the 25 s a fault may cost. And the keeper must find the monitor gone while the standby's row is still there
 # (pg_autoctl counts itself partitioned only once it has seen its standby after losing the monitor):
 #   its 1 s loop + two monitor connection attempts of KEEPER_CONNECT_TIMEOUT (1 s) = 3 s < wal_sender_timeout.
-WAL_SENDER_TIMEOUT=6s
-KEEPER_CONNECT_TIMEOUT=1
-NETWORK_PARTITION_TIMEOUT=4
-UNHEALTHY_TIMEOUT_MS=5000
-DEMOTE_TIMEOUT_MS=8000
+WAL_SENDER_TIMEOUT=${NETNS_WAL_SENDER_TIMEOUT:-6s}
+KEEPER_CONNECT_TIMEOUT=${NETNS_KEEPER_CONNECT_TIMEOUT:-1}
+NETWORK_PARTITION_TIMEOUT=${NETNS_NETWORK_PARTITION_TIMEOUT:-4}
+UNHEALTHY_TIMEOUT_MS=${NETNS_UNHEALTHY_TIMEOUT_MS:-5000}
+DEMOTE_TIMEOUT_MS=${NETNS_DEMOTE_TIMEOUT_MS:-8000}
 # RabbitMQ: autoheal. A node hung (or cut) longer than net_ticktime finds, once it is back, that the others took it
 # for dead: a partition seen only after it ended, which pause_minority never acts on (the cluster stayed split
 # after such a thaw here), while autoheal restarts the losing side and the cluster is whole within seconds. Quorum
 # queues (Raft) keep a minority from confirming anything meanwhile, so not pausing it loses nothing; a publisher
 # on it leaves after its confirms time out. net_ticktime 10 s (Erlang's default 60) lets the nodes see a silent
 # peer within 10-15 s.
-NET_TICKTIME=10
+NET_TICKTIME=${NETNS_NET_TICKTIME:-10}
 
 addr() { echo "$SUBNET.${HOST[$1]}"; }
 ns() { echo "$PREFIX-$1"; }
