@@ -8,9 +8,10 @@ from aio_pika.abc import AbstractQueue
 from common.broker import amqp_nodes, queues
 from common.broker.consumer import Consumer
 from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS
+from common.broker.node_probe import NodeProbe
 from common.broker.publisher import Publisher, PublishWindow
 from common.observability.metrics import RECONNECTS
-from common.runtime.config import broker_user
+from common.runtime.config import broker_user, load_settings
 from common.runtime.endpoints import describe_rabbitmq
 from common.runtime.retry import BROKER_ERRORS, until_connected
 from common.runtime.stopping import within
@@ -29,11 +30,14 @@ class Broker:
     result applied for seconds). RabbitMQ's documentation advises the same."""
 
     def __init__(self, connections: list[amqp_nodes.NodeConnection], publisher: Publisher,
-                 consumer: Consumer) -> None:
+                 consumer: Consumer, probes: list[NodeProbe]) -> None:
         self.connections = connections
         self.publisher = publisher
         self.window = PublishWindow(publisher)
         self.consumer = consumer
+        self.probes = probes
+        for probe in probes:
+            probe.start()
 
     @classmethod
     async def connect(cls, url: str, prefetch: int, publish_timeout: float = 5.0, queue_type: str | None = None,
@@ -52,9 +56,11 @@ class Broker:
         publishing = await connections[0].channel(publisher_confirms=True, on_return_raises=True)
         consuming = await connections[1].channel()
         await consuming.set_qos(prefetch_count=prefetch)
+        queue_type = queue_type or load_settings().queue_type
         try:
             for name in (ORDER_REQUESTS, PAYMENT_RESULTS):
                 await declare_queue(publishing, name, queue_type)
+            probes = [await NodeProbe.open(connection, queue_type) for connection in connections]
         except queues.QueueMismatch:
             # The service exits: close cleanly, so that no half-done channel task is left to die noisily.
             await asyncio.gather(*(connection.close() for connection in connections), return_exceptions=True)
@@ -65,8 +71,7 @@ class Broker:
         # node by its heartbeat, but publishes would only time out until then.
         publisher = Publisher(publishing, publish_timeout, entries_per_message, user_id=user,
                               leave_node=connections[0].move_on)
-        return cls(connections, publisher,
-                   Consumer(consuming, dead_letters_via=publishing, publish_as=user))
+        return cls(connections, publisher, Consumer(consuming, dead_letters_via=publishing, publish_as=user), probes)
 
     def is_connected(self) -> bool:
         return all(connection.connected.is_set() for connection in self.connections)
@@ -74,6 +79,7 @@ class Broker:
     async def close(self) -> None:
         """Stop consuming, wait for the publishes under way, then close both connections (each step bounded)."""
         await self.consumer.stop()
+        await asyncio.gather(*(probe.stop() for probe in self.probes))
         await self.window.drain()
         await within(5, "closing the RabbitMQ connections",
                      asyncio.gather(*(connection.close() for connection in self.connections)))

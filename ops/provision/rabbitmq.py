@@ -7,7 +7,9 @@ a user, vhost or permission that is not named.
 
 The permissions (regular expressions over resource names; RabbitMQ's access-control guide):
 
-    service   configure ^outbox_(os|ps)(\\.dead)?$   both services declare all four queues at start-up
+    service   configure ^(outbox_(os|ps)(\\.dead)?|node_probe)$
+                                                   both services declare all four queues at start-up, and the
+                                                   queue their node probes publish to (common.broker.node_probe)
               write     ^amq\\.default$              every publish goes through the default exchange
               read      ^outbox_(os|ps)$            consuming; and declaring a queue with a dead-letter exchange
                                                    needs read on the queue (and write on that exchange)
@@ -39,7 +41,8 @@ class Permissions:
     read: str
 
 
-SERVICE = Permissions(configure=r"^outbox_(os|ps)(\.dead)?$", write=r"^amq\.default$", read=r"^outbox_(os|ps)$")
+SERVICE = Permissions(configure=r"^(outbox_(os|ps)(\.dead)?|node_probe)$", write=r"^amq\.default$",
+                      read=r"^outbox_(os|ps)$")
 OPERATOR = Permissions(configure="^$", write=r"^amq\.default$", read=r"^outbox_(os|ps)\.dead$")
 
 # Runs `rabbitmqctl ARGS` with `input` on its standard input; returns its output; raises `CommandFailed`.

@@ -27,6 +27,7 @@ import gateway
 import ops.provision.rabbitmq
 from common.broker.connection import ORDER_REQUESTS, PAYMENT_RESULTS
 from common.broker.dead_letter_headers import dead_letter_queue
+from common.broker.node_probe import PROBE_QUEUE
 from common.runtime.lifecycle import SHUTDOWN_TIMEOUT
 from common.web.envelope import NotFoundHandler
 from ops.dead_letters.__main__ import parse_args as dead_letters_args
@@ -349,9 +350,10 @@ def test_each_broker_user_may_configure_read_and_write_only_what_its_service_nee
         spec = permission_of(docs, login)
         assert spec["vhost"] == "/"
         assert spec["rabbitmqClusterReference"] == one(docs, "User", login)["spec"]["rabbitmqClusterReference"]
-        # configure: it declares all four queues at start-up (common/broker/queues.py), nothing else.
-        assert all(permitted(spec, "configure", q) for q in queues + dead)
-        assert not any(permitted(spec, "configure", r) for r in ("amq.default", *strangers))
+        # configure: it declares all four queues at start-up (common/broker/queues.py) and its node probes' queue
+        # (common/broker/node_probe.py), nothing else.
+        assert all(permitted(spec, "configure", q) for q in queues + dead + (PROBE_QUEUE,))
+        assert not any(permitted(spec, "configure", r) for r in ("amq.default", "node_probe.dead", *strangers))
         # write: every publish (outbox relay, dead letters) goes to the default exchange; no queue, no exchange else.
         assert permitted(spec, "write", "amq.default")
         assert not any(permitted(spec, "write", r) for r in queues + dead + strangers)

@@ -9,6 +9,7 @@ import pytest
 
 from common.broker.dead_letter_headers import dead_letter_queue
 from common.broker.messages import ORDER_REQUESTS, PAYMENT_RESULTS
+from common.broker.node_probe import PROBE_QUEUE
 from ops.provision import ProvisioningError, rabbitmq
 from ops.provision.__main__ import main, parse_args
 from ops.provision.postgres import DatabaseOwner
@@ -16,16 +17,17 @@ from ops.provision.postgres import DatabaseOwner
 QUEUES = (ORDER_REQUESTS, PAYMENT_RESULTS)
 DEAD = tuple(dead_letter_queue(queue) for queue in QUEUES)
 OTHERS = ("amq.direct", "amq.topic", "outbox_os.deadx", "xoutbox_os", "outbox_osx", "outbox_xs", "", "amq.gen-abc",
-          "outbox_os.dead.dead")
+          "outbox_os.dead.dead", "node_probe.dead", "xnode_probe", "outbox_os|node_probe")
 
 
 def allowed(regex, names):
     return [name for name in names if re.search(regex, name)]
 
 
-def test_the_service_permissions_cover_the_four_queues_and_the_default_exchange_and_nothing_else():
+def test_the_service_permissions_cover_the_four_queues_the_probe_queue_and_the_default_exchange_and_nothing_else():
     service = rabbitmq.SERVICE
-    assert allowed(service.configure, QUEUES + DEAD + OTHERS + ("amq.default",)) == list(QUEUES + DEAD)
+    assert allowed(service.configure, QUEUES + DEAD + (PROBE_QUEUE,) + OTHERS + ("amq.default",)) == \
+        list(QUEUES + DEAD + (PROBE_QUEUE,))
     assert allowed(service.read, QUEUES + DEAD + OTHERS + ("amq.default",)) == list(QUEUES)
     assert allowed(service.write, QUEUES + DEAD + OTHERS + ("amq.default",)) == ["amq.default"]
 
