@@ -311,22 +311,29 @@ class Topology:
                            f"(running, partitioned) seen {seen}")
 
     def restart_nodes_listing_partitions(self) -> list:
-        """The operator's step for RabbitMQ 3.10's autoheal in a loop (docs/partitions.md, "Autoheal in a loop"):
+        """The operator's steps for RabbitMQ 3.10's autoheal gone wrong (docs/partitions.md, "Autoheal in a loop"):
         a node whose list of partitions still names a node that runs again asks for autoheal each time that one
-        comes up, and the winner, finding it booting, aborts and has it restart a minute later, over and over.
-        Restarting the RabbitMQ application of each node that lists a partition (`stop_app`, `start_app`) starts
-        it with an empty list; the nodes restarted, as the first node that answers lists them."""
+        comes up, and the winner, finding it booting, aborts and has it restart a minute later, over and over;
+        and a loser told to start may never start. Restarting the RabbitMQ application of each node that lists a
+        partition (`stop_app`, `start_app`) starts it with an empty list, and `start_app` starts one left stopped.
+        The nodes acted on."""
+        stopped, listing = [], set()
         for node in self.groups["rabbit"]:
             try:
                 status = json.loads(self.rabbitmqctl(node, "-q", "cluster_status", "--formatter", "json", timeout=10))
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError):
+                stopped.append(node)
                 continue
-            listing = sorted(self._rabbit_at(name.rsplit("@", 1)[1]) for name in status.get("partitions") or {})
-            for stale in listing:
-                self.rabbitmqctl(stale, "stop_app", timeout=120)
-                self.rabbitmqctl(stale, "start_app", timeout=300)
-            return listing
-        raise TopologyError("no RabbitMQ node answers")
+            listing |= {self._rabbit_at(name.rsplit("@", 1)[1]) for name in status.get("partitions") or {}}
+        for node in stopped:
+            try:
+                self.rabbitmqctl(node, "start_app", timeout=300)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                continue  # its machine is down: nothing an operator can start
+        for stale in sorted(listing - set(stopped)):
+            self.rabbitmqctl(stale, "stop_app", timeout=120)
+            self.rabbitmqctl(stale, "start_app", timeout=300)
+        return sorted(set(stopped) | listing)
 
 
 def start(base: Path = DEFAULT_BASE) -> Topology:
