@@ -67,8 +67,8 @@ class Broker:
             raise
         user = broker_user(url)
         logger.info("connected to RabbitMQ as %s", user)
-        # A node that stops confirming is left for the next one: the consumer's own connection notices such a
-        # node by its heartbeat, but publishes would only time out until then.
+        # A node that stops confirming is left for the next one as soon as the publisher sees it (its probe would
+        # see it too, a few seconds later: common/broker/node_probe.py).
         publisher = Publisher(publishing, publish_timeout, entries_per_message, user_id=user,
                               leave_node=connections[0].move_on)
         return cls(connections, publisher, Consumer(consuming, dead_letters_via=publishing, publish_as=user), probes)
@@ -77,7 +77,8 @@ class Broker:
         return all(connection.connected.is_set() for connection in self.connections)
 
     async def close(self) -> None:
-        """Stop consuming, wait for the publishes under way, then close both connections (each step bounded)."""
+        """Stop consuming and probing, wait for the publishes under way, then close both connections (each step
+        bounded)."""
         await self.consumer.stop()
         await asyncio.gather(*(probe.stop() for probe in self.probes))
         await self.window.drain()
