@@ -290,11 +290,8 @@ class Topology:
         want = len(self.groups["rabbit"])
 
         def status_of(node: str) -> tuple[int, bool]:
-            try:
-                status = json.loads(self.rabbitmqctl(node, "-q", "cluster_status", "--formatter", "json", timeout=10))
-                return len(status["running_nodes"]), bool(status.get("partitions"))
-            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError, KeyError):
-                return 0, False
+            status = self._cluster_status(node) or {}
+            return len(status.get("running_nodes", [])), bool(status.get("partitions"))
         # The nodes asked at once: each rabbitmqctl boots an Erlang VM (about a second), so asked in turn a look at
         # the cluster took three, and the steady wait three looks.
         with ThreadPoolExecutor(len(self.groups["rabbit"])) as asking:
@@ -310,6 +307,13 @@ class Topology:
         raise TimeoutError(f"the RabbitMQ cluster was not whole and steady for {steady} s within {timeout} s: "
                            f"(running, partitioned) seen {seen}")
 
+    def _cluster_status(self, node: str) -> dict | None:
+        """`rabbitmqctl cluster_status` as `node` answers it, None if it does not (down, or its app stopped)."""
+        try:
+            return json.loads(self.rabbitmqctl(node, "-q", "cluster_status", "--formatter", "json", timeout=10))
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError):
+            return None
+
     def restart_nodes_listing_partitions(self) -> list:
         """The operator's steps for RabbitMQ 3.10's autoheal gone wrong (docs/partitions.md, "Autoheal in a loop"):
         a node whose list of partitions still names a node that runs again asks for autoheal each time that one
@@ -319,9 +323,8 @@ class Topology:
         The nodes acted on."""
         stopped, listing = [], set()
         for node in self.groups["rabbit"]:
-            try:
-                status = json.loads(self.rabbitmqctl(node, "-q", "cluster_status", "--formatter", "json", timeout=10))
-            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError):
+            status = self._cluster_status(node)
+            if status is None:
                 stopped.append(node)
                 continue
             listing |= {self._rabbit_at(name.rsplit("@", 1)[1]) for name in status.get("partitions") or {}}
