@@ -65,3 +65,41 @@ def test_a_loss_drops_a_share_of_the_packets_both_ways_at_random(topology):
 def test_heal_flushes_every_cut(topology):
     topology.heal()
     assert topology.commands == ["flush chain bridge t forward"]
+
+
+class RecordedRabbitmqctl(Topology):
+    """A topology whose RabbitMQ nodes answer `cluster_status` from `statuses` (None: the node does not answer) and
+    whose other rabbitmqctl commands are kept instead of run."""
+
+    def _cluster_status(self, node):
+        return self.statuses[node]
+
+    def rabbitmqctl(self, node, *args, timeout=30):
+        self.commands.append(f"{node} {' '.join(args)}")
+        return ""
+
+
+def operator_facing(statuses):
+    topology = RecordedRabbitmqctl(nodes=NODES, namespaces={}, groups=GROUPS, bridge_namespace="", table="",
+                                   subnet="", gateway_url="", order_db="", payment_db="", pg_ports={},
+                                   rabbit_env_files={}, base="", timings={})
+    topology.statuses, topology.commands = statuses, []
+    return topology
+
+
+def status(partitions=None):
+    return {"running_nodes": ["rabbit@r1", "rabbit@r2"], "partitions": partitions or {}}
+
+
+def test_the_operators_step_restarts_the_nodes_a_partition_list_names_and_starts_a_stopped_one():
+    # r1 still lists r2 as the other side of a partition long healed; r3's application was left stopped.
+    topology = operator_facing({"r1": status({"rabbit@10.0.0.12": ["rabbit@10.0.0.11"]}), "r2": status(),
+                                "r3": None})
+    assert topology.restart_nodes_listing_partitions() == ["r2", "r3"]
+    assert topology.commands == ["r3 start_app", "r2 stop_app", "r2 start_app"]
+
+
+def test_the_operators_step_leaves_a_whole_cluster_alone():
+    topology = operator_facing({"r1": status(), "r2": status(), "r3": status()})
+    assert topology.restart_nodes_listing_partitions() == []
+    assert topology.commands == []
