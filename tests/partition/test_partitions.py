@@ -76,15 +76,15 @@ class Load:
                 status, reply = None, None
             answered_at = time.monotonic()
             if status == 201:
-                self._read_back(reply["order_id"])
-            with self.lock:
-                if status == 201:
-                    final = reply["order"]["status"] in ("FINISHED", "CANCELLED")
+                final = reply["order"]["status"] in ("FINISHED", "CANCELLED")
+                with self.lock:
                     self.answers.append(Answer(sent_at, answered_at, reply["order_id"], final))
-                else:
+                self._read_back(reply["order_id"])
+            else:
+                with self.lock:
                     self.unanswered.add(description)
                     self.answers.append(Answer(sent_at, answered_at, None, False))
-                    time.sleep(0.2)  # a client backs off a little after a failure
+                time.sleep(0.2)  # a client backs off a little after a failure
 
     def _read_back(self, order_id):
         """A 503 or no answer here is the fault's cost, already counted by the stalls; only a 404 is a stale read."""

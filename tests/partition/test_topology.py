@@ -17,13 +17,18 @@ class RecordedRules(Topology):
         return ""
 
 
+def built(kind):
+    """A topology of `kind` over NODES and GROUPS, with nothing behind it."""
+    topology = kind(nodes=NODES, namespaces={node: f"t-{node}" for node in NODES}, groups=GROUPS,
+                    bridge_namespace="t-br", table="t", subnet="10.0.0.0/24", gateway_url="", order_db="",
+                    payment_db="", pg_ports={}, rabbit_env_files={}, base="", timings={})
+    topology.commands = []
+    return topology
+
+
 @pytest.fixture
 def topology():
-    recorded = RecordedRules(nodes=NODES, namespaces={node: f"t-{node}" for node in NODES}, groups=GROUPS,
-                             bridge_namespace="t-br", table="t", subnet="10.0.0.0/24", gateway_url="", order_db="",
-                             payment_db="", pg_ports={}, rabbit_env_files={}, base="", timings={})
-    recorded.commands = []
-    return recorded
+    return built(RecordedRules)
 
 
 def test_a_side_is_a_node_a_group_the_others_or_a_list_of_them(topology):
@@ -80,10 +85,8 @@ class RecordedRabbitmqctl(Topology):
 
 
 def operator_facing(statuses):
-    topology = RecordedRabbitmqctl(nodes=NODES, namespaces={}, groups=GROUPS, bridge_namespace="", table="",
-                                   subnet="", gateway_url="", order_db="", payment_db="", pg_ports={},
-                                   rabbit_env_files={}, base="", timings={})
-    topology.statuses, topology.commands = statuses, []
+    topology = built(RecordedRabbitmqctl)
+    topology.statuses = statuses
     return topology
 
 
