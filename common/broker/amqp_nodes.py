@@ -35,7 +35,7 @@ from yarl import URL
 
 from common.broker.urls import node_urls
 from common.runtime.config import ConfigurationError
-from common.runtime.stopping import cancel
+from common.runtime.stopping import cancel, cancelled_means_gone
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ CONNECT_TIMEOUT = 5
 RECONNECT_INTERVAL = 1
 # Seconds before a channel the broker closed alone (a channel error) is opened again: not in a tight loop.
 CHANNEL_REOPEN_PAUSE = 1
+# What a request on a channel raises when the connection under it goes (aiormq's connection errors are
+# `ConnectionError`s; `cancelled_means_gone` makes the `CancelledError` of a closing channel one).
+LOST_UNDER = (ConnectionError, aiormq.exceptions.ChannelInvalidStateError)
 
 
 # aiormq 7.2.4's TLS query parameters (aiormq.connection.Connection.__init__), and those naming files.
@@ -325,10 +328,23 @@ class NodeChannel:
         self.channel, self.consumer_tags = channel, tags
         self.opened.set()
 
-    async def consume(self, name: str, callback: OnMessage, no_ack: bool = False) -> str:
-        """Consume queue `name` on the open channel, and on every channel opened later."""
+    async def consume(self, name: str, callback: OnMessage, no_ack: bool = False) -> str | None:
+        """Consume queue `name` on the open channel, and on every channel opened later. None if the connection
+        went while the broker was asked: the next channel consumes it, as it does every consumer."""
+        channel = await self.ready()
+        # Recorded only now: a channel opened while this one waited consumes what is recorded, and this consume
+        # would be a second one on it.
         self.consumers[callback] = Consume(name, no_ack)
-        tag = await (await (await self.ready()).get_queue(name, ensure=False)).consume(callback, no_ack=no_ack)
+        try:
+            with cancelled_means_gone(f"the channel consuming {name}"):
+                tag = await (await channel.get_queue(name, ensure=False)).consume(callback, no_ack=no_ack)
+        except LOST_UNDER as exc:
+            logger.info("the connection went while consuming %s (%r): consumed again on the next channel", name, exc)
+            return None
+        except BaseException:
+            # Refused (no such queue, no access): not to be tried again on every new channel.
+            self.consumers.pop(callback, None)
+            raise
         self.consumer_tags[tag] = callback
         return tag
 
@@ -340,7 +356,11 @@ class NodeChannel:
             del self.consumer_tags[tag]
             channel = self.channel
             if consume is not None and channel is not None and not channel.is_closed:
-                await (await channel.get_queue(consume.queue, ensure=False)).cancel(tag)
+                try:
+                    with cancelled_means_gone(f"the channel consuming {consume.queue}"):
+                        await (await channel.get_queue(consume.queue, ensure=False)).cancel(tag)
+                except LOST_UNDER as exc:  # the consumer went with its channel
+                    logger.info("the connection went while cancelling a consumer of %s: %r", consume.queue, exc)
 
     async def ready(self) -> AbstractChannel:
         """The channel, once open."""
@@ -456,7 +476,7 @@ class _NodeQueue:
     def __init__(self, channel: NodeChannel, name: str) -> None:
         self.channel, self.name = channel, name
 
-    async def consume(self, callback: OnMessage, no_ack: bool = False) -> str:
+    async def consume(self, callback: OnMessage, no_ack: bool = False) -> str | None:
         return await self.channel.consume(self.name, callback, no_ack)
 
     async def get(self, *, no_ack: bool = False, fail: bool = True,

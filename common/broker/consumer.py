@@ -89,7 +89,7 @@ class BatchConsumer:
     async def start(self) -> None:
         """Consume the queue on `consuming`."""
         assert self.consuming is not None
-        await (await self.consuming.get_queue(self.queue)).consume(self.on_message)
+        await self.consuming.consume(self.queue, self.on_message)
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         # Refused messages are acknowledged by `process` like the rest, so that messages are acknowledged in

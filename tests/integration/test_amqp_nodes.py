@@ -174,6 +174,34 @@ async def test_a_publish_whose_connection_is_found_stuck_is_not_confirmed_and_it
         await connection.close()
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_a_consume_whose_connection_is_found_stuck_is_made_on_the_next_channel(run_env, proxies):
+    """The heartbeat finds the node's connection stuck while the broker is asked to consume (as when a service
+    starts its consumers just as the broker goes): the consume does not fail the caller (a service's start, which
+    would end the process) and the consumer gets the queue's messages on the next node's channel."""
+    connection = await connect_nodes(node_urls(run_env, [proxy.port for proxy in proxies], heartbeat=1))
+    try:
+        channel, queue_name = await connection.channel(), "amqp_nodes_consumed_while_stuck"
+        # Not auto-delete: the broker would delete it when it drops the stuck connection, cancelling the consumer.
+        await channel.declare_queue(queue_name)
+        received = asyncio.Queue()
+
+        async def on_message(message):
+            await message.ack()
+            received.put_nowait(message.body)
+        proxies[0].pause()
+        assert await (await channel.get_queue(queue_name, ensure=False)).consume(on_message) is None
+        assert asyncio.current_task().cancelling() == 0
+        await eventually(lambda: assert_on(connection, proxies[1].port), timeout=20)
+        await channel.default_exchange.publish(aio_pika.Message(b"next"), routing_key=queue_name)
+        assert await asyncio.wait_for(received.get(), 15) == b"next"
+        await channel.cancel(on_message)  # first: a consumer whose queue is deleted waits for it to come back
+        await channel.queue_delete(queue_name)
+    finally:
+        proxies[0].resume()
+        await connection.close()
+
+
 def assert_on(connection, port):
     assert connection.connected.is_set() and connection.node.port == port
 

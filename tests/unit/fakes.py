@@ -1,5 +1,5 @@
 """Fakes of the ports the services are built from, for the unit layer: the database (`FakeDatabase`), the broker
-(`FakeBroker`, `FakePublisher`, `FakeMessage`, `FakeDeadLetters`) and each service's repository
+(`FakeBroker`, `FakePublisher`, `FakeMessage`, `FakeDeadLetters`, `FakeConsuming`) and each service's repository
 (`InMemoryOrders`, `InMemoryPayments`), injected where the product passes the real ones (`bootstrap`), enough to
 drive batching and acking, the publish window, both fast paths, both relays and the use cases without a server.
 The integration tests use the real ones."""
@@ -434,3 +434,20 @@ def received(message, *items):
 def unreadable(message, reason):
     """`message` delivered with a body that cannot be read at all."""
     return Received(message, InvalidMessage(reason))
+
+
+class FakeConsuming:
+    """The channel a consumer consumes on (`NodeChannel`): records its consumes and cancels, and the callbacks
+    consuming each queue."""
+
+    def __init__(self):
+        self.events = []
+        self.callbacks = {}
+
+    async def consume(self, name, callback):
+        self.events.append("consume")
+        self.callbacks.setdefault(name, []).append(callback)
+        return "tag"
+
+    async def cancel(self, callback):
+        self.events.append("cancel")

@@ -8,7 +8,16 @@ from common.broker.consumer import BatchConsumer, Consumer
 from common.domain.errors import InvalidMessage, Unavailable
 from common.observability.metrics import CONSUMED, DEAD_LETTERED
 from tests.conftest import eventually
-from tests.unit.fakes import PUBLISHERS, FakeDeadLetters, FakeMessage, Number, cancelled_under_us, received, unreadable
+from tests.unit.fakes import (
+    PUBLISHERS,
+    FakeConsuming,
+    FakeDeadLetters,
+    FakeMessage,
+    Number,
+    cancelled_under_us,
+    received,
+    unreadable,
+)
 
 DEAD = [("ack", False)]  # a dead letter's original, acked once its copy is confirmed
 
@@ -133,22 +142,6 @@ def assert_true(value):
     assert value
 
 
-class FakeQueue:
-    def __init__(self):
-        self.callbacks = []
-
-    async def consume(self, callback):
-        self.callbacks.append(callback)
-
-
-class FakeChannel:
-    def __init__(self):
-        self.queues = {}
-
-    async def get_queue(self, name):
-        return self.queues.setdefault(name, FakeQueue())
-
-
 def consumer_tasks(queue):
     return [task for task in asyncio.all_tasks() if task.get_name() == f"consumer of {queue}"]
 
@@ -156,7 +149,7 @@ def consumer_tasks(queue):
 @pytest.mark.gen_test
 async def test_a_consumer_feeds_its_queue_to_batches_that_dead_letter_on_its_publishing_channel_and_stops_them():
     queue = f"consumed-{id(object())}"
-    channel, dead_letters = FakeChannel(), FakeDeadLetters()
+    channel, dead_letters = FakeConsuming(), FakeDeadLetters()
     consumer = Consumer(channel, dead_letters)
     seen = []
 
@@ -164,7 +157,7 @@ async def test_a_consumer_feeds_its_queue_to_batches_that_dead_letter_on_its_pub
         seen.append(items)
         return {1: "refused"} if len(items) > 1 else {}
     await consumer.consume(queue, Number, handle, batch_size=2, publishers=PUBLISHERS)
-    deliver = channel.queues[queue].callbacks[0]
+    deliver = channel.callbacks[queue][0]
     for tag in (1, 2, 3):
         await deliver(FakeMessage(tag, b'{"n": %d}' % (tag * 10), message_id=str(tag)))  # all before the first batch
     await eventually(lambda: assert_equal(CONSUMED.labels(queue)._value.get(), 2))
@@ -255,23 +248,6 @@ async def test_a_batch_takes_whole_messages_until_it_holds_the_batch_size_in_ent
     running.cancel()
     assert seen == [[1, 1, 1, 2, 2, 2], [3, 3, 3]]
     assert [m.outcome for m in messages] == [[], [("ack", True)], [("ack", True)]]
-
-
-class FakeConsuming:
-    """The channel a consumer consumes on: records its consumes and cancels."""
-
-    def __init__(self):
-        self.events = []
-
-    async def get_queue(self, name, ensure=True):
-        return self
-
-    async def consume(self, callback):
-        self.events.append("consume")
-        return "tag"
-
-    async def cancel(self, callback):
-        self.events.append("cancel")
 
 
 @pytest.mark.gen_test(timeout=10)
