@@ -12,7 +12,9 @@ uses). On a shared machine, point the harness at private instances instead (`scr
                              and the stack's services get multi-host DSNs
     SHOP_TEST_RABBITMQ_NODES a cluster's nodes, comma-separated rabbitmq-env.conf files (scripts/rabbitmq-cluster.sh)
 """
+import contextlib
 import os
+import secrets
 import subprocess
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
@@ -143,6 +145,18 @@ class Infra:
 
     def _rabbit_env(self):
         return {**os.environ, **({"RABBITMQ_CONF_ENV_FILE": self.rabbitmq_env} if self.rabbitmq_env else {})}
+
+    @contextlib.contextmanager
+    def own_vhost(self, prefix):
+        """A vhost of its own (`prefix` and a random suffix) that the base URL's user may use, deleted afterwards:
+        what a test's services or queues do there meets no other test's."""
+        name = f"{prefix}_{secrets.token_hex(4)}"
+        self.rabbitmqctl("add_vhost", name)
+        self.rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        try:
+            yield name
+        finally:
+            self.rabbitmqctl("delete_vhost", name)
 
     def rabbitmqctl(self, *args, timeout=60, input=None):
         """Run `rabbitmqctl -q ARGS` against the chosen node (`input` on its standard input); returns its output."""

@@ -14,7 +14,7 @@ from common.observability.metrics import RECONNECTS
 from common.runtime.config import broker_user, load_settings
 from common.runtime.endpoints import describe_rabbitmq
 from common.runtime.retry import BROKER_ERRORS, until_connected
-from common.runtime.stopping import within
+from common.runtime.stopping import cancelled_means_gone, within
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +52,29 @@ class Broker:
         TLS to the nodes fails in a way only a change of settings mends (`amqps://...?cafile=` naming the wrong
         CA, a certificate for another host name, a port without TLS), `ConfigurationError` for TLS parameters
         that cannot work (`amqp_nodes.check_tls`)."""
-        connections = [await connect(url) for _ in range(2)]
-        publishing = await connections[0].channel(publisher_confirms=True, on_return_raises=True)
-        consuming = await connections[1].channel()
-        await consuming.set_qos(prefetch_count=prefetch)
         queue_type = queue_type or load_settings().queue_type
+        async for attempt in until_connected(BROKER_ERRORS, describe_rabbitmq(url)):
+            with attempt:
+                broker = await cls._connect_once(url, prefetch, publish_timeout, queue_type, entries_per_message)
+        return broker
+
+    @classmethod
+    async def _connect_once(cls, url: str, prefetch: int, publish_timeout: float, queue_type: str,
+                            entries_per_message: int) -> "Broker":
+        """One attempt of `connect`. A connection lost before the queues are declared ends the attempt, closed, as
+        one that could not be made: the next attempt starts over on new connections."""
+        connections = [await connect(url) for _ in range(2)]
         try:
-            for name in (ORDER_REQUESTS, PAYMENT_RESULTS):
-                await declare_queue(publishing, name, queue_type)
-            probes = [await NodeProbe.open(connection, queue_type) for connection in connections]
-        except queues.QueueMismatch:
-            # The service exits: close cleanly, so that no half-done channel task is left to die noisily.
+            with cancelled_means_gone("a connection declaring the queues"):
+                publishing = await connections[0].channel(publisher_confirms=True, on_return_raises=True)
+                consuming = await connections[1].channel()
+                await consuming.set_qos(prefetch_count=prefetch)
+                for name in (ORDER_REQUESTS, PAYMENT_RESULTS):
+                    await declare_queue(publishing, name, queue_type)
+                probes = [await NodeProbe.open(connection, queue_type) for connection in connections]
+        except BaseException:
+            # Closed cleanly (a mismatch ends the service; a lost connection is made again), so that no half-done
+            # channel task is left to die noisily, nor a channel to be opened again on every reconnect.
             await asyncio.gather(*(connection.close() for connection in connections), return_exceptions=True)
             raise
         user = broker_user(url)

@@ -1,6 +1,7 @@
 """In-process services (the exact classes `python -m ...` runs) against real PostgreSQL and RabbitMQ,
 on databases and a vhost of this test run only."""
 import asyncio
+import contextlib
 import io
 import secrets
 from dataclasses import replace
@@ -15,24 +16,32 @@ from order_svc.bootstrap import OrderService
 from payment_svc.bootstrap import PaymentService
 
 
+@contextlib.contextmanager
+def own_run_env(prefix, **settings):
+    """The environment of in-process services on databases and a vhost of their own (named from `prefix`), dropped
+    afterwards, with `settings` added."""
+    with INFRA.own_vhost(prefix) as run_id:
+        try:
+            yield {
+                "ORDER_DB_DSN": INFRA.dsn(f"{run_id}_orders"),
+                "PAYMENT_DB_DSN": INFRA.dsn(f"{run_id}_payments"),
+                "RABBITMQ_URL": INFRA.amqp_url(run_id),
+                "LOG_LEVEL": "WARNING",
+                "AUTH_MODE": "off",
+                # Admin ports the kernel picks (`service.admin_server.port`): tests run beside other stacks.
+                "ORDER_SVC_ADMIN_PORT": "0",
+                "PAYMENT_SVC_ADMIN_PORT": "0",
+                **settings,
+            }
+        finally:
+            INFRA.drop_database(f"{run_id}_orders")
+            INFRA.drop_database(f"{run_id}_payments")
+
+
 @pytest.fixture(scope="session")
 def run_env():
-    run_id = f"shop_it_{secrets.token_hex(4)}"
-    INFRA.rabbitmqctl("add_vhost", run_id)
-    INFRA.rabbitmqctl("set_permissions", "-p", run_id, "guest", ".*", ".*", ".*")
-    yield {
-        "ORDER_DB_DSN": INFRA.dsn(f"{run_id}_orders"),
-        "PAYMENT_DB_DSN": INFRA.dsn(f"{run_id}_payments"),
-        "RABBITMQ_URL": INFRA.amqp_url(run_id),
-        "LOG_LEVEL": "WARNING",
-        "AUTH_MODE": "off",
-        # Admin ports the kernel picks (`service.admin_server.port`): tests run beside other stacks.
-        "ORDER_SVC_ADMIN_PORT": "0",
-        "PAYMENT_SVC_ADMIN_PORT": "0",
-    }
-    INFRA.drop_database(f"{run_id}_orders")
-    INFRA.drop_database(f"{run_id}_payments")
-    INFRA.rabbitmqctl("delete_vhost", run_id)
+    with own_run_env("shop_it") as env:
+        yield env
 
 
 @pytest.fixture

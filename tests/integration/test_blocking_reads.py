@@ -4,7 +4,6 @@ the NOTIFY of the statement that made it final; Etags, caps, idempotent replays,
 a LISTEN connection that is cut or falls silent."""
 import asyncio
 import json
-import secrets
 import time
 from dataclasses import replace
 
@@ -23,7 +22,7 @@ from order_svc import service as order_service
 from order_svc.bootstrap import OrderService
 from order_svc.waiters import Waiters
 from tests.conftest import eventually
-from tests.integration.conftest import running, stopped
+from tests.integration.conftest import own_run_env, running, stopped
 from tests.integration.http import request
 
 
@@ -31,15 +30,8 @@ from tests.integration.http import request
 def run_env():
     """Databases and a vhost of this module's own: its orders' payment requests wait in `outbox_os` (no Payments
     Service takes most of them), and must not reach another module's Payments Service."""
-    run_id = f"shop_it_bw_{secrets.token_hex(4)}"
-    INFRA.rabbitmqctl("add_vhost", run_id)
-    INFRA.rabbitmqctl("set_permissions", "-p", run_id, "guest", ".*", ".*", ".*")
-    yield {"ORDER_DB_DSN": INFRA.dsn(f"{run_id}_orders"), "PAYMENT_DB_DSN": INFRA.dsn(f"{run_id}_payments"),
-           "RABBITMQ_URL": INFRA.amqp_url(run_id), "LOG_LEVEL": "WARNING", "AUTH_MODE": "off",
-           "ORDER_SVC_ADMIN_PORT": "0", "PAYMENT_SVC_ADMIN_PORT": "0"}
-    INFRA.drop_database(f"{run_id}_orders")
-    INFRA.drop_database(f"{run_id}_payments")
-    INFRA.rabbitmqctl("delete_vhost", run_id)
+    with own_run_env("shop_it_bw") as env:
+        yield env
 
 
 def sample(name, **labels):

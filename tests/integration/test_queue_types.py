@@ -2,7 +2,6 @@
 type says so and exits instead of crash-looping."""
 import asyncio
 import os
-import secrets
 import subprocess
 import sys
 
@@ -24,11 +23,8 @@ def test_an_unknown_queue_type_is_named():
 @pytest.fixture
 def vhost():
     """A vhost of this test only: the queues it declares must not meet the other tests' services."""
-    name = f"shop_qt_{secrets.token_hex(4)}"
-    INFRA.rabbitmqctl("add_vhost", name)
-    INFRA.rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    yield name
-    INFRA.rabbitmqctl("delete_vhost", name)
+    with INFRA.own_vhost("shop_qt") as name:
+        yield name
 
 
 async def declare(url, queue_type):

@@ -3,7 +3,6 @@ it holds back to the queue, where a replica whose database answers settles them,
 own answers. Two Payments Services on one database, one of them through a proxy that falls silent (a partition:
 no reset, no answer)."""
 import logging
-import secrets
 from dataclasses import replace
 from decimal import Decimal
 
@@ -15,7 +14,7 @@ from harness.infra import INFRA
 from harness.proxy import TcpProxy
 from payment_svc.bootstrap import PaymentService
 from tests.conftest import eventually
-from tests.integration.conftest import running, stopped
+from tests.integration.conftest import own_run_env, running, stopped
 from tests.integration.http import request
 
 REQUESTS = 12
@@ -24,15 +23,8 @@ REQUESTS = 12
 @pytest.fixture(scope="module")
 def run_env():
     """A vhost and databases of this module's own: its queue must reach only its own two services."""
-    run_id = f"shop_it_sa_{secrets.token_hex(4)}"
-    INFRA.rabbitmqctl("add_vhost", run_id)
-    INFRA.rabbitmqctl("set_permissions", "-p", run_id, "guest", ".*", ".*", ".*")
-    yield {"ORDER_DB_DSN": INFRA.dsn(f"{run_id}_orders"), "PAYMENT_DB_DSN": INFRA.dsn(f"{run_id}_payments"),
-           "RABBITMQ_URL": INFRA.amqp_url(run_id), "LOG_LEVEL": "WARNING", "AUTH_MODE": "off",
-           "ORDER_SVC_PORT": "0", "PAYMENT_SVC_PORT": "0", "ORDER_SVC_ADMIN_PORT": "0", "PAYMENT_SVC_ADMIN_PORT": "0"}
-    INFRA.drop_database(f"{run_id}_orders")
-    INFRA.drop_database(f"{run_id}_payments")
-    INFRA.rabbitmqctl("delete_vhost", run_id)
+    with own_run_env("shop_it_sa", ORDER_SVC_PORT="0", PAYMENT_SVC_PORT="0") as env:
+        yield env
 
 
 @pytest.fixture
