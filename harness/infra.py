@@ -146,13 +146,17 @@ class Infra:
     def _rabbit_env(self):
         return {**os.environ, **({"RABBITMQ_CONF_ENV_FILE": self.rabbitmq_env} if self.rabbitmq_env else {})}
 
+    def add_vhost(self, name):
+        """The vhost `name`, with every permission there for the base URL's user."""
+        self.rabbitmqctl("add_vhost", name)
+        self.rabbitmqctl("set_permissions", "-p", name, self.amqp_user, ".*", ".*", ".*")
+
     @contextlib.contextmanager
     def own_vhost(self, prefix):
         """A vhost of its own (`prefix` and a random suffix) that the base URL's user may use, deleted afterwards:
         what a test's services or queues do there meets no other test's."""
         name = f"{prefix}_{secrets.token_hex(4)}"
-        self.rabbitmqctl("add_vhost", name)
-        self.rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        self.add_vhost(name)
         try:
             yield name
         finally:

@@ -221,8 +221,7 @@ class Stack:
         if self.credentials:
             self.credentials.provision(self.infra, {"order": self.order_db, "payment": self.payment_db}, self.vhost)
         else:
-            self.infra.rabbitmqctl("add_vhost", self.vhost)
-            self.infra.rabbitmqctl("set_permissions", "-p", self.vhost, self.infra.amqp_user, ".*", ".*", ".*")
+            self.infra.add_vhost(self.vhost)
         for name in names or self.processes:
             self.processes[name].start()
         for name in names or self.processes:

@@ -204,10 +204,6 @@ class TlsRabbit:
         self.infra.wait_rabbit(timeout=90)
         return self
 
-    def add_vhost(self, vhost):
-        self.infra.rabbitmqctl("add_vhost", vhost)
-        self.infra.rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-
     def stop(self):
         if self.launched:
             try:

@@ -35,6 +35,7 @@ from yarl import URL
 
 from common.broker.urls import node_urls
 from common.runtime.config import ConfigurationError
+from common.runtime.retry import BROKER_ERRORS
 from common.runtime.stopping import cancel, cancelled_means_gone
 
 logger = logging.getLogger(__name__)
@@ -46,9 +47,6 @@ CONNECT_TIMEOUT = 5
 RECONNECT_INTERVAL = 1
 # Seconds before a channel the broker closed alone (a channel error) is opened again: not in a tight loop.
 CHANNEL_REOPEN_PAUSE = 1
-# What a request on a channel raises when the connection under it goes (aiormq's connection errors are
-# `ConnectionError`s; `cancelled_means_gone` makes the `CancelledError` of a closing channel one).
-LOST_UNDER = (ConnectionError, aiormq.exceptions.ChannelInvalidStateError)
 
 
 # aiormq 7.2.4's TLS query parameters (aiormq.connection.Connection.__init__), and those naming files.
@@ -338,7 +336,7 @@ class NodeChannel:
         try:
             with cancelled_means_gone(f"the channel consuming {name}"):
                 tag = await (await channel.get_queue(name, ensure=False)).consume(callback, no_ack=no_ack)
-        except LOST_UNDER as exc:
+        except BROKER_ERRORS as exc:
             logger.info("the connection went while consuming %s (%r): consumed again on the next channel", name, exc)
             return None
         except BaseException:
@@ -359,7 +357,7 @@ class NodeChannel:
                 try:
                     with cancelled_means_gone(f"the channel consuming {consume.queue}"):
                         await (await channel.get_queue(consume.queue, ensure=False)).cancel(tag)
-                except LOST_UNDER as exc:  # the consumer went with its channel
+                except BROKER_ERRORS as exc:  # the consumer went with its channel
                     logger.info("the connection went while cancelling a consumer of %s: %r", consume.queue, exc)
 
     async def ready(self) -> AbstractChannel:

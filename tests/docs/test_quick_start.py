@@ -87,8 +87,7 @@ class Environment:
         }
 
     def create(self):
-        INFRA.rabbitmqctl("add_vhost", self.vhost)
-        INFRA.rabbitmqctl("set_permissions", "-p", self.vhost, INFRA.amqp_user, ".*", ".*", ".*")
+        INFRA.add_vhost(self.vhost)
 
     def drop(self):
         for database in self.databases:

@@ -43,7 +43,7 @@ def tls():
     directory = tempfile.mkdtemp(prefix="shop_tls_")
     try:
         with TlsServers(directory) as servers:
-            servers.rabbit.add_vhost(VHOST)
+            servers.rabbit.infra.add_vhost(VHOST)
             yield servers
     finally:
         shutil.rmtree(directory, ignore_errors=True)
