@@ -3,6 +3,7 @@ RabbitMQ vhost, so that runs never see each other's data. Which servers: `harnes
 
 By default each service runs with least-privilege credentials, as deployed (`harness.credentials`): its own
 PostgreSQL role owning its database and its own broker user, made with `ops.provision` for the run."""
+import collections
 import os
 import secrets
 import signal
@@ -32,10 +33,20 @@ COMMANDS = {
 }
 
 
+# The ports `free_port` handed out last: the kernel's pick of a free port can be one it picked a moment ago, which a
+# process about to start has been told to take (seen: a gateway given the port of the stack's Order Service).
+RECENT_PORTS = collections.deque(maxlen=1024)
+
+
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing is bound to now, and none of the last ones this process handed out."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in RECENT_PORTS:
+            RECENT_PORTS.append(port)
+            return port
 
 
 def cpu_seconds(pid):
